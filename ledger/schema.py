@@ -1,0 +1,210 @@
+"""Opening a ledger file: identity checks, connection setup, and migrations.
+
+The order matters. A file is identified (is it SQLite? is it ours? is it too
+new?) with read-only queries *before* anything can write to it, so a file that
+is refused is left byte-for-byte untouched. Only then is the connection set up
+(WAL, synchronous, foreign keys) and the migrations applied, each in one
+``BEGIN IMMEDIATE`` transaction together with its record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import apsw
+
+from ledger.errors import LedgerError, LedgerTooNewError, NotALedgerError, translate
+
+__all__ = [
+    "APPLICATION_ID",
+    "SYNCHRONOUS_MODES",
+    "Migration",
+    "connect",
+    "latest_version",
+    "load_migrations",
+    "migrate",
+]
+
+APPLICATION_ID = int.from_bytes(b"HRML", "big")
+"""``PRAGMA application_id`` of every hermes ledger (0x48524D4C)."""
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The migrations shipped in the ``migrations`` package, in order, checked for gaps."""
+    found = []
+    for entry in resources.files("migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise RuntimeError(f"migrations are not numbered 1..n: {migration.name} is #{expected}")
+    return found
+
+
+def latest_version() -> int:
+    return len(load_migrations())
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty file only its owner can read; SQLite gives -wal/-shm the same mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        raise LedgerError(
+            f"cannot create {path}: the directory {path.parent} does not exist",
+            hint=f"create it first (mkdir -p {path.parent}) or choose another --db path",
+        ) from None
+    except PermissionError:
+        raise LedgerError(
+            f"cannot create {path}: permission denied",
+            hint="choose a --db path in a directory you can write to",
+        ) from None
+    os.close(fd)
+
+
+def _one(conn: apsw.Connection, sql: str) -> object:
+    row = conn.execute(sql).fetchone()
+    return None if row is None else row[0]
+
+
+def _identify(conn: apsw.Connection, path: Path, latest: int) -> int:
+    """Return the ledger's schema version (0 for a blank file) or refuse the file."""
+    app_id = _one(conn, "PRAGMA application_id")
+    user_version = _one(conn, "PRAGMA user_version")
+    assert isinstance(app_id, int) and isinstance(user_version, int)
+    if app_id == APPLICATION_ID:
+        if user_version > latest:
+            raise LedgerTooNewError(
+                f"{path} was written by a newer hermes-ledger (schema {user_version}; "
+                f"this version knows up to {latest})",
+                hint="upgrade hermes-ledger (pip install -U hermes-ledger); the file was not changed",
+            )
+        return user_version
+    objects = _one(conn, "SELECT count(*) FROM sqlite_schema")
+    if app_id == 0 and objects == 0:
+        return 0
+    what = f"application_id {app_id:#x}" if app_id else f"{objects} tables or indexes of its own"
+    raise NotALedgerError(
+        f"{path} is a SQLite database but not a hermes ledger ({what})",
+        hint="point --db (or HERMES_LEDGER_DB) at a ledger file, or at a new path to create one; "
+        "the file was not changed",
+    )
+
+
+def _pragma(conn: apsw.Connection, name: str, value: str) -> None:
+    """Set one pragma per call (apsw runs multi-statement text lazily) and check it took."""
+    conn.execute(f"PRAGMA {name} = {value}").fetchall()
+    actual = _one(conn, f"PRAGMA {name}")
+    wanted = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3, "ON": 1}.get(value.upper(), value)
+    if str(actual).lower() != str(wanted).lower():
+        raise LedgerError(f"could not set PRAGMA {name} to {value} (it is {actual})")
+
+
+def connect(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: str = "NORMAL",
+    busy_timeout: float = 30.0,
+    readonly: bool = False,
+) -> tuple[apsw.Connection, int]:
+    """Open ``path`` as a ledger connection; return it and the file's schema version.
+
+    The one function that sets up every ledger connection: refuses files that are
+    not ledgers (before writing anything), then WAL, ``synchronous`` (NORMAL by
+    default), foreign keys and a busy timeout. Does not migrate (see ``migrate``).
+    """
+    path = Path(path)
+    mode = synchronous.upper()
+    if mode not in SYNCHRONOUS_MODES:
+        raise LedgerError(
+            f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}"
+        )
+    if readonly:
+        if not path.exists():
+            raise LedgerError(f"{path} does not exist", hint="create it with `hermes ledger init`")
+        flags = apsw.SQLITE_OPEN_READONLY
+    else:
+        _create_private(path)
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    if path.is_dir():
+        raise LedgerError(f"{path} is a directory", hint="give --db a file path, e.g. ledger.db")
+    try:
+        conn = apsw.Connection(str(path), flags=flags)
+    except apsw.Error as exc:
+        translate(exc, path=str(path))
+    try:
+        conn.setbusytimeout(int(busy_timeout * 1000))
+        version = _identify(conn, path, latest_version())
+        if not readonly:
+            if _one(conn, "PRAGMA journal_mode") != "wal":
+                _pragma(conn, "journal_mode", "WAL")
+            _pragma(conn, "synchronous", mode)
+        _pragma(conn, "foreign_keys", "ON")
+    except apsw.Error as exc:
+        conn.close()
+        translate(exc, path=str(path))
+    except BaseException:
+        conn.close()
+        raise
+    return conn, version
+
+
+def migrate(conn: apsw.Connection, path: str | os.PathLike[str]) -> int:
+    """Apply every pending migration, each in its own transaction with its record.
+
+    Safe when several processes open a new ledger at once: each migration re-reads
+    ``user_version`` under the write lock and is skipped if another process applied it.
+    Returns the schema version after migrating.
+    """
+    migrations = load_migrations()
+    for migration in migrations:
+        if _one(conn, "PRAGMA user_version") >= migration.version:  # type: ignore[operator]
+            continue
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if _one(conn, "PRAGMA user_version") >= migration.version:  # type: ignore[operator]
+                    conn.execute("ROLLBACK")
+                    continue
+                for _ in conn.execute(migration.sql):
+                    pass  # drain: apsw runs a multi-statement script as it is consumed
+                for _ in conn.execute(
+                    "CREATE TABLE IF NOT EXISTS ledger_migrations ("
+                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL"
+                    ") STRICT"
+                ):
+                    pass
+                conn.execute(
+                    "INSERT INTO ledger_migrations (version, name, applied_at)"
+                    " VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                    (migration.version, migration.name),
+                )
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {migration.version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+                raise
+        except apsw.Error as exc:
+            translate(exc, path=str(path))
+    return len(migrations)

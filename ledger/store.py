@@ -1,0 +1,458 @@
+"""The event store: append to streams, read them back, verify the chain.
+
+``Ledger`` is the one documented interface over the log; the SQL it runs is
+below, one named statement per purpose, always with bindings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import apsw
+
+from ledger.chain import GENESIS, row_hash
+from ledger.clock import Clock, format_utc, system_clock
+from ledger.errors import (
+    ConcurrencyError,
+    EventValidationError,
+    IdempotencyError,
+    LedgerBusyError,
+    LedgerError,
+    SessionAlreadyEndedError,
+    translate,
+)
+from ledger.events import EventModel, body_json, parse
+from ledger.records import AppendResult, Recorded, VerifyReport
+from ledger.schema import connect, migrate
+from ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
+
+__all__ = ["InlineProjector", "Ledger"]
+
+_COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, recorded_at, hash"
+
+SQL_STREAM_VERSION = "SELECT max(version) FROM events WHERE stream = ?"
+SQL_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+SQL_INSERT = (
+    "INSERT INTO events (position, event_id, stream, version, type, session_id, data, meta,"
+    " recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_BY_EVENT_ID = "SELECT position, stream, version, type, data FROM events WHERE event_id = ?"
+SQL_PAGE_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+SQL_PAGE_STREAM = (
+    f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version > ? ORDER BY version LIMIT ?"
+)
+
+_PAGE = 512
+# Stream names, event ids and session ids: printable, no control characters.
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME = 1024
+
+
+class InlineProjector(Protocol):
+    """Runs inside the append transaction, after the rows are inserted.
+
+    It writes its read-model rows (and its checkpoint) through ``conn``; raising
+    rolls the whole append back.
+    """
+
+    def __call__(self, conn: apsw.Connection, records: Sequence[Recorded]) -> None: ...
+
+
+def _check_name(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise EventValidationError(f"{kind} must be a non-empty string, not {value!r}")
+    if len(value) > _MAX_NAME:
+        raise EventValidationError(f"{kind} is longer than {_MAX_NAME} characters")
+    if _BAD_NAME.search(value):
+        raise EventValidationError(f"{kind} {value!r} contains control characters")
+    return value
+
+
+def _coerce(event: object) -> EventModel:
+    if isinstance(event, EventModel):
+        return event
+    if isinstance(event, Mapping):
+        return parse(event)
+    raise EventValidationError(
+        f"append takes event models or dicts, not {type(event).__name__}"
+    )
+
+
+class Ledger:
+    """An append-only event log in one SQLite file.
+
+    Open with ``Ledger.open(path)`` (creates and migrates the file if needed) and
+    use it as a context manager. One ``Ledger`` may be shared by threads; several
+    processes may open the same file.
+    """
+
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        path: Path,
+        *,
+        clock: Clock,
+        readonly: bool,
+        busy_timeout: float,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._lock = threading.RLock()
+        self._projectors: list[InlineProjector] = []
+        self._closed = False
+
+    # -- opening and closing -------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 30.0,
+        clock: Clock | None = None,
+        readonly: bool = False,
+    ) -> Self:
+        """Open (creating and migrating if needed) the ledger at ``path``.
+
+        Refuses, without changing the file, anything that is not a ledger, and a
+        ledger written by a newer version. ``synchronous`` is SQLite's durability
+        setting (NORMAL by default: durable across process crashes; FULL also
+        across power loss). ``clock`` stamps ``recorded_at``.
+        """
+        path = Path(path)
+        conn, version = connect(
+            path, synchronous=synchronous, busy_timeout=busy_timeout, readonly=readonly
+        )
+        try:
+            if readonly:
+                from ledger.schema import latest_version
+
+                if version < latest_version():
+                    raise LedgerError(
+                        f"{path} uses an older schema (v{version}) and is opened read-only",
+                        hint="open it once read-write (e.g. `hermes ledger status`) to migrate it",
+                    )
+            else:
+                migrate(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(
+            conn, path, clock=clock or system_clock, readonly=readonly, busy_timeout=busy_timeout
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> apsw.Connection:
+        """The underlying apsw connection (for projections and read-only SQL)."""
+        return self._conn
+
+    def add_inline_projector(self, projector: InlineProjector) -> None:
+        """Run ``projector`` inside every later append's transaction."""
+        self._projectors.append(projector)
+
+    # -- transactions --------------------------------------------------------
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, retrying a busy lock (with jitter) until the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except apsw.BusyError as exc:
+                if time.monotonic() >= deadline:
+                    raise LedgerBusyError(
+                        f"{self.path}: another process held the write lock for more than "
+                        f"{self._busy_timeout:g}s"
+                    ) from exc
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.05)
+
+    def write(self, work: Callable[[apsw.Connection], Any]) -> Any:
+        """Run ``work(conn)`` in one ``BEGIN IMMEDIATE`` transaction; commit or roll back."""
+        if self.readonly:
+            raise LedgerError(f"{self.path} is open read-only")
+        with self._lock:
+            self._check_open()
+            self._begin()
+            try:
+                result = work(self._conn)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if not self._conn.getautocommit():
+                    self._conn.execute("ROLLBACK")
+                raise
+            return result
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerError(f"{self.path}: the ledger is closed")
+
+    # -- appending -----------------------------------------------------------
+
+    def append(
+        self,
+        stream: str,
+        events: Iterable[EventModel | Mapping[str, Any]],
+        expected_version: ExpectedVersion = ANY,
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to ``stream`` in one transaction (all or nothing).
+
+        ``expected_version`` is ANY, NO_STREAM, STREAM_EXISTS, or the exact version
+        the stream must be at; otherwise ConcurrencyError is raised and nothing is
+        written. If every event_id is already in the log (a retried append), the
+        original positions are returned with ``duplicate=True`` and nothing is
+        written. ``meta`` (causation/correlation ids, actor…) is stored with each
+        event next to its schema version.
+        """
+        _check_name("stream", stream)
+        expected = validate_expected(expected_version)
+        models = [_coerce(e) for e in events]
+        if not models:
+            raise EventValidationError("append needs at least one event")
+        ids = [m.event_id for m in models]
+        if len(set(ids)) != len(ids):
+            raise IdempotencyError("the same event_id appears twice in one append")
+        extra = dict(meta or {})
+        if "schema_version" in extra:
+            raise EventValidationError("meta may not set schema_version; the event model does")
+        try:
+            extra_json = json.dumps(extra, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise EventValidationError(f"meta is not JSON-serialisable: {exc}") from None
+        prepared = []
+        for model in models:
+            session_id = getattr(model, "session_id", None)
+            if session_id is not None:
+                _check_name("session_id", session_id)
+            _check_name("event_id", model.event_id)
+            version_tag = '{"schema_version":%d' % model.schema_version
+            meta_json = version_tag + ("}" if extra_json == "{}" else "," + extra_json[1:])
+            prepared.append((model.event_id, model.type, session_id, body_json(model), meta_json))
+
+        def work(conn: apsw.Connection) -> AppendResult:
+            current = conn.execute(SQL_STREAM_VERSION, (stream,)).fetchone()[0] or 0
+            if not check_expected(expected, current):
+                original = self._original_result(conn, stream, prepared)
+                if original is not None:
+                    return original
+                raise ConcurrencyError(stream, expected, current)
+            head = conn.execute(SQL_HEAD).fetchone()
+            position, previous = (0, GENESIS) if head is None else head
+            recorded_at = format_utc(self._clock())
+            rows = []
+            version = current
+            for event_id, event_type, session_id, data, meta_json in prepared:
+                position += 1
+                version += 1
+                previous = row_hash(
+                    previous, position, event_id, stream, version, event_type,
+                    session_id, data, meta_json, recorded_at,
+                )  # fmt: skip
+                rows.append(
+                    (position, event_id, stream, version, event_type, session_id, data,
+                     meta_json, recorded_at, previous)
+                )  # fmt: skip
+            try:
+                if len(rows) == 1:
+                    conn.execute(SQL_INSERT, rows[0])
+                else:
+                    conn.executemany(SQL_INSERT, rows)
+            except apsw.ConstraintError as exc:
+                if "events.event_id" in str(exc):
+                    raise _Duplicate from exc
+                if "events.session_id" in str(exc):
+                    ended = [p[2] for p in prepared if p[1] == "session_ended"]
+                    raise SessionAlreadyEndedError(ended[0] if ended else None) from exc
+                translate(exc, path=str(self.path), stream=stream)
+            if self._projectors:
+                records = [Recorded(*row) for row in rows]
+                for projector in self._projectors:
+                    projector(conn, records)
+            return AppendResult(tuple(r[0] for r in rows), version)
+
+        try:
+            return self.write(work)  # type: ignore[no-any-return]
+        except _Duplicate:
+            # Some event_id is already in the log: the append was rolled back.
+            # If it is a retry of an earlier append, answer with that append's result.
+            with self._lock:
+                original = self._original_result(self._conn, stream, prepared)
+            if original is None:
+                raise IdempotencyError(
+                    "some event_ids of this append are already in the log, others are not",
+                    hint="resend an earlier append unchanged, or give new events new ids",
+                ) from None
+            return original
+        except apsw.Error as exc:
+            translate(exc, path=str(self.path), stream=stream)
+
+    def _original_result(
+        self, conn: apsw.Connection, stream: str, prepared: Sequence[tuple[Any, ...]]
+    ) -> AppendResult | None:
+        """The result of the earlier append of these exact events, if there was one."""
+        found = []
+        for event_id, event_type, _sid, data, _meta in prepared:
+            row = conn.execute(SQL_BY_EVENT_ID, (event_id,)).fetchone()
+            if row is None:
+                if found:
+                    raise IdempotencyError(
+                        f"event_id {found[0][0]!r} is already in the log but {event_id!r} is not: "
+                        "this is not a retry of an earlier append",
+                        hint="give new events new event_ids",
+                    )
+                return None
+            position, row_stream, version, row_type, row_data = row
+            if row_stream != stream or row_type != event_type or row_data != data:
+                raise IdempotencyError(
+                    f"event_id {event_id!r} is already recorded at position {position} "
+                    f"({row_type} in stream {row_stream!r}) with different content",
+                    hint="give each new event its own event_id",
+                )
+            found.append((event_id, position, version))
+        return AppendResult(tuple(p for _, p, _ in found), max(v for _, _, v in found), True)
+
+    # -- reading -------------------------------------------------------------
+
+    def _pages(self, sql: str, key: Any, start: int, limit: int | None) -> Iterator[Recorded]:
+        """Keyset pagination: constant memory, and no read transaction held between pages."""
+        remaining = limit
+        after = start
+        while remaining is None or remaining > 0:
+            size = _PAGE if remaining is None else min(_PAGE, remaining)
+            with self._lock:
+                self._check_open()
+                args = (after, size) if key is None else (key, after, size)
+                try:
+                    rows = self._conn.execute(sql, args).fetchall()
+                except apsw.Error as exc:
+                    translate(exc, path=str(self.path))
+            for row in rows:
+                yield Recorded(*row)
+            if len(rows) < size:
+                return
+            after = rows[-1][0] if key is None else rows[-1][3]
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def read_all(
+        self, after: int = 0, *, types: Iterable[str] | None = None, limit: int | None = None
+    ) -> Iterator[Recorded]:
+        """Events after position ``after``, in position order, optionally only ``types``."""
+        if types is None:
+            yield from self._pages(SQL_PAGE_ALL, None, after, limit)
+            return
+        wanted = sorted(set(types))
+        if not wanted:
+            return
+        marks = ", ".join("?" for _ in wanted)
+        sql = (
+            f"SELECT {_COLUMNS} FROM events WHERE position > ? AND type IN ({marks})"
+            " ORDER BY position LIMIT ?"
+        )
+        remaining = limit
+        cursor = after
+        while remaining is None or remaining > 0:
+            size = _PAGE if remaining is None else min(_PAGE, remaining)
+            with self._lock:
+                self._check_open()
+                rows = self._conn.execute(sql, (cursor, *wanted, size)).fetchall()
+            for row in rows:
+                yield Recorded(*row)
+            if len(rows) < size:
+                return
+            cursor = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def read_stream(self, stream: str, *, after_version: int = 0) -> Iterator[Recorded]:
+        """The events of one stream in version order, after ``after_version``."""
+        yield from self._pages(SQL_PAGE_STREAM, stream, after_version, None)
+
+    def stream_version(self, stream: str) -> int:
+        """The stream's current version (0 if it has no events)."""
+        with self._lock:
+            self._check_open()
+            return self._conn.execute(SQL_STREAM_VERSION, (stream,)).fetchone()[0] or 0  # type: ignore[no-any-return]
+
+    def head(self) -> int:
+        """The position of the last event (0 for an empty ledger)."""
+        with self._lock:
+            self._check_open()
+            row = self._conn.execute(SQL_HEAD).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # -- verifying -----------------------------------------------------------
+
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """Walk the whole log: gap-free positions, versions 1..n per stream, and every
+        row's hash against its content and the previous row's hash."""
+        head = self.head()
+        previous_hash = GENESIS
+        previous_position = 0
+        versions: dict[str, int] = {}
+        checked = 0
+        for rec in self._pages(SQL_PAGE_ALL, None, 0, None):
+            problem = None
+            if rec.position != previous_position + 1:
+                problem = f"gap: position {previous_position} is followed by {rec.position}"
+            elif rec.version != versions.get(rec.stream, 0) + 1:
+                problem = (
+                    f"stream {rec.stream!r} jumps from version {versions.get(rec.stream, 0)} "
+                    f"to {rec.version}"
+                )
+            else:
+                expected = row_hash(
+                    previous_hash, rec.position, rec.event_id, rec.stream, rec.version, rec.type,
+                    rec.session_id, rec.data_json, rec.meta_json, rec.recorded_at_text,
+                )  # fmt: skip
+                if expected != rec.hash:
+                    problem = "hash does not match the row's content and the previous hash"
+            if problem is not None:
+                return VerifyReport(False, checked, head, rec.position, problem)
+            versions[rec.stream] = rec.version
+            previous_hash = rec.hash
+            previous_position = rec.position
+            checked += 1
+            if progress is not None and checked % 10_000 == 0:
+                progress(checked, head)
+        if progress is not None:
+            progress(checked, head)
+        return VerifyReport(True, checked, previous_position)
+
+
+class _Duplicate(Exception):
+    """Internal: an insert hit the UNIQUE event_id index (the append was rolled back)."""

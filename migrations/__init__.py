@@ -1,0 +1,1 @@
+"""Numbered SQL migrations for the ledger, applied in order by ``ledger.schema``."""
