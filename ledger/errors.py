@@ -99,14 +99,14 @@ def translate(exc: apsw.Error, *, path: str, stream: str | None = None) -> NoRet
         if "append-only" in message:
             raise ImmutableLogError(message.split("ConstraintError: ")[-1]) from exc
         if "events.event_id" in message:
-            raise IdempotencyError(f"an event_id in this append is already in the log: {message}") from exc
+            raise IdempotencyError(f"an event_id is already in the log: {message}") from exc
         raise EventValidationError(f"the log refused an event: {message}") from exc
     if isinstance(exc, apsw.BusyError):
-        raise LedgerBusyError(f"{path}: the ledger stayed locked by another writer ({message})") from exc
+        raise LedgerBusyError(f"{path}: the ledger stayed locked by another writer") from exc
     if isinstance(exc, apsw.NotADBError):
         raise NotALedgerError(
             f"{path} is not a SQLite database",
-            hint="point --db (or HERMES_LEDGER_DB) at a ledger file, or at a new path to create one",
+            hint="point --db (or HERMES_LEDGER_DB) at a ledger file, or at a new path",
         ) from exc
     if isinstance(exc, apsw.CorruptError):
         raise NotALedgerError(

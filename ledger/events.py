@@ -198,16 +198,16 @@ EVENT_TYPES: dict[str, type[EventModel]] = {
     )
 }
 
+Upcaster: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
+
 # (type, from_version) -> function turning a body of that version into the next one.
-_UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 
-def upcaster(
-    event_type: str, from_version: int
-) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]]:
-    """Register a function that turns a stored body of ``from_version`` into ``from_version + 1``."""
+def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function turning a stored body of ``from_version`` into the next version."""
 
-    def register(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def register(fn: Upcaster) -> Upcaster:
         key = (event_type, from_version)
         if key in _UPCASTERS:
             raise ValueError(f"an upcaster for {event_type} v{from_version} is already registered")
@@ -272,7 +272,9 @@ def parse(raw: Mapping[str, Any], *, schema_version: int | None = None) -> Event
     if stored is not None:
         body.pop("schema_version", None)
         if isinstance(stored, bool) or not isinstance(stored, int) or stored < 1:
-            raise EventValidationError(f"invalid {event_type} event: schema_version must be an int >= 1")
+            raise EventValidationError(
+                f"invalid {event_type} event: schema_version must be an int >= 1"
+            )
         body = _upcast(event_type, body, stored)
     try:
         return _ADAPTER.validate_python(body)  # type: ignore[no-any-return]
@@ -286,7 +288,7 @@ def from_stored(event_type: str, event_id: str, data: str, schema_version: int) 
     if model is not None and schema_version == model.schema_version:
         # Current shape: splice type and event_id into the JSON text and let
         # pydantic parse it in one pass, without a round trip through dicts.
-        head = '{"type":"%s","event_id":%s' % (event_type, json.dumps(event_id))
+        head = f'{{"type":"{event_type}","event_id":{json.dumps(event_id)}'
         text = head + ("}" if data.strip() == "{}" else "," + data.lstrip()[1:])
         try:
             return model.model_validate_json(text)

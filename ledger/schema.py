@@ -96,7 +96,7 @@ def _identify(conn: apsw.Connection, path: Path, latest: int) -> int:
             raise LedgerTooNewError(
                 f"{path} was written by a newer hermes-ledger (schema {user_version}; "
                 f"this version knows up to {latest})",
-                hint="upgrade hermes-ledger (pip install -U hermes-ledger); the file was not changed",
+                hint="upgrade hermes-ledger (pip install -U hermes-ledger); the file is unchanged",
             )
         return user_version
     objects = _one(conn, "SELECT count(*) FROM sqlite_schema")

@@ -82,9 +82,7 @@ def _coerce(event: object) -> EventModel:
         return event
     if isinstance(event, Mapping):
         return parse(event)
-    raise EventValidationError(
-        f"append takes event models or dicts, not {type(event).__name__}"
-    )
+    raise EventValidationError(f"append takes event models or dicts, not {type(event).__name__}")
 
 
 class Ledger:
@@ -259,7 +257,7 @@ class Ledger:
             if session_id is not None:
                 _check_name("session_id", session_id)
             _check_name("event_id", model.event_id)
-            version_tag = '{"schema_version":%d' % model.schema_version
+            version_tag = f'{{"schema_version":{model.schema_version}'
             meta_json = version_tag + ("}" if extra_json == "{}" else "," + extra_json[1:])
             prepared.append((model.event_id, model.type, session_id, body_json(model), meta_json))
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ANY", "NO_STREAM", "STREAM_EXISTS", "ExpectedVersion", "check_expected", "describe_expected"]
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "ExpectedVersion",
+    "check_expected",
+    "describe_expected",
+    "validate_expected",
+]
 
 
 class _Marker(enum.Enum):
@@ -51,6 +59,7 @@ def validate_expected(expected: object) -> ExpectedVersion:
         return expected
     if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
         raise TypeError(
-            f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, not {expected!r}"
+            "expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, "
+            f"not {expected!r}"
         )
     return expected

@@ -1,0 +1,2 @@
+"""The gateway side: session sources and keys, reset policies, the session store,
+the scheduler, hooks, and the ``hermes`` command line."""
