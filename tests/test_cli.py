@@ -1,0 +1,142 @@
+"""The command line: exact output through CliRunner, plus the installed scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import hermes, ledger_group
+from ledger import Ledger
+from ledger.events import SessionStarted, Source
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "hermes-home"
+    monkeypatch.setenv("HERMES_HOME", str(home))
+    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
+    return home
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(hermes, list(args))
+    return result.exit_code, result.output
+
+
+def test_init_creates_the_default_ledger_in_hermes_home(home: Path) -> None:
+    code, out = run("ledger", "init")
+    path = home / "ledger.db"
+    assert (code, out) == (0, f"Created ledger {path} (schema v1)\n")
+    assert oct(home.stat().st_mode & 0o777) == "0o700"
+    code, out = run("ledger", "init")
+    assert (code, out) == (0, f"Ledger {path} already exists (schema v1, 0 events)\n")
+
+
+def test_db_option_and_env_override_the_default(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other.db"
+    assert run("ledger", "init", "--db", str(other))[0] == 0
+    assert other.exists() and not home.exists()
+    monkeypatch.setenv("HERMES_LEDGER_DB", str(tmp_path / "env.db"))
+    assert run("ledger", "init")[0] == 0
+    assert (tmp_path / "env.db").exists() and not home.exists()
+
+
+def test_status_prints_what_the_ledger_holds(home: Path, tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    clock_time = "2026-11-22T09:00:00.000000Z"
+    with Ledger.open(db, clock=lambda: datetime(2026, 11, 22, 9, tzinfo=UTC)) as led:
+        led.append("k1", [SessionStarted(session_id="s1", source=Source(platform="telegram"))])
+        led.append("k2", [SessionStarted(session_id="s2", source=Source(platform="discord"))])
+    code, out = run("ledger", "status", "--db", str(db))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[:7] == [
+        f"ledger:      {db}",
+        "schema:      v1 (up to date)",
+        "events:      2 (head position 2)",
+        "streams:     2",
+        "sessions:    2",
+        f"first event: {clock_time}",
+        f"last event:  {clock_time}",
+    ]
+    assert lines[7].startswith("size:        ") and lines[7].endswith("KiB")
+    code, out = run("ledger", "status", "--db", str(db), "--json")
+    data = json.loads(out)
+    assert data["events"] == 2 and data["head"] == 2 and data["path"] == str(db)
+
+
+def test_status_of_a_missing_ledger_says_what_to_do(home: Path) -> None:
+    code, out = run("ledger", "status")
+    assert code == 1
+    assert out == (
+        f"Error: there is no ledger at {home / 'ledger.db'}\n"
+        "Try: create one with `hermes ledger init`, or pass --db / HERMES_LEDGER_DB\n"
+    )
+
+
+def test_a_file_that_is_not_a_ledger_is_an_error_not_a_traceback(
+    home: Path, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database " * 100)
+    code, out = run("ledger", "init", "--db", str(notes))
+    assert code == 1
+    assert out.startswith(f"Error: {notes} is not a SQLite database\nTry: ")
+    assert notes.read_text() == "not a database " * 100
+
+
+def test_usage_errors_exit_2(home: Path) -> None:
+    code, out = run("ledger", "no-such-command")
+    assert code == 2 and "No such command 'no-such-command'" in out
+    code, out = run("ledger", "status", "--bogus")
+    assert code == 2 and "No such option '--bogus'" in out
+
+
+def test_help_lists_one_line_per_command(home: Path) -> None:
+    code, out = run("ledger", "--help")
+    assert code == 0
+    commands = out.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in commands] == ["init", "status"]
+
+
+def test_hermes_ledger_is_the_same_as_hermes_ledger(home: Path, tmp_path: Path) -> None:
+    db = str(tmp_path / "x.db")
+    direct = CliRunner().invoke(ledger_group, ["init", "--db", db])
+    assert (direct.exit_code, direct.output) == (0, f"Created ledger {db} (schema v1)\n")
+    via = CliRunner().invoke(hermes, ["ledger", "status", "--db", db, "--json"])
+    assert json.loads(via.output)["path"] == db
+
+
+def _script(name: str) -> str:
+    found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"the {name!r} console script is not installed; run pip install -e .")
+    return found
+
+
+def test_installed_scripts_run_the_readme_main_job(tmp_path: Path) -> None:
+    env = {**os.environ, "HERMES_HOME": str(tmp_path / "home")}
+    env.pop("HERMES_LEDGER_DB", None)
+    init = subprocess.run(
+        [_script("hermes"), "ledger", "init"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert init.returncode == 0, init.stderr
+    status = subprocess.run(
+        [_script("hermes-ledger"), "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["path"] == str(tmp_path / "home" / "ledger.db")
