@@ -41,8 +41,10 @@ class LedgerStatus:
 
 def _status(led: Ledger, created: bool) -> LedgerStatus:
     conn = led.connection
-    events, first, last, streams, sessions = conn.execute(SQL_STATUS).fetchone()
-    version = conn.execute(SQL_SCHEMA_VERSION).fetchone()[0]
+    row: Any = conn.execute(SQL_STATUS).fetchone()
+    events, first, last, streams, sessions = row
+    version: Any = conn.execute(SQL_SCHEMA_VERSION).fetchone()
+    version = version[0]
     size = sum(os.path.getsize(p) for p in (led.path, Path(f"{led.path}-wal")) if os.path.exists(p))
     return LedgerStatus(
         path=str(led.path),

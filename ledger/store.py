@@ -51,6 +51,16 @@ SQL_PAGE_STREAM = (
     f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version > ? ORDER BY version LIMIT ?"
 )
 
+
+def _scalar(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    """The first column of the first row (None if there is no row)."""
+    row: Any = conn.execute(sql, args).fetchone()
+    return None if row is None else row[0]
+
+
+def _row(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    return conn.execute(sql, args).fetchone()
+
 _PAGE = 512
 # Stream names, event ids and session ids: printable, no control characters.
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
@@ -262,13 +272,13 @@ class Ledger:
             prepared.append((model.event_id, model.type, session_id, body_json(model), meta_json))
 
         def work(conn: apsw.Connection) -> AppendResult:
-            current = conn.execute(SQL_STREAM_VERSION, (stream,)).fetchone()[0] or 0
+            current = _scalar(conn, SQL_STREAM_VERSION, (stream,)) or 0
             if not check_expected(expected, current):
                 original = self._original_result(conn, stream, prepared)
                 if original is not None:
                     return original
                 raise ConcurrencyError(stream, expected, current)
-            head = conn.execute(SQL_HEAD).fetchone()
+            head = _row(conn, SQL_HEAD)
             position, previous = (0, GENESIS) if head is None else head
             recorded_at = format_utc(self._clock())
             rows = []
@@ -322,9 +332,9 @@ class Ledger:
         self, conn: apsw.Connection, stream: str, prepared: Sequence[tuple[Any, ...]]
     ) -> AppendResult | None:
         """The result of the earlier append of these exact events, if there was one."""
-        found = []
+        found: list[tuple[str, int, int]] = []
         for event_id, event_type, _sid, data, _meta in prepared:
-            row = conn.execute(SQL_BY_EVENT_ID, (event_id,)).fetchone()
+            row = _row(conn, SQL_BY_EVENT_ID, (event_id,))
             if row is None:
                 if found:
                     raise IdempotencyError(
@@ -345,24 +355,27 @@ class Ledger:
 
     # -- reading -------------------------------------------------------------
 
-    def _pages(self, sql: str, key: Any, start: int, limit: int | None) -> Iterator[Recorded]:
-        """Keyset pagination: constant memory, and no read transaction held between pages."""
+    def _pages(
+        self, sql: str, prefix: tuple[Any, ...], start: int, limit: int | None, key: int
+    ) -> Iterator[Recorded]:
+        """Keyset pagination over ``sql`` (bound as ``*prefix, after, size``): constant
+        memory, and no read transaction held between pages. ``key`` is the index of
+        the column the pages are ordered by."""
         remaining = limit
         after = start
         while remaining is None or remaining > 0:
             size = _PAGE if remaining is None else min(_PAGE, remaining)
             with self._lock:
                 self._check_open()
-                args = (after, size) if key is None else (key, after, size)
                 try:
-                    rows = self._conn.execute(sql, args).fetchall()
+                    rows: list[Any] = self._conn.execute(sql, (*prefix, after, size)).fetchall()
                 except apsw.Error as exc:
                     translate(exc, path=str(self.path))
             for row in rows:
                 yield Recorded(*row)
             if len(rows) < size:
                 return
-            after = rows[-1][0] if key is None else rows[-1][3]
+            after = rows[-1][key]
             if remaining is not None:
                 remaining -= len(rows)
 
@@ -371,47 +384,33 @@ class Ledger:
     ) -> Iterator[Recorded]:
         """Events after position ``after``, in position order, optionally only ``types``."""
         if types is None:
-            yield from self._pages(SQL_PAGE_ALL, None, after, limit)
-            return
-        wanted = sorted(set(types))
+            return self._pages(SQL_PAGE_ALL, (), after, limit, key=0)
+        wanted = tuple(sorted(set(types)))
         if not wanted:
-            return
+            return iter(())
         marks = ", ".join("?" for _ in wanted)
         sql = (
-            f"SELECT {_COLUMNS} FROM events WHERE position > ? AND type IN ({marks})"
+            f"SELECT {_COLUMNS} FROM events WHERE type IN ({marks}) AND position > ?"
             " ORDER BY position LIMIT ?"
         )
-        remaining = limit
-        cursor = after
-        while remaining is None or remaining > 0:
-            size = _PAGE if remaining is None else min(_PAGE, remaining)
-            with self._lock:
-                self._check_open()
-                rows = self._conn.execute(sql, (cursor, *wanted, size)).fetchall()
-            for row in rows:
-                yield Recorded(*row)
-            if len(rows) < size:
-                return
-            cursor = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
+        return self._pages(sql, wanted, after, limit, key=0)
 
     def read_stream(self, stream: str, *, after_version: int = 0) -> Iterator[Recorded]:
         """The events of one stream in version order, after ``after_version``."""
-        yield from self._pages(SQL_PAGE_STREAM, stream, after_version, None)
+        return self._pages(SQL_PAGE_STREAM, (stream,), after_version, None, key=3)
 
     def stream_version(self, stream: str) -> int:
         """The stream's current version (0 if it has no events)."""
         with self._lock:
             self._check_open()
-            return self._conn.execute(SQL_STREAM_VERSION, (stream,)).fetchone()[0] or 0  # type: ignore[no-any-return]
+            return _scalar(self._conn, SQL_STREAM_VERSION, (stream,)) or 0
 
     def head(self) -> int:
         """The position of the last event (0 for an empty ledger)."""
         with self._lock:
             self._check_open()
-            row = self._conn.execute(SQL_HEAD).fetchone()
-        return 0 if row is None else int(row[0])
+            position = _scalar(self._conn, SQL_HEAD)
+        return 0 if position is None else int(position)
 
     # -- verifying -----------------------------------------------------------
 
@@ -423,7 +422,7 @@ class Ledger:
         previous_position = 0
         versions: dict[str, int] = {}
         checked = 0
-        for rec in self._pages(SQL_PAGE_ALL, None, 0, None):
+        for rec in self._pages(SQL_PAGE_ALL, (), 0, None, key=0):
             problem = None
             if rec.position != previous_position + 1:
                 problem = f"gap: position {previous_position} is followed by {rec.position}"
