@@ -41,6 +41,13 @@ _COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, r
 
 SQL_STREAM_VERSION = "SELECT max(version) FROM events WHERE stream = ?"
 SQL_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+# What an append needs under the write lock, in one statement: the stream's version
+# and the log's last position and hash (NULLs for an empty log).
+SQL_APPEND_STATE = (
+    "SELECT v.version, h.position, h.hash"
+    " FROM (SELECT max(version) AS version FROM events WHERE stream = ?) AS v"
+    " LEFT JOIN (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS h"
+)
 SQL_INSERT = (
     "INSERT INTO events (position, event_id, stream, version, type, session_id, data, meta,"
     " recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -62,6 +69,7 @@ def _row(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
     return conn.execute(sql, args).fetchone()
 
 _PAGE = 512
+_MAX_CACHED_STREAMS = 50_000
 # Stream names, event ids and session ids: printable, no control characters.
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME = 1024
@@ -120,6 +128,13 @@ class Ledger:
         self._lock = threading.RLock()
         self._projectors: list[InlineProjector] = []
         self._closed = False
+        # What the last append of this connection left behind (head position and
+        # hash, stream versions), valid while SQLite's data_version says nobody
+        # has written since; it saves the state queries on the hot path.
+        self._seen_version: int | None = None
+        self._head: tuple[int, str] = (0, GENESIS)
+        self._versions: dict[str, int] = {}
+        self._pending: tuple[str, int, int, str] | None = None
 
     # -- opening and closing -------------------------------------------------
 
@@ -214,14 +229,44 @@ class Ledger:
         with self._lock:
             self._check_open()
             self._begin()
+            self._pending = None
             try:
                 result = work(self._conn)
                 self._conn.execute("COMMIT")
             except BaseException:
+                self._seen_version = None
                 if not self._conn.getautocommit():
                     self._conn.execute("ROLLBACK")
                 raise
+            self._remember_commit()
             return result
+
+    def _remember_commit(self) -> None:
+        """After a commit: keep the append's head and stream version, or forget all."""
+        if self._pending is None:
+            self._seen_version = None
+            return
+        stream, version, position, digest = self._pending
+        self._pending = None
+        if len(self._versions) >= _MAX_CACHED_STREAMS:
+            self._versions.clear()
+        self._versions[stream] = version
+        self._head = (position, digest)
+        self._seen_version = self._conn.data_version()
+
+    def _append_state(self, conn: apsw.Connection, stream: str) -> tuple[int, int, str]:
+        """(stream version, head position, head hash), read under the write lock."""
+        if conn.data_version() == self._seen_version:
+            position, digest = self._head
+            current = self._versions.get(stream)
+            if current is None:
+                current = _scalar(conn, SQL_STREAM_VERSION, (stream,)) or 0
+            return current, position, digest
+        self._versions.clear()
+        current, position, digest = _row(conn, SQL_APPEND_STATE, (stream,))
+        if position is None:
+            return current or 0, 0, GENESIS
+        return current or 0, position, digest
 
     def _check_open(self) -> None:
         if self._closed:
@@ -254,13 +299,14 @@ class Ledger:
         ids = [m.event_id for m in models]
         if len(set(ids)) != len(ids):
             raise IdempotencyError("the same event_id appears twice in one append")
-        extra = dict(meta or {})
-        if "schema_version" in extra:
-            raise EventValidationError("meta may not set schema_version; the event model does")
-        try:
-            extra_json = json.dumps(extra, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            raise EventValidationError(f"meta is not JSON-serialisable: {exc}") from None
+        extra_json = "{}"
+        if meta:
+            if "schema_version" in meta:
+                raise EventValidationError("meta may not set schema_version; the event model does")
+            try:
+                extra_json = json.dumps(dict(meta), ensure_ascii=False, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise EventValidationError(f"meta is not JSON-serialisable: {exc}") from None
         prepared = []
         for model in models:
             session_id = getattr(model, "session_id", None)
@@ -272,14 +318,12 @@ class Ledger:
             prepared.append((model.event_id, model.type, session_id, body_json(model), meta_json))
 
         def work(conn: apsw.Connection) -> AppendResult:
-            current = _scalar(conn, SQL_STREAM_VERSION, (stream,)) or 0
+            current, position, previous = self._append_state(conn, stream)
             if not check_expected(expected, current):
                 original = self._original_result(conn, stream, prepared)
                 if original is not None:
                     return original
                 raise ConcurrencyError(stream, expected, current)
-            head = _row(conn, SQL_HEAD)
-            position, previous = (0, GENESIS) if head is None else head
             recorded_at = format_utc(self._clock())
             rows = []
             version = current
@@ -310,6 +354,7 @@ class Ledger:
                 records = [Recorded(*row) for row in rows]
                 for projector in self._projectors:
                     projector(conn, records)
+            self._pending = (stream, version, position, previous)
             return AppendResult(tuple(r[0] for r in rows), version)
 
         try:

@@ -325,3 +325,25 @@ def test_readonly_ledger_refuses_writes(db_path: Path) -> None:
         assert [r.type for r in ro.read_all()] == ["session_started"]
         with pytest.raises(LedgerError, match="read-only"):
             ro.append(KEY, [msg("x")])
+
+
+def test_two_connections_see_each_others_appends(db_path: Path) -> None:
+    """The append path caches the head and stream versions; another writer must
+    invalidate that cache, or positions and versions would collide."""
+    with Ledger.open(db_path) as a, Ledger.open(db_path) as b:
+        a.append(KEY, [started()], expected_version=NO_STREAM)
+        a.append(KEY, [msg("a1")], expected_version=1)
+        b.append(KEY, [msg("b1")], expected_version=2)
+        with pytest.raises(ConcurrencyError, match="it is at version 3"):
+            a.append(KEY, [msg("stale")], expected_version=2)
+        assert a.append(KEY, [msg("a2")], expected_version=3).positions == (4,)
+        b.append("other", [msg("b2", sid="s2")])
+        assert a.append(KEY, [msg("a3")]).positions == (6,)
+        with pytest.raises(SessionAlreadyEndedError):
+            a.append(
+                KEY,
+                [msg("x"), SessionEnded(session_id="s1", reason="r")] * 1
+                + [SessionEnded(session_id="s1", reason="again")],
+            )
+        assert b.append(KEY, [msg("b3")]).positions == (7,)
+        assert a.verify().ok and [r.version for r in a.read_stream(KEY)] == list(range(1, 7))
