@@ -305,7 +305,9 @@ _BODY_EXCLUDE = {"type", "event_id"}
 
 def body_json(event: EventModel) -> str:
     """The ``data`` column for an event: every field but type and event_id, as JSON."""
-    return event.model_dump_json(exclude=_BODY_EXCLUDE, exclude_none=False)
+    # The model's own serializer, called directly: same bytes as model_dump_json,
+    # without its per-call argument handling (this runs for every appended event).
+    return type(event).__pydantic_serializer__.to_json(event, exclude=_BODY_EXCLUDE).decode()
 
 
 def json_schema() -> dict[str, Any]:

@@ -10,14 +10,24 @@ is refused is left byte-for-byte untouched. Only then is the connection set up
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import apsw
 
-from ledger.errors import LedgerError, LedgerTooNewError, NotALedgerError, translate
+from ledger.errors import (
+    LedgerBusyError,
+    LedgerError,
+    LedgerTooNewError,
+    NotALedgerError,
+    translate,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -33,6 +43,13 @@ APPLICATION_ID = int.from_bytes(b"HRML", "big")
 """``PRAGMA application_id`` of every hermes ledger (0x48524D4C)."""
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+_MIGRATION_WAIT = 60.0  # seconds another process may hold the lock while migrating
+
+SQL_IDENTITY = (
+    "SELECT (SELECT application_id FROM pragma_application_id),"
+    " (SELECT user_version FROM pragma_user_version),"
+    " (SELECT count(*) FROM sqlite_schema)"
+)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -81,6 +98,23 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+def retry_busy(action: Callable[[], object], timeout: float, path: str | os.PathLike[str]) -> None:
+    """Run ``action``, retrying with jittered backoff while SQLite says the file is busy."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            action()
+            return
+        except apsw.BusyError as exc:
+            if time.monotonic() >= deadline:
+                raise LedgerBusyError(
+                    f"{path}: another process held the write lock for more than {timeout:g}s"
+                ) from exc
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.05)
+
+
 def _one(conn: apsw.Connection, sql: str) -> object:
     row = conn.execute(sql).fetchone()
     return None if row is None else row[0]
@@ -88,9 +122,10 @@ def _one(conn: apsw.Connection, sql: str) -> object:
 
 def _identify(conn: apsw.Connection, path: Path, latest: int) -> int:
     """Return the ledger's schema version (0 for a blank file) or refuse the file."""
-    app_id = _one(conn, "PRAGMA application_id")
-    user_version = _one(conn, "PRAGMA user_version")
-    assert isinstance(app_id, int) and isinstance(user_version, int)
+    # One statement, so one consistent snapshot: a process that migrates the file
+    # between two separate reads must not make it look like a foreign database.
+    row: Any = conn.execute(SQL_IDENTITY).fetchone()
+    app_id, user_version, objects = row
     if app_id == APPLICATION_ID:
         if user_version > latest:
             raise LedgerTooNewError(
@@ -99,7 +134,6 @@ def _identify(conn: apsw.Connection, path: Path, latest: int) -> int:
                 hint="upgrade hermes-ledger (pip install -U hermes-ledger); the file is unchanged",
             )
         return user_version
-    objects = _one(conn, "SELECT count(*) FROM sqlite_schema")
     if app_id == 0 and objects == 0:
         return 0
     what = f"application_id {app_id:#x}" if app_id else f"{objects} tables or indexes of its own"
@@ -156,7 +190,8 @@ def connect(
         version = _identify(conn, path, latest_version())
         if not readonly:
             if _one(conn, "PRAGMA journal_mode") != "wal":
-                _pragma(conn, "journal_mode", "WAL")
+                # SQLite does not wait on the busy timeout for this switch.
+                retry_busy(lambda: _pragma(conn, "journal_mode", "WAL"), busy_timeout, path)
             _pragma(conn, "synchronous", mode)
         _pragma(conn, "foreign_keys", "ON")
     except apsw.Error as exc:
@@ -180,7 +215,7 @@ def migrate(conn: apsw.Connection, path: str | os.PathLike[str]) -> int:
         if _one(conn, "PRAGMA user_version") >= migration.version:  # type: ignore[operator]
             continue
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), _MIGRATION_WAIT, path)
             try:
                 if _one(conn, "PRAGMA user_version") >= migration.version:  # type: ignore[operator]
                     conn.execute("ROLLBACK")
