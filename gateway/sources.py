@@ -186,9 +186,27 @@ class SessionSource(BaseModel):
     )
     _OPTIONAL: ClassVar[tuple[str, ...]] = ("user_id_alt", "chat_id_alt", "profile")
 
-    if not TYPE_CHECKING:
+    if TYPE_CHECKING:
+        # What callers may pass: a platform's name, numeric ids, any chat-type spelling.
+        def __init__(
+            self,
+            *,
+            platform: Platform | str,
+            chat_id: str | int | None = None,
+            chat_name: str | None = None,
+            chat_type: str | None = "dm",
+            user_id: str | int | None = None,
+            user_name: str | None = None,
+            thread_id: str | int | None = None,
+            chat_topic: str | None = None,
+            user_id_alt: str | int | None = None,
+            chat_id_alt: str | int | None = None,
+            profile: str | None = None,
+        ) -> None: ...
+
+    else:
         # Raise the domain error (with every problem listed) instead of
-        # pydantic's ValidationError; type checkers keep the field signature.
+        # pydantic's ValidationError.
         def __init__(self, **data: Any) -> None:
             try:
                 super().__init__(**data)
