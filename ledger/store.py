@@ -437,6 +437,19 @@ class Ledger:
             self._check_open()
             return _scalar(self._conn, SQL_STREAM_VERSION, (stream,)) or 0
 
+    def query(self, sql: str, args: tuple[Any, ...] | Mapping[str, Any] = ()) -> list[Any]:
+        """Run one read statement (with bindings) and return all its rows.
+
+        For read models over the ledger file (projections, audits); it holds the
+        ledger's lock only while the statement runs.
+        """
+        with self._lock:
+            self._check_open()
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except apsw.Error as exc:
+                translate(exc, path=str(self.path))
+
     def head(self) -> int:
         """The position of the last event (0 for an empty ledger)."""
         with self._lock:

@@ -347,3 +347,12 @@ def test_two_connections_see_each_others_appends(db_path: Path) -> None:
             )
         assert b.append(KEY, [msg("b3")]).positions == (7,)
         assert a.verify().ok and [r.version for r in a.read_stream(KEY)] == list(range(1, 7))
+
+
+def test_query_runs_one_read_statement_with_bindings(led: Ledger) -> None:
+    led.append(KEY, [started(), msg("a")])
+    rows = led.query("SELECT type FROM events WHERE stream = ? ORDER BY position", (KEY,))
+    assert rows == [("session_started",), ("message_appended",)]
+    assert led.query("SELECT count(*) FROM events WHERE stream = :s", {"s": "none"}) == [(0,)]
+    with pytest.raises(LedgerError, match="no such table"):
+        led.query("SELECT * FROM nowhere")
