@@ -38,7 +38,6 @@ Sources of the same shape that differ in any keyed component never share a key.
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Final
 
 from gateway.sources import SessionSource
@@ -148,8 +147,13 @@ def build_session_key(
     return ":".join(head + [escape_component(part) for part in tail])
 
 
+# Unicode categories Cc and Cs as one character class (a regex scan, not a
+# per-character category lookup).
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _control_free(value: str) -> bool:
-    return not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
+    return _CONTROL.search(value) is None
 
 
 def validate_session_id(session_id: object) -> str:
