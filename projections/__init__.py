@@ -1,0 +1,47 @@
+"""Read models derived from the log: session map, session history, transcripts.
+
+Attach them to an open ledger to keep them current inside every append
+(``attach`` / ``open_ledger``); ``rebuild`` replays the whole log into fresh
+tables and swaps them in; ``verify`` compares the live tables with a scratch
+replay; ``state_at`` replays up to a position or a time.
+
+    from ledger import Ledger
+    import projections
+
+    with Ledger.open("ledger.db") as led:
+        projections.attach(led)            # catch up, then project every append
+        ...
+        print(projections.verify(led))     # ok: live projections equal a replay …
+        then = projections.state_at(led, position=1000)
+
+The tables (``session_map``, ``session_history``, ``messages`` with its FTS5
+index ``messages_fts``), the audit views and example queries are described in
+docs/sql.md.
+"""
+
+from projections.definitions import PROJECTIONS, Projection
+from projections.errors import ProjectionError, RebuildSuperseded
+from projections.inline import AttachReport, attach, open_ledger
+from projections.rebuilding import RebuildReport, rebuild
+from projections.state import State, live_state, state_at
+from projections.verifying import Difference, VerifyReport, verify
+from projections.views import VIEWS
+
+__all__ = [
+    "PROJECTIONS",
+    "VIEWS",
+    "AttachReport",
+    "Difference",
+    "Projection",
+    "ProjectionError",
+    "RebuildReport",
+    "RebuildSuperseded",
+    "State",
+    "VerifyReport",
+    "attach",
+    "live_state",
+    "open_ledger",
+    "rebuild",
+    "state_at",
+    "verify",
+]

@@ -1,0 +1,467 @@
+"""What each projection does with a range of the log, as set-based SQL.
+
+Every rule is a ``Statement`` with two forms.
+
+``sql`` folds the events with ``position BETWEEN ?1 AND ?2`` into a projection's
+tables, set-based. It serves the catch-up of a lagging projection, a rebuild
+(chunks of many thousand events) and the scratch replays of verify/state_at.
+That is only correct if applying (a, b] then (b, c] gives the same rows as
+applying (a, c]; every column is therefore a count, a sum, a minimum/maximum,
+the value of the first event (guarded by a column that is NULL until that event
+is seen) or of the last event (the range's last overrides).
+
+``one`` is the same rule for one freshly appended event, with its fields bound
+as parameters instead of re-read from the log (no grouping, primary-key
+upserts): the inline projector's hot path. Its parameters: ?1 position,
+?2 stream, ?3 session_id, ?4 data (JSON text, current shape), ?5 business time,
+?6 meta (JSON text), ?7 type. ``types`` says which event types a rule reacts to.
+
+Rules run in the order listed. The property tests check that the two forms
+agree: live tables (one append at a time, through the twins) == rebuilt tables
+(big chunks, through the range forms), row for row.
+
+Placeholders: ``{events}``, each table's name, ``{ts}``, ``{body}`` and the
+``FRAGMENTS`` (filled in by ``projections.definitions``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.events import EVENT_TYPES
+
+__all__ = [
+    "BODY",
+    "EVENT_TIME",
+    "FRAGMENTS",
+    "SESSIONS_STATEMENTS",
+    "TRANSCRIPTS_STATEMENTS",
+    "TS",
+    "Statement",
+    "utc_text",
+]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One named rule: ``sql`` folds a range of the log, ``one`` folds a single
+    bound event; ``types`` None means every event type matters. ``one`` is None
+    when the other twins already do what the rule does."""
+
+    name: str
+    sql: str
+    one: str | None
+    types: frozenset[str] | None = None
+
+
+def _types(*names: str) -> frozenset[str]:
+    unknown = set(names) - set(EVENT_TYPES)
+    if unknown:
+        raise ValueError(f"unknown event types {sorted(unknown)}")
+    return frozenset(names)
+
+
+def utc_text(x: str) -> str:
+    """SQL: ISO-8601 text ``x`` with any offset (as pydantic writes it) as fixed-width
+    UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, the format of ``recorded_at``; NULL stays NULL.
+
+    Whole seconds go through strftime (which applies the offset); the fraction is
+    copied as digits, so no precision is lost or rounded."""
+    tz = f"ltrim(substr({x}, 21), '0123456789')"
+    digits = f"substr({x}, 21, length({x}) - 20 - length({tz}))"
+    return (
+        f"CASE WHEN {x} IS NULL THEN NULL"
+        f" WHEN substr({x}, 20, 1) = '.' THEN"
+        f" strftime('%Y-%m-%dT%H:%M:%S', substr({x}, 1, 19) || {tz})"
+        f" || '.' || substr({digits} || '000000', 1, 6) || 'Z'"
+        f" ELSE strftime('%Y-%m-%dT%H:%M:%S', {x}) || '.000000Z' END"
+    )
+
+
+def _business_time(data: str, recorded_at: str) -> str:
+    return f"coalesce({utc_text(f'({data} ->> {_OCCURRED_AT})')}, {recorded_at})"
+
+
+_OCCURRED_AT = "'$.occurred_at'"
+
+TS = _business_time("e.data", "e.recorded_at")
+"""An event's business time: ``occurred_at`` if set, else ``recorded_at``, as UTC text."""
+
+EVENT_TIME = "SELECT " + _business_time("?1", "?2")
+"""The business time of one event, from its data (?1) and recorded_at (?2)."""
+
+_CURRENT_VERSION = (
+    "CASE e.type "
+    + " ".join(
+        f"WHEN '{t}' THEN {m.schema_version}"
+        for t, m in sorted(EVENT_TYPES.items())
+        if m.schema_version != 1
+    )
+    + " ELSE 1 END"
+    if any(m.schema_version != 1 for m in EVENT_TYPES.values())
+    else "1"
+)
+
+BODY = (
+    f"(CASE WHEN e.meta ->> '$.schema_version' = {_CURRENT_VERSION} THEN e.data"
+    " ELSE hermes_event_body(e.type, e.event_id, e.data, e.meta) END)"
+)
+"""The event body in its current shape: stored older shapes go through the upcasters."""
+
+
+_SYNTHETIC = "coalesce({data} ->> '$.synthetic', 0)"
+_COST = "CAST(round(coalesce({data} ->> '$.cost_usd', 0) * 1e9) AS INTEGER)"
+
+FRAGMENTS: dict[str, str] = {
+    "range": "e.position BETWEEN ?1 AND ?2",
+    "body_synthetic": _SYNTHETIC.format(data=BODY),
+    "bound_synthetic": _SYNTHETIC.format(data="?4"),
+    "body_cost": _COST.format(data=BODY),
+    "bound_cost": _COST.format(data="?4"),
+    "body_deadline": utc_text(f"({BODY} ->> '$.deadline')"),
+    "bound_deadline": utc_text("(?4 ->> '$.deadline')"),
+    "map_state_columns": "status, message_count, input_tokens, output_tokens,"
+    " cache_read_tokens, cache_write_tokens, cost_nano_usd",
+    "map_state_values": "CASE WHEN h.ended_at IS NOT NULL THEN 'closed'"
+    " WHEN h.close_requested_at IS NOT NULL THEN 'closing' ELSE 'open' END,"
+    " h.message_count, h.input_tokens, h.output_tokens, h.cache_read_tokens,"
+    " h.cache_write_tokens, h.cost_nano_usd",
+}
+"""Shared pieces of the templates, by placeholder name."""
+
+# -- sessions: session_history (per session_id) and session_map (per key) -------
+#
+# A history row is created by the first event of its session (with that event's
+# stream as the key); in the twins every rule is an upsert that does the same.
+
+HISTORY_ROWS = Statement(
+    "history_rows",
+    sql="""INSERT INTO {session_history} (session_id, session_key)
+SELECT session_id, stream FROM (
+    SELECT e.session_id, e.stream, min(e.position)
+    FROM {events} AS e
+    WHERE {range} AND e.session_id IS NOT NULL
+    GROUP BY e.session_id
+) WHERE true
+ON CONFLICT (session_id) DO NOTHING""",
+    one=None,  # every twin below creates the row itself
+)
+
+HISTORY_STARTS = Statement(
+    "history_starts",
+    sql="""UPDATE {session_history} AS h SET
+    platform = s.platform, chat_type = s.chat_type, user_id = s.user_id,
+    user_name = s.user_name, start_reason = s.reason,
+    previous_session_id = s.previous_session_id, started_at = s.ts
+FROM (
+    SELECT e.session_id, min(e.position),
+        {body} ->> '$.source.platform' AS platform,
+        {body} ->> '$.source.chat_type' AS chat_type,
+        {body} ->> '$.source.user_id' AS user_id,
+        {body} ->> '$.source.user_name' AS user_name,
+        {body} ->> '$.reason' AS reason,
+        {body} ->> '$.previous_session_id' AS previous_session_id,
+        {ts} AS ts
+    FROM {events} AS e
+    WHERE {range} AND e.type = 'session_started'
+    GROUP BY e.session_id
+) AS s
+WHERE h.session_id = s.session_id AND h.started_at IS NULL""",
+    one="""INSERT INTO {session_history} (session_id, session_key, platform, chat_type, user_id,
+    user_name, start_reason, previous_session_id, started_at)
+VALUES (?3, ?2, ?4 ->> '$.source.platform', ?4 ->> '$.source.chat_type',
+    ?4 ->> '$.source.user_id', ?4 ->> '$.source.user_name', ?4 ->> '$.reason',
+    ?4 ->> '$.previous_session_id', ?5)
+ON CONFLICT (session_id) DO UPDATE SET
+    platform = excluded.platform, chat_type = excluded.chat_type, user_id = excluded.user_id,
+    user_name = excluded.user_name, start_reason = excluded.start_reason,
+    previous_session_id = excluded.previous_session_id, started_at = excluded.started_at
+WHERE started_at IS NULL""",
+    types=_types("session_started"),
+)
+
+HISTORY_MESSAGES = Statement(
+    "history_messages",
+    sql="""UPDATE {session_history} AS h SET
+    message_count = h.message_count + m.n,
+    first_message_at = CASE WHEN h.first_message_at IS NULL OR m.first_at < h.first_message_at
+        THEN m.first_at ELSE h.first_message_at END,
+    last_message_at = CASE WHEN h.last_message_at IS NULL OR m.last_at > h.last_message_at
+        THEN m.last_at ELSE h.last_message_at END
+FROM (
+    SELECT e.session_id, count(*) AS n, min({ts}) AS first_at, max({ts}) AS last_at
+    FROM {events} AS e
+    WHERE {range} AND e.type = 'message_appended'
+        AND NOT {body_synthetic}
+    GROUP BY e.session_id
+) AS m
+WHERE h.session_id = m.session_id""",
+    one="""INSERT INTO {session_history} (session_id, session_key, message_count,
+    first_message_at, last_message_at)
+SELECT ?3, ?2, 1 - synthetic, iif(synthetic, NULL, ?5), iif(synthetic, NULL, ?5)
+FROM (SELECT {bound_synthetic} AS synthetic)
+WHERE true
+ON CONFLICT (session_id) DO UPDATE SET
+    message_count = message_count + excluded.message_count,
+    first_message_at = CASE WHEN excluded.first_message_at IS NOT NULL
+        AND (first_message_at IS NULL OR excluded.first_message_at < first_message_at)
+        THEN excluded.first_message_at ELSE first_message_at END,
+    last_message_at = CASE WHEN excluded.last_message_at IS NOT NULL
+        AND (last_message_at IS NULL OR excluded.last_message_at > last_message_at)
+        THEN excluded.last_message_at ELSE last_message_at END""",
+    types=_types("message_appended"),
+)
+
+HISTORY_USAGE = Statement(
+    "history_usage",
+    sql="""UPDATE {session_history} AS h SET
+    input_tokens = h.input_tokens + u.input_tokens,
+    output_tokens = h.output_tokens + u.output_tokens,
+    cache_read_tokens = h.cache_read_tokens + u.cache_read_tokens,
+    cache_write_tokens = h.cache_write_tokens + u.cache_write_tokens,
+    cost_nano_usd = h.cost_nano_usd + u.cost_nano_usd
+FROM (
+    SELECT e.session_id,
+        sum(coalesce({body} ->> '$.input_tokens', 0)) AS input_tokens,
+        sum(coalesce({body} ->> '$.output_tokens', 0)) AS output_tokens,
+        sum(coalesce({body} ->> '$.cache_read_tokens', 0)) AS cache_read_tokens,
+        sum(coalesce({body} ->> '$.cache_write_tokens', 0)) AS cache_write_tokens,
+        sum({body_cost}) AS cost_nano_usd
+    FROM {events} AS e
+    WHERE {range} AND e.type = 'usage_recorded'
+    GROUP BY e.session_id
+) AS u
+WHERE h.session_id = u.session_id""",
+    one="""INSERT INTO {session_history} (session_id, session_key, input_tokens, output_tokens,
+    cache_read_tokens, cache_write_tokens, cost_nano_usd)
+VALUES (?3, ?2, coalesce(?4 ->> '$.input_tokens', 0), coalesce(?4 ->> '$.output_tokens', 0),
+    coalesce(?4 ->> '$.cache_read_tokens', 0), coalesce(?4 ->> '$.cache_write_tokens', 0),
+    {bound_cost})
+ON CONFLICT (session_id) DO UPDATE SET
+    input_tokens = input_tokens + excluded.input_tokens,
+    output_tokens = output_tokens + excluded.output_tokens,
+    cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+    cost_nano_usd = cost_nano_usd + excluded.cost_nano_usd""",
+    types=_types("usage_recorded"),
+)
+
+HISTORY_CLOSE_CAUSES = Statement(
+    "history_close_causes",
+    sql="""UPDATE {session_history} AS h SET
+    close_cause = c.cause, close_detail = c.detail, close_actor = c.actor,
+    close_deadline = c.deadline, close_requested_at = c.ts
+FROM (
+    SELECT e.session_id, min(e.position),
+        CASE e.type WHEN 'session_reset' THEN 'reset' ELSE 'expired' END AS cause,
+        CASE e.type WHEN 'session_reset' THEN {body} ->> '$.trigger'
+            ELSE {body} ->> '$.reason' END AS detail,
+        e.meta ->> '$.actor' AS actor,
+        {body_deadline} AS deadline,
+        {ts} AS ts
+    FROM {events} AS e
+    WHERE {range} AND e.type IN ('session_reset', 'session_expired')
+    GROUP BY e.session_id
+) AS c
+WHERE h.session_id = c.session_id AND h.close_requested_at IS NULL""",
+    one="""INSERT INTO {session_history} (session_id, session_key, close_cause, close_detail,
+    close_actor, close_deadline, close_requested_at)
+VALUES (?3, ?2, CASE ?7 WHEN 'session_reset' THEN 'reset' ELSE 'expired' END,
+    CASE ?7 WHEN 'session_reset' THEN ?4 ->> '$.trigger' ELSE ?4 ->> '$.reason' END,
+    ?6 ->> '$.actor', {bound_deadline}, ?5)
+ON CONFLICT (session_id) DO UPDATE SET
+    close_cause = excluded.close_cause, close_detail = excluded.close_detail,
+    close_actor = excluded.close_actor, close_deadline = excluded.close_deadline,
+    close_requested_at = excluded.close_requested_at
+WHERE close_requested_at IS NULL""",
+    types=_types("session_reset", "session_expired"),
+)
+
+HISTORY_FLUSHES = Statement(
+    "history_flushes",
+    sql="""UPDATE {session_history} AS h SET
+    flush_status = f.status, flush_provider = f.provider, flush_detail = f.detail,
+    flushed_at = f.ts, flush_attempts = h.flush_attempts + f.attempts
+FROM (
+    SELECT e.session_id, max(e.position),
+        CASE e.type WHEN 'memory_flushed' THEN 'ok' WHEN 'memory_flush_failed' THEN 'failed'
+            ELSE 'skipped' END AS status,
+        {body} ->> '$.provider' AS provider,
+        CASE e.type WHEN 'memory_flushed' THEN {body} ->> '$.detail'
+            WHEN 'memory_flush_failed' THEN {body} ->> '$.error'
+            ELSE {body} ->> '$.reason' END AS detail,
+        {ts} AS ts,
+        sum(e.type <> 'memory_flush_skipped') AS attempts
+    FROM {events} AS e
+    WHERE {range}
+        AND e.type IN ('memory_flushed', 'memory_flush_failed', 'memory_flush_skipped')
+    GROUP BY e.session_id
+) AS f
+WHERE h.session_id = f.session_id""",
+    one="""INSERT INTO {session_history} (session_id, session_key, flush_status, flush_provider,
+    flush_detail, flushed_at, flush_attempts)
+VALUES (?3, ?2,
+    CASE ?7 WHEN 'memory_flushed' THEN 'ok' WHEN 'memory_flush_failed' THEN 'failed'
+        ELSE 'skipped' END,
+    ?4 ->> '$.provider',
+    CASE ?7 WHEN 'memory_flushed' THEN ?4 ->> '$.detail'
+        WHEN 'memory_flush_failed' THEN ?4 ->> '$.error' ELSE ?4 ->> '$.reason' END,
+    ?5, ?7 <> 'memory_flush_skipped')
+ON CONFLICT (session_id) DO UPDATE SET
+    flush_status = excluded.flush_status, flush_provider = excluded.flush_provider,
+    flush_detail = excluded.flush_detail, flushed_at = excluded.flushed_at,
+    flush_attempts = flush_attempts + excluded.flush_attempts""",
+    types=_types("memory_flushed", "memory_flush_failed", "memory_flush_skipped"),
+)
+
+HISTORY_ENDS = Statement(
+    "history_ends",
+    sql="""UPDATE {session_history} AS h SET ended_at = x.ts, end_reason = x.reason
+FROM (
+    SELECT e.session_id, min(e.position), {body} ->> '$.reason' AS reason, {ts} AS ts
+    FROM {events} AS e
+    WHERE {range} AND e.type = 'session_ended'
+    GROUP BY e.session_id
+) AS x
+WHERE h.session_id = x.session_id AND h.ended_at IS NULL""",
+    one="""INSERT INTO {session_history} (session_id, session_key, ended_at, end_reason)
+VALUES (?3, ?2, ?5, ?4 ->> '$.reason')
+ON CONFLICT (session_id) DO UPDATE SET ended_at = excluded.ended_at,
+    end_reason = excluded.end_reason
+WHERE ended_at IS NULL""",
+    types=_types("session_ended"),
+)
+
+MAP_ROWS = Statement(
+    "map_rows",
+    sql="""INSERT INTO {session_map} (session_key, created_at, updated_at)
+SELECT e.stream, min({ts}), max({ts})
+FROM {events} AS e
+WHERE {range}
+GROUP BY e.stream
+ON CONFLICT (session_key) DO UPDATE SET
+    created_at = min(created_at, excluded.created_at),
+    updated_at = max(updated_at, excluded.updated_at)""",
+    one="""INSERT INTO {session_map} (session_key, created_at, updated_at) VALUES (?2, ?5, ?5)
+ON CONFLICT (session_key) DO UPDATE SET
+    created_at = min(created_at, excluded.created_at),
+    updated_at = max(updated_at, excluded.updated_at)""",
+)
+
+MAP_CURRENT_SESSION = Statement(
+    "map_current_session",
+    sql="""UPDATE {session_map} AS m SET
+    session_id = s.session_id, start_reason = s.reason, session_started_at = s.ts,
+    platform = s.platform, chat_type = s.chat_type, chat_id = s.chat_id,
+    chat_name = s.chat_name, user_id = s.user_id, user_name = s.user_name,
+    thread_id = s.thread_id, origin = s.origin,
+    display_name = coalesce(s.chat_name, s.user_name, s.user_id, s.chat_id)
+FROM (
+    SELECT e.stream, max(e.position), e.session_id,
+        {body} ->> '$.reason' AS reason,
+        {body} -> '$.source' AS origin,
+        {body} ->> '$.source.platform' AS platform,
+        {body} ->> '$.source.chat_type' AS chat_type,
+        {body} ->> '$.source.chat_id' AS chat_id,
+        {body} ->> '$.source.chat_name' AS chat_name,
+        {body} ->> '$.source.user_id' AS user_id,
+        {body} ->> '$.source.user_name' AS user_name,
+        {body} ->> '$.source.thread_id' AS thread_id,
+        {ts} AS ts
+    FROM {events} AS e
+    WHERE {range} AND e.type = 'session_started'
+    GROUP BY e.stream
+) AS s
+WHERE m.session_key = s.stream""",
+    one="""UPDATE {session_map} SET
+    session_id = ?3, start_reason = ?4 ->> '$.reason', session_started_at = ?5,
+    platform = ?4 ->> '$.source.platform', chat_type = ?4 ->> '$.source.chat_type',
+    chat_id = ?4 ->> '$.source.chat_id', chat_name = ?4 ->> '$.source.chat_name',
+    user_id = ?4 ->> '$.source.user_id', user_name = ?4 ->> '$.source.user_name',
+    thread_id = ?4 ->> '$.source.thread_id', origin = ?4 -> '$.source',
+    display_name = coalesce(?4 ->> '$.source.chat_name', ?4 ->> '$.source.user_name',
+        ?4 ->> '$.source.user_id', ?4 ->> '$.source.chat_id')
+WHERE session_key = ?2""",
+    types=_types("session_started"),
+)
+
+# A key's status, counts and tokens are those of its current session, copied from
+# session_history. They can only change for rows whose current session had events
+# in the range: history rows change only through their own session's events, and a
+# key's current session changes only through a session_started, which carries the
+# new session's id.
+MAP_SESSION_STATE = Statement(
+    "map_session_state",
+    sql="""UPDATE {session_map} AS m SET
+    ({map_state_columns}) = ({map_state_values})
+FROM (
+    SELECT DISTINCT e.session_id FROM {events} AS e
+    WHERE {range} AND e.session_id IS NOT NULL
+) AS touched, {session_history} AS h
+WHERE m.session_id = touched.session_id AND h.session_id = m.session_id""",
+    one="""UPDATE {session_map} SET ({map_state_columns}) = (
+    SELECT {map_state_values}
+    FROM {session_history} AS h WHERE h.session_id = ?3)
+WHERE session_id = ?3""",
+)
+
+SESSIONS_STATEMENTS = (
+    HISTORY_ROWS,
+    HISTORY_STARTS,
+    HISTORY_MESSAGES,
+    HISTORY_USAGE,
+    HISTORY_CLOSE_CAUSES,
+    HISTORY_FLUSHES,
+    HISTORY_ENDS,
+    MAP_ROWS,
+    MAP_CURRENT_SESSION,
+    MAP_SESSION_STATE,
+)
+
+# -- transcripts: messages and their full-text index ----------------------------
+
+MESSAGES_INSERT = Statement(
+    "messages_insert",
+    sql="""INSERT INTO {messages} (position, session_id, session_key, role, content, tool_calls,
+    tool_name, tool_call_id, input_tokens, output_tokens, platform_message_id, ts)
+SELECT e.position, e.session_id, e.stream,
+    {body} ->> '$.role',
+    {body} ->> '$.content',
+    nullif({body} -> '$.tool_calls', 'null'),
+    {body} ->> '$.tool_name',
+    {body} ->> '$.tool_call_id',
+    coalesce({body} ->> '$.input_tokens', 0),
+    coalesce({body} ->> '$.output_tokens', 0),
+    {body} ->> '$.platform_message_id',
+    {ts}
+FROM {events} AS e
+WHERE {range} AND e.type = 'message_appended'
+    AND NOT {body_synthetic}""",
+    one="""INSERT INTO {messages} (position, session_id, session_key, role, content, tool_calls,
+    tool_name, tool_call_id, input_tokens, output_tokens, platform_message_id, ts)
+SELECT ?1, ?3, ?2,
+    ?4 ->> '$.role',
+    ?4 ->> '$.content',
+    nullif(?4 -> '$.tool_calls', 'null'),
+    ?4 ->> '$.tool_name',
+    ?4 ->> '$.tool_call_id',
+    coalesce(?4 ->> '$.input_tokens', 0),
+    coalesce(?4 ->> '$.output_tokens', 0),
+    ?4 ->> '$.platform_message_id',
+    ?5
+WHERE NOT {bound_synthetic}""",
+    types=_types("message_appended"),
+)
+
+MESSAGES_INDEX = Statement(
+    "messages_index",
+    sql="""INSERT INTO {messages_fts} (rowid, content)
+SELECT m.position, m.content FROM {messages} AS m
+WHERE m.position BETWEEN ?1 AND ?2 AND m.content IS NOT NULL""",
+    one="""INSERT INTO {messages_fts} (rowid, content)
+SELECT ?1, ?4 ->> '$.content'
+WHERE NOT {bound_synthetic} AND ?4 ->> '$.content' IS NOT NULL""",
+    types=_types("message_appended"),
+)
+
+TRANSCRIPTS_STATEMENTS = (MESSAGES_INSERT, MESSAGES_INDEX)

@@ -1,0 +1,508 @@
+"""Projections: inline maintenance, rebuild, verify, state_at, catch-up and versions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+import projections
+from ledger import Ledger
+from ledger.chain import row_hash
+from ledger.events import (
+    MemoryFlushed,
+    MemoryFlushFailed,
+    MessageAppended,
+    SessionEnded,
+    SessionExpired,
+    SessionReset,
+    SessionStarted,
+    Source,
+    UsageRecorded,
+)
+from projections import definitions
+
+KEY = "agent:main:telegram:dm:99"
+OTHER = "agent:main:discord:group:42:7"
+SOURCE = Source(platform="telegram", chat_id="99", user_id="u1", user_name="Ann")
+GROUP = Source(platform="discord", chat_type="group", chat_id="42", chat_name="Dev", user_id="7")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def led(tmp_path: Path, clock: Clock) -> Iterator[Ledger]:
+    with Ledger.open(tmp_path / "ledger.db", clock=clock) as ledger:
+        projections.attach(ledger)
+        yield ledger
+
+
+def rows(led: Ledger, sql: str, *args: object) -> list[tuple[object, ...]]:
+    return list(led.connection.execute(sql, args))
+
+
+def one(led: Ledger, sql: str, *args: object) -> object:
+    return rows(led, sql, *args)[0][0]
+
+
+def close(led: Ledger, key: str, session_id: str, *, flush_ok: bool = True) -> None:
+    flush = (
+        MemoryFlushed(session_id=session_id, provider="honcho", detail="3 facts")
+        if flush_ok
+        else MemoryFlushFailed(session_id=session_id, provider="honcho", error="timeout")
+    )
+    led.append(
+        key,
+        [
+            SessionReset(session_id=session_id, trigger="/new"),
+            flush,
+            SessionEnded(session_id=session_id, reason="manual_reset"),
+        ],
+    )
+
+
+def conversation(led: Ledger, clock: Clock) -> None:
+    """Two keys; the first resets once (s1 -> s2); a synthetic flush turn; usage."""
+    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    clock.tick(seconds=5)
+    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="hello brave world")])
+    clock.tick(seconds=5)
+    led.append(
+        KEY,
+        [
+            MessageAppended(
+                session_id="s1",
+                role="assistant",
+                content=None,
+                tool_calls=[{"id": "c1", "function": {"name": "search", "arguments": "{}"}}],
+                output_tokens=12,
+            ),
+            MessageAppended(
+                session_id="s1",
+                role="tool",
+                content="found 3 results",
+                tool_name="search",
+                tool_call_id="c1",
+            ),
+            UsageRecorded(session_id="s1", input_tokens=100, output_tokens=20, cost_usd=0.1),
+            UsageRecorded(session_id="s1", input_tokens=50, cache_read_tokens=7, cost_usd=0.2),
+        ],
+    )
+    led.append(OTHER, [SessionStarted(session_id="g1", source=GROUP)])
+    led.append(OTHER, [MessageAppended(session_id="g1", role="user", content="group hello")])
+    clock.tick(minutes=1)
+    led.append(
+        KEY,
+        [MessageAppended(session_id="s1", role="user", content="remember me", synthetic=True)],
+    )
+    close(led, KEY, "s1")
+    clock.tick(minutes=1)
+    led.append(
+        KEY,
+        [
+            SessionStarted(
+                session_id="s2", source=SOURCE, reason="manual_reset", previous_session_id="s1"
+            )
+        ],
+    )
+    led.append(KEY, [MessageAppended(session_id="s2", role="user", content="fresh start")])
+
+
+# -- what the live tables hold ----------------------------------------------------
+
+
+def test_session_map_follows_the_current_session(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    state = projections.live_state(led)
+    row = state.session_map[KEY]
+    assert row["session_id"] == "s2"
+    assert row["status"] == "open"
+    assert row["start_reason"] == "manual_reset"
+    assert (row["platform"], row["chat_type"], row["chat_id"], row["user_id"]) == (
+        "telegram",
+        "dm",
+        "99",
+        "u1",
+    )
+    assert row["display_name"] == "Ann"
+    assert json.loads(row["origin"])["user_name"] == "Ann"
+    assert row["created_at"] == "2026-11-22T09:00:00.000000Z"
+    assert row["updated_at"] == "2026-11-22T09:02:10.000000Z"
+    assert row["message_count"] == 1  # of the current session s2
+    assert state.session_map[OTHER]["display_name"] == "Dev"
+
+
+def test_status_goes_open_closing_closed(led: Ledger) -> None:
+    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    status = "SELECT status FROM session_map WHERE session_key = ?"
+    assert one(led, status, KEY) == "open"
+    led.append(KEY, [SessionExpired(
+        session_id="s1", reason="idle",
+        deadline=datetime(2026, 11, 22, 9, 30, tzinfo=UTC),
+        evaluated_at=datetime(2026, 11, 22, 9, 31, tzinfo=UTC),
+    )])  # fmt: skip
+    assert one(led, status, KEY) == "closing"
+    led.append(KEY, [MemoryFlushFailed(session_id="s1", provider="honcho", error="timeout")])
+    assert one(led, status, KEY) == "closing"
+    led.append(KEY, [SessionEnded(session_id="s1", reason="idle_expiry")])
+    assert one(led, status, KEY) == "closed"
+    history = projections.live_state(led).session_history["s1"]
+    assert history["close_cause"] == "expired"
+    assert history["close_detail"] == "idle"
+    assert history["close_deadline"] == "2026-11-22T09:30:00.000000Z"
+    assert (history["flush_status"], history["flush_attempts"]) == ("failed", 1)
+    assert history["flush_detail"] == "timeout"
+    assert (history["end_reason"], history["ended_at"] is not None) == ("idle_expiry", True)
+
+
+def test_session_history_counts_messages_and_usage(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    s1 = projections.live_state(led).session_history["s1"]
+    assert s1["session_key"] == KEY
+    assert s1["message_count"] == 3  # the synthetic flush turn is not counted
+    assert (s1["input_tokens"], s1["output_tokens"], s1["cache_read_tokens"]) == (150, 20, 7)
+    assert s1["cost_nano_usd"] == 300_000_000  # exact, not 0.30000000000000004
+    assert s1["first_message_at"] == "2026-11-22T09:00:05.000000Z"
+    assert s1["last_message_at"] == "2026-11-22T09:00:10.000000Z"
+    assert (s1["close_cause"], s1["close_detail"], s1["flush_status"]) == ("reset", "/new", "ok")
+    assert s1["end_reason"] == "manual_reset"
+    s2 = projections.live_state(led).session_history["s2"]
+    assert (s2["previous_session_id"], s2["start_reason"]) == ("s1", "manual_reset")
+
+
+def test_messages_keep_tool_fields_and_skip_synthetic_turns(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    transcript = projections.live_state(led).transcripts["s1"]
+    assert [(m["role"], m["content"]) for m in transcript] == [
+        ("user", "hello brave world"),
+        ("assistant", None),
+        ("tool", "found 3 results"),
+    ]
+    assert json.loads(transcript[1]["tool_calls"])[0]["function"]["name"] == "search"
+    assert transcript[1]["output_tokens"] == 12
+    assert (transcript[2]["tool_name"], transcript[2]["tool_call_id"]) == ("search", "c1")
+    assert [m["position"] for m in transcript] == sorted(m["position"] for m in transcript)
+
+
+def test_full_text_search_reads_your_writes(led: Ledger) -> None:
+    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="Café déjà vu")])
+    search = (
+        "SELECT m.session_id, m.content FROM messages_fts JOIN messages AS m"
+        " ON m.position = messages_fts.rowid WHERE messages_fts MATCH ?"
+    )
+    assert rows(led, search, "cafe") == [("s1", "Café déjà vu")]
+    assert rows(led, search, "deja") == [("s1", "Café déjà vu")]
+    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="x", synthetic=True)])
+    assert rows(led, search, "x") == []
+
+
+def test_occurred_at_is_the_business_time_in_utc(led: Ledger) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    led.append(KEY, [MessageAppended(
+        session_id="s1", role="user", content="late",
+        occurred_at=datetime(2026, 11, 21, 23, 59, 59, 123456, tzinfo=plus_two),
+    )])  # fmt: skip
+    led.append(KEY, [MessageAppended(
+        session_id="s1", role="user", content="round",
+        occurred_at=datetime(2026, 11, 21, 12, 0, tzinfo=UTC),
+    )])  # fmt: skip
+    assert [m["ts"] for m in projections.live_state(led).transcripts["s1"]] == [
+        "2026-11-21T21:59:59.123456Z",
+        "2026-11-21T12:00:00.000000Z",
+    ]
+    history = projections.live_state(led).session_history["s1"]
+    assert history["first_message_at"] == "2026-11-21T12:00:00.000000Z"
+    assert history["last_message_at"] == "2026-11-21T21:59:59.123456Z"
+    assert projections.verify(led).ok
+
+
+def test_each_append_advances_both_checkpoints(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    checkpoints = dict(rows(led, "SELECT name, position FROM projection_checkpoints"))
+    assert checkpoints == {"sessions": led.head(), "transcripts": led.head()}
+
+
+def test_a_failing_projection_rolls_the_append_back(led: Ledger) -> None:
+    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    led.connection.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'boom'); END"
+    )
+    with pytest.raises(Exception, match="boom"):
+        led.append(KEY, [MessageAppended(session_id="s1", role="user", content="hi")])
+    assert led.head() == 1
+    assert one(led, "SELECT position FROM projection_checkpoints WHERE name = 'sessions'") == 1
+
+
+# -- rebuild ------------------------------------------------------------------------
+
+
+def test_rebuild_reproduces_the_live_tables(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    before = projections.live_state(led)
+    seen: list[tuple[int, int]] = []
+    report = projections.rebuild(led, chunk_size=3, progress=lambda d, t: seen.append((d, t)))
+    assert projections.live_state(led) == before
+    assert report.position == led.head() == report.events
+    assert seen[0] == (0, led.head()) and seen[-1] == (led.head(), led.head())
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert projections.verify(led).ok
+
+
+def test_rebuild_swaps_in_fresh_tables_with_indexes_and_views(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    led.connection.execute("UPDATE session_history SET message_count = 99")
+    projections.rebuild(led, chunk_size=2)
+    assert one(led, "SELECT message_count FROM session_history WHERE session_id = 's1'") == 3
+    names = {name for (name,) in rows(led, "SELECT name FROM sqlite_schema")}
+    assert {"messages_by_session", "session_map_by_next_deadline", "session_closes"} <= names
+    assert not {n for n in names if "__next" in n}
+    assert rows(led, "SELECT * FROM projection_rebuild") == []
+    # appends after a swap keep the swapped-in tables current
+    led.append(KEY, [MessageAppended(session_id="s2", role="user", content="after the swap")])
+    assert projections.verify(led).ok
+
+
+def test_rebuild_carries_the_scheduler_deadline_over(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    set_deadline = "UPDATE session_map SET next_deadline = ? WHERE session_key = ?"
+    led.connection.execute(set_deadline, ("2026-11-23T04:00:00.000000Z", KEY))
+    assert projections.verify(led).ok  # not derived from the log, so not compared
+    projections.rebuild(led)
+    assert one(led, "SELECT next_deadline FROM session_map WHERE session_key = ?", KEY) == (
+        "2026-11-23T04:00:00.000000Z"
+    )
+
+
+def test_rebuild_of_an_empty_ledger(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "empty.db") as led:
+        report = projections.rebuild(led)
+        assert (report.position, report.events) == (0, 0)
+        assert projections.verify(led).ok
+
+
+def test_a_second_rebuild_supersedes_the_first(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    before = projections.live_state(led)
+    started = []
+
+    def progress(done: int, total: int) -> None:
+        if done and not started:
+            started.append(done)
+            projections.rebuild(led, chunk_size=100)  # starts (and finishes) meanwhile
+
+    with pytest.raises(projections.RebuildSuperseded):
+        projections.rebuild(led, chunk_size=2, progress=progress)
+    assert projections.live_state(led) == before
+    assert projections.verify(led).ok
+
+
+# -- verify -------------------------------------------------------------------------
+
+
+def test_verify_reports_every_difference_precisely(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    conn = led.connection
+    conn.execute("UPDATE session_history SET message_count = 7 WHERE session_id = 's1'")
+    conn.execute("UPDATE session_map SET status = 'closed' WHERE session_key = ?", (KEY,))
+    conn.execute("DELETE FROM messages WHERE content = 'group hello'")
+    conn.execute("INSERT INTO messages_fts (rowid, content) VALUES (999, 'phantom')")
+    report = projections.verify(led)
+    assert not report.ok
+    found = {(d.table, d.kind, d.key, d.column, repr(d.live), repr(d.rebuilt))
+             for d in report.differences}  # fmt: skip
+    assert ("session_history", "changed", "s1", "message_count", "7", "3") in found
+    assert ("session_map", "changed", KEY, "status", "'closed'", "'open'") in found
+    phantom = {"documents": 1, "occurrences": 1}
+    assert ("messages_fts", "extra", "phantom", None, repr(phantom), "None") in found
+    missing = [d for d in report.differences if d.kind == "missing" and d.table == "messages"]
+    assert len(missing) == 1 and missing[0].rebuilt["content"] == "group hello"
+    text = str(report)
+    assert "session_history['s1'].message_count: live 7, rebuilt 3" in text
+    assert "messages[" in text and "missing from the live table" in text
+
+
+def test_verify_says_when_projections_are_not_attached(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "bare.db") as led:
+        led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+        report = projections.verify(led)
+        assert not report.ok
+        assert {d.kind for d in report.differences} == {"projection"}
+        assert "not attached" in str(report)
+
+
+# -- state as of --------------------------------------------------------------------
+
+
+def test_state_at_positions_matches_the_live_tables_then(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)
+    snapshots = {}
+    for n in range(3):
+        led.append(KEY, [MessageAppended(session_id="s2", role="user", content=f"m{n}")])
+        snapshots[led.head()] = projections.live_state(led)
+    for position, then in snapshots.items():
+        assert projections.state_at(led, position=position, chunk_size=2) == then
+    assert projections.state_at(led) == projections.live_state(led)
+    assert projections.state_at(led, position=10**9).position == led.head()
+    empty = projections.state_at(led, position=0)
+    assert (empty.session_map, empty.session_history, empty.transcripts) == ({}, {}, {})
+
+
+def test_state_at_a_time_stops_at_the_first_event_recorded_later(led: Ledger, clock: Clock) -> None:
+    conversation(led, clock)  # ends at 09:02:10
+    before_reset = projections.state_at(led, time=datetime(2026, 11, 22, 9, 1, tzinfo=UTC))
+    assert before_reset.session_map[KEY]["session_id"] == "s1"
+    assert before_reset.session_map[KEY]["status"] == "open"
+    assert "s2" not in before_reset.session_history
+    at_end = projections.state_at(led, time="2026-11-22T09:02:10.000000Z")
+    assert at_end == projections.live_state(led)
+    assert projections.state_at(led, time=datetime(2000, 1, 1, tzinfo=UTC)).position == 0
+    with pytest.raises(ValueError, match="aware"):
+        projections.state_at(led, time=datetime(2026, 11, 22, 9, 0))
+    with pytest.raises(ValueError, match="not both"):
+        projections.state_at(led, position=1, time=datetime(2026, 11, 22, tzinfo=UTC))
+
+
+def test_state_at_and_verify_work_on_a_read_only_ledger(
+    led: Ledger, clock: Clock, tmp_path: Path
+) -> None:
+    conversation(led, clock)
+    live = projections.live_state(led)
+    with Ledger.open(tmp_path / "ledger.db", readonly=True) as ro:
+        assert projections.state_at(ro) == live
+        assert projections.verify(ro).ok
+        with pytest.raises(projections.ProjectionError, match="read-only"):
+            projections.attach(ro)
+
+
+# -- catching up, versions, several processes ----------------------------------------
+
+
+def test_a_lagging_projection_catches_up_when_attached(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, clock=clock) as led:
+        projections.attach(led)
+        led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    with Ledger.open(path, clock=clock) as bare:  # an old process: no projections
+        for n in range(5):
+            bare.append(KEY, [MessageAppended(session_id="s1", role="user", content=f"m{n}")])
+    with Ledger.open(path, clock=clock) as led:
+        report = projections.attach(led, chunk_size=2)
+        assert report.caught_up == {"sessions": 5, "transcripts": 5}
+        assert report.rebuilt == ()
+        assert one(led, "SELECT count(*) FROM messages") == 5
+        assert projections.verify(led).ok
+
+
+def test_an_append_behind_the_checkpoint_is_caught_up_inline(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path) as led, Ledger.open(path) as bare:
+        projections.attach(led)
+        led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+        bare.append(KEY, [MessageAppended(session_id="s1", role="user", content="unprojected")])
+        led.append(KEY, [MessageAppended(session_id="s1", role="user", content="projected")])
+        assert [r[0] for r in rows(led, "SELECT content FROM messages ORDER BY position")] == [
+            "unprojected",
+            "projected",
+        ]
+        assert projections.verify(led).ok
+
+
+def test_a_projection_added_in_a_newer_version_is_built_on_attach(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, clock=clock) as led:
+        projections.attach(led)
+        conversation(led, clock)
+        led.connection.execute("DROP TABLE messages_fts")
+        led.connection.execute("DROP TABLE messages")
+        led.connection.execute("DELETE FROM projection_checkpoints WHERE name = 'transcripts'")
+    with Ledger.open(path, clock=clock) as led:
+        report = projections.attach(led)
+        assert report.rebuilt == ("transcripts",)
+        assert len(projections.live_state(led).transcripts["s1"]) == 3
+        assert projections.verify(led).ok
+
+
+def test_an_older_schema_version_is_rebuilt_and_a_newer_one_left_alone(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, clock=clock) as led:
+        projections.attach(led)
+        conversation(led, clock)
+    bumped = dataclasses.replace(definitions.SESSIONS, version=2)
+    monkeypatch.setattr(definitions, "PROJECTIONS", (bumped, definitions.TRANSCRIPTS))
+    with Ledger.open(path, clock=clock) as led:
+        report = projections.attach(led)
+        assert report.rebuilt == ("sessions",)
+        assert one(led, "SELECT version FROM projection_checkpoints WHERE name = 'sessions'") == 2
+        assert projections.verify(led).ok
+    monkeypatch.undo()  # back to the code's version 1: the tables belong to newer code
+    with Ledger.open(path, clock=clock) as led:
+        report = projections.attach(led)
+        assert report.skipped == ("sessions",)
+        head = led.head()
+        led.append(KEY, [MessageAppended(session_id="s2", role="user", content="old code")])
+        checkpoints = dict(rows(led, "SELECT name, position FROM projection_checkpoints"))
+        assert checkpoints == {"sessions": head, "transcripts": head + 1}
+
+
+def test_attach_is_idempotent(led: Ledger) -> None:
+    assert projections.attach(led).already_attached
+    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="once")])
+    assert one(led, "SELECT message_count FROM session_history") == 1
+
+
+def test_open_ledger_attaches(tmp_path: Path) -> None:
+    with projections.open_ledger(tmp_path / "l.db") as led:
+        led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+        assert one(led, "SELECT session_id FROM session_map") == "s1"
+
+
+def test_old_event_shapes_are_upcast(led: Ledger) -> None:
+    """A usage_recorded stored in schema v1 (prompt/completion tokens) counts as v2."""
+    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+
+    def insert_v1(conn: object) -> None:
+        last = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        position, previous = rows(led, last)[0]
+        data = json.dumps({"occurred_at": None, "session_id": "s1", "prompt_tokens": 11,
+                           "completion_tokens": 4, "cache_read_tokens": 0,
+                           "cache_write_tokens": 0, "cost_usd": None, "model": None})  # fmt: skip
+        values = (position + 1, "legacy-1", KEY, 2, "usage_recorded", "s1", data,
+                  '{"schema_version":1}', "2026-11-22T09:00:01.000000Z")  # fmt: skip
+        led.connection.execute(
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (*values, row_hash(str(previous), *values)),  # type: ignore[arg-type]
+        )
+
+    led.write(insert_v1)  # written raw: the next projected append catches it up
+    led.append(KEY, [UsageRecorded(session_id="s1", input_tokens=1, output_tokens=1)])
+    history = projections.live_state(led).session_history["s1"]
+    assert (history["input_tokens"], history["output_tokens"]) == (12, 5)
+    assert projections.verify(led).ok
+    projections.rebuild(led)
+    assert projections.live_state(led).session_history["s1"]["input_tokens"] == 12
