@@ -1,0 +1,510 @@
+"""Exporting the log: JSON Lines (with a manifest), CSV, or a standalone SQLite database.
+
+The JSONL form is the ledger's backup format: one event per line, every column
+as stored (``data`` and ``meta`` embedded verbatim, so ``hermes ledger import``
+can rebuild the exact rows and hashes), then one manifest line. SQLite writes
+each line itself (``SQL_JSONL_LINE``), so an export streams in constant memory
+at close to the speed of reading the table.
+
+Files are written to a temporary file next to the target, created readable by
+their owner only, and renamed into place when complete: a reader never sees half
+an export, and a failed export leaves nothing behind. A name ending in ``.gz``
+is gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from itertools import islice
+from operator import itemgetter
+from pathlib import Path
+from typing import IO, Any, cast
+
+import apsw
+
+from ledger.clock import Clock, format_utc, system_clock
+from ledger.errors import LedgerError, translate
+from ledger.query import COLUMNS, EventFilter
+from ledger.store import Ledger
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "FORMATS",
+    "ExportManifest",
+    "Progress",
+    "export",
+    "export_to_stream",
+    "format_for",
+]
+
+FORMATS = ("jsonl", "csv", "sqlite")
+EXPORT_FORMAT = "hermes-ledger-export"
+"""``manifest.format`` of a JSONL export; ``manifest.format_version`` is 1."""
+FORMAT_VERSION = 1
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while exporting."""
+
+_CHUNK = 2000
+_GZIP_LEVEL = 6
+
+
+def _jsonl_line(data: str, meta: str, where: str) -> str:
+    """The statement making one event into one JSONL line (UTF-8 bytes, with its
+    newline), given the SQL for the ``data`` and ``meta`` values."""
+    return (
+        "SELECT CAST('{\"position\":' || position"
+        " || ',\"event_id\":' || json_quote(event_id)"
+        " || ',\"stream\":' || json_quote(stream)"
+        " || ',\"version\":' || version"
+        " || ',\"type\":' || json_quote(type)"
+        " || ',\"session_id\":' || json_quote(session_id)"
+        f" || ',\"data\":' || {data} || ',\"meta\":' || {meta}"
+        " || ',\"recorded_at\":' || json_quote(recorded_at)"
+        " || ',\"hash\":' || json_quote(hash) || '}' || char(10) AS BLOB)"
+        f" FROM events WHERE {where}"
+    )
+
+
+# Every event as one line, in position order: ``data`` and ``meta`` embedded as
+# stored, byte for byte, so an import can restore them exactly.
+SQL_JSONL_LINES = _jsonl_line("data", "meta", "1{where} ORDER BY position")
+# The same for one event whose data or meta holds a line break (legal JSON
+# whitespace, though the ledger never writes one): that value is embedded
+# re-serialised, and its exact text follows as "data_text" / "meta_text".
+_BROKEN = "CASE WHEN instr({c}, char(10)) OR instr({c}, char(13))"
+_ONE_LINE = " THEN json({c}) || ',\"{c}_text\":' || json_quote({c}) ELSE {c} END"
+SQL_JSONL_SAFE_LINE = _jsonl_line(
+    (_BROKEN + _ONE_LINE).format(c="data"), (_BROKEN + _ONE_LINE).format(c="meta"), "position = ?"
+)
+SQL_ROWS = "SELECT " + COLUMNS + " FROM events WHERE 1{where} ORDER BY position"
+SQL_COUNT = "SELECT count(*) FROM events WHERE 1{where}"
+SQL_SUMMARY = (
+    "SELECT count(*), min(position), max(position),"
+    " (SELECT hash FROM events WHERE 1{where} ORDER BY position DESC LIMIT 1)"
+    " FROM events WHERE 1{where}"
+)
+# Transcript rows for the full-text index of a SQLite export: real (non-synthetic)
+# messages with content, taken from the exported events themselves.
+SQL_MESSAGES = (
+    "SELECT position, stream, session_id, json_extract(data, '$.role'),"
+    " json_extract(data, '$.content'), json_extract(data, '$.tool_name'), recorded_at"
+    " FROM events WHERE type = 'message_appended'"
+    " AND coalesce(json_extract(data, '$.synthetic'), 0) = 0"
+    " AND json_extract(data, '$.content') IS NOT NULL{where} ORDER BY position"
+)
+
+
+def _filtered(template: str, where: str) -> str:
+    """``template`` with its ``{where}`` replaced by EventFilter.where()'s conditions."""
+    return template.replace("{where}", where)
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """What an export holds: the last line of a JSONL export, and the return value."""
+
+    export_format: str
+    count: int
+    first_position: int | None
+    last_position: int | None
+    last_hash: str | None
+    filters: dict[str, Any] = field(default_factory=dict)
+    exported_at: str = ""
+    generator: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def jsonl_line(self) -> bytes:
+        """The manifest as the last line of a JSONL export."""
+        body = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **self.to_dict()}
+        del body["export_format"]
+        text = json.dumps({"manifest": body}, ensure_ascii=False, separators=(",", ":"))
+        return text.encode() + b"\n"
+
+
+def format_for(path: str | os.PathLike[str] | None) -> str:
+    """The format a file name asks for: ``.csv`` CSV, ``.db``/``.sqlite`` SQLite, else JSONL."""
+    if path is None:
+        return "jsonl"
+    name = Path(path).name.lower().removesuffix(".gz")
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".db", ".sqlite", ".sqlite3")):
+        return "sqlite"
+    return "jsonl"
+
+
+def _generator() -> str:
+    try:
+        return f"hermes-ledger {metadata.version('hermes-ledger')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "hermes-ledger"
+
+
+# -- snapshot reads --------------------------------------------------------------
+
+
+@contextmanager
+def _snapshot(led: Ledger) -> Iterator[apsw.Connection]:
+    """One read transaction: the count, the rows and the manifest agree."""
+    conn = led.connection
+    try:
+        conn.execute("BEGIN").fetchall()
+        try:
+            yield conn
+        finally:
+            if not conn.getautocommit():
+                conn.execute("COMMIT").fetchall()
+    except apsw.Error as exc:
+        translate(exc, path=str(led.path))
+
+
+def _total(conn: apsw.Connection, where: str, args: tuple[Any, ...]) -> int:
+    row: Any = conn.execute(_filtered(SQL_COUNT, where), args).fetchone()
+    return int(row[0])
+
+
+def _write_jsonl(
+    conn: apsw.Connection,
+    out: IO[bytes],
+    events: EventFilter,
+    progress: Progress | None,
+    now: Clock,
+) -> ExportManifest:
+    where, args = events.where()
+    total = _total(conn, where, args) if progress is not None else 0
+    cursor = conn.execute(_filtered(SQL_JSONL_LINES, where), args)
+    count = 0
+    first_line = last_line = b""
+    while lines := list(map(itemgetter(0), islice(cursor, _CHUNK))):
+        text = b"".join(lines)
+        if text.count(b"\n") != len(lines) or b"\r" in text:
+            lines = [_one_line(conn, line) for line in lines]
+            text = b"".join(lines)
+        out.write(text)
+        if not count:
+            first_line = lines[0]
+        last_line = lines[-1]
+        count += len(lines)
+        del lines, text  # before the next chunk is read: at most one chunk in memory
+        if progress is not None:
+            progress(count, total)
+    manifest = ExportManifest(
+        export_format="jsonl",
+        count=count,
+        first_position=_position_of(first_line) if count else None,
+        last_position=_position_of(last_line) if count else None,
+        last_hash=last_line[-67:-3].decode() if count else None,
+        filters=events.describe(),
+        exported_at=format_utc(now()),
+        generator=_generator(),
+    )
+    out.write(manifest.jsonl_line())
+    if progress is not None and not count:
+        progress(0, total)
+    return manifest
+
+
+def _one_line(conn: apsw.Connection, line: bytes) -> bytes:
+    """``line`` itself, or, if a line break inside it would split it, its safe form."""
+    if line.count(b"\n") == 1 and b"\r" not in line:
+        return line
+    row: Any = conn.execute(SQL_JSONL_SAFE_LINE, (_position_of(line),)).fetchone()
+    return row[0]  # type: ignore[no-any-return]
+
+
+def _position_of(line: bytes) -> int:
+    """``{"position":123,…`` -> 123 (the line was written by SQL_JSONL_LINES)."""
+    return int(line[12 : line.index(b",", 12)])
+
+
+def _summary(conn: apsw.Connection, events: EventFilter, fmt: str, now: Clock) -> ExportManifest:
+    where, args = events.where()
+    row: Any = conn.execute(_filtered(SQL_SUMMARY, where), args + args).fetchone()
+    count, first, last, last_hash = row
+    return ExportManifest(
+        export_format=fmt,
+        count=count,
+        first_position=first,
+        last_position=last,
+        last_hash=last_hash,
+        filters=events.describe(),
+        exported_at=format_utc(now()),
+        generator=_generator(),
+    )
+
+
+def _write_csv(
+    conn: apsw.Connection,
+    out: IO[bytes],
+    events: EventFilter,
+    progress: Progress | None,
+    now: Clock,
+) -> ExportManifest:
+    where, args = events.where()
+    manifest = _summary(conn, events, "csv", now)
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
+    try:
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow([c.strip() for c in COLUMNS.split(",")])
+        done = 0
+        for row in conn.execute(_filtered(SQL_ROWS, where), args):
+            writer.writerow(row)
+            done += 1
+            if progress is not None and done % _CHUNK == 0:
+                progress(done, manifest.count)
+        if progress is not None:
+            progress(done, manifest.count)
+        text.flush()
+    finally:
+        text.detach()
+    return manifest
+
+
+def _write_sqlite(
+    conn: apsw.Connection,
+    target: Path,
+    events: EventFilter,
+    progress: Progress | None,
+    now: Clock,
+) -> ExportManifest:
+    """A standalone database built with sqlite-utils: ``events`` (as in the ledger,
+    without its triggers), ``messages`` with a full-text index ``messages_fts``, and
+    a one-row ``export_manifest``."""
+    import sqlite_utils
+
+    where, args = events.where()
+    manifest = _summary(conn, events, "sqlite", now)
+    db = sqlite_utils.Database(target)
+    try:
+        db.conn.execute("PRAGMA journal_mode = OFF")  # a scratch file until it is renamed
+        db.conn.execute("PRAGMA synchronous = OFF")
+        columns = {
+            "position": int, "event_id": str, "stream": str, "version": int, "type": str,
+            "session_id": str, "data": str, "meta": str, "recorded_at": str, "hash": str,
+        }  # fmt: skip
+        events_table = db.table("events")
+        events_table.create(columns, pk="position", not_null=set(columns) - {"session_id"})
+        names = list(columns)
+        done = 0
+
+        def rows() -> Iterator[dict[str, Any]]:
+            nonlocal done
+            for row in conn.execute(_filtered(SQL_ROWS, where), args):
+                done += 1
+                if progress is not None and done % _CHUNK == 0:
+                    progress(done, manifest.count)
+                yield dict(zip(names, row, strict=True))
+
+        events_table.insert_all(rows(), batch_size=_CHUNK)
+        events_table.create_index(["event_id"], unique=True)
+        events_table.create_index(["stream", "version"], unique=True)
+        events_table.create_index(["session_id", "position"])
+        events_table.create_index(["type"])
+        messages = db.table("messages")
+        message_columns = ["position", "session_key", "session_id", "role", "content",
+                           "tool_name", "recorded_at"]  # fmt: skip
+        messages.create(
+            {"position": int, "session_key": str, "session_id": str, "role": str,
+             "content": str, "tool_name": str, "recorded_at": str},
+            pk="position",
+        )  # fmt: skip
+        messages.insert_all(
+            (
+                dict(zip(message_columns, row, strict=True))
+                for row in conn.execute(_filtered(SQL_MESSAGES, where), args)
+            ),
+            batch_size=_CHUNK,
+        )
+        messages.create_index(["session_id", "position"])
+        messages.enable_fts(["content"], tokenize="porter")
+        body = manifest.to_dict()
+        body["filters"] = json.dumps(body["filters"], ensure_ascii=False)
+        db.table("export_manifest").insert({"format": EXPORT_FORMAT, **body}, pk="format")
+        if progress is not None:
+            progress(done, manifest.count)
+    finally:
+        db.close()
+    return manifest
+
+
+# -- files -----------------------------------------------------------------------
+
+
+def _check_target(target: Path, ledger_path: Path) -> None:
+    parent = target.parent
+    if not parent.is_dir():
+        raise LedgerError(
+            f"cannot write {target}: the directory {parent} does not exist",
+            hint=f"create it first (mkdir -p {parent}) or choose another -o path",
+        )
+    if target.is_dir():
+        raise LedgerError(f"{target} is a directory", hint="give -o a file name")
+    resolved = target.resolve()
+    ledger = ledger_path.resolve()
+    if resolved in (ledger, Path(f"{ledger}-wal"), Path(f"{ledger}-shm")):
+        raise LedgerError(
+            f"refusing to export over the ledger itself ({target})",
+            hint="choose another -o path",
+        )
+
+
+def _new_private_file(directory: Path, target: Path) -> Path:
+    """A new empty file in ``directory`` that only its owner can read (0600)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".part")
+    except PermissionError:
+        raise LedgerError(
+            f"cannot write {target}: permission denied",
+            hint="choose an -o path in a directory you can write to",
+        ) from None
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    for leftover in (path, Path(f"{path}-journal")):
+        leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def _private_temp(target: Path) -> Iterator[Path]:
+    """A new owner-only file next to ``target``: flushed to disk and renamed onto
+    ``target`` if the block succeeds, removed if it fails."""
+    temp = _new_private_file(target.parent, target)
+    try:
+        yield temp
+        with open(temp, "rb") as done:
+            os.fsync(done.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        _remove(temp)
+        raise
+    _sync_directory(target.parent)
+
+
+@contextmanager
+def _scratch(directory: Path) -> Iterator[Path]:
+    """A private scratch file in ``directory``, removed afterwards whatever happens."""
+    temp = _new_private_file(directory, directory / "export")
+    try:
+        yield temp
+    finally:
+        _remove(temp)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not every platform can open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _open_output(path: Path, compress: bool) -> Iterator[IO[bytes]]:
+    """``path`` opened for writing bytes, through gzip if ``compress``."""
+    with open(path, "wb") as raw:
+        if compress:
+            with gzip.GzipFile(
+                filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL, mtime=0
+            ) as zipped:
+                yield cast(IO[bytes], zipped)
+        else:
+            yield raw
+
+
+def export_to_stream(
+    led: Ledger,
+    out: IO[bytes],
+    *,
+    format: str = "jsonl",
+    events: EventFilter | None = None,
+    progress: Progress | None = None,
+    clock: Clock = system_clock,
+) -> ExportManifest:
+    """Write the matching events of ``led`` to the binary stream ``out`` as JSONL
+    (ending with the manifest line) or CSV (a header row, then one row per event).
+
+    Reads one consistent snapshot in constant memory. ``led`` should be a ledger
+    of its own (e.g. ``Ledger.open(path, readonly=True)``): the export holds one
+    read transaction on its connection. ``progress(done, total)`` is called every
+    few thousand events when given.
+    """
+    if format not in ("jsonl", "csv"):
+        raise LedgerError(
+            f"the {format!r} format needs an output file",
+            hint="pass -o FILE (e.g. -o export.db)",
+        )
+    events = events or EventFilter()
+    with _snapshot(led) as conn:
+        if format == "jsonl":
+            return _write_jsonl(conn, out, events, progress, clock)
+        return _write_csv(conn, out, events, progress, clock)
+
+
+def export(
+    ledger_path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    format: str | None = None,
+    events: EventFilter | None = None,
+    progress: Progress | None = None,
+    stdout: IO[bytes] | None = None,
+    clock: Clock = system_clock,
+) -> ExportManifest:
+    """Export the ledger at ``ledger_path`` to ``output`` (a path; None for ``stdout``).
+
+    ``format`` is ``jsonl``, ``csv`` or ``sqlite``; by default it follows the output
+    name (``.csv``, ``.db``/``.sqlite``; otherwise JSONL). A name ending in ``.gz``
+    is gzip-compressed. The file is created owner-only (0600) and appears, complete,
+    only when the export succeeds. ``events`` selects what is exported.
+    """
+    fmt = format or format_for(output)
+    if fmt not in FORMATS:
+        raise LedgerError(f"unknown export format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+    ledger_path = Path(ledger_path)
+    events = events or EventFilter()
+    with Ledger.open(ledger_path, readonly=True) as led:
+        if output is None:
+            if stdout is None:
+                raise LedgerError("export needs an output path or a stream")
+            return export_to_stream(
+                led, stdout, format=fmt, events=events, progress=progress, clock=clock
+            )
+        target = Path(output)
+        _check_target(target, ledger_path)
+        compress = target.name.lower().endswith(".gz")
+        with _private_temp(target) as temp:
+            if fmt == "sqlite":
+                with _snapshot(led) as conn:
+                    if not compress:
+                        return _write_sqlite(conn, temp, events, progress, clock)
+                    with _scratch(target.parent) as plain:
+                        manifest = _write_sqlite(conn, plain, events, progress, clock)
+                        with open(plain, "rb") as src, _open_output(temp, True) as dst:
+                            shutil.copyfileobj(src, dst, 1 << 20)
+                    return manifest
+            with _open_output(temp, compress) as out:
+                return export_to_stream(
+                    led, out, format=fmt, events=events, progress=progress, clock=clock
+                )

@@ -1,0 +1,329 @@
+"""Reading the log from outside: filtered listings, following new events, read-only SQL.
+
+``EventFilter`` is the one description of "which events" shared by ``hermes ledger
+events`` and ``hermes ledger export``; ``select_events`` and ``follow_events`` list
+them; ``run_sql`` runs a user's query on a connection that cannot write.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import apsw
+import apsw.ext
+
+from ledger.clock import Clock, format_utc, parse_utc, system_clock
+from ledger.errors import LedgerError, translate
+from ledger.events import EVENT_TYPES
+from ledger.records import Recorded
+from ledger.store import Ledger
+
+__all__ = [
+    "EventFilter",
+    "QueryResult",
+    "follow_events",
+    "list_events",
+    "parse_time",
+    "run_sql",
+    "select_events",
+]
+
+COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, recorded_at, hash"
+
+# A filtered page of the log: "{where}" is built by EventFilter.where() from fixed
+# fragments; every value is a binding.
+SQL_EVENTS_PAGE = "SELECT {columns} FROM events WHERE position > ?{where} ORDER BY position LIMIT ?"
+SQL_HEAD = "SELECT coalesce(max(position), 0) FROM events"
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_PAGE = 1000
+
+
+def parse_time(text: str, *, now: Clock = system_clock) -> str:
+    """A time given on the command line, as the ledger's ``recorded_at`` text.
+
+    Accepts ISO-8601 (``2026-11-22``, ``2026-11-22T09:30``, with ``Z`` or an offset;
+    no zone means UTC) or a duration ago: ``30s``, ``15m``, ``2h``, ``7d``, ``1w``.
+    """
+    value = text.strip()
+    match = _RELATIVE.match(value)
+    if match:
+        amount, unit = int(match.group(1)), _UNITS[match.group(2)]
+        return format_utc(now() - timedelta(**{unit: amount}))
+    try:
+        return format_utc(parse_utc(value))
+    except ValueError:
+        raise LedgerError(
+            f"cannot read {text!r} as a time",
+            hint="give an ISO-8601 time (2026-11-22 or 2026-11-22T09:30Z) "
+            "or a duration ago (30m, 2h, 7d)",
+        ) from None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events: all the given conditions hold (an empty filter matches all).
+
+    ``since`` is inclusive and ``until`` exclusive (both ``recorded_at`` text, see
+    ``parse_time``); ``from_position`` and ``to_position`` are both inclusive.
+    """
+
+    session_key: str | None = None
+    session_id: str | None = None
+    types: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+    from_position: int | None = None
+    to_position: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.types) - set(EVENT_TYPES))
+        if unknown:
+            raise LedgerError(
+                f"unknown event type {unknown[0]!r}",
+                hint=f"use one of: {', '.join(sorted(EVENT_TYPES))}",
+            )
+        for name in ("from_position", "to_position"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LedgerError(f"positions start at 1, not {value}", hint="use --from 1")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be recorded_at text (see parse_time)")
+
+    @property
+    def is_empty(self) -> bool:
+        return self == EventFilter()
+
+    def where(self) -> tuple[str, tuple[Any, ...]]:
+        """``" AND …"`` conditions (possibly empty) and their bindings, in order."""
+        parts: list[str] = []
+        args: list[Any] = []
+        if self.session_key is not None:
+            parts.append("stream = ?")
+            args.append(self.session_key)
+        if self.session_id is not None:
+            parts.append("session_id = ?")
+            args.append(self.session_id)
+        if self.types:
+            parts.append(f"type IN ({', '.join('?' for _ in self.types)})")
+            args.extend(self.types)
+        if self.since is not None:
+            parts.append("recorded_at >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            parts.append("recorded_at < ?")
+            args.append(self.until)
+        if self.from_position is not None:
+            parts.append("position >= ?")
+            args.append(self.from_position)
+        if self.to_position is not None:
+            parts.append("position <= ?")
+            args.append(self.to_position)
+        return "".join(f" AND {p}" for p in parts), tuple(args)
+
+    def describe(self) -> dict[str, Any]:
+        """The conditions that are set, for manifests and messages."""
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in (
+                ("session_key", self.session_key),
+                ("session_id", self.session_id),
+                ("types", self.types),
+                ("since", self.since),
+                ("until", self.until),
+                ("from_position", self.from_position),
+                ("to_position", self.to_position),
+            )
+            if value not in (None, ())
+        }
+
+
+def _pages(
+    led: Ledger, where: str, args: tuple[Any, ...], after: int, limit: int | None
+) -> Iterator[Recorded]:
+    """Keyset pagination: constant memory, no read transaction held between pages."""
+    sql = SQL_EVENTS_PAGE.format(columns=COLUMNS, where=where)
+    remaining = limit
+    while remaining is None or remaining > 0:
+        size = _PAGE if remaining is None else min(_PAGE, remaining)
+        rows = led.query(sql, (after, *args, size))
+        for row in rows:
+            yield Recorded(*row)
+        if len(rows) < size:
+            return
+        after = rows[-1][0]
+        if remaining is not None:
+            remaining -= len(rows)
+
+
+def select_events(
+    led: Ledger, events: EventFilter = EventFilter(), *, limit: int | None = None
+) -> Iterator[Recorded]:
+    """The events matching ``events``, in position order, at most ``limit`` of them."""
+    if limit is not None and limit < 0:
+        raise LedgerError(f"limit must be >= 0, not {limit}")
+    where, args = events.where()
+    return _pages(led, where, args, 0, limit)
+
+
+def follow_events(
+    led: Ledger,
+    events: EventFilter = EventFilter(),
+    *,
+    after: int,
+    poll_interval: float = 0.5,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Recorded]:
+    """Matching events appended after position ``after``, as they arrive.
+
+    Polls every ``poll_interval`` seconds until the caller stops iterating (Ctrl-C),
+    ``timeout`` seconds have passed, or the filter's ``to_position`` is reached.
+    """
+    where, args = events.where()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = after
+    while events.to_position is None or seen < events.to_position:
+        head = led.query(SQL_HEAD)[0][0]
+        if head > seen:
+            yield from _pages(led, where + " AND position <= ?", (*args, head), seen, None)
+            seen = head
+            continue
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            sleep(min(poll_interval, left))
+        else:
+            sleep(poll_interval)
+
+
+def list_events(
+    led: Ledger,
+    events: EventFilter = EventFilter(),
+    *,
+    limit: int | None = None,
+    follow: bool = False,
+    poll_interval: float = 0.5,
+    timeout: float | None = None,
+) -> Iterator[Recorded]:
+    """What ``hermes ledger events`` prints: the matching events up to the current
+    head (at most ``limit``), then, if ``follow``, those appended afterwards as they
+    arrive (see ``follow_events``), with no event missed or repeated in between."""
+    head = led.query(SQL_HEAD)[0][0]
+    to = head if events.to_position is None else min(events.to_position, head)
+    now = replace(events, to_position=to) if to >= 1 else None
+    if now is not None:
+        yield from select_events(led, now, limit=limit)
+    if follow:
+        yield from follow_events(
+            led, events, after=head, poll_interval=poll_interval, timeout=timeout
+        )
+
+
+# -- read-only SQL ---------------------------------------------------------------
+
+
+@dataclass
+class QueryResult:
+    """The columns of a query and an iterator over its rows (tuples).
+
+    Iterate the rows before closing the ledger the query ran on.
+    """
+
+    columns: list[str]
+    rows: Iterator[tuple[Any, ...]]
+
+
+# What the authorizer lets a query do: read, call functions, recurse, and read
+# pragmas. Anything else (INSERT, CREATE, ATTACH, VACUUM INTO, turning query_only
+# off…) is refused when the statement is prepared, before it can run.
+_ALLOWED = {
+    apsw.SQLITE_SELECT,
+    apsw.SQLITE_READ,
+    apsw.SQLITE_FUNCTION,
+    apsw.SQLITE_RECURSIVE,
+    apsw.SQLITE_PRAGMA,
+}
+_SQL_HINT = "the tables and columns are described in docs/ledger.md (table events)"
+_READ_ONLY_HINT = (
+    "query with SELECT (e.g. SELECT type, count(*) FROM events GROUP BY type); "
+    "the log changes only by appending events"
+)
+
+
+def _authorize(action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
+    if action not in _ALLOWED:
+        return apsw.SQLITE_DENY
+    if action == apsw.SQLITE_PRAGMA and arg1 is not None and arg1.lower() == "query_only":
+        return apsw.SQLITE_OK if arg2 is None else apsw.SQLITE_DENY
+    return apsw.SQLITE_OK
+
+
+def _refuse_write(sql: str) -> LedgerError:
+    shown = " ".join(sql.split())
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return LedgerError(
+        f"the ledger is open read-only for queries; refused: {shown}",
+        hint=_READ_ONLY_HINT,
+    )
+
+
+def run_sql(led: Ledger, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> QueryResult:
+    """Run one SQL statement on ``led`` (open it with ``readonly=True``).
+
+    The connection is put in ``query_only`` mode and an authorizer refuses, when
+    the statement is prepared, anything but reads: a statement that would write
+    raises a LedgerError saying so, and nothing changes. ``params`` are its
+    bindings (a sequence for ``?``, a mapping for ``:name``).
+    """
+    conn = led.connection
+    conn.execute("PRAGMA query_only = ON").fetchall()
+    conn.authorizer = _authorize
+    text = sql.strip()
+    if not text.strip(";").strip():
+        raise LedgerError("the query is empty", hint="e.g. SELECT count(*) FROM events")
+    try:
+        info = apsw.ext.query_info(conn, text)
+    except apsw.AuthError:
+        raise _refuse_write(text) from None
+    except apsw.Error as exc:
+        raise LedgerError(f"the query failed: {exc}", hint=_SQL_HINT) from None
+    if (info.query_remaining or "").strip().strip(";").strip():
+        raise LedgerError(
+            "the query holds more than one statement",
+            hint="run one statement per `hermes ledger sql` call",
+        )
+    if not info.is_readonly:
+        raise _refuse_write(text)
+    columns = [name for name, _decl in info.description or ()]
+    try:
+        cursor = conn.execute(text, params)
+    except (apsw.AuthError, apsw.ReadOnlyError):
+        raise _refuse_write(text) from None
+    except apsw.BindingsError as exc:
+        raise LedgerError(
+            f"the query's parameters do not match its placeholders: {exc}",
+            hint="give one -p NAME VALUE per :NAME placeholder",
+        ) from None
+    except apsw.Error as exc:
+        raise LedgerError(f"the query failed: {exc}", hint=_SQL_HINT) from None
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        try:
+            yield from cursor
+        except (apsw.AuthError, apsw.ReadOnlyError):
+            raise _refuse_write(text) from None
+        except apsw.Error as exc:
+            translate(exc, path=str(led.path))
+
+    return QueryResult(columns, rows())

@@ -1,0 +1,433 @@
+"""Restoring a JSONL export into an empty ledger: the same rows, byte for byte.
+
+An export line carries every column of its row, with ``data`` and ``meta``
+embedded verbatim. A restore writes the rows back with their original positions,
+event ids, ``recorded_at`` and hashes, so the new ledger is indistinguishable
+from the old one: ``verify()`` passes and the last hash equals the manifest's.
+
+Everything is checked as the lines are read (JSON, fields, positions contiguous
+from 1, per-stream versions, each row's hash against its content and the row
+before, then the manifest's count and last hash), inside ONE write transaction
+on a ledger that must be empty. Any problem raises a ``RestoreError`` naming the
+line, and the transaction is rolled back: nothing is written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+import apsw
+
+from ledger.chain import GENESIS, row_hash
+from ledger.errors import LedgerError
+from ledger.export import EXPORT_FORMAT, FORMAT_VERSION
+from ledger.store import SQL_INSERT, Ledger
+
+__all__ = ["RestoreError", "RestoreResult", "import_jsonl", "open_input", "restore_jsonl"]
+
+SQL_HAS_EVENTS = "SELECT EXISTS (SELECT 1 FROM events)"
+SQL_LAST_POSITION = "SELECT coalesce(max(position), 0) FROM events"
+SQL_CACHE_SIZE = "PRAGMA cache_size"
+
+_FIELDS = (
+    "position", "event_id", "stream", "version", "type", "session_id", "data", "meta",
+    "recorded_at", "hash",
+)  # fmt: skip
+_OPTIONAL = ("data_text", "meta_text")
+_KNOWN = frozenset(_FIELDS + _OPTIONAL)
+_WHITESPACE = " \t\n\r"
+_DECODER = json.JSONDecoder()
+_PROGRESS_EVERY = 10_000
+_BATCH = 1000
+_CACHE_KIB = 32768  # page cache while restoring (the unique indexes get random inserts)
+
+
+class RestoreError(LedgerError):
+    """The input cannot be restored; ``line`` is the 1-based line at fault (if any)."""
+
+    hint = "nothing was imported; export the ledger again and import the new file"
+
+    def __init__(self, message: str, *, line: int | None = None, hint: str | None = None) -> None:
+        self.line = line
+        super().__init__(message if line is None else f"line {line}: {message}", hint=hint)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """What a restore wrote: ``count`` events, the last one's position and hash."""
+
+    count: int
+    last_position: int | None
+    last_hash: str | None
+
+
+# -- reading one line ------------------------------------------------------------
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WHITESPACE:
+        i += 1
+    return i
+
+
+def _member_spans(text: str) -> dict[str, tuple[int, int]]:
+    """Where each top-level member's value is in the object ``text``, as it is
+    written (surrounding whitespace included). ``text`` is known to be valid JSON."""
+    spans: dict[str, tuple[int, int]] = {}
+    i = _skip(text, _skip(text, 0) + 1)  # past "{"
+    while i < len(text) and text[i] == '"':
+        key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
+        start = _skip(text, i) + 1  # past ":"
+        _value, end = _DECODER.raw_decode(text, _skip(text, start))
+        end = _skip(text, end)
+        spans[key] = (start, end)
+        i = _skip(text, end + 1)  # past "," (or "}": then the loop ends)
+    return spans
+
+
+def _quick_spans(text: str) -> dict[str, tuple[int, int]]:
+    """The spans of ``data`` and ``meta`` in a line as ``export`` writes it (they
+    follow each other, with nothing around them); ``{}`` if the line is laid out
+    otherwise. A wrong guess only costs a second look (see ``_verbatim``)."""
+    spans: dict[str, tuple[int, int]] = {}
+    at = 0
+    for key, marker in (("data", ',"data":'), ("meta", ',"meta":')):
+        found = text.find(marker, at)
+        if found < 0:
+            return {}
+        start = found + len(marker)
+        try:
+            _value, end = _DECODER.raw_decode(text, start)
+        except json.JSONDecodeError:
+            return {}
+        spans[key] = (start, end)
+        at = end
+    return spans
+
+
+def _field_text(obj: dict[str, Any], text: str, spans: dict[str, tuple[int, int]], key: str) -> str:
+    """The exact stored text of ``data`` or ``meta``: ``<key>_text`` when the export
+    had to give it that way, else the member's verbatim span in the line."""
+    exact = obj.get(f"{key}_text")
+    if exact is not None:
+        return cast(str, exact)
+    start, end = spans[key]
+    return text[start:end]
+
+
+def _check_fields(obj: dict[str, Any], n: int) -> None:
+    missing = [f for f in _FIELDS if f not in obj]
+    if missing:
+        raise RestoreError(f"the event has no {missing[0]!r}", line=n)
+    extra = sorted(set(obj) - _KNOWN)
+    if extra:
+        raise RestoreError(f"unexpected key {extra[0]!r} in an event", line=n)
+    for name in ("position", "version"):
+        value = obj[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RestoreError(f"{name!r} must be an integer >= 1, not {value!r}", line=n)
+    for name in ("event_id", "stream", "type", "recorded_at", "hash"):
+        if not isinstance(obj[name], str):
+            raise RestoreError(f"{name!r} must be a string, not {obj[name]!r}", line=n)
+    if obj["session_id"] is not None and not isinstance(obj["session_id"], str):
+        raise RestoreError(
+            f"'session_id' must be a string or null, not {obj['session_id']!r}", line=n
+        )
+    for key in ("data", "meta"):
+        exact = obj.get(f"{key}_text")
+        if exact is None:
+            continue
+        try:
+            same = isinstance(exact, str) and json.loads(exact) == obj[key]
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            raise RestoreError(f"'{key}_text' does not hold the same JSON as {key!r}", line=n)
+
+
+def _hash(obj: dict[str, Any], previous: str, data: str, meta: str) -> str:
+    return row_hash(
+        previous, obj["position"], obj["event_id"], obj["stream"], obj["version"], obj["type"],
+        obj["session_id"], data, meta, obj["recorded_at"],
+    )  # fmt: skip
+
+
+def _verbatim(obj: dict[str, Any], text: str, previous: str, n: int) -> tuple[str, str]:
+    """The exact ``data`` and ``meta`` texts of the line, checked against its hash."""
+    quick = _quick_spans(text)
+    if quick or "data_text" in obj or "meta_text" in obj:
+        spans = quick or _member_spans(text)
+        data = _field_text(obj, text, spans, "data")
+        meta = _field_text(obj, text, spans, "meta")
+        if _hash(obj, previous, data, meta) == obj["hash"]:
+            return data, meta
+    spans = _member_spans(text)  # laid out another way (or edited): look properly
+    data = _field_text(obj, text, spans, "data")
+    meta = _field_text(obj, text, spans, "meta")
+    if _hash(obj, previous, data, meta) != obj["hash"]:
+        raise RestoreError(
+            f"position {obj['position']}: the hash does not match the event's content "
+            "and the previous event's hash",
+            line=n,
+            hint="the file was edited or damaged after it was exported; nothing was imported. "
+            "Export the ledger again",
+        )
+    return data, meta
+
+
+# -- the restore -----------------------------------------------------------------
+
+
+class _Restore:
+    """The running state of one restore: what the next line must continue."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+        self.count = 0
+        self.position = 0
+        self.hash = GENESIS
+        self.versions: dict[str, int] = {}
+        self.manifest: dict[str, Any] | None = None
+        self.manifest_line = 0
+        self.pending: list[tuple[Any, ...]] = []
+        self.pending_lines: list[int] = []
+
+    def event(self, obj: dict[str, Any], text: str, n: int) -> None:
+        _check_fields(obj, n)
+        position = obj["position"]
+        if position != self.position + 1:
+            if self.position == 0:
+                raise RestoreError(
+                    f"the export starts at position {position}, not 1",
+                    line=n,
+                    hint="only a complete export can be imported (no --from, --session-key, "
+                    "--type, --since or --until); nothing was imported",
+                )
+            raise RestoreError(
+                f"position {position} follows position {self.position}: events are missing "
+                "or out of order",
+                line=n,
+                hint="a filtered export cannot be imported; export the whole ledger again",
+            )
+        stream, version = obj["stream"], obj["version"]
+        if version != self.versions.get(stream, 0) + 1:
+            raise RestoreError(
+                f"stream {stream!r} jumps from version {self.versions.get(stream, 0)} to {version}",
+                line=n,
+            )
+        data, meta = _verbatim(obj, text, self.hash, n)
+        self.pending.append(
+            (position, obj["event_id"], stream, version, obj["type"], obj["session_id"],
+             data, meta, obj["recorded_at"], obj["hash"])
+        )  # fmt: skip
+        self.pending_lines.append(n)
+        if len(self.pending) >= _BATCH:
+            self.flush()
+        self.versions[stream] = version
+        self.position = position
+        self.hash = obj["hash"]
+        self.count += 1
+
+    def flush(self) -> None:
+        """Insert the checked rows waiting in ``pending``."""
+        if not self.pending:
+            return
+        try:
+            self.conn.executemany(SQL_INSERT, self.pending)
+        except apsw.ConstraintError as exc:
+            # Rows before the refused one went in (until the rollback): it is the next.
+            row: Any = self.conn.execute(SQL_LAST_POSITION).fetchone()
+            line = self.pending_lines[row[0] - self.pending[0][0] + 1]
+            reason = str(exc).split("ConstraintError: ")[-1]
+            raise RestoreError(f"the ledger refused the event: {reason}", line=line) from None
+        self.pending.clear()
+        self.pending_lines.clear()
+
+    def finish(self, lines: int) -> RestoreResult:
+        self.flush()
+        manifest = self.manifest
+        if manifest is None:
+            where = f"after line {lines}" if lines else "before its first line"
+            raise RestoreError(
+                f"the input ends {where} without the export's manifest line: it is truncated"
+                if lines
+                else "the input is empty: it holds no export",
+                hint="export the ledger again (the manifest is the last line of every export)",
+            )
+        n = self.manifest_line
+        if manifest.get("format") != EXPORT_FORMAT:
+            raise RestoreError(
+                f"the last line is not a {EXPORT_FORMAT} manifest", line=n, hint=_EXPORT_HINT
+            )
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise RestoreError(
+                f"the export's format version is {version!r}; this hermes-ledger reads "
+                f"version {FORMAT_VERSION}",
+                line=n,
+                hint="upgrade hermes-ledger (pip install -U hermes-ledger)",
+            )
+        last_position = self.position or None
+        last_hash = self.hash if self.count else None
+        checks = (
+            ("count", self.count),
+            ("last_position", last_position),
+            ("last_hash", last_hash),
+        )
+        for key, actual in checks:
+            if manifest.get(key) != actual:
+                raise RestoreError(
+                    f"the manifest says {key} is {manifest.get(key)!r}, but the events "
+                    f"before it give {actual!r}: events are missing or were added",
+                    line=n,
+                )
+        return RestoreResult(self.count, last_position, last_hash)
+
+
+_EXPORT_HINT = "import a file written by `hermes ledger export` (JSONL)"
+
+
+def _decode(raw: bytes | str, n: int) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise RestoreError(f"the line is not UTF-8 text ({exc.reason})", line=n) from None
+
+
+def restore_jsonl(
+    led: Ledger,
+    lines: Iterable[bytes | str],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> RestoreResult:
+    """Write the events of a JSONL export (``lines``) into the empty ledger ``led``.
+
+    Every row is written with its original position, event_id, recorded_at and
+    hash, in one transaction, after checking it against the hash chain; the
+    manifest is checked at the end. Raises ``RestoreError`` (naming the line) and
+    writes nothing when anything is wrong, or when ``led`` already has events.
+    ``progress(count)`` is called every 10,000 events when given.
+    """
+
+    def work(conn: apsw.Connection) -> RestoreResult:
+        row: Any = conn.execute(SQL_HAS_EVENTS).fetchone()
+        if row[0]:
+            raise RestoreError(
+                f"{led.path} already has events; an export is restored only into an empty ledger",
+                hint="import into a new file: hermes ledger import --db NEW.db FILE",
+            )
+        state = _Restore(conn)
+        cache: Any = conn.execute(SQL_CACHE_SIZE).fetchone()
+        conn.execute(f"{SQL_CACHE_SIZE} = -{_CACHE_KIB}").fetchall()
+        try:
+            return _read(state, lines, progress)
+        finally:
+            conn.execute(f"{SQL_CACHE_SIZE} = {int(cache[0])}").fetchall()
+
+    try:
+        return cast(RestoreResult, led.write(work))
+    except apsw.Error as exc:  # pragma: no cover - I/O errors, a full disk
+        raise LedgerError(f"{led.path}: the restore failed and was rolled back: {exc}") from exc
+
+
+def _read(
+    state: _Restore, lines: Iterable[bytes | str], progress: Callable[[int], None] | None
+) -> RestoreResult:
+    """Check and insert every line (inside the restore's transaction)."""
+    n = 0
+    for n, raw in enumerate(lines, start=1):
+        text = _decode(raw, n)
+        if state.manifest is not None:
+            raise RestoreError(
+                f"there is more after the manifest (line {state.manifest_line})", line=n
+            )
+        if not text.strip():
+            raise RestoreError("the line is empty", line=n, hint=_EXPORT_HINT)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RestoreError(
+                f"not valid JSON ({exc.msg} at column {exc.colno}); "
+                "the file is damaged or truncated",
+                line=n,
+                hint=_EXPORT_HINT,
+            ) from None
+        if not isinstance(obj, dict):
+            raise RestoreError("the line is not a JSON object", line=n, hint=_EXPORT_HINT)
+        if "manifest" in obj and len(obj) == 1:
+            if not isinstance(obj["manifest"], dict):
+                raise RestoreError("the manifest is not a JSON object", line=n)
+            state.manifest = obj["manifest"]
+            state.manifest_line = n
+            continue
+        state.event(obj, text, n)
+        if progress is not None and state.count % _PROGRESS_EVERY == 0:
+            progress(state.count)
+    result = state.finish(n)
+    if progress is not None:
+        progress(result.count)
+    return result
+
+
+# -- files -----------------------------------------------------------------------
+
+
+@contextmanager
+def open_input(
+    path: str | os.PathLike[str] | None, stdin: IO[bytes] | None = None
+) -> Iterator[IO[bytes]]:
+    """The export at ``path`` (``None`` or ``-``: ``stdin``) as a binary stream;
+    gzip-compressed input is recognised by its first bytes and decompressed."""
+    if path is None or str(path) == "-":
+        source = stdin if stdin is not None else sys.stdin.buffer
+        reader = source if hasattr(source, "peek") else io.BufferedReader(cast(Any, source))
+        close = False
+    else:
+        try:
+            reader = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise LedgerError(
+                f"there is no file {path}", hint="give the path of an export (or - for stdin)"
+            ) from None
+        except IsADirectoryError:
+            raise LedgerError(
+                f"{path} is a directory", hint="give the path of an export file"
+            ) from None
+        close = True
+    try:
+        if cast(Any, reader).peek(2)[:2] == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=reader, mode="rb") as unzipped:
+                yield cast(IO[bytes], unzipped)
+        else:
+            yield reader
+    except (OSError, EOFError) as exc:
+        if isinstance(exc, (gzip.BadGzipFile, EOFError)):
+            raise RestoreError(f"the compressed input is damaged: {exc}") from None
+        raise
+    finally:
+        if close:
+            reader.close()
+
+
+def import_jsonl(
+    ledger_path: str | os.PathLike[str],
+    source: str | os.PathLike[str] | None,
+    *,
+    stdin: IO[bytes] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RestoreResult:
+    """Restore the JSONL export ``source`` (a path, ``-`` or None for stdin) into
+    the ledger at ``ledger_path``, which is created if needed and must be empty."""
+    with open_input(source, stdin) as stream, Ledger.open(Path(ledger_path)) as led:
+        return restore_jsonl(led, stream, progress=progress)

@@ -1,0 +1,430 @@
+"""`hermes ledger export` and ledger.export: formats, filters, files, constant memory."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import sqlite3
+import tracemalloc
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ledger import Ledger, LedgerError
+from ledger.events import (
+    MessageAppended,
+    SessionEnded,
+    SessionReset,
+    SessionStarted,
+    Source,
+    UsageRecorded,
+)
+from ledger.export import (
+    EXPORT_FORMAT,
+    ExportManifest,
+    export,
+    export_to_stream,
+    format_for,
+)
+from ledger.query import EventFilter
+from tests.conftest import ManualClock
+
+K1 = "agent:main:telegram:dm:99"
+K2 = "agent:main:discord:group:5:7"
+EXPORTED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+FIELDS = [
+    "position", "event_id", "stream", "version", "type", "session_id", "data", "meta",
+    "recorded_at", "hash",
+]  # fmt: skip
+
+
+def history(led: Ledger, clock: ManualClock) -> None:
+    """Two sessions on two keys, an hour apart, with a synthetic (flush) message."""
+    led.append(
+        K1,
+        [
+            SessionStarted(event_id="e1", session_id="s1", source=Source(platform="telegram")),
+            MessageAppended(event_id="e2", session_id="s1", role="user", content="héllo\nworld"),
+        ],
+        meta={"actor": "test"},
+    )
+    clock.advance(hours=1)
+    led.append(
+        K2, [SessionStarted(event_id="e3", session_id="s2", source=Source(platform="discord"))]
+    )
+    led.append(
+        K1,
+        [
+            MessageAppended(event_id="e4", session_id="s1", role="assistant", content="hi"),
+            UsageRecorded(event_id="e5", session_id="s1", input_tokens=5, cost_usd=0.25),
+        ],
+    )
+    clock.advance(hours=1)
+    led.append(
+        K1,
+        [
+            SessionReset(event_id="e6", session_id="s1", trigger="/new"),
+            MessageAppended(
+                event_id="e7", session_id="s1", role="user", content="flush", synthetic=True
+            ),
+            SessionEnded(event_id="e8", session_id="s1", reason="manual_reset"),
+        ],
+    )
+
+
+@pytest.fixture
+def filled(led: Ledger, clock: ManualClock) -> Ledger:
+    history(led, clock)
+    return led
+
+
+def rows(path: Path) -> list[tuple[Any, ...]]:
+    with Ledger.open(path, readonly=True) as led:
+        return led.query("SELECT * FROM events ORDER BY position")
+
+
+def jsonl(led: Ledger, events: EventFilter | None = None) -> list[dict[str, Any]]:
+    out = io.BytesIO()
+    export_to_stream(led, out, events=events, clock=lambda: EXPORTED_AT)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def positions(lines: list[dict[str, Any]]) -> list[int]:
+    return [line["position"] for line in lines if "manifest" not in line]
+
+
+# -- JSONL ---------------------------------------------------------------------
+
+
+def test_jsonl_has_one_line_per_event_with_every_column_then_a_manifest(
+    filled: Ledger, db_path: Path
+) -> None:
+    out = io.BytesIO()
+    manifest = export_to_stream(filled, out, clock=lambda: EXPORTED_AT)
+    text = out.getvalue().decode()
+    lines = text.splitlines()
+    assert len(lines) == 9 and text.endswith("\n")
+    stored = rows(db_path)
+    for line, row in zip(lines, stored, strict=False):
+        obj = json.loads(line)
+        assert list(obj) == FIELDS
+        assert [obj[f] for f in FIELDS if f not in ("data", "meta")] == [
+            v for f, v in zip(FIELDS, row, strict=True) if f not in ("data", "meta")
+        ]
+        # data and meta are embedded as stored, byte for byte
+        assert f',"data":{row[6]},"meta":{row[7]},' in line
+    assert json.loads(lines[0])["meta"] == {"schema_version": 1, "actor": "test"}
+    assert json.loads(lines[1])["data"]["content"] == "héllo\nworld"
+    assert json.loads(lines[-1]) == {
+        "manifest": {
+            "format": EXPORT_FORMAT,
+            "format_version": 1,
+            "count": 8,
+            "first_position": 1,
+            "last_position": 8,
+            "last_hash": stored[-1][9],
+            "filters": {},
+            "exported_at": "2026-11-23T12:00:00.000000Z",
+            "generator": manifest.generator,
+        }
+    }
+    assert manifest == ExportManifest(
+        "jsonl", 8, 1, 8, stored[-1][9], {}, "2026-11-23T12:00:00.000000Z", manifest.generator
+    )
+    assert manifest.generator.startswith("hermes-ledger ")
+
+
+def test_an_empty_ledger_exports_just_a_manifest(led: Ledger) -> None:
+    lines = jsonl(led)
+    assert len(lines) == 1
+    body = lines[0]["manifest"]
+    assert (body["count"], body["first_position"], body["last_position"], body["last_hash"]) == (
+        0, None, None, None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        (EventFilter(session_key=K2), [3]),
+        (EventFilter(session_id="s1"), [1, 2, 4, 5, 6, 7, 8]),
+        (EventFilter(types=("session_started", "session_ended")), [1, 3, 8]),
+        (EventFilter(since="2026-11-22T10:00:00.000000Z"), [3, 4, 5, 6, 7, 8]),
+        (EventFilter(until="2026-11-22T10:00:00.000000Z"), [1, 2]),
+        (
+            EventFilter(since="2026-11-22T10:00:00.000000Z", until="2026-11-22T11:00:00.000000Z"),
+            [3, 4, 5],
+        ),
+        (EventFilter(from_position=4), [4, 5, 6, 7, 8]),
+        (EventFilter(to_position=2), [1, 2]),
+        (EventFilter(from_position=2, to_position=4, session_key=K1), [2, 4]),
+        (EventFilter(session_key="nobody"), []),
+    ],
+)
+def test_filters_select_the_events(
+    filled: Ledger, events: EventFilter, expected: list[int]
+) -> None:
+    lines = jsonl(filled, events)
+    assert positions(lines) == expected
+    body = lines[-1]["manifest"]
+    assert body["count"] == len(expected)
+    assert body["first_position"] == (expected[0] if expected else None)
+    assert body["last_position"] == (expected[-1] if expected else None)
+    assert body["filters"] == events.describe() and body["filters"]
+
+
+def test_an_unknown_type_or_position_zero_is_refused() -> None:
+    with pytest.raises(LedgerError, match="unknown event type 'message'") as info:
+        EventFilter(types=("message",))
+    assert "message_appended" in (info.value.hint or "")
+    with pytest.raises(LedgerError, match="positions start at 1"):
+        EventFilter(from_position=0)
+
+
+# -- CSV and SQLite ----------------------------------------------------------------
+
+
+def test_csv_has_a_header_and_the_stored_columns(filled: Ledger, db_path: Path) -> None:
+    out = io.BytesIO()
+    manifest = export_to_stream(filled, out, format="csv", clock=lambda: EXPORTED_AT)
+    text = out.getvalue().decode()
+    assert text.startswith(",".join(FIELDS) + "\n")
+    parsed = list(csv.reader(io.StringIO(text, newline="")))
+    stored = [[("" if v is None else str(v)) for v in row] for row in rows(db_path)]
+    assert parsed[1:] == stored
+    assert manifest.export_format == "csv" and manifest.count == 8 and manifest.last_position == 8
+
+
+def test_sqlite_export_has_events_messages_and_full_text_search(
+    filled: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "out.db"
+    manifest = export(db_path, target, clock=lambda: EXPORTED_AT)
+    assert manifest.export_format == "sqlite" and manifest.count == 8
+    with sqlite3.connect(target) as db:
+        assert db.execute("SELECT * FROM events ORDER BY position").fetchall() == rows(db_path)
+        found = db.execute(
+            "SELECT m.position, m.session_key, m.role, m.content FROM messages_fts"
+            " JOIN messages m ON m.rowid = messages_fts.rowid"
+            " WHERE messages_fts MATCH ? ORDER BY m.position",
+            ("hello OR hi OR flush",),
+        ).fetchall()
+        # the synthetic flush turn is in events, not in the searchable transcript
+        assert found == [(2, K1, "user", "héllo\nworld"), (4, K1, "assistant", "hi")]
+        (info,) = db.execute(
+            "SELECT format, export_format, count, last_hash, filters FROM export_manifest"
+        ).fetchall()
+    assert info == (EXPORT_FORMAT, "sqlite", 8, manifest.last_hash, "{}")
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+def test_sqlite_export_follows_the_filters_and_can_be_gzipped(
+    filled: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "s2.sqlite.gz"
+    export(db_path, target, events=EventFilter(session_key=K2))
+    plain = tmp_path / "s2.sqlite"
+    plain.write_bytes(gzip.decompress(target.read_bytes()))
+    with sqlite3.connect(plain) as db:
+        assert db.execute("SELECT position FROM events").fetchall() == [(3,)]
+        assert db.execute("SELECT count(*) FROM messages").fetchall() == [(0,)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["ledger.db", "ledger.db-shm", "ledger.db-wal", "s2.sqlite.gz", "s2.sqlite"]
+    )
+
+
+def test_sqlite_needs_an_output_file(filled: Ledger, db_path: Path) -> None:
+    with pytest.raises(LedgerError, match="'sqlite' format needs an output file") as info:
+        export(db_path, None, format="sqlite", stdout=io.BytesIO())
+    assert info.value.hint == "pass -o FILE (e.g. -o export.db)"
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("x.jsonl", "jsonl"),
+        ("x.jsonl.gz", "jsonl"),
+        ("x.ndjson", "jsonl"),
+        ("x.CSV", "csv"),
+        ("x.csv.gz", "csv"),
+        ("x.db", "sqlite"),
+        ("x.sqlite3", "sqlite"),
+        ("x.sqlite.gz", "sqlite"),
+    ],
+)
+def test_the_format_follows_the_file_name(name: str, fmt: str) -> None:
+    assert format_for(name) == fmt
+    assert format_for(None) == "jsonl"
+
+
+# -- files -------------------------------------------------------------------------
+
+
+def test_gz_by_extension_holds_the_same_export(
+    filled: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    plain, zipped = tmp_path / "a.jsonl", tmp_path / "a.jsonl.gz"
+    export(db_path, plain, clock=lambda: EXPORTED_AT)
+    export(db_path, zipped, clock=lambda: EXPORTED_AT)
+    assert zipped.read_bytes()[:2] == b"\x1f\x8b"
+    assert gzip.decompress(zipped.read_bytes()) == plain.read_bytes()
+
+
+def test_export_files_are_owner_only_whatever_the_umask(
+    filled: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    old = os.umask(0o000)
+    try:
+        for name in ("a.jsonl", "a.csv", "a.jsonl.gz", "a.db"):
+            export(db_path, tmp_path / name)
+            assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o600", name
+    finally:
+        os.umask(old)
+
+
+def test_a_failed_export_leaves_the_old_file_and_no_temporary_file(
+    filled: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "backup.jsonl"
+    target.write_text("the previous backup\n")
+
+    def fail(done: int, total: int) -> None:
+        raise RuntimeError("disk full, say")
+
+    for fmt in ("jsonl", "csv", "sqlite"):
+        with pytest.raises(RuntimeError, match="disk full"):
+            export(db_path, target, format=fmt, progress=fail)
+        assert target.read_text() == "the previous backup\n"
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ledger.db")) == [
+            "backup.jsonl"
+        ]
+
+
+def test_export_refuses_the_ledger_itself_and_missing_directories(
+    filled: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    before = rows(db_path)
+    with pytest.raises(LedgerError, match="refusing to export over the ledger itself"):
+        export(db_path, db_path)
+    with pytest.raises(LedgerError, match=r"the directory .* does not exist") as info:
+        export(db_path, tmp_path / "nowhere" / "x.jsonl")
+    assert (info.value.hint or "").startswith("create it first (mkdir -p ")
+    assert rows(db_path) == before
+
+
+def test_progress_reports_done_and_total(filled: Ledger, db_path: Path, tmp_path: Path) -> None:
+    for name in ("p.jsonl", "p.csv", "p.db"):
+        calls: list[tuple[int, int]] = []
+        export(db_path, tmp_path / name, progress=lambda d, t, calls=calls: calls.append((d, t)))
+        assert calls and calls[-1] == (8, 8), name
+        assert all(0 <= d <= t for d, t in calls)
+
+
+def peak_memory(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_export_streams_in_constant_memory(db_path: Path, tmp_path: Path) -> None:
+    """Exporting 20,000 events (~9 MB) takes no more memory than exporting 2,000."""
+    with Ledger.open(db_path) as led:
+        for batch in range(20):
+            led.append(
+                f"k{batch}",
+                [
+                    MessageAppended(session_id=f"s{batch}", role="user", content="x" * 300)
+                    for _ in range(1000)
+                ],
+            )
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    export(db_path, small, events=EventFilter(to_position=2000))  # warm up (imports, caches)
+    small_peak = peak_memory(lambda: export(db_path, small, events=EventFilter(to_position=2000)))
+    big_peak = peak_memory(lambda: export(db_path, big))
+    assert big.stat().st_size > 8_000_000
+    assert big_peak < small_peak + 500_000, f"{big_peak:,} vs {small_peak:,} bytes"
+    assert big_peak < 4_000_000
+
+
+# -- the command -------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    import gateway.cli_log  # noqa: F401 - registers the commands on `hermes ledger`
+    from gateway.cli import hermes
+
+    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
+
+    def run(*args: str, input: bytes | str | None = None) -> Result:
+        return CliRunner().invoke(hermes, ["ledger", *args], input=input)
+
+    return run
+
+
+def test_cli_exports_jsonl_to_stdout(
+    filled: Ledger, db_path: Path, cli: Callable[..., Result]
+) -> None:
+    result = cli("export", "--db", str(db_path), "--session-key", K2)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["event_id"] == "e3"
+    manifest = json.loads(lines[1])["manifest"]
+    assert manifest["count"] == 1 and manifest["filters"] == {"session_key": K2}
+    assert result.stderr == ""
+
+
+def test_cli_exports_to_a_file_and_says_so(
+    filled: Ledger, db_path: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    target = tmp_path / "out.csv"
+    result = cli("export", "--db", str(db_path), "-o", str(target), "--type", "session_started")
+    assert (result.exit_code, result.output) == (
+        0,
+        f"Exported 2 events (positions 1-3) to {target}\n",
+    )
+    assert target.read_text().splitlines()[0] == ",".join(FIELDS)
+    result = cli("export", "--db", str(db_path), "-o", str(target), "--from", "99")
+    assert (result.exit_code, result.output) == (0, f"Exported 0 events to {target}\n")
+    result = cli(
+        "export", "--db", str(db_path), "-o", str(tmp_path / "one.jsonl"), "--to", "1",
+        "--since", "2026-11-22", "--until", "2026-11-22T09:30Z",
+    )  # fmt: skip
+    assert result.output == f"Exported 1 event (positions 1-1) to {tmp_path / 'one.jsonl'}\n"
+
+
+def test_cli_export_errors_say_what_to_do(
+    filled: Ledger, db_path: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    result = cli("export", "--db", str(db_path), "--format", "sqlite")
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: the 'sqlite' format needs an output file\nTry: pass -o FILE (e.g. -o export.db)\n",
+    )
+    result = cli("export", "--db", str(db_path), "--since", "yesterday")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: cannot read 'yesterday' as a time\n"
+        "Try: give an ISO-8601 time (2026-11-22 or 2026-11-22T09:30Z) "
+        "or a duration ago (30m, 2h, 7d)\n"
+    )
+    missing = tmp_path / "missing.db"
+    result = cli("export", "--db", str(missing))
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: {missing} does not exist\nTry: create it with `hermes ledger init`\n",
+    )
+    assert not missing.exists()
+    result = cli("export", "--db", str(db_path), "--format", "xml")
+    assert result.exit_code == 2 and "'xml' is not one of 'jsonl', 'csv', 'sqlite'" in result.output
