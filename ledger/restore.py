@@ -79,18 +79,20 @@ def _skip(text: str, i: int) -> int:
     return i
 
 
-def _member_spans(text: str) -> dict[str, tuple[int, int]]:
-    """Where each top-level member's value is in the object ``text``, as it is
-    written (surrounding whitespace included). ``text`` is known to be valid JSON."""
+def _member_spans(text: str, *, padded: bool) -> dict[str, tuple[int, int]]:
+    """Where each top-level member's value is in the object ``text``: the value
+    alone, or (``padded``) with the whitespace written around it. ``text`` is
+    known to be valid JSON."""
     spans: dict[str, tuple[int, int]] = {}
     i = _skip(text, _skip(text, 0) + 1)  # past "{"
     while i < len(text) and text[i] == '"':
         key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
-        start = _skip(text, i) + 1  # past ":"
-        _value, end = _DECODER.raw_decode(text, _skip(text, start))
-        end = _skip(text, end)
-        spans[key] = (start, end)
-        i = _skip(text, end + 1)  # past "," (or "}": then the loop ends)
+        colon = _skip(text, i)
+        start = _skip(text, colon + 1)
+        _value, end = _DECODER.raw_decode(text, start)
+        after = _skip(text, end)
+        spans[key] = (colon + 1, after) if padded else (start, end)
+        i = _skip(text, after + 1)  # past "," (or "}": then the loop ends)
     return spans
 
 
@@ -162,26 +164,32 @@ def _hash(obj: dict[str, Any], previous: str, data: str, meta: str) -> str:
 
 
 def _verbatim(obj: dict[str, Any], text: str, previous: str, n: int) -> tuple[str, str]:
-    """The exact ``data`` and ``meta`` texts of the line, checked against its hash."""
-    quick = _quick_spans(text)
-    if quick or "data_text" in obj or "meta_text" in obj:
-        spans = quick or _member_spans(text)
+    """The exact ``data`` and ``meta`` texts of the line, checked against its hash.
+
+    A line as ``export`` writes it is read by position (``_quick_spans``); any
+    other layout member by member, with and then without the whitespace around
+    each value. The hash decides which reading is the stored text.
+    """
+    readings = (
+        lambda: _quick_spans(text),
+        lambda: _member_spans(text, padded=False),
+        lambda: _member_spans(text, padded=True),
+    )
+    for reading in readings:
+        spans = reading()
+        if not spans:
+            continue
         data = _field_text(obj, text, spans, "data")
         meta = _field_text(obj, text, spans, "meta")
         if _hash(obj, previous, data, meta) == obj["hash"]:
             return data, meta
-    spans = _member_spans(text)  # laid out another way (or edited): look properly
-    data = _field_text(obj, text, spans, "data")
-    meta = _field_text(obj, text, spans, "meta")
-    if _hash(obj, previous, data, meta) != obj["hash"]:
-        raise RestoreError(
-            f"position {obj['position']}: the hash does not match the event's content "
-            "and the previous event's hash",
-            line=n,
-            hint="the file was edited or damaged after it was exported; nothing was imported. "
-            "Export the ledger again",
-        )
-    return data, meta
+    raise RestoreError(
+        f"position {obj['position']}: the hash does not match the event's content "
+        "and the previous event's hash",
+        line=n,
+        hint="the file was edited or damaged after it was exported; nothing was imported. "
+        "Export the ledger again",
+    )
 
 
 # -- the restore -----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
@@ -319,10 +320,14 @@ def test_export_refuses_the_ledger_itself_and_missing_directories(
     assert rows(db_path) == before
 
 
+def record(calls: list[tuple[int, int]], done: int, total: int) -> None:
+    calls.append((done, total))
+
+
 def test_progress_reports_done_and_total(filled: Ledger, db_path: Path, tmp_path: Path) -> None:
     for name in ("p.jsonl", "p.csv", "p.db"):
         calls: list[tuple[int, int]] = []
-        export(db_path, tmp_path / name, progress=lambda d, t, calls=calls: calls.append((d, t)))
+        export(db_path, tmp_path / name, progress=functools.partial(record, calls))
         assert calls and calls[-1] == (8, 8), name
         assert all(0 <= d <= t for d, t in calls)
 
