@@ -214,6 +214,7 @@ def list_events(
     follow: bool = False,
     poll_interval: float = 0.5,
     timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Recorded]:
     """What ``hermes ledger events`` prints: the matching events up to the current
     head (at most ``limit``), then, if ``follow``, those appended afterwards as they
@@ -225,7 +226,7 @@ def list_events(
         yield from select_events(led, now, limit=limit)
     if follow:
         yield from follow_events(
-            led, events, after=head, poll_interval=poll_interval, timeout=timeout
+            led, events, after=head, poll_interval=poll_interval, timeout=timeout, sleep=sleep
         )
 
 
