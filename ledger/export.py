@@ -61,18 +61,16 @@ _GZIP_LEVEL = 6
 
 def _jsonl_line(data: str, meta: str, where: str) -> str:
     """The statement making one event into one JSONL line (UTF-8 bytes, with its
-    newline), given the SQL for the ``data`` and ``meta`` values."""
+    newline), given the SQL for the ``data`` and ``meta`` values. One printf() per
+    row: a single allocation, faster than a chain of ``||``."""
+    layout = (
+        '{"position":%d,"event_id":%s,"stream":%s,"version":%d,"type":%s,'
+        '"session_id":%s,"data":%s,"meta":%s,"recorded_at":%s,"hash":%s}\n'
+    )
     return (
-        "SELECT CAST('{\"position\":' || position"
-        " || ',\"event_id\":' || json_quote(event_id)"
-        " || ',\"stream\":' || json_quote(stream)"
-        " || ',\"version\":' || version"
-        " || ',\"type\":' || json_quote(type)"
-        " || ',\"session_id\":' || json_quote(session_id)"
-        f" || ',\"data\":' || {data} || ',\"meta\":' || {meta}"
-        " || ',\"recorded_at\":' || json_quote(recorded_at)"
-        " || ',\"hash\":' || json_quote(hash) || '}' || char(10) AS BLOB)"
-        f" FROM events WHERE {where}"
+        f"SELECT CAST(printf('{layout}', position, json_quote(event_id), json_quote(stream),"
+        f" version, json_quote(type), json_quote(session_id), {data}, {meta},"
+        f" json_quote(recorded_at), json_quote(hash)) AS BLOB) FROM events WHERE {where}"
     )
 
 
