@@ -14,17 +14,15 @@ from functools import cache
 
 from projections.quoting import Target
 from projections.statements import (
-    BODY,
     FRAGMENTS,
     SESSIONS_STATEMENTS,
     TRANSCRIPTS_STATEMENTS,
-    TS,
     Statement,
+    body_for,
 )
 from projections.tables import MESSAGES, MESSAGES_FTS, SESSION_HISTORY, SESSION_MAP, TableSpec
 
 __all__ = [
-    "EVENTS",
     "PROJECTIONS",
     "SESSIONS",
     "TRANSCRIPTS",
@@ -32,9 +30,6 @@ __all__ = [
     "by_name",
     "compact",
 ]
-
-EVENTS = '"main"."events"'
-"""The log, always read from the ledger's main schema."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ def compact(sql: str) -> str:
 def _compiled(projection: Projection, target: Target) -> tuple[str, ...]:
     names = {t.name: target.table(t.name) for t in projection.tables}
     return tuple(
-        compact(s.sql.format(events=EVENTS, ts=TS, body=BODY, **FRAGMENTS, **names))
+        compact(s.sql.format(ts="r.ts", body=body_for(s.types), **FRAGMENTS, **names))
         for s in projection.statements
     )
 

@@ -33,7 +33,7 @@ from projections.replay import (
     head,
     prepare_connection,
     read_checkpoints,
-    replay,
+    replay_range,
     save_checkpoint,
     scalar,
     table_exists,
@@ -43,7 +43,7 @@ from projections.views import ensure_views
 
 __all__ = ["DEFAULT_CHUNK", "RebuildReport", "rebuild"]
 
-DEFAULT_CHUNK = 50_000
+DEFAULT_CHUNK = 20_000
 """Events per rebuild transaction: long enough to be efficient, short enough not to
 keep appenders waiting for long."""
 
@@ -148,8 +148,7 @@ def _chunk_work(
 ) -> Callable[[apsw.Connection], None]:
     def work(conn: apsw.Connection) -> None:
         _check_lease(conn, token)
-        for projection in chosen:
-            replay(conn, projection, NEXT, first, last)
+        replay_range(conn, chosen, NEXT, first, last)
         conn.execute(SQL_LEASE_PROGRESS, (token, last))
 
     return work
@@ -173,8 +172,8 @@ def _swap_work(
     def work(conn: apsw.Connection) -> int:
         _check_lease(conn, token)
         position = head(conn)
+        replay_range(conn, chosen, NEXT, built + 1, position)
         for projection in chosen:
-            replay(conn, projection, NEXT, built + 1, position)
             for table in projection.data_tables:
                 _carry_over(conn, table)
         legacy = scalar(conn, "PRAGMA legacy_alter_table")

@@ -8,7 +8,7 @@ replays), so rows and checkpoints always commit together.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apsw
@@ -16,6 +16,7 @@ import apsw
 from ledger.events import body_json, from_stored
 from projections.definitions import Projection
 from projections.quoting import Target, quote_ident
+from projections.statements import CLEAR_RANGE, DECODE_RANGE, RANGE_TABLE_DDL
 from projections.tables import CHECKPOINTS_DDL, REBUILD_LEASE_DDL
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "read_checkpoints",
     "replay",
     "replay_chunks",
+    "replay_range",
     "save_checkpoint",
     "scalar",
     "table_exists",
@@ -58,8 +60,10 @@ def _event_body(*args: Any) -> str:
 
 
 def prepare_connection(conn: apsw.Connection) -> None:
-    """Register the SQL function the replay statements call for old event shapes."""
+    """Register the SQL function the range statements call for old event shapes, and
+    create the connection's private table that holds a decoded range."""
     conn.create_scalar_function(EVENT_BODY_FUNCTION, _event_body, 4, deterministic=True)
+    conn.execute(RANGE_TABLE_DDL)
 
 
 def scalar(conn: apsw.Connection, sql: str, bindings: tuple[Any, ...] = ()) -> Any:
@@ -128,11 +132,27 @@ def replay(
     last: int,
 ) -> None:
     """Fold events ``first..last`` (inclusive) into ``target``'s tables."""
+    replay_range(conn, (projection,), target, first, last)
+
+
+def replay_range(
+    conn: apsw.Connection,
+    projections: Sequence[Projection],
+    target: Target,
+    first: int,
+    last: int,
+) -> None:
+    """Decode events ``first..last`` once, then fold them into each projection."""
     if last < first:
         return
     bounds = (first, last)
-    for sql in projection.sql(target):
-        conn.execute(sql, bounds)
+    conn.execute(DECODE_RANGE, bounds)
+    try:
+        for projection in projections:
+            for sql in projection.sql(target):
+                conn.execute(sql, bounds)
+    finally:
+        conn.execute(CLEAR_RANGE)
 
 
 def replay_chunks(
@@ -148,8 +168,7 @@ def replay_chunks(
     done = after
     while done < until:
         upto = min(done + chunk_size, until)
-        for projection in projections:
-            replay(conn, projection, target, done + 1, upto)
+        replay_range(conn, projections, target, done + 1, upto)
         done = upto
         if progress is not None:
             progress(done, until)

@@ -46,7 +46,8 @@ def build_scratch(
     chunk_size: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Create ``projections``' tables in ``temp`` and replay positions 1..``until``."""
+    """Create ``projections``' tables in ``temp`` and replay positions 1..``until``.
+    (No secondary indexes: nothing here looks rows up by anything but their key.)"""
     for projection in projections:
-        create_tables(conn, projection, SCRATCH)
+        create_tables(conn, projection, SCRATCH, indexes=False)
     replay_chunks(conn, projections, SCRATCH, 0, until, chunk_size, progress)

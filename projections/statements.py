@@ -20,8 +20,11 @@ Rules run in the order listed. The property tests check that the two forms
 agree: live tables (one append at a time, through the twins) == rebuilt tables
 (big chunks, through the range forms), row for row.
 
-Placeholders: ``{events}``, each table's name, ``{ts}``, ``{body}`` and the
-``FRAGMENTS`` (filled in by ``projections.definitions``).
+The range forms read the range decoded into ``temp.projection_range`` (alias
+``r``: type, position, stream, session_id, business time ``ts``), joined to the
+events rows (alias ``e``) where they need JSON fields. Placeholders: each
+table's name, ``{ts}``, ``{body}`` and the ``FRAGMENTS`` (filled in by
+``projections.definitions``).
 """
 
 from __future__ import annotations
@@ -32,12 +35,17 @@ from ledger.events import EVENT_TYPES
 
 __all__ = [
     "BODY",
+    "CLEAR_RANGE",
+    "DECODE_RANGE",
+    "EVENTS",
     "EVENT_TIME",
     "FRAGMENTS",
+    "RANGE_TABLE_DDL",
     "SESSIONS_STATEMENTS",
     "TRANSCRIPTS_STATEMENTS",
     "TS",
     "Statement",
+    "body_for",
     "utc_text",
 ]
 
@@ -90,35 +98,73 @@ TS = _business_time("e.data", "e.recorded_at")
 EVENT_TIME = "SELECT " + _business_time("?1", "?2")
 """The business time of one event, from its data (?1) and recorded_at (?2)."""
 
-_CURRENT_VERSION = (
-    "CASE e.type "
-    + " ".join(
-        f"WHEN '{t}' THEN {m.schema_version}"
-        for t, m in sorted(EVENT_TYPES.items())
-        if m.schema_version != 1
+
+def _current_meta(version: int) -> str:
+    """SQL: true when ``e.meta`` starts as the ledger writes it for ``version``."""
+    return (
+        f"substr(e.meta, 1, {len(str(version)) + 19}) IN"
+        f" ('{{\"schema_version\":{version},', '{{\"schema_version\":{version}}}')"
     )
-    + " ELSE 1 END"
-    if any(m.schema_version != 1 for m in EVENT_TYPES.values())
-    else "1"
-)
 
-BODY = (
-    f"(CASE WHEN e.meta ->> '$.schema_version' = {_CURRENT_VERSION} THEN e.data"
-    " ELSE hermes_event_body(e.type, e.event_id, e.data, e.meta) END)"
-)
-"""The event body in its current shape: stored older shapes go through the upcasters."""
 
+def body_for(types: frozenset[str] | None) -> str:
+    """SQL: the body of an event of one of ``types`` in its current shape.
+
+    Only a type whose current schema version is above 1 can have older stored
+    shapes; its rows go through the upcasters (the ``hermes_event_body`` SQL
+    function) unless ``meta`` shows the current version. A body stored by newer
+    code is read as it is, field by field, as far as this code knows the fields.
+    """
+    versions = {EVENT_TYPES[t].schema_version for t in (types or EVENT_TYPES)}
+    if versions == {1}:
+        return "e.data"
+    upcast = "hermes_event_body(e.type, e.event_id, e.data, e.meta)"
+    if len(versions) == 1:
+        return f"(CASE WHEN {_current_meta(versions.pop())} THEN e.data ELSE {upcast} END)"
+    cases = " ".join(
+        f"WHEN '{t}' THEN {_current_meta(EVENT_TYPES[t].schema_version)}"
+        for t in sorted(types or EVENT_TYPES)
+    )
+    return f"(CASE WHEN CASE e.type {cases} ELSE true END THEN e.data ELSE {upcast} END)"
+
+
+BODY = body_for(None)
+"""The body of any event in its current shape (see ``body_for``)."""
+
+EVENTS = '"main"."events"'
+"""The log, always read from the ledger's main schema."""
+
+RANGE_TABLE_DDL = """CREATE TEMP TABLE IF NOT EXISTS projection_range (
+    type       TEXT NOT NULL,
+    position   INTEGER NOT NULL,
+    stream     TEXT NOT NULL,
+    session_id TEXT,
+    ts         TEXT NOT NULL,
+    PRIMARY KEY (type, position)
+) WITHOUT ROWID"""
+"""The range being replayed, decoded once: every rule seeks to its event types here
+(and reads JSON fields from the events row only for those), instead of each rule
+scanning the whole range of the log and recomputing business times."""
+
+DECODE_RANGE = (
+    "INSERT INTO temp.projection_range (type, position, stream, session_id, ts)"
+    f" SELECT e.type, e.position, e.stream, e.session_id, {TS}"
+    f" FROM {EVENTS} AS e WHERE e.position BETWEEN ?1 AND ?2"
+)
+CLEAR_RANGE = "DELETE FROM temp.projection_range"
 
 _SYNTHETIC = "coalesce({data} ->> '$.synthetic', 0)"
 _COST = "CAST(round(coalesce({data} ->> '$.cost_usd', 0) * 1e9) AS INTEGER)"
 
 FRAGMENTS: dict[str, str] = {
-    "range": "e.position BETWEEN ?1 AND ?2",
-    "body_synthetic": _SYNTHETIC.format(data=BODY),
+    "range": "r.position BETWEEN ?1 AND ?2",
+    "decoded": "temp.projection_range AS r",
+    "decoded_events": f"temp.projection_range AS r JOIN {EVENTS} AS e ON e.position = r.position",
+    "body_synthetic": _SYNTHETIC.format(data=body_for(frozenset({"message_appended"}))),
     "bound_synthetic": _SYNTHETIC.format(data="?4"),
-    "body_cost": _COST.format(data=BODY),
+    "body_cost": _COST.format(data=body_for(frozenset({"usage_recorded"}))),
     "bound_cost": _COST.format(data="?4"),
-    "body_deadline": utc_text(f"({BODY} ->> '$.deadline')"),
+    "body_deadline": utc_text(f"({body_for(frozenset({'session_expired'}))} ->> '$.deadline')"),
     "bound_deadline": utc_text("(?4 ->> '$.deadline')"),
     "map_state_columns": "status, message_count, input_tokens, output_tokens,"
     " cache_read_tokens, cache_write_tokens, cost_nano_usd",
@@ -138,10 +184,10 @@ HISTORY_ROWS = Statement(
     "history_rows",
     sql="""INSERT INTO {session_history} (session_id, session_key)
 SELECT session_id, stream FROM (
-    SELECT e.session_id, e.stream, min(e.position)
-    FROM {events} AS e
-    WHERE {range} AND e.session_id IS NOT NULL
-    GROUP BY e.session_id
+    SELECT r.session_id, r.stream, min(r.position)
+    FROM {decoded}
+    WHERE {range} AND r.session_id IS NOT NULL
+    GROUP BY r.session_id
 ) WHERE true
 ON CONFLICT (session_id) DO NOTHING""",
     one=None,  # every twin below creates the row itself
@@ -162,8 +208,8 @@ FROM (
         {body} ->> '$.reason' AS reason,
         {body} ->> '$.previous_session_id' AS previous_session_id,
         {ts} AS ts
-    FROM {events} AS e
-    WHERE {range} AND e.type = 'session_started'
+    FROM {decoded_events}
+    WHERE r.type = 'session_started' AND {range}
     GROUP BY e.session_id
 ) AS s
 WHERE h.session_id = s.session_id AND h.started_at IS NULL""",
@@ -190,8 +236,8 @@ HISTORY_MESSAGES = Statement(
         THEN m.last_at ELSE h.last_message_at END
 FROM (
     SELECT e.session_id, count(*) AS n, min({ts}) AS first_at, max({ts}) AS last_at
-    FROM {events} AS e
-    WHERE {range} AND e.type = 'message_appended'
+    FROM {decoded_events}
+    WHERE r.type = 'message_appended' AND {range}
         AND NOT {body_synthetic}
     GROUP BY e.session_id
 ) AS m
@@ -227,8 +273,8 @@ FROM (
         sum(coalesce({body} ->> '$.cache_read_tokens', 0)) AS cache_read_tokens,
         sum(coalesce({body} ->> '$.cache_write_tokens', 0)) AS cache_write_tokens,
         sum({body_cost}) AS cost_nano_usd
-    FROM {events} AS e
-    WHERE {range} AND e.type = 'usage_recorded'
+    FROM {decoded_events}
+    WHERE r.type = 'usage_recorded' AND {range}
     GROUP BY e.session_id
 ) AS u
 WHERE h.session_id = u.session_id""",
@@ -259,8 +305,8 @@ FROM (
         e.meta ->> '$.actor' AS actor,
         {body_deadline} AS deadline,
         {ts} AS ts
-    FROM {events} AS e
-    WHERE {range} AND e.type IN ('session_reset', 'session_expired')
+    FROM {decoded_events}
+    WHERE r.type IN ('session_reset', 'session_expired') AND {range}
     GROUP BY e.session_id
 ) AS c
 WHERE h.session_id = c.session_id AND h.close_requested_at IS NULL""",
@@ -292,9 +338,8 @@ FROM (
             ELSE {body} ->> '$.reason' END AS detail,
         {ts} AS ts,
         sum(e.type <> 'memory_flush_skipped') AS attempts
-    FROM {events} AS e
-    WHERE {range}
-        AND e.type IN ('memory_flushed', 'memory_flush_failed', 'memory_flush_skipped')
+    FROM {decoded_events}
+    WHERE r.type IN ('memory_flushed', 'memory_flush_failed', 'memory_flush_skipped') AND {range}
     GROUP BY e.session_id
 ) AS f
 WHERE h.session_id = f.session_id""",
@@ -319,8 +364,8 @@ HISTORY_ENDS = Statement(
     sql="""UPDATE {session_history} AS h SET ended_at = x.ts, end_reason = x.reason
 FROM (
     SELECT e.session_id, min(e.position), {body} ->> '$.reason' AS reason, {ts} AS ts
-    FROM {events} AS e
-    WHERE {range} AND e.type = 'session_ended'
+    FROM {decoded_events}
+    WHERE r.type = 'session_ended' AND {range}
     GROUP BY e.session_id
 ) AS x
 WHERE h.session_id = x.session_id AND h.ended_at IS NULL""",
@@ -335,10 +380,10 @@ WHERE ended_at IS NULL""",
 MAP_ROWS = Statement(
     "map_rows",
     sql="""INSERT INTO {session_map} (session_key, created_at, updated_at)
-SELECT e.stream, min({ts}), max({ts})
-FROM {events} AS e
+SELECT r.stream, min(r.ts), max(r.ts)
+FROM {decoded}
 WHERE {range}
-GROUP BY e.stream
+GROUP BY r.stream
 ON CONFLICT (session_key) DO UPDATE SET
     created_at = min(created_at, excluded.created_at),
     updated_at = max(updated_at, excluded.updated_at)""",
@@ -368,8 +413,8 @@ FROM (
         {body} ->> '$.source.user_name' AS user_name,
         {body} ->> '$.source.thread_id' AS thread_id,
         {ts} AS ts
-    FROM {events} AS e
-    WHERE {range} AND e.type = 'session_started'
+    FROM {decoded_events}
+    WHERE r.type = 'session_started' AND {range}
     GROUP BY e.stream
 ) AS s
 WHERE m.session_key = s.stream""",
@@ -395,8 +440,8 @@ MAP_SESSION_STATE = Statement(
     sql="""UPDATE {session_map} AS m SET
     ({map_state_columns}) = ({map_state_values})
 FROM (
-    SELECT DISTINCT e.session_id FROM {events} AS e
-    WHERE {range} AND e.session_id IS NOT NULL
+    SELECT DISTINCT r.session_id FROM {decoded}
+    WHERE {range} AND r.session_id IS NOT NULL
 ) AS touched, {session_history} AS h
 WHERE m.session_id = touched.session_id AND h.session_id = m.session_id""",
     one="""UPDATE {session_map} SET ({map_state_columns}) = (
@@ -434,8 +479,8 @@ SELECT e.position, e.session_id, e.stream,
     coalesce({body} ->> '$.output_tokens', 0),
     {body} ->> '$.platform_message_id',
     {ts}
-FROM {events} AS e
-WHERE {range} AND e.type = 'message_appended'
+FROM {decoded_events}
+WHERE r.type = 'message_appended' AND {range}
     AND NOT {body_synthetic}""",
     one="""INSERT INTO {messages} (position, session_id, session_key, role, content, tool_calls,
     tool_name, tool_call_id, input_tokens, output_tokens, platform_message_id, ts)

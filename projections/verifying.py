@@ -111,7 +111,7 @@ def verify(
                 continue
             position = checkpoints[projection.name][1]
             positions[projection.name] = position
-            create_tables(conn, projection, SCRATCH)
+            create_tables(conn, projection, SCRATCH, indexes=False)
             replay_chunks(conn, (projection,), SCRATCH, 0, position, chunk_size, progress)
             for table in projection.tables:
                 if table.fts:

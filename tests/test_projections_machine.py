@@ -1,0 +1,351 @@
+"""A Hypothesis state machine over many session keys.
+
+Sessions start, talk, record usage, get reset or expire, flush (ok or failed),
+end and start again, sometimes in one append (an auto-reset), sometimes through
+a process without projections attached, with rebuilds in between. After every
+step the live tables must match a model of the gateway and the invariants of
+DESIGN.md; at the end the live tables must equal a rebuild and a verify, and
+state_at must give back the live tables as they were at sampled positions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+import projections
+from ledger import Ledger
+from ledger.events import (
+    EventModel,
+    MemoryFlushed,
+    MemoryFlushFailed,
+    MessageAppended,
+    SessionEnded,
+    SessionExpired,
+    SessionReset,
+    SessionStarted,
+    Source,
+    UsageRecorded,
+)
+
+KEYS = [f"agent:main:telegram:dm:{n}" for n in range(4)] + [
+    "agent:main:discord:group:42:7",
+    "agent:main:slack:channel:C1",
+]
+WORDS = ["hello", "world", "flush", "memory", "café", "déjà", "vu", "tool", "search", "42"]
+keys = st.sampled_from(KEYS)
+text = st.lists(st.sampled_from(WORDS), max_size=4).map(" ".join)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=250)
+        return self.now
+
+
+@dataclass
+class SessionModel:
+    key: str
+    messages: list[tuple[str, str | None]] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    cost_nano: int = 0
+    cause: str | None = None
+    flushes: list[str] = field(default_factory=list)
+    end_reason: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.end_reason is not None:
+            return "closed"
+        return "closing" if self.cause is not None else "open"
+
+
+def source_for(key: str) -> Source:
+    if ":group:" in key:
+        return Source(platform="discord", chat_type="group", chat_id="42", user_id="7")
+    if ":channel:" in key:
+        return Source(platform="slack", chat_type="channel", chat_id="C1", chat_name="general")
+    return Source(platform="telegram", chat_id=key.rsplit(":", 1)[1], user_id="u1")
+
+
+class ProjectionMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="projections-machine-"))
+        self.clock = Clock()
+        self.led = Ledger.open(self.dir / "ledger.db", clock=self.clock)
+        projections.attach(self.led, chunk_size=5)
+        self.bare: Ledger | None = None  # a second process without projections
+        self.current: dict[str, str] = {}  # key -> its current session id
+        self.sessions: dict[str, SessionModel] = {}
+        self.snapshots: dict[int, projections.State] = {}
+        self.counter = 0
+
+    # -- helpers ------------------------------------------------------------------
+
+    def append(self, key: str, events: list[EventModel], *, bare: bool = False) -> None:
+        if bare:
+            if self.bare is None:
+                self.bare = Ledger.open(self.dir / "ledger.db", clock=self.clock)
+            self.bare.append(key, events)
+        else:
+            self.led.append(key, events)
+
+    def session(self, key: str, status: str) -> SessionModel | None:
+        sid = self.current.get(key)
+        if sid is None or self.sessions[sid].status != status:
+            return None
+        return self.sessions[sid]
+
+    def new_session(self, key: str) -> tuple[SessionStarted, SessionModel]:
+        self.counter += 1
+        sid = f"s{self.counter}"
+        previous = self.current.get(key)
+        event = SessionStarted(
+            session_id=sid,
+            source=source_for(key),
+            reason="first" if previous is None else "manual_reset",
+            previous_session_id=previous,
+        )
+        return event, SessionModel(key)
+
+    # -- rules ----------------------------------------------------------------------
+
+    @rule(key=keys)
+    def start(self, key: str) -> None:
+        sid = self.current.get(key)
+        if sid is not None and self.sessions[sid].status != "closed":
+            return
+        event, model = self.new_session(key)
+        self.append(key, [event])
+        self.current[key] = event.session_id
+        self.sessions[event.session_id] = model
+
+    @rule(
+        key=keys,
+        role=st.sampled_from(["user", "assistant", "tool", "system"]),
+        content=st.none() | text,
+        synthetic=st.booleans(),
+        tool_call=st.booleans(),
+        late_by=st.none() | st.integers(0, 7200),
+        bare=st.booleans(),
+    )
+    def message(
+        self,
+        key: str,
+        role: str,
+        content: str | None,
+        synthetic: bool,
+        tool_call: bool,
+        late_by: int | None,
+        bare: bool,
+    ) -> None:
+        s = self.session(key, "open") or self.session(key, "closing")
+        if s is None:
+            return
+        occurred = None
+        if late_by is not None:  # a platform timestamp, in some zone, possibly earlier
+            zone = timezone(timedelta(hours=late_by % 5 - 2))
+            occurred = (self.clock.now - timedelta(seconds=late_by)).astimezone(zone)
+        event = MessageAppended(
+            session_id=self.current[key],
+            role=role,  # type: ignore[arg-type]
+            content=content,
+            tool_calls=[{"id": "c1", "function": {"name": "search"}}] if tool_call else None,
+            tool_name="search" if role == "tool" else None,
+            output_tokens=len(content or ""),
+            synthetic=synthetic,
+            occurred_at=occurred,
+        )
+        self.append(key, [event], bare=bare)
+        if not synthetic:
+            s.messages.append((role, content))
+
+    @rule(key=keys, tokens=st.lists(st.integers(0, 5000), min_size=4, max_size=4),
+          cost_nano=st.none() | st.integers(0, 10**8))  # fmt: skip
+    def usage(self, key: str, tokens: list[int], cost_nano: int | None) -> None:
+        s = self.session(key, "open")
+        if s is None:
+            return
+        i, o, cr, cw = tokens
+        cost = None if cost_nano is None else cost_nano / 1e9
+        self.append(key, [UsageRecorded(
+            session_id=self.current[key], input_tokens=i, output_tokens=o,
+            cache_read_tokens=cr, cache_write_tokens=cw, cost_usd=cost,
+        )])  # fmt: skip
+        s.tokens = [a + b for a, b in zip(s.tokens, tokens, strict=True)]
+        s.cost_nano += round(cost * 1e9) if cost is not None else 0
+
+    @rule(key=keys, trigger=st.sampled_from(["/new", "/reset", "api"]))
+    def reset(self, key: str, trigger: str) -> None:
+        s = self.session(key, "open")
+        if s is None:
+            return
+        self.append(key, [SessionReset(session_id=self.current[key], trigger=trigger)])
+        s.cause = "reset"
+
+    @rule(key=keys, reason=st.sampled_from(["idle", "daily", "cron"]))
+    def expire(self, key: str, reason: str) -> None:
+        s = self.session(key, "open")
+        if s is None:
+            return
+        self.append(key, [SessionExpired(
+            session_id=self.current[key], reason=reason,  # type: ignore[arg-type]
+            deadline=self.clock.now - timedelta(minutes=1), evaluated_at=self.clock.now,
+        )])  # fmt: skip
+        s.cause = "expired"
+
+    @rule(key=keys, ok=st.booleans())
+    def flush(self, key: str, ok: bool) -> None:
+        s = self.session(key, "closing")
+        if s is None:
+            return
+        sid, attempt = self.current[key], len(s.flushes) + 1
+        event: EventModel = (
+            MemoryFlushed(session_id=sid, provider="honcho", attempt=attempt)
+            if ok
+            else MemoryFlushFailed(session_id=sid, provider="honcho", attempt=attempt, error="x")
+        )
+        self.append(key, [event])
+        s.flushes.append("ok" if ok else "failed")
+
+    @rule(key=keys)
+    def end(self, key: str) -> None:
+        s = self.session(key, "closing")
+        if s is None or not s.flushes:
+            return
+        reason = "manual_reset" if s.cause == "reset" else "idle_expiry"
+        self.append(key, [SessionEnded(session_id=self.current[key], reason=reason)])
+        s.end_reason = reason
+
+    @rule(key=keys, ok=st.booleans())
+    def auto_reset(self, key: str, ok: bool) -> None:
+        """What the gateway does for a message past the deadline: one append that
+        closes the old session and starts the next one."""
+        s = self.session(key, "open")
+        if s is None:
+            return
+        old = self.current[key]
+        flush: EventModel = (
+            MemoryFlushed(session_id=old, provider="honcho")
+            if ok
+            else MemoryFlushFailed(session_id=old, provider="honcho", error="timeout")
+        )
+        start, model = self.new_session(key)
+        self.append(key, [
+            SessionExpired(session_id=old, reason="idle", deadline=self.clock.now,
+                           evaluated_at=self.clock.now),
+            flush,
+            SessionEnded(session_id=old, reason="auto_reset"),
+            start,
+        ])  # fmt: skip
+        s.cause, s.flushes, s.end_reason = (
+            "expired",
+            [*s.flushes, "ok" if ok else "failed"],
+            ("auto_reset"),
+        )
+        self.current[key] = start.session_id
+        self.sessions[start.session_id] = model
+
+    @rule(chunk=st.integers(1, 50))
+    def rebuild(self, chunk: int) -> None:
+        replayed = projections.state_at(self.led, chunk_size=chunk)  # includes unprojected
+        projections.rebuild(self.led, chunk_size=chunk)
+        assert projections.live_state(self.led) == replayed
+
+    @rule()
+    def snapshot(self) -> None:
+        if self.bare is not None and self.led.head() != self.checkpoint():
+            return  # the live tables lag until the next projected append
+        self.snapshots[self.led.head()] = projections.live_state(self.led)
+
+    def checkpoint(self) -> int:
+        return int(self.led.connection.execute(
+            "SELECT min(position) FROM projection_checkpoints").fetchone()[0])  # fmt: skip
+
+    # -- invariants -----------------------------------------------------------------
+
+    @invariant()
+    def live_tables_match_the_model(self) -> None:
+        conn = self.led.connection
+        if self.checkpoint() != self.led.head():
+            return  # an unprojected append is pending; the next projected one catches up
+        query = "SELECT session_key, session_id, status FROM session_map"
+        mapped = {k: (sid, status) for k, sid, status in conn.execute(query)}
+        expected = {k: (sid, self.sessions[sid].status) for k, sid in self.current.items()}
+        assert mapped == expected
+        counts = dict(conn.execute("SELECT session_id, message_count FROM session_history"))
+        assert counts == {sid: len(s.messages) for sid, s in self.sessions.items()}
+
+    @invariant()
+    def at_most_one_open_session_per_key(self) -> None:
+        rows = self.led.connection.execute(
+            "SELECT session_key, count(*) FROM session_history"
+            " WHERE ended_at IS NULL AND close_requested_at IS NULL GROUP BY session_key"
+            " HAVING count(*) > 1"
+        ).fetchall()
+        assert rows == []
+
+    # -- the end of a run -----------------------------------------------------------
+
+    def teardown(self) -> None:
+        try:
+            if self.bare is not None:  # let one projected append pick up unprojected ones
+                self.led.append("agent:main:cli:dm:local", [SessionStarted(
+                    session_id="last", source=Source(platform="local"))])  # fmt: skip
+                self.current["agent:main:cli:dm:local"] = "last"
+                self.sessions["last"] = SessionModel("agent:main:cli:dm:local")
+            self.check_final_state()
+        finally:
+            self.led.close()
+            if self.bare is not None:
+                self.bare.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def check_final_state(self) -> None:
+        report = projections.verify(self.led, chunk_size=3)
+        assert report.ok, str(report)
+        live = projections.live_state(self.led)
+        assert live.position == self.led.head()
+        for sid, s in self.sessions.items():
+            row = live.session_history[sid]
+            assert row["session_key"] == s.key
+            assert [row["input_tokens"], row["output_tokens"], row["cache_read_tokens"],
+                    row["cache_write_tokens"]] == s.tokens  # fmt: skip
+            assert row["cost_nano_usd"] == s.cost_nano
+            assert row["close_cause"] == s.cause
+            assert row["flush_status"] == (s.flushes[-1] if s.flushes else None)
+            assert row["flush_attempts"] == len(s.flushes)
+            assert row["end_reason"] == s.end_reason
+            transcript = [(m["role"], m["content"]) for m in live.transcripts.get(sid, [])]
+            assert transcript == s.messages
+            # invariant 9: every message of a session is under that session's key
+            assert {m["session_key"] for m in live.transcripts.get(sid, [])} <= {s.key}
+        # invariant 5: a closed session was closed by a cause and a flush outcome
+        for row in live.session_history.values():
+            if row["ended_at"] is not None:
+                assert row["close_requested_at"] is not None
+                assert row["flush_status"] is not None
+        for position, then in self.snapshots.items():
+            assert projections.state_at(self.led, position=position, chunk_size=4) == then
+        projections.rebuild(self.led, chunk_size=7)
+        assert projections.live_state(self.led) == live
+
+
+ProjectionMachine.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestProjectionMachine = ProjectionMachine.TestCase
