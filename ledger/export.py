@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from itertools import islice
-from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -59,32 +57,49 @@ _CHUNK = 2000
 _GZIP_LEVEL = 6
 
 
-def _jsonl_line(data: str, meta: str, where: str) -> str:
-    """The statement making one event into one JSONL line (UTF-8 bytes, with its
-    newline), given the SQL for the ``data`` and ``meta`` values. One printf() per
-    row: a single allocation, faster than a chain of ``||``."""
+def _jsonl_page(data: str, meta: str, ordered: bool) -> str:
+    """The statement turning a page of events into JSONL, given the SQL for the
+    ``data`` and ``meta`` values: ``(text, count, first position, last position)``
+    for the first ``?`` (limit) events after position ``?`` that match ``{where}``.
+
+    Each line is one printf() (faster than a chain of ``||``), and the page comes
+    back as one UTF-8 blob, so Python handles a page, not a row. The lines are
+    concatenated in the order the subquery yields them (SQLite keeps a
+    subquery's ORDER BY for an aggregate over it; the caller checks the ends of
+    every page); ``ordered`` adds group_concat's own ORDER BY, which is slower.
+    """
     layout = (
         '{"position":%d,"event_id":%s,"stream":%s,"version":%d,"type":%s,'
         '"session_id":%s,"data":%s,"meta":%s,"recorded_at":%s,"hash":%s}\n'
     )
+    line = (
+        f"printf('{layout}', position, json_quote(event_id), json_quote(stream), version,"
+        f" json_quote(type), json_quote(session_id), {data}, {meta}, json_quote(recorded_at),"
+        " json_quote(hash))"
+    )
+    order = " ORDER BY position" if ordered else ""
     return (
-        f"SELECT CAST(printf('{layout}', position, json_quote(event_id), json_quote(stream),"
-        f" version, json_quote(type), json_quote(session_id), {data}, {meta},"
-        f" json_quote(recorded_at), json_quote(hash)) AS BLOB) FROM events WHERE {where}"
+        f"SELECT CAST(group_concat(line, ''{order}) AS BLOB), count(*), min(position),"
+        f" max(position) FROM (SELECT position, {line} AS line FROM events"
+        " WHERE position > ?{where} ORDER BY position LIMIT ?)"
     )
 
 
-# Every event as one line, in position order: ``data`` and ``meta`` embedded as
-# stored, byte for byte, so an import can restore them exactly.
-SQL_JSONL_LINES = _jsonl_line("data", "meta", "1{where} ORDER BY position")
-# The same for one event whose data or meta holds a line break (legal JSON
-# whitespace, though the ledger never writes one): that value is embedded
-# re-serialised, and its exact text follows as "data_text" / "meta_text".
-_BROKEN = "CASE WHEN instr({c}, char(10)) OR instr({c}, char(13))"
-_ONE_LINE = " THEN json({c}) || ',\"{c}_text\":' || json_quote({c}) ELSE {c} END"
-SQL_JSONL_SAFE_LINE = _jsonl_line(
-    (_BROKEN + _ONE_LINE).format(c="data"), (_BROKEN + _ONE_LINE).format(c="meta"), "position = ?"
+# A page of events, one line each: ``data`` and ``meta`` embedded as stored,
+# byte for byte, so an import can restore them exactly.
+SQL_JSONL_PAGE = _jsonl_page("data", "meta", ordered=False)
+# The same page, for the rare page the fast form does not suit: some event's data
+# or meta holds a line break (legal JSON whitespace, though the ledger never writes
+# one), so that value is embedded re-serialised and its exact text follows as
+# "data_text" / "meta_text"; and the order is group_concat's own.
+_ONE_LINE = (
+    "CASE WHEN instr({c}, char(10)) OR instr({c}, char(13))"
+    " THEN json({c}) || ',\"{c}_text\":' || json_quote({c}) ELSE {c} END"
 )
+SQL_JSONL_SAFE_PAGE = _jsonl_page(
+    _ONE_LINE.format(c="data"), _ONE_LINE.format(c="meta"), ordered=True
+)
+SQL_HASH_AT = "SELECT hash FROM events WHERE position = ?"
 SQL_ROWS = "SELECT " + COLUMNS + " FROM events WHERE 1{where} ORDER BY position"
 SQL_COUNT = "SELECT count(*) FROM events WHERE 1{where}"
 SQL_SUMMARY = (
@@ -183,28 +198,33 @@ def _write_jsonl(
 ) -> ExportManifest:
     where, args = events.where()
     total = _total(conn, where, args) if progress is not None else 0
-    cursor = conn.execute(_filtered(SQL_JSONL_LINES, where), args)
-    count = 0
-    first_line = last_line = b""
-    while lines := list(map(itemgetter(0), islice(cursor, _CHUNK))):
-        text = b"".join(lines)
-        if text.count(b"\n") != len(lines) or b"\r" in text:
-            lines = [_one_line(conn, line) for line in lines]
-            text = b"".join(lines)
+    page_sql = _filtered(SQL_JSONL_PAGE, where)
+    count = after = 0
+    first_position: int | None = None
+    while True:
+        row: Any = conn.execute(page_sql, (after, *args, _CHUNK)).fetchone()
+        text, size, first, last = row
+        if not size:
+            break
+        if not _page_is_sound(text, size, first, last):
+            safe_sql = _filtered(SQL_JSONL_SAFE_PAGE, where)
+            safe: Any = conn.execute(safe_sql, (after, *args, _CHUNK)).fetchone()
+            text = safe[0]
         out.write(text)
-        if not count:
-            first_line = lines[0]
-        last_line = lines[-1]
-        count += len(lines)
-        del lines, text  # before the next chunk is read: at most one chunk in memory
+        del text, row  # before the next page is read: one page in memory at a time
+        if first_position is None:
+            first_position = first
+        count += size
+        after = last
         if progress is not None:
             progress(count, total)
+    last_hash: Any = conn.execute(SQL_HASH_AT, (after,)).fetchone() if count else (None,)
     manifest = ExportManifest(
         export_format="jsonl",
         count=count,
-        first_position=_position_of(first_line) if count else None,
-        last_position=_position_of(last_line) if count else None,
-        last_hash=last_line[-67:-3].decode() if count else None,
+        first_position=first_position,
+        last_position=after or None,
+        last_hash=last_hash[0],
         filters=events.describe(),
         exported_at=format_utc(now()),
         generator=_generator(),
@@ -215,17 +235,19 @@ def _write_jsonl(
     return manifest
 
 
-def _one_line(conn: apsw.Connection, line: bytes) -> bytes:
-    """``line`` itself, or, if a line break inside it would split it, its safe form."""
-    if line.count(b"\n") == 1 and b"\r" not in line:
-        return line
-    row: Any = conn.execute(SQL_JSONL_SAFE_LINE, (_position_of(line),)).fetchone()
-    return row[0]  # type: ignore[no-any-return]
+def _page_is_sound(text: bytes, size: int, first: int, last: int) -> bool:
+    """One line per event, and the page starts and ends with its first and last
+    positions (a cheap check on the concatenation order)."""
+    if text.count(b"\n") != size or b"\r" in text:
+        return False
+    start = text.rfind(b'\n{"position":', 0, len(text) - 1) + 1
+    return _position_of(text) == first and _position_of(text, start) == last
 
 
-def _position_of(line: bytes) -> int:
-    """``{"position":123,…`` -> 123 (the line was written by SQL_JSONL_LINES)."""
-    return int(line[12 : line.index(b",", 12)])
+def _position_of(text: bytes, start: int = 0) -> int:
+    """``{"position":123,…`` at ``start`` -> 123 (lines as SQL_JSONL_PAGE writes them)."""
+    begin = start + len(b'{"position":')
+    return int(text[begin : text.index(b",", begin)])
 
 
 def _summary(conn: apsw.Connection, events: EventFilter, fmt: str, now: Clock) -> ExportManifest:
