@@ -2,9 +2,9 @@
 
 The JSONL form is the ledger's backup format: one event per line, every column
 as stored (``data`` and ``meta`` embedded verbatim, so ``hermes ledger import``
-can rebuild the exact rows and hashes), then one manifest line. SQLite writes
-each line itself (``SQL_JSONL_LINE``), so an export streams in constant memory
-at close to the speed of reading the table.
+can rebuild the exact rows and hashes), then one manifest line. SQLite builds
+the lines, a page at a time (``SQL_JSONL_PAGE``), so an export streams in
+constant memory at close to the speed of reading the table.
 
 Files are written to a temporary file next to the target, created readable by
 their owner only, and renamed into place when complete: a reader never sees half
@@ -109,12 +109,19 @@ SQL_SUMMARY = (
 )
 # Transcript rows for the full-text index of a SQLite export: real (non-synthetic)
 # messages with content, taken from the exported events themselves.
+# The columns are named like the live ``messages`` projection's (docs/sql.md).
+MESSAGE_COLUMNS = {
+    "position": int, "session_id": str, "session_key": str, "role": str, "content": str,
+    "tool_calls": str, "tool_name": str, "tool_call_id": str, "input_tokens": int,
+    "output_tokens": int, "platform_message_id": str, "recorded_at": str,
+}  # fmt: skip
 SQL_MESSAGES = (
-    "SELECT position, stream, session_id, json_extract(data, '$.role'),"
-    " json_extract(data, '$.content'), json_extract(data, '$.tool_name'), recorded_at"
+    "SELECT position, session_id, stream, data ->> '$.role', data ->> '$.content',"
+    " data ->> '$.tool_calls', data ->> '$.tool_name', data ->> '$.tool_call_id',"
+    " coalesce(data ->> '$.input_tokens', 0), coalesce(data ->> '$.output_tokens', 0),"
+    " data ->> '$.platform_message_id', recorded_at"
     " FROM events WHERE type = 'message_appended'"
-    " AND coalesce(json_extract(data, '$.synthetic'), 0) = 0"
-    " AND json_extract(data, '$.content') IS NOT NULL{where} ORDER BY position"
+    " AND NOT coalesce(data ->> '$.synthetic', 0){where} ORDER BY position"
 )
 
 
@@ -334,22 +341,17 @@ def _write_sqlite(
         events_table.create_index(["session_id", "position"])
         events_table.create_index(["type"])
         messages = db.table("messages")
-        message_columns = ["position", "session_key", "session_id", "role", "content",
-                           "tool_name", "recorded_at"]  # fmt: skip
-        messages.create(
-            {"position": int, "session_key": str, "session_id": str, "role": str,
-             "content": str, "tool_name": str, "recorded_at": str},
-            pk="position",
-        )  # fmt: skip
+        messages.create(MESSAGE_COLUMNS, pk="position")
+        message_names = list(MESSAGE_COLUMNS)
         messages.insert_all(
             (
-                dict(zip(message_columns, row, strict=True))
+                dict(zip(message_names, row, strict=True))
                 for row in conn.execute(_filtered(SQL_MESSAGES, where), args)
             ),
             batch_size=_CHUNK,
         )
         messages.create_index(["session_id", "position"])
-        messages.enable_fts(["content"], tokenize="porter")
+        messages.enable_fts(["content"], tokenize="unicode61 remove_diacritics 2")
         body = manifest.to_dict()
         body["filters"] = json.dumps(body["filters"], ensure_ascii=False)
         db.table("export_manifest").insert({"format": EXPORT_FORMAT, **body}, pk="format")

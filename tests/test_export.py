@@ -219,6 +219,12 @@ def test_sqlite_export_has_events_messages_and_full_text_search(
         ).fetchall()
         # the synthetic flush turn is in events, not in the searchable transcript
         assert found == [(2, K1, "user", "héllo\nworld"), (4, K1, "assistant", "hi")]
+        columns = [c[1] for c in db.execute("PRAGMA table_info(messages)")]
+        assert columns == [
+            "position", "session_id", "session_key", "role", "content", "tool_calls",
+            "tool_name", "tool_call_id", "input_tokens", "output_tokens",
+            "platform_message_id", "recorded_at",
+        ]  # fmt: skip
         (info,) = db.execute(
             "SELECT format, export_format, count, last_hash, filters FROM export_manifest"
         ).fetchall()
