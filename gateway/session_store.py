@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from gateway.closing import close_progress, end_reason_for
 from gateway.config import GatewayConfig
 from gateway.flush import DEFAULT_FLUSH_TIMEOUT, FlushContext, Flusher, run_flush
 from gateway.keys import validate_session_id, validate_session_key
 from gateway.sources import SessionSource
+from gateway.transcripts import load_transcript
 from ledger import ConcurrencyError, Ledger, LedgerError
 from ledger.clock import Clock, format_utc, parse_utc, system_clock
 from ledger.events import (
@@ -83,10 +85,6 @@ SQL_MESSAGE_TARGET = (
     " m.session_id, m.status"
     " FROM session_history AS h LEFT JOIN session_map AS m ON m.session_key = h.session_key"
     " WHERE h.session_id = ?"
-)
-SQL_TRANSCRIPT = (
-    "SELECT role, content, tool_calls, tool_name, tool_call_id, ts FROM messages"
-    " WHERE session_id = ? ORDER BY position"
 )
 
 _MESSAGE_FIELDS = {
@@ -243,19 +241,7 @@ class SessionStore:
 
     def load_transcript(self, session_id: str) -> list[dict[str, Any]]:
         """The session's messages in order (synthetic flush turns excluded)."""
-        out = []
-        for role, content, tool_calls, tool_name, tool_call_id, ts in self._query(
-            SQL_TRANSCRIPT, (session_id,)
-        ):
-            message: dict[str, Any] = {"role": role, "content": content, "timestamp": ts}
-            if tool_calls is not None:
-                message["tool_calls"] = json.loads(tool_calls)
-            if tool_name is not None:
-                message["tool_name"] = tool_name
-            if tool_call_id is not None:
-                message["tool_call_id"] = tool_call_id
-            out.append(message)
-        return out
+        return load_transcript(self.ledger, session_id)
 
     # -- sessions ----------------------------------------------------------------
 
@@ -297,6 +283,10 @@ class SessionStore:
                         key, state, source, cause, "auto_reset", "auto_reset"
                     )
                 if closed:
+                    return self._entry_after_write(key)
+                continue
+            if state.status == "closing":
+                if self._finish_and_restart(key, state, source, now):
                     return self._entry_after_write(key)
                 continue
             if self._start(key, state, source, now):
@@ -349,6 +339,10 @@ class SessionStore:
                 raise UnknownSessionError(f"no session with key {session_key!r}")
             now = self.clock()
             source = state.origin or SessionSource(platform="local")
+            if state.status == "closing":
+                if self._finish_and_restart(session_key, state, source, now):
+                    return self._entry_after_write(session_key)
+                continue
             if state.status != "open":
                 if self._start(session_key, state, source, now):
                     return self._entry_after_write(session_key)
@@ -456,6 +450,51 @@ class SessionStore:
         )
         return self._append(key, [started], state.version)
 
+    def _flush(
+        self, key: str, session_id: str, origin: SessionSource, reason: str, attempt: int = 1
+    ) -> EventModel:
+        context = FlushContext(
+            session_key=key,
+            session_id=session_id,
+            reason=reason,
+            platform=str(origin.platform.value),
+            user_id=origin.user_id,
+            origin=origin.to_dict(),
+        )
+        return run_flush(
+            self.flusher,
+            context,
+            self.load_transcript(session_id),
+            timeout=self.flush_timeout,
+            attempt=attempt,
+        )
+
+    def _finish_and_restart(
+        self, key: str, state: _KeyState, source: SessionSource, now: datetime
+    ) -> bool:
+        """A message arrived while a close was in progress (a scheduler crashed, or
+        is retrying a flush): finish that close now, then start the new session."""
+        assert state.session_id is not None
+        progress = close_progress(self.ledger, state.session_id)
+        reason = end_reason_for(progress.cause, progress.cause_reason)
+        events: list[EventModel] = []
+        if not progress.flushed:
+            outcome = self._flush(
+                key, state.session_id, state.origin or source, reason, progress.failures + 1
+            )
+            events.append(outcome.model_copy(update={"occurred_at": now}))
+        events += [
+            SessionEnded(session_id=state.session_id, reason=reason, occurred_at=now),
+            SessionStarted(
+                session_id=self._new_id(now),
+                source=source.to_event_source(),
+                reason="auto_reset",
+                previous_session_id=state.session_id,
+                occurred_at=now,
+            ),
+        ]
+        return self._append(key, events, state.version)
+
     def _close_and_restart(
         self,
         key: str,
@@ -469,21 +508,7 @@ class SessionStore:
     ) -> bool:
         """Flush, then append cause → outcome → ended → started in one transaction."""
         assert state.session_id is not None
-        origin = state.origin or source
-        context = FlushContext(
-            session_key=key,
-            session_id=state.session_id,
-            reason=end_reason,
-            platform=str(origin.platform.value),
-            user_id=origin.user_id,
-            origin=origin.to_dict(),
-        )
-        outcome = run_flush(
-            self.flusher,
-            context,
-            self.load_transcript(state.session_id),
-            timeout=self.flush_timeout,
-        )
+        outcome = self._flush(key, state.session_id, state.origin or source, end_reason)
         now = cause.occurred_at or self.clock()
         events: list[EventModel] = [
             cause,
