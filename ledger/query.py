@@ -53,12 +53,12 @@ def parse_time(text: str, *, now: Clock = system_clock) -> str:
     """
     value = text.strip()
     match = _RELATIVE.match(value)
-    if match:
-        amount, unit = int(match.group(1)), _UNITS[match.group(2)]
-        return format_utc(now() - timedelta(**{unit: amount}))
     try:
+        if match:
+            amount, unit = int(match.group(1)), _UNITS[match.group(2)]
+            return format_utc(now() - timedelta(**{unit: amount}))
         return format_utc(parse_utc(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise LedgerError(
             f"cannot read {text!r} as a time",
             hint="give an ISO-8601 time (2026-11-22 or 2026-11-22T09:30Z) "

@@ -153,6 +153,8 @@ def test_parse_time_reads_iso_and_durations_ago() -> None:
     assert parse_time("1w", now=lambda: now) == "2026-11-15T12:00:00.000000Z"
     with pytest.raises(LedgerError, match="cannot read '2 days' as a time"):
         parse_time("2 days")
+    with pytest.raises(LedgerError, match="cannot read '99999999w' as a time"):
+        parse_time("99999999w")
 
 
 def test_select_events_pages_through_a_long_log(led: Ledger) -> None:
