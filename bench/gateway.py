@@ -28,9 +28,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway import GatewayConfig, SessionSource
-from gateway.session_store import SessionStore
-from ledger import Ledger
+# This file is named after what it measures, which shadows the `gateway` package
+# when run as a script: drop its own directory from the import path first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+from gateway import GatewayConfig, SessionSource  # noqa: E402
+from gateway.session_store import SessionStore  # noqa: E402
+from ledger import Ledger  # noqa: E402
 
 
 class Clock:
