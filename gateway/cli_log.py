@@ -174,8 +174,8 @@ class _ProgressBar:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to FILE (created owner-only; .gz compresses) instead of stdout.",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write to FILE (created owner-only; .gz compresses) instead of stdout (-).",
 )
 @reports_errors
 def export_cmd(db: Path | None, fmt: str | None, output: Path | None, **filters: Any) -> None:
@@ -189,6 +189,8 @@ def export_cmd(db: Path | None, fmt: str | None, output: Path | None, **filters:
     """
     events = _event_filter(filters)
     path = resolve_ledger_path(db)
+    if output is not None and str(output) == "-":
+        output = None
     with ExitStack() as stack, _output_closed_quietly():
         progress = _ProgressBar(stack, "Exporting") if sys.stderr.isatty() else None
         manifest = export(

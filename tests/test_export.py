@@ -8,7 +8,12 @@ import gzip
 import io
 import json
 import os
+import pty
+import select
+import shutil
 import sqlite3
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -439,3 +444,55 @@ def test_cli_export_errors_say_what_to_do(
     assert not missing.exists()
     result = cli("export", "--db", str(db_path), "--format", "xml")
     assert result.exit_code == 2 and "'xml' is not one of 'jsonl', 'csv', 'sqlite'" in result.output
+
+
+def test_dash_means_stdout(filled: Ledger, db_path: Path, cli: Callable[..., Result]) -> None:
+    result = cli("export", "--db", str(db_path), "-o", "-", "--format", "csv", "--to", "1")
+    assert result.exit_code == 0 and result.output.splitlines()[0] == ",".join(FIELDS)
+    assert not Path("-").exists()
+
+
+@functools.cache
+def hermes_command() -> tuple[str, ...]:
+    """The installed ``hermes`` script; while gateway/cli.py does not import
+    gateway.cli_log yet, the same entry point with the module imported first."""
+    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
+    if script is None:
+        pytest.fail("the 'hermes' console script is not installed; run pip install -e .")
+    probe = subprocess.run(
+        [script, "ledger", "export", "--help"], capture_output=True, text=True, timeout=60
+    )
+    if probe.returncode == 0:
+        return (script,)
+    run = "import gateway.cli_log; from gateway.cli import hermes; hermes()"
+    return (sys.executable, "-c", run)
+
+
+def test_a_progress_bar_when_stderr_is_a_terminal(
+    filled: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "p.jsonl"
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [*hermes_command(), "ledger", "export", "--db", str(db_path), "-o", str(target)],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(follower)
+    shown = b""
+    try:
+        while select.select([leader], [], [], 1.0)[0]:
+            chunk = os.read(leader, 65536)
+            if not chunk:
+                break
+            shown += chunk
+    except OSError:  # EIO: the terminal's other end is closed and drained
+        pass
+    finally:
+        os.close(leader)
+    assert (done.returncode, done.stdout) == (0, f"Exported 8 events (positions 1-8) to {target}\n")
+    assert b"Exporting" in shown and b"100%" in shown, shown

@@ -6,6 +6,7 @@ import functools
 import io
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -531,3 +532,25 @@ def test_export_piped_into_import_between_real_processes(source: Path, tmp_path:
     assert importer.stdout.startswith(f"Imported 6 events into {target}; hash chain verified")
     assert dump(target) == dump(source)
     assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+def test_import_from_a_terminal_says_what_to_do(tmp_path: Path) -> None:
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [*hermes_command(), "ledger", "import", "--db", str(tmp_path / "n.db")],
+            stdin=follower,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "Error: no export to read: SOURCE is stdin, and stdin is a terminal\n"
+        "Try: hermes ledger import FILE, or pipe one in: "
+        "hermes ledger export --db OLD.db | hermes ledger import --db NEW.db\n"
+    )
+    assert not (tmp_path / "n.db").exists()
