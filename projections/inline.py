@@ -28,7 +28,7 @@ from ledger.events import EVENT_TYPES
 from projections.definitions import Projection, by_name
 from projections.errors import ProjectionError, RebuildSuperseded
 from projections.quoting import LIVE
-from projections.rebuilding import DEFAULT_CHUNK, lease, rebuild
+from projections.rebuilding import DEFAULT_CHUNK, lease, rebuild_outdated
 from projections.replay import (
     advance_checkpoint,
     ensure_bookkeeping,
@@ -247,11 +247,12 @@ def _rebuild_or_wait(
     progress: Callable[[int, int], None] | None,
     stall_timeout: float,
 ) -> None:
-    """Rebuild ``projections``; if another process takes the rebuild over, wait for it."""
-    names = [p.name for p in projections]
+    """Rebuild ``projections`` unless another process already has; if another process
+    takes the rebuild over, wait for it."""
     while True:
         try:
-            rebuild(ledger, projections=names, chunk_size=chunk_size, progress=progress)
+            rebuild_outdated(ledger, tuple(projections), chunk_size=chunk_size,
+                             progress=progress, only_outdated=True)  # fmt: skip
             return
         except RebuildSuperseded:
             if _wait_for_other_rebuild(ledger, projections, stall_timeout):

@@ -41,7 +41,7 @@ from projections.replay import (
 from projections.tables import TableSpec
 from projections.views import ensure_views
 
-__all__ = ["DEFAULT_CHUNK", "RebuildReport", "rebuild"]
+__all__ = ["DEFAULT_CHUNK", "RebuildReport", "lease", "rebuild", "rebuild_outdated"]
 
 DEFAULT_CHUNK = 20_000
 """Events per rebuild transaction: long enough to be efficient, short enough not to
@@ -94,13 +94,34 @@ def rebuild(
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    chosen = by_name(projections)
+    report = rebuild_outdated(
+        ledger, by_name(projections), chunk_size=chunk_size, progress=progress, only_outdated=False
+    )
+    assert report is not None
+    return report
+
+
+def rebuild_outdated(
+    ledger: Ledger,
+    chosen: tuple[Projection, ...],
+    *,
+    chunk_size: int,
+    progress: Callable[[int, int], None] | None,
+    only_outdated: bool,
+) -> RebuildReport | None:
+    """``rebuild``; with ``only_outdated``, first check under the write lock that some
+    chosen projection is still missing or at an older version (another process may
+    have rebuilt it meanwhile) and return None if not."""
     token = uuid.uuid4().hex
     started = time.perf_counter()
 
-    def begin(conn: apsw.Connection) -> int:
+    def begin(conn: apsw.Connection) -> int | None:
         prepare_connection(conn)
         ensure_bookkeeping(conn)
+        if only_outdated:
+            checkpoints = read_checkpoints(conn)
+            if all(checkpoints.get(p.name, (0, 0))[0] >= p.version for p in chosen):
+                return None
         conn.execute(SQL_CLAIM_LEASE, (token, ",".join(p.name for p in chosen)))
         for projection in by_name():  # leftovers of an interrupted rebuild
             drop_tables(conn, projection, NEXT)
@@ -109,6 +130,8 @@ def rebuild(
         return head(conn)
 
     total = ledger.write(begin)
+    if total is None:
+        return None
     built = 0
     if progress is not None:
         progress(0, total)

@@ -506,3 +506,64 @@ def test_old_event_shapes_are_upcast(led: Ledger) -> None:
     assert projections.verify(led).ok
     projections.rebuild(led)
     assert projections.live_state(led).session_history["s1"]["input_tokens"] == 12
+
+
+def test_attach_waits_for_a_rebuild_another_process_took_over(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, clock=clock) as bare:  # written before projections existed
+        conversation(bare, clock)
+    with Ledger.open(path, clock=clock) as led, Ledger.open(path, clock=clock) as other:
+        took_over: list[int] = []
+
+        def progress(done: int, total: int) -> None:
+            if done and not took_over:  # between two chunks, another process rebuilds
+                took_over.append(projections.rebuild(other, chunk_size=100).position)
+
+        report = projections.attach(led, chunk_size=2, progress=progress)
+        assert took_over and report.rebuilt == ("sessions", "transcripts")
+        assert projections.verify(led).ok
+        assert rows(led, "SELECT * FROM projection_rebuild") == []
+
+
+def test_attach_takes_over_a_rebuild_that_stalled(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, clock=clock) as bare:
+        conversation(bare, clock)
+    with Ledger.open(path, clock=clock) as led, Ledger.open(path, clock=clock) as other:
+        stalled: list[bool] = []
+
+        def progress(done: int, total: int) -> None:
+            if done and not stalled:  # a rebuild takes the lease over, then dies
+                stalled.append(True)
+                other.write(lambda c: c.execute("UPDATE projection_rebuild SET token = 'dead'"))
+
+        projections.attach(led, chunk_size=2, progress=progress, stall_timeout=0.2)
+        assert stalled
+        assert projections.verify(led).ok
+        assert rows(led, "SELECT * FROM projection_rebuild") == []
+
+
+def test_a_projection_taken_over_by_newer_code_is_left_alone_by_appends(led: Ledger) -> None:
+    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    led.connection.execute("UPDATE projection_checkpoints SET version = 99 WHERE name = 'sessions'")
+    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="hi")])
+    checkpoints = dict(rows(led, "SELECT name, position FROM projection_checkpoints"))
+    assert checkpoints == {"sessions": 1, "transcripts": 2}
+    assert one(led, "SELECT message_count FROM session_history") == 0
+    report = projections.verify(led)
+    assert [d.table for d in report.differences] == ["sessions"]
+    assert "schema version 99, this code builds version 1" in str(report)
+
+
+def test_verify_reports_missing_tables(led: Ledger) -> None:
+    led.connection.execute("DROP TABLE messages_fts")
+    report = projections.verify(led)
+    assert not report.ok
+    assert "tables missing: messages_fts" in str(report)
+
+
+def test_live_state_needs_live_projections(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "bare.db") as led:
+        with pytest.raises(projections.ProjectionError, match="no live projections"):
+            projections.live_state(led)
+        assert projections.state_at(led).session_map == {}
