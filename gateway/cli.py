@@ -141,3 +141,7 @@ def status_cmd(db: Path | None, as_json: bool) -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     hermes()
+
+
+# Commands that live in their own modules register themselves on ledger_group.
+from gateway import cli_log, cli_sessions  # noqa: E402, F401

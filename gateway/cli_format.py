@@ -1,0 +1,73 @@
+"""Output helpers shared by the CLI commands: aligned tables and progress bars."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import click
+
+__all__ = ["cell", "print_table", "progress_reporter"]
+
+_TABLE_SAMPLE = 1000  # rows looked at to size a table's columns
+
+
+def cell(value: Any) -> str:
+    """One value as table text: NULL blank, blobs as X'…', newlines escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return "X'" + value.hex().upper() + "'"
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def print_table(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """Aligned columns, sized by the first rows (later, longer values overflow);
+    numbers right-aligned; a row count at the end."""
+    iterator = iter(rows)
+    sample = list(itertools.islice(iterator, _TABLE_SAMPLE))
+    widths = [len(c) for c in columns]
+    numeric = [True] * len(columns)
+    for row in sample:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(cell(value)))
+            if value is not None and not isinstance(value, int | float):
+                numeric[i] = False
+
+    def line(cells: Iterable[str], align: bool) -> str:
+        parts = [
+            text.rjust(width) if align and right else text.ljust(width)
+            for text, width, right in zip(cells, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    click.echo(line(columns, False))
+    click.echo(line(("-" * w for w in widths), False))
+    count = 0
+    for row in itertools.chain(sample, iterator):
+        click.echo(line((cell(v) for v in row), True))
+        count += 1
+    click.echo(f"({count} row{'' if count == 1 else 's'})")
+
+
+def progress_reporter(label: str) -> Callable[[int, int], None] | None:
+    """A ``progress(done, total)`` callback drawing a bar on stderr, or None when
+    stderr is not a terminal (scripts and pipes get no bar)."""
+    if not sys.stderr.isatty():
+        return None
+    state: dict[str, Any] = {}
+
+    def report(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+            bar.__enter__()
+            state["bar"] = bar
+        bar.update(max(0, done - bar.pos))
+        if done >= total:
+            bar.__exit__(None, None, None)
+            state.pop("bar")
+
+    return report

@@ -1,0 +1,133 @@
+"""sessions / history / transcript / replay / verify through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway import GatewayConfig, ResetPolicy, SessionSource
+from gateway.cli import hermes
+from gateway.session_store import SessionStore
+from ledger import Ledger
+from tests.conftest import ManualClock
+
+IDLE_30 = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
+ADA = SessionSource(platform="telegram", chat_id="99", chat_type="dm", user_name="ada")
+
+
+@pytest.fixture
+def history_db(tmp_path: Path, clock: ManualClock) -> tuple[Path, list[str]]:
+    """Two sessions on one key (the first auto-reset after 31 idle minutes)."""
+    db = tmp_path / "ledger.db"
+    ids: list[str] = []
+    with Ledger.open(db, clock=clock) as led:
+        store = SessionStore(led, IDLE_30, clock, session_ids=lambda now: f"s{len(ids) + 1}")
+        first = store.get_or_create_session(ADA)
+        ids.append(first.session_id)
+        store.append_to_transcript(first.session_id, {"role": "user", "content": "hello"})
+        call = [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]
+        store.append_to_transcript(
+            first.session_id, {"role": "assistant", "content": None, "tool_calls": call}
+        )
+        store.append_to_transcript(
+            first.session_id,
+            {"role": "tool", "content": "42", "tool_name": "lookup", "tool_call_id": "c1"},
+        )
+        clock.advance(minutes=31)
+        second = store.get_or_create_session(ADA)
+        ids.append(second.session_id)
+    return db, ids
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(hermes, ["ledger", *args])
+    return result.exit_code, result.output
+
+
+def test_sessions_lists_open_sessions(history_db: tuple[Path, list[str]]) -> None:
+    db, _ = history_db
+    code, out = run("sessions", "--db", str(db))
+    assert code == 0
+    assert out.splitlines() == [
+        "session_key                session_id  status  updated_at                   message_count",
+        "-------------------------  ----------  ------  ---------------------------  -------------",
+        "agent:main:telegram:dm:99  s2          open    2026-11-22T09:31:00.000000Z              0",
+        "(1 row)",
+    ]
+    code, out = run("sessions", "--db", str(db), "--json", "--all")
+    rows = json.loads(out)
+    assert [(r["session_id"], r["status"]) for r in rows] == [("s2", "open")]
+
+
+def test_history_shows_every_session_of_a_key(history_db: tuple[Path, list[str]]) -> None:
+    db, _ = history_db
+    code, out = run("history", "agent:main:telegram:dm:99", "--db", str(db), "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [(r["session_id"], r["end_reason"], r["message_count"]) for r in rows] == [
+        ("s1", "auto_reset", 3),
+        ("s2", None, 0),
+    ]
+    code, out = run("history", "agent:main:nowhere", "--db", str(db))
+    assert code == 1
+    assert out.startswith("Error: no sessions with key 'agent:main:nowhere'\nTry: ")
+
+
+def test_transcript_prints_messages_in_order(history_db: tuple[Path, list[str]]) -> None:
+    db, _ = history_db
+    code, out = run("transcript", "s1", "--db", str(db))
+    assert code == 0
+    assert out.splitlines() == [
+        "2026-11-22T09:00:00.000000Z  user      hello",
+        "2026-11-22T09:00:00.000000Z  assistant [calls lookup]",
+        "2026-11-22T09:00:00.000000Z  tool      [lookup] 42",
+    ]
+    code, out = run("transcript", "nope", "--db", str(db))
+    assert code == 1 and "Error: no session with id 'nope'" in out
+
+
+def test_replay_rebuilds_and_shows_the_past(
+    history_db: tuple[Path, list[str]], clock: ManualClock
+) -> None:
+    db, _ = history_db
+    code, out = run("replay", "--db", str(db), "--json")
+    assert code == 0 and json.loads(out)["events"] == 8
+    code, out = run("replay", "--db", str(db), "--to", "4")
+    assert code == 0
+    assert out.splitlines()[0] == "Session map as of position 4 (position 4):"
+    assert "agent:main:telegram:dm:99  s1          open" in out
+    code, out = run("replay", "--db", str(db), "--at", "2099-01-01T00:00:00Z", "--json")
+    state = json.loads(out)
+    assert state["position"] == 8 and state["session_map"][0]["session_id"] == "s2"
+    code, out = run("replay", "--db", str(db), "--at", "yesterday")
+    assert code == 1 and "is not an ISO-8601 time" in out
+    code, out = run("replay", "--db", str(db), "--at", "2026-01-01", "--to", "3")
+    assert code == 2
+
+
+def test_verify_passes_then_names_the_tampered_row(history_db: tuple[Path, list[str]]) -> None:
+    db, _ = history_db
+    code, out = run("verify", "--db", str(db))
+    assert code == 0
+    assert out.splitlines()[0] == "hash chain: ok: 8 events, hash chain intact up to position 8"
+    assert out.splitlines()[1].startswith("projections: ok")
+    with Ledger.open(db) as led:
+        led.connection.execute("DROP TRIGGER events_refuse_update")
+        led.connection.execute(
+            "UPDATE events SET data = json_set(data, '$.content', 'forged') WHERE position = 2"
+        )
+    code, out = run("verify", "--db", str(db), "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["first_bad_position"] == 2 and not report["chain_ok"]
+
+
+def test_read_commands_on_a_missing_ledger_say_what_to_do(tmp_path: Path) -> None:
+    for command in (["sessions"], ["history", "k"], ["transcript", "s"], ["verify"], ["replay"]):
+        code, out = run(*command, "--db", str(tmp_path / "none.db"))
+        assert code == 1, command
+        assert out.startswith(f"Error: there is no ledger at {tmp_path / 'none.db'}\nTry: ")
+    assert not (tmp_path / "none.db").exists()
