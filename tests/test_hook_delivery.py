@@ -1,0 +1,436 @@
+"""Durable hook delivery from the log: exactly once in a crash-free run, retries with
+backoff, dead letters, order per session key, timeouts, two dispatcher processes,
+and a dispatcher killed mid-call (invariant 6).
+
+Hooks are real directories whose handler appends one JSON line per call to a file
+(tests/hook_workers.py); time is a hand-ticked clock, so no test waits for a backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from gateway.hook_delivery import HookDeliveryError, delivery_id_for
+from gateway.hooks import HookDispatcher, HookRegistry
+from gateway.session_store import SessionStore
+from gateway.sources import SessionSource
+from ledger import Ledger
+from ledger.clock import format_utc
+from ledger.events import SessionEnded, SessionReset, SessionStarted, Source
+from tests.conftest import ManualClock
+from tests.hook_workers import read_calls, recording_handler, write_hook
+
+WORKER = Path(__file__).with_name("hook_workers.py")
+TIMEOUT = 60.0
+
+
+def source(chat_id: str, user_id: str = "u1", platform: str = "telegram") -> SessionSource:
+    return SessionSource(platform=platform, chat_id=chat_id, chat_type="dm", user_id=user_id)
+
+
+@pytest.fixture
+def hooks_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "hooks"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
+def store(led: Ledger, clock: ManualClock) -> SessionStore:
+    return SessionStore(led, clock=clock)
+
+
+def expected_calls(led: Ledger, hook: str, types: set[str]) -> list[tuple[str, str, str]]:
+    """(delivery_id, hook event, session_id) of every log event a hook must get, in order."""
+    names = {"session_started": "session:start", "session_reset": "session:reset"}
+    names["session_ended"] = "session:end"
+    return [
+        (delivery_id_for(hook, r.event_id), names[r.type], str(r.session_id))
+        for r in led.read_all(types=types)
+    ]
+
+
+def got(calls: Path) -> list[tuple[str, str, str]]:
+    return [
+        (c["context"]["delivery_id"], c["event"], c["context"]["session_id"])
+        for c in read_calls(calls)
+    ]
+
+
+# -- exactly once, in order, with the context Hermes hooks expect -------------------------
+
+
+def test_every_subscribed_hook_gets_each_event_exactly_once(
+    led: Ledger, store: SessionStore, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+) -> None:
+    ends, every = tmp_path / "ends.jsonl", tmp_path / "every.jsonl"
+    write_hook(hooks_dir, "ends", recording_handler(ends), events=["session:end"])
+    write_hook(hooks_dir, "every", recording_handler(every), events=["session:*"])
+    write_hook(hooks_dir, "agent", recording_handler(tmp_path / "no.jsonl"), events=["agent:*"])
+    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    for round_ in range(3):
+        for chat in range(4):
+            entry = store.get_or_create_session(source(f"c{chat}", user_id=f"u{chat}"))
+            store.append_to_transcript(entry.session_id, {"role": "user", "content": "hi"})
+            if (round_ + chat) % 2:
+                store.reset_session(entry.session_key)
+        clock.advance(minutes=1)
+        dispatcher.deliver()
+        dispatcher.deliver()  # a second pass finds nothing new
+    assert dispatcher.deliver().outcomes == ()
+    assert got(ends) == expected_calls(led, "ends", {"session_ended"})
+    assert len(got(ends)) == 6
+    everything = {"session_started", "session_reset", "session_ended"}
+    assert got(every) == expected_calls(led, "every", everything)
+    assert not (tmp_path / "no.jsonl").exists()
+    assert [(s.hook, s.checkpoint, s.pending, s.dead) for s in dispatcher.status()] == [
+        ("ends", led.head(), 0, 0),
+        ("every", led.head(), 0, 0),
+    ]
+    # Every session:end carries the Hermes context.
+    first_end = read_calls(ends)[0]["context"]
+    (ended,) = [r for r in led.read_all(types={"session_ended"}, limit=1)]
+    assert first_end == {
+        "delivery_id": delivery_id_for("ends", ended.event_id),
+        "platform": "telegram",
+        "user_id": "u1",
+        "session_key": "agent:main:telegram:dm:c1",
+        "session_id": ended.session_id,
+        "reason": "manual_reset",
+        "event_type": "session:end",
+        "event_id": ended.event_id,
+        "event_position": ended.position,
+        "occurred_at": "2026-11-22T09:00:00.000000Z",
+    }
+
+
+def test_contexts_of_start_reset_and_a_session_without_a_recorded_start(
+    led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+) -> None:
+    calls = tmp_path / "calls.jsonl"
+    write_hook(hooks_dir, "all", recording_handler(calls), events=["session:*"])
+    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    origin = Source(platform="discord", chat_id="7", user_id="u7")
+    led.append("k1", [SessionStarted(session_id="s1", source=origin, reason="first")])
+    led.append("k1", [SessionReset(session_id="s1", trigger="/reset")])
+    led.append("k2", [SessionEnded(session_id="orphan", reason="shutdown")])  # imported
+    dispatcher.deliver()
+    contexts = [(c["event"], c["context"]) for c in read_calls(calls)]
+    assert [(e, c["platform"], c["user_id"], c["reason"]) for e, c in contexts] == [
+        ("session:start", "discord", "u7", "first"),
+        ("session:reset", "discord", "u7", "/reset"),
+        ("session:end", None, None, "shutdown"),
+    ]
+    assert contexts[0][1]["previous_session_id"] is None
+    assert contexts[2][1]["occurred_at"] == "2026-11-22T09:00:00.000000Z"  # recorded_at
+
+
+def test_a_new_hook_starts_at_the_head_unless_asked_for_the_whole_log(
+    led: Ledger, store: SessionStore, hooks_dir: Path, tmp_path: Path, clock: ManualClock
+) -> None:
+    early, late = tmp_path / "early.jsonl", tmp_path / "late.jsonl"
+    store.get_or_create_session(source("old"))
+    write_hook(hooks_dir, "early", recording_handler(early), events=["session:start"])
+    write_hook(hooks_dir, "late", recording_handler(late), events=["session:start"])
+    registry = HookRegistry.discover(hooks_dir)
+    HookDispatcher(led, [registry.hooks[0]], clock=clock, new_hooks_from="beginning")
+    dispatcher = HookDispatcher(led, registry, clock=clock)
+    store.get_or_create_session(source("new"))
+    dispatcher.deliver()
+    assert [c["context"]["session_key"][-3:] for c in read_calls(early)] == ["old", "new"]
+    assert [c["context"]["session_key"][-3:] for c in read_calls(late)] == ["new"]
+
+
+# -- failures: backoff, dead letters, other hooks unaffected ------------------------------
+
+
+def test_a_failing_hook_is_retried_with_backoff_then_dead_lettered_and_requeued(
+    led: Ledger,
+    store: SessionStore,
+    clock: ManualClock,
+    hooks_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ok, flaky, steady = tmp_path / "ok", tmp_path / "flaky.jsonl", tmp_path / "steady.jsonl"
+    write_hook(hooks_dir, "flaky", recording_handler(flaky, fail_unless=ok), events=["session:end"])
+    write_hook(hooks_dir, "steady", recording_handler(steady), events=["session:*"])
+    dispatcher = HookDispatcher(
+        led, HookRegistry.discover(hooks_dir), clock=clock, max_attempts=3, backoff_base=10
+    )
+    entry = store.get_or_create_session(source("a"))
+    store.reset_session(entry.session_key)
+    (end,) = led.read_all(types={"session_ended"})
+    did = delivery_id_for("flaky", end.event_id)
+
+    with caplog.at_level(logging.ERROR, logger="gateway.hooks"):
+        report = dispatcher.deliver()
+    assert [(o.hook, o.status, o.attempt) for o in report.outcomes if o.hook == "flaky"] == [
+        ("flaky", "retry", 1)
+    ]
+    (failure,) = [o for o in report.outcomes if o.hook == "flaky"]
+    assert failure.delivery_id == did
+    assert failure.error == f"RuntimeError: the marker {ok} is missing"
+    assert failure.next_attempt_at == clock.now + timedelta(seconds=10)
+    assert report.delivered == 4 and len(got(steady)) == 4  # start, reset, end, start
+    assert report.to_dict()["failed"] == 1
+    assert report.to_dict()["outcomes"][0]["status"] in ("done", "retry")
+    assert any("hook flaky failed on session:end" in r.getMessage() for r in caplog.records)
+
+    assert dispatcher.deliver().outcomes == ()  # backing off: not due yet
+    clock.advance(seconds=10)
+    (second,) = dispatcher.deliver().outcomes
+    assert (second.status, second.attempt) == ("retry", 2)
+    assert second.next_attempt_at == clock.now + timedelta(seconds=20)
+    store.get_or_create_session(source("b"))  # meanwhile the other hook keeps receiving
+    clock.advance(seconds=19)
+    (other,) = dispatcher.deliver().outcomes
+    assert (other.hook, other.event_type, other.status) == ("steady", "session:start", "done")
+    clock.advance(seconds=1)
+    (third,) = dispatcher.deliver().outcomes
+    assert (third.status, third.attempt, third.next_attempt_at) == ("dead", 3, None)
+    clock.advance(hours=1)
+    assert dispatcher.deliver().outcomes == ()
+
+    (dead,) = dispatcher.dead_letters()
+    assert (dead.delivery_id, dead.hook, dead.event_type, dead.status, dead.attempts) == (
+        did, "flaky", "session:end", "dead", 3,
+    )  # fmt: skip
+    assert dead.last_error == f"RuntimeError: the marker {ok} is missing"
+    assert dead.context["delivery_id"] == did
+
+    ok.touch()
+    assert dispatcher.retry([did]) == [did]
+    assert dispatcher.dead_letters() == []
+    (redelivered,) = dispatcher.deliver().outcomes
+    assert (redelivered.delivery_id, redelivered.status, redelivered.attempt) == (did, "done", 1)
+    assert got(flaky) == [(did, "session:end", entry.session_id)]
+
+
+def test_retry_refuses_what_is_not_a_dead_letter_and_writes_nothing(
+    led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+) -> None:
+    write_hook(hooks_dir, "h", recording_handler(tmp_path / "c.jsonl"), events=["session:*"])
+    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    led.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
+    (outcome,) = dispatcher.deliver().outcomes
+    with pytest.raises(HookDeliveryError) as info:
+        dispatcher.retry(["nope", outcome.delivery_id])
+    assert str(info.value) == (
+        f"not dead letters: nope (no such delivery), {outcome.delivery_id} (done, not dead)"
+    )
+    assert dispatcher.retry() == []
+
+
+def test_a_failed_event_holds_back_the_same_hooks_later_events(
+    led: Ledger, store: SessionStore, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+) -> None:
+    """For one key a hook sees the old session's end before the new session's start,
+    even when the end needed retries."""
+    ok, calls = tmp_path / "ok", tmp_path / "calls.jsonl"
+    handler = recording_handler(calls, fail_unless=ok)
+    write_hook(hooks_dir, "order", handler, events=["session:start", "session:end"])
+    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    ok.touch()
+    first = store.get_or_create_session(source("a"))
+    dispatcher.deliver()
+    ok.unlink()
+    second = store.reset_session(first.session_key)  # end(first), then start(second)
+    report = dispatcher.deliver()
+    assert [(o.event_type, o.status) for o in report.outcomes] == [("session:end", "retry")]
+    ok.touch()
+    clock.advance(seconds=2)
+    report = dispatcher.deliver()
+    assert [(o.event_type, o.status) for o in report.outcomes] == [
+        ("session:end", "done"),
+        ("session:start", "done"),
+    ]
+    assert [(e, sid) for _, e, sid in got(calls)] == [
+        ("session:start", first.session_id),
+        ("session:end", first.session_id),
+        ("session:start", second.session_id),
+    ]
+
+
+def test_a_call_that_outlives_its_timeout_fails_and_others_still_run(
+    led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+) -> None:
+    write_hook(hooks_dir, "slow", recording_handler(tmp_path / "slow.jsonl", sleep=1.0))
+    write_hook(hooks_dir, "quick", recording_handler(tmp_path / "quick.jsonl"))
+    dispatcher = HookDispatcher(
+        led, HookRegistry.discover(hooks_dir), clock=clock, call_timeout=0.1
+    )
+    led.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
+    started = time.monotonic()
+    report = dispatcher.deliver()
+    assert time.monotonic() - started < 0.9
+    assert {(o.hook, o.status, o.error) for o in report.outcomes} == {
+        ("quick", "done", None),
+        ("slow", "retry", "timed out after 0.1s"),
+    }
+
+
+def test_the_log_is_the_only_source_of_deliveries(led: Ledger, clock: ManualClock) -> None:
+    """The schema refuses a delivery that does not name a session event of the log."""
+    HookDispatcher(led, [], clock=clock)  # creates the tables
+    HookDispatcher(led, HookRegistry(), clock=clock)
+    led.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
+    (start,) = led.read_all()
+    insert = (
+        "INSERT INTO hook_deliveries (delivery_id, hook, position, event_id, hook_event,"
+        " session_key, session_id, context, status, next_attempt_at, created_at)"
+        " VALUES (?, 'h', ?, ?, ?, 'k', 's1', '{}', 'pending', 'x', 'x')"
+    )
+    with pytest.raises(apsw.ConstraintError, match="must name a session event of the log"):
+        led.write(
+            lambda c: c.execute(insert, ("d1", start.position, start.event_id, "session:end"))
+        )
+    with pytest.raises(apsw.ConstraintError, match="must name a session event of the log"):
+        led.write(lambda c: c.execute(insert, ("d2", 99, "no-such-event", "session:start")))
+    led.write(lambda c: c.execute(insert, ("d3", start.position, start.event_id, "session:start")))
+
+
+# -- processes: two dispatchers, and a dispatcher killed mid-call ---------------------------
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"worker timed out; stderr:\n{err}")
+    assert proc.returncode == 0 and err == "", f"worker exited {proc.returncode}:\n{err}"
+    return out
+
+
+def wait_until(condition: Any, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"worker exited {proc.returncode} early:\n{proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the worker")
+        time.sleep(0.005)
+
+
+def test_two_dispatcher_processes_never_call_a_hook_twice_for_one_event(
+    db_path: Path, store: SessionStore, led: Ledger, hooks_dir: Path, tmp_path: Path
+) -> None:
+    calls = tmp_path / "calls.jsonl"
+    for name in ("a", "b", "c"):
+        write_hook(hooks_dir, name, recording_handler(calls, sleep=0.002), events=["session:*"])
+    for chat in range(20):
+        entry = store.get_or_create_session(source(f"c{chat}"))
+        store.reset_session(entry.session_key)
+    go = tmp_path / "go"
+    readies = [tmp_path / "ready1", tmp_path / "ready2"]
+    procs = [
+        spawn("dispatch", "--db", str(db_path), "--hooks", str(hooks_dir),
+              "--ready", str(ready), "--go", str(go))
+        for ready in readies
+    ]  # fmt: skip
+    try:
+        wait_until(lambda: all(r.exists() for r in readies), procs[0])
+        go.touch()
+        outputs = [json.loads(finish(p)) for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    lines = read_calls(calls)
+    pids = Counter(line["pid"] for line in lines)
+    assert sum(o["calls"] for o in outputs) == len(lines) == 3 * 80
+    assert set(pids) == {p.pid for p in procs}, "both processes delivered"
+    everything = {"session_started", "session_reset", "session_ended"}
+    for name in ("a", "b", "c"):
+        mine = [(c["context"]["delivery_id"], c["event"], c["context"]["session_id"])
+                for c in lines if c["context"]["delivery_id"] in
+                {d for d, _, _ in expected_calls(led, name, everything)}]  # fmt: skip
+        assert mine == expected_calls(led, name, everything), f"hook {name}: once each, in order"
+
+
+def test_a_dispatcher_killed_mid_call_redelivers_with_the_same_id_after_restart(
+    db_path: Path, led: Ledger, store: SessionStore, clock: ManualClock, hooks_dir: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    calls, block = tmp_path / "calls.jsonl", tmp_path / "block"
+    handler = recording_handler(calls, block_while=block)
+    write_hook(hooks_dir, "end", handler, events=["session:end"])
+    ended = store.get_or_create_session(source("ends"))
+    store.reset_session(ended.session_key)
+    still_open = store.get_or_create_session(source("stays-open"))
+    block.touch()
+    proc = spawn("dispatch", "--db", str(db_path), "--hooks", str(hooks_dir),
+                 "--clock", format_utc(clock.now))  # fmt: skip
+    try:
+        wait_until(lambda: read_calls(calls, "started"), proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    (started,) = read_calls(calls, "started")
+    did = started["context"]["delivery_id"]
+    (end_event,) = led.read_all(types={"session_ended"})
+    assert did == delivery_id_for("end", end_event.event_id)
+    assert read_calls(calls) == []  # the call never finished
+
+    block.unlink()
+    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    assert dispatcher.deliver().outcomes == ()  # the dead dispatcher's claim still holds
+    clock.advance(seconds=89)  # the claim holds for the call timeout (30 s) + 60 s
+    assert dispatcher.deliver().outcomes == ()
+    clock.advance(seconds=1)
+    (again,) = dispatcher.deliver().outcomes
+    assert (again.delivery_id, again.status, again.attempt) == (did, "done", 2)
+    assert [c["context"]["delivery_id"] for c in read_calls(calls, "started")] == [did, did]
+    assert got(calls) == [(did, "session:end", ended.session_id)]
+    # Never a delivery for a session that did not end.
+    rows = led.query("SELECT session_id, hook_event, status FROM hook_deliveries")
+    assert rows == [(ended.session_id, "session:end", "done")]
+    assert still_open.session_id not in json.dumps(read_calls(calls, "started"))
+
+
+def test_an_expired_claim_with_no_attempts_left_is_dead_lettered(
+    led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+) -> None:
+    """A handler that kills its dispatcher every time ends up a dead letter, not a
+    crash loop."""
+    write_hook(hooks_dir, "h", recording_handler(tmp_path / "c.jsonl"), events=["session:end"])
+    registry = HookRegistry.discover(hooks_dir)
+    crashed = HookDispatcher(led, registry, clock=clock, max_attempts=1, worker_id="gone")
+    led.append("k", [SessionEnded(session_id="s1", reason="shutdown")])
+    crashed._queue.enqueue({"h": {"session_ended"}})
+    claim, _ = crashed._queue.claim("h", "gone", hold=timedelta(seconds=5), max_attempts=1)
+    assert claim is not None  # ...and the process dies here, before calling the handler
+    clock.advance(seconds=6)
+    survivor = HookDispatcher(led, registry, clock=clock, max_attempts=1)
+    (outcome,) = survivor.deliver().outcomes
+    assert (outcome.delivery_id, outcome.status) == (claim.delivery_id, "dead")
+    assert outcome.error is not None and "the claim of gone expired at" in outcome.error
+    assert [d.delivery_id for d in survivor.dead_letters()] == [claim.delivery_id]
