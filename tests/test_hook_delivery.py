@@ -21,6 +21,7 @@ from typing import Any
 
 import apsw
 import pytest
+from click.testing import CliRunner, Result
 
 from gateway.hook_delivery import HookDeliveryError, delivery_id_for
 from gateway.hooks import HookDispatcher, HookRegistry
@@ -434,3 +435,100 @@ def test_an_expired_claim_with_no_attempts_left_is_dead_lettered(
     assert (outcome.delivery_id, outcome.status) == (claim.delivery_id, "dead")
     assert outcome.error is not None and "the claim of gone expired at" in outcome.error
     assert [d.delivery_id for d in survivor.dead_letters()] == [claim.delivery_id]
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import gateway.cli_hooks  # noqa: F401 - registers `hermes ledger hooks`
+    from gateway.cli import hermes
+
+    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(hermes, ["ledger", "hooks", *args])
+
+    return run
+
+
+def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
+    cli: Any, led: Ledger, db_path: Path, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+) -> None:
+    write_hook(hooks_dir, "audit", recording_handler(tmp_path / "a.jsonl"), events=["session:end"])
+    failing = recording_handler(tmp_path / "f.jsonl", fail_unless=tmp_path / "ok")
+    write_hook(hooks_dir, "flaky", failing, events=["session:end", "session:start"])
+    write_hook(hooks_dir, "zz-broken", "import no_such_module_for_hooks\n")
+    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock, max_attempts=1)
+    led.append("k", [SessionEnded(session_id="s1", reason="shutdown")])
+    dispatcher.deliver()
+    (dead,) = dispatcher.dead_letters()
+    args = ("--db", str(db_path), "--hooks-dir", str(hooks_dir))
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    broken = hooks_dir / "zz-broken" / "handler.py"
+    assert result.output == (
+        f"Hooks in {hooks_dir}:\n"
+        "  audit  session:end  (checkpoint 1, 1 delivered, 0 pending, 0 dead)\n"
+        "         test hook audit\n"
+        "  flaky  session:end, session:start  (checkpoint 1, 0 delivered, 0 pending, 1 dead)\n"
+        "         test hook flaky\n"
+        "Skipped:\n"
+        f"  {broken}: import failed: ModuleNotFoundError: No module named "
+        "'no_such_module_for_hooks'\n"
+        "Dead letters (re-queue with `hermes ledger hooks retry [DELIVERY_ID...]`):\n"
+        f"  {dead.delivery_id}  flaky  session:end  position 1  session s1  1 attempts  "
+        f"RuntimeError: the marker {tmp_path / 'ok'} is missing\n"
+    )
+    listed = json.loads(cli(*args, "--json").output)
+    assert [h["name"] for h in listed["hooks"]] == ["audit", "flaky"]
+    assert listed["hooks"][1]["state"] == {
+        "hook": "flaky", "checkpoint": 1, "pending": 0, "claimed": 0, "done": 0, "dead": 1,
+    }  # fmt: skip
+    assert listed["problems"] == [{"path": str(broken), "message": result.output.split(
+        f"{broken}: ")[1].split("\n")[0]}]  # fmt: skip
+    assert [d["delivery_id"] for d in listed["dead_letters"]] == [dead.delivery_id]
+
+    refused = cli("retry", "--db", str(db_path), "nope")
+    assert (refused.exit_code, refused.output) == (
+        1,
+        "Error: not dead letters: nope (no such delivery)\n"
+        "Try: list dead letters with `hermes ledger hooks`\n",
+    )
+    result = cli("retry", "--db", str(db_path), dead.delivery_id)
+    assert (result.exit_code, result.output) == (
+        0, f"Re-queued 1 dead letter:\n  {dead.delivery_id}\n",
+    )  # fmt: skip
+    assert dispatcher.dead_letters() == []
+    result = cli("--db", str(db_path), "retry", "--json")
+    assert (result.exit_code, json.loads(result.output)) == (0, {"requeued": []})
+
+
+def test_cli_without_hooks_or_ledger(cli: Any, tmp_path: Path) -> None:
+    result = cli("--db", str(tmp_path / "none.db"))
+    assert (result.exit_code, result.output) == (
+        0,
+        f"No hooks in {tmp_path / 'home' / 'hooks'}.\nNo dead letters.\n",
+    )
+    assert not (tmp_path / "none.db").exists()
+    result = cli("retry", "--db", str(tmp_path / "none.db"))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: there is no ledger at {tmp_path / 'none.db'}\n")
+
+
+def test_cli_runs_as_the_installed_script(db_path: Path, led: Ledger, tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    write_hook(hooks, "audit", recording_handler(tmp_path / "a.jsonl"), events=["session:end"])
+    run = "import gateway.cli_hooks; from gateway.cli import hermes; hermes()"
+    proc = subprocess.run(
+        [sys.executable, "-c", run, "ledger", "hooks", "--db", str(db_path),
+         "--hooks-dir", str(hooks)],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == (
+        f"Hooks in {hooks}:\n  audit  session:end  (not started yet)\n"
+        "         test hook audit\nNo dead letters.\n"
+    )
