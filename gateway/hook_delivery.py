@@ -426,6 +426,12 @@ def _context(rec: Recorded, origin: SessionStarted | None) -> dict[str, Any]:
     }
 
 
+def _due(queue_head: Sequence[Any], stamp: str) -> bool:
+    """Is this row of SQL_QUEUE_HEAD claimable at ``stamp``?"""
+    _did, status, _attempts, _owner, until, next_at, _event, _body = queue_head
+    return bool(until <= stamp if status == "claimed" else next_at <= stamp)
+
+
 class DeliveryQueue:
     """The hook delivery tables of one ledger: queue, claim, finish.
 
@@ -535,19 +541,22 @@ class DeliveryQueue:
         it had ``max_attempts`` already, dead-lettered (returned as outcomes).
         """
         given_up: list[DeliveryOutcome] = []
+        now = self.clock()
+        stamp = format_utc(now)
+        peek = self.ledger.query(SQL_QUEUE_HEAD, (hook,))
+        if not peek or not _due(peek[0], stamp):
+            return None, given_up  # nothing to do: no write transaction
 
         def work(conn: apsw.Connection) -> Claim | None:
-            now = self.clock()
-            stamp = format_utc(now)
             while True:
                 row = conn.execute(SQL_QUEUE_HEAD, (hook,)).fetchone()
                 if row is None:
                     return None
-                did, status, attempts, owner, until, next_at, event_type, body = row
+                did, status, attempts, owner, until, _next_at, event_type, body = row
+                if not _due(row, stamp):
+                    return None  # backing off, or another worker is calling the handler
                 note = None
                 if status == "claimed":
-                    if until > stamp:
-                        return None  # another worker is calling the handler
                     note = (
                         f"the claim of {owner} expired at {until} without an outcome "
                         "(its dispatcher stopped during the call?)"
@@ -562,8 +571,6 @@ class DeliveryQueue:
                         log.error("hook %s: delivery %s dead-lettered: %s", hook, did, note)
                         continue
                     log.warning("hook %s: delivery %s: %s; delivering again", hook, did, note)
-                elif next_at > stamp:
-                    return None  # backing off; the hook's later events wait for it
                 conn.execute(SQL_CLAIM, (worker_id, format_utc(now + hold), note, did))
                 return Claim(did, hook, event_type, json.loads(body), attempts + 1, worker_id)
 
