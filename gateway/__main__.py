@@ -1,0 +1,5 @@
+"""``python -m gateway`` is the ``hermes`` command."""
+
+from gateway.cli import hermes
+
+hermes()

@@ -1,0 +1,169 @@
+"""tick / run / demo: the background work through the CLI, and the runner's settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway import SessionSource
+from gateway.cli import hermes
+from gateway.config import ConfigError, GatewayConfig
+from gateway.runner import RunnerSettings, load_flusher
+from gateway.session_store import SessionStore
+from ledger import Ledger
+from tests.conftest import ManualClock
+
+HOOK_YAML = 'name: recorder\ndescription: test hook\nevents: ["session:*"]\n'
+HOOK_PY = """\
+import json
+from pathlib import Path
+
+def handle(event_type, context):
+    with Path(__file__).with_name("calls.jsonl").open("a") as out:
+        out.write(json.dumps({"event": event_type, **context}) + "\\n")
+"""
+
+
+def make_home(tmp_path: Path, ledger_section: str = "") -> Path:
+    home = tmp_path / "home"
+    hook = home / "hooks" / "recorder"
+    hook.mkdir(parents=True)
+    for d in (home, home / "hooks", hook):
+        d.chmod(0o700)
+    (hook / "HOOK.yaml").write_text(HOOK_YAML)
+    (hook / "handler.py").write_text(HOOK_PY)
+    (home / "config.yaml").write_text(
+        "session_reset:\n  mode: idle\n  idle_minutes: 30\n" + ledger_section
+    )
+    return home
+
+
+def seed(db: Path, clock: ManualClock, home: Path) -> str:
+    with Ledger.open(db, clock=clock) as led:
+        store = SessionStore(led, GatewayConfig.load(home, env={}), clock)
+        entry = store.get_or_create_session(
+            SessionSource(platform="telegram", chat_id="5", chat_type="dm", user_id="5")
+        )
+        store.append_to_transcript(entry.session_id, {"role": "user", "content": "hi"})
+        return entry.session_id
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner(env={"HERMES_LEDGER_DB": None}).invoke(hermes, ["ledger", *args])
+    return result.exit_code, result.output
+
+
+def test_tick_closes_due_sessions_and_delivers_hooks(tmp_path: Path, clock: ManualClock) -> None:
+    home = make_home(tmp_path)
+    db = tmp_path / "ledger.db"
+    sid = seed(db, clock, home)
+    base = ["--db", str(db), "--config", str(home)]
+    code, out = run("tick", *base, "--now", "2026-11-22T09:20:00Z")
+    assert code == 0, out
+    assert out.splitlines()[0] == "tick at 2026-11-22T09:20:00.000000Z"
+    assert "closed" not in out.splitlines()[1]
+    code, out = run("tick", *base, "--now", "2026-11-22T09:31:00Z", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert [(c["session_id"], c["reason"], c["deadline"]) for c in report["tick"]["closed"]] == [
+        (sid, "idle_expiry", "2026-11-22T09:30:00.000000Z")
+    ]
+    calls = [
+        json.loads(line)
+        for line in (home / "hooks" / "recorder" / "calls.jsonl").read_text().splitlines()
+    ]
+    end = [c for c in calls if c["event"] == "session:end"]
+    assert len(end) == 1 and end[0]["session_id"] == sid and end[0]["reason"] == "idle_expiry"
+    assert end[0]["platform"] == "telegram" and end[0]["user_id"] == "5"
+
+
+def test_tick_explains_bad_input(tmp_path: Path) -> None:
+    code, out = run("tick", "--db", str(tmp_path / "l.db"), "--now", "soon")
+    assert code == 1
+    assert out == (
+        "Error: --now 'soon' is not an ISO-8601 time\nTry: e.g. --now 2026-11-22T09:30:00Z\n"
+    )
+    home = make_home(tmp_path, "ledger:\n  flush_timeout: -1\n")
+    code, out = run("tick", "--db", str(tmp_path / "l.db"), "--config", str(home))
+    assert code == 1 and "ledger.flush_timeout" in out and "greater than 0" in out
+
+
+def test_settings_and_flushers_come_from_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tmp_path / "mods" / "my_memory.py"
+    module.parent.mkdir()
+    module.write_text("def flush(context, transcript):\n    return 'kept'\n")
+    monkeypatch.syspath_prepend(str(module.parent))
+    home = make_home(tmp_path, "ledger:\n  flusher: my_memory:flush\n  flush_attempts: 2\n")
+    settings = RunnerSettings.load(home)
+    assert settings.flusher == "my_memory:flush" and settings.flush_attempts == 2
+    assert load_flusher("my_memory:flush")(None, []) == "kept"  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
+        load_flusher("no_such_module:flush")
+    with pytest.raises(ConfigError, match="has no attribute 'nope'"):
+        load_flusher("my_memory:nope")
+    with pytest.raises(ConfigError, match="no such entry point"):
+        load_flusher("not-installed")
+    (home / "config.yaml").write_text("ledger:\n  colour: blue\n")
+    with pytest.raises(ConfigError, match=r"ledger\.colour"):
+        RunnerSettings.load(home)
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path, clock: ManualClock) -> None:
+    home = make_home(tmp_path)
+    db = tmp_path / "ledger.db"
+    seed(db, clock, home)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "ledger", "run", "--db", str(db),
+         "--config", str(home), "--interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.startswith(f"Running on {db}: a pass every 0.05s")
+    assert "Stopped after" in out and "SIGTERM: finishing the current pass" in err
+
+
+def test_demo_is_the_main_job(tmp_path: Path) -> None:
+    env = {**os.environ, "HERMES_HOME": str(tmp_path / "home")}
+    env.pop("HERMES_LEDGER_DB", None)
+    script = Path(sys.executable).with_name("hermes")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+    started = time.monotonic()
+    demo = subprocess.run(
+        [*command, "ledger", "demo"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert time.monotonic() - started < 60
+    out = demo.stdout
+    assert "Session map (demo profile):" in out and "agent:demo:telegram:dm:1001" in out
+    for reason in ("idle_expiry", "daily_reset", "auto_reset", "manual_reset"):
+        assert reason in out
+    export = tmp_path / "home" / "ledger-demo-export.jsonl"
+    assert f"to {export}" in out
+    assert stat.S_IMODE(export.stat().st_mode) == 0o600
+    verify = subprocess.run(
+        [*command, "ledger", "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_demo_json(tmp_path: Path) -> None:
+    code, out = run("demo", "--db", str(tmp_path / "d.db"), "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    reasons = {c["reason"] for c in report["closed"]}
+    assert {"idle_expiry", "daily_reset"} <= reasons
+    assert report["hook_calls"] > 0 and report["events"] > 50
