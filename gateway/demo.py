@@ -24,7 +24,7 @@ from gateway.hooks import HookRegistry
 from gateway.policy import ResetPolicy
 from gateway.runner import PassReport, Runner, RunnerSettings
 from gateway.session_store import SessionStore
-from gateway.sources import SessionSource
+from gateway.sources import Platform, SessionSource
 from ledger import Ledger
 from ledger.export import export
 
@@ -35,8 +35,8 @@ CONFIG = GatewayConfig(
     profile=PROFILE,
     default_reset_policy=ResetPolicy(mode="idle", idle_minutes=60, timezone="UTC"),
     reset_by_platform={
-        "discord": ResetPolicy(mode="daily", at_hour=4, timezone="UTC"),
-        "telegram": ResetPolicy(mode="both", idle_minutes=30, at_hour=4, timezone="UTC"),
+        Platform.DISCORD: ResetPolicy(mode="daily", at_hour=4, timezone="UTC"),
+        Platform.TELEGRAM: ResetPolicy(mode="both", idle_minutes=30, at_hour=4, timezone="UTC"),
     },
 )
 
