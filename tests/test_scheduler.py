@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import projections
-from gateway import GatewayConfig, ResetPolicy, SessionSource
+from gateway import GatewayConfig, Platform, ResetPolicy, SessionSource
 from gateway.flush import FlushContext
 from gateway.scheduler import Scheduler
 from gateway.session_store import SessionStore
@@ -126,7 +126,7 @@ def test_policies_per_platform_and_cron(led: Ledger, clock: ManualClock) -> None
     config = GatewayConfig(
         default_reset_policy=ResetPolicy(mode="none"),
         reset_by_platform={
-            "discord": ResetPolicy(mode="cron", schedule="*/15 * * * *", timezone="UTC")
+            Platform.DISCORD: ResetPolicy(mode="cron", schedule="*/15 * * * *", timezone="UTC")
         },
     )
     store = SessionStore(led, config, clock)
