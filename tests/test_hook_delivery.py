@@ -285,8 +285,7 @@ def test_a_call_that_outlives_its_timeout_fails_and_others_still_run(
 
 def test_the_log_is_the_only_source_of_deliveries(led: Ledger, clock: ManualClock) -> None:
     """The schema refuses a delivery that does not name a session event of the log."""
-    HookDispatcher(led, [], clock=clock)  # creates the tables
-    HookDispatcher(led, HookRegistry(), clock=clock)
+    HookDispatcher(led, HookRegistry(), clock=clock)  # creates the tables
     led.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
     (start,) = led.read_all()
     insert = (
@@ -301,6 +300,26 @@ def test_the_log_is_the_only_source_of_deliveries(led: Ledger, clock: ManualCloc
     with pytest.raises(apsw.ConstraintError, match="must name a session event of the log"):
         led.write(lambda c: c.execute(insert, ("d2", 99, "no-such-event", "session:start")))
     led.write(lambda c: c.execute(insert, ("d3", start.position, start.event_id, "session:start")))
+
+
+def test_the_dispatcher_warns_about_skipped_hooks_and_runs_the_others(
+    led: Ledger,
+    clock: ManualClock,
+    hooks_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = tmp_path / "calls.jsonl"
+    write_hook(hooks_dir, "good", recording_handler(calls), events=["session:start"])
+    write_hook(hooks_dir, "open", recording_handler(calls), events=["session:start"])
+    (hooks_dir / "open" / "handler.py").chmod(0o666)
+    with caplog.at_level(logging.WARNING, logger="gateway.hooks"):
+        dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"hook skipped: {hooks_dir / 'open' / 'handler.py'}: refused:")
+    led.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
+    (outcome,) = dispatcher.deliver().outcomes
+    assert (outcome.hook, outcome.status) == ("good", "done")
 
 
 # -- processes: two dispatchers, and a dispatcher killed mid-call ---------------------------
