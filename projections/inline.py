@@ -16,10 +16,12 @@ left alone (neither written nor rebuilt) and reported as skipped.
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import apsw
 
@@ -97,6 +99,11 @@ class _InlineProjector:
             f" WHERE position = ?2 AND ({owned or 'false'})"
         )
         self._claim_tail = tuple(x for p in self.projections for x in (p.name, p.version))
+        self._twins = {
+            (p.name, event_type): p.one_sql(LIVE, event_type)
+            for p in self.projections
+            for event_type in EVENT_TYPES
+        }
 
     def __call__(self, conn: apsw.Connection, records: Sequence[Recorded]) -> None:
         if not self.projections:
@@ -122,7 +129,7 @@ class _InlineProjector:
                 args = (rec.position, rec.stream, rec.session_id, rec.data_json, when,
                         rec.meta_json, rec.type)  # fmt: skip
                 for projection in fast:
-                    for sql, count in projection.one_sql(LIVE, rec.type):
+                    for sql, count in self._twins[projection.name, rec.type]:
                         conn.execute(sql, args[:count])
         if slow:
             self._replay_ranges(conn, slow, last)
@@ -194,9 +201,9 @@ def attach(
     )
 
 
-def open_ledger(path: str, **options: object) -> Ledger:
+def open_ledger(path: str | os.PathLike[str], **options: Any) -> Ledger:
     """``Ledger.open(path, **options)`` with the projections attached (and caught up)."""
-    ledger = Ledger.open(path, **options)  # type: ignore[arg-type]
+    ledger = Ledger.open(path, **options)
     try:
         attach(ledger)
     except BaseException:
