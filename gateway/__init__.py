@@ -3,6 +3,8 @@ the scheduler, hooks, and the ``hermes`` command line."""
 
 from gateway.config import ConfigError, GatewayConfig, HomeChannel
 from gateway.context import SessionContext, build_session_context, build_session_context_prompt
+from gateway.hook_delivery import Delivery, DeliveryReport, HookDeliveryError, HookState
+from gateway.hooks import Hook, HookDispatcher, HookProblem, HookRegistry, discover_hooks
 from gateway.keys import (
     InvalidSessionIdError,
     build_session_key,
@@ -16,9 +18,17 @@ from gateway.sources import CHAT_TYPES, InvalidSourceError, Platform, SessionSou
 __all__ = [
     "CHAT_TYPES",
     "ConfigError",
+    "Delivery",
+    "DeliveryReport",
     "Expiry",
     "GatewayConfig",
     "HomeChannel",
+    "Hook",
+    "HookDeliveryError",
+    "HookDispatcher",
+    "HookProblem",
+    "HookRegistry",
+    "HookState",
     "InvalidSessionIdError",
     "InvalidSourceError",
     "Platform",
@@ -28,6 +38,7 @@ __all__ = [
     "build_session_context",
     "build_session_context_prompt",
     "build_session_key",
+    "discover_hooks",
     "evaluate_policy",
     "is_shared_multi_user_session",
     "next_deadline",

@@ -144,4 +144,4 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 # Commands that live in their own modules register themselves on ledger_group.
-from gateway import cli_log, cli_run, cli_sessions  # noqa: E402, F401
+from gateway import cli_hooks, cli_log, cli_run, cli_sessions  # noqa: E402, F401

@@ -75,7 +75,7 @@ def _print_overview(ov: HooksOverview) -> None:
 @click.pass_context
 @reports_errors
 def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_json: bool) -> None:
-    """List hooks (with what they subscribe to and any problems) and dead letters.
+    """List hooks, what they subscribe to, and dead letters.
 
     \b
     A hook is a directory under $HERMES_HOME/hooks with HOOK.yaml (name,

@@ -58,15 +58,16 @@ def setup_home(home: Path) -> None:
     (hook / "handler.py").write_text(HOOK_PY)
 
 
-def seed(db: Path, sessions: int) -> list[str]:
-    """``sessions`` sessions whose last activity is spread over 20 simulated minutes,
-    each with a few messages; every one of them will expire."""
+def seed(db: Path, sessions: int, span_seconds: int = 1200) -> list[str]:
+    """``sessions`` sessions whose last activity is spread over ``span_seconds`` of
+    simulated time (so expiries keep coming while the runner is being killed), each
+    with a few messages; every one of them will expire."""
     ids = []
     now = [START]
     with Ledger.open(db) as led:
         store = SessionStore(led, CONFIG, lambda: now[0])
         for n in range(sessions):
-            now[0] = START + timedelta(seconds=n * 1200 // max(sessions, 1))
+            now[0] = START + timedelta(seconds=n * span_seconds // max(sessions, 1))
             source = SessionSource(platform="telegram", chat_id=str(n), chat_type="dm")
             entry = store.get_or_create_session(source)
             for i in range(3):

@@ -28,7 +28,7 @@ def soak(tmp_path: Path, sessions: int, kills: int, seed_value: int) -> tuple[in
     """Returns (kills that landed while the worker was running, redeliveries)."""
     db, home, ready = tmp_path / "ledger.db", tmp_path / "home", tmp_path / "ready"
     setup_home(home)
-    ids = seed(db, sessions)
+    ids = seed(db, sessions, span_seconds=max(1200, kills * 60))
     rng = random.Random(seed_value)
     landed = 0
     for _ in range(kills):
