@@ -8,6 +8,10 @@ targets for:
   (c) Ledger.append(stream, events) with --batch events per call
   (d) raw apsw executemany, --batch rows per transaction
   (e) eventsourcing 9.5 on SQLite: get -> trigger event -> save, one event per save
+  (f) Ledger.append with the projections attached (session map, history, transcript + FTS
+      kept in the same transaction), one event per call
+  (g) raw apsw doing the same writes as (f) with precomputed values: the event row, the
+      messages row and its FTS entry, the history and map updates, the checkpoints
 
 Every row gets a fresh file in one temporary directory (removed at the end). Rows that
 are compared run interleaved (a, b, e; then c, d): each is cut into --rounds steps that
@@ -25,6 +29,7 @@ import itertools
 import json
 import platform
 import random
+import re
 import sqlite3
 import sys
 import tempfile
@@ -37,6 +42,7 @@ from typing import Any
 
 import apsw
 
+import projections
 from ledger import Ledger
 from ledger.events import MessageAppended, SessionStarted, Source, body_json
 
@@ -45,9 +51,9 @@ INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 META = '{"schema_version":1}'
 RECORDED_AT = "2026-05-22T10:15:00.000000Z"
 HASH = "ab" * 32
-TARGETS = {"b/a": 0.7, "c/d": 0.7, "b/e": 5.0}
+TARGETS = {"b/a": 0.7, "c/d": 0.7, "b/e": 5.0, "f/g": 0.7}
 # Rows that share turns; the batched rows run apart, their big writes would slow the rest.
-INTERLEAVED = (["a", "b", "e"], ["c", "d"])
+INTERLEAVED = (["a", "b", "e"], ["c", "d"], ["f", "g"])
 WORDS = ("the", "session", "gateway", "ledger", "message", "reply", "agent", "telegram",
          "memory", "flush", "token", "schedule", "reset", "idle", "daily", "context", "tool",
          "result", "user", "assistant", "summary", "note")  # fmt: skip
@@ -104,14 +110,15 @@ def timed(
 # -- raw apsw ---------------------------------------------------------------------
 
 
-def raw_connection(path: Path, synchronous: str) -> apsw.Connection:
+def raw_connection(path: Path, synchronous: str, *, create: bool = True) -> apsw.Connection:
     conn = apsw.Connection(str(path))
     conn.setbusytimeout(30_000)
     conn.execute("PRAGMA journal_mode = WAL").fetchall()
     conn.execute(f"PRAGMA synchronous = {synchronous}").fetchall()
     conn.execute("PRAGMA foreign_keys = ON").fetchall()
-    for _ in conn.execute(DDL.read_text("utf-8")):
-        pass  # apsw runs a multi-statement script as it is consumed
+    if create:
+        for _ in conn.execute(DDL.read_text("utf-8")):
+            pass  # apsw runs a multi-statement script as it is consumed
     return conn
 
 
@@ -160,6 +167,74 @@ def bench_ledger(
             ledger.append(session_key(s), events)
 
         yield from timed(steps(total, per_call, streams, rounds, message), write)
+
+
+def bench_ledger_projected(
+    path: Path, synchronous: str, total: int, streams: int, rounds: int
+) -> Generator[float, None, None]:
+    with Ledger.open(path, synchronous=synchronous) as ledger:
+        projections.attach(ledger)
+        for s in range(streams):
+            source = Source(platform="telegram", chat_id=str(1000 + s), user_id=str(1000 + s))
+            ledger.append(session_key(s), [SessionStarted(session_id=session_id(s), source=source)])
+
+        def write(s: int, events: list) -> None:
+            ledger.append(session_key(s), events)
+
+        yield from timed(steps(total, 1, streams, rounds, message), write)
+
+
+RAW_PROJECTION_WRITES = tuple(
+    (sql, max(int(n) for n in re.findall(r"\?(\d)", sql)))
+    for sql in (
+        "INSERT INTO messages (position, session_id, session_key, role, content, tool_calls,"
+        " tool_name, tool_call_id, input_tokens, output_tokens, platform_message_id, ts)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, NULL, 0, 0, NULL, ?6)",
+        "INSERT INTO messages_fts (rowid, content) VALUES (?1, ?5)",
+        "UPDATE session_history SET message_count = message_count + 1,"
+        " first_message_at = coalesce(first_message_at, ?6), last_message_at = ?6"
+        " WHERE session_id = ?2",
+        "UPDATE session_map SET updated_at = ?6, message_count = message_count + 1"
+        " WHERE session_key = ?3",
+        "UPDATE projection_checkpoints SET position = ?1",
+    )
+)
+
+
+def bench_raw_projected(
+    path: Path, synchronous: str, total: int, streams: int, rounds: int
+) -> Generator[float, None, None]:
+    # The same tables and indexes as (f): let the projections create them, then write
+    # to them directly with plain values (no JSON extraction, no upserts).
+    with Ledger.open(path, synchronous=synchronous) as ledger:
+        projections.attach(ledger)
+        for s in range(streams):
+            source = Source(platform="telegram", chat_id=str(1000 + s), user_id=str(1000 + s))
+            ledger.append(session_key(s), [SessionStarted(session_id=session_id(s), source=source)])
+        position, versions = ledger.head(), [1] * streams
+    conn = raw_connection(path, synchronous, create=False)
+
+    def build(rng: random.Random, s: int, i: int) -> tuple:
+        nonlocal position
+        position += 1
+        versions[s] += 1
+        m = message(rng, s, i)
+        row = (position, m.event_id, session_key(s), versions[s], m.type, m.session_id,
+               body_json(m), META, RECORDED_AT, HASH)  # fmt: skip
+        return row, (position, m.session_id, session_key(s), m.role, m.content, RECORDED_AT)
+
+    def write(_s: int, items: list) -> None:
+        row, values = items[0]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(INSERT, row)
+        for sql, arity in RAW_PROJECTION_WRITES:
+            conn.execute(sql, values[:arity])
+        conn.execute("COMMIT")
+
+    try:
+        yield from timed(steps(total, 1, streams, rounds, build), write)
+    finally:
+        conn.close()
 
 
 # -- eventsourcing ----------------------------------------------------------------
@@ -248,6 +323,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   bench_raw(next(files), sync, big, batch, streams, rounds)),
             "e": ("eventsourcing get/trigger/save", es_n, 1,
                   bench_eventsourcing(next(files), sync, es_n, streams, rounds, found)),
+            "f": ("Ledger.append + projections, 1/call", n, 1,
+                  bench_ledger_projected(next(files), sync, n, streams, rounds)),
+            "g": ("raw apsw, same writes as (f), 1/txn", n, 1,
+                  bench_raw_projected(next(files), sync, n, streams, rounds)),
         }  # fmt: skip
         seconds = dict.fromkeys(plan, 0.0)
         for key in plan:
@@ -279,7 +358,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eventsourcing has no synchronous setting (default FULL); the bench sets PRAGMA "
         f"synchronous on its connections: in effect {found['synchronous']}"
         + ("" if found["synchronous"] == sync else f" -- NOT EQUAL to {sync}"),
-        f"a, b, e interleaved in {rounds} rounds, then c, d; seconds count only the writes",
+        f"a, b, e interleaved in {rounds} rounds, then c, d, then f, g; seconds count only"
+        " the writes",
+        "g writes the event row, the messages row, its FTS entry, the session_history and"
+        " session_map updates and the checkpoints, with precomputed values",
     ]
     versions = {"python": platform.python_version(), "sqlite": apsw.sqlite_lib_version(),
                 "apsw": apsw.apsw_version(), "eventsourcing": metadata.version("eventsourcing"),
