@@ -53,6 +53,13 @@ _ENTRY_COLUMNS = (
     " (SELECT coalesce(p.close_detail, p.end_reason) FROM session_history AS p"
     "   WHERE p.session_id = h.previous_session_id)"
 )
+# The key's stream version and its full entry, in one snapshot (the hot path:
+# a message for a session that is already open).
+SQL_STATE_AND_ENTRY = (
+    f"SELECT (SELECT max(version) FROM events WHERE stream = ?1), {_ENTRY_COLUMNS}"
+    " FROM (SELECT 1) LEFT JOIN session_map AS m ON m.session_key = ?1"
+    " LEFT JOIN session_history AS h ON h.session_id = m.session_id"
+)
 SQL_ENTRY_BY_KEY = (
     f"SELECT {_ENTRY_COLUMNS} FROM session_map AS m"
     " LEFT JOIN session_history AS h ON h.session_id = m.session_id WHERE m.session_key = ?"
@@ -219,6 +226,14 @@ class SessionStore:
         version, sid, status, updated, origin = self._query(SQL_KEY_STATE, (key,))[0]
         return _KeyState(version or 0, sid, status, parse_utc(updated) if updated else None, origin)
 
+    def _state_and_entry(self, key: str) -> tuple[_KeyState, SessionEntry | None]:
+        version, *row = self._query(SQL_STATE_AND_ENTRY, (key,))[0]
+        if row[0] is None:  # no session_map row for this key
+            return _KeyState(version or 0, None, None, None, None), None
+        _key, sid, status, _started, updated, origin = row[:6]
+        state = _KeyState(version or 0, sid, status, parse_utc(updated), origin)
+        return state, _entry(row)
+
     def get_session(self, session_key: str) -> SessionEntry | None:
         """The key's current session (open or not), or None for an unknown key."""
         rows = self._query(SQL_ENTRY_BY_KEY, (session_key,))
@@ -255,7 +270,7 @@ class SessionStore:
         key = self.config.session_key(source)
         policy = self.config.policy_for(source)
         for _ in range(_RETRIES):
-            state = self._state(key)
+            state, current = self._state_and_entry(key)
             now = self.clock()
             if state.status == "open" and state.session_id is not None:
                 if force_new:
@@ -268,9 +283,8 @@ class SessionStore:
                     assert state.updated_at is not None
                     expiry = policy.evaluate(state.updated_at, now)
                     if expiry is None:
-                        entry = self.get_session(key)
-                        assert entry is not None
-                        return entry
+                        assert current is not None
+                        return current
                     cause = SessionExpired(
                         session_id=state.session_id,
                         reason=expiry.reason,
