@@ -43,6 +43,7 @@ APPLICATION_ID = int.from_bytes(b"HRML", "big")
 """``PRAGMA application_id`` of every hermes ledger (0x48524D4C)."""
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+CACHE_KIB = 16 * 1024
 _MIGRATION_WAIT = 60.0  # seconds another process may hold the lock while migrating
 
 SQL_IDENTITY = (
@@ -194,6 +195,9 @@ def connect(
                 retry_busy(lambda: _pragma(conn, "journal_mode", "WAL"), busy_timeout, path)
             _pragma(conn, "synchronous", mode)
         _pragma(conn, "foreign_keys", "ON")
+        # A page cache big enough for the session indexes of a busy gateway
+        # (SQLite's default is 2 MiB); it is a ceiling, not an allocation.
+        _pragma(conn, "cache_size", str(-CACHE_KIB))
     except apsw.Error as exc:
         conn.close()
         translate(exc, path=str(path))

@@ -29,6 +29,7 @@ def test_connection_setup_took_effect(db_path: Path) -> None:
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -16 * 1024
     conn.close()
     conn, _ = connect(db_path, synchronous="full", busy_timeout=2.5)
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
