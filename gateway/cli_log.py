@@ -219,19 +219,55 @@ def export_cmd(db: Path | None, fmt: str | None, output: Path | None, **filters:
 @click.argument(
     "source",
     required=False,
-    default="-",
     type=click.Path(dir_okay=False, allow_dash=True, path_type=str),
 )
+@click.option(
+    "--from-hermes",
+    "hermes_home",
+    metavar="PATH",
+    type=click.Path(path_type=Path),
+    help="Import a Hermes home (its state.db sessions and routing) instead of an export.",
+)
+@json_option
 @reports_errors
-def import_cmd(db: Path | None, source: str) -> None:
-    """Restore a JSONL export into an empty ledger.
+def import_cmd(
+    db: Path | None, source: str | None, hermes_home: Path | None, as_json: bool
+) -> None:
+    """Restore a JSONL export, or import a Hermes home.
 
     \b
     SOURCE is a file written by `hermes ledger export` (gzip is recognised), or
     - (the default) for stdin. Every event keeps its position, id, time and hash;
     the hash chain and the manifest are checked first, and if anything is wrong
     nothing is written.
+
+    \b
+    --from-hermes PATH reads a Hermes home (PATH holds state.db, e.g. ~/.hermes)
+    without changing it, and appends its sessions, messages, usage and ends to the
+    ledger, one stream per session key. Importing again appends only what is new.
+    Problems that leave something out are printed as warnings on stderr.
     """
+    if hermes_home is not None:
+        from gateway.cli_format import progress_reporter
+        from gateway.hermes_import import import_hermes_home, open_hermes_home
+
+        if source is not None:
+            raise click.UsageError("give either SOURCE or --from-hermes, not both")
+        # A path that is not a Hermes home is refused before the ledger is touched.
+        with open_hermes_home(hermes_home) as home, Ledger.open(resolve_ledger_path(db)) as led:
+            report = import_hermes_home(
+                led, home, progress=progress_reporter("Importing Hermes sessions")
+            )
+        if as_json:
+            click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+            return
+        for line in report.summary():
+            click.echo(line)
+        for warning in report.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+        return
+    if source is None:
+        source = "-"
     if source == "-" and sys.stdin.isatty():
         raise LedgerError(
             "no export to read: SOURCE is stdin, and stdin is a terminal",
@@ -240,6 +276,15 @@ def import_cmd(db: Path | None, source: str) -> None:
         )
     path = resolve_ledger_path(db)
     result = import_jsonl(path, source, stdin=sys.stdin.buffer)
+    if as_json:
+        restored = {
+            "ledger": str(path),
+            "count": result.count,
+            "last_position": result.last_position,
+            "last_hash": result.last_hash,
+        }
+        click.echo(json.dumps(restored, indent=2))
+        return
     if not result.count:
         click.echo(f"Imported 0 events into {path} (the export holds none)")
         return
