@@ -38,7 +38,7 @@ import projections
 from gateway.keys import build_session_key, escape_component, session_namespace
 from gateway.keys import validate_session_key as _validate_key
 from gateway.sources import SessionSource
-from ledger import Ledger, LedgerError
+from ledger import ConcurrencyError, IdempotencyError, Ledger, LedgerError
 from ledger.events import (
     EventModel,
     MessageAppended,
@@ -784,12 +784,22 @@ class _Importer:
                 )
             )
         batch.extend(missing)
-        result = self.ledger.append(
-            key, batch, expected_version=state.version, meta={"actor": IMPORT_ACTOR}
-        )
-        self._count(batch, result.positions, s.id in state.started)
-        state.version = result.version
-        state.touched = True
+        try:
+            result = self.ledger.append(
+                key, batch, expected_version=state.version, meta={"actor": IMPORT_ACTOR}
+            )
+        except (ConcurrencyError, IdempotencyError) as exc:
+            raise HermesImportError(
+                f"something else appended to {key} while {self.home.path} was being imported",
+                hint="run the import again: it appends what is still missing",
+            ) from exc
+        if result.duplicate:  # another import appended these very events just now
+            self.report.skipped += 1
+            state.version = self.ledger.stream_version(key)
+        else:
+            self._count(batch, result.positions, s.id in state.started)
+            state.version = result.version
+            state.touched = True
         for event in batch:
             if isinstance(event, SessionStarted):
                 state.started.add(event.session_id)

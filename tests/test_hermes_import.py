@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -714,3 +716,26 @@ def test_new_messages_without_new_usage_are_appended(home: StandardHome, importe
     report = import_hermes_home(imported, home.path)
     assert (report.messages, report.usage, report.events, report.warnings) == (1, 0, 1, [])
     assert ledger_transcript(imported, tg2) == hermes_transcript(home.path, tg2)
+
+
+def test_imports_running_at_once_write_each_event_once(home: StandardHome, tmp_path: Path) -> None:
+    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
+    assert script is not None
+    db = tmp_path / "race.db"
+    Ledger.open(db).close()
+    command = [script, "ledger", "import", "--from-hermes", str(home.path), "--db", str(db)]
+    runs = [subprocess.Popen([*command, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(3)]  # fmt: skip
+    appended = 0
+    for run in runs:
+        out, err = run.communicate(timeout=60)
+        if run.returncode == 0:
+            appended += json.loads(out)["events"]
+        else:  # lost a race on a key: says so, and what to do
+            assert run.returncode == 1 and "while" in err and "Try: run the import again" in err
+    final = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
+    appended += json.loads(final.stdout)["events"]  # whatever a lost race left over
+    with Ledger.open(db) as led:
+        assert appended == led.head() == 64
+        assert led.verify().ok
+        assert projections.verify(led).ok
