@@ -99,6 +99,7 @@ SQL_MESSAGES = (
     f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM messages WHERE session_id = ? ORDER BY id"
 )
 SQL_ROUTING = "SELECT session_key, entry_json FROM gateway_routing ORDER BY scope, session_key"
+SQL_HAS_ROUTING = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gateway_routing'"
 
 _REQUIRED: Final = {"sessions": _SESSION_COLUMNS, "messages": ("session_id", *_MESSAGE_COLUMNS)}
 
@@ -245,7 +246,8 @@ class HermesHome:
         """session_id → (key, origin) from ``gateway_routing``, then ``sessions.json``
         for session ids the table does not map (as Hermes folds the legacy file in)."""
         routes: dict[str, _Route] = {}
-        for key, entry_json in self._conn.execute(SQL_ROUTING):
+        table = self._conn.execute(SQL_HAS_ROUTING).fetchall()
+        for key, entry_json in self._conn.execute(SQL_ROUTING) if table else ():
             try:
                 entry = json.loads(entry_json)
             except (TypeError, ValueError):
@@ -619,8 +621,7 @@ class HermesImportReport:
             ]
         return [
             f"Imported {self.events} event{'s' * (self.events != 1)} from {self.home} into "
-            f"{self.ledger} "
-            f"(positions {self.first_position}-{self.last_position})",
+            f"{self.ledger} (positions {self.first_position}-{self.last_position})",
             f"  sessions  {self.sessions} new, {self.updated} updated, {self.skipped} already "
             f"imported ({self.sessions_read} in state.db)",
             f"  messages  {self.messages}",

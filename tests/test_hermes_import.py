@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import select
 import shutil
 import sqlite3
 import subprocess
@@ -347,12 +349,15 @@ def test_a_second_import_appends_exactly_what_hermes_gained(
     assert import_hermes_home(imported, home.path).events == 0
 
 
-@pytest.mark.parametrize("routing", ["table", "sessions.json"])
+@pytest.mark.parametrize("routing", ["table", "sessions.json", "sessions.json, no table"])
 def test_routing_from_either_index(tmp_path: Path, led: Ledger, routing: str) -> None:
     home = build_standard_home(tmp_path / "hermes")
-    if routing == "sessions.json":
+    if routing.startswith("sessions.json"):
         with sqlite3.connect(home.path / "state.db") as conn:
-            conn.execute("DELETE FROM gateway_routing")
+            if routing.endswith("no table"):
+                conn.execute("DROP TABLE gateway_routing")
+            else:
+                conn.execute("DELETE FROM gateway_routing")
         conn.close()
     else:
         (home.path / "sessions" / "sessions.json").unlink()
@@ -739,3 +744,34 @@ def test_imports_running_at_once_write_each_event_once(home: StandardHome, tmp_p
         assert appended == led.head() == 64
         assert led.verify().ok
         assert projections.verify(led).ok
+
+
+def test_a_progress_bar_when_stderr_is_a_terminal(home: StandardHome, tmp_path: Path) -> None:
+    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
+    assert script is not None
+    db = tmp_path / "tty.db"
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [script, "ledger", "import", "--from-hermes", str(home.path), "--db", str(db)],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(follower)
+    shown = b""
+    try:
+        while select.select([leader], [], [], 1.0)[0]:
+            chunk = os.read(leader, 65536)
+            if not chunk:
+                break
+            shown += chunk
+    except OSError:  # EIO: the terminal's other end is closed and drained
+        pass
+    finally:
+        os.close(leader)
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"Imported 64 events from {home.path} into {db}")
+    assert b"Importing Hermes sessions" in shown and b"100%" in shown, shown
