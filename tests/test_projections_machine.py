@@ -54,6 +54,18 @@ class Clock:
         return self.now
 
 
+MAP_MIRRORS_HISTORY = """
+SELECT m.session_key FROM session_map AS m JOIN session_history AS h USING (session_id)
+WHERE m.status IS NOT CASE WHEN h.ended_at IS NOT NULL THEN 'closed'
+        WHEN h.close_requested_at IS NOT NULL THEN 'closing' ELSE 'open' END
+    OR (m.message_count, m.input_tokens, m.output_tokens, m.cache_read_tokens,
+        m.cache_write_tokens, m.cost_nano_usd)
+    IS NOT (h.message_count, h.input_tokens, h.output_tokens, h.cache_read_tokens,
+        h.cache_write_tokens, h.cost_nano_usd)
+"""
+"""Keys whose status, counts or token totals are not those of their current session."""
+
+
 @dataclass
 class SessionModel:
     key: str
@@ -289,6 +301,11 @@ class ProjectionMachine(RuleBasedStateMachine):
         assert counts == {sid: len(s.messages) for sid, s in self.sessions.items()}
 
     @invariant()
+    def the_map_mirrors_the_current_sessions(self) -> None:
+        if self.checkpoint() == self.led.head():
+            assert self.led.connection.execute(MAP_MIRRORS_HISTORY).fetchall() == []
+
+    @invariant()
     def at_most_one_open_session_per_key(self) -> None:
         rows = self.led.connection.execute(
             "SELECT session_key, count(*) FROM session_history"
@@ -425,6 +442,7 @@ def test_any_log_live_equals_replay(ops: list[tuple[int, int, list[str], bool, b
         led.append(KEYS[0], [MessageAppended(session_id="s0", role="user", content="last")])
         report = projections.verify(led, chunk_size=chunk)
         assert report.ok, str(report)
+        assert led.connection.execute(MAP_MIRRORS_HISTORY).fetchall() == []
         live = projections.live_state(led)
         assert live == projections.state_at(led, chunk_size=chunk + 3)
         for position, then in snapshots.items():
