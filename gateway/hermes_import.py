@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -35,7 +36,7 @@ from typing import Any, Final, Literal, Self
 import apsw
 
 import projections
-from gateway.keys import build_session_key, escape_component, session_namespace
+from gateway.keys import SESSION_ID_MAX, build_session_key, escape_component, session_namespace
 from gateway.keys import validate_session_key as _validate_key
 from gateway.sources import SessionSource
 from ledger import ConcurrencyError, IdempotencyError, Ledger, LedgerError
@@ -71,6 +72,7 @@ SUPPORTED_SCHEMA_VERSIONS: Final = frozenset({22})
 
 _ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "hermes-ledger:hermes-import")
 _JSON_CONTENT: Final = "\x00json:"  # Hermes' prefix for list/dict message content
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f]")  # what the ledger refuses in ids
 _ROLES: Final = frozenset({"user", "assistant", "tool", "system"})
 # The previous session's Hermes end reason → the next session's start reason.
 _AUTO_ENDS: Final = frozenset(
@@ -208,8 +210,8 @@ class HermesHome:
             (sid, source, user_id, key, chat_id, chat_type, thread_id, display_name, origin,
              parent, profile, started, ended, reason, model, *usage) = row  # fmt: skip
             tin, tout, tcr, tcw, est, act = usage
-            if not isinstance(sid, str) or not sid or not _number(started):
-                self.warnings.append(f"skipped a sessions row with a bad id or start: {sid!r}")
+            if not _usable_id(sid) or not _number(started):
+                self.warnings.append(f"a session with id {sid!r} and start {started!r} is left out")
                 continue
             out.append(
                 _Session(
@@ -407,6 +409,13 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+def _usable_id(value: object) -> bool:
+    """Can the ledger hold this as a session id (and inside a key)?"""
+    return (
+        isinstance(value, str) and 0 < len(value) <= SESSION_ID_MAX and not _CONTROL.search(value)
+    )
+
+
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -491,28 +500,31 @@ def _resolve_keys(
     by_id = {s.id: s for s in sessions}
     keys: dict[str, str] = {}
 
-    def resolve(session: _Session, depth: int) -> str:
-        known = keys.get(session.id)
-        if known is not None:
-            return known
+    def candidates(session: _Session, depth: int) -> Iterator[str | None]:
         route = routes.get(session.id)
-        key: str | None = route.key if route else session.session_key
+        yield route.key if route else None
+        yield session.session_key
         parent = by_id.get(session.parent_id or "")
-        if key is None and parent is not None and depth < 100:
-            key = resolve(parent, depth + 1)
+        if parent is not None and depth < 100:
+            yield resolve(parent, depth + 1)
         source = origins[session.id][0]
-        if key is None and source is not None and (source.chat_id or source.user_id):
-            key = build_session_key(source, profile=session.profile)
+        if source is not None and (source.chat_id or source.user_id):
+            yield build_session_key(source, profile=session.profile)
+
+    def resolve(session: _Session, depth: int) -> str:
+        key = keys.get(session.id)
         if key is not None:
+            return key
+        for candidate in candidates(session, depth):
+            if candidate is None:
+                continue
             try:
-                _validate_key(key)
+                key = _validate_key(candidate)
+                break
             except LedgerError as exc:
                 warn(f"session {session.id}: its key cannot name a stream ({exc})")
-                key = None
-        if key is None:
-            key = import_key(session.platform, session.id, session.profile)
-        keys[session.id] = key
-        return key
+        keys[session.id] = key or import_key(session.platform, session.id, session.profile)
+        return keys[session.id]
 
     for session in sessions:
         resolve(session, 0)

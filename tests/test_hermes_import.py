@@ -775,3 +775,28 @@ def test_a_progress_bar_when_stderr_is_a_terminal(home: StandardHome, tmp_path: 
     assert done.returncode == 0
     assert done.stdout.startswith(f"Imported 64 events from {home.path} into {db}")
     assert b"Importing Hermes sessions" in shown and b"100%" in shown, shown
+
+
+def test_sources_and_keys_the_ledger_cannot_use_as_they_are(tmp_path: Path, led: Ledger) -> None:
+    odd, bad_key = sid(T0, "0000000b"), sid(T0, "0000000c")
+    with HermesFixture(tmp_path / "h") as h:
+        h.create_session(odd, "Matrix.org", started_at=T0.timestamp(),
+                         origin=origin("Matrix.org", "!room", chat_type="forum"))  # fmt: skip
+        h.append_message(odd, "user", 42, at=T0.timestamp())  # SQLite stores what it is given
+        h.create_session(bad_key, "telegram", started_at=T0.timestamp() + 1,
+                         session_key="agent:main:telegram:dm:\x07",
+                         origin=origin("telegram", "5"))  # fmt: skip
+        h.create_session("bad\nid", "cli", started_at=T0.timestamp() + 2)
+    report = import_hermes_home(led, tmp_path / "h")
+    assert [w.split(" (")[0] for w in report.warnings] == [
+        "a session with id 'bad\\nid' and start 1793523602.0 is left out",
+        f"session {odd}: its origin is not a valid source",
+        f"session {bad_key}: its key cannot name a stream",
+    ]
+    rows = history(led)
+    assert rows[odd][0] == import_key("Matrix.org", odd)
+    assert rows[bad_key][0] == "agent:main:telegram:dm:5"  # built from the origin instead
+    started = next(led.read_stream(import_key("Matrix.org", odd))).event
+    assert isinstance(started, SessionStarted)
+    assert (started.source.platform, started.source.chat_type) == ("Matrix.org", "forum")
+    assert load_transcript(led, odd)[0]["content"] == "42"
