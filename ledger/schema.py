@@ -160,6 +160,7 @@ def connect(
     synchronous: str = "NORMAL",
     busy_timeout: float = 30.0,
     readonly: bool = False,
+    cache_kib: int = CACHE_KIB,
 ) -> tuple[apsw.Connection, int]:
     """Open ``path`` as a ledger connection; return it and the file's schema version.
 
@@ -197,7 +198,7 @@ def connect(
         _pragma(conn, "foreign_keys", "ON")
         # A page cache big enough for the session indexes of a busy gateway
         # (SQLite's default is 2 MiB); it is a ceiling, not an allocation.
-        _pragma(conn, "cache_size", str(-CACHE_KIB))
+        _pragma(conn, "cache_size", str(-cache_kib))
     except apsw.Error as exc:
         conn.close()
         translate(exc, path=str(path))

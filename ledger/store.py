@@ -29,7 +29,7 @@ from ledger.errors import (
 )
 from ledger.events import EventModel, body_json, parse
 from ledger.records import AppendResult, Recorded, VerifyReport
-from ledger.schema import connect, migrate, retry_busy
+from ledger.schema import CACHE_KIB, connect, migrate, retry_busy
 from ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
 
 __all__ = ["InlineProjector", "Ledger"]
@@ -147,17 +147,23 @@ class Ledger:
         busy_timeout: float = 30.0,
         clock: Clock | None = None,
         readonly: bool = False,
+        cache_kib: int = CACHE_KIB,
     ) -> Self:
         """Open (creating and migrating if needed) the ledger at ``path``.
 
         Refuses, without changing the file, anything that is not a ledger, and a
         ledger written by a newer version. ``synchronous`` is SQLite's durability
         setting (NORMAL by default: durable across process crashes; FULL also
-        across power loss). ``clock`` stamps ``recorded_at``.
+        across power loss). ``clock`` stamps ``recorded_at``. ``cache_kib`` caps
+        SQLite's page cache for this connection.
         """
         path = Path(path)
         conn, version = connect(
-            path, synchronous=synchronous, busy_timeout=busy_timeout, readonly=readonly
+            path,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            readonly=readonly,
+            cache_kib=cache_kib,
         )
         try:
             if readonly:

@@ -153,7 +153,9 @@ def cmd_crash(args: argparse.Namespace) -> None:
     """A small append, then the big batch; the parent SIGKILLs us during the big one."""
     tag = args.tag
     big = big_batch(tag, args.big)  # built before the signal: the kill should hit the write
-    with Ledger.open(args.db) as led:
+    # SQLite's default 2 MiB page cache, so the big transaction spills pages into the
+    # WAL before it commits: a kill then leaves uncommitted frames behind to recover.
+    with Ledger.open(args.db, cache_kib=2048) as led:
         pre = led.append(f"pre-{tag}", pre_batch(tag, args.pre), NO_STREAM)
         write_json(Path(args.ready), {"pre_positions": list(pre.positions)})
         started = time.monotonic()
