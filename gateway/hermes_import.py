@@ -753,7 +753,7 @@ class _Importer:
                 used.cache_write_tokens += body.get("cache_write_tokens", 0)
                 used.cost += body.get("cost_usd") or 0.0
 
-        desired = self._desired(s, state, previous, source, used)
+        desired = self._desired(s, previous, source, used)
         self._check_vanished(s, desired, imported_messages)
         present = [e.event_id in existing for e in desired]
         if all(present):
@@ -823,12 +823,7 @@ class _Importer:
                     state.open_session = None
 
     def _desired(
-        self,
-        s: _Session,
-        state: _KeyState,
-        previous: _Session | None,
-        source: Source,
-        used: _Usage,
+        self, s: _Session, previous: _Session | None, source: Source, used: _Usage
     ) -> list[EventModel]:
         """Every event the session stands for now, in log order."""
         events: list[EventModel] = [
