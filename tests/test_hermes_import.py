@@ -729,21 +729,22 @@ def test_imports_running_at_once_write_each_event_once(home: StandardHome, tmp_p
     db = tmp_path / "race.db"
     Ledger.open(db).close()
     command = [script, "ledger", "import", "--from-hermes", str(home.path), "--db", str(db)]
-    runs = [subprocess.Popen([*command, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(3)]  # fmt: skip
-    appended = 0
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]  # fmt: skip
     for run in runs:
-        out, err = run.communicate(timeout=60)
-        if run.returncode == 0:
-            appended += json.loads(out)["events"]
-        else:  # lost a race on a key: says so, and what to do
-            assert run.returncode == 1 and "while" in err and "Try: run the import again" in err
-    final = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
-    appended += json.loads(final.stdout)["events"]  # whatever a lost race left over
+        _, err = run.communicate(timeout=60)
+        if run.returncode != 0:  # lost a race on a key (after appending other keys, maybe)
+            assert run.returncode == 1 and err.startswith("Error: something else appended to ")
+            assert err.endswith("Try: run the import again: it appends what is still missing\n")
+    subprocess.run(command, capture_output=True, timeout=60, check=True)  # finishes any of it
     with Ledger.open(db) as led:
-        assert appended == led.head() == 64
+        assert led.head() == 64
         assert led.verify().ok
         assert projections.verify(led).ok
+        counts = dict(led.query("SELECT type, count(*) FROM events GROUP BY type"))
+    assert counts == {
+        "session_started": 14, "message_appended": 36, "usage_recorded": 5, "session_ended": 9,
+    }  # fmt: skip
 
 
 def test_a_progress_bar_when_stderr_is_a_terminal(home: StandardHome, tmp_path: Path) -> None:
@@ -800,3 +801,29 @@ def test_sources_and_keys_the_ledger_cannot_use_as_they_are(tmp_path: Path, led:
     assert isinstance(started, SessionStarted)
     assert (started.source.platform, started.source.chat_type) == ("Matrix.org", "forum")
     assert load_transcript(led, odd)[0]["content"] == "42"
+
+
+def test_a_write_to_a_key_during_the_import_stops_it(home: StandardHome, led: Ledger) -> None:
+    tg1 = sid(T0, "a1b2c3d4")  # the key's first session; its second comes a day later
+
+    def meddle(done: int, total: int) -> None:
+        if (
+            done
+            and led.stream_version(TG) == 7
+            and not led.query("SELECT 1 FROM events WHERE session_id = 'x'")
+        ):  # right after tg1 went in: another writer appends to its key
+            with Ledger.open(led.path) as other:
+                other.append(TG, [SessionStarted(session_id="x", source={"platform": "cli"})],
+                             meta={"actor": IMPORT_ACTOR})  # fmt: skip
+
+    with pytest.raises(HermesImportError) as err:
+        import_hermes_home(led, home.path, progress=meddle)
+    assert str(err.value) == (
+        f"something else appended to {TG} while {home.path} was being imported"
+    )
+    assert err.value.hint == "run the import again: it appends what is still missing"
+    # What went in before stays in.
+    assert [(r.type, r.session_id) for r in led.read_stream(TG)][-2:] == [
+        ("session_ended", tg1),
+        ("session_started", "x"),
+    ]
