@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import click
 
-__all__ = ["cell", "print_table", "progress_reporter"]
+__all__ = ["cell", "print_table", "progress_bar", "progress_reporter"]
 
 _TABLE_SAMPLE = 1000  # rows looked at to size a table's columns
 
@@ -52,9 +53,40 @@ def print_table(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
     click.echo(f"({count} row{'' if count == 1 else 's'})")
 
 
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done, total)`` callback drawing a bar on stderr for the length
+    of the ``with`` block, or None when stderr is not a terminal (scripts and pipes
+    get no bar).
+
+    The bar opens on the first report and is closed when the block ends, also when
+    the work fails or is interrupted: a click bar left open keeps the terminal's
+    cursor hidden and the next message on the bar's line.
+    """
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with ExitStack() as stack:
+        bar: Any = None
+
+        def report(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(
+                    click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+                )
+            bar.update(max(0, done - bar.pos))
+
+        yield report
+
+
 def progress_reporter(label: str) -> Callable[[int, int], None] | None:
     """A ``progress(done, total)`` callback drawing a bar on stderr, or None when
-    stderr is not a terminal (scripts and pipes get no bar)."""
+    stderr is not a terminal (scripts and pipes get no bar).
+
+    The bar is closed only once ``done`` reaches ``total``; prefer ``progress_bar``,
+    which also closes it when the work stops early.
+    """
     if not sys.stderr.isatty():
         return None
     state: dict[str, Any] = {}

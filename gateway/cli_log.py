@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import base64
 import csv
-import itertools
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from gateway.cli import db_option, json_option, ledger_group, reports_errors
+from gateway.cli_format import cell, print_table, progress_bar
 from gateway.home import resolve_ledger_path
 from ledger import Ledger, LedgerError, Recorded
 from ledger.events import json_schema
@@ -31,8 +31,6 @@ from ledger.restore import import_jsonl
 __all__ = ["events_cmd", "export_cmd", "import_cmd", "schema_cmd", "sql_cmd"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_TABLE_SAMPLE = 1000  # rows looked at to size a table's columns
 
 
 def filter_options(fn: F) -> F:
@@ -146,22 +144,6 @@ def events_cmd(
 # -- export ----------------------------------------------------------------------
 
 
-class _ProgressBar:
-    """A click progress bar on stderr, opened on the first report."""
-
-    def __init__(self, stack: ExitStack, label: str) -> None:
-        self._stack = stack
-        self._label = label
-        self._bar: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._bar is None:
-            self._bar = self._stack.enter_context(
-                click.progressbar(length=max(total, 1), label=self._label, file=sys.stderr)
-            )
-        self._bar.update(done - self._bar.pos)
-
-
 @ledger_group.command("export")
 @db_option
 @filter_options
@@ -191,8 +173,7 @@ def export_cmd(db: Path | None, fmt: str | None, output: Path | None, **filters:
     path = resolve_ledger_path(db)
     if output is not None and str(output) == "-":
         output = None
-    with ExitStack() as stack, _output_closed_quietly():
-        progress = _ProgressBar(stack, "Exporting") if sys.stderr.isatty() else None
+    with progress_bar("Exporting") as progress, _output_closed_quietly():
         manifest = export(
             path,
             output,
@@ -248,16 +229,17 @@ def import_cmd(
     Problems that leave something out are printed as warnings on stderr.
     """
     if hermes_home is not None:
-        from gateway.cli_format import progress_reporter
         from gateway.hermes_import import import_hermes_home, open_hermes_home
 
         if source is not None:
             raise click.UsageError("give either SOURCE or --from-hermes, not both")
         # A path that is not a Hermes home is refused before the ledger is touched.
-        with open_hermes_home(hermes_home) as home, Ledger.open(resolve_ledger_path(db)) as led:
-            report = import_hermes_home(
-                led, home, progress=progress_reporter("Importing Hermes sessions")
-            )
+        with (
+            open_hermes_home(hermes_home) as home,
+            Ledger.open(resolve_ledger_path(db)) as led,
+            progress_bar("Importing Hermes sessions") as progress,
+        ):
+            report = import_hermes_home(led, home, progress=progress)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
             return
@@ -298,46 +280,10 @@ def import_cmd(
 # -- sql -------------------------------------------------------------------------
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return "X'" + value.hex().upper() + "'"
-    return str(value).replace("\r", "\\r").replace("\n", "\\n")
-
-
 def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$base64": True, "encoded": base64.b64encode(value).decode()}
     return value
-
-
-def _print_table(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
-    """Aligned columns, sized by the first rows (later, longer values overflow)."""
-    iterator = iter(rows)
-    sample = list(itertools.islice(iterator, _TABLE_SAMPLE))
-    widths = [len(c) for c in columns]
-    numeric = [True] * len(columns)
-    for row in sample:
-        for i, value in enumerate(row):
-            widths[i] = max(widths[i], len(_cell(value)))
-            if value is not None and not isinstance(value, int | float):
-                numeric[i] = False
-
-    def line(cells: Iterable[str], align: bool) -> str:
-        parts = [
-            cell.rjust(width) if align and right else cell.ljust(width)
-            for cell, width, right in zip(cells, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    click.echo(line(columns, False))
-    click.echo(line(("-" * w for w in widths), False))
-    count = 0
-    for row in itertools.chain(sample, iterator):
-        click.echo(line((_cell(v) for v in row), True))
-        count += 1
-    click.echo(f"({count} row{'' if count == 1 else 's'})")
 
 
 def _print_json_rows(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
@@ -356,7 +302,7 @@ def _print_csv(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(_cell(v) if isinstance(v, bytes) else v for v in row)
+        writer.writerow(cell(v) if isinstance(v, bytes) else v for v in row)
     out.flush()
 
 
@@ -398,7 +344,7 @@ def sql_cmd(
         elif as_csv:
             _print_csv(result.columns, result.rows)
         else:
-            _print_table(result.columns, result.rows)
+            print_table(result.columns, result.rows)
 
 
 # -- schema ----------------------------------------------------------------------
