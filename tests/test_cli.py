@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from click.testing import CliRunner
 from gateway.cli import hermes, ledger_group
 from ledger import Ledger
 from ledger.events import SessionStarted, Source
+from tests.conftest import installed_script
 
 
 @pytest.fixture
@@ -107,9 +106,7 @@ def test_help_lists_one_line_per_command(home: Path) -> None:
     assert code == 0
     commands = out.split("Commands:\n", 1)[1].splitlines()
     names = [line.split()[0] for line in commands]
-    assert {"init", "status", "sessions", "history", "transcript", "replay", "verify"} <= set(
-        names
-    )
+    assert {"init", "status", "sessions", "history", "transcript", "replay", "verify"} <= set(names)
     assert all(not line.rstrip().endswith("...") for line in commands), commands
 
 
@@ -121,22 +118,15 @@ def test_hermes_ledger_is_the_same_as_hermes_ledger(home: Path, tmp_path: Path) 
     assert json.loads(via.output)["path"] == db
 
 
-def _script(name: str) -> str:
-    found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
-    if found is None:
-        pytest.fail(f"the {name!r} console script is not installed; run pip install -e .")
-    return found
-
-
 def test_installed_scripts_run_the_readme_main_job(tmp_path: Path) -> None:
     env = {**os.environ, "HERMES_HOME": str(tmp_path / "home")}
     env.pop("HERMES_LEDGER_DB", None)
     init = subprocess.run(
-        [_script("hermes"), "ledger", "init"], env=env, capture_output=True, text=True, timeout=60
+        [installed_script(), "ledger", "init"], env=env, capture_output=True, text=True, timeout=60
     )
     assert init.returncode == 0, init.stderr
     status = subprocess.run(
-        [_script("hermes-ledger"), "status", "--json"],
+        [installed_script("hermes-ledger"), "status", "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.runner import RunnerSettings, load_flusher
 from gateway.session_store import SessionStore
 from ledger import Ledger
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, installed_script
 
 HOOK_YAML = 'name: recorder\ndescription: test hook\nevents: ["session:*"]\n'
 HOOK_PY = """\
@@ -139,8 +139,7 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path, clock: ManualClock) -> Non
 def test_demo_is_the_main_job(tmp_path: Path) -> None:
     env = {**os.environ, "HERMES_HOME": str(tmp_path / "home")}
     env.pop("HERMES_LEDGER_DB", None)
-    script = Path(sys.executable).with_name("hermes")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+    command = [installed_script()]
     started = time.monotonic()
     demo = subprocess.run(
         [*command, "ledger", "demo"], env=env, capture_output=True, text=True, timeout=120

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
-import os
 import queue
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,7 +25,7 @@ from ledger.events import (
     json_schema,
 )
 from ledger.query import EventFilter, follow_events, list_events, parse_time, select_events
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, installed_script
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:discord:dm:7"
@@ -234,25 +230,9 @@ def test_cli_follow_with_a_timeout_prints_then_exits(
     assert (result.exit_code, result.output) == (0, LISTING[2] + "\n")
 
 
-@functools.cache
-def hermes_command() -> tuple[str, ...]:
-    """The installed ``hermes`` script; while gateway/cli.py does not import
-    gateway.cli_log yet, the same entry point with the module imported first."""
-    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
-    if script is None:
-        pytest.fail("the 'hermes' console script is not installed; run pip install -e .")
-    probe = subprocess.run(
-        [script, "ledger", "events", "--help"], capture_output=True, text=True, timeout=60
-    )
-    if probe.returncode == 0:
-        return (script,)
-    run = "import gateway.cli_log; from gateway.cli import hermes; hermes()"
-    return (sys.executable, "-c", run)
-
-
 def test_follow_in_a_real_process_until_ctrl_c(filled: Path) -> None:
     proc = subprocess.Popen(
-        [*hermes_command(), "ledger", "events", "--db", str(filled), "--follow",
+        [installed_script(), "ledger", "events", "--db", str(filled), "--follow",
          "--poll-interval", "0.05", "--session-id", "s3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -10,10 +10,8 @@ import json
 import os
 import pty
 import select
-import shutil
 import sqlite3
 import subprocess
-import sys
 import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -40,7 +38,7 @@ from ledger.export import (
     format_for,
 )
 from ledger.query import EventFilter
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, installed_script
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:discord:group:5:7"
@@ -452,22 +450,6 @@ def test_dash_means_stdout(filled: Ledger, db_path: Path, cli: Callable[..., Res
     assert not Path("-").exists()
 
 
-@functools.cache
-def hermes_command() -> tuple[str, ...]:
-    """The installed ``hermes`` script; while gateway/cli.py does not import
-    gateway.cli_log yet, the same entry point with the module imported first."""
-    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
-    if script is None:
-        pytest.fail("the 'hermes' console script is not installed; run pip install -e .")
-    probe = subprocess.run(
-        [script, "ledger", "export", "--help"], capture_output=True, text=True, timeout=60
-    )
-    if probe.returncode == 0:
-        return (script,)
-    run = "import gateway.cli_log; from gateway.cli import hermes; hermes()"
-    return (sys.executable, "-c", run)
-
-
 def test_a_progress_bar_when_stderr_is_a_terminal(
     filled: Ledger, db_path: Path, tmp_path: Path
 ) -> None:
@@ -475,7 +457,7 @@ def test_a_progress_bar_when_stderr_is_a_terminal(
     leader, follower = pty.openpty()
     try:
         done = subprocess.run(
-            [*hermes_command(), "ledger", "export", "--db", str(db_path), "-o", str(target)],
+            [installed_script(), "ledger", "export", "--db", str(db_path), "-o", str(target)],
             stdout=subprocess.PIPE,
             stderr=follower,
             text=True,

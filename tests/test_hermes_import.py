@@ -10,7 +10,6 @@ import select
 import shutil
 import sqlite3
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ from gateway.transcripts import load_transcript
 from ledger import Ledger
 from ledger.clock import format_utc
 from ledger.events import MessageAppended, SessionStarted, UsageRecorded
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, installed_script
 from tests.hermes_fixture import (
     T0,
     HermesFixture,
@@ -724,8 +723,7 @@ def test_new_messages_without_new_usage_are_appended(home: StandardHome, importe
 
 
 def test_imports_running_at_once_write_each_event_once(home: StandardHome, tmp_path: Path) -> None:
-    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
-    assert script is not None
+    script = installed_script()
     db = tmp_path / "race.db"
     Ledger.open(db).close()
     command = [script, "ledger", "import", "--from-hermes", str(home.path), "--db", str(db)]
@@ -748,8 +746,7 @@ def test_imports_running_at_once_write_each_event_once(home: StandardHome, tmp_p
 
 
 def test_a_progress_bar_when_stderr_is_a_terminal(home: StandardHome, tmp_path: Path) -> None:
-    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
-    assert script is not None
+    script = installed_script()
     db = tmp_path / "tty.db"
     leader, follower = pty.openpty()
     try:

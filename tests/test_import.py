@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
 import pty
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +31,7 @@ from ledger.events import (
 from ledger.export import export, export_to_stream
 from ledger.query import EventFilter
 from ledger.restore import RestoreError, import_jsonl, restore_jsonl
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, installed_script
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:slack:channel:C1"
@@ -486,37 +483,18 @@ def test_cli_import_refusals_print_error_and_try(
 # -- real processes ---------------------------------------------------------------------
 
 
-@functools.cache
-def hermes_command() -> tuple[str, ...]:
-    """The installed ``hermes`` script; while gateway/cli.py does not import
-    gateway.cli_log yet, the same entry point with the module imported first."""
-    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
-    if script is None:
-        pytest.fail("the 'hermes' console script is not installed; run pip install -e .")
-    probe = subprocess.run(
-        [script, "ledger", "import", "--help"], capture_output=True, text=True, timeout=60
-    )
-    if probe.returncode == 0:
-        return (script,)
-    return (
-        sys.executable,
-        "-c",
-        "import gateway.cli_log; from gateway.cli import hermes; hermes()",
-    )
-
-
 def test_export_piped_into_import_between_real_processes(source: Path, tmp_path: Path) -> None:
     target = tmp_path / "piped.db"
     env = {**os.environ, "HERMES_HOME": str(tmp_path / "home")}
     env.pop("HERMES_LEDGER_DB", None)
     exporter = subprocess.Popen(
-        [*hermes_command(), "ledger", "export", "--db", str(source)],
+        [installed_script(), "ledger", "export", "--db", str(source)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
     )
     importer = subprocess.run(
-        [*hermes_command(), "ledger", "import", "--db", str(target)],
+        [installed_script(), "ledger", "import", "--db", str(target)],
         stdin=exporter.stdout,
         capture_output=True,
         text=True,
@@ -538,7 +516,7 @@ def test_import_from_a_terminal_says_what_to_do(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     try:
         done = subprocess.run(
-            [*hermes_command(), "ledger", "import", "--db", str(tmp_path / "n.db")],
+            [installed_script(), "ledger", "import", "--db", str(tmp_path / "n.db")],
             stdin=follower,
             capture_output=True,
             text=True,

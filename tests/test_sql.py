@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from click.testing import CliRunner, Result
 from ledger import Ledger, LedgerError
 from ledger.events import MessageAppended, SessionStarted, Source
 from ledger.query import run_sql
+from tests.conftest import installed_script
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:discord:dm:7"
@@ -230,27 +228,11 @@ def test_cli_usage_errors(filled: Path, tmp_path: Path, cli: Callable[..., Resul
     assert not missing.exists()
 
 
-@functools.cache
-def hermes_command() -> tuple[str, ...]:
-    """The installed ``hermes`` script; while gateway/cli.py does not import
-    gateway.cli_log yet, the same entry point with the module imported first."""
-    script = shutil.which("hermes", path=os.path.dirname(sys.executable)) or shutil.which("hermes")
-    if script is None:
-        pytest.fail("the 'hermes' console script is not installed; run pip install -e .")
-    probe = subprocess.run(
-        [script, "ledger", "sql", "--help"], capture_output=True, text=True, timeout=60
-    )
-    if probe.returncode == 0:
-        return (script,)
-    run = "import gateway.cli_log; from gateway.cli import hermes; hermes()"
-    return (sys.executable, "-c", run)
-
-
 def test_installed_script_refuses_writes(filled: Path, tmp_path: Path) -> None:
     before = fingerprint(filled)
     env = {**os.environ, "HERMES_LEDGER_DB": str(filled)}
     done = subprocess.run(
-        [*hermes_command(), "ledger", "sql", "DROP TABLE events"],
+        [installed_script(), "ledger", "sql", "DROP TABLE events"],
         capture_output=True,
         text=True,
         env=env,
@@ -262,7 +244,7 @@ def test_installed_script_refuses_writes(filled: Path, tmp_path: Path) -> None:
     assert "\nTry: " in done.stderr
     assert fingerprint(filled) == before
     done = subprocess.run(
-        [*hermes_command(), "ledger", "sql", "--csv", "SELECT count(*) AS n FROM events"],
+        [installed_script(), "ledger", "sql", "--csv", "SELECT count(*) AS n FROM events"],
         capture_output=True,
         text=True,
         env=env,
