@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-__all__ = ["cell", "print_table", "progress_bar", "progress_reporter"]
+__all__ = ["cell", "print_table", "progress_bar"]
 
 _TABLE_SAMPLE = 1000  # rows looked at to size a table's columns
 
@@ -78,28 +78,3 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
             bar.update(max(0, done - bar.pos))
 
         yield report
-
-
-def progress_reporter(label: str) -> Callable[[int, int], None] | None:
-    """A ``progress(done, total)`` callback drawing a bar on stderr, or None when
-    stderr is not a terminal (scripts and pipes get no bar).
-
-    The bar is closed only once ``done`` reaches ``total``; prefer ``progress_bar``,
-    which also closes it when the work stops early.
-    """
-    if not sys.stderr.isatty():
-        return None
-    state: dict[str, Any] = {}
-
-    def report(done: int, total: int) -> None:
-        bar = state.get("bar")
-        if bar is None:
-            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
-            bar.__enter__()
-            state["bar"] = bar
-        bar.update(max(0, done - bar.pos))
-        if done >= total:
-            bar.__exit__(None, None, None)
-            state.pop("bar")
-
-    return report

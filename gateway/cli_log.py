@@ -214,7 +214,7 @@ def export_cmd(db: Path | None, fmt: str | None, output: Path | None, **filters:
 def import_cmd(
     db: Path | None, source: str | None, hermes_home: Path | None, as_json: bool
 ) -> None:
-    """Restore a JSONL export into an empty ledger.
+    """Restore a JSONL export, or import a Hermes home.
 
     \b
     SOURCE is a file written by `hermes ledger export` (gzip is recognised), or

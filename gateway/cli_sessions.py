@@ -12,7 +12,7 @@ import click
 import projections
 from gateway import reports
 from gateway.cli import LedgerCommandError, db_option, json_option, ledger_group, reports_errors
-from gateway.cli_format import print_table, progress_reporter
+from gateway.cli_format import print_table, progress_bar
 from gateway.home import resolve_ledger_path
 from ledger.clock import format_utc, parse_utc
 
@@ -99,7 +99,8 @@ def replay_cmd(db: Path | None, at: str | None, to: int | None, as_json: bool) -
         raise click.UsageError("give --at or --to, not both")
     with reports.open_existing(resolve_ledger_path(db)) as led:
         if at is None and to is None:
-            report = projections.rebuild(led, progress=progress_reporter("replaying"))
+            with progress_bar("replaying") as progress:
+                report = projections.rebuild(led, progress=progress)
             if as_json:
                 click.echo(json.dumps({"events": report.events, "position": report.position}))
             else:
@@ -135,8 +136,11 @@ def replay_cmd(db: Path | None, at: str | None, to: int | None, as_json: bool) -
 @reports_errors
 def verify_cmd(db: Path | None, as_json: bool) -> None:
     """Check the hash chain and the projections against a replay."""
-    with reports.open_existing(resolve_ledger_path(db)) as led:
-        report = reports.verify_all(led, progress=progress_reporter("verifying"))
+    with (
+        reports.open_existing(resolve_ledger_path(db)) as led,
+        progress_bar("verifying") as progress,
+    ):
+        report = reports.verify_all(led, progress=progress)
     if as_json:
         click.echo(
             json.dumps(
