@@ -129,7 +129,11 @@ def run_demo(
     ledger_path: Path, *, say: Callable[[str], None] = lambda _: None, now: datetime | None = None
 ) -> DemoReport:
     """Run the demo workload into ``ledger_path``; ``say`` narrates each step."""
-    start = (now or datetime.now(UTC)).replace(second=0, microsecond=0)
+    # The simulated day starts two days ago at 08:00 UTC, so it lies wholly in the
+    # past: nothing the demo writes is dated after the real clock.
+    start = ((now or datetime.now(UTC)) - timedelta(days=2)).replace(
+        hour=8, minute=0, second=0, microsecond=0
+    )
     clock = _SimClock(start)
     hooks_dir = Path(tempfile.mkdtemp(prefix="hermes-demo-hooks-"))
     hook = _install_hook(hooks_dir)
