@@ -10,13 +10,12 @@ is recorded as failed; the close proceeds.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from gateway.bounded import CallTimeoutError, call_bounded
 from ledger.events import MemoryFlushed, MemoryFlushFailed, MemoryFlushSkipped
 
 __all__ = ["DEFAULT_FLUSH_TIMEOUT", "FlushContext", "FlushOutcome", "Flusher", "run_flush"]
@@ -56,17 +55,6 @@ def provider_name(flusher: object) -> str:
     return f"{module}:{getattr(target, '__qualname__', type(flusher).__name__)}"
 
 
-def _call(flusher: Flusher, context: FlushContext, transcript: list[dict[str, Any]]) -> Any:
-    result = flusher(context, transcript)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    return result
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
-
-
 def run_flush(
     flusher: Flusher | None,
     context: FlushContext,
@@ -77,43 +65,32 @@ def run_flush(
 ) -> FlushOutcome:
     """Run one flush attempt and return the event that records its outcome.
 
-    The flusher runs in a daemon thread so a hung provider cannot stall the
-    caller past ``timeout``; a timed-out flusher keeps running in the background
-    but its result is ignored (the outcome is already recorded as failed).
+    The flusher runs through ``call_bounded``: a hung provider cannot stall the
+    caller past ``timeout``, and a timed-out one is recorded as failed.
     """
     if flusher is None:
         return MemoryFlushSkipped(session_id=context.session_id, reason="no flusher configured")
     provider = provider_name(flusher)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = _call(flusher, context, list(transcript))
-        except BaseException as exc:  # reported as the flush's error
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name=f"flush-{context.session_id}", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
+    try:
+        result = call_bounded(
+            flusher, context, list(transcript), timeout=timeout, name=f"flush-{context.session_id}"
+        )
+    except BaseException as exc:  # a timeout, or whatever the provider raised
         return MemoryFlushFailed(
             session_id=context.session_id,
             provider=provider,
             attempt=attempt,
-            error=f"timed out after {timeout:g}s",
+            error=_describe_failure(exc),
         )
-    if "error" in box:
-        exc = box["error"]
-        return MemoryFlushFailed(
-            session_id=context.session_id,
-            provider=provider,
-            attempt=attempt,
-            error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-        )
-    result = box.get("result")
     return MemoryFlushed(
         session_id=context.session_id,
         provider=provider,
         attempt=attempt,
         detail=None if result is None else str(result),
     )
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, CallTimeoutError) or not str(exc):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"

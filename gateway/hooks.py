@@ -21,17 +21,14 @@ as a ``HookProblem`` with its path and skipped; the other hooks still load.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import importlib.util
-import inspect
 import logging
 import os
 import re
 import socket
 import stat
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +38,7 @@ from typing import Any, Literal
 
 import yaml
 
+from gateway.bounded import CallTimeoutError, call_bounded
 from gateway.home import hermes_home
 from gateway.hook_delivery import (
     HOOK_EVENTS,
@@ -333,19 +331,8 @@ def discover_hooks(
 # -- running a handler -----------------------------------------------------------
 
 
-class HookTimeoutError(TimeoutError):
+class HookTimeoutError(CallTimeoutError):
     """A handler call outlived its timeout (it is left running in a daemon thread)."""
-
-
-def _invoke(handler: Handler, event_type: str, context: dict[str, Any]) -> Any:
-    result = handler(event_type, context)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    return result
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
 
 
 def run_handler(hook: Hook, event_type: str, context: Mapping[str, Any], *, timeout: float) -> None:
@@ -355,26 +342,17 @@ def run_handler(hook: Hook, event_type: str, context: Mapping[str, Any], *, time
     A timed-out call is abandoned, not stopped: Python cannot stop a thread, so
     the handler keeps running in the background and its outcome is ignored.
     """
-    box: dict[str, BaseException] = {}
-
-    def target() -> None:
-        try:
-            _invoke(hook.handler, event_type, dict(context))
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name=f"hook-{hook.name}", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise HookTimeoutError(f"timed out after {timeout:g}s")
-    error = box.get("error")
-    if error is None:
-        return
-    if isinstance(error, Exception):
-        raise error
-    # SystemExit, KeyboardInterrupt… from a handler fail the call, not the dispatcher.
-    raise RuntimeError(f"handler raised {type(error).__name__}: {error}") from error
+    try:
+        call_bounded(
+            hook.handler, event_type, dict(context), timeout=timeout, name=f"hook-{hook.name}"
+        )
+    except CallTimeoutError as exc:
+        raise HookTimeoutError(str(exc)) from None
+    except Exception:
+        raise
+    except BaseException as error:
+        # SystemExit, KeyboardInterrupt… from a handler fail the call, not the dispatcher.
+        raise RuntimeError(f"handler raised {type(error).__name__}: {error}") from error
 
 
 # -- delivering ---------------------------------------------------------------------
