@@ -23,7 +23,6 @@ table (or changing the reset policies) re-derives them from the events.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import apsw
 from gateway.closing import close_progress, end_reason_for
 from gateway.config import GatewayConfig
 from gateway.flush import DEFAULT_FLUSH_TIMEOUT, FlushContext, Flusher, run_flush
+from gateway.key_state import read_key_state
 from gateway.sources import SessionSource
 from gateway.transcripts import load_transcript
 from ledger import ConcurrencyError, Ledger, SessionAlreadyEndedError
@@ -98,10 +98,6 @@ SQL_RELEASE = (
     " WHERE session_key = ? AND claimed_by = ?"
 )
 SQL_DONE = "DELETE FROM session_deadlines WHERE session_key = ? AND session_id = ?"
-SQL_SESSION_STATE = (
-    "SELECT (SELECT max(version) FROM events WHERE stream = ?1), m.session_id, m.status,"
-    " m.updated_at, m.origin FROM session_map AS m WHERE m.session_key = ?1"
-)
 SQL_OPEN_KEYS = "SELECT session_key FROM session_map WHERE status = 'open' ORDER BY session_key"
 
 _REFRESH_BATCH = 20_000  # events per refresh transaction
@@ -272,18 +268,18 @@ class Scheduler:
                 return report
 
     def _close_one(self, key: str, session_id: str, now: datetime, report: TickReport) -> None:
-        rows = self.ledger.query(SQL_SESSION_STATE, (key,))
-        if not rows or rows[0][1] != session_id or rows[0][2] == "closed":
+        state = read_key_state(self.ledger, key)
+        if state.session_id != session_id or state.status == "closed":
             self.ledger.write(lambda conn: self._deadline_for(conn, key))
             report.skipped += 1
             return
-        version, _sid, status, updated_at, origin_json = rows[0]
-        origin = SessionSource.from_dict(_loads(origin_json)) if origin_json else None
-        if status == "open":
+        version, origin = state.version, state.origin
+        if state.status == "open":
             policy = self.config.reset_policy(
                 origin.platform.value if origin else None, origin.chat_type if origin else None
             )
-            expiry = policy.evaluate(parse_utc(updated_at), now)
+            assert state.updated_at is not None
+            expiry = policy.evaluate(state.updated_at, now)
             if expiry is None:  # activity since the deadline was computed
                 self.ledger.write(lambda conn: self._deadline_for(conn, key))
                 report.skipped += 1
@@ -364,22 +360,14 @@ class Scheduler:
         now = now or self.clock()
         report = TickReport(now=format_utc(now), refreshed_keys=self.refresh())
         for (key,) in self.ledger.query(SQL_OPEN_KEYS):
-            rows = self.ledger.query(SQL_SESSION_STATE, (key,))
-            version, session_id, status, _updated, origin_json = rows[0]
-            if status != "open":
+            state = read_key_state(self.ledger, key)
+            if state.status != "open" or state.session_id is None:
                 continue
-            origin = SessionSource.from_dict(_loads(origin_json)) if origin_json else None
-            cause = SessionReset(session_id=session_id, trigger=trigger, occurred_at=now)
-            if self._append(key, [cause], version):
+            cause = SessionReset(session_id=state.session_id, trigger=trigger, occurred_at=now)
+            if self._append(key, [cause], state.version):
                 report.due += 1
-                self._finish(key, session_id, version + 1, origin, now, report)
+                self._finish(key, state.session_id, state.version + 1, state.origin, now, report)
         return report
-
-
-def _loads(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    assert isinstance(value, dict)
-    return value
 
 
 def _create_tables(conn: apsw.Connection) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from gateway.closing import close_progress, end_reason_for
 from gateway.config import GatewayConfig
 from gateway.flush import DEFAULT_FLUSH_TIMEOUT, FlushContext, Flusher, run_flush
+from gateway.key_state import KeyState, read_key_state
 from gateway.keys import validate_session_id, validate_session_key
 from gateway.sources import SessionSource
 from gateway.transcripts import load_transcript
@@ -60,10 +61,6 @@ SQL_STATE_AND_ENTRY = (
     " FROM (SELECT 1) LEFT JOIN session_map AS m ON m.session_key = ?1"
     " LEFT JOIN session_history AS h ON h.session_id = m.session_id"
 )
-SQL_ENTRY_BY_KEY = (
-    f"SELECT {_ENTRY_COLUMNS} FROM session_map AS m"
-    " LEFT JOIN session_history AS h ON h.session_id = m.session_id WHERE m.session_key = ?"
-)
 SQL_ENTRY_BY_ID = (
     f"SELECT {_ENTRY_COLUMNS} FROM session_map AS m"
     " LEFT JOIN session_history AS h ON h.session_id = m.session_id WHERE m.session_id = ?"
@@ -77,12 +74,6 @@ SQL_ALL_ENTRIES = (
     f"SELECT {_ENTRY_COLUMNS} FROM session_map AS m"
     " LEFT JOIN session_history AS h ON h.session_id = m.session_id"
     " WHERE m.status = 'open' ORDER BY m.updated_at DESC"
-)
-# One statement, one snapshot: the stream's version and its current session.
-SQL_KEY_STATE = (
-    "SELECT (SELECT max(version) FROM events WHERE stream = ?1), m.session_id, m.status,"
-    " m.updated_at, m.origin"
-    " FROM (SELECT 1) LEFT JOIN session_map AS m ON m.session_key = ?1"
 )
 SQL_SESSION_HOME = "SELECT session_key, ended_at FROM session_history WHERE session_id = ?"
 # For a message: the session's key, that stream's version and the key's current
@@ -147,19 +138,6 @@ class SessionEntry:
         return self.input_tokens + self.output_tokens
 
 
-@dataclass(frozen=True)
-class _KeyState:
-    version: int
-    session_id: str | None
-    status: str | None
-    updated_at: datetime | None
-    origin_json: str | None
-
-    @property
-    def origin(self) -> SessionSource | None:
-        return SessionSource.from_dict(json.loads(self.origin_json)) if self.origin_json else None
-
-
 def _entry(row: Sequence[Any]) -> SessionEntry:
     (key, sid, status, started, updated, origin, display, platform, chat_type,
      tin, tout, tcr, tcw, nano, start_reason, previous_end) = row  # fmt: skip
@@ -222,22 +200,20 @@ class SessionStore:
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         return self.ledger.query(sql, args)
 
-    def _state(self, key: str) -> _KeyState:
-        version, sid, status, updated, origin = self._query(SQL_KEY_STATE, (key,))[0]
-        return _KeyState(version or 0, sid, status, parse_utc(updated) if updated else None, origin)
+    def _state(self, key: str) -> KeyState:
+        return read_key_state(self.ledger, key)
 
-    def _state_and_entry(self, key: str) -> tuple[_KeyState, SessionEntry | None]:
+    def _state_and_entry(self, key: str) -> tuple[KeyState, SessionEntry | None]:
         version, *row = self._query(SQL_STATE_AND_ENTRY, (key,))[0]
         if row[0] is None:  # no session_map row for this key
-            return _KeyState(version or 0, None, None, None, None), None
+            return KeyState(version or 0, None, None, None, None), None
         _key, sid, status, _started, updated, origin = row[:6]
-        state = _KeyState(version or 0, sid, status, parse_utc(updated), origin)
+        state = KeyState(version or 0, sid, status, parse_utc(updated), origin)
         return state, _entry(row)
 
     def get_session(self, session_key: str) -> SessionEntry | None:
         """The key's current session (open or not), or None for an unknown key."""
-        rows = self._query(SQL_ENTRY_BY_KEY, (session_key,))
-        return _entry(rows[0]) if rows else None
+        return self._state_and_entry(session_key)[1]
 
     def lookup_by_session_id(self, session_id: str) -> SessionEntry | None:
         """The entry whose *current* session is ``session_id`` (None otherwise)."""
@@ -447,7 +423,7 @@ class SessionStore:
     def _start(
         self,
         key: str,
-        state: _KeyState,
+        state: KeyState,
         source: SessionSource,
         now: datetime,
         *,
@@ -484,7 +460,7 @@ class SessionStore:
         )
 
     def _finish_and_restart(
-        self, key: str, state: _KeyState, source: SessionSource, now: datetime
+        self, key: str, state: KeyState, source: SessionSource, now: datetime
     ) -> bool:
         """A message arrived while a close was in progress (a scheduler crashed, or
         is retrying a flush): finish that close now, then start the new session."""
@@ -512,7 +488,7 @@ class SessionStore:
     def _close_and_restart(
         self,
         key: str,
-        state: _KeyState,
+        state: KeyState,
         source: SessionSource,
         cause: SessionReset | SessionExpired,
         end_reason: str,
