@@ -42,9 +42,9 @@ from typing import Any
 
 import apsw
 
-import projections
-from ledger import Ledger
-from ledger.events import MessageAppended, SessionStarted, Source, body_json
+from hermes_ledger import projections
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source, body_json
 
 DDL = Path(__file__).resolve().parent.parent / "migrations" / "0001_events.sql"
 INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -1,4 +1,4 @@
-"""Export throughput: `hermes ledger export` against SQLite's own JSON and sqlite-utils.
+"""Export throughput: `hermes-ledger export` against SQLite's own JSON and sqlite-utils.
 
 One run prints one table of rows/s and peak RSS for exporting every event of a
 ledger to a JSONL file, then the ratios the issue sets targets for:
@@ -7,7 +7,7 @@ ledger to a JSONL file, then the ratios the issue sets targets for:
       SQLite builds the JSON, Python only writes it)
   (b) sqlite-utils: Database(...)["events"].rows, json.dumps per row, written
       (what `sqlite-utils rows --nl` does)
-  (c) ours: ledger.export.export(ledger, "out.jsonl") -- what `hermes ledger export
+  (c) ours: ledger.export.export(ledger, "out.jsonl") -- what `hermes-ledger export
       -o out.jsonl` runs: a read snapshot, SQLite-built lines with data/meta
       verbatim, the manifest, an owner-only temp file fsynced and renamed
 
@@ -48,7 +48,7 @@ FIXTURE_VERSION = 1
 KINDS = {
     "a": "SQLite json_object(), minimal loop",
     "b": "sqlite-utils rows + json.dumps",
-    "c": "ours: ledger.export (hermes ledger export)",
+    "c": "ours: ledger.export (hermes-ledger export)",
 }
 SQL_JSON_OBJECT = (
     "SELECT json_object('position', position, 'event_id', event_id, 'stream', stream,"
@@ -66,7 +66,7 @@ WORDS = ["the", "session", "gateway", "ledger", "message", "reply", "agent", "te
 
 def _templates() -> dict[str, str]:
     """``data`` bodies as the real models serialise them, with placeholders."""
-    from ledger.events import (
+    from hermes_ledger.ledger.events import (
         MemoryFlushed,
         MessageAppended,
         SessionEnded,
@@ -112,9 +112,9 @@ def _insert(sql: str, rows: list[tuple[Any, ...]], conn: apsw.Connection) -> Non
 def build_fixture(path: Path, total: int) -> None:
     """A ledger of ``total`` events: sessions of 5-40 turns on 2,000 keys, message
     bodies of ~200 characters, every row hashed like Ledger.append hashes it."""
-    from ledger import Ledger
-    from ledger.chain import GENESIS, row_hash
-    from ledger.store import SQL_INSERT
+    from hermes_ledger.ledger import Ledger
+    from hermes_ledger.ledger.chain import GENESIS, row_hash
+    from hermes_ledger.ledger.store import SQL_INSERT
 
     rng = random.Random(7)
     templates = _templates()
@@ -167,7 +167,7 @@ def fixture(cache_dir: Path, total: int) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"ledger-{total}-v{FIXTURE_VERSION}.db"
     if path.exists():
-        from ledger import Ledger
+        from hermes_ledger.ledger import Ledger
 
         try:
             with Ledger.open(path, readonly=True) as led:
@@ -203,7 +203,7 @@ def measure(kind: str, db: Path, out: Path) -> dict[str, Any]:
     """Export ``db`` to ``out`` one way; imports happen before the clock starts."""
     import sqlite_utils
 
-    from ledger.export import export
+    from hermes_ledger.ledger.export import export
 
     rows = 0
     started = time.perf_counter()

@@ -32,9 +32,9 @@ from pathlib import Path
 # when run as a script: drop its own directory from the import path first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from gateway import GatewayConfig, SessionSource  # noqa: E402
-from gateway.session_store import SessionStore  # noqa: E402
-from ledger import Ledger  # noqa: E402
+from hermes_ledger.gateway import GatewayConfig, SessionSource  # noqa: E402
+from hermes_ledger.gateway.sessions.store import SessionStore  # noqa: E402
+from hermes_ledger.ledger import Ledger  # noqa: E402
 
 
 class Clock:
@@ -93,9 +93,9 @@ HERMES_SCRIPT = r"""
 import json, random, sys, tempfile, time, os
 from pathlib import Path
 home = Path(tempfile.mkdtemp()); os.environ["HERMES_HOME"] = str(home)
-from gateway.config import GatewayConfig
-from gateway.session import SessionSource, SessionStore
-from gateway.config import Platform
+from hermes_ledger.gateway.config.gateway import GatewayConfig
+from hermes_ledger.gateway.session import SessionSource, SessionStore
+from hermes_ledger.gateway.config.gateway import Platform
 bucket, sample = int(sys.argv[1]), int(sys.argv[2])
 store = SessionStore(home / "sessions", GatewayConfig())
 def call(n):

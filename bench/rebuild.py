@@ -29,13 +29,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import apsw  # noqa: E402
 
-from ledger import Ledger  # noqa: E402
-from ledger.events import (  # noqa: E402
+from hermes_ledger.ledger import Ledger  # noqa: E402
+from hermes_ledger.ledger.events import (  # noqa: E402
     MemoryFlushed,
     MemoryFlushFailed,
     MessageAppended,
@@ -46,9 +44,9 @@ from ledger.events import (  # noqa: E402
     Source,
     UsageRecorded,
 )
-from projections.quoting import Target  # noqa: E402
-from projections.statements import TS, utc_text  # noqa: E402
-from projections.tables import MESSAGES, MESSAGES_FTS, SESSION_HISTORY, SESSION_MAP  # noqa: E402
+from hermes_ledger.projections.quoting import Target  # noqa: E402
+from hermes_ledger.projections.statements import TS, utc_text  # noqa: E402
+from hermes_ledger.projections.tables import MESSAGES, MESSAGES_FTS, SESSION_HISTORY, SESSION_MAP  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 _VOCABULARY = (
@@ -287,7 +285,7 @@ def run_pure_sql(db: Path, out: Path) -> dict[str, float]:
 
 
 def run_ours(db: Path, chunk_size: int) -> dict[str, float]:
-    import projections
+    from hermes_ledger import projections
 
     with Ledger.open(db) as led:
         cpu = time.process_time()
@@ -297,7 +295,7 @@ def run_ours(db: Path, chunk_size: int) -> dict[str, float]:
 
 
 def run_verify(db: Path, chunk_size: int) -> dict[str, float]:
-    import projections
+    from hermes_ledger import projections
 
     with Ledger.open(db) as led:
         events = led.head()

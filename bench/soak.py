@@ -24,9 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the shared worker; not the root (it holds gateway/)
 
-from tests.soak_worker import FLUSHER_LOG, check, seed, setup_home  # noqa: E402
+from soak_worker import FLUSHER_LOG, check, seed, setup_home  # noqa: E402
 
 WORKER = ROOT / "tests" / "soak_worker.py"
 

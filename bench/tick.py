@@ -23,11 +23,11 @@ from pathlib import Path
 # shadow the `gateway` package when run as a script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from gateway import GatewayConfig, ResetPolicy  # noqa: E402
-from gateway.scheduler import Scheduler  # noqa: E402
-from ledger import Ledger  # noqa: E402
-from ledger.events import SessionEnded, SessionStarted, Source  # noqa: E402
-from projections import attach  # noqa: E402
+from hermes_ledger.gateway import GatewayConfig, ResetPolicy  # noqa: E402
+from hermes_ledger.gateway.scheduler.ticks import Scheduler  # noqa: E402
+from hermes_ledger.ledger import Ledger  # noqa: E402
+from hermes_ledger.ledger.events import SessionEnded, SessionStarted, Source  # noqa: E402
+from hermes_ledger.projections import attach  # noqa: E402
 
 START = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
 CONFIG = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=60))

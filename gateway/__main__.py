@@ -1,5 +1,5 @@
-"""``python -m gateway`` is the ``hermes`` command."""
+"""``python -m hermes_ledger.gateway`` is the ``hermes-ledger`` command."""
 
-from gateway.cli import hermes
+from hermes_ledger.gateway.cli import main
 
-hermes()
+main()

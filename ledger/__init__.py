@@ -1,6 +1,6 @@
 """hermes-ledger's event store: an append-only, hash-chained log in one SQLite file."""
 
-from ledger.errors import (
+from hermes_ledger.ledger.errors import (
     ConcurrencyError,
     EventValidationError,
     IdempotencyError,
@@ -11,9 +11,9 @@ from ledger.errors import (
     NotALedgerError,
     SessionAlreadyEndedError,
 )
-from ledger.records import AppendResult, Recorded, VerifyReport
-from ledger.store import InlineProjector, Ledger
-from ledger.versions import ANY, NO_STREAM, STREAM_EXISTS
+from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
+from hermes_ledger.ledger.store import InlineProjector, Ledger
+from hermes_ledger.ledger.versions import ANY, NO_STREAM, STREAM_EXISTS
 
 __all__ = [
     "ANY",

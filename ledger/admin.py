@@ -1,4 +1,4 @@
-"""Whole-ledger operations behind ``hermes ledger init`` and ``status``."""
+"""Whole-ledger operations behind ``hermes-ledger init`` and ``status``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.schema import latest_version
-from ledger.store import Ledger
+from hermes_ledger.ledger.schema import latest_version
+from hermes_ledger.ledger.store import Ledger
 
 __all__ = ["LedgerStatus", "init", "status"]
 
@@ -73,11 +73,11 @@ def status(path: str | os.PathLike[str]) -> LedgerStatus:
     """Describe an existing ledger (migrating it if it is older than this code)."""
     path = Path(path)
     if not path.exists():
-        from ledger.errors import LedgerError
+        from hermes_ledger.ledger.errors import LedgerError
 
         raise LedgerError(
             f"there is no ledger at {path}",
-            hint="create one with `hermes ledger init`, or pass --db / HERMES_LEDGER_DB",
+            hint="create one with `hermes-ledger init`, or pass --db / HERMES_LEDGER_DB",
         )
     with Ledger.open(path) as led:
         return _status(led, False)

@@ -55,7 +55,7 @@ class IdempotencyError(LedgerError):
 class EventValidationError(LedgerError, ValueError):
     """An event (or a stored body) does not match its model."""
 
-    hint = "check the event's type and fields against `hermes ledger schema`"
+    hint = "check the event's type and fields against `hermes-ledger schema`"
 
 
 class SessionAlreadyEndedError(LedgerError):
@@ -71,7 +71,7 @@ class ImmutableLogError(LedgerError):
 
 
 class NotALedgerError(LedgerError):
-    """The file exists but is not a hermes ledger (or not SQLite at all)."""
+    """The file exists but is not a hermes-ledger (or not SQLite at all)."""
 
 
 class LedgerTooNewError(LedgerError):
@@ -85,7 +85,7 @@ class LedgerBusyError(LedgerError):
 
 
 def _describe(expected: object) -> str:
-    from ledger.versions import describe_expected
+    from hermes_ledger.ledger.versions import describe_expected
 
     return describe_expected(expected)
 
@@ -111,7 +111,7 @@ def translate(exc: apsw.Error, *, path: str, stream: str | None = None) -> NoRet
     if isinstance(exc, apsw.CorruptError):
         raise NotALedgerError(
             f"{path} is damaged: {message}",
-            hint="restore it from a backup or an export (`hermes ledger import`)",
+            hint="restore it from a backup or an export (`hermes-ledger import`)",
         ) from exc
     if isinstance(exc, apsw.CantOpenError):
         raise LedgerError(

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 import pydantic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from ledger.errors import EventValidationError
+from hermes_ledger.ledger.errors import EventValidationError
 
 __all__ = [
     "EVENT_TYPES",
@@ -311,5 +311,5 @@ def body_json(event: EventModel) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of every event type (what ``hermes ledger schema`` prints)."""
+    """JSON Schema of every event type (what ``hermes-ledger schema`` prints)."""
     return _ADAPTER.json_schema()

@@ -1,7 +1,7 @@
 """Exporting the log: JSON Lines (with a manifest), CSV, or a standalone SQLite database.
 
 The JSONL form is the ledger's backup format: one event per line, every column
-as stored (``data`` and ``meta`` embedded verbatim, so ``hermes ledger import``
+as stored (``data`` and ``meta`` embedded verbatim, so ``hermes-ledger import``
 can rebuild the exact rows and hashes), then one manifest line. SQLite builds
 the lines, a page at a time (``SQL_JSONL_PAGE``), so an export streams in
 constant memory at close to the speed of reading the table.
@@ -30,10 +30,10 @@ from typing import IO, Any, cast
 
 import apsw
 
-from ledger.clock import Clock, format_utc, system_clock
-from ledger.errors import LedgerError, translate
-from ledger.query import COLUMNS, EventFilter
-from ledger.store import Ledger
+from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
+from hermes_ledger.ledger.errors import LedgerError, translate
+from hermes_ledger.ledger.query import COLUMNS, EventFilter
+from hermes_ledger.ledger.store import Ledger
 
 __all__ = [
     "EXPORT_FORMAT",

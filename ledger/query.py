@@ -1,7 +1,7 @@
 """Reading the log from outside: filtered listings, following new events, read-only SQL.
 
-``EventFilter`` is the one description of "which events" shared by ``hermes ledger
-events`` and ``hermes ledger export``; ``select_events`` and ``follow_events`` list
+``EventFilter`` is the one description of "which events" shared by ``hermes-ledger
+events`` and ``hermes-ledger export``; ``select_events`` and ``follow_events`` list
 them; ``run_sql`` runs a user's query on a connection that cannot write.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 import apsw
 import apsw.ext
 
-from ledger.clock import Clock, format_utc, parse_utc, system_clock
-from ledger.errors import LedgerError, translate
-from ledger.events import EVENT_TYPES
-from ledger.records import Recorded
-from ledger.store import Ledger
+from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
+from hermes_ledger.ledger.errors import LedgerError, translate
+from hermes_ledger.ledger.events import EVENT_TYPES
+from hermes_ledger.ledger.records import Recorded
+from hermes_ledger.ledger.store import Ledger
 
 __all__ = [
     "EventFilter",
@@ -216,7 +216,7 @@ def list_events(
     timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Recorded]:
-    """What ``hermes ledger events`` prints: the matching events up to the current
+    """What ``hermes-ledger events`` prints: the matching events up to the current
     head (at most ``limit``), then, if ``follow``, those appended afterwards as they
     arrive (see ``follow_events``), with no event missed or repeated in between."""
     head = led.query(SQL_HEAD)[0][0]
@@ -302,7 +302,7 @@ def run_sql(led: Ledger, sql: str, params: Sequence[Any] | Mapping[str, Any] = (
     if (info.query_remaining or "").strip().strip(";").strip():
         raise LedgerError(
             "the query holds more than one statement",
-            hint="run one statement per `hermes ledger sql` call",
+            hint="run one statement per `hermes-ledger sql` call",
         )
     if not info.is_readonly:
         raise _refuse_write(text)

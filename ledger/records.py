@@ -8,8 +8,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from ledger.clock import parse_utc
-from ledger.events import EventModel, from_stored
+from hermes_ledger.ledger.clock import parse_utc
+from hermes_ledger.ledger.events import EventModel, from_stored
 
 __all__ = ["AppendResult", "Recorded", "VerifyReport"]
 

@@ -27,10 +27,10 @@ from typing import IO, Any, cast
 
 import apsw
 
-from ledger.chain import GENESIS, row_hash
-from ledger.errors import LedgerError
-from ledger.export import EXPORT_FORMAT, FORMAT_VERSION
-from ledger.store import SQL_INSERT, Ledger
+from hermes_ledger.ledger.chain import GENESIS, row_hash
+from hermes_ledger.ledger.errors import LedgerError
+from hermes_ledger.ledger.export import EXPORT_FORMAT, FORMAT_VERSION
+from hermes_ledger.ledger.store import SQL_INSERT, Ledger
 
 __all__ = ["RestoreError", "RestoreResult", "import_jsonl", "open_input", "restore_jsonl"]
 
@@ -301,7 +301,7 @@ class _Restore:
         return RestoreResult(self.count, last_position, last_hash)
 
 
-_EXPORT_HINT = "import a file written by `hermes ledger export` (JSONL)"
+_EXPORT_HINT = "import a file written by `hermes-ledger export` (JSONL)"
 
 
 def _decode(raw: bytes | str, n: int) -> str:
@@ -333,7 +333,7 @@ def restore_jsonl(
         if row[0]:
             raise RestoreError(
                 f"{led.path} already has events; an export is restored only into an empty ledger",
-                hint="import into a new file: hermes ledger import --db NEW.db FILE",
+                hint="import into a new file: hermes-ledger import --db NEW.db FILE",
             )
         state = _Restore(conn)
         cache: Any = conn.execute(SQL_CACHE_SIZE).fetchone()

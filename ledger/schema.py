@@ -21,7 +21,7 @@ from typing import Any
 
 import apsw
 
-from ledger.errors import (
+from hermes_ledger.ledger.errors import (
     LedgerBusyError,
     LedgerError,
     LedgerTooNewError,
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 APPLICATION_ID = int.from_bytes(b"HRML", "big")
-"""``PRAGMA application_id`` of every hermes ledger (0x48524D4C)."""
+"""``PRAGMA application_id`` of every hermes-ledger (0x48524D4C)."""
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 CACHE_KIB = 16 * 1024
@@ -65,7 +65,7 @@ class Migration:
 def load_migrations() -> list[Migration]:
     """The migrations shipped in the ``migrations`` package, in order, checked for gaps."""
     found = []
-    for entry in resources.files("migrations").iterdir():
+    for entry in resources.files("hermes_ledger.migrations").iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
@@ -139,7 +139,7 @@ def _identify(conn: apsw.Connection, path: Path, latest: int) -> int:
         return 0
     what = f"application_id {app_id:#x}" if app_id else f"{objects} tables or indexes of its own"
     raise NotALedgerError(
-        f"{path} is a SQLite database but not a hermes ledger ({what})",
+        f"{path} is a SQLite database but not a hermes-ledger ({what})",
         hint="point --db (or HERMES_LEDGER_DB) at a ledger file, or at a new path to create one; "
         "the file was not changed",
     )
@@ -176,7 +176,7 @@ def connect(
         )
     if readonly:
         if not path.exists():
-            raise LedgerError(f"{path} does not exist", hint="create it with `hermes ledger init`")
+            raise LedgerError(f"{path} does not exist", hint="create it with `hermes-ledger init`")
         flags = apsw.SQLITE_OPEN_READONLY
     else:
         _create_private(path)

@@ -17,9 +17,9 @@ from typing import Any, Protocol, Self
 
 import apsw
 
-from ledger.chain import GENESIS, row_hash
-from ledger.clock import Clock, format_utc, system_clock
-from ledger.errors import (
+from hermes_ledger.ledger.chain import GENESIS, row_hash
+from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
+from hermes_ledger.ledger.errors import (
     ConcurrencyError,
     EventValidationError,
     IdempotencyError,
@@ -27,10 +27,10 @@ from ledger.errors import (
     SessionAlreadyEndedError,
     translate,
 )
-from ledger.events import EventModel, body_json, parse
-from ledger.records import AppendResult, Recorded, VerifyReport
-from ledger.schema import CACHE_KIB, connect, migrate, retry_busy
-from ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
+from hermes_ledger.ledger.events import EventModel, body_json, parse
+from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
+from hermes_ledger.ledger.schema import CACHE_KIB, connect, migrate, retry_busy
+from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
 
 __all__ = ["InlineProjector", "Ledger"]
 
@@ -167,12 +167,12 @@ class Ledger:
         )
         try:
             if readonly:
-                from ledger.schema import latest_version
+                from hermes_ledger.ledger.schema import latest_version
 
                 if version < latest_version():
                     raise LedgerError(
                         f"{path} uses an older schema (v{version}) and is opened read-only",
-                        hint="open it once read-write (e.g. `hermes ledger status`) to migrate it",
+                        hint="open it once read-write (e.g. `hermes-ledger status`) to migrate it",
                     )
             else:
                 migrate(conn, path)

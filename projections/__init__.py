@@ -5,8 +5,8 @@ Attach them to an open ledger to keep them current inside every append
 tables and swaps them in; ``verify`` compares the live tables with a scratch
 replay; ``state_at`` replays up to a position or a time.
 
-    from ledger import Ledger
-    import projections
+    from hermes_ledger.ledger import Ledger
+    from hermes_ledger import projections
 
     with Ledger.open("ledger.db") as led:
         projections.attach(led)            # catch up, then project every append
@@ -19,13 +19,13 @@ index ``messages_fts``), the audit views and example queries are described in
 docs/sql.md.
 """
 
-from projections.definitions import PROJECTIONS, Projection
-from projections.errors import ProjectionError, RebuildSuperseded
-from projections.inline import AttachReport, attach, open_ledger
-from projections.rebuilding import RebuildReport, rebuild
-from projections.state import State, live_state, state_at
-from projections.verifying import Difference, VerifyReport, verify
-from projections.views import VIEWS
+from hermes_ledger.projections.definitions import PROJECTIONS, Projection
+from hermes_ledger.projections.errors import ProjectionError, RebuildSuperseded
+from hermes_ledger.projections.inline import AttachReport, attach, open_ledger
+from hermes_ledger.projections.rebuilding import RebuildReport, rebuild
+from hermes_ledger.projections.state import State, live_state, state_at
+from hermes_ledger.projections.verifying import Difference, VerifyReport, verify
+from hermes_ledger.projections.views import VIEWS
 
 __all__ = [
     "PROJECTIONS",

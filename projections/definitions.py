@@ -12,15 +12,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-from projections.quoting import Target
-from projections.statements import (
+from hermes_ledger.projections.quoting import Target
+from hermes_ledger.projections.statements import (
     FRAGMENTS,
     SESSIONS_STATEMENTS,
     TRANSCRIPTS_STATEMENTS,
     Statement,
     body_for,
 )
-from projections.tables import MESSAGES, MESSAGES_FTS, SESSION_HISTORY, SESSION_MAP, TableSpec
+from hermes_ledger.projections.tables import (
+    MESSAGES,
+    MESSAGES_FTS,
+    SESSION_HISTORY,
+    SESSION_MAP,
+    TableSpec,
+)
 
 __all__ = [
     "PROJECTIONS",

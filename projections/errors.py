@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ledger.errors import LedgerError
+from hermes_ledger.ledger.errors import LedgerError
 
 __all__ = ["ProjectionError", "RebuildSuperseded"]
 

@@ -25,13 +25,13 @@ from typing import Any
 
 import apsw
 
-from ledger import Ledger, Recorded
-from ledger.events import EVENT_TYPES
-from projections.definitions import Projection, by_name
-from projections.errors import ProjectionError, RebuildSuperseded
-from projections.quoting import LIVE
-from projections.rebuilding import DEFAULT_CHUNK, lease, rebuild_outdated
-from projections.replay import (
+from hermes_ledger.ledger import Ledger, Recorded
+from hermes_ledger.ledger.events import EVENT_TYPES
+from hermes_ledger.projections.definitions import Projection, by_name
+from hermes_ledger.projections.errors import ProjectionError, RebuildSuperseded
+from hermes_ledger.projections.quoting import LIVE
+from hermes_ledger.projections.rebuilding import DEFAULT_CHUNK, lease, rebuild_outdated
+from hermes_ledger.projections.replay import (
     advance_checkpoint,
     ensure_bookkeeping,
     head,
@@ -40,8 +40,8 @@ from projections.replay import (
     replay,
     scalar,
 )
-from projections.statements import EVENT_TIME
-from projections.views import ensure_views
+from hermes_ledger.projections.statements import EVENT_TIME
+from hermes_ledger.projections.views import ensure_views
 
 __all__ = ["AttachReport", "attach", "open_ledger"]
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import apsw
 
-from ledger import Ledger
-from projections.definitions import Projection, by_name
-from projections.errors import RebuildSuperseded
-from projections.quoting import LIVE, NEXT, quote_ident
-from projections.replay import (
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.projections.definitions import Projection, by_name
+from hermes_ledger.projections.errors import RebuildSuperseded
+from hermes_ledger.projections.quoting import LIVE, NEXT, quote_ident
+from hermes_ledger.projections.replay import (
     create_indexes,
     create_tables,
     drop_tables,
@@ -38,8 +38,8 @@ from projections.replay import (
     scalar,
     table_exists,
 )
-from projections.tables import TableSpec
-from projections.views import ensure_views
+from hermes_ledger.projections.tables import TableSpec
+from hermes_ledger.projections.views import ensure_views
 
 __all__ = ["DEFAULT_CHUNK", "RebuildReport", "lease", "rebuild", "rebuild_outdated"]
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import apsw
 
-from ledger.events import body_json, from_stored
-from projections.definitions import Projection
-from projections.quoting import Target, quote_ident
-from projections.statements import CLEAR_RANGE, DECODE_RANGE, RANGE_TABLE_DDL
-from projections.tables import CHECKPOINTS_DDL, REBUILD_LEASE_DDL
+from hermes_ledger.ledger.events import body_json, from_stored
+from hermes_ledger.projections.definitions import Projection
+from hermes_ledger.projections.quoting import Target, quote_ident
+from hermes_ledger.projections.statements import CLEAR_RANGE, DECODE_RANGE, RANGE_TABLE_DDL
+from hermes_ledger.projections.tables import CHECKPOINTS_DDL, REBUILD_LEASE_DDL
 
 __all__ = [
     "Checkpoints",

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 
 import apsw
 
-from ledger import Ledger
-from ledger.schema import connect
-from projections.definitions import Projection
-from projections.quoting import SCRATCH
-from projections.replay import create_tables, prepare_connection, replay_chunks
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.schema import connect
+from hermes_ledger.projections.definitions import Projection
+from hermes_ledger.projections.quoting import SCRATCH
+from hermes_ledger.projections.replay import create_tables, prepare_connection, replay_chunks
 
 __all__ = ["build_scratch", "snapshot"]
 

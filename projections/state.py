@@ -12,15 +12,15 @@ from typing import Any
 
 import apsw
 
-from ledger import Ledger
-from ledger.clock import format_utc
-from projections.definitions import by_name
-from projections.errors import ProjectionError
-from projections.quoting import LIVE, SCRATCH, Target, quote_ident
-from projections.rebuilding import DEFAULT_CHUNK
-from projections.replay import head, read_checkpoints, scalar, table_exists
-from projections.scratch import build_scratch, snapshot
-from projections.tables import MESSAGES, SESSION_HISTORY, SESSION_MAP, TableSpec
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.projections.definitions import by_name
+from hermes_ledger.projections.errors import ProjectionError
+from hermes_ledger.projections.quoting import LIVE, SCRATCH, Target, quote_ident
+from hermes_ledger.projections.rebuilding import DEFAULT_CHUNK
+from hermes_ledger.projections.replay import head, read_checkpoints, scalar, table_exists
+from hermes_ledger.projections.scratch import build_scratch, snapshot
+from hermes_ledger.projections.tables import MESSAGES, SESSION_HISTORY, SESSION_MAP, TableSpec
 
 __all__ = ["State", "live_state", "state_at"]
 

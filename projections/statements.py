@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger.events import EVENT_TYPES
+from hermes_ledger.ledger.events import EVENT_TYPES
 
 __all__ = [
     "BODY",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from projections.quoting import Target
+from hermes_ledger.projections.quoting import Target
 
 __all__ = [
     "CHECKPOINTS_DDL",

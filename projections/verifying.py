@@ -15,11 +15,11 @@ from typing import Any
 
 import apsw
 
-from ledger import Ledger
-from projections.definitions import Projection, by_name
-from projections.quoting import LIVE, SCRATCH, quote_ident
-from projections.rebuilding import DEFAULT_CHUNK
-from projections.replay import (
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.projections.definitions import Projection, by_name
+from hermes_ledger.projections.quoting import LIVE, SCRATCH, quote_ident
+from hermes_ledger.projections.rebuilding import DEFAULT_CHUNK
+from hermes_ledger.projections.replay import (
     create_tables,
     head,
     read_checkpoints,
@@ -27,8 +27,8 @@ from projections.replay import (
     scalar,
     table_exists,
 )
-from projections.scratch import snapshot
-from projections.tables import TableSpec
+from hermes_ledger.projections.scratch import snapshot
+from hermes_ledger.projections.tables import TableSpec
 
 __all__ = ["Difference", "VerifyReport", "verify"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import apsw
 
-from projections.quoting import quote_ident
-from projections.statements import TS
+from hermes_ledger.projections.quoting import quote_ident
+from hermes_ledger.projections.statements import TS
 
 __all__ = ["VIEWS", "drop_views", "ensure_views"]
 

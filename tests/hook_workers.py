@@ -24,9 +24,9 @@ from typing import Any
 if __name__ == "__main__":  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.hooks import HookDispatcher, HookRegistry
-from ledger import Ledger
-from ledger.clock import parse_utc
+from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.clock import parse_utc
 
 _WAIT = 60.0
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import apsw
 
-from ledger import ANY, NO_STREAM, ConcurrencyError, Ledger
-from ledger.events import MessageAppended
+from hermes_ledger.ledger import ANY, NO_STREAM, ConcurrencyError, Ledger
+from hermes_ledger.ledger.events import MessageAppended
 
 _WAIT = 60.0  # seconds a worker waits for a barrier before giving up
 

@@ -19,11 +19,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway import GatewayConfig, ResetPolicy, SessionSource
-from gateway.hooks import HookRegistry
-from gateway.runner import Runner, RunnerSettings
-from gateway.session_store import SessionStore
-from ledger import Ledger
+from hermes_ledger.gateway import GatewayConfig, ResetPolicy, Runner, RunnerSettings, SessionSource
+from hermes_ledger.gateway.hooks import HookRegistry
+from hermes_ledger.gateway.sessions.store import SessionStore
+from hermes_ledger.ledger import Ledger
 
 START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 SPEED = 600  # simulated seconds per real second

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import installed_script
 
-from gateway.cli import hermes, ledger_group
-from ledger import Ledger
-from ledger.events import SessionStarted, Source
-from tests.conftest import installed_script
+from hermes_ledger.gateway.cli import cli as ledger_cli
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import SessionStarted, Source
 
 
 @pytest.fixture
@@ -26,16 +26,16 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(hermes, list(args))
+    result = CliRunner().invoke(ledger_cli, list(args))
     return result.exit_code, result.output
 
 
 def test_init_creates_the_default_ledger_in_hermes_home(home: Path) -> None:
-    code, out = run("ledger", "init")
+    code, out = run("init")
     path = home / "ledger.db"
     assert (code, out) == (0, f"Created ledger {path} (schema v1)\n")
     assert oct(home.stat().st_mode & 0o777) == "0o700"
-    code, out = run("ledger", "init")
+    code, out = run("init")
     assert (code, out) == (0, f"Ledger {path} already exists (schema v1, 0 events)\n")
 
 
@@ -43,10 +43,10 @@ def test_db_option_and_env_override_the_default(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other = tmp_path / "other.db"
-    assert run("ledger", "init", "--db", str(other))[0] == 0
+    assert run("init", "--db", str(other))[0] == 0
     assert other.exists() and not home.exists()
     monkeypatch.setenv("HERMES_LEDGER_DB", str(tmp_path / "env.db"))
-    assert run("ledger", "init")[0] == 0
+    assert run("init")[0] == 0
     assert (tmp_path / "env.db").exists() and not home.exists()
 
 
@@ -56,7 +56,7 @@ def test_status_prints_what_the_ledger_holds(home: Path, tmp_path: Path) -> None
     with Ledger.open(db, clock=lambda: datetime(2026, 11, 22, 9, tzinfo=UTC)) as led:
         led.append("k1", [SessionStarted(session_id="s1", source=Source(platform="telegram"))])
         led.append("k2", [SessionStarted(session_id="s2", source=Source(platform="discord"))])
-    code, out = run("ledger", "status", "--db", str(db))
+    code, out = run("status", "--db", str(db))
     assert code == 0
     lines = out.splitlines()
     assert lines[:7] == [
@@ -69,17 +69,17 @@ def test_status_prints_what_the_ledger_holds(home: Path, tmp_path: Path) -> None
         f"last event:  {clock_time}",
     ]
     assert lines[7].startswith("size:        ") and lines[7].endswith("KiB")
-    code, out = run("ledger", "status", "--db", str(db), "--json")
+    code, out = run("status", "--db", str(db), "--json")
     data = json.loads(out)
     assert data["events"] == 2 and data["head"] == 2 and data["path"] == str(db)
 
 
 def test_status_of_a_missing_ledger_says_what_to_do(home: Path) -> None:
-    code, out = run("ledger", "status")
+    code, out = run("status")
     assert code == 1
     assert out == (
         f"Error: there is no ledger at {home / 'ledger.db'}\n"
-        "Try: create one with `hermes ledger init`, or pass --db / HERMES_LEDGER_DB\n"
+        "Try: create one with `hermes-ledger init`, or pass --db / HERMES_LEDGER_DB\n"
     )
 
 
@@ -88,21 +88,21 @@ def test_a_file_that_is_not_a_ledger_is_an_error_not_a_traceback(
 ) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database " * 100)
-    code, out = run("ledger", "init", "--db", str(notes))
+    code, out = run("init", "--db", str(notes))
     assert code == 1
     assert out.startswith(f"Error: {notes} is not a SQLite database\nTry: ")
     assert notes.read_text() == "not a database " * 100
 
 
 def test_usage_errors_exit_2(home: Path) -> None:
-    code, out = run("ledger", "no-such-command")
+    code, out = run("no-such-command")
     assert code == 2 and "No such command 'no-such-command'" in out
-    code, out = run("ledger", "status", "--bogus")
+    code, out = run("status", "--bogus")
     assert code == 2 and "No such option '--bogus'" in out
 
 
 def test_help_lists_one_line_per_command(home: Path) -> None:
-    code, out = run("ledger", "--help")
+    code, out = run("--help")
     assert code == 0
     commands = out.split("Commands:\n", 1)[1].splitlines()
     names = [line.split()[0] for line in commands]
@@ -112,9 +112,9 @@ def test_help_lists_one_line_per_command(home: Path) -> None:
 
 def test_hermes_ledger_is_the_same_as_hermes_ledger(home: Path, tmp_path: Path) -> None:
     db = str(tmp_path / "x.db")
-    direct = CliRunner().invoke(ledger_group, ["init", "--db", db])
+    direct = CliRunner().invoke(ledger_cli, ["init", "--db", db])
     assert (direct.exit_code, direct.output) == (0, f"Created ledger {db} (schema v1)\n")
-    via = CliRunner().invoke(hermes, ["ledger", "status", "--db", db, "--json"])
+    via = CliRunner().invoke(ledger_cli, ["status", "--db", db, "--json"])
     assert json.loads(via.output)["path"] == db
 
 
@@ -122,7 +122,7 @@ def test_installed_scripts_run_the_readme_main_job(tmp_path: Path) -> None:
     env = {**os.environ, "HERMES_HOME": str(tmp_path / "home")}
     env.pop("HERMES_LEDGER_DB", None)
     init = subprocess.run(
-        [installed_script(), "ledger", "init"], env=env, capture_output=True, text=True, timeout=60
+        [installed_script(), "init"], env=env, capture_output=True, text=True, timeout=60
     )
     assert init.returncode == 0, init.stderr
     status = subprocess.run(

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import ManualClock, installed_script
 
-from gateway import SessionSource
-from gateway.cli import hermes
-from gateway.config import ConfigError, GatewayConfig
-from gateway.runner import RunnerSettings, load_flusher
-from gateway.session_store import SessionStore
-from ledger import Ledger
-from tests.conftest import ManualClock, installed_script
+from hermes_ledger.gateway import SessionSource
+from hermes_ledger.gateway.cli import cli as ledger_cli
+from hermes_ledger.gateway.config.gateway import ConfigError, GatewayConfig
+from hermes_ledger.gateway.config.ledger_section import RunnerSettings
+from hermes_ledger.gateway.sessions.store import SessionStore
+from hermes_ledger.gateway.usercode.flushers import load_flusher
+from hermes_ledger.ledger import Ledger
 
 HOOK_YAML = 'name: recorder\ndescription: test hook\nevents: ["session:*"]\n'
 HOOK_PY = """\
@@ -58,7 +59,7 @@ def seed(db: Path, clock: ManualClock, home: Path) -> str:
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = CliRunner(env={"HERMES_LEDGER_DB": None}).invoke(hermes, ["ledger", *args])
+    result = CliRunner(env={"HERMES_LEDGER_DB": None}).invoke(ledger_cli, [*args])
     return result.exit_code, result.output
 
 
@@ -124,7 +125,7 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path, clock: ManualClock) -> Non
     db = tmp_path / "ledger.db"
     seed(db, clock, home)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "ledger", "run", "--db", str(db),
+        [sys.executable, "-m", "hermes_ledger.gateway", "run", "--db", str(db),
          "--config", str(home), "--interval", "0.05"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -141,9 +142,7 @@ def test_demo_is_the_main_job(tmp_path: Path) -> None:
     env.pop("HERMES_LEDGER_DB", None)
     command = [installed_script()]
     started = time.monotonic()
-    demo = subprocess.run(
-        [*command, "ledger", "demo"], env=env, capture_output=True, text=True, timeout=120
-    )
+    demo = subprocess.run([*command, "demo"], env=env, capture_output=True, text=True, timeout=120)
     assert demo.returncode == 0, demo.stderr
     assert time.monotonic() - started < 60
     out = demo.stdout
@@ -154,7 +153,7 @@ def test_demo_is_the_main_job(tmp_path: Path) -> None:
     assert f"to {export}" in out
     assert stat.S_IMODE(export.stat().st_mode) == 0o600
     verify = subprocess.run(
-        [*command, "ledger", "verify"], env=env, capture_output=True, text=True, timeout=120
+        [*command, "verify"], env=env, capture_output=True, text=True, timeout=120
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 

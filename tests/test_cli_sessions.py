@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import ManualClock
 
-from gateway import GatewayConfig, ResetPolicy, SessionSource
-from gateway.cli import hermes
-from gateway.session_store import SessionStore
-from ledger import Ledger
-from tests.conftest import ManualClock
+from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
+from hermes_ledger.gateway.cli import cli as ledger_cli
+from hermes_ledger.gateway.sessions.store import SessionStore
+from hermes_ledger.ledger import Ledger
 
 IDLE_30 = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
 ADA = SessionSource(platform="telegram", chat_id="99", chat_type="dm", user_name="ada")
@@ -43,7 +43,7 @@ def history_db(tmp_path: Path, clock: ManualClock) -> tuple[Path, list[str]]:
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(hermes, ["ledger", *args])
+    result = CliRunner().invoke(ledger_cli, [*args])
     return result.exit_code, result.output
 
 

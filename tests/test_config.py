@@ -11,10 +11,10 @@ from typing import Any
 import pydantic
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig, HomeChannel
-from gateway.policy import ResetPolicy
-from gateway.sources import Platform, SessionSource
-from ledger import LedgerError
+from hermes_ledger.gateway.config.gateway import ConfigError, GatewayConfig, HomeChannel
+from hermes_ledger.gateway.sessions.policy import ResetPolicy
+from hermes_ledger.gateway.sessions.sources import Platform, SessionSource
+from hermes_ledger.ledger import LedgerError
 
 
 def home_with(

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig, HomeChannel
-from gateway.context import (
+from hermes_ledger.gateway.config.gateway import GatewayConfig, HomeChannel
+from hermes_ledger.gateway.sessions.context import (
     SessionContext,
     build_session_context,
     build_session_context_prompt,
     display_home,
 )
-from gateway.sources import Platform, SessionSource
+from hermes_ledger.gateway.sessions.sources import Platform, SessionSource
 
 TELEGRAM_HOME = HomeChannel(platform="telegram", chat_id="111", name="Home Chat")
 

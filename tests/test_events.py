@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import EventValidationError, Ledger
-from ledger.chain import GENESIS, row_hash
-from ledger.events import (
+from hermes_ledger.ledger import EventValidationError, Ledger
+from hermes_ledger.ledger.chain import GENESIS, row_hash
+from hermes_ledger.ledger.events import (
     EVENT_TYPES,
     EventModel,
     MemoryFlushed,

@@ -1,4 +1,4 @@
-"""`hermes ledger events` (listing, filters, --follow) and `schema`; the command list."""
+"""`hermes-ledger events` (listing, filters, --follow) and `schema`; the command list."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from helpers import ManualClock, installed_script
 
-from ledger import Ledger, LedgerError
-from ledger.events import (
+from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.events import (
     EVENT_TYPES,
     MessageAppended,
     SessionEnded,
@@ -24,8 +25,13 @@ from ledger.events import (
     Source,
     json_schema,
 )
-from ledger.query import EventFilter, follow_events, list_events, parse_time, select_events
-from tests.conftest import ManualClock, installed_script
+from hermes_ledger.ledger.query import (
+    EventFilter,
+    follow_events,
+    list_events,
+    parse_time,
+    select_events,
+)
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:discord:dm:7"
@@ -53,14 +59,13 @@ def filled(led: Ledger, clock: ManualClock, db_path: Path) -> Path:
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    import gateway.cli_log  # noqa: F401 - registers the commands on `hermes ledger`
-    from gateway.cli import hermes
+    from hermes_ledger.gateway.cli import cli as ledger_cli
 
     monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
 
     def run(*args: str) -> Result:
-        return CliRunner().invoke(hermes, ["ledger", *args])
+        return CliRunner().invoke(ledger_cli, [*args])
 
     return run
 
@@ -136,7 +141,7 @@ def test_events_errors_say_what_to_do(
     result = cli("events", "--db", str(missing))
     assert (result.exit_code, result.output) == (
         1,
-        f"Error: {missing} does not exist\nTry: create it with `hermes ledger init`\n",
+        f"Error: {missing} does not exist\nTry: create it with `hermes-ledger init`\n",
     )
 
 
@@ -232,7 +237,7 @@ def test_cli_follow_with_a_timeout_prints_then_exits(
 
 def test_follow_in_a_real_process_until_ctrl_c(filled: Path) -> None:
     proc = subprocess.Popen(
-        [installed_script(), "ledger", "events", "--db", str(filled), "--follow",
+        [installed_script(), "events", "--db", str(filled), "--follow",
          "--poll-interval", "0.05", "--session-id", "s3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -304,7 +309,7 @@ def test_help_lists_the_log_commands_one_line_each(cli: Callable[..., Result]) -
 def test_hermes_ledger_script_runs_the_same_commands(
     filled: Path, cli: Callable[..., Result]
 ) -> None:
-    from gateway.cli import ledger_group
+    from hermes_ledger.gateway.cli import cli as ledger_cli
 
-    direct = CliRunner().invoke(ledger_group, ["events", "--db", str(filled), "--to", "1"])
+    direct = CliRunner().invoke(ledger_cli, ["events", "--db", str(filled), "--to", "1"])
     assert (direct.exit_code, direct.output) == (0, LISTING[0] + "\n")

@@ -1,4 +1,4 @@
-"""`hermes ledger export` and ledger.export: formats, filters, files, constant memory."""
+"""`hermes-ledger export` and ledger.export: formats, filters, files, constant memory."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from helpers import ManualClock, installed_script
 
-from ledger import Ledger, LedgerError
-from ledger.events import (
+from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.events import (
     MessageAppended,
     SessionEnded,
     SessionReset,
@@ -30,15 +31,14 @@ from ledger.events import (
     Source,
     UsageRecorded,
 )
-from ledger.export import (
+from hermes_ledger.ledger.export import (
     EXPORT_FORMAT,
     ExportManifest,
     export,
     export_to_stream,
     format_for,
 )
-from ledger.query import EventFilter
-from tests.conftest import ManualClock, installed_script
+from hermes_ledger.ledger.query import EventFilter
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:discord:group:5:7"
@@ -375,14 +375,13 @@ def test_export_streams_in_constant_memory(db_path: Path, tmp_path: Path) -> Non
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    import gateway.cli_log  # noqa: F401 - registers the commands on `hermes ledger`
-    from gateway.cli import hermes
+    from hermes_ledger.gateway.cli import cli as ledger_cli
 
     monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
 
     def run(*args: str, input: bytes | str | None = None) -> Result:
-        return CliRunner().invoke(hermes, ["ledger", *args], input=input)
+        return CliRunner().invoke(ledger_cli, [*args], input=input)
 
     return run
 
@@ -437,7 +436,7 @@ def test_cli_export_errors_say_what_to_do(
     result = cli("export", "--db", str(missing))
     assert (result.exit_code, result.output) == (
         1,
-        f"Error: {missing} does not exist\nTry: create it with `hermes ledger init`\n",
+        f"Error: {missing} does not exist\nTry: create it with `hermes-ledger init`\n",
     )
     assert not missing.exists()
     result = cli("export", "--db", str(db_path), "--format", "xml")
@@ -457,7 +456,7 @@ def test_a_progress_bar_when_stderr_is_a_terminal(
     leader, follower = pty.openpty()
     try:
         done = subprocess.run(
-            [installed_script(), "ledger", "export", "--db", str(db_path), "-o", str(target)],
+            [installed_script(), "export", "--db", str(db_path), "-o", str(target)],
             stdout=subprocess.PIPE,
             stderr=follower,
             text=True,

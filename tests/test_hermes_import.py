@@ -1,4 +1,4 @@
-"""`hermes ledger import --from-hermes`: a Hermes 0.19 home becomes session events."""
+"""`hermes-ledger import --from-hermes`: a Hermes 0.19 home becomes session events."""
 
 from __future__ import annotations
 
@@ -18,21 +18,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
-import projections
-from gateway.cli import hermes
-from gateway.hermes_import import (
-    IMPORT_ACTOR,
-    HermesImportError,
-    import_hermes_home,
-    import_key,
-)
-from gateway.transcripts import load_transcript
-from ledger import Ledger
-from ledger.clock import format_utc
-from ledger.events import MessageAppended, SessionStarted, UsageRecorded
-from tests.conftest import ManualClock, installed_script
-from tests.hermes_fixture import (
+from helpers import ManualClock, installed_script
+from hermes_fixture import (
     T0,
     HermesFixture,
     StandardHome,
@@ -40,6 +27,19 @@ from tests.hermes_fixture import (
     origin,
     sid,
 )
+
+from hermes_ledger import projections
+from hermes_ledger.gateway.cli import cli as ledger_cli
+from hermes_ledger.gateway.hermes.importing import (
+    IMPORT_ACTOR,
+    HermesImportError,
+    import_hermes_home,
+    import_key,
+)
+from hermes_ledger.gateway.sessions.reads import load_transcript
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.ledger.events import MessageAppended, SessionStarted, UsageRecorded
 
 HERMES_PYTHON = Path("/work/hermes-venv/bin/python")
 TG = "agent:main:telegram:dm:1001"
@@ -514,9 +514,7 @@ def test_a_path_that_is_not_a_hermes_home_is_refused(tmp_path: Path, case: str) 
         assert str(err.value) == expected
         assert led.head() == 0
     db = tmp_path / "cli.db"
-    result = CliRunner().invoke(
-        hermes, ["ledger", "import", "--from-hermes", str(path), "--db", str(db)]
-    )
+    result = CliRunner().invoke(ledger_cli, ["import", "--from-hermes", str(path), "--db", str(db)])
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {expected}\nTry: ")
     assert not db.exists()  # refused before the ledger was created
@@ -532,8 +530,8 @@ def test_a_state_db_path_names_its_home(home: StandardHome, led: Ledger) -> None
 
 def test_cli_imports_reports_and_is_idempotent(home: StandardHome, tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
-    args = ["ledger", "import", "--from-hermes", str(home.path), "--db", str(db)]
-    result = CliRunner().invoke(hermes, args)
+    args = ["import", "--from-hermes", str(home.path), "--db", str(db)]
+    result = CliRunner().invoke(ledger_cli, args)
     assert (result.exit_code, result.output) == (
         0,
         f"Imported 64 events from {home.path} into {db} (positions 1-64)\n"
@@ -542,17 +540,17 @@ def test_cli_imports_reports_and_is_idempotent(home: StandardHome, tmp_path: Pat
         "  usage     5 records\n"
         "  ended     9 sessions\n",
     )
-    result = CliRunner().invoke(hermes, args)
+    result = CliRunner().invoke(ledger_cli, args)
     assert (result.exit_code, result.output) == (
         0,
         f"Nothing new to import from {home.path}: all 14 sessions are already in {db}\n",
     )
-    result = CliRunner().invoke(hermes, [*args, "--json"])
+    result = CliRunner().invoke(ledger_cli, [*args, "--json"])
     assert result.exit_code == 0
     data = json.loads(result.output)
     assert (data["events"], data["skipped"], data["warnings"]) == (0, 14, [])
-    # The imported sessions are what `hermes ledger history` shows.
-    result = CliRunner().invoke(hermes, ["ledger", "history", SLACK, "--db", str(db)])
+    # The imported sessions are what `hermes-ledger history` shows.
+    result = CliRunner().invoke(ledger_cli, ["history", SLACK, "--db", str(db)])
     assert result.output.splitlines() == [
         "session_id                started_at                   ended_at                     end_reason   message_count",  # noqa: E501
         "------------------------  ---------------------------  ---------------------------  -----------  -------------",  # noqa: E501
@@ -572,8 +570,8 @@ def test_cli_json_and_warnings(tmp_path: Path) -> None:
         h.create_session("b", "telegram", started_at=T0.timestamp() + 60, session_key=key,
                          origin=o)  # fmt: skip
     db = tmp_path / "cli.db"
-    args = ["ledger", "import", "--from-hermes", str(tmp_path / "h"), "--db", str(db)]
-    result = CliRunner().invoke(hermes, [*args, "--json"])
+    args = ["import", "--from-hermes", str(tmp_path / "h"), "--db", str(db)]
+    result = CliRunner().invoke(ledger_cli, [*args, "--json"])
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {
         "home": str(tmp_path / "h"),
@@ -598,7 +596,7 @@ def test_cli_json_and_warnings(tmp_path: Path) -> None:
     with HermesFixture(tmp_path / "h") as h:
         h.create_session("c", "cli", started_at=T0.timestamp())
         h.append_message("c", "narrator", "?", at=T0.timestamp())
-    result = CliRunner().invoke(hermes, args)
+    result = CliRunner().invoke(ledger_cli, args)
     assert result.exit_code == 0
     assert result.stderr == "Warning: session c: 1 message(s) with role 'narrator' left out\n"
     assert result.stdout.startswith("Imported 1 event from")
@@ -607,20 +605,16 @@ def test_cli_json_and_warnings(tmp_path: Path) -> None:
 def test_cli_usage_errors_and_the_jsonl_path(home: StandardHome, tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
     result = CliRunner().invoke(
-        hermes, ["ledger", "import", "x.jsonl", "--from-hermes", str(home.path), "--db", str(db)]
+        ledger_cli, ["import", "x.jsonl", "--from-hermes", str(home.path), "--db", str(db)]
     )
     assert result.exit_code == 2
     assert "give either SOURCE or --from-hermes, not both" in result.output
     # Without --from-hermes the command restores an export, as before (and --json works).
     export = tmp_path / "e.jsonl"
-    CliRunner().invoke(
-        hermes, ["ledger", "import", "--from-hermes", str(home.path), "--db", str(db)]
-    )
-    CliRunner().invoke(hermes, ["ledger", "export", "--db", str(db), "-o", str(export)])
+    CliRunner().invoke(ledger_cli, ["import", "--from-hermes", str(home.path), "--db", str(db)])
+    CliRunner().invoke(ledger_cli, ["export", "--db", str(db), "-o", str(export)])
     copy = tmp_path / "copy.db"
-    result = CliRunner().invoke(
-        hermes, ["ledger", "import", str(export), "--db", str(copy), "--json"]
-    )
+    result = CliRunner().invoke(ledger_cli, ["import", str(export), "--db", str(copy), "--json"])
     assert result.exit_code == 0
     with Ledger.open(db) as led:
         last = led.query("SELECT hash FROM events ORDER BY position DESC LIMIT 1")[0][0]
@@ -638,8 +632,8 @@ HERMES_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from gateway.config import GatewayConfig, Platform
-    from gateway.session import SessionSource, SessionStore
+    from hermes_ledger.gateway.config.gateway import GatewayConfig, Platform
+    from hermes_ledger.gateway.session import SessionSource, SessionStore
     from hermes_state import SessionDB
 
     home = Path(sys.argv[1])
@@ -726,7 +720,7 @@ def test_imports_running_at_once_write_each_event_once(home: StandardHome, tmp_p
     script = installed_script()
     db = tmp_path / "race.db"
     Ledger.open(db).close()
-    command = [script, "ledger", "import", "--from-hermes", str(home.path), "--db", str(db)]
+    command = [script, "import", "--from-hermes", str(home.path), "--db", str(db)]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(3)]  # fmt: skip
     for run in runs:
@@ -751,7 +745,7 @@ def test_a_progress_bar_when_stderr_is_a_terminal(home: StandardHome, tmp_path: 
     leader, follower = pty.openpty()
     try:
         done = subprocess.run(
-            [script, "ledger", "import", "--from-hermes", str(home.path), "--db", str(db)],
+            [script, "import", "--from-hermes", str(home.path), "--db", str(db)],
             stdout=subprocess.PIPE,
             stderr=follower,
             text=True,

@@ -22,16 +22,16 @@ from typing import Any
 import apsw
 import pytest
 from click.testing import CliRunner, Result
+from helpers import ManualClock
+from hook_workers import read_calls, recording_handler, write_hook
 
-from gateway.hook_delivery import HookDeliveryError, delivery_id_for
-from gateway.hooks import HookDispatcher, HookRegistry
-from gateway.session_store import SessionStore
-from gateway.sources import SessionSource
-from ledger import Ledger
-from ledger.clock import format_utc
-from ledger.events import SessionEnded, SessionReset, SessionStarted, Source
-from tests.conftest import ManualClock
-from tests.hook_workers import read_calls, recording_handler, write_hook
+from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
+from hermes_ledger.gateway.hooks.delivery import HookDeliveryError, delivery_id_for
+from hermes_ledger.gateway.sessions.sources import SessionSource
+from hermes_ledger.gateway.sessions.store import SessionStore
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.ledger.events import SessionEnded, SessionReset, SessionStarted, Source
 
 WORKER = Path(__file__).with_name("hook_workers.py")
 TIMEOUT = 60.0
@@ -176,7 +176,7 @@ def test_a_failing_hook_is_retried_with_backoff_then_dead_lettered_and_requeued(
     (end,) = led.read_all(types={"session_ended"})
     did = delivery_id_for("flaky", end.event_id)
 
-    with caplog.at_level(logging.ERROR, logger="gateway.hooks"):
+    with caplog.at_level(logging.ERROR, logger="hermes_ledger.gateway.hooks"):
         report = dispatcher.deliver()
     assert [(o.hook, o.status, o.attempt) for o in report.outcomes if o.hook == "flaky"] == [
         ("flaky", "retry", 1)
@@ -313,7 +313,7 @@ def test_the_dispatcher_warns_about_skipped_hooks_and_runs_the_others(
     write_hook(hooks_dir, "good", recording_handler(calls), events=["session:start"])
     write_hook(hooks_dir, "open", recording_handler(calls), events=["session:start"])
     (hooks_dir / "open" / "handler.py").chmod(0o666)
-    with caplog.at_level(logging.WARNING, logger="gateway.hooks"):
+    with caplog.at_level(logging.WARNING, logger="hermes_ledger.gateway.hooks"):
         dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith(f"hook skipped: {hooks_dir / 'open' / 'handler.py'}: refused:")
@@ -461,14 +461,13 @@ def test_an_expired_claim_with_no_attempts_left_is_dead_lettered(
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    import gateway.cli_hooks  # noqa: F401 - registers `hermes ledger hooks`
-    from gateway.cli import hermes
+    from hermes_ledger.gateway.cli import cli as ledger_cli
 
     monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
 
     def run(*args: str) -> Result:
-        return CliRunner().invoke(hermes, ["ledger", "hooks", *args])
+        return CliRunner().invoke(ledger_cli, ["hooks", *args])
 
     return run
 
@@ -497,7 +496,7 @@ def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
         "Skipped:\n"
         f"  {broken}: import failed: ModuleNotFoundError: No module named "
         "'no_such_module_for_hooks'\n"
-        "Dead letters (re-queue with `hermes ledger hooks retry [DELIVERY_ID...]`):\n"
+        "Dead letters (re-queue with `hermes-ledger hooks retry [DELIVERY_ID...]`):\n"
         f"  {dead.delivery_id}  flaky  session:end  position 1  session s1  1 attempts  "
         f"RuntimeError: the marker {tmp_path / 'ok'} is missing\n"
     )
@@ -514,7 +513,7 @@ def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
     assert (refused.exit_code, refused.output) == (
         1,
         "Error: not dead letters: nope (no such delivery)\n"
-        "Try: list dead letters with `hermes ledger hooks`\n",
+        "Try: list dead letters with `hermes-ledger hooks`\n",
     )
     result = cli("retry", "--db", str(db_path), dead.delivery_id)
     assert (result.exit_code, result.output) == (
@@ -540,9 +539,9 @@ def test_cli_without_hooks_or_ledger(cli: Any, tmp_path: Path) -> None:
 def test_cli_runs_as_the_installed_script(db_path: Path, led: Ledger, tmp_path: Path) -> None:
     hooks = tmp_path / "hooks"
     write_hook(hooks, "audit", recording_handler(tmp_path / "a.jsonl"), events=["session:end"])
-    run = "import gateway.cli_hooks; from gateway.cli import hermes; hermes()"
+    run = "from hermes_ledger.gateway.cli import main; main()"
     proc = subprocess.run(
-        [sys.executable, "-c", run, "ledger", "hooks", "--db", str(db_path),
+        [sys.executable, "-c", run, "hooks", "--db", str(db_path),
          "--hooks-dir", str(hooks)],
         capture_output=True, text=True, timeout=TIMEOUT, check=False,
     )  # fmt: skip

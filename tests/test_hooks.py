@@ -7,17 +7,17 @@ import time
 from pathlib import Path
 
 import pytest
+from hook_workers import read_calls, recording_handler, write_hook
 
-from gateway.hooks import (
+from hermes_ledger.gateway.config.paths import default_hooks_dir
+from hermes_ledger.gateway.hooks import (
     Hook,
     HookRegistry,
     HookTimeoutError,
-    default_hooks_dir,
     discover_hooks,
     load_hook,
     run_handler,
 )
-from tests.hook_workers import read_calls, recording_handler, write_hook
 
 GOOD_MANIFEST = "name: {name}\ndescription: d\nevents: [session:end]\n"
 NOOP = "def handle(event_type, context):\n    return None\n"

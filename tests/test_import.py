@@ -1,4 +1,4 @@
-"""`hermes ledger import` and ledger.restore: exact restores, and refusals that write nothing."""
+"""`hermes-ledger import` and ledger.restore: exact restores, and refusals that write nothing."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from helpers import ManualClock, installed_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import Ledger, LedgerError
-from ledger.chain import GENESIS, row_hash
-from ledger.events import (
+from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.chain import GENESIS, row_hash
+from hermes_ledger.ledger.events import (
     EventModel,
     MemoryFlushed,
     MessageAppended,
@@ -28,10 +29,9 @@ from ledger.events import (
     Source,
     UsageRecorded,
 )
-from ledger.export import export, export_to_stream
-from ledger.query import EventFilter
-from ledger.restore import RestoreError, import_jsonl, restore_jsonl
-from tests.conftest import ManualClock, installed_script
+from hermes_ledger.ledger.export import export, export_to_stream
+from hermes_ledger.ledger.query import EventFilter
+from hermes_ledger.ledger.restore import RestoreError, import_jsonl, restore_jsonl
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:slack:channel:C1"
@@ -424,14 +424,13 @@ def test_any_changed_byte_in_an_event_line_is_refused(
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    import gateway.cli_log  # noqa: F401 - registers the commands on `hermes ledger`
-    from gateway.cli import hermes
+    from hermes_ledger.gateway.cli import cli as ledger_cli
 
     monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
 
     def run(*args: str, input: bytes | str | None = None) -> Result:
-        return CliRunner().invoke(hermes, ["ledger", *args], input=input)
+        return CliRunner().invoke(ledger_cli, [*args], input=input)
 
     return run
 
@@ -474,7 +473,7 @@ def test_cli_import_refusals_print_error_and_try(
     assert result.exit_code == 1
     assert result.output == (
         f"Error: {source} already has events; an export is restored only into an empty ledger\n"
-        "Try: import into a new file: hermes ledger import --db NEW.db FILE\n"
+        "Try: import into a new file: hermes-ledger import --db NEW.db FILE\n"
     )
     result = cli("import", "--db", str(target), str(tmp_path / "nope.jsonl"))
     assert result.exit_code == 1 and result.output.startswith("Error: there is no file ")
@@ -488,13 +487,13 @@ def test_export_piped_into_import_between_real_processes(source: Path, tmp_path:
     env = {**os.environ, "HERMES_HOME": str(tmp_path / "home")}
     env.pop("HERMES_LEDGER_DB", None)
     exporter = subprocess.Popen(
-        [installed_script(), "ledger", "export", "--db", str(source)],
+        [installed_script(), "export", "--db", str(source)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
     )
     importer = subprocess.run(
-        [installed_script(), "ledger", "import", "--db", str(target)],
+        [installed_script(), "import", "--db", str(target)],
         stdin=exporter.stdout,
         capture_output=True,
         text=True,
@@ -516,7 +515,7 @@ def test_import_from_a_terminal_says_what_to_do(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     try:
         done = subprocess.run(
-            [installed_script(), "ledger", "import", "--db", str(tmp_path / "n.db")],
+            [installed_script(), "import", "--db", str(tmp_path / "n.db")],
             stdin=follower,
             capture_output=True,
             text=True,
@@ -528,7 +527,7 @@ def test_import_from_a_terminal_says_what_to_do(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == (
         "Error: no export to read: SOURCE is stdin, and stdin is a terminal\n"
-        "Try: hermes ledger import FILE, or pipe one in: "
-        "hermes ledger export --db OLD.db | hermes ledger import --db NEW.db\n"
+        "Try: hermes-ledger import FILE, or pipe one in: "
+        "hermes-ledger export --db OLD.db | hermes-ledger import --db NEW.db\n"
     )
     assert not (tmp_path / "n.db").exists()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.keys import (
+from hermes_ledger.gateway.sessions.keys import (
     InvalidSessionIdError,
     build_session_key,
     escape_component,
@@ -18,7 +18,7 @@ from gateway.keys import (
     validate_session_id,
     validate_session_key,
 )
-from gateway.sources import CHAT_TYPES, SessionSource
+from hermes_ledger.gateway.sessions.sources import CHAT_TYPES, SessionSource
 
 TG_GROUP = {"platform": "telegram", "chat_type": "group", "chat_id": "-1002285219667"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from ledger import (
+from hermes_ledger.ledger import (
     ANY,
     NO_STREAM,
     STREAM_EXISTS,
@@ -19,7 +19,7 @@ from ledger import (
     LedgerError,
     SessionAlreadyEndedError,
 )
-from ledger.events import (
+from hermes_ledger.ledger.events import (
     MessageAppended,
     SessionEnded,
     SessionStarted,

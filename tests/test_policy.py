@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.policy import (
+from hermes_ledger.gateway.sessions.policy import (
     Expiry,
     ResetPolicy,
     evaluate_policy,

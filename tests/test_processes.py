@@ -22,8 +22,8 @@ from typing import Any
 import apsw
 import pytest
 
-from ledger import Ledger
-from ledger.schema import APPLICATION_ID, latest_version
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.schema import APPLICATION_ID, latest_version
 
 WORKER = Path(__file__).with_name("proc_workers.py")
 TIMEOUT = 60.0  # generous ceiling for any one worker; the tests take seconds

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import projections
-from ledger import Ledger
-from ledger.chain import row_hash
-from ledger.events import (
+from hermes_ledger import projections
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.chain import row_hash
+from hermes_ledger.ledger.events import (
     MemoryFlushed,
     MemoryFlushFailed,
     MessageAppended,
@@ -24,7 +24,7 @@ from ledger.events import (
     Source,
     UsageRecorded,
 )
-from projections import definitions
+from hermes_ledger.projections import definitions
 
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-import projections
-from ledger import Ledger
-from ledger.events import MessageAppended, SessionStarted, Source, UsageRecorded
+from hermes_ledger import projections
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source, UsageRecorded
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
 
 CHILD = textwrap.dedent(
     """
     import sys, time
-    from ledger import Ledger
-    import projections
+    from hermes_ledger.ledger import Ledger
+    from hermes_ledger import projections
 
     path, action, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

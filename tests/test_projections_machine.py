@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-import projections
-from ledger import Ledger
-from ledger.events import (
+from hermes_ledger import projections
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import (
     EventModel,
     MemoryFlushed,
     MemoryFlushFailed,

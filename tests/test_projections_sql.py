@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-import projections
-from ledger import Ledger
-from ledger.events import (
+from hermes_ledger import projections
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import (
     EventModel,
     MemoryFlushed,
     MemoryFlushFailed,

@@ -10,14 +10,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import projections
-from gateway import GatewayConfig, Platform, ResetPolicy, SessionSource
-from gateway.flush import FlushContext
-from gateway.scheduler import Scheduler
-from gateway.session_store import SessionStore
-from ledger import Ledger
-from ledger.events import SessionExpired
-from tests.conftest import ManualClock
+from helpers import ManualClock
+
+from hermes_ledger import projections
+from hermes_ledger.gateway import GatewayConfig, Platform, ResetPolicy, SessionSource
+from hermes_ledger.gateway.scheduler.ticks import Scheduler
+from hermes_ledger.gateway.sessions.flush import FlushContext
+from hermes_ledger.gateway.sessions.store import SessionStore
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import SessionExpired
 
 IDLE_30 = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
 DAILY_4_UTC = GatewayConfig(
@@ -284,9 +285,9 @@ TICKER = """
 import sys
 from datetime import datetime, UTC
 from pathlib import Path
-from ledger import Ledger
-from gateway import GatewayConfig, ResetPolicy
-from gateway.scheduler import Scheduler
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.gateway import GatewayConfig, ResetPolicy
+from hermes_ledger.gateway.scheduler.ticks import Scheduler
 db, log, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 def flusher(context, transcript):
     with log.open("a") as f:

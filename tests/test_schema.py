@@ -9,9 +9,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from ledger import Ledger, LedgerError, LedgerTooNewError, NotALedgerError
-from ledger.events import SessionStarted, Source
-from ledger.schema import APPLICATION_ID, connect, latest_version, load_migrations
+from hermes_ledger.ledger import Ledger, LedgerError, LedgerTooNewError, NotALedgerError
+from hermes_ledger.ledger.events import SessionStarted, Source
+from hermes_ledger.ledger.schema import APPLICATION_ID, connect, latest_version, load_migrations
 
 
 def _mode(path: Path) -> int:
@@ -90,7 +90,7 @@ def test_a_sqlite_file_that_is_not_a_ledger_is_refused_untouched(db_path: Path) 
     conn.execute("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep me')")
     conn.close()
     before = db_path.read_bytes()
-    with pytest.raises(NotALedgerError, match="a SQLite database but not a hermes ledger"):
+    with pytest.raises(NotALedgerError, match="a SQLite database but not a hermes-ledger"):
         Ledger.open(db_path)
     assert db_path.read_bytes() == before
     assert _siblings(db_path) == ["ledger.db"]  # no WAL was switched on
@@ -142,8 +142,8 @@ def test_readonly_open_of_a_missing_file_creates_nothing(db_path: Path) -> None:
 
 def _with_extra_migration(monkeypatch: pytest.MonkeyPatch, sql: str) -> None:
     """Pretend the code ships one more migration than the file has applied."""
-    from ledger import schema
-    from ledger.schema import Migration
+    from hermes_ledger.ledger import schema
+    from hermes_ledger.ledger.schema import Migration
 
     shipped = load_migrations()
     extra = Migration(len(shipped) + 1, f"{len(shipped) + 1:04d}_extra.sql", sql)

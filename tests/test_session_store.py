@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ManualClock
 
-from gateway import GatewayConfig, ResetPolicy, SessionSource
-from gateway.flush import FlushContext
-from gateway.session_store import SessionClosedError, SessionStore, UnknownSessionError
-from ledger import EventValidationError, Ledger, LedgerError
-from tests.conftest import ManualClock
+from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
+from hermes_ledger.gateway.sessions.flush import FlushContext
+from hermes_ledger.gateway.sessions.store import (
+    SessionClosedError,
+    SessionStore,
+    UnknownSessionError,
+)
+from hermes_ledger.ledger import EventValidationError, Ledger, LedgerError
 
 DM = SessionSource(platform="telegram", chat_id="99", chat_type="dm", user_id="7", user_name="ada")
 GROUP = SessionSource(
@@ -280,9 +284,9 @@ RACER = """
 import sys, time
 from datetime import datetime, UTC
 from pathlib import Path
-from ledger import Ledger
-from gateway import GatewayConfig, ResetPolicy, SessionSource
-from gateway.session_store import SessionStore
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
+from hermes_ledger.gateway.sessions.store import SessionStore
 db, go = sys.argv[1], Path(sys.argv[2])
 later = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 with Ledger.open(db) as led:
@@ -329,7 +333,7 @@ def test_two_processes_racing_on_an_expired_key_start_one_session(
 def test_the_projections_the_store_reads_equal_a_replay(
     store: SessionStore, led: Ledger, clock: ManualClock
 ) -> None:
-    import projections
+    from hermes_ledger import projections
 
     for n in range(5):
         src = SessionSource(platform="slack", chat_id=f"c{n}", chat_type="channel", user_id="u")

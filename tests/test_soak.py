@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests import soak_worker
-from tests.soak_worker import check, seed, setup_home
+import soak_worker
+from soak_worker import check, seed, setup_home
 
 WORKER = Path(soak_worker.__file__)
 

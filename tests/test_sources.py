@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.sources import (
+from hermes_ledger.gateway.sessions.sources import (
     CHAT_TYPES,
     InvalidSourceError,
     Platform,
     SessionSource,
     parse_platform,
 )
-from ledger import LedgerError
-from ledger.events import SessionStarted, Source
+from hermes_ledger.ledger import LedgerError
+from hermes_ledger.ledger.events import SessionStarted, Source
 
 BUILTINS = [
     "local",

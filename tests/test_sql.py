@@ -1,4 +1,4 @@
-"""`hermes ledger sql` and ledger.query.run_sql: read-only queries, refused writes."""
+"""`hermes-ledger sql` and ledger.query.run_sql: read-only queries, refused writes."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Any
 import apsw
 import pytest
 from click.testing import CliRunner, Result
+from helpers import installed_script
 
-from ledger import Ledger, LedgerError
-from ledger.events import MessageAppended, SessionStarted, Source
-from ledger.query import run_sql
-from tests.conftest import installed_script
+from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
+from hermes_ledger.ledger.query import run_sql
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:discord:dm:7"
@@ -111,7 +111,7 @@ def test_one_statement_at_a_time(filled: Path) -> None:
     before = fingerprint(filled)
     with pytest.raises(LedgerError, match="more than one statement") as info:
         query(filled, "SELECT 1; DELETE FROM events")
-    assert info.value.hint == "run one statement per `hermes ledger sql` call"
+    assert info.value.hint == "run one statement per `hermes-ledger sql` call"
     assert fingerprint(filled) == before
 
 
@@ -146,14 +146,13 @@ def test_a_full_text_index_can_be_searched(filled: Path) -> None:
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    import gateway.cli_log  # noqa: F401 - registers the commands on `hermes ledger`
-    from gateway.cli import hermes
+    from hermes_ledger.gateway.cli import cli as ledger_cli
 
     monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
 
     def run(*args: str) -> Result:
-        return CliRunner().invoke(hermes, ["ledger", *args])
+        return CliRunner().invoke(ledger_cli, [*args])
 
     return run
 
@@ -223,7 +222,7 @@ def test_cli_usage_errors(filled: Path, tmp_path: Path, cli: Callable[..., Resul
     result = cli("sql", "--db", str(missing), "SELECT 1")
     assert (result.exit_code, result.output) == (
         1,
-        f"Error: {missing} does not exist\nTry: create it with `hermes ledger init`\n",
+        f"Error: {missing} does not exist\nTry: create it with `hermes-ledger init`\n",
     )
     assert not missing.exists()
 
@@ -232,7 +231,7 @@ def test_installed_script_refuses_writes(filled: Path, tmp_path: Path) -> None:
     before = fingerprint(filled)
     env = {**os.environ, "HERMES_LEDGER_DB": str(filled)}
     done = subprocess.run(
-        [installed_script(), "ledger", "sql", "DROP TABLE events"],
+        [installed_script(), "sql", "DROP TABLE events"],
         capture_output=True,
         text=True,
         env=env,
@@ -244,7 +243,7 @@ def test_installed_script_refuses_writes(filled: Path, tmp_path: Path) -> None:
     assert "\nTry: " in done.stderr
     assert fingerprint(filled) == before
     done = subprocess.run(
-        [installed_script(), "ledger", "sql", "--csv", "SELECT count(*) AS n FROM events"],
+        [installed_script(), "sql", "--csv", "SELECT count(*) AS n FROM events"],
         capture_output=True,
         text=True,
         env=env,

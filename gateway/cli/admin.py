@@ -1,0 +1,64 @@
+"""``hermes-ledger init / status``: create the ledger file, and say what it holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.output import print_json, size_text
+from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.ledger import admin
+
+__all__ = ["init_cmd", "status_cmd"]
+
+
+def _print_status(st: admin.LedgerStatus) -> None:
+    schema = f"v{st.schema_version}"
+    if st.schema_version == st.latest_schema_version:
+        schema += " (up to date)"
+    rows = [
+        ("ledger", st.path),
+        ("schema", schema),
+        ("events", f"{st.events} (head position {st.head})"),
+        ("streams", str(st.streams)),
+        ("sessions", str(st.sessions)),
+        ("first event", st.first_recorded_at or "-"),
+        ("last event", st.last_recorded_at or "-"),
+        ("size", size_text(st.size_bytes)),
+    ]
+    width = max(len(k) for k, _ in rows) + 1
+    for key, value in rows:
+        click.echo(f"{key + ':':<{width}} {value}")
+
+
+@click.command("init")
+@db_option
+@json_option
+@reports_errors
+def init_cmd(db: Path | None, as_json: bool) -> None:
+    """Create the ledger file (or migrate an older one)."""
+    st = admin.init(resolve_ledger_path(db))
+    if as_json:
+        print_json(st.to_dict())
+        return
+    if st.created:
+        click.echo(f"Created ledger {st.path} (schema v{st.schema_version})")
+    else:
+        click.echo(
+            f"Ledger {st.path} already exists (schema v{st.schema_version}, {st.events} events)"
+        )
+
+
+@click.command("status")
+@db_option
+@json_option
+@reports_errors
+def status_cmd(db: Path | None, as_json: bool) -> None:
+    """Show where the ledger is and what it holds."""
+    st = admin.status(resolve_ledger_path(db))
+    if as_json:
+        print_json(st.to_dict())
+    else:
+        _print_status(st)

@@ -1,0 +1,121 @@
+"""``hermes-ledger hooks``: list hooks, their problems and dead letters; re-queue them.
+
+Each command parses its options, calls one library function from
+``gateway.hook_delivery`` and prints the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.output import print_json
+from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.hooks import HooksOverview, hooks_overview
+from hermes_ledger.gateway.hooks.delivery import requeue_dead_letters
+from hermes_ledger.ledger import Ledger, LedgerError
+
+__all__ = ["hooks_group", "retry_cmd"]
+
+hooks_dir_option = click.option(
+    "--hooks-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where hooks live (one directory each). Default: $HERMES_HOME/hooks.",
+)
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _print_overview(ov: HooksOverview) -> None:
+    if ov.hooks:
+        click.echo(f"Hooks in {ov.hooks_dir}:")
+        width = max(len(h.name) for h in ov.hooks)
+        for hook in ov.hooks:
+            state = ov.states.get(hook.name)
+            counts = (
+                "not started yet"
+                if state is None
+                else f"checkpoint {state.checkpoint}, {state.done} delivered, "
+                f"{state.pending + state.claimed} pending, {state.dead} dead"
+            )
+            click.echo(f"  {hook.name:<{width}}  {', '.join(hook.events)}  ({counts})")
+            if hook.description:
+                click.echo(f"  {'':<{width}}  {_one_line(hook.description)}")
+    else:
+        click.echo(f"No hooks in {ov.hooks_dir}.")
+    if ov.problems:
+        click.echo("Skipped:")
+        for problem in ov.problems:
+            click.echo(f"  {problem}")
+    if not ov.dead_letters:
+        click.echo("No dead letters.")
+        return
+    click.echo("Dead letters (re-queue with `hermes-ledger hooks retry [DELIVERY_ID...]`):")
+    for d in ov.dead_letters:
+        click.echo(
+            f"  {d.delivery_id}  {d.hook}  {d.event_type}  position {d.position}"
+            f"  session {d.session_id}  {d.attempts} attempts  {_one_line(d.last_error)}"
+        )
+
+
+@click.group("hooks", invoke_without_command=True)
+@hooks_dir_option
+@db_option
+@json_option
+@click.pass_context
+@reports_errors
+def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_json: bool) -> None:
+    """List hooks, what they subscribe to, and dead letters.
+
+    \b
+    A hook is a directory under $HERMES_HOME/hooks with HOOK.yaml (name,
+    description, events) and handler.py (handle(event_type, context)). Listing
+    imports each handler to check that it loads.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(db=db, as_json=as_json)
+    if ctx.invoked_subcommand is not None:
+        return
+    ov = hooks_overview(hooks_dir, resolve_ledger_path(db))
+    if as_json:
+        print_json(ov.to_dict())
+    else:
+        _print_overview(ov)
+
+
+@hooks_group.command("retry")
+@click.argument("delivery_ids", nargs=-1, metavar="[DELIVERY_ID]...")
+@db_option
+@json_option
+@click.pass_context
+@reports_errors
+def retry_cmd(
+    ctx: click.Context, delivery_ids: tuple[str, ...], db: Path | None, as_json: bool
+) -> None:
+    """Re-queue dead letters: the ones named, or all of them.
+
+    A re-queued delivery is due at once, with its attempts reset; the next
+    delivery pass calls its hook again with the same delivery_id.
+    """
+    db = db or ctx.obj.get("db")
+    as_json = as_json or ctx.obj.get("as_json", False)
+    path = resolve_ledger_path(db)
+    if not path.exists():
+        raise LedgerError(
+            f"there is no ledger at {path}", hint="pass --db / HERMES_LEDGER_DB to choose one"
+        )
+    with Ledger.open(path) as ledger:
+        ids = requeue_dead_letters(ledger, delivery_ids or None)
+    if as_json:
+        print_json({"requeued": ids})
+    elif not ids:
+        click.echo("No dead letters to re-queue.")
+    else:
+        noun = "dead letter" if len(ids) == 1 else "dead letters"
+        click.echo(f"Re-queued {len(ids)} {noun}:")
+        for did in ids:
+            click.echo(f"  {did}")

@@ -1,0 +1,366 @@
+"""``hermes-ledger events|export|import|sql|schema``: the commands that work on the log.
+
+Each command parses its options, calls one library function (``ledger.query``,
+``ledger.export``, ``ledger.restore``, ``ledger.events``) and prints the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.output import (
+    cell,
+    print_json,
+    print_json_line,
+    print_table,
+    progress_bar,
+)
+from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.ledger import Ledger, LedgerError, Recorded
+from hermes_ledger.ledger.events import json_schema
+from hermes_ledger.ledger.export import FORMATS, export
+from hermes_ledger.ledger.query import EventFilter, list_events, parse_time, run_sql
+from hermes_ledger.ledger.restore import import_jsonl
+
+__all__ = ["events_cmd", "export_cmd", "import_cmd", "schema_cmd", "sql_cmd"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def filter_options(fn: F) -> F:
+    """The options that choose events (``events`` and ``export``)."""
+    options = [
+        click.option("--session-key", help="Only this session key (the stream)."),
+        click.option("--session-id", help="Only this session (transcript) id."),
+        click.option(
+            "--type", "types", multiple=True, metavar="TYPE", help="Only this event type (repeat)."
+        ),
+        click.option("--since", metavar="TIME", help="Recorded at or after TIME (ISO-8601, 2h…)."),
+        click.option("--until", metavar="TIME", help="Recorded before TIME."),
+        click.option(
+            "--from", "from_position", type=click.IntRange(min=1), help="From this position on."
+        ),
+        click.option(
+            "--to", "to_position", type=click.IntRange(min=1), help="Up to this position."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _event_filter(options: dict[str, Any]) -> EventFilter:
+    return EventFilter(
+        session_key=options.pop("session_key"),
+        session_id=options.pop("session_id"),
+        types=tuple(options.pop("types")),
+        since=_time(options.pop("since")),
+        until=_time(options.pop("until")),
+        from_position=options.pop("from_position"),
+        to_position=options.pop("to_position"),
+    )
+
+
+def _time(text: str | None) -> str | None:
+    return None if text is None else parse_time(text)
+
+
+@contextmanager
+def _output_closed_quietly() -> Iterator[None]:
+    """``… | head`` closes the pipe early: stop without a traceback."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+# -- events ----------------------------------------------------------------------
+
+
+def _event_line(rec: Recorded) -> str:
+    return (
+        f"{rec.position:>8}  {rec.recorded_at_text}  {rec.type:<20}  "
+        f"{rec.stream} v{rec.version}  {rec.session_id or '-'}"
+    )
+
+
+@click.command("events")
+@db_option
+@filter_options
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many (before --follow).")
+@click.option("-f", "--follow", is_flag=True, help="Then print new events as they come (Ctrl-C).")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.5, hidden=True)
+@click.option("--follow-timeout", type=click.FloatRange(min=0), hidden=True)
+@json_option
+@reports_errors
+def events_cmd(
+    db: Path | None,
+    limit: int | None,
+    follow: bool,
+    poll_interval: float,
+    follow_timeout: float | None,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """List events, oldest first; --follow for new ones.
+
+    \b
+    One line per event: position, recorded_at, type, session key and version,
+    session id. --json prints one JSON object per line (every column).
+    """
+    events = _event_filter(filters)
+    with (
+        Ledger.open(resolve_ledger_path(db), readonly=True) as led,
+        _output_closed_quietly(),
+    ):
+        try:
+            for rec in list_events(
+                led,
+                events,
+                limit=limit,
+                follow=follow,
+                poll_interval=poll_interval,
+                timeout=follow_timeout,
+            ):
+                if as_json:
+                    print_json_line(rec.to_dict())
+                else:
+                    click.echo(_event_line(rec))
+        except KeyboardInterrupt:
+            if not follow:
+                raise
+            # Ctrl-C is how --follow ends: a normal exit.
+
+
+# -- export ----------------------------------------------------------------------
+
+
+@click.command("export")
+@db_option
+@filter_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="jsonl (default), csv or sqlite; by default from -o's extension.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write to FILE (created owner-only; .gz compresses) instead of stdout (-).",
+)
+@reports_errors
+def export_cmd(db: Path | None, fmt: str | None, output: Path | None, **filters: Any) -> None:
+    """Export events as JSONL, CSV or SQLite.
+
+    \b
+    JSONL (the default) has one event per line, every column as stored, and ends
+    with a manifest line (count, first and last position, last hash):
+    `hermes-ledger import` restores it exactly. --format sqlite writes a database
+    with the events and a full-text index over the messages.
+    """
+    events = _event_filter(filters)
+    path = resolve_ledger_path(db)
+    if output is not None and str(output) == "-":
+        output = None
+    with progress_bar("Exporting") as progress, _output_closed_quietly():
+        manifest = export(
+            path,
+            output,
+            format=fmt,
+            events=events,
+            progress=progress,
+            stdout=sys.stdout.buffer,
+        )
+    if output is not None:
+        span = (
+            f" (positions {manifest.first_position}-{manifest.last_position})"
+            if manifest.count
+            else ""
+        )
+        noun = "event" if manifest.count == 1 else "events"
+        click.echo(f"Exported {manifest.count} {noun}{span} to {output}")
+
+
+# -- import ----------------------------------------------------------------------
+
+
+@click.command("import")
+@db_option
+@click.argument(
+    "source",
+    required=False,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=str),
+)
+@click.option(
+    "--from-hermes",
+    "hermes_home",
+    metavar="PATH",
+    type=click.Path(path_type=Path),
+    help="Import a Hermes home (its state.db sessions and routing) instead of an export.",
+)
+@json_option
+@reports_errors
+def import_cmd(
+    db: Path | None, source: str | None, hermes_home: Path | None, as_json: bool
+) -> None:
+    """Restore a JSONL export, or import a Hermes home.
+
+    \b
+    SOURCE is a file written by `hermes-ledger export` (gzip is recognised), or
+    - (the default) for stdin. Every event keeps its position, id, time and hash;
+    the hash chain and the manifest are checked first, and if anything is wrong
+    nothing is written.
+
+    \b
+    --from-hermes PATH reads a Hermes home (PATH holds state.db, e.g. ~/.hermes)
+    without changing it, and appends its sessions, messages, usage and ends to the
+    ledger, one stream per session key. Importing again appends only what is new.
+    Problems that leave something out are printed as warnings on stderr.
+    """
+    if hermes_home is not None:
+        from hermes_ledger.gateway.hermes.importing import import_hermes_home, open_hermes_home
+
+        if source is not None:
+            raise click.UsageError("give either SOURCE or --from-hermes, not both")
+        # A path that is not a Hermes home is refused before the ledger is touched.
+        with (
+            open_hermes_home(hermes_home) as home,
+            Ledger.open(resolve_ledger_path(db)) as led,
+            progress_bar("Importing Hermes sessions") as progress,
+        ):
+            report = import_hermes_home(led, home, progress=progress)
+        if as_json:
+            print_json(report.to_dict())
+            return
+        for line in report.summary():
+            click.echo(line)
+        for warning in report.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+        return
+    if source is None:
+        source = "-"
+    if source == "-" and sys.stdin.isatty():
+        raise LedgerError(
+            "no export to read: SOURCE is stdin, and stdin is a terminal",
+            hint="hermes-ledger import FILE, or pipe one in: "
+            "hermes-ledger export --db OLD.db | hermes-ledger import --db NEW.db",
+        )
+    path = resolve_ledger_path(db)
+    result = import_jsonl(path, source, stdin=sys.stdin.buffer)
+    if as_json:
+        restored = {
+            "ledger": str(path),
+            "count": result.count,
+            "last_position": result.last_position,
+            "last_hash": result.last_hash,
+        }
+        print_json(restored)
+        return
+    if not result.count:
+        click.echo(f"Imported 0 events into {path} (the export holds none)")
+        return
+    noun = "event" if result.count == 1 else "events"
+    click.echo(
+        f"Imported {result.count} {noun} into {path}; hash chain verified up to "
+        f"position {result.last_position} (last hash {result.last_hash})"
+    )
+
+
+# -- sql -------------------------------------------------------------------------
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$base64": True, "encoded": base64.b64encode(value).decode()}
+    return value
+
+
+def _print_json_rows(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """A JSON list of objects, one per line, streamed."""
+    opened = False
+    for row in rows:
+        item = {c: _json_value(v) for c, v in zip(columns, row, strict=True)}
+        text = json.dumps(item, ensure_ascii=False)
+        click.echo((",\n  " if opened else "[\n  ") + text, nl=False)
+        opened = True
+    click.echo("\n]" if opened else "[]")
+
+
+def _print_csv(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(cell(v) if isinstance(v, bytes) else v for v in row)
+    out.flush()
+
+
+@click.command("sql")
+@db_option
+@click.argument("query")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Bind :NAME to VALUE (repeat).",
+)
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@reports_errors
+def sql_cmd(
+    db: Path | None, query: str, params: tuple[tuple[str, str], ...], as_json: bool, as_csv: bool
+) -> None:
+    """Run a read-only SQL query on the ledger.
+
+    \b
+    The ledger is opened read-only: a statement that would change it fails and
+    changes nothing. Output is an aligned table, --json (a list of objects) or
+    --csv. Example:
+      hermes-ledger sql "SELECT type, count(*) FROM events GROUP BY type"
+    """
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    with (
+        Ledger.open(resolve_ledger_path(db), readonly=True) as led,
+        _output_closed_quietly(),
+    ):
+        result = run_sql(led, query, dict(params))
+        if as_json:
+            _print_json_rows(result.columns, result.rows)
+        elif as_csv:
+            _print_csv(result.columns, result.rows)
+        else:
+            print_table(result.columns, result.rows)
+
+
+# -- schema ----------------------------------------------------------------------
+
+
+@click.command("schema")
+@db_option
+def schema_cmd(db: Path | None) -> None:
+    """Print the JSON Schema of the events.
+
+    The schema is that of this version's event models (the same for every ledger;
+    --db is accepted like everywhere else).
+    """
+    print_json(json_schema())

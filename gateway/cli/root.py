@@ -1,0 +1,52 @@
+"""The ``hermes-ledger`` command line: the root group and every command on it.
+
+Each command parses its options, calls one library function, and prints the
+result (``--json`` for scripts). A ``LedgerError`` becomes ``Error: …`` plus a
+``Try: …`` hint and exit code 1; usage errors exit with 2. Commands are listed
+here, explicitly; importing a command module registers nothing.
+"""
+
+from __future__ import annotations
+
+import click
+
+from hermes_ledger.gateway.cli import admin, hooks, log, run, sessions
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hermes-ledger")
+def cli() -> None:
+    """The session ledger: an append-only event log of every chat session.
+
+    \b
+    The ledger lives in $HERMES_HOME/ledger.db (HERMES_HOME defaults to ~/.hermes);
+    every command takes --db, or the HERMES_LEDGER_DB environment variable, to use
+    another file.
+    """
+
+
+for _command in (
+    admin.init_cmd,
+    admin.status_cmd,
+    log.events_cmd,
+    log.export_cmd,
+    log.import_cmd,
+    log.sql_cmd,
+    log.schema_cmd,
+    sessions.sessions_cmd,
+    sessions.history_cmd,
+    sessions.transcript_cmd,
+    sessions.replay_cmd,
+    sessions.verify_cmd,
+    run.tick_cmd,
+    run.run_cmd,
+    run.demo_cmd,
+    hooks.hooks_group,
+):
+    cli.add_command(_command)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    cli()

@@ -1,0 +1,171 @@
+"""``hermes-ledger tick / run / demo``: the background work, once, forever, or simulated."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from hermes_ledger.gateway.bootstrap import Gateway, open_gateway
+from hermes_ledger.gateway.cli.options import (
+    LedgerCommandError,
+    db_option,
+    json_option,
+    reports_errors,
+)
+from hermes_ledger.gateway.cli.output import print_json, print_table
+from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger_path
+from hermes_ledger.gateway.demo.day import describe_query, run_demo
+from hermes_ledger.gateway.scheduler.runner import describe
+from hermes_ledger.ledger.clock import parse_utc
+
+__all__ = ["demo_cmd", "run_cmd", "tick_cmd"]
+
+config_option = click.option(
+    "--config",
+    "config_home",
+    type=click.Path(path_type=Path),
+    help="A Hermes home (or its config.yaml) to read reset policies and the ledger: section"
+    " from. Default: $HERMES_HOME.",
+)
+hooks_option = click.option(
+    "--hooks-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where hooks live. Default: $HERMES_HOME/hooks.",
+)
+
+
+def _home(config_home: Path | None) -> Path:
+    if config_home is None:
+        return hermes_home()
+    if config_home.is_file():
+        if config_home.name != "config.yaml":
+            raise LedgerCommandError(
+                f"--config {config_home} is not a Hermes home or its config.yaml",
+                "pass the directory that holds config.yaml and gateway.json",
+            )
+        return config_home.parent
+    return config_home
+
+
+def _gateway(db: Path | None, config_home: Path | None, hooks_dir: Path | None) -> Gateway:
+    gateway = open_gateway(resolve_ledger_path(db), home=_home(config_home), hooks_dir=hooks_dir)
+    for problem in gateway.hooks.problems:
+        click.echo(f"Warning: {problem}", err=True)
+    return gateway
+
+
+@click.command("tick")
+@db_option
+@config_option
+@hooks_option
+@click.option("--now", "now_text", metavar="ISO-8601", help="Evaluate deadlines at this time.")
+@json_option
+@reports_errors
+def tick_cmd(
+    db: Path | None,
+    config_home: Path | None,
+    hooks_dir: Path | None,
+    now_text: str | None,
+    as_json: bool,
+) -> None:
+    """One pass: close due sessions, deliver hooks."""
+    try:
+        now = parse_utc(now_text) if now_text else None
+    except ValueError:
+        raise LedgerCommandError(
+            f"--now {now_text!r} is not an ISO-8601 time", "e.g. --now 2026-11-22T09:30:00Z"
+        ) from None
+    with _gateway(db, config_home, hooks_dir) as gateway:
+        report = gateway.runner.once(now)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for line in describe(report):
+            click.echo(line)
+
+
+@click.command("run")
+@db_option
+@config_option
+@hooks_option
+@click.option("--interval", type=click.FloatRange(min=0.01), help="Seconds between passes.")
+@reports_errors
+def run_cmd(
+    db: Path | None, config_home: Path | None, hooks_dir: Path | None, interval: float | None
+) -> None:
+    """Tick and deliver hooks until SIGTERM or Ctrl-C.
+
+    The pass in progress is finished before exiting (status 0).
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        click.echo(f"{signal.Signals(signum).name}: finishing the current pass", err=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with _gateway(db, config_home, hooks_dir) as gateway:
+            every = interval if interval is not None else gateway.settings.tick_interval
+            click.echo(
+                f"Running on {gateway.ledger.path}: a pass every {every:g}s (SIGTERM/Ctrl-C stops)"
+            )
+            passes = gateway.runner.run(stop, interval)
+        click.echo(f"Stopped after {passes} passes.")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@click.command("demo")
+@db_option
+@json_option
+@reports_errors
+def demo_cmd(db: Path | None, as_json: bool) -> None:
+    """Simulate a gateway day into the ledger and show it.
+
+    \b
+    Writes sessions under the `demo` profile (keys agent:demo:…) across several
+    platforms, runs a simulated clock through idle expiries, a daily reset, an
+    auto-reset on a late message and a manual /new, delivers them to an example
+    hook, then prints the session map, an audit query and where an export went.
+    """
+    path = resolve_ledger_path(db)
+    say = (lambda _: None) if as_json else (lambda line: click.echo(f"  {line}"))
+    if not as_json:
+        click.echo(f"Simulating a gateway day into {path} …")
+    report = run_demo(path, say=say)
+    if as_json:
+        print_json(
+            {
+                "ledger": report.ledger,
+                "events": report.events,
+                "export": report.export_path,
+                "hook_calls": report.hook_calls,
+                "session_map": [
+                    {"session_key": k, "session_id": s, "status": st}
+                    for k, s, st in report.sessions_map
+                ],
+                "closed": [{"session_key": k, "reason": r} for k, r in report.closed],
+                "audit": [
+                    dict(zip(report.audit_columns, r, strict=True)) for r in report.audit_rows
+                ],
+            },
+        )
+        return
+    click.echo("\nSession map (demo profile):")
+    print_table(["session_key", "session_id", "status"], report.sessions_map)
+    click.echo("\nAudit query — how the demo's sessions ended:")
+    for line in describe_query().splitlines():
+        click.echo(f"  {line}")
+    print_table(report.audit_columns, report.audit_rows)
+    click.echo(f"\nExample hook ({report.hooks_dir}) was called {report.hook_calls} times.")
+    click.echo(f"Exported {report.events} events to {report.export_path}")
+    click.echo(
+        "Next: hermes-ledger sessions --all, hermes-ledger history KEY,"
+        " hermes-ledger sql 'SELECT …', hermes-ledger verify"
+    )

@@ -1,0 +1,163 @@
+"""``hermes-ledger sessions / history / transcript / replay / verify``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hermes_ledger import projections
+from hermes_ledger.gateway.cli.options import (
+    LedgerCommandError,
+    db_option,
+    json_option,
+    reports_errors,
+)
+from hermes_ledger.gateway.cli.output import print_json, print_table, progress_bar
+from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.sessions import reports
+from hermes_ledger.ledger.clock import format_utc, parse_utc
+
+__all__ = ["history_cmd", "replay_cmd", "sessions_cmd", "transcript_cmd", "verify_cmd"]
+
+
+def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        print_json(rows)
+    elif rows:
+        print_table(columns, [tuple(r.get(c) for c in columns) for r in rows])
+
+
+@click.command("sessions")
+@db_option
+@click.option("--all", "all_", is_flag=True, help="Include closed and closing sessions.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@json_option
+@reports_errors
+def sessions_cmd(db: Path | None, all_: bool, limit: int, as_json: bool) -> None:
+    """List sessions by key, most recently active first."""
+    with reports.open_existing(resolve_ledger_path(db)) as led:
+        rows = reports.sessions(led, all_=all_, limit=limit)
+    columns = ["session_key", "session_id", "status", "updated_at", "message_count"]
+    if not rows and not as_json:
+        click.echo("No open sessions." if not all_ else "No sessions.")
+    _emit(rows, columns, as_json)
+
+
+@click.command("history")
+@click.argument("session_key")
+@db_option
+@json_option
+@reports_errors
+def history_cmd(session_key: str, db: Path | None, as_json: bool) -> None:
+    """A key's sessions, oldest first, and endings.
+
+    Every session (transcript) SESSION_KEY has had, with how each one ended.
+    """
+    with reports.open_existing(resolve_ledger_path(db)) as led:
+        rows = reports.history(led, session_key)
+    columns = ["session_id", "started_at", "ended_at", "end_reason", "message_count"]
+    _emit(rows, columns, as_json)
+
+
+@click.command("transcript")
+@click.argument("session_id")
+@db_option
+@json_option
+@reports_errors
+def transcript_cmd(session_id: str, db: Path | None, as_json: bool) -> None:
+    """The messages of one session, in order."""
+    with reports.open_existing(resolve_ledger_path(db)) as led:
+        messages = reports.transcript(led, session_id)
+    if as_json:
+        print_json(messages)
+        return
+    for message in messages:
+        text = message["content"] if message["content"] is not None else ""
+        if "tool_calls" in message:
+            names = [c.get("function", {}).get("name", "?") for c in message["tool_calls"]]
+            text = (text + " " if text else "") + f"[calls {', '.join(names)}]"
+        if "tool_name" in message:
+            text = f"[{message['tool_name']}] {text}"
+        click.echo(f"{message['timestamp']}  {message['role']:<9} {text}")
+
+
+@click.command("replay")
+@db_option
+@click.option("--at", "at", metavar="TIME", help="Show the session map as of this time.")
+@click.option("--to", "to", type=click.IntRange(min=0), metavar="POSITION",
+              help="Show the session map as of this position.")  # fmt: skip
+@json_option
+@reports_errors
+def replay_cmd(db: Path | None, at: str | None, to: int | None, as_json: bool) -> None:
+    """Rebuild projections, or show a past state.
+
+    \b
+    Without options, replays every event into fresh tables and swaps them in.
+    With --at TIME (ISO-8601) or --to POSITION, prints the session map as it
+    was then, without changing anything.
+    """
+    if at is not None and to is not None:
+        raise click.UsageError("give --at or --to, not both")
+    with reports.open_existing(resolve_ledger_path(db)) as led:
+        if at is None and to is None:
+            with progress_bar("replaying") as progress:
+                report = projections.rebuild(led, progress=progress)
+            if as_json:
+                print_json({"events": report.events, "position": report.position})
+            else:
+                click.echo(str(report))
+            return
+        moment = None
+        if at is not None:
+            try:
+                moment = parse_utc(at)
+            except ValueError:
+                raise LedgerCommandError(
+                    f"--at {at!r} is not an ISO-8601 time", "e.g. --at 2026-11-22T09:30:00Z"
+                ) from None
+        state = projections.state_at(led, position=to, time=moment)
+    rows = sorted(state.session_map.values(), key=lambda r: r["session_key"])
+    if as_json:
+        print_json({"position": state.position, "session_map": rows})
+        return
+    when = f"time {format_utc(moment)}" if moment else f"position {state.position}"
+    click.echo(f"Session map as of {when} (position {state.position}):")
+    if rows:
+        print_table(
+            ["session_key", "session_id", "status", "updated_at"],
+            [(r["session_key"], r["session_id"], r["status"], r["updated_at"]) for r in rows],
+        )
+    else:
+        click.echo("(no sessions)")
+
+
+@click.command("verify")
+@db_option
+@json_option
+@reports_errors
+def verify_cmd(db: Path | None, as_json: bool) -> None:
+    """Check the hash chain and the projections against a replay."""
+    with (
+        reports.open_existing(resolve_ledger_path(db)) as led,
+        progress_bar("verifying") as progress,
+    ):
+        report = reports.verify_all(led, progress=progress)
+    if as_json:
+        print_json(
+            {
+                "ok": report.ok,
+                "chain_ok": report.chain.ok,
+                "first_bad_position": report.chain.first_bad_position,
+                "chain_problem": report.chain.problem,
+                "projections_ok": report.projections.ok,
+                "differences": [str(d) for d in report.projections.differences],
+            },
+        )
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.ok:
+        sys.exit(1)

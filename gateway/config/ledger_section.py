@@ -1,0 +1,55 @@
+"""The ledger's own section of a Hermes ``config.yaml``::
+
+    ledger:
+      flusher: mypackage.memory:flush   # import path, or an entry point name
+      flush_timeout: 30                 # seconds
+      flush_attempts: 3                 # failed flushes retried on later ticks
+      flush_retry_seconds: 60
+      hook_attempts: 5                  # then dead-lettered
+      hook_timeout: 10                  # seconds per hook call
+      tick_interval: 30                 # seconds between passes of `run`
+
+Unknown keys and out-of-range values are a ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hermes_ledger.gateway.config.files import ConfigError, config_yaml_path, read_config_yaml
+
+__all__ = ["RunnerSettings"]
+
+
+class RunnerSettings(BaseModel):
+    """The ``ledger:`` section of a Hermes ``config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flusher: str | None = None
+    flush_timeout: float = Field(default=30.0, gt=0, le=3600)
+    flush_attempts: int = Field(default=3, ge=1, le=100)
+    flush_retry_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    hook_attempts: int = Field(default=5, ge=1, le=100)
+    hook_timeout: float = Field(default=10.0, gt=0, le=3600)
+    tick_interval: float = Field(default=30.0, gt=0, le=86_400)
+
+    @classmethod
+    def load(cls, hermes_home: Path) -> RunnerSettings:
+        """Read ``ledger:`` from ``<home>/config.yaml``; defaults when absent."""
+        path = config_yaml_path(hermes_home)
+        section = read_config_yaml(hermes_home).get("ledger")
+        if section is None:
+            return cls()
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: ledger: must be a mapping")
+        try:
+            return cls.model_validate(section)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"ledger.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise ConfigError(f"{path}: {problems}") from None

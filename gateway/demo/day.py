@@ -1,0 +1,220 @@
+"""``hermes-ledger demo``: a realistic gateway day, simulated in a few seconds.
+
+Writes into a real ledger (sessions under the ``demo`` profile, so their keys —
+``agent:demo:…`` — never mix with a real gateway's): DMs, groups, a thread and
+a channel on several platforms, an API client and the local CLI; tool calls and
+token usage; then a simulated clock runs through idle expiries, a daily reset,
+an auto-reset when a late message arrives and a manual ``/new``. An example hook,
+installed in a temporary hooks directory, receives every session:start/end.
+Finally it exports the log next to the ledger.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hermes_ledger.gateway.bootstrap import open_gateway
+from hermes_ledger.gateway.config.gateway import GatewayConfig
+from hermes_ledger.gateway.config.ledger_section import RunnerSettings
+from hermes_ledger.gateway.scheduler.runner import PassReport
+from hermes_ledger.gateway.sessions.policy import ResetPolicy
+from hermes_ledger.gateway.sessions.sources import Platform, SessionSource
+from hermes_ledger.gateway.sessions.store import SessionStore
+from hermes_ledger.ledger.export import export
+
+__all__ = ["DemoReport", "run_demo"]
+
+PROFILE = "demo"
+CONFIG = GatewayConfig(
+    profile=PROFILE,
+    default_reset_policy=ResetPolicy(mode="idle", idle_minutes=60, timezone="UTC"),
+    reset_by_platform={
+        Platform.DISCORD: ResetPolicy(mode="daily", at_hour=4, timezone="UTC"),
+        Platform.TELEGRAM: ResetPolicy(mode="both", idle_minutes=30, at_hour=4, timezone="UTC"),
+    },
+)
+
+HOOK_YAML = """\
+name: demo-audit
+description: Appends every session start and end to a file (installed by hermes-ledger demo)
+events: ["session:start", "session:end"]
+"""
+HOOK_HANDLER = """\
+import json
+from pathlib import Path
+
+LOG = Path(__file__).with_name("calls.jsonl")
+
+
+def handle(event_type, context):
+    with LOG.open("a") as out:
+        out.write(json.dumps({"event": event_type, **context}) + "\\n")
+"""
+
+AUDIT_QUERY = """\
+SELECT end_reason, count(*) AS sessions, sum(message_count) AS messages
+FROM session_history WHERE session_key LIKE 'agent:demo:%' AND ended_at IS NOT NULL
+GROUP BY end_reason ORDER BY sessions DESC, end_reason"""
+
+
+class _SimClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@dataclass
+class DemoReport:
+    ledger: str
+    export_path: str
+    hooks_dir: str
+    events: int
+    sessions_map: list[tuple[str, str, str]]
+    audit_columns: list[str]
+    audit_rows: list[tuple[Any, ...]]
+    hook_calls: int
+    closed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _install_hook(root: Path) -> Path:
+    hook = root / "demo-audit"
+    hook.mkdir(parents=True, mode=0o700)
+    (hook / "HOOK.yaml").write_text(HOOK_YAML)
+    (hook / "handler.py").write_text(HOOK_HANDLER)
+    for path in (root, hook, hook / "HOOK.yaml", hook / "handler.py"):
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    return hook
+
+
+def _chat(store: SessionStore, source: SessionSource, turns: list[tuple[str, str]]) -> str:
+    entry = store.get_or_create_session(source)
+    for role, text in turns:
+        store.append_to_transcript(entry.session_id, {"role": role, "content": text})
+    store.update_session(entry.session_key, input_tokens=120 * len(turns), output_tokens=40)
+    return entry.session_id
+
+
+def _tool_turn(store: SessionStore, source: SessionSource, query: str, answer: str) -> None:
+    entry = store.get_or_create_session(source)
+    sid = entry.session_id
+    call_id = f"call_{abs(hash((sid, query))) % 10_000:04d}"
+    store.append_to_transcript(sid, {"role": "user", "content": query})
+    calls = [
+        {"id": call_id, "type": "function", "function": {"name": "web_search",
+                                                          "arguments": f'{{"q": "{query}"}}'}}
+    ]  # fmt: skip
+    store.append_to_transcript(sid, {"role": "assistant", "content": None, "tool_calls": calls})
+    store.append_to_transcript(
+        sid, {"role": "tool", "content": answer, "tool_name": "web_search", "tool_call_id": call_id}
+    )
+    store.append_to_transcript(sid, {"role": "assistant", "content": answer})
+    store.update_session(
+        entry.session_key, input_tokens=900, output_tokens=150, cache_read_tokens=512,
+        cost_usd=0.0042, model="demo-model",
+    )  # fmt: skip
+
+
+def run_demo(
+    ledger_path: Path, *, say: Callable[[str], None] = lambda _: None, now: datetime | None = None
+) -> DemoReport:
+    """Run the demo workload into ``ledger_path``; ``say`` narrates each step."""
+    # The simulated day starts two days ago at 08:00 UTC, so it lies wholly in the
+    # past: nothing the demo writes is dated after the real clock.
+    start = ((now or datetime.now(UTC)) - timedelta(days=2)).replace(
+        hour=8, minute=0, second=0, microsecond=0
+    )
+    clock = _SimClock(start)
+    hooks_dir = Path(tempfile.mkdtemp(prefix="hermes-demo-hooks-"))
+    hook = _install_hook(hooks_dir)
+    closed: list[tuple[str, str]] = []
+    with open_gateway(
+        ledger_path, config=CONFIG, settings=RunnerSettings(), hooks_dir=hooks_dir, clock=clock
+    ) as gateway:
+        led, store, runner = gateway.ledger, gateway.store, gateway.runner
+
+        def tick(label: str) -> PassReport:
+            report = runner.once()
+            closed.extend((c.session_key, c.reason) for c in report.tick.closed)
+            say(f"{clock.now:%a %H:%M} {label}: closed {len(report.tick.closed)},"
+                f" hook calls {report.delivered}")  # fmt: skip
+            return report
+
+        ada = SessionSource(platform="telegram", chat_id="1001", chat_type="dm",
+                            user_id="1001", user_name="Ada")  # fmt: skip
+        ops = SessionSource(platform="discord", chat_id="ops", chat_name="#ops", chat_type="group",
+                            user_id="42", user_name="Grace")  # fmt: skip
+        thread = SessionSource(platform="discord", chat_id="ops", chat_name="#ops",
+                               chat_type="thread", thread_id="t-7", user_id="43")  # fmt: skip
+        eng = SessionSource(platform="slack", chat_id="C01", chat_name="#eng",
+                            chat_type="channel", user_id="U9", user_name="Linus")  # fmt: skip
+        wa = SessionSource(platform="whatsapp", chat_id="+15550100", chat_type="dm",
+                           user_name="Margaret")  # fmt: skip
+        cli = SessionSource(platform="local", chat_type="dm", user_name="operator")
+
+        say(f"{clock.now:%a %H:%M} morning traffic on six platforms")
+        _chat(store, ada, [("user", "Hi! Can you remind me what we discussed?"),
+                           ("assistant", "We planned the release notes.")])  # fmt: skip
+        _tool_turn(store, ops, "status of the eu-west deploy", "All 12 nodes healthy.")
+        _chat(store, thread, [("user", "rollback plan?"), ("assistant", "Blue/green, 5 min.")])
+        _chat(store, eng, [("user", "standup summary please"), ("assistant", "3 PRs merged.")])
+        _chat(store, wa, [("user", "Book a table for two at 8"), ("assistant", "Done: 20:00.")])
+        _chat(store, cli, [("user", "summarise ~/notes.md"), ("assistant", "Five bullet points.")])
+        api = store.open_api_session("agent:demo:api_server:dm:client-7")
+        store.append_to_transcript(api.session_id, {"role": "user", "content": "ping"})
+        tick("first tick")
+
+        clock.advance(minutes=20)
+        _tool_turn(store, eng, "open incidents", "None open.")
+        say(f"{clock.now:%a %H:%M} /new in #eng (manual reset)")
+        store.reset_session(store.config.session_key(eng), trigger="/new")
+        _chat(store, eng, [("user", "fresh start: plan for Q1"), ("assistant", "Drafting.")])
+
+        clock.advance(minutes=45)  # Ada's DM has been idle 65 min (policy: 30)
+        say(f"{clock.now:%a %H:%M} a late message from Ada (auto-reset on the message path)")
+        _chat(store, ada, [("user", "Back again!"), ("assistant", "Welcome back, fresh session.")])
+        clock.advance(minutes=90)
+        tick("idle sweep")  # WhatsApp, CLI, API and the thread idle > 60 min
+
+        clock.now = (start + timedelta(days=1)).replace(hour=4, minute=5)
+        tick("after the daily 04:00 reset")  # #ops (daily) and Ada (both)
+        clock.advance(hours=3)
+        _chat(store, ops, [("user", "morning all"), ("assistant", "Good morning, new day.")])
+        tick("later that morning")
+        export_path = ledger_path.with_name(ledger_path.stem + "-demo-export.jsonl")
+        manifest = export(ledger_path, export_path)
+        sessions_map = [
+            (row[0], row[1], row[2])
+            for row in led.query(
+                "SELECT session_key, session_id, status FROM session_map"
+                " WHERE session_key LIKE 'agent:demo:%' ORDER BY session_key"
+            )
+        ]
+        audit = led.query(AUDIT_QUERY)
+    calls_file = hook / "calls.jsonl"
+    hook_calls = len(calls_file.read_text().splitlines()) if calls_file.exists() else 0
+    return DemoReport(
+        ledger=str(ledger_path),
+        export_path=str(export_path),
+        hooks_dir=str(hooks_dir),
+        events=manifest.count,
+        sessions_map=sessions_map,
+        audit_columns=["end_reason", "sessions", "messages"],
+        audit_rows=[tuple(r) for r in audit],
+        hook_calls=hook_calls,
+        closed=closed,
+    )
+
+
+def describe_query() -> str:
+    return textwrap.dedent(AUDIT_QUERY)

@@ -1,0 +1,633 @@
+"""Importing a Hermes home: ``state.db`` sessions and messages become ledger events.
+
+A Hermes 0.19 home keeps every session (CLI, TUI and gateway) in ``state.db``
+and the gateway's key → session mapping in its ``gateway_routing`` table (mirrored
+in the legacy ``sessions/sessions.json``); ``gateway.hermes_home`` reads them.
+``import_hermes_home`` turns that into the events the live gateway would have
+written, one stream per session key:
+
+    session_started → message_appended … → usage_recorded → session_ended → next session_started
+
+Everything is read from one read-only snapshot of ``state.db``; the Hermes files
+are never written. Events carry Hermes' own times in ``occurred_at`` and
+deterministic ``event_id``s (uuid5 over the Hermes session id, message id and
+event kind), so importing again appends only what Hermes has gained since: new
+sessions, new messages, more usage, an end. Every appended event has
+``{"actor": "hermes-import"}`` in its meta. docs/hermes-import.md has the full
+mapping and its limits.
+
+``HermesHome``, ``open_hermes_home``, ``HermesImportError`` and
+``SUPPORTED_SCHEMA_VERSIONS`` come from ``gateway.hermes_home`` and are importable
+from here as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from hermes_ledger import projections
+from hermes_ledger.gateway.hermes.reading import (
+    SUPPORTED_SCHEMA_VERSIONS,
+    HermesHome,
+    HermesImportError,
+    _count,
+    _number,
+    _Route,
+    _Session,
+    _text,
+    open_hermes_home,
+)
+from hermes_ledger.gateway.sessions.keys import (
+    build_session_key,
+    escape_component,
+    session_namespace,
+)
+from hermes_ledger.gateway.sessions.keys import validate_session_key as _validate_key
+from hermes_ledger.gateway.sessions.sources import SessionSource
+from hermes_ledger.ledger import ConcurrencyError, IdempotencyError, Ledger, LedgerError
+from hermes_ledger.ledger.events import (
+    EventModel,
+    MessageAppended,
+    SessionEnded,
+    SessionStarted,
+    Source,
+    UsageRecorded,
+)
+
+__all__ = [
+    "IMPORT_ACTOR",
+    "SUPERSEDED_REASON",
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "HermesHome",
+    "HermesImportError",
+    "HermesImportReport",
+    "import_hermes_home",
+    "import_key",
+    "open_hermes_home",
+]
+
+IMPORT_ACTOR: Final = "hermes-import"
+"""``meta.actor`` of every event an import appends."""
+
+SUPERSEDED_REASON: Final = "superseded"
+"""End reason given to a session Hermes left open when a later one started on its key."""
+
+_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "hermes-ledger:hermes-import")
+_JSON_CONTENT: Final = "\x00json:"  # Hermes' prefix for list/dict message content
+_ROLES: Final = frozenset({"user", "assistant", "tool", "system"})
+# The previous session's Hermes end reason → the next session's start reason.
+_AUTO_ENDS: Final = frozenset(
+    {"idle", "daily", "suspended", "resume_pending_expired", "compression", SUPERSEDED_REASON}
+)
+_RESUME_ENDS: Final = frozenset({"session_switch", "resumed_other", "branched"})
+_StartReason = Literal["first", "manual_reset", "auto_reset", "resume"]
+
+# -- the ledger ---------------------------------------------------------------------
+
+SQL_SESSION_STREAM = "SELECT stream FROM events WHERE session_id = ? ORDER BY position LIMIT 1"
+SQL_SESSION_EVENTS = (
+    "SELECT event_id, type, meta ->> '$.actor', data ->> '$.synthetic',"
+    " CASE type WHEN 'usage_recorded' THEN data END"
+    " FROM events WHERE session_id = ? ORDER BY position"
+)
+SQL_STREAM_FOREIGN = (
+    "SELECT EXISTS (SELECT 1 FROM events WHERE stream = ? AND (meta ->> '$.actor') IS NOT ?)"
+)
+SQL_STREAM_SESSIONS = (
+    "SELECT session_id, max(type = 'session_ended') FROM events"
+    " WHERE stream = ? AND type IN ('session_started', 'session_ended')"
+    " GROUP BY session_id ORDER BY min(version)"
+)
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+# -- keys and sources -----------------------------------------------------------------
+
+
+def import_key(platform: str, session_id: str, profile: str | None = None) -> str:
+    """The key of a session Hermes gave no key and no chat to derive one from (CLI,
+    cron…): ``agent:<ns>:<platform>:import:<session_id>``, one key per session."""
+    ns = session_namespace(profile)
+    return f"agent:{ns}:{escape_component(platform)}:import:{escape_component(session_id)}"
+
+
+def _origin(
+    session: _Session,
+    route: _Route | None,
+    parent: dict[str, Any] | None,
+    warn: Callable[[str], None],
+) -> dict[str, Any]:
+    """The session's origin as Hermes stored it (``origin_json``), else the routing
+    entry's, else rebuilt from the row's columns; a continuation (compression,
+    branch) whose row names no chat has its parent's."""
+    if session.origin_json:
+        try:
+            stored = json.loads(session.origin_json)
+            if isinstance(stored, dict) and stored.get("platform"):
+                return stored
+        except ValueError:
+            pass
+        warn(f"session {session.id}: origin_json is not a source; using the row's columns")
+    if route is not None and route.origin and route.origin.get("platform"):
+        return dict(route.origin)
+    if parent is not None and not (session.chat_id or session.user_id):
+        return parent
+    return {
+        "platform": session.platform,
+        "chat_id": session.chat_id,
+        "chat_name": session.display_name,
+        "chat_type": session.chat_type,
+        "user_id": session.user_id,
+        "thread_id": session.thread_id,
+        "profile": session.profile,
+    }
+
+
+def _sources(
+    session: _Session, origin: dict[str, Any], warn: Callable[[str], None]
+) -> tuple[SessionSource | None, Source]:
+    """(the validated source, if it validates; the event's source)."""
+    try:
+        source = SessionSource.from_dict(origin)
+    except LedgerError as exc:
+        warn(f"session {session.id}: its origin is not a valid source ({exc}); kept as stored")
+        chat_type = origin.get("chat_type")
+        return None, Source(
+            platform=str(origin.get("platform") or session.platform),
+            chat_type=chat_type if isinstance(chat_type, str) and chat_type else "dm",
+            chat_id=_text(origin.get("chat_id")),
+            user_id=_text(origin.get("user_id")),
+            thread_id=_text(origin.get("thread_id")),
+        )
+    return source, source.to_event_source()
+
+
+def _resolve_keys(
+    sessions: list[_Session],
+    routes: Mapping[str, _Route],
+    origins: Mapping[str, tuple[SessionSource | None, Source]],
+    warn: Callable[[str], None],
+) -> dict[str, str]:
+    """session_id → key: routing, the recorded ``session_key``, the parent's key (a
+    compression or branch continuation), a key built from the source, or ``import_key``."""
+    by_id = {s.id: s for s in sessions}
+    keys: dict[str, str] = {}
+
+    def candidates(session: _Session, depth: int) -> Iterator[str | None]:
+        route = routes.get(session.id)
+        yield route.key if route else None
+        yield session.session_key
+        parent = by_id.get(session.parent_id or "")
+        if parent is not None and depth < 100:
+            yield resolve(parent, depth + 1)
+        source = origins[session.id][0]
+        if source is not None and (source.chat_id or source.user_id):
+            yield build_session_key(source, profile=session.profile)
+
+    def resolve(session: _Session, depth: int) -> str:
+        key = keys.get(session.id)
+        if key is not None:
+            return key
+        for candidate in candidates(session, depth):
+            if candidate is None:
+                continue
+            try:
+                key = _validate_key(candidate)
+                break
+            except LedgerError as exc:
+                warn(f"session {session.id}: its key cannot name a stream ({exc})")
+        keys[session.id] = key or import_key(session.platform, session.id, session.profile)
+        return keys[session.id]
+
+    for session in sessions:
+        resolve(session, 0)
+    return keys
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+def _event_id(kind: str, session_id: str, *detail: object) -> str:
+    name = "|".join(["hermes-import", kind, session_id, *(str(d) for d in detail)])
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
+
+
+def _start_reason(previous: _Session | None) -> _StartReason:
+    if previous is None:
+        return "first"
+    reason = previous.end_reason if previous.ended_at is not None else SUPERSEDED_REASON
+    if reason in _AUTO_ENDS:
+        return "auto_reset"
+    if reason in _RESUME_ENDS:
+        return "resume"
+    return "manual_reset"
+
+
+def _content(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.startswith(_JSON_CONTENT):
+            return value
+        # list/dict content (multimodal parts): kept as JSON text
+        try:
+            return json.dumps(json.loads(value[len(_JSON_CONTENT) :]), ensure_ascii=False)
+        except ValueError:
+            return value[len(_JSON_CONTENT) :]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _tool_calls(value: object) -> list[dict[str, Any]] | None:
+    if value is None or value == "":
+        return None
+    parsed = json.loads(value) if isinstance(value, str) else value
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    if not isinstance(parsed, list) or not all(isinstance(c, dict) for c in parsed):
+        raise ValueError("not a list of objects")
+    return parsed or None
+
+
+def _message(session_id: str, row: tuple[Any, ...]) -> MessageAppended:
+    (mid, role, content, call_id, calls, tool_name, ts, tokens, platform_id, active) = row
+    count = _count(tokens)
+    return MessageAppended(
+        event_id=_event_id("message", session_id, mid),
+        session_id=session_id,
+        role=role,
+        content=_content(content),
+        tool_calls=_tool_calls(calls),
+        tool_name=_text(tool_name),
+        tool_call_id=_text(call_id),
+        input_tokens=0 if role == "assistant" else count,
+        output_tokens=count if role == "assistant" else 0,
+        platform_message_id=_text(platform_id),
+        # Rewound (/undo) or compacted-away rows: kept in the log, out of the transcript.
+        synthetic=active == 0,
+        occurred_at=_utc(ts) if _number(ts) else None,
+    )
+
+
+# -- the import -----------------------------------------------------------------------
+
+
+@dataclass
+class HermesImportReport:
+    """What one import read and appended."""
+
+    home: str
+    ledger: str
+    sessions_read: int = 0
+    sessions: int = 0  # session_started appended (sessions new to the ledger)
+    updated: int = 0  # sessions already in the ledger that gained events
+    skipped: int = 0  # sessions already fully imported: nothing appended
+    messages: int = 0
+    usage: int = 0
+    ended: int = 0
+    events: int = 0
+    first_position: int | None = None
+    last_position: int | None = None
+    keys: int = 0  # session keys (streams) appended to
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> list[str]:
+        """The report for people, one line each (warnings are not included)."""
+        if not self.events:
+            return [
+                f"Nothing new to import from {self.home}: all {self.sessions_read} sessions "
+                f"are already in {self.ledger}"
+                if self.skipped == self.sessions_read
+                else f"Imported nothing from {self.home} into {self.ledger}"
+            ]
+        return [
+            f"Imported {self.events} event{'s' * (self.events != 1)} from {self.home} into "
+            f"{self.ledger} (positions {self.first_position}-{self.last_position})",
+            f"  sessions  {self.sessions} new, {self.updated} updated, {self.skipped} already "
+            f"imported ({self.sessions_read} in state.db)",
+            f"  messages  {self.messages}",
+            f"  usage     {self.usage} records",
+            f"  ended     {self.ended} sessions",
+        ]
+
+
+@dataclass
+class _KeyState:
+    """What the ledger holds for one key, kept current as the import appends."""
+
+    version: int
+    foreign: bool
+    started: set[str]
+    ended: set[str]
+    open_session: str | None
+    order: dict[str, int]  # the key's Hermes sessions → their place, oldest first
+    last_imported: int  # index in ``order`` of the newest session already in the ledger
+    touched: bool = False
+
+
+@dataclass
+class _Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost: float = 0.0
+
+
+class _Importer:
+    def __init__(
+        self, ledger: Ledger, home: HermesHome, progress: Callable[[int, int], None] | None
+    ) -> None:
+        self.ledger = ledger
+        self.home = home
+        self.progress = progress
+        self.report = HermesImportReport(home=str(home.path), ledger=str(ledger.path))
+        self.keys: dict[str, _KeyState] = {}
+
+    def warn(self, text: str) -> None:
+        self.report.warnings.append(text)
+
+    def run(self) -> HermesImportReport:
+        sessions = self.home.sessions()
+        routes = self.home.routes()
+        self.report.warnings.extend(self.home.warnings)
+        self.report.sessions_read = len(sessions)
+        raw: dict[str, dict[str, Any]] = {}  # oldest first: a parent comes before its children
+        for s in sessions:
+            raw[s.id] = _origin(s, routes.get(s.id), raw.get(s.parent_id or ""), self.warn)
+        origins = {s.id: _sources(s, raw[s.id], self.warn) for s in sessions}
+        keys = _resolve_keys(sessions, routes, origins, self.warn)
+        for s in sessions:  # a session already imported stays in its stream
+            rows = self.ledger.query(SQL_SESSION_STREAM, (s.id,))
+            if rows and rows[0][0] != keys[s.id]:
+                keys[s.id] = rows[0][0]
+        by_key: dict[str, list[_Session]] = {}
+        for s in sessions:
+            by_key.setdefault(keys[s.id], []).append(s)
+        previous: dict[str, _Session | None] = {}
+        for members in by_key.values():
+            for before, s in zip([None, *members], members, strict=False):
+                previous[s.id] = before
+        total = len(sessions)
+        if self.progress is not None:
+            self.progress(0, total)
+        for done, s in enumerate(sessions, 1):
+            key = keys[s.id]
+            state = self._key_state(key, [m.id for m in by_key[key]])
+            self._import_session(s, key, state, previous[s.id], origins[s.id][1])
+            if self.progress is not None:
+                self.progress(done, total)
+        self.report.keys = sum(1 for state in self.keys.values() if state.touched)
+        return self.report
+
+    def _key_state(self, key: str, order: list[str]) -> _KeyState:
+        state = self.keys.get(key)
+        if state is None:
+            rows = self.ledger.query(SQL_STREAM_SESSIONS, (key,))
+            started = {sid for sid, _ in rows}
+            ended = {sid for sid, has_end in rows if has_end}
+            open_ids = [sid for sid, has_end in rows if not has_end]
+            imported = [i for i, sid in enumerate(order) if sid in started]
+            state = _KeyState(
+                version=self.ledger.stream_version(key),
+                foreign=bool(self.ledger.query(SQL_STREAM_FOREIGN, (key, IMPORT_ACTOR))[0][0]),
+                started=started,
+                ended=ended,
+                open_session=open_ids[-1] if open_ids else None,
+                order={sid: i for i, sid in enumerate(order)},
+                last_imported=max(imported, default=-1),
+            )
+            self.keys[key] = state
+        return state
+
+    def _import_session(
+        self, s: _Session, key: str, state: _KeyState, previous: _Session | None, source: Source
+    ) -> None:
+        existing: set[str] = set()
+        imported_messages: dict[str, bool] = {}  # event_id → synthetic
+        used = _Usage()
+        for event_id, kind, actor, synthetic, usage_data in self.ledger.query(
+            SQL_SESSION_EVENTS, (s.id,)
+        ):
+            existing.add(event_id)
+            if actor != IMPORT_ACTOR:
+                continue
+            if kind == "message_appended":
+                imported_messages[event_id] = bool(synthetic)
+            elif kind == "usage_recorded":
+                body = json.loads(usage_data)
+                used.input_tokens += body.get("input_tokens", 0)
+                used.output_tokens += body.get("output_tokens", 0)
+                used.cache_read_tokens += body.get("cache_read_tokens", 0)
+                used.cache_write_tokens += body.get("cache_write_tokens", 0)
+                used.cost += body.get("cost_usd") or 0.0
+
+        desired = self._desired(s, previous, source, used)
+        self._check_vanished(s, desired, imported_messages)
+        present = [e.event_id in existing for e in desired]
+        if all(present):
+            self.report.skipped += 1
+            return
+        # Only a tail can be appended: what belongs before events already in the log
+        # (a session Hermes reopened, one that appeared late) is left out.
+        last_present = max((i for i, p in enumerate(present) if p), default=-1)
+        if s.id in state.ended or (
+            s.id not in state.started and state.order[s.id] < state.last_imported
+        ):
+            last_present = len(desired)
+        late = sum(1 for i, p in enumerate(present) if not p and i < last_present)
+        if late:
+            self.warn(
+                f"session {s.id}: {late} event(s) Hermes recorded after later events of "
+                f"{key} were imported (a reopened or late session) are left out"
+            )
+        missing = [e for i, e in enumerate(desired) if not present[i] and i > last_present]
+        if not missing:
+            return
+        if state.foreign:
+            self.warn(
+                f"session {s.id}: {key} also has events not written by a Hermes import; "
+                f"{len(missing)} event(s) left out"
+            )
+            return
+        batch: list[EventModel] = []
+        if isinstance(missing[0], SessionStarted) and state.open_session not in (None, s.id):
+            assert state.open_session is not None
+            self.warn(
+                f"session {state.open_session}: still open in Hermes when {s.id} started on "
+                f"{key}; ended with reason {SUPERSEDED_REASON!r}"
+            )
+            batch.append(
+                SessionEnded(
+                    event_id=_event_id("ended", state.open_session),
+                    session_id=state.open_session,
+                    reason=SUPERSEDED_REASON,
+                    occurred_at=_utc(s.started_at),
+                )
+            )
+        batch.extend(missing)
+        try:
+            result = self.ledger.append(
+                key, batch, expected_version=state.version, meta={"actor": IMPORT_ACTOR}
+            )
+        except (ConcurrencyError, IdempotencyError) as exc:
+            raise HermesImportError(
+                f"something else appended to {key} while {self.home.path} was being imported",
+                hint="run the import again: it appends what is still missing",
+            ) from exc
+        if result.duplicate:  # another import appended these very events just now
+            self.report.skipped += 1
+            state.version = self.ledger.stream_version(key)
+        else:
+            self._count(batch, result.positions, s.id in state.started)
+            state.version = result.version
+            state.touched = True
+        for event in batch:
+            if isinstance(event, SessionStarted):
+                state.started.add(event.session_id)
+                state.open_session = event.session_id
+            elif isinstance(event, SessionEnded):
+                state.ended.add(event.session_id)
+                if state.open_session == event.session_id:
+                    state.open_session = None
+
+    def _desired(
+        self, s: _Session, previous: _Session | None, source: Source, used: _Usage
+    ) -> list[EventModel]:
+        """Every event the session stands for now, in log order."""
+        events: list[EventModel] = [
+            SessionStarted(
+                event_id=_event_id("started", s.id),
+                session_id=s.id,
+                source=source,
+                reason=_start_reason(previous),
+                previous_session_id=previous.id if previous else None,
+                occurred_at=_utc(s.started_at),
+            )
+        ]
+        last_at = s.started_at
+        skipped_roles: dict[str, int] = {}
+        for row in self.home.messages(s.id):
+            role = row[1]
+            if role not in _ROLES:
+                skipped_roles[str(role)] = skipped_roles.get(str(role), 0) + 1
+                continue
+            try:
+                events.append(_message(s.id, row))
+            except (ValueError, LedgerError) as exc:
+                self.warn(f"session {s.id}: message {row[0]} left out ({exc})")
+                continue
+            if _number(row[6]):
+                last_at = max(last_at, float(row[6]))
+        for role, n in sorted(skipped_roles.items()):
+            self.warn(f"session {s.id}: {n} message(s) with role {role!r} left out")
+        usage = self._usage(s, used, min(last_at, s.ended_at or last_at))
+        if usage is not None:
+            events.append(usage)
+        if s.ended_at is not None:
+            events.append(
+                SessionEnded(
+                    event_id=_event_id("ended", s.id),
+                    session_id=s.id,
+                    reason=s.end_reason or "unknown",
+                    occurred_at=_utc(s.ended_at),
+                )
+            )
+        return events
+
+    def _usage(self, s: _Session, used: _Usage, at: float) -> UsageRecorded | None:
+        """The usage Hermes' totals hold beyond what earlier imports recorded."""
+        cost = s.actual_cost if s.actual_cost is not None else s.estimated_cost
+        totals = (s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens)
+        before = (used.input_tokens, used.output_tokens, used.cache_read_tokens,
+                  used.cache_write_tokens)  # fmt: skip
+        deltas = [now - then for now, then in zip(totals, before, strict=True)]
+        cost_delta = None if cost is None else round(cost - used.cost, 9)
+        if any(d < 0 for d in deltas) or (cost_delta is not None and cost_delta < 0):
+            self.warn(
+                f"session {s.id}: Hermes' token counts or cost are below what was already "
+                "imported; no usage recorded"
+            )
+            return None
+        if not any(deltas) and not cost_delta:
+            return None
+        return UsageRecorded(
+            event_id=_event_id("usage", s.id, *totals, None if cost is None else round(cost, 9)),
+            session_id=s.id,
+            input_tokens=deltas[0],
+            output_tokens=deltas[1],
+            cache_read_tokens=deltas[2],
+            cache_write_tokens=deltas[3],
+            cost_usd=cost_delta,
+            model=s.model,
+            occurred_at=_utc(at),
+        )
+
+    def _check_vanished(
+        self, s: _Session, desired: list[EventModel], imported: Mapping[str, bool]
+    ) -> None:
+        if not imported:
+            return
+        now = {e.event_id: e.synthetic for e in desired if isinstance(e, MessageAppended)}
+        gone = sum(1 for event_id in imported if event_id not in now)
+        hidden = sum(1 for event_id, syn in imported.items() if not syn and now.get(event_id))
+        if gone or hidden:
+            self.warn(
+                f"session {s.id}: Hermes has since rewritten or hidden {gone + hidden} "
+                "imported message(s) (/undo, /retry, compression); the ledger keeps them"
+            )
+
+    def _count(self, batch: list[EventModel], positions: tuple[int, ...], known: bool) -> None:
+        report = self.report
+        for event in batch:
+            if isinstance(event, SessionStarted):
+                report.sessions += 1
+            elif isinstance(event, MessageAppended):
+                report.messages += 1
+            elif isinstance(event, UsageRecorded):
+                report.usage += 1
+            elif isinstance(event, SessionEnded):
+                report.ended += 1
+        if known:
+            report.updated += 1
+        report.events += len(positions)
+        if report.first_position is None:
+            report.first_position = positions[0]
+        report.last_position = positions[-1]
+
+
+def import_hermes_home(
+    ledger: Ledger,
+    path: str | os.PathLike[str] | HermesHome,
+    progress: Callable[[int, int], None] | None = None,
+) -> HermesImportReport:
+    """Import a Hermes home's sessions into ``ledger`` and bring its projections up to date.
+
+    ``path`` is the home directory (or its ``state.db``), or a ``HermesHome``
+    already opened with ``open_hermes_home``. Sessions are imported oldest first,
+    each as one append to its key's stream with the expected version. Events
+    already in the ledger (same deterministic event_id) are not appended again,
+    so a second import appends only what Hermes gained since. ``progress(done,
+    total)`` is called per session. Raises HermesImportError (before anything is
+    written) for a path that is not a readable Hermes 0.19 home.
+    """
+    if isinstance(path, HermesHome):
+        report = _Importer(ledger, path, progress).run()
+    else:
+        with open_hermes_home(path) as home:
+            report = _Importer(ledger, home, progress).run()
+    projections.attach(ledger)
+    return report

@@ -1,0 +1,50 @@
+"""Hooks: finding them (``discovery``), running them (``dispatch``), and the
+durable delivery queue in the ledger file (``delivery``; the log is the outbox)."""
+
+from hermes_ledger.gateway.hooks.delivery import (
+    HOOK_EVENTS,
+    Delivery,
+    DeliveryReport,
+    HookDeliveryError,
+    HookState,
+    dead_letters,
+    delivery_id_for,
+    hook_states,
+    requeue_dead_letters,
+)
+from hermes_ledger.gateway.hooks.discovery import (
+    Hook,
+    HookProblem,
+    HookRegistry,
+    discover_hooks,
+    load_hook,
+)
+from hermes_ledger.gateway.hooks.dispatch import (
+    HookDispatcher,
+    HooksOverview,
+    HookTimeoutError,
+    hooks_overview,
+    run_handler,
+)
+
+__all__ = [
+    "HOOK_EVENTS",
+    "Delivery",
+    "DeliveryReport",
+    "Hook",
+    "HookDeliveryError",
+    "HookDispatcher",
+    "HookProblem",
+    "HookRegistry",
+    "HookState",
+    "HookTimeoutError",
+    "HooksOverview",
+    "dead_letters",
+    "delivery_id_for",
+    "discover_hooks",
+    "hook_states",
+    "hooks_overview",
+    "load_hook",
+    "requeue_dead_letters",
+    "run_handler",
+]

@@ -1,0 +1,599 @@
+"""Durable hook delivery state, in the ledger file next to the log (the log is the outbox).
+
+Every ``session_started``, ``session_reset`` and ``session_ended`` of the log is
+delivered to each subscribed hook as ``session:start``, ``session:reset`` and
+``session:end`` (``HOOK_EVENTS``). Two tables, created idempotently:
+
+``hook_checkpoints``
+    one row per hook: the log position up to which its deliveries are queued.
+``hook_deliveries``
+    one row per (hook, event): ``delivery_id`` (stable: derived from the hook's
+    name and the event's id), the context the handler gets, and the delivery's
+    ``status`` — ``pending``, ``claimed`` (a dispatcher is calling the handler
+    until ``claimed_until``), ``done`` or ``dead`` (failed too often; listed by
+    ``hermes-ledger hooks``, re-queued by ``hermes-ledger hooks retry``).
+
+A trigger refuses a delivery that does not name a session event of the log, so a
+hook is never told about a session end that did not happen. ``DeliveryQueue`` is
+the one interface over these tables (every statement is below, with bindings);
+``gateway.hooks.HookDispatcher`` drives it and calls the handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import apsw
+
+from hermes_ledger.ledger import Ledger, LedgerError, Recorded
+from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
+from hermes_ledger.ledger.events import SessionEnded, SessionReset, SessionStarted
+
+__all__ = [
+    "HOOK_EVENTS",
+    "Claim",
+    "Delivery",
+    "DeliveryOutcome",
+    "DeliveryQueue",
+    "DeliveryReport",
+    "HookDeliveryError",
+    "HookState",
+    "dead_letters",
+    "delivery_id_for",
+    "hook_states",
+    "requeue_dead_letters",
+]
+
+log = logging.getLogger(__name__)
+
+HOOK_EVENTS: Mapping[str, str] = {
+    "session_started": "session:start",
+    "session_reset": "session:reset",
+    "session_ended": "session:end",
+}
+"""Log event type → the hook event it is delivered as."""
+
+_NAMESPACE = uuid.UUID("6f1d3c1e-5a0b-4f7e-9a57-1c0de4b00c35")
+_BATCH = 1000  # log events queued per pass
+
+# -- schema and statements ----------------------------------------------------------
+
+_DDL = (
+    """CREATE TABLE IF NOT EXISTS hook_checkpoints (
+    hook        TEXT PRIMARY KEY CHECK (length(hook) > 0),
+    position    INTEGER NOT NULL CHECK (position >= 0),
+    updated_at  TEXT NOT NULL
+) STRICT""",
+    """CREATE TABLE IF NOT EXISTS hook_deliveries (
+    delivery_id      TEXT PRIMARY KEY,
+    hook             TEXT NOT NULL,
+    position         INTEGER NOT NULL,
+    event_id         TEXT NOT NULL,
+    hook_event       TEXT NOT NULL
+                     CHECK (hook_event IN ('session:start', 'session:reset', 'session:end')),
+    session_key      TEXT NOT NULL,
+    session_id       TEXT,
+    context          TEXT NOT NULL CHECK (json_valid(context)),
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'claimed', 'done', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    claimed_by       TEXT,
+    claimed_until    TEXT,
+    next_attempt_at  TEXT NOT NULL,
+    last_error       TEXT,
+    created_at       TEXT NOT NULL,
+    delivered_at     TEXT,
+    UNIQUE (hook, position),
+    CHECK ((status = 'claimed') = (claimed_by IS NOT NULL AND claimed_until IS NOT NULL)),
+    CHECK ((status = 'done') = (delivered_at IS NOT NULL))
+) STRICT""",
+    "CREATE INDEX IF NOT EXISTS hook_deliveries_queue ON hook_deliveries (hook, position)"
+    " WHERE status IN ('pending', 'claimed')",
+    "CREATE INDEX IF NOT EXISTS hook_deliveries_dead ON hook_deliveries (position)"
+    " WHERE status = 'dead'",
+    # Never a delivery for an event that is not in the log (a session that did not end).
+    """CREATE TRIGGER IF NOT EXISTS hook_deliveries_match_the_log
+BEFORE INSERT ON hook_deliveries
+WHEN NOT EXISTS (
+    SELECT 1 FROM events
+    WHERE position = NEW.position AND event_id = NEW.event_id AND stream = NEW.session_key
+      AND session_id IS NEW.session_id
+      AND type = CASE NEW.hook_event WHEN 'session:start' THEN 'session_started'
+                                     WHEN 'session:reset' THEN 'session_reset'
+                                     WHEN 'session:end' THEN 'session_ended' END)
+BEGIN
+    SELECT RAISE(ABORT, 'a hook delivery must name a session event of the log');
+END""",
+)
+
+SQL_TABLES_EXIST = (
+    "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
+    " AND name IN ('hook_checkpoints', 'hook_deliveries')"
+)
+SQL_HEAD = "SELECT coalesce(max(position), 0) FROM events"
+SQL_CHECKPOINTS = "SELECT hook, position FROM hook_checkpoints"
+SQL_REGISTER = (
+    "INSERT INTO hook_checkpoints (hook, position, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (hook) DO NOTHING"
+)
+SQL_CHECKPOINT = "SELECT position FROM hook_checkpoints WHERE hook = ?"
+SQL_ADVANCE = "UPDATE hook_checkpoints SET position = ?, updated_at = ? WHERE hook = ?"
+SQL_ENQUEUE = (
+    "INSERT INTO hook_deliveries (delivery_id, hook, position, event_id, hook_event, session_key,"
+    " session_id, context, status, next_attempt_at, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING"
+)
+SQL_ORIGIN = (
+    "SELECT position, event_id, stream, version, type, session_id, data, meta, recorded_at, hash"
+    " FROM events WHERE session_id = ? AND type = 'session_started' ORDER BY position LIMIT 1"
+)
+SQL_QUEUE_HEAD = (
+    "SELECT delivery_id, status, attempts, claimed_by, claimed_until, next_attempt_at,"
+    " hook_event, context FROM hook_deliveries"
+    " WHERE hook = ? AND status IN ('pending', 'claimed') ORDER BY position LIMIT 1"
+)
+SQL_CLAIM = (
+    "UPDATE hook_deliveries SET status = 'claimed', claimed_by = ?, claimed_until = ?,"
+    " attempts = attempts + 1, last_error = coalesce(?, last_error) WHERE delivery_id = ?"
+)
+SQL_EXPIRED_TO_DEAD = (
+    "UPDATE hook_deliveries SET status = 'dead', claimed_by = NULL, claimed_until = NULL,"
+    " last_error = ? WHERE delivery_id = ?"
+)
+SQL_DONE = (
+    "UPDATE hook_deliveries SET status = 'done', delivered_at = ?, claimed_by = NULL,"
+    " claimed_until = NULL WHERE delivery_id = ? AND status = 'claimed' AND claimed_by = ?"
+)
+SQL_FAILED = (
+    "UPDATE hook_deliveries SET status = ?, next_attempt_at = ?, last_error = ?,"
+    " claimed_by = NULL, claimed_until = NULL"
+    " WHERE delivery_id = ? AND status = 'claimed' AND claimed_by = ?"
+)
+_DELIVERY_COLUMNS = (
+    "delivery_id, hook, hook_event, position, event_id, session_key, session_id, status,"
+    " attempts, next_attempt_at, last_error, delivered_at, context"
+)
+SQL_DEAD = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM hook_deliveries WHERE status = 'dead' ORDER BY position"
+)
+SQL_DELIVERY = f"SELECT {_DELIVERY_COLUMNS} FROM hook_deliveries WHERE delivery_id = ?"
+SQL_REQUEUE = (
+    "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?"
+    " WHERE delivery_id = ? AND status = 'dead'"
+)
+SQL_STATES = (
+    "SELECT c.hook, c.position,"
+    " count(*) FILTER (WHERE d.status = 'pending'),"
+    " count(*) FILTER (WHERE d.status = 'claimed'),"
+    " count(*) FILTER (WHERE d.status = 'done'),"
+    " count(*) FILTER (WHERE d.status = 'dead')"
+    " FROM hook_checkpoints AS c LEFT JOIN hook_deliveries AS d ON d.hook = c.hook"
+    " GROUP BY c.hook ORDER BY c.hook"
+)
+
+
+class HookDeliveryError(LedgerError):
+    """A request about hook deliveries that cannot be met (nothing was written)."""
+
+
+def delivery_id_for(hook: str, event_id: str) -> str:
+    """The stable id of ``hook``'s delivery of the event ``event_id`` (a UUID5)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{hook}\x00{event_id}"))
+
+
+def _scalar(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    row: Any = conn.execute(sql, args).fetchone()
+    return row[0]
+
+
+def _ensure_tables(conn: apsw.Connection) -> None:
+    for statement in _DDL:  # one statement per call: apsw runs scripts lazily
+        conn.execute(statement).fetchall()
+
+
+def _tables_exist(ledger: Ledger) -> bool:
+    return bool(ledger.query(SQL_TABLES_EXIST)[0][0] == 2)
+
+
+# -- what callers get back -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One hook's delivery of one log event."""
+
+    delivery_id: str
+    hook: str
+    event_type: str
+    position: int
+    event_id: str
+    session_key: str
+    session_id: str | None
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    delivered_at: datetime | None
+    context: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def _from_row(cls, row: Sequence[Any]) -> Delivery:
+        (did, hook, event, position, event_id, key, sid, status, attempts, next_at,
+         error, delivered, context) = row  # fmt: skip
+        return cls(
+            did, hook, event, position, event_id, key, sid, status, attempts,
+            parse_utc(next_at), error, parse_utc(delivered) if delivered else None,
+            json.loads(context),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "hook": self.hook,
+            "event_type": self.event_type,
+            "position": self.position,
+            "event_id": self.event_id,
+            "session_key": self.session_key,
+            "session_id": self.session_id,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": format_utc(self.next_attempt_at),
+            "last_error": self.last_error,
+            "delivered_at": None if self.delivered_at is None else format_utc(self.delivered_at),
+        }
+
+
+@dataclass(frozen=True)
+class HookState:
+    """A hook's checkpoint and how many of its deliveries are in each status."""
+
+    hook: str
+    checkpoint: int
+    pending: int = 0
+    claimed: int = 0
+    done: int = 0
+    dead: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "checkpoint": self.checkpoint,
+            "pending": self.pending,
+            "claimed": self.claimed,
+            "done": self.done,
+            "dead": self.dead,
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery claimed by one dispatcher: call the handler, then ``finish`` it."""
+
+    delivery_id: str
+    hook: str
+    event_type: str
+    context: dict[str, Any]
+    attempt: int
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """One handler call (or one expired claim given up on) and what became of it:
+    ``done``, ``retry`` (failed; due again at ``next_attempt_at``) or ``dead``."""
+
+    delivery_id: str
+    hook: str
+    event_type: str
+    session_id: str | None
+    attempt: int
+    status: Literal["done", "retry", "dead"]
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "hook": self.hook,
+            "event_type": self.event_type,
+            "session_id": self.session_id,
+            "attempt": self.attempt,
+            "status": self.status,
+            "error": self.error,
+            "next_attempt_at": None
+            if self.next_attempt_at is None
+            else format_utc(self.next_attempt_at),
+        }
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What one ``deliver()`` pass did: rows ``enqueued`` and one outcome per call."""
+
+    enqueued: int = 0
+    outcomes: tuple[DeliveryOutcome, ...] = ()
+
+    @property
+    def delivered(self) -> int:
+        """Calls that succeeded."""
+        return sum(o.status == "done" for o in self.outcomes)
+
+    @property
+    def failed(self) -> int:
+        """Calls that failed (to be retried, or dead-lettered)."""
+        return sum(o.status != "done" for o in self.outcomes)
+
+    @property
+    def dead_lettered(self) -> int:
+        """Deliveries given up on in this pass (a subset of ``failed``)."""
+        return sum(o.status == "dead" for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enqueued": self.enqueued,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "dead_lettered": self.dead_lettered,
+            "outcomes": [o.to_dict() for o in self.outcomes],
+        }
+
+
+# -- reading and re-queuing (no hooks needed: the CLI uses these) -------------------
+
+
+def dead_letters(ledger: Ledger) -> list[Delivery]:
+    """Deliveries that failed too often, in log order."""
+    if not _tables_exist(ledger):
+        return []
+    return [Delivery._from_row(r) for r in ledger.query(SQL_DEAD)]
+
+
+def hook_states(ledger: Ledger) -> list[HookState]:
+    """Every hook the ledger has seen: its checkpoint and delivery counts."""
+    if not _tables_exist(ledger):
+        return []
+    return [HookState(*row) for row in ledger.query(SQL_STATES)]
+
+
+def requeue_dead_letters(
+    ledger: Ledger, delivery_ids: Iterable[str] | None = None, *, clock: Clock = system_clock
+) -> list[str]:
+    """Make dead letters pending again (attempts reset, due now); all of them, or
+    only ``delivery_ids``, which must all be dead letters (else nothing is written
+    and HookDeliveryError says which are not). Returns the re-queued ids."""
+    now = format_utc(clock())
+    wanted = None if delivery_ids is None else list(dict.fromkeys(delivery_ids))
+
+    def work(conn: apsw.Connection) -> list[str]:
+        _ensure_tables(conn)
+        if wanted is None:
+            ids = [row[0] for row in conn.execute(SQL_DEAD)]
+        else:
+            ids = wanted
+            problems = []
+            for did in ids:
+                row = conn.execute(SQL_DELIVERY, (did,)).fetchone()
+                if row is None:
+                    problems.append(f"{did} (no such delivery)")
+                elif row[7] != "dead":
+                    problems.append(f"{did} ({row[7]}, not dead)")
+            if problems:
+                raise HookDeliveryError(
+                    "not dead letters: " + ", ".join(problems),
+                    hint="list dead letters with `hermes-ledger hooks`",
+                )
+        for did in ids:
+            conn.execute(SQL_REQUEUE, (now, did))
+        return ids
+
+    result: list[str] = ledger.write(work)
+    return result
+
+
+# -- the queue -----------------------------------------------------------------------
+
+
+def _context(rec: Recorded, origin: SessionStarted | None) -> dict[str, Any]:
+    """A log event's hook context (without the delivery id)."""
+    event = rec.event
+    reason: str | None = None
+    extra: dict[str, Any] = {}
+    if isinstance(event, SessionStarted):
+        origin = event
+        reason = event.reason
+        extra["previous_session_id"] = event.previous_session_id
+    elif isinstance(event, SessionReset):
+        reason = event.trigger
+    elif isinstance(event, SessionEnded):
+        reason = event.reason
+    source = origin.source if origin is not None else None
+    return {
+        "platform": source.platform if source else None,
+        "user_id": source.user_id if source else None,
+        "session_key": rec.stream,
+        "session_id": rec.session_id,
+        "reason": reason,
+        **extra,
+        "event_type": HOOK_EVENTS[rec.type],
+        "event_id": rec.event_id,
+        "event_position": rec.position,
+        "occurred_at": format_utc(event.occurred_at or rec.recorded_at),
+    }
+
+
+def _due(queue_head: Sequence[Any], stamp: str) -> bool:
+    """Is this row of SQL_QUEUE_HEAD claimable at ``stamp``?"""
+    _did, status, _attempts, _owner, until, next_at, _event, _body = queue_head
+    return bool(until <= stamp if status == "claimed" else next_at <= stamp)
+
+
+class DeliveryQueue:
+    """The hook delivery tables of one ledger: queue, claim, finish.
+
+    Every write is one ``BEGIN IMMEDIATE`` transaction (``Ledger.write``), so any
+    number of queues, in any processes, may share the file. Times come from
+    ``clock``.
+    """
+
+    def __init__(self, ledger: Ledger, clock: Clock) -> None:
+        self.ledger = ledger
+        self.clock = clock
+
+    def register(self, hooks: Iterable[str], *, from_head: bool) -> None:
+        """Create the tables if needed and give each new hook a checkpoint: the
+        log's head (``from_head``: only later events) or 0 (every event)."""
+        names = list(hooks)
+
+        def work(conn: apsw.Connection) -> None:
+            _ensure_tables(conn)
+            start = _scalar(conn, SQL_HEAD) if from_head else 0
+            now = format_utc(self.clock())
+            for name in names:
+                conn.execute(SQL_REGISTER, (name, start, now))
+
+        self.ledger.write(work)
+
+    def enqueue(self, subscriptions: Mapping[str, Iterable[str]]) -> int:
+        """Queue the next batch of log events after each registered hook's
+        checkpoint; ``subscriptions`` maps hook names to the log event types they
+        take. Rows and checkpoints commit together; returns the rows queued."""
+        wanted = {name: frozenset(types) for name, types in subscriptions.items() if types}
+        if not wanted:
+            return 0
+        head = self.ledger.head()  # every event up to here is committed
+        checkpoints = dict(self.ledger.query(SQL_CHECKPOINTS))
+        start = {name: checkpoints[name] for name in wanted if name in checkpoints}
+        if not start or min(start.values()) >= head:
+            return 0
+        records = [
+            r for r in self.ledger.read_all(after=min(start.values()), types=HOOK_EVENTS,
+                                            limit=_BATCH)
+            if r.position <= head
+        ]  # fmt: skip
+        upto = records[-1].position if len(records) == _BATCH else head
+        rows = self._rows(records, {name: (start[name], wanted[name]) for name in start})
+        now = format_utc(self.clock())
+
+        def work(conn: apsw.Connection) -> int:
+            count = 0
+            for name, first in start.items():
+                current = _scalar(conn, SQL_CHECKPOINT, (name,))
+                if current < first or current >= upto:
+                    continue  # another dispatcher moved it; the next pass starts there
+                for position, row in rows[name]:
+                    if current < position <= upto:
+                        conn.execute(SQL_ENQUEUE, (*row, now, now))
+                        count += conn.changes()
+                conn.execute(SQL_ADVANCE, (upto, now, name))
+            return count
+
+        result: int = self.ledger.write(work)
+        return result
+
+    def _rows(
+        self, records: list[Recorded], hooks: Mapping[str, tuple[int, frozenset[str]]]
+    ) -> dict[str, list[tuple[int, tuple[Any, ...]]]]:
+        """Each hook's delivery rows for ``records`` (after its checkpoint, of its types)."""
+        origins: dict[str, SessionStarted | None] = {}
+        rows: dict[str, list[tuple[int, tuple[Any, ...]]]] = {name: [] for name in hooks}
+        for rec in records:
+            if rec.session_id is None:
+                continue
+            if rec.type == "session_started":
+                event = rec.event
+                assert isinstance(event, SessionStarted)
+                origins.setdefault(rec.session_id, event)
+            takers = [
+                n for n, (cp, types) in hooks.items() if rec.position > cp and rec.type in types
+            ]
+            if not takers:
+                continue
+            if rec.session_id not in origins:
+                origins[rec.session_id] = self._origin(rec.session_id)
+            context = _context(rec, origins[rec.session_id])
+            for name in takers:
+                did = delivery_id_for(name, rec.event_id)
+                body = json.dumps({"delivery_id": did, **context}, ensure_ascii=False)
+                rows[name].append(
+                    (rec.position, (did, name, rec.position, rec.event_id, HOOK_EVENTS[rec.type],
+                                    rec.stream, rec.session_id, body))
+                )  # fmt: skip
+        return rows
+
+    def _origin(self, session_id: str) -> SessionStarted | None:
+        """The session's ``session_started`` (its platform and user), if recorded."""
+        rows = self.ledger.query(SQL_ORIGIN, (session_id,))
+        event = Recorded(*rows[0]).event if rows else None
+        return event if isinstance(event, SessionStarted) else None
+
+    def claim(
+        self, hook: str, worker_id: str, *, hold: timedelta, max_attempts: int
+    ) -> tuple[Claim | None, list[DeliveryOutcome]]:
+        """Claim the hook's oldest undelivered event for ``hold`` if it is due, and
+        commit; None while it is backing off or another worker holds it.
+
+        An expired claim (its worker stopped mid-call) is claimed again, or, when
+        it had ``max_attempts`` already, dead-lettered (returned as outcomes).
+        """
+        given_up: list[DeliveryOutcome] = []
+        now = self.clock()
+        stamp = format_utc(now)
+        peek = self.ledger.query(SQL_QUEUE_HEAD, (hook,))
+        if not peek or not _due(peek[0], stamp):
+            return None, given_up  # nothing to do: no write transaction
+
+        def work(conn: apsw.Connection) -> Claim | None:
+            while True:
+                row = conn.execute(SQL_QUEUE_HEAD, (hook,)).fetchone()
+                if row is None:
+                    return None
+                did, status, attempts, owner, until, _next_at, event_type, body = row
+                if not _due(row, stamp):
+                    return None  # backing off, or another worker is calling the handler
+                note = None
+                if status == "claimed":
+                    note = (
+                        f"the claim of {owner} expired at {until} without an outcome "
+                        "(its dispatcher stopped during the call?)"
+                    )
+                    if attempts >= max_attempts:
+                        conn.execute(SQL_EXPIRED_TO_DEAD, (note, did))
+                        session_id = json.loads(body).get("session_id")
+                        given_up.append(
+                            DeliveryOutcome(did, hook, event_type, session_id, attempts, "dead",
+                                            note)
+                        )  # fmt: skip
+                        log.error("hook %s: delivery %s dead-lettered: %s", hook, did, note)
+                        continue
+                    log.warning("hook %s: delivery %s: %s; delivering again", hook, did, note)
+                conn.execute(SQL_CLAIM, (worker_id, format_utc(now + hold), note, did))
+                return Claim(did, hook, event_type, json.loads(body), attempts + 1, worker_id)
+
+        claim: Claim | None = self.ledger.write(work)
+        return claim, given_up
+
+    def finish(self, claim: Claim, error: str | None, retry_at: datetime | None) -> bool:
+        """Record a call's outcome: done (``error`` None), pending again from
+        ``retry_at``, or dead (``retry_at`` None). False if the claim was lost (it
+        expired and another worker claimed the delivery)."""
+        now = format_utc(self.clock())
+        args: tuple[Any, ...]
+        if error is None:
+            sql, args = SQL_DONE, (now, claim.delivery_id, claim.worker_id)
+        else:
+            status = "dead" if retry_at is None else "pending"
+            next_at = now if retry_at is None else format_utc(retry_at)
+            sql = SQL_FAILED
+            args = (status, next_at, error, claim.delivery_id, claim.worker_id)
+
+        def work(conn: apsw.Connection) -> bool:
+            conn.execute(sql, args)
+            return conn.changes() == 1
+
+        done: bool = self.ledger.write(work)
+        return done

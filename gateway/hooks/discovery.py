@@ -1,0 +1,300 @@
+"""Finding hooks: discovery from ``$HERMES_HOME/hooks/<name>/``, permission checks, loading.
+
+A hook is a directory holding ``HOOK.yaml``::
+
+    name: session-logger
+    description: Write every closed session to a file
+    events: [session:end, "session:*"]
+
+and ``handler.py`` defining ``handle(event_type, context)``, plain or ``async``.
+Existing Hermes hooks run unchanged. A subscription is an exact event type or a
+``prefix:*`` wildcard; the ledger produces ``session:start``, ``session:reset``
+and ``session:end`` (see ``HOOK_EVENTS``).
+
+Hooks run as code with the gateway's rights, so discovery refuses a hooks
+directory, hook directory, ``HOOK.yaml`` or ``handler.py`` that other users could
+change (group- or world-writable, or owned by another user). A refused or broken
+hook (invalid YAML, missing fields, an import error, no ``handle``) is reported
+as a ``HookProblem`` with its path and skipped; the other hooks still load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import stat
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hermes_ledger.gateway.config.paths import default_hooks_dir
+from hermes_ledger.gateway.hooks.delivery import (
+    HOOK_EVENTS,
+)
+
+__all__ = [
+    "Hook",
+    "HookProblem",
+    "HookRegistry",
+    "discover_hooks",
+    "load_hook",
+]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, dict[str, Any]], Any]
+
+_PATTERN = re.compile(r"^[^*\s]+(:\*)?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME = 200
+
+
+@dataclass(frozen=True)
+class HookProblem:
+    """A hook (or the hooks directory) that was skipped, and why."""
+
+    path: Path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": str(self.path), "message": self.message}
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One loaded hook: its ``HOOK.yaml`` fields, its directory and its ``handle``."""
+
+    name: str
+    events: tuple[str, ...]
+    handler: Handler = field(repr=False, compare=False)
+    description: str = ""
+    path: Path | None = None
+
+    def subscribes(self, event_type: str) -> bool:
+        """True for an exact subscription or a matching ``prefix:*`` wildcard."""
+        for pattern in self.events:
+            if pattern == event_type:
+                return True
+            if pattern.endswith(":*") and event_type.startswith(pattern[:-1]):
+                return True
+        return False
+
+    @property
+    def log_types(self) -> frozenset[str]:
+        """The log event types this hook is delivered (see ``HOOK_EVENTS``)."""
+        return frozenset(t for t, name in HOOK_EVENTS.items() if self.subscribes(name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "events": list(self.events),
+            "path": None if self.path is None else str(self.path),
+        }
+
+
+class HookRegistry:
+    """The loaded hooks (by name) and the problems met while discovering them."""
+
+    def __init__(self, hooks: Iterable[Hook] = (), problems: Iterable[HookProblem] = ()) -> None:
+        self._hooks: dict[str, Hook] = {}
+        for hook in hooks:
+            if hook.name in self._hooks:
+                raise ValueError(f"two hooks are named {hook.name!r}")
+            self._hooks[hook.name] = hook
+        self.problems: tuple[HookProblem, ...] = tuple(problems)
+
+    @classmethod
+    def discover(cls, hooks_dir: str | os.PathLike[str] | None = None) -> HookRegistry:
+        """Load every hook under ``hooks_dir`` (default ``$HERMES_HOME/hooks``)."""
+        hooks, problems = discover_hooks(default_hooks_dir() if hooks_dir is None else hooks_dir)
+        return cls(hooks, problems)
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        return tuple(self._hooks.values())
+
+    def get(self, name: str) -> Hook | None:
+        return self._hooks.get(name)
+
+    def matching(self, event_type: str) -> list[Hook]:
+        """The hooks subscribed to ``event_type``, in name order."""
+        return [h for h in self._hooks.values() if h.subscribes(event_type)]
+
+    def __iter__(self) -> Iterator[Hook]:
+        return iter(self._hooks.values())
+
+    def __len__(self) -> int:
+        return len(self._hooks)
+
+
+# -- discovery -----------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """Internal: a hook that is skipped; the message says why."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.problem = HookProblem(path, message)
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a file or directory that a user other than us (or root) could change."""
+    if os.name != "posix":
+        return
+    st = os.stat(path)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "everyone" if st.st_mode & stat.S_IWOTH else "its group"
+        raise _Refused(
+            path,
+            f"refused: writable by {who} (mode {stat.S_IMODE(st.st_mode):o}); hooks run as "
+            f"code with the gateway's rights, so only their owner may change them "
+            f"(chmod go-w {path})",
+        )
+    if st.st_uid not in (os.geteuid(), 0):
+        raise _Refused(
+            path,
+            f"refused: owned by uid {st.st_uid}, not by this user or root; hooks run as code "
+            "with the gateway's rights",
+        )
+
+
+def _read_manifest(path: Path) -> tuple[str, str, tuple[str, ...]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Refused(path, f"cannot read: {exc}") from None
+    try:
+        manifest = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise _Refused(path, f"invalid YAML: {detail}") from None
+    if not isinstance(manifest, dict):
+        raise _Refused(path, "must be a mapping with name, description and events")
+    name = manifest.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _Refused(path, "'name' is missing or not a non-empty string")
+    if len(name) > _MAX_NAME or _CONTROL.search(name):
+        raise _Refused(path, f"'name' {name!r} is too long or contains control characters")
+    description = manifest.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        raise _Refused(path, "'description' must be a string")
+    events = manifest.get("events")
+    if isinstance(events, str):
+        events = [events]
+    if not isinstance(events, list) or not events:
+        raise _Refused(path, "'events' is missing or not a non-empty list of event types")
+    for pattern in events:
+        if not isinstance(pattern, str) or not _PATTERN.match(pattern):
+            raise _Refused(
+                path,
+                f"'events' entry {pattern!r} is neither an event type (session:end) "
+                "nor a prefix wildcard (session:*)",
+            )
+    return name, description, tuple(dict.fromkeys(events))
+
+
+def _load_handler(path: Path, hook_name: str) -> Handler:
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"hermes_hook_{re.sub(r'[^0-9A-Za-z_]', '_', hook_name)}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise _Refused(path, "cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickle look modules up here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        if not isinstance(exc, Exception):
+            raise
+        raise _Refused(path, f"import failed: {type(exc).__name__}: {exc}") from None
+    handle = getattr(module, "handle", None)
+    if not callable(handle):
+        sys.modules.pop(module_name, None)
+        raise _Refused(path, "defines no handle(event_type, context) function")
+    return handle  # type: ignore[no-any-return]
+
+
+def load_hook(hook_dir: str | os.PathLike[str]) -> Hook:
+    """Load one hook directory; raises ValueError (with the path) if it is refused."""
+    try:
+        return _load(Path(hook_dir))
+    except _Refused as exc:
+        raise ValueError(str(exc.problem)) from None
+
+
+def _load(hook_dir: Path) -> Hook:
+    _check_private(hook_dir)
+    manifest = hook_dir / "HOOK.yaml"
+    handler = hook_dir / "handler.py"
+    for required in (manifest, handler):
+        if not required.is_file():
+            raise _Refused(required, "missing")
+        _check_private(required)
+    name, description, events = _read_manifest(manifest)
+    return Hook(
+        name=name,
+        description=description,
+        events=events,
+        handler=_load_handler(handler, name),
+        path=hook_dir,
+    )
+
+
+def discover_hooks(
+    hooks_dir: str | os.PathLike[str],
+) -> tuple[list[Hook], list[HookProblem]]:
+    """Load every hook in ``hooks_dir`` (one subdirectory each, in name order).
+
+    Returns the hooks that loaded and the problems (each with its path) of those
+    that did not (a dispatcher logs them as warnings; the CLI lists them). A
+    missing ``hooks_dir`` means no hooks. Loading a hook imports its ``handler.py``.
+    """
+    root = Path(hooks_dir)
+    hooks: list[Hook] = []
+    problems: list[HookProblem] = []
+    if not root.is_dir():
+        return hooks, problems
+    try:
+        _check_private(root)
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except _Refused as exc:
+        problems.append(exc.problem)
+        entries = []
+    except OSError as exc:
+        problems.append(HookProblem(root, f"cannot list: {exc}"))
+        entries = []
+    seen: dict[str, Path] = {}
+    for entry in entries:
+        if entry.name.startswith((".", "__")) or not entry.is_dir():
+            continue
+        try:
+            hook = _load(entry)
+        except _Refused as exc:
+            problems.append(exc.problem)
+            continue
+        except OSError as exc:
+            problems.append(HookProblem(entry, f"cannot read: {exc}"))
+            continue
+        if hook.name in seen:
+            problems.append(
+                HookProblem(entry, f"the name {hook.name!r} is already used by {seen[hook.name]}")
+            )
+            continue
+        seen[hook.name] = entry
+        hooks.append(hook)
+    return hooks, problems

@@ -1,0 +1,257 @@
+"""Running hooks: calling a handler with a time limit, and delivering the log's
+session events to every subscribed hook, durably (``HookDispatcher``).
+
+The delivery state lives in the ledger file (``hooks.delivery``); what a pass did
+is a ``DeliveryReport``; ``hooks_overview`` is what ``hermes-ledger hooks`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from hermes_ledger.gateway.config.paths import default_hooks_dir
+from hermes_ledger.gateway.hooks.delivery import (
+    Claim,
+    Delivery,
+    DeliveryOutcome,
+    DeliveryQueue,
+    DeliveryReport,
+    HookState,
+    dead_letters,
+    hook_states,
+    requeue_dead_letters,
+)
+from hermes_ledger.gateway.hooks.discovery import Hook, HookProblem, HookRegistry
+from hermes_ledger.gateway.usercode.bounded import CallTimeoutError, call_bounded
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.clock import Clock, system_clock
+
+__all__ = [
+    "HookDispatcher",
+    "HookTimeoutError",
+    "HooksOverview",
+    "hooks_overview",
+    "run_handler",
+]
+
+log = logging.getLogger(__name__)
+
+
+# -- running a handler -----------------------------------------------------------
+
+
+class HookTimeoutError(CallTimeoutError):
+    """A handler call outlived its timeout (it is left running in a daemon thread)."""
+
+
+def run_handler(hook: Hook, event_type: str, context: Mapping[str, Any], *, timeout: float) -> None:
+    """Call ``hook.handler(event_type, context)`` (awaiting it if async) in a daemon
+    thread; re-raise what it raised, or HookTimeoutError after ``timeout`` seconds.
+
+    A timed-out call is abandoned, not stopped: Python cannot stop a thread, so
+    the handler keeps running in the background and its outcome is ignored.
+    """
+    try:
+        call_bounded(
+            hook.handler, event_type, dict(context), timeout=timeout, name=f"hook-{hook.name}"
+        )
+    except CallTimeoutError as exc:
+        raise HookTimeoutError(str(exc)) from None
+    except Exception:
+        raise
+    except BaseException as error:
+        # SystemExit, KeyboardInterrupt… from a handler fail the call, not the dispatcher.
+        raise RuntimeError(f"handler raised {type(error).__name__}: {error}") from error
+
+
+# -- delivering ---------------------------------------------------------------------
+
+_CLAIM_MARGIN = 60.0  # seconds a claim outlives the call timeout, to record the outcome
+
+
+class HookDispatcher:
+    """Delivers the log's session events to the hooks of ``registry``, durably.
+
+    A ``deliver()`` pass queues new log events after each hook's checkpoint, then
+    repeatedly *claims* a hook's oldest undelivered event (and commits), calls
+    its handler outside any transaction with ``call_timeout``, and records the
+    outcome. Claim-before-call: two dispatchers, in any processes, never call one
+    hook twice for one event; a dispatcher that dies mid-call leaves a claim that
+    expires, and the event is delivered again with the same ``delivery_id``.
+
+    Each hook gets its events strictly in log order (for one session key, the old
+    session's ``session:end`` before the new one's ``session:start``). A failed
+    call holds back only its own hook: it is retried after ``backoff_base *
+    2**(attempt-1)`` seconds (at most ``backoff_max``) and dead-lettered after
+    ``max_attempts`` calls. ``clock`` (aware datetimes) dates claims, backoffs and
+    deliveries.
+
+    A hook the ledger has not seen before starts at the log's head when the
+    dispatcher is created (``new_hooks_from="head"``: it hears about what happens
+    from now on) or at the beginning (``"beginning"``: every session event ever
+    recorded). Creating a dispatcher creates the tables and registers its hooks.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        registry: HookRegistry | Iterable[Hook],
+        *,
+        clock: Clock | None = None,
+        max_attempts: int = 5,
+        call_timeout: float = 10.0,
+        backoff_base: float = 2.0,
+        backoff_max: float = 300.0,
+        new_hooks_from: Literal["head", "beginning"] = "head",
+        worker_id: str | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if call_timeout <= 0 or backoff_base < 0 or backoff_max < 0:
+            raise ValueError("call_timeout must be positive and the backoffs not negative")
+        if new_hooks_from not in ("head", "beginning"):
+            raise ValueError("new_hooks_from is 'head' or 'beginning'")
+        self.ledger = ledger
+        self.registry = registry if isinstance(registry, HookRegistry) else HookRegistry(registry)
+        self.clock = clock or system_clock
+        self.max_attempts = max_attempts
+        self.call_timeout = call_timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._hooks = [h for h in self.registry if h.log_types]
+        for problem in self.registry.problems:
+            log.warning("hook skipped: %s", problem)
+        self._queue = DeliveryQueue(ledger, self.clock)
+        self._queue.register([h.name for h in self._hooks], from_head=new_hooks_from == "head")
+
+    def deliver(self, limit: int | None = None) -> DeliveryReport:
+        """One pass: queue new log events for every hook, then call each hook for
+        its due deliveries, oldest first, until none is due (or ``limit`` calls).
+
+        A handler that raises or times out is logged with the hook's name and
+        retried later; it never stops the pass or the other hooks.
+        """
+        enqueued = self._queue.enqueue({h.name: h.log_types for h in self._hooks})
+        hold = timedelta(seconds=self.call_timeout + _CLAIM_MARGIN)
+        outcomes: list[DeliveryOutcome] = []
+        calls = 0
+        active = list(self._hooks)
+        while active and (limit is None or calls < limit):
+            for hook in list(active):
+                if limit is not None and calls >= limit:
+                    break
+                claim, given_up = self._queue.claim(
+                    hook.name, self.worker_id, hold=hold, max_attempts=self.max_attempts
+                )
+                outcomes.extend(given_up)
+                if claim is None:
+                    active.remove(hook)
+                    continue
+                calls += 1
+                outcomes.append(self._call(hook, claim))
+        return DeliveryReport(enqueued, tuple(outcomes))
+
+    def dead_letters(self) -> list[Delivery]:
+        """Deliveries that failed ``max_attempts`` times, in log order."""
+        return dead_letters(self.ledger)
+
+    def retry(self, delivery_ids: Iterable[str] | None = None) -> list[str]:
+        """Re-queue dead letters (all, or those named); see ``requeue_dead_letters``."""
+        return requeue_dead_letters(self.ledger, delivery_ids, clock=self.clock)
+
+    def status(self) -> list[HookState]:
+        """Every hook the ledger has seen, with its checkpoint and delivery counts."""
+        return hook_states(self.ledger)
+
+    def _call(self, hook: Hook, claim: Claim) -> DeliveryOutcome:
+        error: str | None = None
+        try:
+            run_handler(hook, claim.event_type, claim.context, timeout=self.call_timeout)
+        except HookTimeoutError as exc:
+            error = str(exc)
+            log.error(
+                "hook %s: %s on %s, delivery %s (attempt %d of %d)",
+                hook.name, error, claim.event_type, claim.delivery_id, claim.attempt,
+                self.max_attempts,
+            )  # fmt: skip
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.error(
+                "hook %s failed on %s, delivery %s (attempt %d of %d)",
+                hook.name, claim.event_type, claim.delivery_id, claim.attempt, self.max_attempts,
+                exc_info=exc,
+            )  # fmt: skip
+        retry_at = None
+        if error is not None and claim.attempt < self.max_attempts:
+            delay = min(self.backoff_base * 2 ** (claim.attempt - 1), self.backoff_max)
+            retry_at = self.clock() + timedelta(seconds=delay)
+        if not self._queue.finish(claim, error, retry_at):
+            log.warning(
+                "hook %s: delivery %s was claimed again while this call ran (it outlived its "
+                "claim); the outcome is left to the new claim",
+                hook.name, claim.delivery_id,
+            )  # fmt: skip
+        elif error is not None and retry_at is None:
+            log.error(
+                "hook %s: delivery %s dead-lettered after %d attempts; re-queue it with "
+                "`hermes-ledger hooks retry %s`",
+                hook.name, claim.delivery_id, claim.attempt, claim.delivery_id,
+            )  # fmt: skip
+        status: Literal["done", "retry", "dead"] = (
+            "done" if error is None else "retry" if retry_at is not None else "dead"
+        )
+        return DeliveryOutcome(
+            claim.delivery_id, hook.name, claim.event_type, claim.context.get("session_id"),
+            claim.attempt, status, error, retry_at,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HooksOverview:
+    """What ``hermes-ledger hooks`` shows: the hooks found and the problems met in
+    ``hooks_dir``, each known hook's checkpoint and counts, and the dead letters."""
+
+    hooks_dir: Path
+    hooks: tuple[Hook, ...]
+    problems: tuple[HookProblem, ...]
+    states: dict[str, HookState]
+    dead_letters: tuple[Delivery, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hooks_dir": str(self.hooks_dir),
+            "hooks": [
+                {**h.to_dict(), "state": s.to_dict() if (s := self.states.get(h.name)) else None}
+                for h in self.hooks
+            ],
+            "problems": [p.to_dict() for p in self.problems],
+            "dead_letters": [d.to_dict() for d in self.dead_letters],
+        }
+
+
+def hooks_overview(
+    hooks_dir: str | os.PathLike[str] | None, ledger_path: str | os.PathLike[str] | None
+) -> HooksOverview:
+    """Discover the hooks in ``hooks_dir`` (default ``$HERMES_HOME/hooks``; this
+    imports their handlers) and read their delivery state from the ledger at
+    ``ledger_path``, opened read-only (a missing file means no state yet)."""
+    root = default_hooks_dir() if hooks_dir is None else Path(hooks_dir)
+    registry = HookRegistry.discover(root)
+    states: list[HookState] = []
+    dead: list[Delivery] = []
+    if ledger_path is not None and Path(ledger_path).exists():
+        with Ledger.open(ledger_path, readonly=True) as ledger:
+            states = hook_states(ledger)
+            dead = dead_letters(ledger)
+    return HooksOverview(
+        root, registry.hooks, registry.problems, {s.hook: s for s in states}, tuple(dead)
+    )

@@ -1,0 +1,140 @@
+"""Running the ledger's background work: scheduler ticks and hook deliveries.
+
+``Runner.once()`` is one pass (what ``hermes-ledger tick`` does); ``Runner.run()``
+repeats it every ``interval`` seconds until asked to stop, finishing the pass in
+progress (what ``hermes-ledger run`` does until SIGTERM/SIGINT).
+
+Its settings are the ``ledger:`` section of ``config.yaml``
+(``config.ledger_section.RunnerSettings``); the composition root
+(``gateway.bootstrap``) builds it from a Hermes home.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from hermes_ledger.gateway.config.gateway import GatewayConfig
+from hermes_ledger.gateway.config.ledger_section import RunnerSettings
+from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
+from hermes_ledger.gateway.scheduler.ticks import Scheduler, TickReport
+from hermes_ledger.gateway.sessions.flush import Flusher
+from hermes_ledger.gateway.usercode.flushers import load_flusher
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
+
+__all__ = ["PassReport", "Runner", "describe"]
+
+
+@dataclass
+class PassReport:
+    """One pass: what the scheduler closed and what the hooks were given."""
+
+    tick: TickReport
+    delivered: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tick": self.tick.to_dict(),
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "dead_lettered": self.dead_lettered,
+            "deliveries": self.deliveries,
+        }
+
+
+class Runner:
+    """Scheduler + hook dispatcher over one ledger."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        config: GatewayConfig,
+        settings: RunnerSettings,
+        registry: HookRegistry,
+        *,
+        clock: Clock | None = None,
+        flusher: Flusher | None = None,
+    ) -> None:
+        self._base_clock = clock or system_clock
+        self._fixed: datetime | None = None
+        if flusher is None and settings.flusher:
+            flusher = load_flusher(settings.flusher)
+        self.settings = settings
+        self.scheduler = Scheduler(
+            ledger,
+            config,
+            flusher=flusher,
+            clock=self.clock,
+            flush_timeout=settings.flush_timeout,
+            max_flush_attempts=settings.flush_attempts,
+            flush_retry_delay=timedelta(seconds=settings.flush_retry_seconds),
+        )
+        self.dispatcher = HookDispatcher(
+            ledger,
+            registry,
+            clock=self.clock,
+            max_attempts=settings.hook_attempts,
+            call_timeout=settings.hook_timeout,
+        )
+
+    def clock(self) -> datetime:
+        """The pass's fixed ``now`` while a pass with one runs, else the clock."""
+        return self._fixed or self._base_clock()
+
+    def once(self, now: datetime | None = None) -> PassReport:
+        """Tick the scheduler at ``now`` (default: the clock), then deliver hooks
+        (backoff and claims measured against the same ``now``)."""
+        self._fixed = now
+        try:
+            tick = self.scheduler.tick(now)
+            delivery = self.dispatcher.deliver()
+        finally:
+            self._fixed = None
+        return PassReport(
+            tick=tick,
+            delivered=delivery.delivered,
+            failed=delivery.failed,
+            dead_lettered=delivery.dead_lettered,
+            deliveries=[_outcome(o) for o in delivery.outcomes],
+        )
+
+    def run(self, stop: threading.Event, interval: float | None = None) -> int:
+        """Pass after pass until ``stop`` is set; the pass in progress is finished.
+        Returns the number of passes."""
+        wait = self.settings.tick_interval if interval is None else interval
+        passes = 0
+        while not stop.is_set():
+            self.once()
+            passes += 1
+            stop.wait(wait)
+        return passes
+
+
+def _outcome(outcome: Any) -> dict[str, Any]:
+    data = asdict(outcome)
+    if data.get("next_attempt_at") is not None:
+        data["next_attempt_at"] = format_utc(data["next_attempt_at"])
+    return data
+
+
+def describe(report: PassReport) -> list[str]:
+    """Human lines for a pass (used by the CLI)."""
+    lines = [f"tick at {report.tick.now}"]
+    for closed in report.tick.closed:
+        missed = f", deadline {closed.deadline}" if closed.deadline else ""
+        lines.append(
+            f"  closed {closed.session_id} ({closed.session_key}): {closed.reason}{missed}"
+        )
+    if report.tick.waiting_for_retry:
+        lines.append(f"  {report.tick.waiting_for_retry} close(s) waiting to retry a failed flush")
+    lines.append(
+        f"  hooks: {report.delivered} delivered, {report.failed} failed,"
+        f" {report.dead_lettered} dead-lettered"
+    )
+    return lines
