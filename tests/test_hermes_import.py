@@ -10,6 +10,7 @@ import select
 import shutil
 import sqlite3
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -41,7 +42,6 @@ from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, UsageRecorded
 
-HERMES_PYTHON = Path("/work/hermes-venv/bin/python")
 TG = "agent:main:telegram:dm:1001"
 SLACK = "agent:main:slack:channel:C01:U7"
 
@@ -632,8 +632,8 @@ HERMES_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from hermes_ledger.gateway.config.gateway import GatewayConfig, Platform
-    from hermes_ledger.gateway.session import SessionSource, SessionStore
+    from gateway.config import GatewayConfig, Platform
+    from gateway.session import SessionSource, SessionStore
     from hermes_state import SessionDB
 
     home = Path(sys.argv[1])
@@ -658,12 +658,12 @@ HERMES_SCRIPT = textwrap.dedent(
 
 @pytest.fixture
 def real_home(tmp_path: Path) -> tuple[Path, list[str]]:
-    if not HERMES_PYTHON.exists():
-        pytest.skip("Hermes 0.19 is not installed at /work/hermes-venv")
+    """A home written by the installed Hermes 0.19 (the ``test`` extra), run isolated
+    (``-I``) so that only the installed ``gateway`` package can be imported."""
     path = tmp_path / "real"
     path.mkdir()
     done = subprocess.run(
-        [str(HERMES_PYTHON), "-I", "-c", HERMES_SCRIPT, str(path)],
+        [sys.executable, "-I", "-c", HERMES_SCRIPT, str(path)],
         cwd=path,
         env={"HERMES_HOME": str(path), "HOME": str(path), "PATH": "/usr/bin:/bin"},
         capture_output=True,
