@@ -38,7 +38,6 @@ COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, re
 # A filtered page of the log: "{where}" is built by EventFilter.where() from fixed
 # fragments; every value is a binding.
 SQL_EVENTS_PAGE = "SELECT {columns} FROM events WHERE position > ?{where} ORDER BY position LIMIT ?"
-SQL_HEAD = "SELECT coalesce(max(position), 0) FROM events"
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -192,7 +191,7 @@ def follow_events(
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = after
     while events.to_position is None or seen < events.to_position:
-        head = led.query(SQL_HEAD)[0][0]
+        head = led.head()
         if head > seen:
             yield from _pages(led, where + " AND position <= ?", (*args, head), seen, None)
             seen = head
@@ -219,7 +218,7 @@ def list_events(
     """What ``hermes-ledger events`` prints: the matching events up to the current
     head (at most ``limit``), then, if ``follow``, those appended afterwards as they
     arrive (see ``follow_events``), with no event missed or repeated in between."""
-    head = led.query(SQL_HEAD)[0][0]
+    head = led.head()
     to = head if events.to_position is None else min(events.to_position, head)
     now = replace(events, to_position=to) if to >= 1 else None
     if now is not None:

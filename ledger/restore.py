@@ -30,12 +30,12 @@ import apsw
 from hermes_ledger.ledger.chain import GENESIS, row_hash
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.export import EXPORT_FORMAT, FORMAT_VERSION
+from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.ledger.store import SQL_INSERT, Ledger
 
 __all__ = ["RestoreError", "RestoreResult", "import_jsonl", "open_input", "restore_jsonl"]
 
 SQL_HAS_EVENTS = "SELECT EXISTS (SELECT 1 FROM events)"
-SQL_LAST_POSITION = "SELECT coalesce(max(position), 0) FROM events"
 SQL_CACHE_SIZE = "PRAGMA cache_size"
 
 _FIELDS = (
@@ -253,8 +253,8 @@ class _Restore:
             self.conn.executemany(SQL_INSERT, self.pending)
         except apsw.ConstraintError as exc:
             # Rows before the refused one went in (until the rollback): it is the next.
-            row: Any = self.conn.execute(SQL_LAST_POSITION).fetchone()
-            line = self.pending_lines[row[0] - self.pending[0][0] + 1]
+            last = scalar(self.conn, SQL_HEAD_POSITION)
+            line = self.pending_lines[last - self.pending[0][0] + 1]
             reason = str(exc).split("ConstraintError: ")[-1]
             raise RestoreError(f"the ledger refused the event: {reason}", line=line) from None
         self.pending.clear()

@@ -9,8 +9,11 @@ import apsw
 
 __all__ = ["SQL_HEAD_POSITION", "scalar"]
 
-SQL_HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM events"
-"""The newest position in the log, 0 for an empty log."""
+SQL_HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM main.events"
+"""The newest position in the log, 0 for an empty log.
+
+The log is named with its schema: a connection that also holds temporary tables
+(a projection's scratch replay) still reads the ledger's own ``events``."""
 
 
 def scalar(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:

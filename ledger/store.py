@@ -30,6 +30,7 @@ from hermes_ledger.ledger.errors import (
 from hermes_ledger.ledger.events import EventModel, body_json, parse
 from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
 from hermes_ledger.ledger.schema import CACHE_KIB, connect, migrate, retry_busy
+from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
 
 __all__ = ["InlineProjector", "Ledger"]
@@ -37,7 +38,6 @@ __all__ = ["InlineProjector", "Ledger"]
 _COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, recorded_at, hash"
 
 SQL_STREAM_VERSION = "SELECT max(version) FROM events WHERE stream = ?"
-SQL_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 # What an append needs under the write lock, in one statement: the stream's version
 # and the log's last position and hash (NULLs for an empty log).
 SQL_APPEND_STATE = (
@@ -54,12 +54,6 @@ SQL_PAGE_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY posit
 SQL_PAGE_STREAM = (
     f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version > ? ORDER BY version LIMIT ?"
 )
-
-
-def _scalar(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
-    """The first column of the first row (None if there is no row)."""
-    row: Any = conn.execute(sql, args).fetchone()
-    return None if row is None else row[0]
 
 
 def _row(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
@@ -253,7 +247,7 @@ class Ledger:
             position, digest = self._head
             current = self._versions.get(stream)
             if current is None:
-                current = _scalar(conn, SQL_STREAM_VERSION, (stream,)) or 0
+                current = scalar(conn, SQL_STREAM_VERSION, (stream,)) or 0
             return current, position, digest
         self._versions.clear()
         current, position, digest = _row(conn, SQL_APPEND_STATE, (stream,))
@@ -441,7 +435,7 @@ class Ledger:
         """The stream's current version (0 if it has no events)."""
         with self._lock:
             self._check_open()
-            return _scalar(self._conn, SQL_STREAM_VERSION, (stream,)) or 0
+            return scalar(self._conn, SQL_STREAM_VERSION, (stream,)) or 0
 
     def query(self, sql: str, args: tuple[Any, ...] | Mapping[str, Any] = ()) -> list[Any]:
         """Run one read statement (with bindings) and return all its rows.
@@ -460,8 +454,7 @@ class Ledger:
         """The position of the last event (0 for an empty ledger)."""
         with self._lock:
             self._check_open()
-            position = _scalar(self._conn, SQL_HEAD)
-        return 0 if position is None else int(position)
+            return int(scalar(self._conn, SQL_HEAD_POSITION))
 
     # -- verifying -----------------------------------------------------------
 

@@ -27,6 +27,7 @@ import apsw
 
 from hermes_ledger.ledger import Ledger, Recorded
 from hermes_ledger.ledger.events import EVENT_TYPES
+from hermes_ledger.ledger.sql import scalar
 from hermes_ledger.projections.definitions import Projection, by_name
 from hermes_ledger.projections.errors import ProjectionError, RebuildSuperseded
 from hermes_ledger.projections.quoting import LIVE
@@ -38,7 +39,6 @@ from hermes_ledger.projections.replay import (
     prepare_connection,
     read_checkpoints,
     replay,
-    scalar,
 )
 from hermes_ledger.projections.statements import EVENT_TIME
 from hermes_ledger.projections.views import ensure_views

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import apsw
 
 from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.sql import scalar
 from hermes_ledger.projections.definitions import Projection, by_name
 from hermes_ledger.projections.errors import RebuildSuperseded
 from hermes_ledger.projections.quoting import LIVE, NEXT, quote_ident
@@ -35,7 +36,6 @@ from hermes_ledger.projections.replay import (
     read_checkpoints,
     replay_range,
     save_checkpoint,
-    scalar,
     table_exists,
 )
 from hermes_ledger.projections.tables import TableSpec

@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 
 from hermes_ledger.ledger.events import body_json, from_stored
+from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.projections.definitions import Projection
 from hermes_ledger.projections.quoting import Target, quote_ident
 from hermes_ledger.projections.statements import CLEAR_RANGE, DECODE_RANGE, RANGE_TABLE_DDL
@@ -32,14 +33,12 @@ __all__ = [
     "replay_chunks",
     "replay_range",
     "save_checkpoint",
-    "scalar",
     "table_exists",
 ]
 
 Checkpoints = dict[str, tuple[int, int]]
 """Projection name -> (schema version, applied position)."""
 
-SQL_HEAD = "SELECT coalesce(max(position), 0) FROM main.events"
 SQL_READ_CHECKPOINTS = "SELECT name, version, position FROM main.projection_checkpoints"
 SQL_SAVE_CHECKPOINT = (
     "INSERT INTO main.projection_checkpoints (name, version, position) VALUES (?1, ?2, ?3)"
@@ -66,15 +65,9 @@ def prepare_connection(conn: apsw.Connection) -> None:
     conn.execute(RANGE_TABLE_DDL)
 
 
-def scalar(conn: apsw.Connection, sql: str, bindings: tuple[Any, ...] = ()) -> Any:
-    """The first column of the first row ``sql`` returns (None if no row)."""
-    row = conn.execute(sql, bindings).fetchone()
-    return None if row is None else row[0]
-
-
 def head(conn: apsw.Connection) -> int:
     """The last position in the log (0 when it is empty)."""
-    return int(scalar(conn, SQL_HEAD))
+    return int(scalar(conn, SQL_HEAD_POSITION))
 
 
 def table_exists(conn: apsw.Connection, name: str, schema: str = "main") -> bool:

@@ -14,11 +14,12 @@ import apsw
 
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.projections.definitions import by_name
 from hermes_ledger.projections.errors import ProjectionError
 from hermes_ledger.projections.quoting import LIVE, SCRATCH, Target, quote_ident
 from hermes_ledger.projections.rebuilding import DEFAULT_CHUNK
-from hermes_ledger.projections.replay import head, read_checkpoints, scalar, table_exists
+from hermes_ledger.projections.replay import head, read_checkpoints, table_exists
 from hermes_ledger.projections.scratch import build_scratch, snapshot
 from hermes_ledger.projections.tables import MESSAGES, SESSION_HISTORY, SESSION_MAP, TableSpec
 
@@ -26,7 +27,7 @@ __all__ = ["State", "live_state", "state_at"]
 
 SQL_LAST_POSITION_BY = (
     "SELECT coalesce((SELECT min(position) FROM main.events WHERE recorded_at > ?1) - 1,"
-    " (SELECT coalesce(max(position), 0) FROM main.events))"
+    f" ({SQL_HEAD_POSITION}))"
 )
 """The end of the longest prefix of the log recorded at or before ?1."""
 

@@ -16,6 +16,7 @@ from typing import Any
 import apsw
 
 from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.sql import scalar
 from hermes_ledger.projections.definitions import Projection, by_name
 from hermes_ledger.projections.quoting import LIVE, SCRATCH, quote_ident
 from hermes_ledger.projections.rebuilding import DEFAULT_CHUNK
@@ -24,7 +25,6 @@ from hermes_ledger.projections.replay import (
     head,
     read_checkpoints,
     replay_chunks,
-    scalar,
     table_exists,
 )
 from hermes_ledger.projections.scratch import snapshot
