@@ -32,8 +32,18 @@ import apsw
 
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.errors import LedgerError, translate
+from hermes_ledger.ledger.events import EVENT_TYPES
 from hermes_ledger.ledger.query import COLUMNS, EventFilter
+from hermes_ledger.ledger.sql import business_time
 from hermes_ledger.ledger.store import Ledger
+from hermes_ledger.ledger.transcript import (
+    SYNTHETIC,
+    TRANSCRIPT_COLUMNS,
+    TRANSCRIPT_KEY,
+    TRANSCRIPT_SEARCHED,
+    TRANSCRIPT_TOKENIZER,
+    transcript_values,
+)
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -107,22 +117,33 @@ SQL_SUMMARY = (
     " (SELECT hash FROM events WHERE 1{where} ORDER BY position DESC LIMIT 1)"
     " FROM events WHERE 1{where}"
 )
-# Transcript rows for the full-text index of a SQLite export: real (non-synthetic)
-# messages with content, taken from the exported events themselves.
-# The columns are named like the live ``messages`` projection's (docs/sql.md).
-MESSAGE_COLUMNS = {
-    "position": int, "session_id": str, "session_key": str, "role": str, "content": str,
-    "tool_calls": str, "tool_name": str, "tool_call_id": str, "input_tokens": int,
-    "output_tokens": int, "platform_message_id": str, "recorded_at": str,
-}  # fmt: skip
+
+
+def _stored_message_body() -> str:
+    """SQL: a ``message_appended`` body in its current shape, read from the row.
+
+    The export has no upcasters in SQL (the projections register one); while the
+    type has one schema version, every stored body already is in its shape."""
+    if EVENT_TYPES["message_appended"].schema_version != 1:  # pragma: no cover
+        raise NotImplementedError(
+            "message_appended has older stored shapes: the SQLite export must upcast them"
+        )
+    return "data"
+
+
+# The transcript of a SQLite export: the rows ``ledger.transcript`` declares (the
+# columns of the live ``messages`` projection, business time ``ts`` included),
+# computed from the exported events themselves; synthetic turns are not in it.
+_MESSAGE_BODY = _stored_message_body()
+MESSAGE_COLUMNS = {c.name: c.python_type for c in TRANSCRIPT_COLUMNS}
 SQL_MESSAGES = (
-    "SELECT position, session_id, stream, data ->> '$.role', data ->> '$.content',"
-    " data ->> '$.tool_calls', data ->> '$.tool_name', data ->> '$.tool_call_id',"
-    " coalesce(data ->> '$.input_tokens', 0), coalesce(data ->> '$.output_tokens', 0),"
-    " data ->> '$.platform_message_id', recorded_at"
-    " FROM events WHERE type = 'message_appended'"
-    " AND NOT coalesce(data ->> '$.synthetic', 0){where} ORDER BY position"
-)
+    "SELECT "
+    + transcript_values(position="position", stream="stream", session_id="session_id",
+                        body=_MESSAGE_BODY, ts=business_time(_MESSAGE_BODY, "recorded_at"))
+    + " FROM events WHERE type = 'message_appended' AND NOT "
+    + SYNTHETIC.format(body=_MESSAGE_BODY)
+    + "{where} ORDER BY position"
+)  # fmt: skip
 
 
 def _filtered(template: str, where: str) -> str:
@@ -341,7 +362,7 @@ def _write_sqlite(
         events_table.create_index(["session_id", "position"])
         events_table.create_index(["type"])
         messages = db.table("messages")
-        messages.create(MESSAGE_COLUMNS, pk="position")
+        messages.create(MESSAGE_COLUMNS, pk=TRANSCRIPT_KEY)
         message_names = list(MESSAGE_COLUMNS)
         messages.insert_all(
             (
@@ -351,7 +372,7 @@ def _write_sqlite(
             batch_size=_CHUNK,
         )
         messages.create_index(["session_id", "position"])
-        messages.enable_fts(["content"], tokenize="unicode61 remove_diacritics 2")
+        messages.enable_fts([TRANSCRIPT_SEARCHED], tokenize=TRANSCRIPT_TOKENIZER)
         body = manifest.to_dict()
         body["filters"] = json.dumps(body["filters"], ensure_ascii=False)
         db.table("export_manifest").insert({"format": EXPORT_FORMAT, **body}, pk="format")

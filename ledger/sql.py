@@ -1,5 +1,10 @@
 """Small SQL helpers every layer shares, each written once: the head position
-query and reading one value from a connection."""
+query, reading one value from a connection, and an event's business time.
+
+The time helpers are about event bodies (``occurred_at`` in ``data``, else the
+row's ``recorded_at``), so they live here, below everything that reads the log:
+the projections, the SQLite export and the gateway all derive times from them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 
 import apsw
 
-__all__ = ["SQL_HEAD_POSITION", "scalar"]
+__all__ = ["SQL_HEAD_POSITION", "business_time", "scalar", "utc_text"]
 
 SQL_HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM main.events"
 """The newest position in the log, 0 for an empty log.
@@ -20,3 +25,30 @@ def scalar(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
     """The first column of the first row (None if there is no row)."""
     row: Any = conn.execute(sql, args).fetchone()
     return None if row is None else row[0]
+
+
+def utc_text(x: str) -> str:
+    """SQL: ISO-8601 text ``x`` with any offset (as pydantic writes it) as fixed-width
+    UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, the format of ``recorded_at``; NULL stays NULL.
+
+    Whole seconds go through strftime (which applies the offset); the fraction is
+    copied as digits, so no precision is lost or rounded."""
+    tz = f"ltrim(substr({x}, 21), '0123456789')"
+    digits = f"substr({x}, 21, length({x}) - 20 - length({tz}))"
+    return (
+        f"CASE WHEN {x} IS NULL THEN NULL"
+        f" WHEN substr({x}, 20, 1) = '.' THEN"
+        f" strftime('%Y-%m-%dT%H:%M:%S', substr({x}, 1, 19) || {tz})"
+        f" || '.' || substr({digits} || '000000', 1, 6) || 'Z'"
+        f" ELSE strftime('%Y-%m-%dT%H:%M:%S', {x}) || '.000000Z' END"
+    )
+
+
+_OCCURRED_AT = "'$.occurred_at'"
+
+
+def business_time(data: str, recorded_at: str) -> str:
+    """SQL: an event's business time, from the SQL of its ``data`` (JSON text) and of
+    its ``recorded_at``: ``occurred_at`` (when it happened, in the producer's clock) if
+    set, else ``recorded_at``, as UTC text in the format of ``recorded_at``."""
+    return f"coalesce({utc_text(f'({data} ->> {_OCCURRED_AT})')}, {recorded_at})"

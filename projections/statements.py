@@ -32,6 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hermes_ledger.ledger.events import EVENT_TYPES
+from hermes_ledger.ledger.sql import business_time, utc_text
+from hermes_ledger.ledger.transcript import (
+    SYNTHETIC,
+    TRANSCRIPT_KEY,
+    TRANSCRIPT_SEARCHED,
+    transcript_names,
+    transcript_values,
+)
 
 __all__ = [
     "BODY",
@@ -69,33 +77,10 @@ def _types(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def utc_text(x: str) -> str:
-    """SQL: ISO-8601 text ``x`` with any offset (as pydantic writes it) as fixed-width
-    UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, the format of ``recorded_at``; NULL stays NULL.
-
-    Whole seconds go through strftime (which applies the offset); the fraction is
-    copied as digits, so no precision is lost or rounded."""
-    tz = f"ltrim(substr({x}, 21), '0123456789')"
-    digits = f"substr({x}, 21, length({x}) - 20 - length({tz}))"
-    return (
-        f"CASE WHEN {x} IS NULL THEN NULL"
-        f" WHEN substr({x}, 20, 1) = '.' THEN"
-        f" strftime('%Y-%m-%dT%H:%M:%S', substr({x}, 1, 19) || {tz})"
-        f" || '.' || substr({digits} || '000000', 1, 6) || 'Z'"
-        f" ELSE strftime('%Y-%m-%dT%H:%M:%S', {x}) || '.000000Z' END"
-    )
-
-
-def _business_time(data: str, recorded_at: str) -> str:
-    return f"coalesce({utc_text(f'({data} ->> {_OCCURRED_AT})')}, {recorded_at})"
-
-
-_OCCURRED_AT = "'$.occurred_at'"
-
-TS = _business_time("e.data", "e.recorded_at")
+TS = business_time("e.data", "e.recorded_at")
 """An event's business time: ``occurred_at`` if set, else ``recorded_at``, as UTC text."""
 
-EVENT_TIME = "SELECT " + _business_time("?1", "?2")
+EVENT_TIME = "SELECT " + business_time("?1", "?2")
 """The business time of one event, from its data (?1) and recorded_at (?2)."""
 
 
@@ -153,15 +138,14 @@ DECODE_RANGE = (
 )
 CLEAR_RANGE = "DELETE FROM temp.projection_range"
 
-_SYNTHETIC = "coalesce({data} ->> '$.synthetic', 0)"
 _COST = "CAST(round(coalesce({data} ->> '$.cost_usd', 0) * 1e9) AS INTEGER)"
 
 FRAGMENTS: dict[str, str] = {
     "range": "r.position BETWEEN ?1 AND ?2",
     "decoded": "temp.projection_range AS r",
     "decoded_events": f"temp.projection_range AS r JOIN {EVENTS} AS e ON e.position = r.position",
-    "body_synthetic": _SYNTHETIC.format(data=body_for(frozenset({"message_appended"}))),
-    "bound_synthetic": _SYNTHETIC.format(data="?4"),
+    "body_synthetic": SYNTHETIC.format(body=body_for(frozenset({"message_appended"}))),
+    "bound_synthetic": SYNTHETIC.format(body="?4"),
     "body_cost": _COST.format(data=body_for(frozenset({"usage_recorded"}))),
     "bound_cost": _COST.format(data="?4"),
     "body_deadline": utc_text(f"({body_for(frozenset({'session_expired'}))} ->> '$.deadline')"),
@@ -465,47 +449,38 @@ SESSIONS_STATEMENTS = (
 
 # -- transcripts: messages and their full-text index ----------------------------
 
+# Both forms insert the row ``ledger.transcript`` declares, from the same value
+# templates: the range form with the event read from the log (the range's business
+# time is ``{ts}``), the single-event form with the event bound as parameters.
+_READ = {"position": "e.position", "stream": "e.stream", "session_id": "e.session_id",
+         "body": "{body}", "ts": "{ts}"}  # fmt: skip
+_BOUND = {"position": "?1", "stream": "?2", "session_id": "?3", "body": "?4", "ts": "?5"}
+_INSERT_MESSAGE = "INSERT INTO {messages} (" + transcript_names() + ")\nSELECT "
+_SEARCHED = transcript_values(**_BOUND, names=(TRANSCRIPT_SEARCHED,))
+
 MESSAGES_INSERT = Statement(
     "messages_insert",
-    sql="""INSERT INTO {messages} (position, session_id, session_key, role, content, tool_calls,
-    tool_name, tool_call_id, input_tokens, output_tokens, platform_message_id, ts)
-SELECT e.position, e.session_id, e.stream,
-    {body} ->> '$.role',
-    {body} ->> '$.content',
-    nullif({body} -> '$.tool_calls', 'null'),
-    {body} ->> '$.tool_name',
-    {body} ->> '$.tool_call_id',
-    coalesce({body} ->> '$.input_tokens', 0),
-    coalesce({body} ->> '$.output_tokens', 0),
-    {body} ->> '$.platform_message_id',
-    {ts}
+    sql=_INSERT_MESSAGE
+    + transcript_values(**_READ)
+    + """
 FROM {decoded_events}
 WHERE r.type = 'message_appended' AND {range}
     AND NOT {body_synthetic}""",
-    one="""INSERT INTO {messages} (position, session_id, session_key, role, content, tool_calls,
-    tool_name, tool_call_id, input_tokens, output_tokens, platform_message_id, ts)
-SELECT ?1, ?3, ?2,
-    ?4 ->> '$.role',
-    ?4 ->> '$.content',
-    nullif(?4 -> '$.tool_calls', 'null'),
-    ?4 ->> '$.tool_name',
-    ?4 ->> '$.tool_call_id',
-    coalesce(?4 ->> '$.input_tokens', 0),
-    coalesce(?4 ->> '$.output_tokens', 0),
-    ?4 ->> '$.platform_message_id',
-    ?5
+    one=_INSERT_MESSAGE
+    + transcript_values(**_BOUND)
+    + """
 WHERE NOT {bound_synthetic}""",
     types=_types("message_appended"),
 )
 
 MESSAGES_INDEX = Statement(
     "messages_index",
-    sql="""INSERT INTO {messages_fts} (rowid, content)
-SELECT m.position, m.content FROM {messages} AS m
-WHERE m.position BETWEEN ?1 AND ?2 AND m.content IS NOT NULL""",
-    one="""INSERT INTO {messages_fts} (rowid, content)
-SELECT ?1, ?4 ->> '$.content'
-WHERE NOT {bound_synthetic} AND ?4 ->> '$.content' IS NOT NULL""",
+    sql=f"""INSERT INTO {{messages_fts}} (rowid, {TRANSCRIPT_SEARCHED})
+SELECT m.{TRANSCRIPT_KEY}, m.{TRANSCRIPT_SEARCHED} FROM {{messages}} AS m
+WHERE m.{TRANSCRIPT_KEY} BETWEEN ?1 AND ?2 AND m.{TRANSCRIPT_SEARCHED} IS NOT NULL""",
+    one=f"""INSERT INTO {{messages_fts}} (rowid, {TRANSCRIPT_SEARCHED})
+SELECT ?1, {_SEARCHED}
+WHERE NOT {{bound_synthetic}} AND {_SEARCHED} IS NOT NULL""",
     types=_types("message_appended"),
 )
 

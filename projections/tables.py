@@ -13,6 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hermes_ledger.ledger.transcript import (
+    TRANSCRIPT_COLUMNS,
+    TRANSCRIPT_KEY,
+    TRANSCRIPT_SEARCHED,
+    TRANSCRIPT_TOKENIZER,
+    transcript_ddl,
+)
 from hermes_ledger.projections.quoting import Target
 
 __all__ = [
@@ -195,48 +202,23 @@ SESSION_HISTORY = TableSpec(
 
 MESSAGES = TableSpec(
     name="messages",
-    ddl="""CREATE TABLE {table} (
-    position            INTEGER PRIMARY KEY,
-    session_id          TEXT NOT NULL,
-    session_key         TEXT NOT NULL,
-    role                TEXT NOT NULL,
-    content             TEXT,
-    tool_calls          TEXT,
-    tool_name           TEXT,
-    tool_call_id        TEXT,
-    input_tokens        INTEGER NOT NULL DEFAULT 0,
-    output_tokens       INTEGER NOT NULL DEFAULT 0,
-    platform_message_id TEXT,
-    ts                  TEXT NOT NULL
-) STRICT""",
-    columns=(
-        "position",
-        "session_id",
-        "session_key",
-        "role",
-        "content",
-        "tool_calls",
-        "tool_name",
-        "tool_call_id",
-        "input_tokens",
-        "output_tokens",
-        "platform_message_id",
-        "ts",
-    ),
-    key="position",
+    ddl=transcript_ddl("{table}"),
+    columns=tuple(c.name for c in TRANSCRIPT_COLUMNS),
+    key=TRANSCRIPT_KEY,
     indexes=(("messages_by_session", "(session_id, position)"),),
 )
+"""Transcripts: the columns are ``ledger.transcript.TRANSCRIPT_COLUMNS``."""
 
 # External-content FTS5 index over messages.content. The content table is named
 # without a schema: FTS5 looks it up in its own schema, and the name is always the
 # canonical one, so a rebuild's fresh index is right once it is renamed into place.
 MESSAGES_FTS = TableSpec(
     name="messages_fts",
-    ddl="""CREATE VIRTUAL TABLE {table} USING fts5(
-    content,
-    content='messages',
-    content_rowid='position',
-    tokenize='unicode61 remove_diacritics 2'
+    ddl=f"""CREATE VIRTUAL TABLE {{table}} USING fts5(
+    {TRANSCRIPT_SEARCHED},
+    content='{MESSAGES.name}',
+    content_rowid='{TRANSCRIPT_KEY}',
+    tokenize='{TRANSCRIPT_TOKENIZER}'
 )""",
     fts=True,
 )

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import tracemalloc
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 from helpers import ManualClock, installed_script
 
+from hermes_ledger import projections
 from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.events import (
     MessageAppended,
@@ -226,13 +227,38 @@ def test_sqlite_export_has_events_messages_and_full_text_search(
         assert columns == [
             "position", "session_id", "session_key", "role", "content", "tool_calls",
             "tool_name", "tool_call_id", "input_tokens", "output_tokens",
-            "platform_message_id", "recorded_at",
+            "platform_message_id", "ts",
         ]  # fmt: skip
         (info,) = db.execute(
             "SELECT format, export_format, count, last_hash, filters FROM export_manifest"
         ).fetchall()
     assert info == (EXPORT_FORMAT, "sqlite", 8, manifest.last_hash, "{}")
     assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+def test_sqlite_export_messages_are_the_projection_rows_with_business_time(
+    led: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    when = datetime(2026, 11, 22, 10, 30, 0, 250000, tzinfo=timezone(timedelta(hours=2)))
+    led.append(
+        K1,
+        [
+            SessionStarted(event_id="e1", session_id="s1", source=Source(platform="telegram")),
+            MessageAppended(session_id="s1", role="user", content="late", occurred_at=when),
+            MessageAppended(
+                session_id="s1", role="assistant", content=None,
+                tool_calls=[{"id": "c1", "name": "search"}], input_tokens=3,
+            ),
+            MessageAppended(session_id="s1", role="user", content="x", synthetic=True),
+        ],
+    )  # fmt: skip
+    target = tmp_path / "out.db"
+    export(db_path, target)
+    with sqlite3.connect(target) as db:
+        db.row_factory = sqlite3.Row
+        exported = [dict(r) for r in db.execute("SELECT * FROM messages ORDER BY position")]
+    assert exported == projections.state_at(led).transcripts["s1"]
+    assert exported[0]["ts"] == "2026-11-22T08:30:00.250000Z"
 
 
 def test_sqlite_export_follows_the_filters_and_can_be_gzipped(

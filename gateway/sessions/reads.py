@@ -16,6 +16,8 @@ from typing import Any
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import parse_utc
+from hermes_ledger.ledger.transcript import TRANSCRIPT_KEY, transcript_column, transcript_names
+from hermes_ledger.projections.tables import MESSAGES
 
 __all__ = ["KeyState", "load_transcript", "read_key_state"]
 
@@ -46,9 +48,16 @@ def read_key_state(ledger: Ledger, key: str) -> KeyState:
     return KeyState(version or 0, sid, status, parse_utc(updated) if updated else None, origin)
 
 
+# The transcript handed out: role, content and time always, the tool fields only
+# when set (Hermes' message shape), read from the ``messages`` projection's
+# columns as ``ledger.transcript`` declares them.
+_ALWAYS = ("role", "content")
+_WHEN_SET = ("tool_calls", "tool_name", "tool_call_id")
+_READ = (*_ALWAYS, "ts", *_WHEN_SET)
+_JSON = frozenset(name for name in _READ if transcript_column(name).json)
 SQL_TRANSCRIPT = (
-    "SELECT role, content, tool_calls, tool_name, tool_call_id, ts FROM messages"
-    " WHERE session_id = ? ORDER BY position"
+    f"SELECT {transcript_names(_READ)} FROM {MESSAGES.name}"
+    f" WHERE session_id = ? ORDER BY {TRANSCRIPT_KEY}"
 )
 
 
@@ -56,15 +65,13 @@ def load_transcript(ledger: Ledger, session_id: str) -> list[dict[str, Any]]:
     """The session's messages in order, synthetic flush turns excluded (Hermes shape:
     role, content, timestamp, and tool_calls / tool_name / tool_call_id when set)."""
     out = []
-    for role, content, tool_calls, tool_name, tool_call_id, ts in ledger.query(
-        SQL_TRANSCRIPT, (session_id,)
-    ):
-        message: dict[str, Any] = {"role": role, "content": content, "timestamp": ts}
-        if tool_calls is not None:
-            message["tool_calls"] = json.loads(tool_calls)
-        if tool_name is not None:
-            message["tool_name"] = tool_name
-        if tool_call_id is not None:
-            message["tool_call_id"] = tool_call_id
+    for row in ledger.query(SQL_TRANSCRIPT, (session_id,)):
+        values = dict(zip(_READ, row, strict=True))
+        message: dict[str, Any] = {name: values[name] for name in _ALWAYS}
+        message["timestamp"] = values["ts"]
+        for name in _WHEN_SET:
+            value = values[name]
+            if value is not None:
+                message[name] = json.loads(value) if name in _JSON else value
         out.append(message)
     return out
