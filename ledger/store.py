@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from hermes_ledger.ledger.events import EventModel, body_json, parse
 from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
 from hermes_ledger.ledger.schema import CACHE_KIB, connect, migrate, retry_busy
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
+from hermes_ledger.ledger.text import has_ascii_controls
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
 
 __all__ = ["InlineProjector", "Ledger"]
@@ -62,8 +62,6 @@ def _row(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
 
 _PAGE = 512
 _MAX_CACHED_STREAMS = 50_000
-# Stream names, event ids and session ids: printable, no control characters.
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME = 1024
 
 
@@ -82,9 +80,7 @@ def _check_name(kind: str, value: object) -> str:
         raise EventValidationError(f"{kind} must be a non-empty string, not {value!r}")
     if len(value) > _MAX_NAME:
         raise EventValidationError(f"{kind} is longer than {_MAX_NAME} characters")
-    if value.isascii() and value.isprintable():
-        return value  # the common case, without the regex
-    if _BAD_NAME.search(value):
+    if has_ascii_controls(value):  # stream names, event ids, session ids (ledger.text)
         raise EventValidationError(f"{kind} {value!r} contains control characters")
     return value
 

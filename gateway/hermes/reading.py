@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,6 +27,7 @@ import apsw
 
 from hermes_ledger.gateway.sessions.keys import SESSION_ID_MAX
 from hermes_ledger.ledger import LedgerError
+from hermes_ledger.ledger.text import has_ascii_controls
 
 __all__ = [
     "SUPPORTED_SCHEMA_VERSIONS",
@@ -38,8 +38,6 @@ __all__ = [
 
 SUPPORTED_SCHEMA_VERSIONS: Final = frozenset({22})
 """The ``state.db`` schema versions this import reads (22 is Hermes 0.19's)."""
-
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f]")  # what the ledger refuses in ids
 
 # -- state.db: one statement per purpose ------------------------------------------
 
@@ -358,7 +356,9 @@ def _text(value: object) -> str | None:
 def _usable_id(value: object) -> bool:
     """Can the ledger hold this as a session id (and inside a key)?"""
     return (
-        isinstance(value, str) and 0 < len(value) <= SESSION_ID_MAX and not _CONTROL.search(value)
+        isinstance(value, str)
+        and 0 < len(value) <= SESSION_ID_MAX
+        and not has_ascii_controls(value)  # what the ledger refuses in ids
     )
 
 

@@ -38,6 +38,7 @@ from hermes_ledger.gateway.config.paths import default_hooks_dir
 from hermes_ledger.gateway.hooks.delivery import (
     HOOK_EVENTS,
 )
+from hermes_ledger.ledger.text import has_ascii_controls
 
 __all__ = [
     "Hook",
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, dict[str, Any]], Any]
 
 _PATTERN = re.compile(r"^[^*\s]+(:\*)?$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME = 200
 
 
@@ -185,7 +185,7 @@ def _read_manifest(path: Path) -> tuple[str, str, tuple[str, ...]]:
     name = manifest.get("name")
     if not isinstance(name, str) or not name.strip():
         raise _Refused(path, "'name' is missing or not a non-empty string")
-    if len(name) > _MAX_NAME or _CONTROL.search(name):
+    if len(name) > _MAX_NAME or has_ascii_controls(name):
         raise _Refused(path, f"'name' {name!r} is too long or contains control characters")
     description = manifest.get("description", "")
     if description is None:

@@ -42,6 +42,7 @@ from typing import Final
 
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.ledger.errors import LedgerError
+from hermes_ledger.ledger.text import has_control_chars
 
 __all__ = [
     "InvalidSessionIdError",
@@ -147,15 +148,6 @@ def build_session_key(
     return ":".join(head + [escape_component(part) for part in tail])
 
 
-# Unicode categories Cc and Cs as one character class (a regex scan, not a
-# per-character category lookup).
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _control_free(value: str) -> bool:
-    return _CONTROL.search(value) is None
-
-
 def validate_session_id(session_id: object) -> str:
     """``session_id`` if it is safe to use as a transcript name, else InvalidSessionIdError.
 
@@ -169,7 +161,7 @@ def validate_session_id(session_id: object) -> str:
         raise InvalidSessionIdError(
             f"session id is {len(session_id)} characters long (at most {SESSION_ID_MAX})"
         )
-    if not _control_free(session_id):
+    if has_control_chars(session_id):
         raise InvalidSessionIdError(f"session id {session_id!r} contains control characters")
     if (
         "/" in session_id
@@ -192,7 +184,7 @@ def validate_session_key(session_key: object) -> str:
     """
     if not isinstance(session_key, str) or not session_key:
         raise InvalidSessionIdError("a session key must be a non-empty string")
-    if not _control_free(session_key):
+    if has_control_chars(session_key):
         raise InvalidSessionIdError(f"session key {session_key!r} contains control characters")
     if session_key.startswith(("/", "\\", ".")) or _DRIVE_PREFIX.match(session_key):
         raise InvalidSessionIdError(

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.events import Source
+from hermes_ledger.ledger.text import has_control_chars, has_unstorable_chars
 
 __all__ = [
     "CHAT_TYPES",
@@ -126,22 +127,6 @@ def parse_platform(value: object) -> Platform:
         raise InvalidSourceError(f"platform {err}") from None
 
 
-# Unicode categories Cc (controls) and Cs (surrogates), as character classes:
-# one regex scan instead of a per-character category lookup on every id.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
-
-
-def _has_control(text: str) -> bool:
-    return _CONTROL.search(text) is not None
-
-
-def _has_bad_text(text: str) -> bool:
-    # Display text may span lines (channel topics do); NUL and lone surrogates
-    # cannot be stored or shown faithfully.
-    return _BAD_TEXT.search(text) is not None
-
-
 def describe_validation_error(err: pydantic.ValidationError) -> str:
     """One line per problem, ``field: message``, without pydantic's URLs."""
     problems = []
@@ -240,14 +225,14 @@ class SessionSource(BaseModel):
     def _identifier(cls, value: str | None) -> str | None:
         if not value:
             return None
-        if _has_control(value):
+        if has_control_chars(value):
             raise ValueError("identifiers must not contain control characters")
         return value
 
     @field_validator(*_TEXT_FIELDS, mode="after")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
-        if value is not None and _has_bad_text(value):
+        if value is not None and has_unstorable_chars(value):
             raise ValueError("must not contain NUL or unpaired surrogate characters")
         return value
 
