@@ -1,12 +1,14 @@
-"""Shared fixtures: a fresh, file-backed ledger per test and a hand-ticked clock.
-Helpers that test modules import live in ``helpers.py``."""
+"""Shared fixtures: a fresh, file-backed ledger per test, a hand-ticked clock, and
+the command line run in-process. Helpers that test modules import live in
+``helpers.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from helpers import ManualClock
 
 from hermes_ledger.ledger import Ledger
@@ -26,3 +28,25 @@ def db_path(tmp_path: Path) -> Path:
 def led(db_path: Path, clock: ManualClock) -> Iterator[Ledger]:
     with Ledger.open(db_path, clock=clock) as ledger:
         yield ledger
+
+
+@pytest.fixture
+def hermes_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``HERMES_HOME`` for this test: ``tmp_path / "home"`` (not created); and no
+    ``HERMES_LEDGER_DB``, so the default ledger is the one in that home."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HERMES_HOME", str(home))
+    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
+    return home
+
+
+@pytest.fixture
+def cli(hermes_home: Path) -> Callable[..., Result]:
+    """``cli("status", "--db", path, input=...)`` runs ``hermes-ledger status --db
+    path`` in-process (click's CliRunner, stdin from ``input``) in ``hermes_home``."""
+    from hermes_ledger.gateway.cli import cli as ledger_cli
+
+    def run(*args: str, input: bytes | str | None = None) -> Result:
+        return CliRunner().invoke(ledger_cli, [*args], input=input)
+
+    return run

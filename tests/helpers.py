@@ -1,18 +1,25 @@
 """Helpers the test modules share: a hand-ticked clock, the installed console
-scripts, and what the CLI tests need. ``tests/`` is on ``sys.path`` (pytest's
+scripts, waiting for a child process's next line, and running a command on a
+pseudo-terminal. ``tests/`` is on ``sys.path`` (pytest's
 ``pythonpath``), the repository root is not: its ``gateway/`` folder would shadow
 Hermes's own ``gateway`` package."""
 
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
+import subprocess
 import sys
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import pytest
 
-__all__ = ["ManualClock", "installed_script"]
+__all__ = ["ManualClock", "installed_script", "next_line", "run_on_terminal"]
 
 
 def installed_script(name: str = "hermes-ledger") -> str:
@@ -37,3 +44,58 @@ class ManualClock:
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
         return self.now
+
+
+def next_line(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
+    """The next line ``proc`` writes to its stdout (a text-mode pipe): what a test
+    waits for, instead of sleeping, while a child gets ready. Fails the test (with
+    the child's stderr) if the child exits first or writes no line in ``timeout``
+    seconds."""
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if got and got[0]:
+        return got[0]
+    timed_out = not got
+    if timed_out:
+        proc.kill()
+        reader.join()
+    _, err = proc.communicate()
+    if timed_out:
+        pytest.fail(f"{proc.args} wrote no line in {timeout:g}s:\n{err}")
+    pytest.fail(f"{proc.args} exited {proc.returncode} before writing a line:\n{err}")
+
+
+def run_on_terminal(
+    command: Sequence[str], stream: Literal["stdin", "stderr"], timeout: float = 60.0
+) -> tuple[subprocess.CompletedProcess[str], bytes]:
+    """Run ``command`` with its ``stream`` on a pseudo-terminal and its other output
+    streams on pipes (text). Returns the finished process and the bytes it wrote
+    to the terminal."""
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            list(command),
+            stdin=follower if stream == "stdin" else None,
+            stdout=subprocess.PIPE,
+            stderr=follower if stream == "stderr" else subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        os.close(follower)
+    shown = b""
+    try:
+        while select.select([leader], [], [], 1.0)[0]:
+            chunk = os.read(leader, 65536)
+            if not chunk:
+                break
+            shown += chunk
+    except OSError:  # EIO: the terminal's other end is closed and drained
+        pass
+    finally:
+        os.close(leader)
+    return done, shown

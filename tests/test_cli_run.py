@@ -9,14 +9,14 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from helpers import ManualClock, installed_script
+from click.testing import Result
+from helpers import ManualClock, installed_script, next_line
 
 from hermes_ledger.gateway import SessionSource
-from hermes_ledger.gateway.cli import cli as ledger_cli
 from hermes_ledger.gateway.config.gateway import ConfigError, GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.sessions.store import SessionStore
@@ -58,23 +58,20 @@ def seed(db: Path, clock: ManualClock, home: Path) -> str:
         return entry.session_id
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner(env={"HERMES_LEDGER_DB": None}).invoke(ledger_cli, [*args])
-    return result.exit_code, result.output
-
-
-def test_tick_closes_due_sessions_and_delivers_hooks(tmp_path: Path, clock: ManualClock) -> None:
+def test_tick_closes_due_sessions_and_delivers_hooks(
+    tmp_path: Path, clock: ManualClock, cli: Callable[..., Result]
+) -> None:
     home = make_home(tmp_path)
     db = tmp_path / "ledger.db"
     sid = seed(db, clock, home)
     base = ["--db", str(db), "--config", str(home)]
-    code, out = run("tick", *base, "--now", "2026-11-22T09:20:00Z")
-    assert code == 0, out
-    assert out.splitlines()[0] == "tick at 2026-11-22T09:20:00.000000Z"
-    assert "closed" not in out.splitlines()[1]
-    code, out = run("tick", *base, "--now", "2026-11-22T09:31:00Z", "--json")
-    assert code == 0, out
-    report = json.loads(out)
+    result = cli("tick", *base, "--now", "2026-11-22T09:20:00Z")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "tick at 2026-11-22T09:20:00.000000Z"
+    assert "closed" not in result.output.splitlines()[1]
+    result = cli("tick", *base, "--now", "2026-11-22T09:31:00Z", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
     assert [(c["session_id"], c["reason"], c["deadline"]) for c in report["tick"]["closed"]] == [
         (sid, "idle_expiry", "2026-11-22T09:30:00.000000Z")
     ]
@@ -87,15 +84,19 @@ def test_tick_closes_due_sessions_and_delivers_hooks(tmp_path: Path, clock: Manu
     assert end[0]["platform"] == "telegram" and end[0]["user_id"] == "5"
 
 
-def test_tick_explains_bad_input(tmp_path: Path) -> None:
-    code, out = run("tick", "--db", str(tmp_path / "l.db"), "--now", "soon")
-    assert code == 1
-    assert out == (
+def test_tick_explains_bad_input(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    result = cli("tick", "--db", str(tmp_path / "l.db"), "--now", "soon")
+    assert result.exit_code == 1
+    assert result.output == (
         "Error: --now 'soon' is not an ISO-8601 time\nTry: e.g. --now 2026-11-22T09:30:00Z\n"
     )
     home = make_home(tmp_path, "ledger:\n  flush_timeout: -1\n")
-    code, out = run("tick", "--db", str(tmp_path / "l.db"), "--config", str(home))
-    assert code == 1 and "ledger.flush_timeout" in out and "greater than 0" in out
+    result = cli("tick", "--db", str(tmp_path / "l.db"), "--config", str(home))
+    assert (
+        result.exit_code == 1
+        and "ledger.flush_timeout" in result.output
+        and "greater than 0" in result.output
+    )
 
 
 def test_settings_and_flushers_come_from_config(
@@ -129,9 +130,10 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path, clock: ManualClock) -> Non
          "--config", str(home), "--interval", "0.05"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(1.5)
+    first = next_line(proc)  # "Running on …": the signal handlers are in place
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    rest, err = proc.communicate(timeout=30)
+    out = first + rest
     assert proc.returncode == 0, err
     assert out.startswith(f"Running on {db}: a pass every 0.05s")
     assert "Stopped after" in out and "SIGTERM: finishing the current pass" in err
@@ -158,10 +160,10 @@ def test_demo_is_the_main_job(tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_demo_json(tmp_path: Path) -> None:
-    code, out = run("demo", "--db", str(tmp_path / "d.db"), "--json")
-    assert code == 0, out
-    report = json.loads(out)
+def test_demo_json(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    result = cli("demo", "--db", str(tmp_path / "d.db"), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
     reasons = {c["reason"] for c in report["closed"]}
     assert {"idle_expiry", "daily_reset"} <= reasons
     assert report["hook_calls"] > 0 and report["events"] > 50

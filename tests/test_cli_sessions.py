@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import Result
 from helpers import ManualClock
 
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
-from hermes_ledger.gateway.cli import cli as ledger_cli
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger import Ledger
 
@@ -42,92 +42,102 @@ def history_db(tmp_path: Path, clock: ManualClock) -> tuple[Path, list[str]]:
     return db, ids
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(ledger_cli, [*args])
-    return result.exit_code, result.output
-
-
-def test_sessions_lists_open_sessions(history_db: tuple[Path, list[str]]) -> None:
+def test_sessions_lists_open_sessions(
+    history_db: tuple[Path, list[str]], cli: Callable[..., Result]
+) -> None:
     db, _ = history_db
-    code, out = run("sessions", "--db", str(db))
-    assert code == 0
-    assert out.splitlines() == [
+    result = cli("sessions", "--db", str(db))
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
         "session_key                session_id  status  updated_at                   message_count",
         "-------------------------  ----------  ------  ---------------------------  -------------",
         "agent:main:telegram:dm:99  s2          open    2026-11-22T09:31:00.000000Z              0",
         "(1 row)",
     ]
-    code, out = run("sessions", "--db", str(db), "--json", "--all")
-    rows = json.loads(out)
+    result = cli("sessions", "--db", str(db), "--json", "--all")
+    rows = json.loads(result.output)
     assert [(r["session_id"], r["status"]) for r in rows] == [("s2", "open")]
 
 
-def test_history_shows_every_session_of_a_key(history_db: tuple[Path, list[str]]) -> None:
+def test_history_shows_every_session_of_a_key(
+    history_db: tuple[Path, list[str]], cli: Callable[..., Result]
+) -> None:
     db, _ = history_db
-    code, out = run("history", "agent:main:telegram:dm:99", "--db", str(db), "--json")
-    assert code == 0
-    rows = json.loads(out)
+    result = cli("history", "agent:main:telegram:dm:99", "--db", str(db), "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
     assert [(r["session_id"], r["end_reason"], r["message_count"]) for r in rows] == [
         ("s1", "auto_reset", 3),
         ("s2", None, 0),
     ]
-    code, out = run("history", "agent:main:nowhere", "--db", str(db))
-    assert code == 1
-    assert out.startswith("Error: no sessions with key 'agent:main:nowhere'\nTry: ")
+    result = cli("history", "agent:main:nowhere", "--db", str(db))
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no sessions with key 'agent:main:nowhere'\nTry: ")
 
 
-def test_transcript_prints_messages_in_order(history_db: tuple[Path, list[str]]) -> None:
+def test_transcript_prints_messages_in_order(
+    history_db: tuple[Path, list[str]], cli: Callable[..., Result]
+) -> None:
     db, _ = history_db
-    code, out = run("transcript", "s1", "--db", str(db))
-    assert code == 0
-    assert out.splitlines() == [
+    result = cli("transcript", "s1", "--db", str(db))
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
         "2026-11-22T09:00:00.000000Z  user      hello",
         "2026-11-22T09:00:00.000000Z  assistant [calls lookup]",
         "2026-11-22T09:00:00.000000Z  tool      [lookup] 42",
     ]
-    code, out = run("transcript", "nope", "--db", str(db))
-    assert code == 1 and "Error: no session with id 'nope'" in out
+    result = cli("transcript", "nope", "--db", str(db))
+    assert result.exit_code == 1 and "Error: no session with id 'nope'" in result.output
 
 
 def test_replay_rebuilds_and_shows_the_past(
-    history_db: tuple[Path, list[str]], clock: ManualClock
+    history_db: tuple[Path, list[str]], clock: ManualClock, cli: Callable[..., Result]
 ) -> None:
     db, _ = history_db
-    code, out = run("replay", "--db", str(db), "--json")
-    assert code == 0 and json.loads(out)["events"] == 8
-    code, out = run("replay", "--db", str(db), "--to", "4")
-    assert code == 0
-    assert out.splitlines()[0] == "Session map as of position 4 (position 4):"
-    assert "agent:main:telegram:dm:99  s1          open" in out
-    code, out = run("replay", "--db", str(db), "--at", "2099-01-01T00:00:00Z", "--json")
-    state = json.loads(out)
+    result = cli("replay", "--db", str(db), "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["events"] == 8
+    result = cli("replay", "--db", str(db), "--to", "4")
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0] == "Session map as of position 4 (position 4):"
+    assert "agent:main:telegram:dm:99  s1          open" in result.output
+    result = cli("replay", "--db", str(db), "--at", "2099-01-01T00:00:00Z", "--json")
+    state = json.loads(result.output)
     assert state["position"] == 8 and state["session_map"][0]["session_id"] == "s2"
-    code, out = run("replay", "--db", str(db), "--at", "yesterday")
-    assert code == 1 and "is not an ISO-8601 time" in out
-    code, out = run("replay", "--db", str(db), "--at", "2026-01-01", "--to", "3")
-    assert code == 2
+    result = cli("replay", "--db", str(db), "--at", "yesterday")
+    assert result.exit_code == 1 and "is not an ISO-8601 time" in result.output
+    result = cli("replay", "--db", str(db), "--at", "2026-01-01", "--to", "3")
+    assert result.exit_code == 2
 
 
-def test_verify_passes_then_names_the_tampered_row(history_db: tuple[Path, list[str]]) -> None:
+def test_verify_passes_then_names_the_tampered_row(
+    history_db: tuple[Path, list[str]], cli: Callable[..., Result]
+) -> None:
     db, _ = history_db
-    code, out = run("verify", "--db", str(db))
-    assert code == 0
-    assert out.splitlines()[0] == "hash chain: ok: 8 events, hash chain intact up to position 8"
-    assert out.splitlines()[1].startswith("projections: ok")
+    result = cli("verify", "--db", str(db))
+    assert result.exit_code == 0
+    assert (
+        result.output.splitlines()[0]
+        == "hash chain: ok: 8 events, hash chain intact up to position 8"
+    )
+    assert result.output.splitlines()[1].startswith("projections: ok")
     with Ledger.open(db) as led:
         led.connection.execute("DROP TRIGGER events_refuse_update")
         led.connection.execute(
             "UPDATE events SET data = json_set(data, '$.content', 'forged') WHERE position = 2"
         )
-    code, out = run("verify", "--db", str(db), "--json")
-    assert code == 1
-    report = json.loads(out)
+    result = cli("verify", "--db", str(db), "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.output)
     assert report["first_bad_position"] == 2 and not report["chain_ok"]
 
 
-def test_read_commands_on_a_missing_ledger_say_what_to_do(tmp_path: Path) -> None:
+def test_read_commands_on_a_missing_ledger_say_what_to_do(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
     for command in (["sessions"], ["history", "k"], ["transcript", "s"], ["verify"], ["replay"]):
-        code, out = run(*command, "--db", str(tmp_path / "none.db"))
-        assert code == 1, command
-        assert out.startswith(f"Error: there is no ledger at {tmp_path / 'none.db'}\nTry: ")
+        result = cli(*command, "--db", str(tmp_path / "none.db"))
+        assert result.exit_code == 1, command
+        assert result.output.startswith(
+            f"Error: there is no ledger at {tmp_path / 'none.db'}\nTry: "
+        )
     assert not (tmp_path / "none.db").exists()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from helpers import ManualClock, installed_script
 
 from hermes_ledger.ledger import Ledger, LedgerError
@@ -55,19 +55,6 @@ def filled(led: Ledger, clock: ManualClock, db_path: Path) -> Path:
     clock.advance(minutes=30)
     led.append(K1, [SessionEnded(event_id="e4", session_id="s1", reason="manual_reset")])
     return db_path
-
-
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    from hermes_ledger.gateway.cli import cli as ledger_cli
-
-    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(ledger_cli, [*args])
-
-    return run
 
 
 LISTING = [
@@ -309,7 +296,5 @@ def test_help_lists_the_log_commands_one_line_each(cli: Callable[..., Result]) -
 def test_hermes_ledger_script_runs_the_same_commands(
     filled: Path, cli: Callable[..., Result]
 ) -> None:
-    from hermes_ledger.gateway.cli import cli as ledger_cli
-
-    direct = CliRunner().invoke(ledger_cli, ["events", "--db", str(filled), "--to", "1"])
+    direct = cli("events", "--db", str(filled), "--to", "1")
     assert (direct.exit_code, direct.output) == (0, LISTING[0] + "\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from helpers import ManualClock, installed_script
+from click.testing import Result
+from helpers import ManualClock, installed_script, run_on_terminal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -422,19 +421,6 @@ def test_any_changed_byte_in_an_event_line_is_refused(
 # -- the command ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    from hermes_ledger.gateway.cli import cli as ledger_cli
-
-    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
-
-    def run(*args: str, input: bytes | str | None = None) -> Result:
-        return CliRunner().invoke(ledger_cli, [*args], input=input)
-
-    return run
-
-
 def test_cli_imports_a_file_or_stdin(
     source: Path, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
@@ -512,18 +498,8 @@ def test_export_piped_into_import_between_real_processes(source: Path, tmp_path:
 
 
 def test_import_from_a_terminal_says_what_to_do(tmp_path: Path) -> None:
-    leader, follower = pty.openpty()
-    try:
-        done = subprocess.run(
-            [installed_script(), "import", "--db", str(tmp_path / "n.db")],
-            stdin=follower,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        os.close(follower)
-        os.close(leader)
+    command = [installed_script(), "import", "--db", str(tmp_path / "n.db")]
+    done, _ = run_on_terminal(command, "stdin")
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == (
         "Error: no export to read: SOURCE is stdin, and stdin is a terminal\n"

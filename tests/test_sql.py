@@ -12,7 +12,7 @@ from typing import Any
 
 import apsw
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from helpers import installed_script
 
 from hermes_ledger.ledger import Ledger, LedgerError
@@ -142,19 +142,6 @@ def test_a_full_text_index_can_be_searched(filled: Path) -> None:
 
 
 # -- the command ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    from hermes_ledger.gateway.cli import cli as ledger_cli
-
-    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(ledger_cli, [*args])
-
-    return run
 
 
 def test_cli_prints_an_aligned_table(filled: Path, cli: Callable[..., Result]) -> None:
