@@ -7,7 +7,8 @@ processes never interleave) and can be told to fail or to block through marker
 files, so a test steers it without touching its code.
 
 As a script, ``dispatch`` runs a HookDispatcher over a real ledger file in its own
-OS process; any exception is printed to stderr and the process exits 1.
+OS process; any exception is printed to stderr and the process exits 1
+(``worker_support.run_worker``).
 """
 
 from __future__ import annotations
@@ -15,20 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__":  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from worker_support import WAIT, run_worker, wait_for
 
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import parse_utc
-
-_WAIT = 60.0
 
 
 def write_hook(
@@ -121,14 +118,6 @@ def read_calls(calls: Path, phase: str = "done") -> list[dict[str, Any]]:
 # -- processes ---------------------------------------------------------------------
 
 
-def _wait_for(path: Path) -> None:
-    deadline = time.monotonic() + _WAIT
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"barrier timed out waiting for {path}")
-        time.sleep(0.001)
-
-
 def dispatch(args: argparse.Namespace) -> None:
     """Deliver until every hook is caught up with the log and has nothing pending."""
     fixed = None if args.clock is None else parse_utc(args.clock)
@@ -150,8 +139,8 @@ def dispatch(args: argparse.Namespace) -> None:
         if args.ready:
             Path(args.ready).touch()
         if args.go:
-            _wait_for(Path(args.go))
-        deadline = time.monotonic() + _WAIT
+            wait_for([Path(args.go)])
+        deadline = time.monotonic() + WAIT
         calls = 0
         while True:
             calls += len(dispatcher.deliver().outcomes)
@@ -160,7 +149,7 @@ def dispatch(args: argparse.Namespace) -> None:
             if all(s.checkpoint == head and s.pending + s.claimed == 0 for s in states):
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"not caught up after {_WAIT}s: {states}")
+                raise TimeoutError(f"not caught up after {WAIT}s: {states}")
             time.sleep(0.001)
         print(json.dumps({"calls": calls}))
 
@@ -179,10 +168,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        sys.exit(1)
+    run_worker(main)

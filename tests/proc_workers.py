@@ -1,9 +1,9 @@
 """Worker processes for tests/test_processes.py (run as ``python proc_workers.py …``).
 
 Each subcommand opens a real ledger file and appends to it from its own OS process.
-Any exception is printed (with its traceback) to stderr and the process exits 1, so
-a "database is locked" or any other error can never be swallowed: the parent test
-asserts a zero exit status and an empty stderr.
+Any exception is printed (with its traceback) to stderr and the process exits 1
+(``worker_support.run_worker``), so a "database is locked" or any other error can
+never be swallowed: the parent test asserts a zero exit status and an empty stderr.
 
 Results go to JSON files written atomically (temp file + rename), so the parent can
 tell a finished write from a torn one even when it SIGKILLs the worker.
@@ -16,16 +16,14 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import apsw
+from worker_support import run_worker, wait_for
 
 from hermes_ledger.ledger import ANY, NO_STREAM, ConcurrencyError, Ledger
 from hermes_ledger.ledger.events import MessageAppended
-
-_WAIT = 60.0  # seconds a worker waits for a barrier before giving up
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -36,16 +34,6 @@ def write_json(path: Path, value: Any) -> None:
 
 def touch(path: Path) -> None:
     path.touch()
-
-
-def wait_for(paths: list[Path]) -> None:
-    """Spin (briefly sleeping) until every path exists: a barrier between processes."""
-    deadline = time.monotonic() + _WAIT
-    while not all(p.exists() for p in paths):
-        if time.monotonic() > deadline:
-            missing = [str(p) for p in paths if not p.exists()]
-            raise TimeoutError(f"barrier timed out waiting for {missing}")
-        time.sleep(0.0005)
 
 
 def message(event_id: str | None, session_id: str, content: str) -> MessageAppended:
@@ -215,7 +203,7 @@ def cmd_idem(args: argparse.Namespace) -> None:
     )
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="proc_workers")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
@@ -266,14 +254,8 @@ def main(argv: list[str]) -> int:
     p.set_defaults(fn=cmd_idem)
 
     args = parser.parse_args(argv)
-    try:
-        args.fn(args)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        return 1
-    return 0
+    args.fn(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_worker(lambda: main(sys.argv[1:]))
