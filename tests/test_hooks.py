@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -236,13 +237,18 @@ def test_a_handler_that_exits_fails_the_call_not_the_caller() -> None:
 
 
 def test_a_slow_handler_times_out_and_is_abandoned() -> None:
+    released = threading.Event()
+
     def handler(event_type: str, context: dict[str, object]) -> None:
-        time.sleep(1.0)
+        released.wait(60)  # hangs until the test is done with it
 
     started = time.monotonic()
-    with pytest.raises(HookTimeoutError, match=r"timed out after 0\.1s"):
-        run_handler(Hook("h", ("session:end",), handler), "session:end", {}, timeout=0.1)
-    assert time.monotonic() - started < 0.9
+    try:
+        with pytest.raises(HookTimeoutError, match=r"timed out after 0\.1s"):
+            run_handler(Hook("h", ("session:end",), handler), "session:end", {}, timeout=0.1)
+        assert time.monotonic() - started < 0.9
+    finally:
+        released.set()
 
 
 def test_the_handler_gets_its_own_copy_of_the_context() -> None:
