@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from hermes_ledger import projections
 from hermes_ledger.ledger import Ledger
@@ -41,7 +41,6 @@ KEYS = [f"agent:main:telegram:dm:{n}" for n in range(4)] + [
     "agent:main:slack:channel:C1",
 ]
 WORDS = ["hello", "world", "flush", "memory", "café", "déjà", "vu", "tool", "search", "42"]
-keys = st.sampled_from(KEYS)
 text = st.lists(st.sampled_from(WORDS), max_size=4).map(" ".join)
 
 
@@ -114,11 +113,22 @@ class ProjectionMachine(RuleBasedStateMachine):
         else:
             self.led.append(key, events)
 
-    def session(self, key: str, status: str) -> SessionModel | None:
-        sid = self.current.get(key)
-        if sid is None or self.sessions[sid].status != status:
-            return None
-        return self.sessions[sid]
+    def keys_in(self, *statuses: str) -> list[str]:
+        """The keys whose current session is in one of ``statuses`` ("none": no session)."""
+        return [
+            k for k in KEYS if (self.model(k).status if k in self.current else "none") in statuses
+        ]
+
+    def keys_to_end(self) -> list[str]:
+        """The keys whose current session is closing and has a flush outcome."""
+        return [k for k in self.keys_in("closing") if self.model(k).flushes]
+
+    def draw_key(self, data: st.DataObject, candidates: list[str]) -> str:
+        """One of ``candidates``: the rule's precondition makes sure there is one."""
+        return data.draw(st.sampled_from(candidates), label="key")
+
+    def model(self, key: str) -> SessionModel:
+        return self.sessions[self.current[key]]
 
     def new_session(self, key: str) -> tuple[SessionStarted, SessionModel]:
         self.counter += 1
@@ -134,18 +144,18 @@ class ProjectionMachine(RuleBasedStateMachine):
 
     # -- rules ----------------------------------------------------------------------
 
-    @rule(key=keys)
-    def start(self, key: str) -> None:
-        sid = self.current.get(key)
-        if sid is not None and self.sessions[sid].status != "closed":
-            return
+    @precondition(lambda self: self.keys_in("none", "closed"))
+    @rule(data=st.data())
+    def start(self, data: st.DataObject) -> None:
+        key = self.draw_key(data, self.keys_in("none", "closed"))
         event, model = self.new_session(key)
         self.append(key, [event])
         self.current[key] = event.session_id
         self.sessions[event.session_id] = model
 
+    @precondition(lambda self: self.keys_in("open", "closing"))
     @rule(
-        key=keys,
+        data=st.data(),
         role=st.sampled_from(["user", "assistant", "tool", "system"]),
         content=st.none() | text,
         synthetic=st.booleans(),
@@ -155,7 +165,7 @@ class ProjectionMachine(RuleBasedStateMachine):
     )
     def message(
         self,
-        key: str,
+        data: st.DataObject,
         role: str,
         content: str | None,
         synthetic: bool,
@@ -163,9 +173,8 @@ class ProjectionMachine(RuleBasedStateMachine):
         late_by: int | None,
         bare: bool,
     ) -> None:
-        s = self.session(key, "open") or self.session(key, "closing")
-        if s is None:
-            return
+        key = self.draw_key(data, self.keys_in("open", "closing"))
+        s = self.model(key)
         occurred = None
         if late_by is not None:  # a platform timestamp, in some zone, possibly earlier
             zone = timezone(timedelta(hours=late_by % 5 - 2))
@@ -184,12 +193,12 @@ class ProjectionMachine(RuleBasedStateMachine):
         if not synthetic:
             s.messages.append((role, content))
 
-    @rule(key=keys, tokens=st.lists(st.integers(0, 5000), min_size=4, max_size=4),
+    @precondition(lambda self: self.keys_in("open"))
+    @rule(data=st.data(), tokens=st.lists(st.integers(0, 5000), min_size=4, max_size=4),
           cost_nano=st.none() | st.integers(0, 10**8))  # fmt: skip
-    def usage(self, key: str, tokens: list[int], cost_nano: int | None) -> None:
-        s = self.session(key, "open")
-        if s is None:
-            return
+    def usage(self, data: st.DataObject, tokens: list[int], cost_nano: int | None) -> None:
+        key = self.draw_key(data, self.keys_in("open"))
+        s = self.model(key)
         i, o, cr, cw = tokens
         cost = None if cost_nano is None else cost_nano / 1e9
         self.append(key, [UsageRecorded(
@@ -199,30 +208,30 @@ class ProjectionMachine(RuleBasedStateMachine):
         s.tokens = [a + b for a, b in zip(s.tokens, tokens, strict=True)]
         s.cost_nano += round(cost * 1e9) if cost is not None else 0
 
-    @rule(key=keys, trigger=st.sampled_from(["/new", "/reset", "api"]))
-    def reset(self, key: str, trigger: str) -> None:
-        s = self.session(key, "open")
-        if s is None:
-            return
+    @precondition(lambda self: self.keys_in("open"))
+    @rule(data=st.data(), trigger=st.sampled_from(["/new", "/reset", "api"]))
+    def reset(self, data: st.DataObject, trigger: str) -> None:
+        key = self.draw_key(data, self.keys_in("open"))
+        s = self.model(key)
         self.append(key, [SessionReset(session_id=self.current[key], trigger=trigger)])
         s.cause = "reset"
 
-    @rule(key=keys, reason=st.sampled_from(["idle", "daily", "cron"]))
-    def expire(self, key: str, reason: str) -> None:
-        s = self.session(key, "open")
-        if s is None:
-            return
+    @precondition(lambda self: self.keys_in("open"))
+    @rule(data=st.data(), reason=st.sampled_from(["idle", "daily", "cron"]))
+    def expire(self, data: st.DataObject, reason: str) -> None:
+        key = self.draw_key(data, self.keys_in("open"))
+        s = self.model(key)
         self.append(key, [SessionExpired(
             session_id=self.current[key], reason=reason,  # type: ignore[arg-type]
             deadline=self.clock.now - timedelta(minutes=1), evaluated_at=self.clock.now,
         )])  # fmt: skip
         s.cause = "expired"
 
-    @rule(key=keys, ok=st.booleans())
-    def flush(self, key: str, ok: bool) -> None:
-        s = self.session(key, "closing")
-        if s is None:
-            return
+    @precondition(lambda self: self.keys_in("closing"))
+    @rule(data=st.data(), ok=st.booleans())
+    def flush(self, data: st.DataObject, ok: bool) -> None:
+        key = self.draw_key(data, self.keys_in("closing"))
+        s = self.model(key)
         sid, attempt = self.current[key], len(s.flushes) + 1
         event: EventModel = (
             MemoryFlushed(session_id=sid, provider="honcho", attempt=attempt)
@@ -232,22 +241,22 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.append(key, [event])
         s.flushes.append("ok" if ok else "failed")
 
-    @rule(key=keys)
-    def end(self, key: str) -> None:
-        s = self.session(key, "closing")
-        if s is None or not s.flushes:
-            return
+    @precondition(lambda self: self.keys_to_end())
+    @rule(data=st.data())
+    def end(self, data: st.DataObject) -> None:
+        key = self.draw_key(data, self.keys_to_end())
+        s = self.model(key)
         reason = "manual_reset" if s.cause == "reset" else "idle_expiry"
         self.append(key, [SessionEnded(session_id=self.current[key], reason=reason)])
         s.end_reason = reason
 
-    @rule(key=keys, ok=st.booleans())
-    def auto_reset(self, key: str, ok: bool) -> None:
+    @precondition(lambda self: self.keys_in("open"))
+    @rule(data=st.data(), ok=st.booleans())
+    def auto_reset(self, data: st.DataObject, ok: bool) -> None:
         """What the gateway does for a message past the deadline: one append that
         closes the old session and starts the next one."""
-        s = self.session(key, "open")
-        if s is None:
-            return
+        key = self.draw_key(data, self.keys_in("open"))
+        s = self.model(key)
         old = self.current[key]
         flush: EventModel = (
             MemoryFlushed(session_id=old, provider="honcho")
@@ -276,10 +285,10 @@ class ProjectionMachine(RuleBasedStateMachine):
         projections.rebuild(self.led, chunk_size=chunk)
         assert projections.live_state(self.led) == replayed
 
+    # The live tables lag behind an unprojected append until the next projected one.
+    @precondition(lambda self: self.bare is None or self.led.head() == self.checkpoint())
     @rule()
     def snapshot(self) -> None:
-        if self.bare is not None and self.led.head() != self.checkpoint():
-            return  # the live tables lag until the next projected append
         self.snapshots[self.led.head()] = projections.live_state(self.led)
 
     def checkpoint(self) -> int:
