@@ -13,7 +13,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -161,12 +161,14 @@ def connect(
     busy_timeout: float = 30.0,
     readonly: bool = False,
     cache_kib: int = CACHE_KIB,
+    migrations: Sequence[Migration] | None = None,
 ) -> tuple[apsw.Connection, int]:
     """Open ``path`` as a ledger connection; return it and the file's schema version.
 
     The one function that sets up every ledger connection: refuses files that are
     not ledgers (before writing anything), then WAL, ``synchronous`` (NORMAL by
     default), foreign keys and a busy timeout. Does not migrate (see ``migrate``).
+    A file newer than ``migrations`` (default: ``load_migrations()``) is refused.
     """
     path = Path(path)
     mode = synchronous.upper()
@@ -189,7 +191,8 @@ def connect(
         translate(exc, path=str(path))
     try:
         conn.setbusytimeout(int(busy_timeout * 1000))
-        version = _identify(conn, path, latest_version())
+        newest = latest_version() if migrations is None else len(migrations)
+        version = _identify(conn, path, newest)
         if not readonly:
             if _one(conn, "PRAGMA journal_mode") != "wal":
                 # SQLite does not wait on the busy timeout for this switch.
@@ -208,14 +211,20 @@ def connect(
     return conn, version
 
 
-def migrate(conn: apsw.Connection, path: str | os.PathLike[str]) -> int:
+def migrate(
+    conn: apsw.Connection,
+    path: str | os.PathLike[str],
+    migrations: Sequence[Migration] | None = None,
+) -> int:
     """Apply every pending migration, each in its own transaction with its record.
 
     Safe when several processes open a new ledger at once: each migration re-reads
     ``user_version`` under the write lock and is skipped if another process applied it.
-    Returns the schema version after migrating.
+    Returns the schema version after migrating. ``migrations`` default to the
+    shipped ones (``load_migrations()``).
     """
-    migrations = load_migrations()
+    if migrations is None:
+        migrations = load_migrations()
     for migration in migrations:
         if _one(conn, "PRAGMA user_version") >= migration.version:  # type: ignore[operator]
             continue
