@@ -8,6 +8,7 @@ from hermes_ledger.ledger.errors import (
     LedgerBusyError,
     LedgerError,
     LedgerTooNewError,
+    NoLedgerError,
     NotALedgerError,
     SessionAlreadyEndedError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "LedgerBusyError",
     "LedgerError",
     "LedgerTooNewError",
+    "NoLedgerError",
     "NotALedgerError",
     "Recorded",
     "SessionAlreadyEndedError",

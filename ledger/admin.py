@@ -71,13 +71,5 @@ def init(path: str | os.PathLike[str]) -> LedgerStatus:
 
 def status(path: str | os.PathLike[str]) -> LedgerStatus:
     """Describe an existing ledger (migrating it if it is older than this code)."""
-    path = Path(path)
-    if not path.exists():
-        from hermes_ledger.ledger.errors import LedgerError
-
-        raise LedgerError(
-            f"there is no ledger at {path}",
-            hint="create one with `hermes-ledger init`, or pass --db / HERMES_LEDGER_DB",
-        )
-    with Ledger.open(path) as led:
+    with Ledger.open_existing(path) as led:
         return _status(led, False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import NoReturn
 
 import apsw
@@ -14,6 +16,7 @@ __all__ = [
     "LedgerBusyError",
     "LedgerError",
     "LedgerTooNewError",
+    "NoLedgerError",
     "NotALedgerError",
     "SessionAlreadyEndedError",
 ]
@@ -68,6 +71,18 @@ class SessionAlreadyEndedError(LedgerError):
 
 class ImmutableLogError(LedgerError):
     """Something tried to UPDATE or DELETE an event."""
+
+
+class NoLedgerError(LedgerError):
+    """There is no file at the path of a ledger that must already exist
+    (``Ledger.open_existing``: commands that read or administer a ledger, never
+    creating one by accident)."""
+
+    hint = "create one with `hermes-ledger init`, or pass --db / HERMES_LEDGER_DB"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        super().__init__(f"there is no ledger at {self.path}")
 
 
 class NotALedgerError(LedgerError):

@@ -23,6 +23,7 @@ from hermes_ledger.ledger.errors import (
     EventValidationError,
     IdempotencyError,
     LedgerError,
+    NoLedgerError,
     SessionAlreadyEndedError,
     translate,
 )
@@ -172,6 +173,14 @@ class Ledger:
         return cls(
             conn, path, clock=clock or system_clock, readonly=readonly, busy_timeout=busy_timeout
         )
+
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str], **options: Any) -> Self:
+        """``open`` a ledger that must already exist (``open`` would create one):
+        NoLedgerError if there is no file at ``path``."""
+        if not Path(path).exists():
+            raise NoLedgerError(path)
+        return cls.open(path, **options)
 
     def close(self) -> None:
         with self._lock:

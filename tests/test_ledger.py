@@ -17,6 +17,7 @@ from hermes_ledger.ledger import (
     IdempotencyError,
     Ledger,
     LedgerError,
+    NoLedgerError,
     SessionAlreadyEndedError,
 )
 from hermes_ledger.ledger.events import (
@@ -291,6 +292,35 @@ def test_bad_stream_names_are_refused(led: Ledger, stream: str, message: str) ->
     with pytest.raises(EventValidationError, match=message):
         led.append(stream, [started()])
     assert count(led) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [("agent:main:café:☕", False), ("a\x7fb", True), ("tab\there", True), ("c1\x85ok", False)],
+)
+def test_control_characters_in_names_are_the_ledger_rule(
+    led: Ledger, text: str, refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(EventValidationError, match="control characters"):
+            led.append(text, [started()])
+    else:
+        assert led.append(text, [started()]).positions == (1,)
+
+
+def test_open_existing_refuses_a_missing_ledger_without_creating_it(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    with pytest.raises(NoLedgerError) as info:
+        Ledger.open_existing(missing)
+    assert str(info.value) == f"there is no ledger at {missing}"
+    assert info.value.hint == (
+        "create one with `hermes-ledger init`, or pass --db / HERMES_LEDGER_DB"
+    )
+    assert not missing.exists()
+    with Ledger.open(missing):
+        pass
+    with Ledger.open_existing(missing, readonly=True) as led:
+        assert led.head() == 0
 
 
 def test_invalid_json_and_meta_are_refused(led: Ledger) -> None:

@@ -15,7 +15,7 @@ from hermes_ledger.gateway.cli.output import print_json
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.gateway.hooks import HooksOverview, hooks_overview
 from hermes_ledger.gateway.hooks.delivery import requeue_dead_letters
-from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger import Ledger
 
 __all__ = ["hooks_group", "retry_cmd"]
 
@@ -103,12 +103,7 @@ def retry_cmd(
     """
     db = db or ctx.obj.get("db")
     as_json = as_json or ctx.obj.get("as_json", False)
-    path = resolve_ledger_path(db)
-    if not path.exists():
-        raise LedgerError(
-            f"there is no ledger at {path}", hint="pass --db / HERMES_LEDGER_DB to choose one"
-        )
-    with Ledger.open(path) as ledger:
+    with Ledger.open_existing(resolve_ledger_path(db)) as ledger:
         ids = requeue_dead_letters(ledger, delivery_ids or None)
     if as_json:
         print_json({"requeued": ids})

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hermes_ledger import projections
@@ -47,15 +46,9 @@ SQL_SESSION_KNOWN = "SELECT 1 FROM session_history WHERE session_id = ?"
 
 
 def open_existing(path: str | os.PathLike[str]) -> Ledger:
-    """Open a ledger that must already exist, with its projections attached."""
-    path = Path(path)
-    if not path.exists():
-        raise LedgerError(
-            f"there is no ledger at {path}",
-            hint="create one with `hermes-ledger init` (or run `hermes-ledger demo`),"
-            " or pass --db / HERMES_LEDGER_DB",
-        )
-    ledger = Ledger.open(path)
+    """Open a ledger that must already exist (NoLedgerError if there is none), with
+    its projections attached."""
+    ledger = Ledger.open_existing(path)
     try:
         projections.attach(ledger)
     except BaseException:
