@@ -70,7 +70,8 @@ class InlineProjector(Protocol):
     """Runs inside the append transaction, after the rows are inserted.
 
     It writes its read-model rows (and its checkpoint) through ``conn``; raising
-    rolls the whole append back.
+    rolls the whole append back. Public: it is what ``Ledger.add_inline_projector``
+    takes, so any read model can implement it (``hermes_ledger.projections`` does).
     """
 
     def __call__(self, conn: apsw.Connection, records: Sequence[Recorded]) -> None: ...
