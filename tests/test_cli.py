@@ -33,10 +33,10 @@ def run(*args: str) -> tuple[int, str]:
 def test_init_creates_the_default_ledger_in_hermes_home(home: Path) -> None:
     code, out = run("init")
     path = home / "ledger.db"
-    assert (code, out) == (0, f"Created ledger {path} (schema v1)\n")
+    assert (code, out) == (0, f"Created ledger {path} (schema v2)\n")
     assert oct(home.stat().st_mode & 0o777) == "0o700"
     code, out = run("init")
-    assert (code, out) == (0, f"Ledger {path} already exists (schema v1, 0 events)\n")
+    assert (code, out) == (0, f"Ledger {path} already exists (schema v2, 0 events)\n")
 
 
 def test_db_option_and_env_override_the_default(
@@ -113,7 +113,7 @@ def test_help_lists_one_line_per_command(home: Path) -> None:
 def test_hermes_ledger_is_the_same_as_hermes_ledger(home: Path, tmp_path: Path) -> None:
     db = str(tmp_path / "x.db")
     direct = CliRunner().invoke(ledger_cli, ["init", "--db", db])
-    assert (direct.exit_code, direct.output) == (0, f"Created ledger {db} (schema v1)\n")
+    assert (direct.exit_code, direct.output) == (0, f"Created ledger {db} (schema v2)\n")
     via = CliRunner().invoke(ledger_cli, ["status", "--db", db, "--json"])
     assert json.loads(via.output)["path"] == db
 
