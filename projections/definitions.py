@@ -114,7 +114,7 @@ def _compiled_one(
 
 SESSIONS = Projection(
     name="sessions",
-    version=1,
+    version=2,  # 2: session_map lost next_deadline (the scheduler's, in session_deadlines)
     tables=(SESSION_HISTORY, SESSION_MAP),
     statements=SESSIONS_STATEMENTS,
 )

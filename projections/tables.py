@@ -103,8 +103,7 @@ SESSION_MAP = TableSpec(
     updated_at          TEXT NOT NULL,
     message_count       INTEGER NOT NULL DEFAULT 0,"""
     + _TOKENS
-    + """,
-    next_deadline       TEXT
+    + """
 ) STRICT""",
     columns=(
         "session_key",
@@ -125,15 +124,9 @@ SESSION_MAP = TableSpec(
         "updated_at",
         "message_count",
         *_TOKEN_COLUMNS,
-        "next_deadline",
     ),
     key="session_key",
-    indexes=(
-        ("session_map_by_session_id", "(session_id)"),
-        ("session_map_by_next_deadline", "(next_deadline) WHERE next_deadline IS NOT NULL"),
-    ),
-    unverified=("next_deadline",),
-    carry_match=("session_key", "session_id"),
+    indexes=(("session_map_by_session_id", "(session_id)"),),
 )
 
 SESSION_HISTORY = TableSpec(

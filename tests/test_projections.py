@@ -275,7 +275,7 @@ def test_rebuild_swaps_in_fresh_tables_with_indexes_and_views(led: Ledger, clock
     projections.rebuild(led, chunk_size=2)
     assert one(led, "SELECT message_count FROM session_history WHERE session_id = 's1'") == 3
     names = {name for (name,) in rows(led, "SELECT name FROM sqlite_schema")}
-    assert {"messages_by_session", "session_map_by_next_deadline", "session_closes"} <= names
+    assert {"messages_by_session", "session_map_by_session_id", "session_closes"} <= names
     assert not {n for n in names if "__next" in n}
     assert rows(led, "SELECT * FROM projection_rebuild") == []
     # appends after a swap keep the swapped-in tables current
@@ -283,15 +283,28 @@ def test_rebuild_swaps_in_fresh_tables_with_indexes_and_views(led: Ledger, clock
     assert projections.verify(led).ok
 
 
-def test_rebuild_carries_the_scheduler_deadline_over(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)
-    set_deadline = "UPDATE session_map SET next_deadline = ? WHERE session_key = ?"
-    led.connection.execute(set_deadline, ("2026-11-23T04:00:00.000000Z", KEY))
-    assert projections.verify(led).ok  # not derived from the log, so not compared
-    projections.rebuild(led)
-    assert one(led, "SELECT next_deadline FROM session_map WHERE session_key = ?", KEY) == (
-        "2026-11-23T04:00:00.000000Z"
-    )
+def test_a_ledger_of_sessions_v1_loses_next_deadline_on_attach(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Sessions v1 had session_map.next_deadline, written by the scheduler; v2 is
+    purely derived from the log: attaching rebuilds the old tables without it."""
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, clock=clock) as led:
+        projections.attach(led)
+        conversation(led, clock)
+        before = projections.live_state(led)
+        conn = led.connection
+        conn.execute("ALTER TABLE session_map ADD COLUMN next_deadline TEXT")
+        conn.execute("CREATE INDEX session_map_by_next_deadline ON session_map (next_deadline)")
+        conn.execute("UPDATE session_map SET next_deadline = '2026-11-23T04:00:00.000000Z'")
+        conn.execute("UPDATE projection_checkpoints SET version = 1 WHERE name = 'sessions'")
+    with Ledger.open(path, clock=clock) as led:
+        assert projections.attach(led).rebuilt == ("sessions",)
+        columns = {r[1] for r in rows(led, "SELECT * FROM pragma_table_info('session_map')")}
+        assert "next_deadline" not in columns
+        assert one(led, "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%next_deadline'") == 0
+        assert projections.live_state(led) == before
+        assert projections.verify(led).ok
 
 
 def test_rebuild_of_an_empty_ledger(tmp_path: Path) -> None:
@@ -446,21 +459,22 @@ def test_a_projection_added_in_a_newer_version_is_built_on_attach(
 
 
 def test_an_older_schema_version_is_rebuilt_and_a_newer_one_left_alone(
-    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, clock: Clock
 ) -> None:
     path = tmp_path / "ledger.db"
     with Ledger.open(path, clock=clock) as led:
         projections.attach(led)
         conversation(led, clock)
-    bumped = dataclasses.replace(definitions.SESSIONS, version=2)
-    monkeypatch.setattr(definitions, "PROJECTIONS", (bumped, definitions.TRANSCRIPTS))
+    bumped = dataclasses.replace(definitions.SESSIONS, version=definitions.SESSIONS.version + 1)
+    newer = (bumped, definitions.TRANSCRIPTS)
     with Ledger.open(path, clock=clock) as led:
-        report = projections.attach(led)
+        report = projections.attach(led, projections=newer)
         assert report.rebuilt == ("sessions",)
-        assert one(led, "SELECT version FROM projection_checkpoints WHERE name = 'sessions'") == 2
-        assert projections.verify(led).ok
-    monkeypatch.undo()  # back to the code's version 1: the tables belong to newer code
-    with Ledger.open(path, clock=clock) as led:
+        assert one(led, "SELECT version FROM projection_checkpoints WHERE name = 'sessions'") == (
+            bumped.version
+        )
+        assert projections.verify(led, projections=newer).ok
+    with Ledger.open(path, clock=clock) as led:  # the code's version: the tables are newer
         report = projections.attach(led)
         assert report.skipped == ("sessions",)
         head = led.head()
@@ -552,7 +566,8 @@ def test_a_projection_taken_over_by_newer_code_is_left_alone_by_appends(led: Led
     assert one(led, "SELECT message_count FROM session_history") == 0
     report = projections.verify(led)
     assert [d.table for d in report.differences] == ["sessions"]
-    assert "schema version 99, this code builds version 1" in str(report)
+    built = definitions.SESSIONS.version
+    assert f"schema version 99, this code builds version {built}" in str(report)
 
 
 def test_verify_reports_missing_tables(led: Ledger) -> None:

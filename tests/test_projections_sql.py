@@ -25,6 +25,7 @@ from hermes_ledger.ledger.events import (
     Source,
     UsageRecorded,
 )
+from hermes_ledger.projections.definitions import SESSIONS, TRANSCRIPTS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
 QUERY = re.compile(r"```sql\n-- name: (\w+)\n(.*?)```", re.S)
@@ -233,7 +234,11 @@ EXPECTED: dict[str, tuple[dict[str, object], list[tuple[object, ...]]]] = {
         [("a1", "first", None, "idle_expiry", 2), ("a2", "auto_reset", "a1", "manual_reset", 1)],
     ),
     "ends_without_cause_or_flush": ({}, []),
-    "projection_lag": ({}, [("sessions", 1, 31, 0), ("transcripts", 1, 31, 0)]),
+    "projection_lag": (
+        {},
+        [("sessions", SESSIONS.version, 31, 0), ("transcripts", TRANSCRIPTS.version, 31, 0)],
+    ),
+    "next_deadlines": ({}, [(D, "d1", "closing", None, None)]),  # no scheduler has run
 }
 
 

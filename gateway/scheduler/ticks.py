@@ -93,7 +93,6 @@ SQL_UPSERT_DEADLINE = (
     " session_id = excluded.session_id"
 )
 SQL_DROP_DEADLINE = "DELETE FROM session_deadlines WHERE session_key = ?"
-SQL_MIRROR_DEADLINE = "UPDATE session_map SET next_deadline = ? WHERE session_key = ?"
 SQL_DUE = (
     "SELECT session_key, session_id, deadline, reason FROM session_deadlines"
     " WHERE deadline <= ?1 AND (claimed_until IS NULL OR claimed_until <= ?1)"
@@ -185,7 +184,6 @@ class Scheduler:
         row: Any = conn.execute(SQL_KEY_ROW, (key,)).fetchone()
         if row is None or row[1] == "closed":
             conn.execute(SQL_DROP_DEADLINE, (key,))
-            conn.execute(SQL_MIRROR_DEADLINE, (None, key))
             return
         session_id, status, updated_at, platform, chat_type = row
         if status == "closing":  # a close in progress: finish it as soon as possible
@@ -195,11 +193,9 @@ class Scheduler:
             expiry = policy.next_deadline(parse_utc(updated_at))
             if expiry is None:
                 conn.execute(SQL_DROP_DEADLINE, (key,))
-                conn.execute(SQL_MIRROR_DEADLINE, (None, key))
                 return
             deadline, reason = format_utc(expiry.deadline), expiry.reason
         conn.execute(SQL_UPSERT_DEADLINE, (key, session_id, deadline, reason))
-        conn.execute(SQL_MIRROR_DEADLINE, (deadline, key))
 
     def refresh(self) -> int:
         """Re-derive the deadlines of keys touched since the last refresh; returns

@@ -29,11 +29,20 @@ SESSION_COLUMNS = (
     "session_key, session_id, status, platform, chat_type, display_name, created_at,"
     " updated_at, message_count, input_tokens, output_tokens, next_deadline"
 )
+# session_map with the scheduler's deadline for the key's current session (the
+# projection itself is derived from the log only; the deadline is scheduler state).
+_SESSIONS_WITH_DEADLINES = (
+    "(SELECT m.*, d.deadline AS next_deadline FROM session_map AS m"
+    " LEFT JOIN session_deadlines AS d"
+    " ON d.session_key = m.session_key AND d.session_id = m.session_id)"
+)
 SQL_SESSIONS_OPEN = (
-    f"SELECT {SESSION_COLUMNS} FROM session_map WHERE status = 'open'"
+    f"SELECT {SESSION_COLUMNS} FROM {_SESSIONS_WITH_DEADLINES} WHERE status = 'open'"
     " ORDER BY updated_at DESC LIMIT ?"
 )
-SQL_SESSIONS_ALL = f"SELECT {SESSION_COLUMNS} FROM session_map ORDER BY updated_at DESC LIMIT ?"
+SQL_SESSIONS_ALL = (
+    f"SELECT {SESSION_COLUMNS} FROM {_SESSIONS_WITH_DEADLINES} ORDER BY updated_at DESC LIMIT ?"
+)
 HISTORY_COLUMNS = (
     "session_id, started_at, ended_at, end_reason, start_reason, message_count,"
     " input_tokens, output_tokens, flush_status, close_cause, close_detail"
