@@ -446,7 +446,9 @@ def test_an_expired_claim_with_no_attempts_left_is_dead_lettered(
     crashed = HookDispatcher(led, registry, clock=clock, max_attempts=1, worker_id="gone")
     led.append("k", [SessionEnded(session_id="s1", reason="shutdown")])
     crashed._queue.enqueue({"h": {"session_ended"}})
-    claim, _ = crashed._queue.claim("h", "gone", hold=timedelta(seconds=5), max_attempts=1)
+    claim, _ = crashed._queue.claim(
+        "h", "gone", hold=timedelta(seconds=5), retry=crashed.retry_policy
+    )
     assert claim is not None  # ...and the process dies here, before calling the handler
     clock.advance(seconds=6)
     survivor = HookDispatcher(led, registry, clock=clock, max_attempts=1)

@@ -16,7 +16,7 @@ from hermes_ledger import projections
 from hermes_ledger.gateway import GatewayConfig, Platform, ResetPolicy, SessionSource
 from hermes_ledger.gateway.scheduler.ticks import Scheduler
 from hermes_ledger.gateway.sessions import reports
-from hermes_ledger.gateway.sessions.flush import FlushContext
+from hermes_ledger.gateway.sessions.closing import FlushContext
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.events import SessionExpired

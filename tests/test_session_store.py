@@ -15,7 +15,7 @@ import pytest
 from helpers import ManualClock
 
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
-from hermes_ledger.gateway.sessions.flush import FlushContext
+from hermes_ledger.gateway.sessions.closing import FlushContext
 from hermes_ledger.gateway.sessions.store import (
     SessionClosedError,
     SessionStore,

@@ -2,7 +2,8 @@
 
 Every ``session_started``, ``session_reset`` and ``session_ended`` of the log is
 delivered to each subscribed hook as ``session:start``, ``session:reset`` and
-``session:end`` (``HOOK_EVENTS``). Two tables, created idempotently:
+``session:end`` (``HOOK_EVENTS``). Two tables, created by migration 2
+(``migrations/0002_gateway_state.sql``):
 
 ``hook_checkpoints``
     one row per hook: the log position up to which its deliveries are queued.
@@ -31,9 +32,11 @@ from typing import Any, Literal
 
 import apsw
 
+from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger import Ledger, LedgerError, Recorded
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
 from hermes_ledger.ledger.events import SessionEnded, SessionReset, SessionStarted
+from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 
 __all__ = [
     "HOOK_EVENTS",
@@ -62,60 +65,8 @@ HOOK_EVENTS: Mapping[str, str] = {
 _NAMESPACE = uuid.UUID("6f1d3c1e-5a0b-4f7e-9a57-1c0de4b00c35")
 _BATCH = 1000  # log events queued per pass
 
-# -- schema and statements ----------------------------------------------------------
+# -- statements (the tables are migration 2's) ------------------------------------------
 
-_DDL = (
-    """CREATE TABLE IF NOT EXISTS hook_checkpoints (
-    hook        TEXT PRIMARY KEY CHECK (length(hook) > 0),
-    position    INTEGER NOT NULL CHECK (position >= 0),
-    updated_at  TEXT NOT NULL
-) STRICT""",
-    """CREATE TABLE IF NOT EXISTS hook_deliveries (
-    delivery_id      TEXT PRIMARY KEY,
-    hook             TEXT NOT NULL,
-    position         INTEGER NOT NULL,
-    event_id         TEXT NOT NULL,
-    hook_event       TEXT NOT NULL
-                     CHECK (hook_event IN ('session:start', 'session:reset', 'session:end')),
-    session_key      TEXT NOT NULL,
-    session_id       TEXT,
-    context          TEXT NOT NULL CHECK (json_valid(context)),
-    status           TEXT NOT NULL CHECK (status IN ('pending', 'claimed', 'done', 'dead')),
-    attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    claimed_by       TEXT,
-    claimed_until    TEXT,
-    next_attempt_at  TEXT NOT NULL,
-    last_error       TEXT,
-    created_at       TEXT NOT NULL,
-    delivered_at     TEXT,
-    UNIQUE (hook, position),
-    CHECK ((status = 'claimed') = (claimed_by IS NOT NULL AND claimed_until IS NOT NULL)),
-    CHECK ((status = 'done') = (delivered_at IS NOT NULL))
-) STRICT""",
-    "CREATE INDEX IF NOT EXISTS hook_deliveries_queue ON hook_deliveries (hook, position)"
-    " WHERE status IN ('pending', 'claimed')",
-    "CREATE INDEX IF NOT EXISTS hook_deliveries_dead ON hook_deliveries (position)"
-    " WHERE status = 'dead'",
-    # Never a delivery for an event that is not in the log (a session that did not end).
-    """CREATE TRIGGER IF NOT EXISTS hook_deliveries_match_the_log
-BEFORE INSERT ON hook_deliveries
-WHEN NOT EXISTS (
-    SELECT 1 FROM events
-    WHERE position = NEW.position AND event_id = NEW.event_id AND stream = NEW.session_key
-      AND session_id IS NEW.session_id
-      AND type = CASE NEW.hook_event WHEN 'session:start' THEN 'session_started'
-                                     WHEN 'session:reset' THEN 'session_reset'
-                                     WHEN 'session:end' THEN 'session_ended' END)
-BEGIN
-    SELECT RAISE(ABORT, 'a hook delivery must name a session event of the log');
-END""",
-)
-
-SQL_TABLES_EXIST = (
-    "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
-    " AND name IN ('hook_checkpoints', 'hook_deliveries')"
-)
-SQL_HEAD = "SELECT coalesce(max(position), 0) FROM events"
 SQL_CHECKPOINTS = "SELECT hook, position FROM hook_checkpoints"
 SQL_REGISTER = (
     "INSERT INTO hook_checkpoints (hook, position, updated_at) VALUES (?, ?, ?)"
@@ -184,20 +135,6 @@ class HookDeliveryError(LedgerError):
 def delivery_id_for(hook: str, event_id: str) -> str:
     """The stable id of ``hook``'s delivery of the event ``event_id`` (a UUID5)."""
     return str(uuid.uuid5(_NAMESPACE, f"{hook}\x00{event_id}"))
-
-
-def _scalar(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
-    row: Any = conn.execute(sql, args).fetchone()
-    return row[0]
-
-
-def _ensure_tables(conn: apsw.Connection) -> None:
-    for statement in _DDL:  # one statement per call: apsw runs scripts lazily
-        conn.execute(statement).fetchall()
-
-
-def _tables_exist(ledger: Ledger) -> bool:
-    return bool(ledger.query(SQL_TABLES_EXIST)[0][0] == 2)
 
 
 # -- what callers get back -------------------------------------------------------
@@ -348,15 +285,11 @@ class DeliveryReport:
 
 def dead_letters(ledger: Ledger) -> list[Delivery]:
     """Deliveries that failed too often, in log order."""
-    if not _tables_exist(ledger):
-        return []
     return [Delivery._from_row(r) for r in ledger.query(SQL_DEAD)]
 
 
 def hook_states(ledger: Ledger) -> list[HookState]:
     """Every hook the ledger has seen: its checkpoint and delivery counts."""
-    if not _tables_exist(ledger):
-        return []
     return [HookState(*row) for row in ledger.query(SQL_STATES)]
 
 
@@ -370,7 +303,6 @@ def requeue_dead_letters(
     wanted = None if delivery_ids is None else list(dict.fromkeys(delivery_ids))
 
     def work(conn: apsw.Connection) -> list[str]:
-        _ensure_tables(conn)
         if wanted is None:
             ids = [row[0] for row in conn.execute(SQL_DEAD)]
         else:
@@ -445,13 +377,12 @@ class DeliveryQueue:
         self.clock = clock
 
     def register(self, hooks: Iterable[str], *, from_head: bool) -> None:
-        """Create the tables if needed and give each new hook a checkpoint: the
-        log's head (``from_head``: only later events) or 0 (every event)."""
+        """Give each new hook a checkpoint: the log's head (``from_head``: only
+        later events) or 0 (every event)."""
         names = list(hooks)
 
         def work(conn: apsw.Connection) -> None:
-            _ensure_tables(conn)
-            start = _scalar(conn, SQL_HEAD) if from_head else 0
+            start = scalar(conn, SQL_HEAD_POSITION) if from_head else 0
             now = format_utc(self.clock())
             for name in names:
                 conn.execute(SQL_REGISTER, (name, start, now))
@@ -482,7 +413,7 @@ class DeliveryQueue:
         def work(conn: apsw.Connection) -> int:
             count = 0
             for name, first in start.items():
-                current = _scalar(conn, SQL_CHECKPOINT, (name,))
+                current = scalar(conn, SQL_CHECKPOINT, (name,))
                 if current < first or current >= upto:
                     continue  # another dispatcher moved it; the next pass starts there
                 for position, row in rows[name]:
@@ -532,13 +463,13 @@ class DeliveryQueue:
         return event if isinstance(event, SessionStarted) else None
 
     def claim(
-        self, hook: str, worker_id: str, *, hold: timedelta, max_attempts: int
+        self, hook: str, worker_id: str, *, hold: timedelta, retry: RetryPolicy
     ) -> tuple[Claim | None, list[DeliveryOutcome]]:
         """Claim the hook's oldest undelivered event for ``hold`` if it is due, and
         commit; None while it is backing off or another worker holds it.
 
         An expired claim (its worker stopped mid-call) is claimed again, or, when
-        it had ``max_attempts`` already, dead-lettered (returned as outcomes).
+        ``retry`` has given up on its attempts, dead-lettered (returned as outcomes).
         """
         given_up: list[DeliveryOutcome] = []
         now = self.clock()
@@ -561,7 +492,7 @@ class DeliveryQueue:
                         f"the claim of {owner} expired at {until} without an outcome "
                         "(its dispatcher stopped during the call?)"
                     )
-                    if attempts >= max_attempts:
+                    if retry.gave_up(attempts):
                         conn.execute(SQL_EXPIRED_TO_DEAD, (note, did))
                         session_id = json.loads(body).get("session_id")
                         given_up.append(

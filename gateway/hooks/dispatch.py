@@ -31,6 +31,7 @@ from hermes_ledger.gateway.hooks.delivery import (
 )
 from hermes_ledger.gateway.hooks.discovery import Hook, HookProblem, HookRegistry
 from hermes_ledger.gateway.usercode.bounded import CallTimeoutError, call_bounded
+from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, system_clock
 
@@ -91,13 +92,13 @@ class HookDispatcher:
     session's ``session:end`` before the new one's ``session:start``). A failed
     call holds back only its own hook: it is retried after ``backoff_base *
     2**(attempt-1)`` seconds (at most ``backoff_max``) and dead-lettered after
-    ``max_attempts`` calls. ``clock`` (aware datetimes) dates claims, backoffs and
-    deliveries.
+    ``max_attempts`` calls (``retry_policy``). ``clock`` (aware datetimes) dates
+    claims, backoffs and deliveries.
 
     A hook the ledger has not seen before starts at the log's head when the
     dispatcher is created (``new_hooks_from="head"``: it hears about what happens
     from now on) or at the beginning (``"beginning"``: every session event ever
-    recorded). Creating a dispatcher creates the tables and registers its hooks.
+    recorded). Creating a dispatcher registers its hooks.
     """
 
     def __init__(
@@ -126,6 +127,12 @@ class HookDispatcher:
         self.call_timeout = call_timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.retry_policy = RetryPolicy(
+            max_attempts,
+            timedelta(seconds=backoff_base),
+            backoff=2.0,
+            max_delay=timedelta(seconds=backoff_max),
+        )
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._hooks = [h for h in self.registry if h.log_types]
         for problem in self.registry.problems:
@@ -150,7 +157,7 @@ class HookDispatcher:
                 if limit is not None and calls >= limit:
                     break
                 claim, given_up = self._queue.claim(
-                    hook.name, self.worker_id, hold=hold, max_attempts=self.max_attempts
+                    hook.name, self.worker_id, hold=hold, retry=self.retry_policy
                 )
                 outcomes.extend(given_up)
                 if claim is None:
@@ -191,9 +198,8 @@ class HookDispatcher:
                 exc_info=exc,
             )  # fmt: skip
         retry_at = None
-        if error is not None and claim.attempt < self.max_attempts:
-            delay = min(self.backoff_base * 2 ** (claim.attempt - 1), self.backoff_max)
-            retry_at = self.clock() + timedelta(seconds=delay)
+        if error is not None:
+            retry_at = self.retry_policy.next_attempt(claim.attempt, self.clock())
         if not self._queue.finish(claim, error, retry_at):
             log.warning(
                 "hook %s: delivery %s was claimed again while this call ran (it outlived its "

@@ -20,7 +20,7 @@ from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
 from hermes_ledger.gateway.scheduler.ticks import Scheduler, TickReport
-from hermes_ledger.gateway.sessions.flush import Flusher
+from hermes_ledger.gateway.sessions.closing import Flusher
 from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock

@@ -17,7 +17,9 @@ by whoever ticks next. Misfires coalesce: after downtime each session is
 closed once, recording the deadline it missed.
 
 Deadlines are derived from the log and the configuration only: dropping the
-table (or changing the reset policies) re-derives them from the events.
+table (or changing the reset policies) re-derives them from the events. The
+tables (``scheduler_state``, ``session_deadlines``) are created by migration 2;
+the projections (``session_map``…) are read here, never written.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,51 +34,28 @@ from typing import Any
 import apsw
 
 from hermes_ledger.gateway.config.gateway import GatewayConfig
-from hermes_ledger.gateway.sessions.closing import close_progress, end_reason_for
-from hermes_ledger.gateway.sessions.flush import (
+from hermes_ledger.gateway.sessions.closing import (
     DEFAULT_FLUSH_TIMEOUT,
-    FlushContext,
+    CloseStep,
     Flusher,
-    run_flush,
+    SessionCloser,
 )
-from hermes_ledger.gateway.sessions.reads import load_transcript, read_key_state
-from hermes_ledger.gateway.sessions.sources import SessionSource
-from hermes_ledger.ledger import ConcurrencyError, Ledger, SessionAlreadyEndedError
+from hermes_ledger.gateway.sessions.reads import read_key_state
+from hermes_ledger.gateway.usercode.retry import RetryPolicy
+from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
-from hermes_ledger.ledger.events import (
-    EventModel,
-    MemoryFlushFailed,
-    SessionEnded,
-    SessionExpired,
-    SessionReset,
-)
+from hermes_ledger.ledger.events import SessionExpired, SessionReset
+from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.projections import attach
 
 __all__ = ["ClosedSession", "Scheduler", "TickReport"]
 
-SCHEDULER_DDL = (
-    """CREATE TABLE IF NOT EXISTS scheduler_state (
-    id          INTEGER PRIMARY KEY CHECK (id = 1),
-    position    INTEGER NOT NULL,
-    config_hash TEXT NOT NULL
-) STRICT""",
-    """CREATE TABLE IF NOT EXISTS session_deadlines (
-    session_key   TEXT PRIMARY KEY,
-    session_id    TEXT NOT NULL,
-    deadline      TEXT NOT NULL,
-    reason        TEXT NOT NULL CHECK (reason IN ('idle', 'daily', 'cron', 'finish')),
-    claimed_by    TEXT,
-    claimed_until TEXT
-) STRICT""",
-    "CREATE INDEX IF NOT EXISTS session_deadlines_due ON session_deadlines (deadline)",
-)
 SQL_STATE = "SELECT position, config_hash FROM scheduler_state WHERE id = 1"
 SQL_SAVE_STATE = (
     "INSERT INTO scheduler_state (id, position, config_hash) VALUES (1, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET position = excluded.position,"
     " config_hash = excluded.config_hash"
 )
-SQL_HEAD = "SELECT coalesce(max(position), 0) FROM events"
 SQL_TOUCHED_KEYS = "SELECT DISTINCT stream FROM events WHERE position > ? AND position <= ?"
 SQL_UNCLOSED_KEYS = "SELECT session_key FROM session_map WHERE status <> 'closed'"
 SQL_KEY_ROW = (
@@ -158,19 +136,19 @@ class Scheduler:
         batch: int = 1000,
         name: str | None = None,
     ) -> None:
-        if max_flush_attempts < 1:
-            raise ValueError("max_flush_attempts must be at least 1")
         self.ledger = ledger
         self.config = config or GatewayConfig()
-        self.flusher = flusher
         self.clock = clock or system_clock
         self.flush_timeout = flush_timeout
-        self.max_flush_attempts = max_flush_attempts
-        self.flush_retry_delay = flush_retry_delay
+        self.closer = SessionCloser(
+            ledger,
+            flusher,
+            flush_timeout=flush_timeout,
+            retry=RetryPolicy(max_flush_attempts, flush_retry_delay),
+        )
         self.batch = batch
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         attach(ledger)
-        ledger.write(_create_tables)
 
     # -- deadlines ---------------------------------------------------------------
 
@@ -206,18 +184,18 @@ class Scheduler:
 
             def step(conn: apsw.Connection) -> tuple[int, bool]:
                 row: Any = conn.execute(SQL_STATE).fetchone()
-                head: Any = conn.execute(SQL_HEAD).fetchone()
+                head: int = scalar(conn, SQL_HEAD_POSITION)
                 position, config_hash = row if row else (0, "")
                 if config_hash != wanted:
                     keys = [r[0] for r in conn.execute(SQL_UNCLOSED_KEYS)]
-                    upto = head[0]
+                    upto = head
                 else:
-                    upto = min(head[0], position + _REFRESH_BATCH)
+                    upto = min(head, position + _REFRESH_BATCH)
                     keys = [r[0] for r in conn.execute(SQL_TOUCHED_KEYS, (position, upto))]
                 for key in keys:
                     self._deadline_for(conn, key)
                 conn.execute(SQL_SAVE_STATE, (upto, wanted))
-                return len(keys), upto >= head[0]
+                return len(keys), upto >= head
 
             count, done = self.ledger.write(step)
             total += count
@@ -244,13 +222,6 @@ class Scheduler:
         self.ledger.write(
             lambda conn: conn.execute(SQL_RELEASE, (format_utc(retry_at), key, self.name))
         )
-
-    def _append(self, key: str, events: Sequence[EventModel], version: int) -> bool:
-        try:
-            self.ledger.append(key, events, expected_version=version)
-        except (ConcurrencyError, SessionAlreadyEndedError):
-            return False
-        return True
 
     def tick(self, now: datetime | None = None) -> TickReport:
         """One pass: refresh deadlines, then close (or finish closing) every due session."""
@@ -298,68 +269,30 @@ class Scheduler:
                 policy=policy.snapshot(),
                 occurred_at=now,
             )
-            if not self._append(key, [cause], version):
+            if not self.closer.begin(key, version, cause):
                 self.ledger.write(lambda conn: self._deadline_for(conn, key))
                 report.skipped += 1
                 return
             version += 1
-        self._finish(key, session_id, version, origin, now, report)
+        step = self.closer.finish(key, session_id, version, origin, now)
+        self._record(key, session_id, step, report)
 
-    def _finish(
-        self,
-        key: str,
-        session_id: str,
-        version: int,
-        origin: SessionSource | None,
-        now: datetime,
-        report: TickReport,
-    ) -> None:
-        """Flush (unless done) and end a session whose cause is recorded."""
-        progress = close_progress(self.ledger, session_id)
-        if progress.ended:
-            self.ledger.write(lambda conn: conn.execute(SQL_DONE, (key, session_id)))
-            return
-        reason = end_reason_for(progress.cause, progress.cause_reason)
-        events: list[EventModel] = []
-        if not progress.flushed and progress.failures < self.max_flush_attempts:
-            retry_at = (progress.last_failure_at or now) + self.flush_retry_delay
-            if progress.failures and retry_at > now:
-                self._release(key, retry_at)
-                report.waiting_for_retry += 1
-                return
-            context = FlushContext(
-                session_key=key,
-                session_id=session_id,
-                reason=reason,
-                platform=origin.platform.value if origin else None,
-                user_id=origin.user_id if origin else None,
-                origin=origin.to_dict() if origin else {},
-            )
-            transcript = load_transcript(self.ledger, session_id)
-            outcome = run_flush(
-                self.flusher,
-                context,
-                transcript,
-                timeout=self.flush_timeout,
-                attempt=progress.failures + 1,
-            ).model_copy(update={"occurred_at": now})
-            events.append(outcome)
-            if isinstance(outcome, MemoryFlushFailed):
-                report.flush_failures += 1
-                if progress.failures + 1 < self.max_flush_attempts:
-                    if self._append(key, events, version):
-                        self._release(key, now + self.flush_retry_delay)
-                    report.waiting_for_retry += 1
-                    return
-        events.append(SessionEnded(session_id=session_id, reason=reason, occurred_at=now))
-        if self._append(key, events, version):
-            self.ledger.write(lambda conn: conn.execute(SQL_DONE, (key, session_id)))
-            deadline = progress.deadline
-            report.closed.append(
-                ClosedSession(key, session_id, reason, format_utc(deadline) if deadline else None)
-            )
-        else:
+    def _record(self, key: str, session_id: str, step: CloseStep, report: TickReport) -> None:
+        """Account for one step of a close (flush and end, see ``SessionCloser.finish``):
+        release the claim until a retry is due, or drop the finished deadline row."""
+        report.flush_failures += step.flush_failed
+        if step.status == "waiting":
+            assert step.retry_at is not None
+            if step.written:
+                self._release(key, step.retry_at)
+            report.waiting_for_retry += 1
+        elif step.status == "lost":
             report.skipped += 1
+        else:
+            self.ledger.write(lambda conn: conn.execute(SQL_DONE, (key, session_id)))
+            if step.status == "ended":
+                deadline = format_utc(step.deadline) if step.deadline else None
+                report.closed.append(ClosedSession(key, session_id, step.reason, deadline))
 
     def finalize(self, now: datetime | None = None, trigger: str = "shutdown") -> TickReport:
         """Close every open session now (reset → flush → ended ``shutdown``)."""
@@ -370,12 +303,10 @@ class Scheduler:
             if state.status != "open" or state.session_id is None:
                 continue
             cause = SessionReset(session_id=state.session_id, trigger=trigger, occurred_at=now)
-            if self._append(key, [cause], state.version):
+            if self.closer.begin(key, state.version, cause):
                 report.due += 1
-                self._finish(key, state.session_id, state.version + 1, state.origin, now, report)
+                step = self.closer.finish(
+                    key, cause.session_id, state.version + 1, state.origin, now
+                )
+                self._record(key, cause.session_id, step, report)
         return report
-
-
-def _create_tables(conn: apsw.Connection) -> None:
-    for statement in SCHEDULER_DDL:
-        conn.execute(statement)

@@ -1,23 +1,152 @@
-"""Where a session's close stands, read from its events, and how it ends.
+"""Closing a session: the one close sequence, with the memory flush inside it.
 
 A close is cause (``session_reset`` / ``session_expired``) → flush outcome(s) →
-``session_ended``. The message path writes all of it in one append; the
-scheduler writes the cause first, then the outcome and the end (a failed flush
-may be retried on later ticks). Anyone who finds a session half-closed (status
-``closing``: after a crash, or while a flush is being retried) reads its
-progress here and finishes it the same way.
+``session_ended``; on the message path the replacement's ``session_started``
+follows in the same append. ``SessionCloser`` is the only code that writes it,
+for both callers:
+
+* the session store (a reset, or a message after the deadline) calls ``close``:
+  the flush runs first, then cause, outcome, end and the new session are one
+  append;
+* the scheduler (idle/daily/cron expiry, shutdown) calls ``begin`` to record the
+  cause alone (the session is ``closing`` from then on), then ``finish`` to flush
+  and record the outcome and the end. A failed flush is recorded and tried again
+  on a later tick, as its ``RetryPolicy`` says, until the policy gives up and the
+  session ends with the failure on record.
+
+Whoever finds a session half-closed (status ``closing``: after a crash, or while
+a flush waits to be retried) calls ``finish`` too: it reads where the close stands
+from the log (``close_progress``) and carries on from there. Every append states
+the stream version it expects, and the database allows one ``session_ended`` per
+session, so of two writers acting on one key only one succeeds; the other is told
+(False, or a ``lost`` step), re-reads and finds the work done.
+
+A flusher is any callable ``flusher(context, transcript)`` (sync or async) that
+saves what is worth remembering from a session before it closes. Its outcome
+becomes an event — ``memory_flushed``, ``memory_flush_failed`` or, when no
+flusher is configured, ``memory_flush_skipped``. A flusher that raises or
+outlives its timeout is recorded as failed.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.gateway.sessions.reads import load_transcript
+from hermes_ledger.gateway.sessions.sources import SessionSource
+from hermes_ledger.gateway.usercode.bounded import CallTimeoutError, call_bounded
+from hermes_ledger.gateway.usercode.retry import RetryPolicy
+from hermes_ledger.ledger import ConcurrencyError, Ledger, SessionAlreadyEndedError
 from hermes_ledger.ledger.clock import parse_utc
+from hermes_ledger.ledger.events import (
+    EventModel,
+    MemoryFlushed,
+    MemoryFlushFailed,
+    MemoryFlushSkipped,
+    SessionEnded,
+    SessionExpired,
+    SessionReset,
+)
 
-__all__ = ["CloseProgress", "close_progress", "end_reason_for"]
+__all__ = [
+    "DEFAULT_FLUSH_TIMEOUT",
+    "CloseProgress",
+    "CloseStep",
+    "FlushContext",
+    "FlushOutcome",
+    "Flusher",
+    "SessionCloser",
+    "append_if_unchanged",
+    "close_progress",
+    "end_reason_for",
+    "provider_name",
+    "run_flush",
+]
+
+# -- the memory flush ----------------------------------------------------------------
+
+DEFAULT_FLUSH_TIMEOUT = 30.0
+"""Seconds a flusher may take before its flush is recorded as failed."""
+
+FlushOutcome = MemoryFlushed | MemoryFlushFailed | MemoryFlushSkipped
+
+
+@dataclass(frozen=True)
+class FlushContext:
+    """What a flusher is told about the session it flushes."""
+
+    session_key: str
+    session_id: str
+    reason: str
+    platform: str | None = None
+    user_id: str | None = None
+    origin: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Flusher(Protocol):
+    """Save a closing session's memory. Return an optional detail string; raise on failure."""
+
+    def __call__(self, context: FlushContext, transcript: Sequence[dict[str, Any]]) -> Any: ...
+
+
+def provider_name(flusher: object) -> str:
+    """A stable, readable name for the audit trail (``module:qualname``)."""
+    name = getattr(flusher, "provider_name", None)
+    if isinstance(name, str) and name:
+        return name
+    target = flusher if inspect.isfunction(flusher) or inspect.ismethod(flusher) else type(flusher)
+    module = getattr(target, "__module__", "?")
+    return f"{module}:{getattr(target, '__qualname__', type(flusher).__name__)}"
+
+
+def run_flush(
+    flusher: Flusher | None,
+    context: FlushContext,
+    transcript: Sequence[dict[str, Any]],
+    *,
+    timeout: float = DEFAULT_FLUSH_TIMEOUT,
+    attempt: int = 1,
+) -> FlushOutcome:
+    """Run one flush attempt and return the event that records its outcome.
+
+    The flusher runs through ``call_bounded``: a hung provider cannot stall the
+    caller past ``timeout``, and a timed-out one is recorded as failed.
+    """
+    if flusher is None:
+        return MemoryFlushSkipped(session_id=context.session_id, reason="no flusher configured")
+    provider = provider_name(flusher)
+    try:
+        result = call_bounded(
+            flusher, context, list(transcript), timeout=timeout, name=f"flush-{context.session_id}"
+        )
+    except BaseException as exc:  # a timeout, or whatever the provider raised
+        return MemoryFlushFailed(
+            session_id=context.session_id,
+            provider=provider,
+            attempt=attempt,
+            error=_describe_failure(exc),
+        )
+    return MemoryFlushed(
+        session_id=context.session_id,
+        provider=provider,
+        attempt=attempt,
+        detail=None if result is None else str(result),
+    )
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, CallTimeoutError) or not str(exc):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- where a close stands ----------------------------------------------------------------
 
 SQL_CLOSE_EVENTS = (
     "SELECT type, data, recorded_at FROM events WHERE session_id = ?"
@@ -43,7 +172,7 @@ class CloseProgress:
 
 
 def end_reason_for(cause: str | None, cause_reason: str | None) -> str:
-    """The ``session_ended`` reason that a cause leads to."""
+    """The ``session_ended`` reason that a recorded cause leads to."""
     if cause == "session_expired":
         return _EXPIRY_END.get(cause_reason or "", "idle_expiry")
     if cause_reason == "shutdown":
@@ -73,3 +202,149 @@ def close_progress(ledger: Ledger, session_id: str) -> CloseProgress:
         elif event_type == "session_ended":
             ended = True
     return CloseProgress(cause, reason, deadline, flushed, failures, last_failure, ended)
+
+
+# -- the close sequence ----------------------------------------------------------------
+
+
+def append_if_unchanged(
+    ledger: Ledger, key: str, events: Sequence[EventModel], version: int
+) -> bool:
+    """Append ``events`` if ``key``'s stream is still at ``version``; False (nothing
+    written) if another writer got there first — re-read and decide again."""
+    try:
+        ledger.append(key, events, expected_version=version)
+    except (ConcurrencyError, SessionAlreadyEndedError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class CloseStep:
+    """What one ``finish`` did.
+
+    ``status``: ``ended`` (this call appended ``session_ended``), ``already_ended``
+    (someone else did), ``waiting`` (a failed flush is to be tried again at
+    ``retry_at``; ``written`` says whether this call's failure is on record), or
+    ``lost`` (another writer changed the key first; nothing was written).
+    """
+
+    status: Literal["ended", "already_ended", "waiting", "lost"]
+    reason: str
+    deadline: datetime | None = None
+    flush_failed: bool = False
+    retry_at: datetime | None = None
+    written: bool = True
+
+
+class SessionCloser:
+    """Writes every close: cause → flush outcome → ``session_ended``.
+
+    ``retry`` is how a failed flush is retried on later calls (the scheduler's
+    ticks). Without one the close cannot wait (the message path): it makes one
+    flush attempt now and ends the session whatever the outcome.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        flusher: Flusher | None,
+        *,
+        flush_timeout: float = DEFAULT_FLUSH_TIMEOUT,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.flusher = flusher
+        self.flush_timeout = flush_timeout
+        self.retry = retry
+
+    def close(
+        self,
+        key: str,
+        version: int,
+        origin: SessionSource | None,
+        cause: SessionReset | SessionExpired,
+        *,
+        reason: str,
+        now: datetime,
+        then: Sequence[EventModel] = (),
+    ) -> bool:
+        """Flush, then append cause → outcome → ``session_ended`` (``reason``) →
+        ``then`` in one transaction at ``version``. False if the key changed."""
+        outcome = self._flush(key, cause.session_id, origin, reason, 1, now)
+        ended = SessionEnded(session_id=cause.session_id, reason=reason, occurred_at=now)
+        return append_if_unchanged(self.ledger, key, [cause, outcome, ended, *then], version)
+
+    def begin(self, key: str, version: int, cause: SessionReset | SessionExpired) -> bool:
+        """Record the cause alone (``finish`` does the rest). False if the key changed."""
+        return append_if_unchanged(self.ledger, key, [cause], version)
+
+    def finish(
+        self,
+        key: str,
+        session_id: str,
+        version: int,
+        origin: SessionSource | None,
+        now: datetime,
+        *,
+        then: Sequence[EventModel] = (),
+    ) -> CloseStep:
+        """Carry a close whose cause is recorded on from where the log says it
+        stands: flush (unless done, given up on, or not yet due), then append the
+        outcome and ``session_ended`` (and ``then``) at ``version``."""
+        progress = close_progress(self.ledger, session_id)
+        reason = end_reason_for(progress.cause, progress.cause_reason)
+        step = CloseStep("already_ended", reason, progress.deadline)
+        if progress.ended:
+            return step
+        events: list[EventModel] = []
+        if not progress.flushed:
+            due = self._due(progress, now)
+            if due is not None and due > now:
+                return replace(step, status="waiting", retry_at=due)
+            if due is not None:
+                attempt = progress.failures + 1
+                outcome = self._flush(key, session_id, origin, reason, attempt, now)
+                events.append(outcome)
+                if isinstance(outcome, MemoryFlushFailed):
+                    step = replace(step, flush_failed=True)
+                    retry_at = None if self.retry is None else self.retry.next_attempt(attempt, now)
+                    if retry_at is not None:
+                        written = append_if_unchanged(self.ledger, key, events, version)
+                        return replace(step, status="waiting", retry_at=retry_at, written=written)
+        events += [SessionEnded(session_id=session_id, reason=reason, occurred_at=now), *then]
+        ended = append_if_unchanged(self.ledger, key, events, version)
+        return replace(step, status="ended" if ended else "lost")
+
+    def _due(self, progress: CloseProgress, now: datetime) -> datetime | None:
+        """When the next flush attempt is due (None: the policy gave up on it)."""
+        if self.retry is None or not progress.failures:
+            return now
+        assert progress.last_failure_at is not None
+        return self.retry.next_attempt(progress.failures, progress.last_failure_at)
+
+    def _flush(
+        self,
+        key: str,
+        session_id: str,
+        origin: SessionSource | None,
+        reason: str,
+        attempt: int,
+        now: datetime,
+    ) -> FlushOutcome:
+        context = FlushContext(
+            session_key=key,
+            session_id=session_id,
+            reason=reason,
+            platform=origin.platform.value if origin else None,
+            user_id=origin.user_id if origin else None,
+            origin=origin.to_dict() if origin else {},
+        )
+        outcome = run_flush(
+            self.flusher,
+            context,
+            load_transcript(self.ledger, session_id),
+            timeout=self.flush_timeout,
+            attempt=attempt,
+        )
+        return outcome.model_copy(update={"occurred_at": now})

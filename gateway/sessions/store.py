@@ -7,7 +7,8 @@ Nothing about sessions is kept in memory between calls, so any number of threads
 may use one store for different keys.
 
 A close is one append: cause (``session_reset`` or ``session_expired``) → flush
-outcome → ``session_ended`` → the replacement's ``session_started``. The memory
+outcome → ``session_ended`` → the replacement's ``session_started``, written by
+the close sequence the scheduler uses too (``closing.SessionCloser``). The memory
 flush runs just before that append (outside the write lock, with a timeout).
 """
 
@@ -21,12 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from hermes_ledger.gateway.config.gateway import GatewayConfig
-from hermes_ledger.gateway.sessions.closing import close_progress, end_reason_for
-from hermes_ledger.gateway.sessions.flush import (
+from hermes_ledger.gateway.sessions.closing import (
     DEFAULT_FLUSH_TIMEOUT,
-    FlushContext,
     Flusher,
-    run_flush,
+    SessionCloser,
+    append_if_unchanged,
 )
 from hermes_ledger.gateway.sessions.keys import validate_session_id, validate_session_key
 from hermes_ledger.gateway.sessions.reads import KeyState, load_transcript, read_key_state
@@ -36,7 +36,6 @@ from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_cloc
 from hermes_ledger.ledger.events import (
     EventModel,
     MessageAppended,
-    SessionEnded,
     SessionExpired,
     SessionReset,
     SessionStarted,
@@ -48,6 +47,13 @@ from hermes_ledger.projections import attach
 __all__ = ["SessionClosedError", "SessionEntry", "SessionStore", "UnknownSessionError"]
 
 _RETRIES = 20
+"""Re-reads after a ConcurrencyError (another writer on the key) before giving up."""
+
+
+def _gave_up(what: str) -> LedgerError:
+    """What a call raises when all its ``_RETRIES`` appends lost to other writers."""
+    return LedgerError(f"gave up on {what} after {_RETRIES} tries: it kept changing under us")
+
 
 StartReason = Literal["first", "manual_reset", "auto_reset", "resume"]
 
@@ -170,9 +176,6 @@ def new_session_id(now: datetime) -> str:
     return f"{now.astimezone(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
 
 
-_END_REASONS = {"idle": "idle_expiry", "daily": "daily_reset", "cron": "cron_reset"}
-
-
 class SessionStore:
     """Sessions over a ledger: ``get_or_create_session``, ``append_to_transcript``, …
 
@@ -194,8 +197,7 @@ class SessionStore:
         self.ledger = ledger
         self.config = config or GatewayConfig()
         self.clock = clock or system_clock
-        self.flusher = flusher
-        self.flush_timeout = flush_timeout
+        self._closer = SessionCloser(ledger, flusher, flush_timeout=flush_timeout)
         self._new_id = session_ids
         attach(ledger)
 
@@ -285,7 +287,7 @@ class SessionStore:
                 continue
             if self._start(key, state, source, now):
                 return self._entry_after_write(key)
-        raise LedgerError(f"gave up on session key {key!r}: it kept changing under us")
+        raise _gave_up(f"session key {key!r}")
 
     def open_api_session(
         self,
@@ -322,7 +324,7 @@ class SessionStore:
                 continue
             if self._start(key, state, src, now, new_id=session_id):
                 return self._entry_after_write(key)
-        raise LedgerError(f"gave up on session key {key!r}: it kept changing under us")
+        raise _gave_up(f"session key {key!r}")
 
     def reset_session(self, session_key: str, trigger: str = "/new") -> SessionEntry:
         """Close the key's open session (reset → flush → ended ``manual_reset``) and
@@ -346,7 +348,7 @@ class SessionStore:
                 session_key, state, source, cause, "manual_reset", "manual_reset"
             ):
                 return self._entry_after_write(session_key)
-        raise LedgerError(f"gave up on session key {session_key!r}: it kept changing under us")
+        raise _gave_up(f"session key {session_key!r}")
 
     def update_session(
         self,
@@ -379,7 +381,7 @@ class SessionStore:
                 )
             if self._append(session_key, [event], state.version):
                 return self._entry_after_write(session_key)
-        raise LedgerError(f"gave up on session key {session_key!r}: it kept changing under us")
+        raise _gave_up(f"session key {session_key!r}")
 
     def append_to_transcript(self, session_id: str, message: Mapping[str, Any]) -> int:
         """Append one message (a Hermes message dict) to an open session; returns
@@ -399,16 +401,12 @@ class SessionStore:
             except ConcurrencyError:
                 continue
             return result.positions[0]
-        raise LedgerError(f"gave up on session {session_id!r}: its key kept changing under us")
+        raise _gave_up(f"the key of session {session_id!r}")
 
     # -- writing -------------------------------------------------------------------
 
     def _append(self, key: str, events: Sequence[EventModel], version: int) -> bool:
-        try:
-            self.ledger.append(key, events, expected_version=version)
-        except ConcurrencyError:
-            return False
-        return True
+        return append_if_unchanged(self.ledger, key, events, version)
 
     def _entry_after_write(self, key: str) -> SessionEntry:
         entry = self.get_session(key)
@@ -435,32 +433,24 @@ class SessionStore:
     ) -> bool:
         """Start a session on a key with no open session (new, or closed by the scheduler)."""
         reason: StartReason = "first" if state.session_id is None else "auto_reset"
-        started = SessionStarted(
+        started = self._started(state.session_id, source, reason, now, new_id)
+        return self._append(key, [started], state.version)
+
+    def _started(
+        self,
+        previous: str | None,
+        source: SessionSource,
+        reason: StartReason,
+        now: datetime,
+        new_id: str | None = None,
+    ) -> SessionStarted:
+        """A new session for ``source``, replacing ``previous`` (None: the key's first)."""
+        return SessionStarted(
             session_id=new_id or self._new_id(now),
             source=source.to_event_source(),
             reason=reason,
-            previous_session_id=state.session_id,
+            previous_session_id=previous,
             occurred_at=now,
-        )
-        return self._append(key, [started], state.version)
-
-    def _flush(
-        self, key: str, session_id: str, origin: SessionSource, reason: str, attempt: int = 1
-    ) -> EventModel:
-        context = FlushContext(
-            session_key=key,
-            session_id=session_id,
-            reason=reason,
-            platform=str(origin.platform.value),
-            user_id=origin.user_id,
-            origin=origin.to_dict(),
-        )
-        return run_flush(
-            self.flusher,
-            context,
-            self.load_transcript(session_id),
-            timeout=self.flush_timeout,
-            attempt=attempt,
         )
 
     def _finish_and_restart(
@@ -469,25 +459,11 @@ class SessionStore:
         """A message arrived while a close was in progress (a scheduler crashed, or
         is retrying a flush): finish that close now, then start the new session."""
         assert state.session_id is not None
-        progress = close_progress(self.ledger, state.session_id)
-        reason = end_reason_for(progress.cause, progress.cause_reason)
-        events: list[EventModel] = []
-        if not progress.flushed:
-            outcome = self._flush(
-                key, state.session_id, state.origin or source, reason, progress.failures + 1
-            )
-            events.append(outcome.model_copy(update={"occurred_at": now}))
-        events += [
-            SessionEnded(session_id=state.session_id, reason=reason, occurred_at=now),
-            SessionStarted(
-                session_id=self._new_id(now),
-                source=source.to_event_source(),
-                reason="auto_reset",
-                previous_session_id=state.session_id,
-                occurred_at=now,
-            ),
-        ]
-        return self._append(key, events, state.version)
+        started = self._started(state.session_id, source, "auto_reset", now)
+        step = self._closer.finish(
+            key, state.session_id, state.version, state.origin or source, now, then=[started]
+        )
+        return step.status == "ended"
 
     def _close_and_restart(
         self,
@@ -502,21 +478,12 @@ class SessionStore:
     ) -> bool:
         """Flush, then append cause → outcome → ended → started in one transaction."""
         assert state.session_id is not None
-        outcome = self._flush(key, state.session_id, state.origin or source, end_reason)
         now = cause.occurred_at or self.clock()
-        events: list[EventModel] = [
-            cause,
-            outcome.model_copy(update={"occurred_at": now}),
-            SessionEnded(session_id=state.session_id, reason=end_reason, occurred_at=now),
-            SessionStarted(
-                session_id=new_id or self._new_id(now),
-                source=source.to_event_source(),
-                reason=start_reason,
-                previous_session_id=state.session_id,
-                occurred_at=now,
-            ),
-        ]
-        return self._append(key, events, state.version)
+        started = self._started(state.session_id, source, start_reason, now, new_id)
+        return self._closer.close(
+            key, state.version, state.origin or source, cause,
+            reason=end_reason, now=now, then=[started],
+        )  # fmt: skip
 
 
 def _message_event(session_id: str, message: Mapping[str, Any], now: datetime) -> MessageAppended:
