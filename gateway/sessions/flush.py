@@ -4,8 +4,8 @@ next to the close sequence that runs the flush. Import them from there."""
 from hermes_ledger.gateway.sessions.closing import (
     DEFAULT_FLUSH_TIMEOUT,
     FlushContext,
-    FlushOutcome,
     Flusher,
+    FlushOutcome,
     provider_name,
     run_flush,
 )
