@@ -151,6 +151,7 @@ def attach(
     chunk_size: int = DEFAULT_CHUNK,
     progress: Callable[[int, int], None] | None = None,
     stall_timeout: float = 60.0,
+    projections: Sequence[Projection] | None = None,
 ) -> AttachReport:
     """Bring the projections up to date and keep them so on every append.
 
@@ -159,7 +160,8 @@ def attach(
     with ``ledger.add_inline_projector``. Idempotent per Ledger object. If another
     process is rebuilding the same projections, waits for it (and takes over if
     it makes no progress for ``stall_timeout`` seconds). ``progress(done, total)``
-    reports rebuild and catch-up progress.
+    reports rebuild and catch-up progress. ``projections`` are the definitions to
+    keep (default: the code's, ``PROJECTIONS``); a test passes other versions.
     """
     if ledger.readonly:
         raise ProjectionError(
@@ -174,7 +176,7 @@ def attach(
         ensure_bookkeeping(conn)
         checkpoints = read_checkpoints(conn)
         owned, outdated, skipped = [], [], []
-        for projection in by_name():
+        for projection in by_name() if projections is None else projections:
             recorded = checkpoints.get(projection.name)
             if recorded is not None and recorded[0] > projection.version:
                 skipped.append(projection.name)

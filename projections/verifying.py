@@ -9,7 +9,7 @@ compared through its vocabulary (term, documents, occurrences).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,10 +92,13 @@ def verify(
     *,
     chunk_size: int = DEFAULT_CHUNK,
     progress: Callable[[int, int], None] | None = None,
+    projections: Sequence[Projection] | None = None,
 ) -> VerifyReport:
     """Replay the log into a scratch database and compare it with the live tables.
 
     Read-only: works while other processes append, and on read-only ledgers.
+    ``projections`` are the definitions to check against (default: the code's,
+    ``PROJECTIONS``); a test passes other versions.
     Columns not derived from the log (``session_map.next_deadline``) are skipped.
     """
     differences: list[Difference] = []
@@ -104,7 +107,7 @@ def verify(
     with snapshot(ledger) as conn:
         checkpoints = read_checkpoints(conn)
         last = head(conn)
-        for projection in by_name():
+        for projection in by_name() if projections is None else projections:
             problem = _comparable(conn, projection, checkpoints)
             if problem is not None:
                 differences.append(Difference(projection.name, "projection", live=problem))
