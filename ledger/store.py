@@ -29,7 +29,14 @@ from hermes_ledger.ledger.errors import (
 )
 from hermes_ledger.ledger.events import EventModel, body_json, parse
 from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
-from hermes_ledger.ledger.schema import CACHE_KIB, connect, migrate, retry_busy
+from hermes_ledger.ledger.schema import (
+    CACHE_KIB,
+    Migration,
+    connect,
+    load_migrations,
+    migrate,
+    retry_busy,
+)
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.ledger.text import has_ascii_controls
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
@@ -140,6 +147,7 @@ class Ledger:
         clock: Clock | None = None,
         readonly: bool = False,
         cache_kib: int = CACHE_KIB,
+        migrations: Sequence[Migration] | None = None,
     ) -> Self:
         """Open (creating and migrating if needed) the ledger at ``path``.
 
@@ -147,27 +155,29 @@ class Ledger:
         ledger written by a newer version. ``synchronous`` is SQLite's durability
         setting (NORMAL by default: durable across process crashes; FULL also
         across power loss). ``clock`` stamps ``recorded_at``. ``cache_kib`` caps
-        SQLite's page cache for this connection.
+        SQLite's page cache for this connection. ``migrations`` replace the shipped
+        schema migrations (``schema.load_migrations()``), as a test of an upgrade does.
         """
         path = Path(path)
+        if migrations is None:
+            migrations = load_migrations()
         conn, version = connect(
             path,
             synchronous=synchronous,
             busy_timeout=busy_timeout,
             readonly=readonly,
             cache_kib=cache_kib,
+            migrations=migrations,
         )
         try:
             if readonly:
-                from hermes_ledger.ledger.schema import latest_version
-
-                if version < latest_version():
+                if version < len(migrations):
                     raise LedgerError(
                         f"{path} uses an older schema (v{version}) and is opened read-only",
                         hint="open it once read-write (e.g. `hermes-ledger status`) to migrate it",
                     )
             else:
-                migrate(conn, path)
+                migrate(conn, path, migrations)
         except BaseException:
             conn.close()
             raise

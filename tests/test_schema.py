@@ -12,7 +12,13 @@ import pytest
 from hermes_ledger.gateway.hooks.delivery import dead_letters, hook_states
 from hermes_ledger.ledger import Ledger, LedgerError, LedgerTooNewError, NotALedgerError
 from hermes_ledger.ledger.events import SessionEnded, SessionStarted, Source
-from hermes_ledger.ledger.schema import APPLICATION_ID, connect, latest_version, load_migrations
+from hermes_ledger.ledger.schema import (
+    APPLICATION_ID,
+    Migration,
+    connect,
+    latest_version,
+    load_migrations,
+)
 
 
 def _mode(path: Path) -> int:
@@ -141,44 +147,35 @@ def test_readonly_open_of_a_missing_file_creates_nothing(db_path: Path) -> None:
     assert not db_path.exists()
 
 
-def _with_extra_migration(monkeypatch: pytest.MonkeyPatch, sql: str) -> None:
-    """Pretend the code ships one more migration than the file has applied."""
-    from hermes_ledger.ledger import schema
-    from hermes_ledger.ledger.schema import Migration
-
+def _with_extra_migration(sql: str) -> list[Migration]:
+    """The shipped migrations and one more: code newer than a file that has them all."""
     shipped = load_migrations()
-    extra = Migration(len(shipped) + 1, f"{len(shipped) + 1:04d}_extra.sql", sql)
-    monkeypatch.setattr(schema, "load_migrations", lambda: [*shipped, extra])
+    return [*shipped, Migration(len(shipped) + 1, f"{len(shipped) + 1:04d}_extra.sql", sql)]
 
 
-def test_an_older_ledger_is_migrated_on_open(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_older_ledger_is_migrated_on_open(db_path: Path) -> None:
     with Ledger.open(db_path) as led:
         led.append("k", [SessionStarted(session_id="s", source=Source(platform="cli"))])
-    _with_extra_migration(
-        monkeypatch, "CREATE TABLE extra (x INTEGER) STRICT;\nCREATE INDEX extra_x ON extra (x);"
+    migrations = _with_extra_migration(
+        "CREATE TABLE extra (x INTEGER) STRICT;\nCREATE INDEX extra_x ON extra (x);"
     )
-    with Ledger.open(db_path) as led:
+    with Ledger.open(db_path, migrations=migrations) as led:
         conn = led.connection
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(load_migrations()) + 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(migrations)
         names = [r[0] for r in conn.execute("SELECT name FROM ledger_migrations ORDER BY version")]
         assert names[-1].endswith("_extra.sql")
         assert conn.execute("SELECT name FROM sqlite_schema WHERE name = 'extra_x'").fetchone()
         assert led.head() == 1 and led.verify().ok
 
 
-def test_a_failing_migration_changes_nothing(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failing_migration_changes_nothing(db_path: Path) -> None:
     with Ledger.open(db_path):
         pass
-    _with_extra_migration(
-        monkeypatch, "CREATE TABLE half (x INTEGER) STRICT;\nSELECT * FROM no_such_table;"
+    migrations = _with_extra_migration(
+        "CREATE TABLE half (x INTEGER) STRICT;\nSELECT * FROM no_such_table;"
     )
     with pytest.raises(LedgerError, match="no such table"):
-        Ledger.open(db_path)
-    monkeypatch.undo()
+        Ledger.open(db_path, migrations=migrations)
     with Ledger.open(db_path) as led:
         conn = led.connection
         assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_version()
