@@ -8,10 +8,7 @@ import gzip
 import io
 import json
 import os
-import pty
-import select
 import sqlite3
-import subprocess
 import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from helpers import ManualClock, installed_script
+from click.testing import Result
+from helpers import ManualClock, installed_script, run_on_terminal
 
 from hermes_ledger import projections
 from hermes_ledger.ledger import Ledger, LedgerError
@@ -399,19 +396,6 @@ def test_export_streams_in_constant_memory(db_path: Path, tmp_path: Path) -> Non
 # -- the command -------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    from hermes_ledger.gateway.cli import cli as ledger_cli
-
-    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
-
-    def run(*args: str, input: bytes | str | None = None) -> Result:
-        return CliRunner().invoke(ledger_cli, [*args], input=input)
-
-    return run
-
-
 def test_cli_exports_jsonl_to_stdout(
     filled: Ledger, db_path: Path, cli: Callable[..., Result]
 ) -> None:
@@ -479,27 +463,8 @@ def test_a_progress_bar_when_stderr_is_a_terminal(
     filled: Ledger, db_path: Path, tmp_path: Path
 ) -> None:
     target = tmp_path / "p.jsonl"
-    leader, follower = pty.openpty()
-    try:
-        done = subprocess.run(
-            [installed_script(), "export", "--db", str(db_path), "-o", str(target)],
-            stdout=subprocess.PIPE,
-            stderr=follower,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        os.close(follower)
-    shown = b""
-    try:
-        while select.select([leader], [], [], 1.0)[0]:
-            chunk = os.read(leader, 65536)
-            if not chunk:
-                break
-            shown += chunk
-    except OSError:  # EIO: the terminal's other end is closed and drained
-        pass
-    finally:
-        os.close(leader)
+    done, shown = run_on_terminal(
+        [installed_script(), "export", "--db", str(db_path), "-o", str(target)], "stderr"
+    )
     assert (done.returncode, done.stdout) == (0, f"Exported 8 events (positions 1-8) to {target}\n")
     assert b"Exporting" in shown and b"100%" in shown, shown

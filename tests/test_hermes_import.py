@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pty
-import select
 import shutil
 import sqlite3
 import subprocess
@@ -19,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from helpers import ManualClock, installed_script
+from helpers import ManualClock, installed_script, run_on_terminal
 from hermes_fixture import (
     T0,
     HermesFixture,
@@ -742,28 +739,9 @@ def test_imports_running_at_once_write_each_event_once(home: StandardHome, tmp_p
 def test_a_progress_bar_when_stderr_is_a_terminal(home: StandardHome, tmp_path: Path) -> None:
     script = installed_script()
     db = tmp_path / "tty.db"
-    leader, follower = pty.openpty()
-    try:
-        done = subprocess.run(
-            [script, "import", "--from-hermes", str(home.path), "--db", str(db)],
-            stdout=subprocess.PIPE,
-            stderr=follower,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        os.close(follower)
-    shown = b""
-    try:
-        while select.select([leader], [], [], 1.0)[0]:
-            chunk = os.read(leader, 65536)
-            if not chunk:
-                break
-            shown += chunk
-    except OSError:  # EIO: the terminal's other end is closed and drained
-        pass
-    finally:
-        os.close(leader)
+    done, shown = run_on_terminal(
+        [script, "import", "--from-hermes", str(home.path), "--db", str(db)], "stderr"
+    )
     assert done.returncode == 0
     assert done.stdout.startswith(f"Imported 64 events from {home.path} into {db}")
     assert b"Importing Hermes sessions" in shown and b"100%" in shown, shown

@@ -21,7 +21,6 @@ from typing import Any
 
 import apsw
 import pytest
-from click.testing import CliRunner, Result
 from helpers import ManualClock
 from hook_workers import read_calls, recording_handler, write_hook
 
@@ -461,19 +460,6 @@ def test_an_expired_claim_with_no_attempts_left_is_dead_lettered(
 # -- the command line -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from hermes_ledger.gateway.cli import cli as ledger_cli
-
-    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(ledger_cli, ["hooks", *args])
-
-    return run
-
-
 def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
     cli: Any, led: Ledger, db_path: Path, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
@@ -486,7 +472,7 @@ def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
     dispatcher.deliver()
     (dead,) = dispatcher.dead_letters()
     args = ("--db", str(db_path), "--hooks-dir", str(hooks_dir))
-    result = cli(*args)
+    result = cli("hooks", *args)
     assert result.exit_code == 0, result.output
     broken = hooks_dir / "zz-broken" / "handler.py"
     assert result.output == (
@@ -502,7 +488,7 @@ def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
         f"  {dead.delivery_id}  flaky  session:end  position 1  session s1  1 attempts  "
         f"RuntimeError: the marker {tmp_path / 'ok'} is missing\n"
     )
-    listed = json.loads(cli(*args, "--json").output)
+    listed = json.loads(cli("hooks", *args, "--json").output)
     assert [h["name"] for h in listed["hooks"]] == ["audit", "flaky"]
     assert listed["hooks"][1]["state"] == {
         "hook": "flaky", "checkpoint": 1, "pending": 0, "claimed": 0, "done": 0, "dead": 1,
@@ -511,29 +497,29 @@ def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
         f"{broken}: ")[1].split("\n")[0]}]  # fmt: skip
     assert [d["delivery_id"] for d in listed["dead_letters"]] == [dead.delivery_id]
 
-    refused = cli("retry", "--db", str(db_path), "nope")
+    refused = cli("hooks", "retry", "--db", str(db_path), "nope")
     assert (refused.exit_code, refused.output) == (
         1,
         "Error: not dead letters: nope (no such delivery)\n"
         "Try: list dead letters with `hermes-ledger hooks`\n",
     )
-    result = cli("retry", "--db", str(db_path), dead.delivery_id)
+    result = cli("hooks", "retry", "--db", str(db_path), dead.delivery_id)
     assert (result.exit_code, result.output) == (
         0, f"Re-queued 1 dead letter:\n  {dead.delivery_id}\n",
     )  # fmt: skip
     assert dispatcher.dead_letters() == []
-    result = cli("--db", str(db_path), "retry", "--json")
+    result = cli("hooks", "--db", str(db_path), "retry", "--json")
     assert (result.exit_code, json.loads(result.output)) == (0, {"requeued": []})
 
 
 def test_cli_without_hooks_or_ledger(cli: Any, tmp_path: Path) -> None:
-    result = cli("--db", str(tmp_path / "none.db"))
+    result = cli("hooks", "--db", str(tmp_path / "none.db"))
     assert (result.exit_code, result.output) == (
         0,
         f"No hooks in {tmp_path / 'home' / 'hooks'}.\nNo dead letters.\n",
     )
     assert not (tmp_path / "none.db").exists()
-    result = cli("retry", "--db", str(tmp_path / "none.db"))
+    result = cli("hooks", "retry", "--db", str(tmp_path / "none.db"))
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: there is no ledger at {tmp_path / 'none.db'}\n")
 
