@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from helpers import ManualClock
+from helpers import ManualClock, next_line
 
 from hermes_ledger import projections
 from hermes_ledger.gateway import GatewayConfig, Platform, ResetPolicy, SessionSource
@@ -300,6 +299,7 @@ def flusher(context, transcript):
 with Ledger.open(db) as led:
     config = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
     scheduler = Scheduler(led, config, flusher=flusher, batch=10)
+    print("ready", flush=True)
     while not go.exists():
         pass
     for _ in range(5):
@@ -323,8 +323,11 @@ def test_two_scheduler_processes_never_close_or_flush_a_session_twice(
         )
         for _ in range(2)
     ]
-    time.sleep(0.5)
-    go.touch()
+    try:
+        for proc in procs:  # wait until each one is at the barrier
+            assert next_line(proc) == "ready\n"
+    finally:
+        go.touch()  # (releasing the others too if one failed)
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     with Ledger.open(db_path) as led:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ManualClock
+from helpers import ManualClock, next_line
 
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
 from hermes_ledger.gateway.sessions.closing import FlushContext
@@ -293,6 +293,7 @@ with Ledger.open(db) as led:
     config = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
     store = SessionStore(led, config, lambda: later)
     source = SessionSource(platform="telegram", chat_id="99", chat_type="dm")
+    print("ready", flush=True)
     while not go.exists():
         time.sleep(0.001)
     print(store.get_or_create_session(source).session_id)
@@ -314,8 +315,11 @@ def test_two_processes_racing_on_an_expired_key_start_one_session(
         )
         for _ in range(4)
     ]
-    time.sleep(0.5)  # let all four reach the barrier
-    go.touch()
+    try:
+        for racer in racers:  # wait until each one is at the barrier
+            assert next_line(racer) == "ready\n"
+    finally:
+        go.touch()  # (releasing the others too if one failed)
     results = [r.communicate(timeout=60) for r in racers]
     assert all(r.returncode == 0 for r in racers), results
     ids = {out.strip() for out, _ in results}
