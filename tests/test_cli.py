@@ -53,7 +53,7 @@ def test_status_prints_what_the_ledger_holds(tmp_path: Path, cli: Callable[..., 
     lines = result.output.splitlines()
     assert lines[:7] == [
         f"ledger:      {db}",
-        "schema:      v1 (up to date)",
+        "schema:      v2 (up to date)",
         "events:      2 (head position 2)",
         "streams:     2",
         "sessions:    2",
