@@ -28,7 +28,7 @@ from hermes_ledger.gateway.config.paths import default_hooks_dir, hermes_home
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
 from hermes_ledger.gateway.scheduler.runner import Runner
 from hermes_ledger.gateway.scheduler.ticks import Scheduler
-from hermes_ledger.gateway.sessions.flush import Flusher
+from hermes_ledger.gateway.sessions.closing import Flusher
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger

@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from hermes_ledger.gateway.config.files import ConfigError
-from hermes_ledger.gateway.sessions.flush import Flusher
+from hermes_ledger.gateway.sessions.closing import Flusher
 
 __all__ = ["FLUSHER_ENTRY_POINTS", "load_flusher"]
 
