@@ -1,6 +1,6 @@
 """Append throughput: the ledger against raw apsw and the eventsourcing library.
 
-One run prints one table of events/s, then the ratios DESIGN.md ("Performance") sets
+One run prints one table of events/s, then the ratios docs/design.md ("Performance") sets
 targets for:
 
   (a) raw apsw INSERT into the 0001_events.sql table, one event per BEGIN IMMEDIATE…COMMIT

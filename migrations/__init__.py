@@ -1,1 +1,1 @@
-"""Numbered SQL migrations for the ledger, applied in order by ``ledger.schema``."""
+"""Numbered SQL migrations for the ledger, applied in order by ``hermes_ledger.ledger.schema``."""

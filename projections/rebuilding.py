@@ -38,7 +38,6 @@ from hermes_ledger.projections.replay import (
     save_checkpoint,
     table_exists,
 )
-from hermes_ledger.projections.tables import TableSpec
 from hermes_ledger.projections.views import ensure_views
 
 __all__ = ["DEFAULT_CHUNK", "RebuildReport", "lease", "rebuild", "rebuild_outdated"]
@@ -177,18 +176,6 @@ def _chunk_work(
     return work
 
 
-def _carry_over(conn: apsw.Connection, table: TableSpec) -> None:
-    """Copy columns not derived from the log (e.g. next_deadline) into the fresh table."""
-    if not table.unverified or not table_exists(conn, table.name):
-        return
-    assignments = ", ".join(f"{quote_ident(c)} = o.{quote_ident(c)}" for c in table.unverified)
-    match = " AND ".join(f"o.{quote_ident(c)} IS n.{quote_ident(c)}" for c in table.carry_match)
-    conn.execute(
-        f"UPDATE {NEXT.table(table.name)} AS n SET {assignments}"
-        f" FROM {LIVE.table(table.name)} AS o WHERE {match}"
-    )
-
-
 def _swap_work(
     token: str, chosen: tuple[Projection, ...], built: int
 ) -> Callable[[apsw.Connection], int]:
@@ -196,9 +183,6 @@ def _swap_work(
         _check_lease(conn, token)
         position = head(conn)
         replay_range(conn, chosen, NEXT, built + 1, position)
-        for projection in chosen:
-            for table in projection.data_tables:
-                _carry_over(conn, table)
         legacy = scalar(conn, "PRAGMA legacy_alter_table")
         # Legacy mode: renaming does not re-check (or rewrite) every view and trigger in
         # the schema; the views name the canonical tables, which exist again at commit.

@@ -39,8 +39,7 @@ Row = dict[str, Any]
 class State:
     """The projections as of ``position``: ``session_map`` by session key,
     ``session_history`` by session id, and ``transcripts`` (messages in order) by
-    session id. Rows are plain dicts of the tables' columns, except the columns a
-    replay cannot know (``session_map.next_deadline``)."""
+    session id. Rows are plain dicts of the tables' columns."""
 
     position: int
     session_map: dict[str, Row]
@@ -94,7 +93,7 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _rows(conn: apsw.Connection, target: Target, table: TableSpec) -> list[Row]:
-    columns = table.verified_columns
+    columns = table.columns
     listed = ", ".join(quote_ident(c) for c in columns)
     sql = f"SELECT {listed} FROM {target.table(table.name)} ORDER BY {quote_ident(table.key)}"
     return [dict(zip(columns, row, strict=True)) for row in conn.execute(sql)]

@@ -37,9 +37,8 @@ __all__ = [
 class TableSpec:
     """One projection table.
 
-    ``columns`` lists every column in DDL order; ``key`` names the primary key;
-    ``unverified`` are columns not derived from the log (verify skips them, and a
-    rebuild carries them over to rows that agree on ``carry_match``);
+    ``columns`` lists every column in DDL order (all derived from the log, so verify
+    compares every one); ``key`` names the primary key;
     ``indexes`` are ``(name, "(columns) [WHERE …]")``.
     ``fts`` marks an FTS5 index, which has no columns of its own to compare.
     """
@@ -49,8 +48,6 @@ class TableSpec:
     columns: tuple[str, ...] = ()
     key: str = ""
     indexes: tuple[tuple[str, str], ...] = ()
-    unverified: tuple[str, ...] = ()
-    carry_match: tuple[str, ...] = ()
     fts: bool = False
 
     def create_sql(self, target: Target) -> str:
@@ -61,10 +58,6 @@ class TableSpec:
             f"CREATE INDEX {target.index(index)} ON {target.bare(self.name)} {spec}"
             for index, spec in self.indexes
         ]
-
-    @property
-    def verified_columns(self) -> tuple[str, ...]:
-        return tuple(c for c in self.columns if c not in self.unverified)
 
 
 _TOKENS = """

@@ -6,7 +6,7 @@ scheduler and delivers hooks in a loop on a simulated clock (one real second is
 ten simulated minutes, anchored in HOME/anchor so restarts continue the same
 timeline) until killed, or until every session is closed when ``--drain``.
 
-``seed`` writes the workload; ``check`` asserts invariants 5 and 6 of DESIGN.md
+``seed`` writes the workload; ``check`` asserts invariants 5 and 6 of docs/design.md
 and returns the redelivery count.
 """
 

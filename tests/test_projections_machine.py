@@ -4,7 +4,7 @@ Sessions start, talk, record usage, get reset or expire, flush (ok or failed),
 end and start again, sometimes in one append (an auto-reset), sometimes through
 a process without projections attached, with rebuilds in between. After every
 step the live tables must match a model of the gateway and the invariants of
-DESIGN.md; at the end the live tables must equal a rebuild and a verify, and
+docs/design.md; at the end the live tables must equal a rebuild and a verify, and
 state_at must give back the live tables as they were at sampled positions.
 """
 

@@ -1,7 +1,7 @@
 """``hermes-ledger hooks``: list hooks, their problems and dead letters; re-queue them.
 
 Each command parses its options, calls one library function from
-``gateway.hook_delivery`` and prints the result.
+``gateway.hooks`` and prints the result.
 """
 
 from __future__ import annotations

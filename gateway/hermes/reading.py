@@ -6,7 +6,7 @@ gateway's key → session mapping in the ``gateway_routing`` table (mirrored in 
 legacy ``sessions/sessions.json``). ``open_hermes_home`` checks that a path is such
 a home and opens one consistent, read-only snapshot of its ``state.db``; the
 ``HermesHome`` it returns reads sessions, messages and routes from that snapshot.
-The Hermes files are never written. ``gateway.hermes_import`` turns what is read
+The Hermes files are never written. ``hermes.importing`` turns what is read
 into ledger events.
 """
 
@@ -344,7 +344,7 @@ def _check_schema(conn: apsw.Connection, state_db: Path) -> None:
             )
 
 
-# -- values as SQLite holds them (gateway.hermes_import uses these too) ------------
+# -- values as SQLite holds them (hermes.importing uses these too) ------------
 
 
 def _text(value: object) -> str | None:

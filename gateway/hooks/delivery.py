@@ -17,7 +17,7 @@ delivered to each subscribed hook as ``session:start``, ``session:reset`` and
 A trigger refuses a delivery that does not name a session event of the log, so a
 hook is never told about a session end that did not happen. ``DeliveryQueue`` is
 the one interface over these tables (every statement is below, with bindings);
-``gateway.hooks.HookDispatcher`` drives it and calls the handlers.
+``hooks.dispatch.HookDispatcher`` drives it and calls the handlers.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A ``SessionSource`` names one conversation on one platform: the chat, its type
 (``dm``, ``group``, ``channel`` or ``thread``), the sender, and the thread or
-topic inside the chat. Session keys (``gateway.keys``) are derived from it, and
+topic inside the chat. Session keys (``sessions.keys``) are derived from it, and
 its dictionary form (``to_dict`` / ``from_dict``) is the one Hermes stores as a
 session's ``origin``, so sources round-trip between the two.
 
