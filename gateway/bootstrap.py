@@ -18,9 +18,11 @@ which is how the demo runs under its own policies and hooks.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from typing import TypedDict, Unpack
 
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
@@ -34,13 +36,25 @@ from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, system_clock
 
-__all__ = ["Gateway", "build_gateway", "open_gateway"]
+__all__ = ["Gateway", "GatewayParts", "build_gateway", "open_gateway"]
 
 
-@dataclass
+class GatewayParts(TypedDict, total=False):
+    """What ``build_gateway`` / ``open_gateway`` may be given instead of reading it."""
+
+    home: str | os.PathLike[str] | None
+    hooks_dir: str | os.PathLike[str] | None
+    config: GatewayConfig | None
+    settings: RunnerSettings | None
+    hooks: HookRegistry | None
+    clock: Clock | None
+    flusher: Flusher | None
+
+
+@dataclass(frozen=True)
 class Gateway:
-    """The gateway side over one open ledger. ``scheduler`` and ``dispatcher`` are
-    the runner's own; closing the gateway closes the ledger if it opened it."""
+    """The gateway side over one open ledger; ``scheduler`` and ``dispatcher`` are
+    the runner's own."""
 
     ledger: Ledger
     config: GatewayConfig
@@ -48,7 +62,6 @@ class Gateway:
     hooks: HookRegistry
     store: SessionStore
     runner: Runner
-    _owns_ledger: bool = False
 
     @property
     def scheduler(self) -> Scheduler:
@@ -58,47 +71,24 @@ class Gateway:
     def dispatcher(self) -> HookDispatcher:
         return self.runner.dispatcher
 
-    def close(self) -> None:
-        if self._owns_ledger:
-            self.ledger.close()
 
-    def __enter__(self) -> Gateway:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def build_gateway(
-    ledger: Ledger,
-    *,
-    home: str | os.PathLike[str] | None = None,
-    hooks_dir: str | os.PathLike[str] | None = None,
-    config: GatewayConfig | None = None,
-    settings: RunnerSettings | None = None,
-    hooks: HookRegistry | None = None,
-    clock: Clock | None = None,
-    flusher: Flusher | None = None,
-) -> Gateway:
+def build_gateway(ledger: Ledger, **parts: Unpack[GatewayParts]) -> Gateway:
     """Wire store, scheduler, hooks and runner over an open ``ledger``.
 
     ``home`` is the Hermes home to read (default ``$HERMES_HOME``); its hooks live
-    in ``hooks_dir`` (default ``<home>/hooks``). What is passed explicitly is used
-    as given and not read from the home.
+    in ``hooks_dir`` (default ``<home>/hooks``). ``config``, ``settings``, ``hooks``
+    and ``flusher`` that are passed are used as given, not read from the home.
     """
+    home = parts.get("home")
     root = hermes_home() if home is None else Path(home)
-    clock = clock or system_clock
-    if config is None:
-        config = GatewayConfig.load(root)
-    if settings is None:
-        settings = RunnerSettings.load(root)
+    clock = parts.get("clock") or system_clock
+    config = parts.get("config") or GatewayConfig.load(root)
+    settings = parts.get("settings") or RunnerSettings.load(root)
+    hooks = parts.get("hooks")
     if hooks is None:
+        hooks_dir = parts.get("hooks_dir")
         hooks = HookRegistry.discover(default_hooks_dir(root) if hooks_dir is None else hooks_dir)
+    flusher = parts.get("flusher")
     if flusher is None and settings.flusher:
         flusher = load_flusher(settings.flusher)
     store = SessionStore(
@@ -108,27 +98,9 @@ def build_gateway(
     return Gateway(ledger, config, settings, hooks, store, runner)
 
 
-def open_gateway(
-    db: str | os.PathLike[str],
-    *,
-    home: str | os.PathLike[str] | None = None,
-    hooks_dir: str | os.PathLike[str] | None = None,
-    config: GatewayConfig | None = None,
-    settings: RunnerSettings | None = None,
-    hooks: HookRegistry | None = None,
-    clock: Clock | None = None,
-    flusher: Flusher | None = None,
-) -> Gateway:
-    """Open the ledger at ``db`` and build the gateway over it (see ``build_gateway``);
-    use it as a context manager so the ledger is closed."""
-    ledger = Ledger.open(db, clock=clock)
-    try:
-        gateway = build_gateway(
-            ledger, home=home, hooks_dir=hooks_dir, config=config, settings=settings,
-            hooks=hooks, clock=clock, flusher=flusher,
-        )  # fmt: skip
-    except BaseException:
-        ledger.close()
-        raise
-    gateway._owns_ledger = True
-    return gateway
+@contextmanager
+def open_gateway(db: str | os.PathLike[str], **parts: Unpack[GatewayParts]) -> Iterator[Gateway]:
+    """Open the ledger at ``db``, build the gateway over it (see ``build_gateway``),
+    and close the ledger when the ``with`` block ends."""
+    with Ledger.open(db, clock=parts.get("clock")) as ledger:
+        yield build_gateway(ledger, **parts)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -51,11 +53,14 @@ def _home(config_home: Path | None) -> Path:
     return config_home
 
 
-def _gateway(db: Path | None, config_home: Path | None, hooks_dir: Path | None) -> Gateway:
-    gateway = open_gateway(resolve_ledger_path(db), home=_home(config_home), hooks_dir=hooks_dir)
-    for problem in gateway.hooks.problems:
-        click.echo(f"Warning: {problem}", err=True)
-    return gateway
+@contextmanager
+def _gateway(
+    db: Path | None, config_home: Path | None, hooks_dir: Path | None
+) -> Iterator[Gateway]:
+    with open_gateway(resolve_ledger_path(db), home=_home(config_home), hooks_dir=hooks_dir) as gw:
+        for problem in gw.hooks.problems:
+            click.echo(f"Warning: {problem}", err=True)
+        yield gw
 
 
 @click.command("tick")
