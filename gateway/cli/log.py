@@ -26,6 +26,7 @@ from hermes_ledger.gateway.cli.output import (
     print_table,
     progress_bar,
 )
+from hermes_ledger.gateway.config import paths
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.ledger import Ledger, LedgerError, Recorded
 from hermes_ledger.ledger.events import json_schema
@@ -33,7 +34,7 @@ from hermes_ledger.ledger.export import FORMATS, export
 from hermes_ledger.ledger.query import EventFilter, list_events, parse_time, run_sql
 from hermes_ledger.ledger.restore import import_jsonl
 
-__all__ = ["events_cmd", "export_cmd", "import_cmd", "schema_cmd", "sql_cmd"]
+__all__ = ["backfill_cmd", "events_cmd", "export_cmd", "import_cmd", "schema_cmd", "sql_cmd"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -234,24 +235,9 @@ def import_cmd(
     Problems that leave something out are printed as warnings on stderr.
     """
     if hermes_home is not None:
-        from hermes_ledger.gateway.hermes.importing import import_hermes_home, open_hermes_home
-
         if source is not None:
             raise click.UsageError("give either SOURCE or --from-hermes, not both")
-        # A path that is not a Hermes home is refused before the ledger is touched.
-        with (
-            open_hermes_home(hermes_home) as home,
-            Ledger.open(resolve_ledger_path(db)) as led,
-            progress_bar("Importing Hermes sessions") as progress,
-        ):
-            report = import_hermes_home(led, home, progress=progress)
-        if as_json:
-            print_json(report.to_dict())
-            return
-        for line in report.summary():
-            click.echo(line)
-        for warning in report.warnings:
-            click.echo(f"Warning: {warning}", err=True)
+        _import_hermes(hermes_home, db, as_json)
         return
     if source is None:
         source = "-"
@@ -280,6 +266,59 @@ def import_cmd(
         f"Imported {result.count} {noun} into {path}; hash chain verified up to "
         f"position {result.last_position} (last hash {result.last_hash})"
     )
+
+
+def _import_hermes(hermes_home: Path, db: Path | None, as_json: bool) -> None:
+    """``import --from-hermes`` and ``backfill``: import a Hermes home, print the report."""
+    from hermes_ledger.gateway.hermes.importing import import_hermes_home, open_hermes_home
+
+    # A path that is not a Hermes home is refused before the ledger is touched.
+    with (
+        open_hermes_home(hermes_home) as home,
+        Ledger.open(resolve_ledger_path(db)) as led,
+        progress_bar("Importing Hermes sessions") as progress,
+    ):
+        report = import_hermes_home(led, home, progress=progress)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    for line in report.summary():
+        click.echo(line)
+    for warning in report.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+
+
+# -- backfill --------------------------------------------------------------------
+
+
+@click.command("backfill")
+@db_option
+@json_option
+@reports_errors
+def backfill_cmd(db: Path | None, as_json: bool) -> None:
+    """Import this Hermes home's history from before the plugin.
+
+    \b
+    The same as `hermes-ledger import --from-hermes $HERMES_HOME`: reads the
+    home's state.db (never writing it) and appends its sessions, messages, usage
+    and ends to the ledger. With the plugin enabled, `hermes ledger backfill`
+    (or `hermes -p PROFILE ledger backfill`) imports the home Hermes is using.
+    Running it again appends only what is new.
+    """
+    from hermes_ledger.gateway.hermes.importing import HermesImportError
+
+    home = paths.hermes_home()
+    try:
+        _import_hermes(home, db, as_json)
+    except HermesImportError as exc:
+        if exc.hint != HermesImportError.hint:
+            raise
+        # The generic hint is about --from-hermes PATH; here the path is the home in use.
+        raise LedgerError(
+            str(exc),
+            hint="run it in the Hermes home whose history to import: set HERMES_HOME, or "
+            "`hermes -p PROFILE ledger backfill` (Hermes creates state.db when it first runs)",
+        ) from None
 
 
 # -- sql -------------------------------------------------------------------------

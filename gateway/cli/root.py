@@ -33,6 +33,7 @@ for _command in (
     log.events_cmd,
     log.export_cmd,
     log.import_cmd,
+    log.backfill_cmd,
     log.sql_cmd,
     log.schema_cmd,
     sessions.sessions_cmd,

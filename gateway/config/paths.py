@@ -1,17 +1,40 @@
 """Where things live: ``$HERMES_HOME`` (default ``~/.hermes``), the default ledger
-and the default hooks directory. ``HERMES_HOME`` is read here and nowhere else."""
+and the default hooks directories. ``HERMES_HOME`` is read here and nowhere else."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-__all__ = ["default_hooks_dir", "default_ledger_path", "hermes_home", "resolve_ledger_path"]
+__all__ = [
+    "default_hooks_dir",
+    "default_ledger_hooks_dir",
+    "default_ledger_path",
+    "hermes_home",
+    "resolve_ledger_path",
+]
 
 
 def hermes_home() -> Path:
-    """``$HERMES_HOME``, or ``~/.hermes``."""
-    value = os.environ.get("HERMES_HOME")
+    """``$HERMES_HOME``, or ``~/.hermes``.
+
+    Inside a Hermes process (``hermes ledger …``, the plugin in the gateway) this
+    is Hermes's own answer, ``hermes_constants.get_hermes_home()``: Hermes applies
+    ``-p PROFILE`` by setting ``HERMES_HOME`` before anything runs, and may also
+    scope a task to another home with a context-local override that only its
+    function sees. Hermes is consulted only when it is already imported, so the
+    standalone ``hermes-ledger`` never imports it (its function logs a warning to
+    Hermes's errors.log in some cases); both read a blank ``HERMES_HOME`` as unset.
+    """
+    hermes = sys.modules.get("hermes_constants")
+    get_home = getattr(hermes, "get_hermes_home", None)
+    if get_home is not None:
+        try:
+            return Path(get_home())  # exactly where Hermes keeps state.db
+        except Exception:  # an older or broken Hermes: fall back to the variable
+            pass
+    value = os.environ.get("HERMES_HOME", "").strip()
     return Path(value).expanduser() if value else Path.home() / ".hermes"
 
 
@@ -23,6 +46,13 @@ def default_ledger_path() -> Path:
 def default_hooks_dir(home: Path | None = None) -> Path:
     """``<home>/hooks``, by default ``$HERMES_HOME/hooks``."""
     return (hermes_home() if home is None else home) / "hooks"
+
+
+def default_ledger_hooks_dir(home: Path | None = None) -> Path:
+    """``<home>/ledger-hooks``, by default ``$HERMES_HOME/ledger-hooks``: the hooks
+    the ledger delivers when it runs as a plugin inside Hermes, whose gateway
+    delivers ``<home>/hooks`` itself."""
+    return (hermes_home() if home is None else home) / "ledger-hooks"
 
 
 def resolve_ledger_path(db: str | os.PathLike[str] | None) -> Path:
