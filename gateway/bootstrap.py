@@ -26,7 +26,7 @@ from typing import TypedDict, Unpack
 
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
-from hermes_ledger.gateway.config.paths import default_hooks_dir, hermes_home
+from hermes_ledger.gateway.config.paths import delivered_hooks_dir, hermes_home
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
 from hermes_ledger.gateway.scheduler.runner import Runner
 from hermes_ledger.gateway.scheduler.ticks import Scheduler
@@ -76,8 +76,10 @@ def build_gateway(ledger: Ledger, **parts: Unpack[GatewayParts]) -> Gateway:
     """Wire store, scheduler, hooks and runner over an open ``ledger``.
 
     ``home`` is the Hermes home to read (default ``$HERMES_HOME``); its hooks live
-    in ``hooks_dir`` (default ``<home>/hooks``). ``config``, ``settings``, ``hooks``
-    and ``flusher`` that are passed are used as given, not read from the home.
+    in ``hooks_dir`` (default ``<home>/hooks``, or ``<home>/ledger-hooks`` when the
+    Hermes plugin is enabled there, as Hermes's gateway then delivers ``hooks``).
+    ``config``, ``settings``, ``hooks`` and ``flusher`` that are passed are used as
+    given, not read from the home.
     """
     home = parts.get("home")
     root = hermes_home() if home is None else Path(home)
@@ -87,7 +89,7 @@ def build_gateway(ledger: Ledger, **parts: Unpack[GatewayParts]) -> Gateway:
     hooks = parts.get("hooks")
     if hooks is None:
         hooks_dir = parts.get("hooks_dir")
-        hooks = HookRegistry.discover(default_hooks_dir(root) if hooks_dir is None else hooks_dir)
+        hooks = HookRegistry.discover(delivered_hooks_dir(root) if hooks_dir is None else hooks_dir)
     flusher = parts.get("flusher")
     if flusher is None and settings.flusher:
         flusher = load_flusher(settings.flusher)

@@ -13,7 +13,7 @@ import click
 from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
 from hermes_ledger.gateway.cli.output import print_json
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
-from hermes_ledger.gateway.hooks import HooksOverview, hooks_overview
+from hermes_ledger.gateway.hooks import HermesSideHook, HooksOverview, hooks_overview
 from hermes_ledger.gateway.hooks.delivery import requeue_dead_letters
 from hermes_ledger.ledger import Ledger
 
@@ -22,7 +22,8 @@ __all__ = ["hooks_group", "retry_cmd"]
 hooks_dir_option = click.option(
     "--hooks-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where hooks live (one directory each). Default: $HERMES_HOME/hooks.",
+    help="Where the hooks the ledger delivers live (one directory each). Default:"
+    " $HERMES_HOME/hooks, or $HERMES_HOME/ledger-hooks when the Hermes plugin is enabled.",
 )
 
 
@@ -31,8 +32,11 @@ def _one_line(text: str | None) -> str:
 
 
 def _print_overview(ov: HooksOverview) -> None:
+    # With the plugin enabled, Hermes's gateway delivers $HERMES_HOME/hooks itself:
+    # say which side delivers what.
+    side = " (delivered by the ledger)" if ov.plugin_enabled else ""
     if ov.hooks:
-        click.echo(f"Hooks in {ov.hooks_dir}:")
+        click.echo(f"Hooks in {ov.hooks_dir}{side}:")
         width = max(len(h.name) for h in ov.hooks)
         for hook in ov.hooks:
             state = ov.states.get(hook.name)
@@ -46,20 +50,35 @@ def _print_overview(ov: HooksOverview) -> None:
             if hook.description:
                 click.echo(f"  {'':<{width}}  {_one_line(hook.description)}")
     else:
-        click.echo(f"No hooks in {ov.hooks_dir}.")
+        click.echo(f"No hooks in {ov.hooks_dir}{side}.")
     if ov.problems:
         click.echo("Skipped:")
         for problem in ov.problems:
             click.echo(f"  {problem}")
     if not ov.dead_letters:
         click.echo("No dead letters.")
+    else:
+        click.echo("Dead letters (re-queue with `hermes-ledger hooks retry [DELIVERY_ID...]`):")
+        for d in ov.dead_letters:
+            click.echo(
+                f"  {d.delivery_id}  {d.hook}  {d.event_type}  position {d.position}"
+                f"  session {d.session_id}  {d.attempts} attempts  {_one_line(d.last_error)}"
+            )
+    if ov.hermes_hooks_dir is not None:
+        _print_hermes_side(ov.hermes_hooks_dir, ov.hermes_hooks)
+
+
+def _print_hermes_side(hooks_dir: Path, hooks: tuple[HermesSideHook, ...]) -> None:
+    side = "delivered by Hermes's gateway, not the ledger"
+    if not hooks:
+        click.echo(f"No hooks in {hooks_dir} ({side}).")
         return
-    click.echo("Dead letters (re-queue with `hermes-ledger hooks retry [DELIVERY_ID...]`):")
-    for d in ov.dead_letters:
-        click.echo(
-            f"  {d.delivery_id}  {d.hook}  {d.event_type}  position {d.position}"
-            f"  session {d.session_id}  {d.attempts} attempts  {_one_line(d.last_error)}"
-        )
+    click.echo(f"Hooks in {hooks_dir} ({side}):")
+    width = max(len(h.name) for h in hooks)
+    for hook in hooks:
+        click.echo(f"  {hook.name:<{width}}  {', '.join(hook.events)}")
+        if hook.description:
+            click.echo(f"  {'':<{width}}  {_one_line(hook.description)}")
 
 
 @click.group("hooks", invoke_without_command=True)
@@ -75,6 +94,12 @@ def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_
     A hook is a directory under $HERMES_HOME/hooks with HOOK.yaml (name,
     description, events) and handler.py (handle(event_type, context)). Listing
     imports each handler to check that it loads.
+
+    \b
+    With the ledger plugin enabled in Hermes (`hermes plugins enable ledger`),
+    Hermes's gateway delivers $HERMES_HOME/hooks itself and the ledger delivers
+    $HERMES_HOME/ledger-hooks; both are listed, each saying who delivers it
+    (Hermes's are read from HOOK.yaml, their handlers are not imported).
     """
     ctx.ensure_object(dict)
     ctx.obj.update(db=db, as_json=as_json)

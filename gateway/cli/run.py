@@ -36,7 +36,8 @@ config_option = click.option(
 hooks_option = click.option(
     "--hooks-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where hooks live. Default: $HERMES_HOME/hooks.",
+    help="Where hooks live. Default: $HERMES_HOME/hooks, or $HERMES_HOME/ledger-hooks"
+    " when the Hermes plugin is enabled (Hermes delivers hooks/ then).",
 )
 
 

@@ -17,8 +17,11 @@ import yaml
 
 from hermes_ledger.ledger.errors import LedgerError
 
-__all__ = ["ConfigError", "config_yaml_path", "gateway_json_path", "read_config_yaml",
-           "read_gateway_json"]  # fmt: skip
+__all__ = ["PLUGIN_NAME", "ConfigError", "config_yaml_path", "gateway_json_path",
+           "ledger_plugin_enabled", "read_config_yaml", "read_gateway_json"]  # fmt: skip
+
+PLUGIN_NAME = "ledger"
+"""The name Hermes knows the plugin by (the ``hermes_agent.plugins`` entry point)."""
 
 
 class ConfigError(LedgerError, ValueError):
@@ -73,3 +76,18 @@ def read_gateway_json(home: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: not valid JSON: {err}") from None
     return _top_level(data or {}, path)
+
+
+def ledger_plugin_enabled(home: Path) -> bool:
+    """Whether Hermes loads the ledger plugin in ``home``: ``plugins.enabled`` in
+    ``config.yaml`` names it and ``plugins.disabled`` does not (Hermes lets
+    disabled win), as ``hermes plugins enable ledger`` / ``disable`` write them."""
+    plugins = read_config_yaml(home).get("plugins")
+    if not isinstance(plugins, dict):
+        return False
+
+    def names(key: str) -> list[str]:
+        value = plugins.get(key)
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    return PLUGIN_NAME in names("enabled") and PLUGIN_NAME not in names("disabled")

@@ -7,10 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+from hermes_ledger.gateway.config.files import ledger_plugin_enabled
+
 __all__ = [
     "default_hooks_dir",
     "default_ledger_hooks_dir",
     "default_ledger_path",
+    "delivered_hooks_dir",
     "hermes_home",
     "resolve_ledger_path",
 ]
@@ -53,6 +56,16 @@ def default_ledger_hooks_dir(home: Path | None = None) -> Path:
     the ledger delivers when it runs as a plugin inside Hermes, whose gateway
     delivers ``<home>/hooks`` itself."""
     return (hermes_home() if home is None else home) / "ledger-hooks"
+
+
+def delivered_hooks_dir(home: Path | None = None) -> Path:
+    """The hooks directory the ledger delivers for ``home`` (default
+    ``$HERMES_HOME``): ``ledger-hooks`` when the ledger plugin is enabled there,
+    since Hermes's gateway then delivers ``hooks`` itself; else ``hooks``."""
+    root = hermes_home() if home is None else home
+    return (
+        default_ledger_hooks_dir(root) if ledger_plugin_enabled(root) else default_hooks_dir(root)
+    )
 
 
 def resolve_ledger_path(db: str | os.PathLike[str] | None) -> Path:

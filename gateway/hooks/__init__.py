@@ -20,9 +20,11 @@ from hermes_ledger.gateway.hooks.discovery import (
     load_hook,
 )
 from hermes_ledger.gateway.hooks.dispatch import (
+    HermesSideHook,
     HookDispatcher,
     HooksOverview,
     HookTimeoutError,
+    hermes_side_hooks,
     hooks_overview,
     run_handler,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "HOOK_EVENTS",
     "Delivery",
     "DeliveryReport",
+    "HermesSideHook",
     "Hook",
     "HookDeliveryError",
     "HookDispatcher",
@@ -42,6 +45,7 @@ __all__ = [
     "dead_letters",
     "delivery_id_for",
     "discover_hooks",
+    "hermes_side_hooks",
     "hook_states",
     "hooks_overview",
     "load_hook",

@@ -17,7 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from hermes_ledger.gateway.config.paths import default_hooks_dir
+import yaml
+
+from hermes_ledger.gateway.config.files import ledger_plugin_enabled
+from hermes_ledger.gateway.config.paths import default_hooks_dir, delivered_hooks_dir, hermes_home
 from hermes_ledger.gateway.hooks.delivery import (
     Claim,
     Delivery,
@@ -36,9 +39,11 @@ from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, system_clock
 
 __all__ = [
+    "HermesSideHook",
     "HookDispatcher",
     "HookTimeoutError",
     "HooksOverview",
+    "hermes_side_hooks",
     "hooks_overview",
     "run_handler",
 ]
@@ -222,15 +227,75 @@ class HookDispatcher:
 
 
 @dataclass(frozen=True)
+class HermesSideHook:
+    """A hook in Hermes's own hooks directory, which Hermes's gateway delivers
+    (listed from its HOOK.yaml the way Hermes reads it; its handler is not imported)."""
+
+    name: str
+    events: tuple[str, ...]
+    description: str
+    path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "events": list(self.events),
+            "description": self.description,
+            "path": str(self.path),
+        }
+
+
+def hermes_side_hooks(hooks_dir: Path) -> tuple[HermesSideHook, ...]:
+    """The hooks Hermes's gateway would load from ``hooks_dir``: each subdirectory
+    with HOOK.yaml and handler.py whose manifest is a mapping declaring events
+    (``name`` defaults to the directory's), in name order; others are left out,
+    as Hermes skips them."""
+    found: list[HermesSideHook] = []
+    if not hooks_dir.is_dir():
+        return ()
+    try:
+        entries = sorted(p for p in hooks_dir.iterdir() if p.is_dir())
+    except OSError:
+        return ()
+    for entry in entries:
+        manifest_path, handler = entry / "HOOK.yaml", entry / "handler.py"
+        if not (manifest_path.is_file() and handler.is_file()):
+            continue
+        try:
+            manifest = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if not isinstance(manifest, dict) or not manifest.get("events"):
+            continue
+        events = manifest["events"]
+        events = [events] if isinstance(events, str) else list(events)
+        found.append(
+            HermesSideHook(
+                name=str(manifest.get("name", entry.name)),
+                events=tuple(str(e) for e in events),
+                description=str(manifest.get("description") or ""),
+                path=entry,
+            )
+        )
+    return tuple(found)
+
+
+@dataclass(frozen=True)
 class HooksOverview:
     """What ``hermes-ledger hooks`` shows: the hooks found and the problems met in
-    ``hooks_dir``, each known hook's checkpoint and counts, and the dead letters."""
+    ``hooks_dir`` (the ones the ledger delivers), each known hook's checkpoint and
+    counts, and the dead letters. When the ledger plugin is enabled in the home
+    (``plugin_enabled``), ``hermes_hooks`` are the hooks in ``hermes_hooks_dir``
+    (``$HERMES_HOME/hooks``), which Hermes's gateway delivers, not the ledger."""
 
     hooks_dir: Path
     hooks: tuple[Hook, ...]
     problems: tuple[HookProblem, ...]
     states: dict[str, HookState]
     dead_letters: tuple[Delivery, ...]
+    plugin_enabled: bool = False
+    hermes_hooks_dir: Path | None = None
+    hermes_hooks: tuple[HermesSideHook, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -241,16 +306,31 @@ class HooksOverview:
             ],
             "problems": [p.to_dict() for p in self.problems],
             "dead_letters": [d.to_dict() for d in self.dead_letters],
+            "plugin_enabled": self.plugin_enabled,
+            "hermes_hooks_dir": None
+            if self.hermes_hooks_dir is None
+            else str(self.hermes_hooks_dir),
+            "hermes_hooks": [h.to_dict() for h in self.hermes_hooks],
         }
 
 
 def hooks_overview(
-    hooks_dir: str | os.PathLike[str] | None, ledger_path: str | os.PathLike[str] | None
+    hooks_dir: str | os.PathLike[str] | None,
+    ledger_path: str | os.PathLike[str] | None,
+    *,
+    home: Path | None = None,
 ) -> HooksOverview:
-    """Discover the hooks in ``hooks_dir`` (default ``$HERMES_HOME/hooks``; this
-    imports their handlers) and read their delivery state from the ledger at
-    ``ledger_path``, opened read-only (a missing file means no state yet)."""
-    root = default_hooks_dir() if hooks_dir is None else Path(hooks_dir)
+    """Discover the hooks the ledger delivers in ``hooks_dir`` (this imports their
+    handlers) and read their delivery state from the ledger at ``ledger_path``,
+    opened read-only (a missing file means no state yet).
+
+    ``hooks_dir`` defaults to the home's ``delivered_hooks_dir``: ``hooks`` or,
+    with the ledger plugin enabled in ``home`` (default ``$HERMES_HOME``),
+    ``ledger-hooks``; the home's ``hooks`` are then listed as Hermes's.
+    """
+    root_home = hermes_home() if home is None else home
+    enabled = ledger_plugin_enabled(root_home)
+    root = delivered_hooks_dir(root_home) if hooks_dir is None else Path(hooks_dir)
     registry = HookRegistry.discover(root)
     states: list[HookState] = []
     dead: list[Delivery] = []
@@ -258,6 +338,14 @@ def hooks_overview(
         with Ledger.open(ledger_path, readonly=True) as ledger:
             states = hook_states(ledger)
             dead = dead_letters(ledger)
+    hermes_dir = default_hooks_dir(root_home) if enabled else None
     return HooksOverview(
-        root, registry.hooks, registry.problems, {s.hook: s for s in states}, tuple(dead)
+        root,
+        registry.hooks,
+        registry.problems,
+        {s.hook: s for s in states},
+        tuple(dead),
+        plugin_enabled=enabled,
+        hermes_hooks_dir=hermes_dir,
+        hermes_hooks=() if hermes_dir is None else hermes_side_hooks(hermes_dir),
     )
