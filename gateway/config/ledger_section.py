@@ -8,6 +8,9 @@
       hook_attempts: 5                  # then dead-lettered
       hook_timeout: 10                  # seconds per hook call
       tick_interval: 30                 # seconds between passes of `run`
+      plugin_interval: 1                # plugin mode: seconds between spool drains
+      redact_tools: [terminal]          # plugin mode: tools whose calls are recorded
+                                        # without their arguments and results
 
 Unknown keys and out-of-range values are a ``ConfigError`` naming the key.
 """
@@ -35,6 +38,8 @@ class RunnerSettings(BaseModel):
     hook_attempts: int = Field(default=5, ge=1, le=100)
     hook_timeout: float = Field(default=10.0, gt=0, le=3600)
     tick_interval: float = Field(default=30.0, gt=0, le=86_400)
+    plugin_interval: float = Field(default=1.0, gt=0, le=3600)
+    redact_tools: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, hermes_home: Path) -> RunnerSettings:

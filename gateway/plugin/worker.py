@@ -1,0 +1,318 @@
+"""The plugin's background worker: spool → ledger, then the ledger's own hooks.
+
+Where it runs — the decision (issue 10)
+---------------------------------------
+
+Hermes runs a plugin's ``register()`` and its hook callbacks in *every* process
+that discovers plugins: the gateway, an interactive ``hermes chat``, cron and
+kanban workers, and ``hermes ledger …`` itself (its argparse is built after
+discovery). The choices were a separate ``hermes-ledger run``-like process, a
+thread in every process with active plugins, or a thread in the gateway only.
+
+* **Capture happens everywhere the callbacks fire**: it is one ``os.write`` to a
+  per-process spool file (``plugin.spool``), costs microseconds, opens nothing
+  else, and is what makes a record survive ``kill -9`` of whatever process saw it.
+* **The worker is one daemon thread in the gateway process, and nowhere else.**
+  The gateway is the long-lived process that owns the sessions (its store,
+  expiry watcher and ``/new``), so it is where draining promptly matters and
+  where a thread lives long enough to do it; its hooks ran there before the
+  plugin existed. A ``hermes chat`` is short-lived and interactive: a thread
+  there would contend for the ledger's write lock with the gateway and die with
+  the terminal; its records simply wait in the spool, and the gateway's worker
+  drains *every* spool file of the home (live writers up to their last complete
+  line, finished ones entirely, then deletes them). Without a gateway running
+  they are drained by the next one (or ``SpoolWorker(home).run_pass()`` from a
+  command). ``hermes ledger …`` registers the callbacks but starts nothing:
+  ``register`` only starts the worker when the process already is a gateway.
+* **Started lazily** (``plugin.capture``): by ``register`` when a gateway is
+  already constructed, else by the first callback in a gateway process
+  (``pre_gateway_dispatch`` proves it; so does Hermes's gateway runner
+  existing), so a restarted gateway resumes its predecessor's spool at once.
+  A process that forks never runs its parent's worker.
+
+What one pass does
+------------------
+
+Every ``ledger.plugin_interval`` seconds (default 1 s), or promptly after a
+callback ``wake()``s it: write any in-memory backlog to the spool, drain the
+spool into the ledger at ``<home>/ledger.db`` (opened through
+``bootstrap.build_gateway`` with the projections attached, and kept open) with
+the recorder (``LiveRecorder.apply`` by default; ``apply_factory`` is the
+seam), then run the ``HookDispatcher`` over the hooks in
+``<home>/ledger-hooks/``. That directory is the ledger's *only*: Hermes delivers
+``<home>/hooks/`` itself, so a hook there would hear of one close twice.
+
+It runs the dispatcher, never ``Scheduler.tick``: in plugin mode the closes are
+Hermes's (its expiry watcher, ``/new``, auto-resets), and the recorder records
+them; the ledger's scheduler closing a Hermes session on its own deadline would
+record a close that did not happen.
+
+When the ledger is locked, busy, full or damaged, the pass fails, the problem is
+logged once (and its end once), the records stay spooled, and the pass is
+retried with a growing delay (at most ``MAX_RETRY_DELAY``): nothing is lost. At
+interpreter exit (``atexit``) the worker makes one last drain with short
+timeouts and stops; what it could not drain waits for the next start.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hermes_ledger.gateway.bootstrap import Gateway, build_gateway
+from hermes_ledger.gateway.config.ledger_section import RunnerSettings
+from hermes_ledger.gateway.hooks import DeliveryReport
+from hermes_ledger.gateway.plugin.spool import DrainReport, SpoolBusyError, SpoolWriter, drain
+from hermes_ledger.ledger import Ledger, LedgerBusyError
+
+__all__ = [
+    "LEDGER_HOOKS_DIRNAME",
+    "MAX_RETRY_DELAY",
+    "ApplyFactory",
+    "Incidents",
+    "PassOutcome",
+    "SpoolWorker",
+    "live_recorder",
+]
+
+log = logging.getLogger("hermes_plugins.ledger")
+
+LEDGER_HOOKS_DIRNAME = "ledger-hooks"
+MAX_RETRY_DELAY = 30.0
+"""Seconds between attempts at most while the ledger cannot be written."""
+_DEBOUNCE = 0.02  # after a wake-up: let the rest of a burst of callbacks arrive
+
+ApplyFn = Callable[[Sequence[Mapping[str, Any]]], Any]
+ApplyFactory = Callable[[Gateway, Path], ApplyFn]
+"""Makes the drain's ``apply`` for an open gateway over the home's ledger."""
+
+
+def live_recorder(gateway: Gateway, home: Path) -> ApplyFn:
+    """The production ``apply``: ``LiveRecorder(...).apply`` over the gateway's ledger."""
+    from hermes_ledger.gateway.hermes.live import LiveRecorder
+
+    recorder = LiveRecorder(
+        gateway.ledger, home, config=gateway.config, redact_tools=gateway.settings.redact_tools
+    )
+    return recorder.apply
+
+
+class Incidents:
+    """Log a problem once when it starts and once when it ends, not once per call.
+
+    An incident is identified by ``where`` and the exception's type, so a
+    different problem at the same place is a new incident.
+    """
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self._log = logger
+        self._open: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def fail(self, where: str, exc: BaseException, *, action: str = "") -> None:
+        kind = type(exc).__name__
+        with self._lock:
+            if self._open.get(where) == kind:
+                return
+            self._open[where] = kind
+        extra = f"; {action}" if action else ""
+        self._log.warning("ledger plugin: %s failed: %s: %s%s", where, kind, exc, extra)
+
+    def ok(self, where: str) -> None:
+        if where not in self._open:  # the common case, without the lock
+            return
+        with self._lock:
+            if self._open.pop(where, None) is None:
+                return
+        self._log.warning("ledger plugin: %s works again", where)
+
+    def failing(self, where: str) -> bool:
+        return where in self._open
+
+
+@dataclass
+class PassOutcome:
+    """One pass: what the drain did, what the hooks were given, what failed."""
+
+    drained: DrainReport | None = None
+    delivered: DeliveryReport | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class SpoolWorker:
+    """Drains ``home``'s spool into ``home/ledger.db`` and delivers its ledger hooks,
+    in a daemon thread (``start``) or a pass at a time (``run_pass``).
+
+    ``apply_factory(gateway, home)`` makes the drain's ``apply`` each time the
+    ledger is opened (default ``live_recorder``); ``writer`` is this process's
+    spool writer, whose backlog each pass writes out. ``interval`` defaults to
+    ``ledger.plugin_interval``.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str],
+        *,
+        apply_factory: ApplyFactory = live_recorder,
+        writer: SpoolWriter | None = None,
+        interval: float | None = None,
+        deliver_hooks: bool = True,
+        hooks_dir: str | os.PathLike[str] | None = None,
+        lock_timeout: float = 2.0,
+        busy_timeout: float = 2.0,
+        exit_timeout: float = 3.0,
+        incidents: Incidents | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.ledger_path = self.home / "ledger.db"
+        self.hooks_dir = (
+            Path(hooks_dir) if hooks_dir is not None else self.home / LEDGER_HOOKS_DIRNAME
+        )
+        self.apply_factory = apply_factory
+        self.writer = writer
+        self.deliver_hooks = deliver_hooks
+        self.lock_timeout = lock_timeout
+        self.busy_timeout = busy_timeout
+        self.exit_timeout = exit_timeout
+        self.incidents = incidents or Incidents()
+        self._interval = interval
+        self._gateway: Gateway | None = None
+        self._apply: ApplyFn | None = None
+        self._pass_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._failures = 0
+
+    # -- the thread ----------------------------------------------------------------
+
+    @property
+    def interval(self) -> float:
+        if self._interval is None:
+            try:
+                self._interval = RunnerSettings.load(self.home).plugin_interval
+                self.incidents.ok("reading the ledger: section")
+            except Exception as exc:  # a bad config.yaml: the default, and say so once
+                self.incidents.fail("reading the ledger: section", exc, action="using 1 s")
+                return 1.0
+        return self._interval
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> bool:
+        """Start the daemon thread (once); True if this call started it."""
+        with self._start_lock:
+            if self._thread is not None:
+                return False
+            self._thread = threading.Thread(
+                target=self._run, name=f"hermes-ledger-worker:{self.home}", daemon=True
+            )
+            self._thread.start()
+            atexit.register(self._at_exit)
+            return True
+
+    def wake(self) -> None:
+        """Ask for a pass soon (a callback spooled something)."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the thread after one last drain; True if it ended within ``timeout``."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is None:
+            return True
+        if thread is not threading.current_thread():
+            thread.join(self.exit_timeout if timeout is None else timeout)
+        return not thread.is_alive()
+
+    def _at_exit(self) -> None:
+        with contextlib.suppress(Exception):  # never disturb the interpreter's exit
+            self.stop(self.exit_timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.run_pass()
+                if self._failures:
+                    delay = min(self.interval * 2 ** min(self._failures, 10), MAX_RETRY_DELAY)
+                    self._stop.wait(delay)  # wake-ups do not hurry a retry
+                else:
+                    if self._wake.wait(self.interval) and not self._stop.is_set():
+                        self._stop.wait(_DEBOUNCE)
+                self._wake.clear()
+            # the last drain: a short wait for the drain lock, no hook calls (their
+            # deliveries stay queued in the ledger)
+            self.lock_timeout = min(self.exit_timeout / 2, self.lock_timeout)
+            self.run_pass(hooks=False)
+        except BaseException as exc:  # a bug here must not take the gateway down
+            self.incidents.fail("the worker thread", exc, action="it stopped")
+        finally:
+            self._close_gateway()
+
+    # -- a pass -----------------------------------------------------------------------
+
+    def run_pass(self, *, hooks: bool | None = None) -> PassOutcome:
+        """Backlog → spool, spool → ledger, then (``hooks``, default ``deliver_hooks``)
+        the ledger hooks. Never raises: the outcome says what failed (and the log,
+        once per incident)."""
+        outcome = PassOutcome()
+        with self._pass_lock:
+            if self.writer is not None:
+                self.writer.flush_backlog()
+            try:
+                gateway, apply = self._open()
+                outcome.drained = drain(self.home, apply, lock_timeout=self.lock_timeout)
+                self.incidents.ok("recording the spool in the ledger")
+            except Exception as exc:
+                outcome.error = exc
+                self._failures += 1
+                self.incidents.fail(
+                    "recording the spool in the ledger", exc,
+                    action=f"the records stay in {self.home / 'ledger-spool'}; retrying",
+                )  # fmt: skip
+                if not isinstance(exc, LedgerBusyError | SpoolBusyError):
+                    self._close_gateway()  # reopen from scratch next time
+                return outcome
+            self._failures = 0
+            if self.deliver_hooks if hooks is None else hooks:
+                try:
+                    outcome.delivered = gateway.dispatcher.deliver()
+                    self.incidents.ok("delivering ledger hooks")
+                except Exception as exc:
+                    outcome.error = exc
+                    self.incidents.fail("delivering ledger hooks", exc, action="retrying")
+        return outcome
+
+    def _open(self) -> tuple[Gateway, ApplyFn]:
+        if self._gateway is None or self._apply is None:
+            self._close_gateway()
+            ledger = Ledger.open(self.ledger_path, busy_timeout=self.busy_timeout)
+            try:
+                gateway = build_gateway(ledger, home=self.home, hooks_dir=self.hooks_dir)
+                apply = self.apply_factory(gateway, self.home)
+            except BaseException:
+                ledger.close()
+                raise
+            self._gateway, self._apply = gateway, apply
+        return self._gateway, self._apply
+
+    def _close_gateway(self) -> None:
+        gateway, self._gateway, self._apply = self._gateway, None, None
+        if gateway is not None:
+            with contextlib.suppress(Exception):
+                gateway.ledger.close()
