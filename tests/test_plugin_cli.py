@@ -149,7 +149,7 @@ LOAD_PLUGINS = textwrap.dedent(
 )
 
 
-def test_the_plugin_manager_loads_the_plugin_only_once_enabled(tmp_path: Path) -> None:
+def test_the_plugin_manager_loads_the_plugin_only_while_enabled(tmp_path: Path) -> None:
     def discover() -> dict[str, Any]:
         done = run_in(tmp_path, sys.executable, "-I", "-c", LOAD_PLUGINS)
         assert done.returncode == 0, done.stderr
@@ -169,6 +169,10 @@ def test_the_plugin_manager_loads_the_plugin_only_once_enabled(tmp_path: Path) -
         "description": plugin_cli.DESCRIPTION,
         "plugin": "ledger",
     }
+    disabled = hermes_in(tmp_path)("plugins", "disable", "ledger")
+    assert disabled.returncode == 0, disabled.stderr
+    again = discover()
+    assert again["known"] and not again["enabled"] and "ledger" not in again["cli"]
 
 
 def test_without_the_plugin_enabled_there_is_no_hermes_ledger(tmp_path: Path) -> None:
