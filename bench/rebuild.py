@@ -254,7 +254,7 @@ SELECT k.stream, c.session_id,
     coalesce(c.chat_name, c.user_name, c.user_id, c.chat_id), c.origin, c.reason, c.ts,
     k.created_at, k.updated_at, coalesce(h.message_count, 0), coalesce(h.input_tokens, 0),
     coalesce(h.output_tokens, 0), coalesce(h.cache_read_tokens, 0),
-    coalesce(h.cache_write_tokens, 0), coalesce(h.cost_nano_usd, 0), NULL
+    coalesce(h.cache_write_tokens, 0), coalesce(h.cost_nano_usd, 0)
 FROM keys AS k LEFT JOIN current AS c USING (stream)
 LEFT JOIN {B.table("session_history")} AS h ON h.session_id = c.session_id""",
 ]
@@ -313,7 +313,7 @@ def same_rows(db: Path, baseline: Path) -> list[str]:
     conn.execute("ATTACH ? AS b", (str(baseline),))
     differ = []
     for table in (SESSION_HISTORY, SESSION_MAP, MESSAGES):
-        columns = ", ".join(table.verified_columns)
+        columns = ", ".join(table.columns)
         for a, b in (("main", "b"), ("b", "main")):
             sql = (
                 f"SELECT count(*) FROM (SELECT {columns} FROM {a}.{table.name}"
