@@ -17,6 +17,11 @@ sessions, new messages, more usage, an end. Every appended event has
 mapping and its limits. ``reading`` reads the home; ``mapping`` turns its sessions
 into keys and events; this module appends them and reports.
 
+Streams the Hermes plugin's live recorder (``hermes.live``, actor
+``hermes-plugin``) wrote are not foreign: it builds the same events with the same
+ids (``mapping``), so an import appends only what it did not record, and counts
+its usage and its ends as already there.
+
 ``HermesHome``, ``open_hermes_home``, ``HermesImportError`` and
 ``SUPPORTED_SCHEMA_VERSIONS`` come from ``reading``, ``SUPERSEDED_REASON`` and
 ``import_key`` from ``mapping``; all are importable from here as well.
@@ -26,20 +31,25 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from hermes_ledger import projections
 from hermes_ledger.gateway.hermes.mapping import (
-    _ROLES,
+    HERMES_ACTORS,
+    IMPORT_ACTOR,
     SUPERSEDED_REASON,
+    ToolRedaction,
+    _continues,
     _event_id,
-    _message,
+    _message_events,
     _origin,
     _resolve_keys,
     _sources,
     _start_reason,
+    _Usage,
+    _usage_event,
     _utc,
     import_key,
 )
@@ -47,11 +57,10 @@ from hermes_ledger.gateway.hermes.reading import (
     SUPPORTED_SCHEMA_VERSIONS,
     HermesHome,
     HermesImportError,
-    _number,
     _Session,
     open_hermes_home,
 )
-from hermes_ledger.ledger import ConcurrencyError, IdempotencyError, Ledger, LedgerError
+from hermes_ledger.ledger import ConcurrencyError, IdempotencyError, Ledger
 from hermes_ledger.ledger.events import (
     EventModel,
     MessageAppended,
@@ -73,9 +82,6 @@ __all__ = [
     "open_hermes_home",
 ]
 
-IMPORT_ACTOR: Final = "hermes-import"
-"""``meta.actor`` of every event an import appends."""
-
 # -- the ledger ---------------------------------------------------------------------
 
 SQL_SESSION_STREAM = "SELECT stream FROM events WHERE session_id = ? ORDER BY position LIMIT 1"
@@ -84,8 +90,12 @@ SQL_SESSION_EVENTS = (
     " CASE type WHEN 'usage_recorded' THEN data END"
     " FROM events WHERE session_id = ? ORDER BY position"
 )
+# A stream is foreign when another writer (the ledger's own gateway…) put sessions,
+# messages or usage in it; closes by the ledger's scheduler do not make it foreign.
 SQL_STREAM_FOREIGN = (
-    "SELECT EXISTS (SELECT 1 FROM events WHERE stream = ? AND (meta ->> '$.actor') IS NOT ?)"
+    "SELECT EXISTS (SELECT 1 FROM events WHERE stream = ?"
+    " AND type IN ('session_started', 'message_appended', 'usage_recorded')"
+    " AND coalesce(meta ->> '$.actor', '') NOT IN (?, ?))"
 )
 SQL_STREAM_SESSIONS = (
     "SELECT session_id, max(type = 'session_ended') FROM events"
@@ -154,21 +164,55 @@ class _KeyState:
 
 
 @dataclass
-class _Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost: float = 0.0
+class _Recorded:
+    """What the ledger holds of one Hermes session (``recorded``)."""
+
+    stream: str | None = None
+    event_ids: set[str] = field(default_factory=set)
+    messages: dict[str, bool] = field(default_factory=dict)  # event_id → synthetic
+    used: _Usage = field(default_factory=_Usage)
+    ended: bool = False
+
+
+def recorded(ledger: Ledger, session_id: str) -> _Recorded:
+    """The session's events in the ledger (one indexed read): their ids, the
+    messages and the usage a Hermes import or the live recorder wrote, whether it
+    has ended (by whoever), and its stream."""
+    found = _Recorded()
+    for event_id, kind, actor, synthetic, usage_data in ledger.query(
+        SQL_SESSION_EVENTS, (session_id,)
+    ):
+        found.event_ids.add(event_id)
+        found.ended = found.ended or kind == "session_ended"
+        if actor not in HERMES_ACTORS:
+            continue
+        if kind == "message_appended":
+            found.messages[event_id] = bool(synthetic)
+        elif kind == "usage_recorded":
+            found.used.add(json.loads(usage_data))
+    if found.event_ids:
+        found.stream = ledger.query(SQL_SESSION_STREAM, (session_id,))[0][0]
+    return found
+
+
+def foreign(ledger: Ledger, key: str) -> bool:
+    """Does another writer than a Hermes import or the live recorder keep sessions
+    in ``key``'s stream? Then neither of them appends to it."""
+    return bool(ledger.query(SQL_STREAM_FOREIGN, (key, *HERMES_ACTORS))[0][0])
 
 
 class _Importer:
     def __init__(
-        self, ledger: Ledger, home: HermesHome, progress: Callable[[int, int], None] | None
+        self,
+        ledger: Ledger,
+        home: HermesHome,
+        progress: Callable[[int, int], None] | None,
+        redact: ToolRedaction,
     ) -> None:
         self.ledger = ledger
         self.home = home
         self.progress = progress
+        self.redact = redact
         self.report = HermesImportReport(home=str(home.path), ledger=str(ledger.path))
         self.keys: dict[str, _KeyState] = {}
 
@@ -180,9 +224,12 @@ class _Importer:
         routes = self.home.routes()
         self.report.warnings.extend(self.home.warnings)
         self.report.sessions_read = len(sessions)
+        by_id = {s.id: s for s in sessions}
         raw: dict[str, dict[str, Any]] = {}  # oldest first: a parent comes before its children
         for s in sessions:
-            raw[s.id] = _origin(s, routes.get(s.id), raw.get(s.parent_id or ""), self.warn)
+            parent = by_id.get(s.parent_id or "")
+            inherited = raw.get(parent.id) if parent and _continues(s, parent) else None
+            raw[s.id] = _origin(s, routes.get(s.id), inherited, self.warn)
         origins = {s.id: _sources(s, raw[s.id], self.warn) for s in sessions}
         keys = _resolve_keys(sessions, routes, origins, self.warn)
         for s in sessions:  # a session already imported stays in its stream
@@ -218,7 +265,7 @@ class _Importer:
             imported = [i for i, sid in enumerate(order) if sid in started]
             state = _KeyState(
                 version=self.ledger.stream_version(key),
-                foreign=bool(self.ledger.query(SQL_STREAM_FOREIGN, (key, IMPORT_ACTOR))[0][0]),
+                foreign=foreign(self.ledger, key),
                 started=started,
                 ended=ended,
                 open_session=open_ids[-1] if open_ids else None,
@@ -231,28 +278,14 @@ class _Importer:
     def _import_session(
         self, s: _Session, key: str, state: _KeyState, previous: _Session | None, source: Source
     ) -> None:
-        existing: set[str] = set()
-        imported_messages: dict[str, bool] = {}  # event_id → synthetic
-        used = _Usage()
-        for event_id, kind, actor, synthetic, usage_data in self.ledger.query(
-            SQL_SESSION_EVENTS, (s.id,)
-        ):
-            existing.add(event_id)
-            if actor != IMPORT_ACTOR:
-                continue
-            if kind == "message_appended":
-                imported_messages[event_id] = bool(synthetic)
-            elif kind == "usage_recorded":
-                body = json.loads(usage_data)
-                used.input_tokens += body.get("input_tokens", 0)
-                used.output_tokens += body.get("output_tokens", 0)
-                used.cache_read_tokens += body.get("cache_read_tokens", 0)
-                used.cache_write_tokens += body.get("cache_write_tokens", 0)
-                used.cost += body.get("cost_usd") or 0.0
-
-        desired = self._desired(s, previous, source, used)
-        self._check_vanished(s, desired, imported_messages)
-        present = [e.event_id in existing for e in desired]
+        held = recorded(self.ledger, s.id)
+        desired = self._desired(s, previous, source, held.used)
+        self._check_vanished(s, desired, held.messages)
+        # An end the live recorder wrote (with its own cause, reason and id) is this end.
+        present = [
+            e.event_id in held.event_ids or (isinstance(e, SessionEnded) and held.ended)
+            for e in desired
+        ]
         if all(present):
             self.report.skipped += 1
             return
@@ -333,23 +366,10 @@ class _Importer:
                 occurred_at=_utc(s.started_at),
             )
         ]
-        last_at = s.started_at
-        skipped_roles: dict[str, int] = {}
-        for row in self.home.messages(s.id):
-            role = row[1]
-            if role not in _ROLES:
-                skipped_roles[str(role)] = skipped_roles.get(str(role), 0) + 1
-                continue
-            try:
-                events.append(_message(s.id, row))
-            except (ValueError, LedgerError) as exc:
-                self.warn(f"session {s.id}: message {row[0]} left out ({exc})")
-                continue
-            if _number(row[6]):
-                last_at = max(last_at, float(row[6]))
-        for role, n in sorted(skipped_roles.items()):
-            self.warn(f"session {s.id}: {n} message(s) with role {role!r} left out")
-        usage = self._usage(s, used, min(last_at, s.ended_at or last_at))
+        messages, latest = _message_events(s.id, self.home.messages(s.id), self.warn, self.redact)
+        events.extend(messages)
+        last_at = max(s.started_at, latest or s.started_at)
+        usage = _usage_event(s, used, min(last_at, s.ended_at or last_at), self.warn)
         if usage is not None:
             events.append(usage)
         if s.ended_at is not None:
@@ -362,34 +382,6 @@ class _Importer:
                 )
             )
         return events
-
-    def _usage(self, s: _Session, used: _Usage, at: float) -> UsageRecorded | None:
-        """The usage Hermes' totals hold beyond what earlier imports recorded."""
-        cost = s.actual_cost if s.actual_cost is not None else s.estimated_cost
-        totals = (s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens)
-        before = (used.input_tokens, used.output_tokens, used.cache_read_tokens,
-                  used.cache_write_tokens)  # fmt: skip
-        deltas = [now - then for now, then in zip(totals, before, strict=True)]
-        cost_delta = None if cost is None else round(cost - used.cost, 9)
-        if any(d < 0 for d in deltas) or (cost_delta is not None and cost_delta < 0):
-            self.warn(
-                f"session {s.id}: Hermes' token counts or cost are below what was already "
-                "imported; no usage recorded"
-            )
-            return None
-        if not any(deltas) and not cost_delta:
-            return None
-        return UsageRecorded(
-            event_id=_event_id("usage", s.id, *totals, None if cost is None else round(cost, 9)),
-            session_id=s.id,
-            input_tokens=deltas[0],
-            output_tokens=deltas[1],
-            cache_read_tokens=deltas[2],
-            cache_write_tokens=deltas[3],
-            cost_usd=cost_delta,
-            model=s.model,
-            occurred_at=_utc(at),
-        )
 
     def _check_vanished(
         self, s: _Session, desired: list[EventModel], imported: Mapping[str, bool]
@@ -428,6 +420,8 @@ def import_hermes_home(
     ledger: Ledger,
     path: str | os.PathLike[str] | HermesHome,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    redact_tools: Sequence[str] = (),
 ) -> HermesImportReport:
     """Import a Hermes home's sessions into ``ledger`` and bring its projections up to date.
 
@@ -436,13 +430,16 @@ def import_hermes_home(
     each as one append to its key's stream with the expected version. Events
     already in the ledger (same deterministic event_id) are not appended again,
     so a second import appends only what Hermes gained since. ``progress(done,
-    total)`` is called per session. Raises HermesImportError (before anything is
-    written) for a path that is not a readable Hermes 0.19 home.
+    total)`` is called per session. Tool calls and results of tools matching a
+    ``redact_tools`` pattern (``fnmatch``) are stored as ``[redacted]``, as the live
+    recorder stores them. Raises HermesImportError (before anything is written)
+    for a path that is not a readable Hermes 0.19 home.
     """
+    redact = ToolRedaction(redact_tools)
     if isinstance(path, HermesHome):
-        report = _Importer(ledger, path, progress).run()
+        report = _Importer(ledger, path, progress, redact).run()
     else:
         with open_hermes_home(path) as home:
-            report = _Importer(ledger, home, progress).run()
+            report = _Importer(ledger, home, progress, redact).run()
     projections.attach(ledger)
     return report

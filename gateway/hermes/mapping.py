@@ -3,16 +3,21 @@ key, and the events themselves.
 
 ``_origin`` and ``_sources`` give a session's source as Hermes recorded it;
 ``_resolve_keys`` picks each session's key (routing, the recorded key, the parent's,
-one built from the source, else ``import_key``); ``_event_id``, ``_start_reason`` and
-``_message`` build the events, with deterministic ids (uuid5 over the Hermes session
-id, message id and event kind) and Hermes' own times. ``importing`` appends them.
+one built from the source, else ``import_key``); ``_event_id``, ``_start_reason``,
+``_message_events`` and ``_usage_event`` build the events, with deterministic ids
+(uuid5 over the Hermes session id, message id and event kind) and Hermes' own times.
+``importing`` (a whole home) and ``live`` (the plugin's recorder, session by session)
+append them: both build a session's events here, so they write the same events
+with the same ids, and neither writes what the other already has.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -25,12 +30,30 @@ from hermes_ledger.gateway.sessions.keys import (
 from hermes_ledger.gateway.sessions.keys import validate_session_key as _validate_key
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.ledger import LedgerError
-from hermes_ledger.ledger.events import MessageAppended, Source
+from hermes_ledger.ledger.events import MessageAppended, Source, UsageRecorded
 
-__all__ = ["SUPERSEDED_REASON", "import_key"]
+__all__ = [
+    "HERMES_ACTORS",
+    "IMPORT_ACTOR",
+    "PLUGIN_ACTOR",
+    "REDACTED",
+    "SUPERSEDED_REASON",
+    "ToolRedaction",
+    "import_key",
+]
+
+IMPORT_ACTOR: Final = "hermes-import"
+"""``meta.actor`` of every event an import appends."""
+PLUGIN_ACTOR: Final = "hermes-plugin"
+"""``meta.actor`` of every event the Hermes plugin's live recorder appends."""
+HERMES_ACTORS: Final = (IMPORT_ACTOR, PLUGIN_ACTOR)
+"""The writers of events built here: each appends only what the other has not."""
 
 SUPERSEDED_REASON: Final = "superseded"
 """End reason given to a session Hermes left open when a later one started on its key."""
+
+REDACTED: Final = "[redacted]"
+"""What a redacted tool call's arguments and a redacted tool result are stored as."""
 
 _ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "hermes-ledger:hermes-import")
 _JSON_CONTENT: Final = "\x00json:"  # Hermes' prefix for list/dict message content
@@ -124,7 +147,7 @@ def _resolve_keys(
         yield route.key if route else None
         yield session.session_key
         parent = by_id.get(session.parent_id or "")
-        if parent is not None and depth < 100:
+        if parent is not None and depth < 100 and _continues(session, parent):
             yield resolve(parent, depth + 1)
         source = origins[session.id][0]
         if source is not None and (source.chat_id or source.user_id):
@@ -148,6 +171,14 @@ def _resolve_keys(
     for session in sessions:
         resolve(session, 0)
     return keys
+
+
+def _continues(child: _Session, parent: _Session) -> bool:
+    """Does ``child`` carry ``parent``'s conversation on (a compression or ``/branch``
+    continuation: Hermes ended the parent first), rather than run beside it (a
+    subagent's session: its parent is still open)? Only a continuation takes its
+    parent's key; a session beside its parent gets its own."""
+    return parent.ended_at is not None and parent.ended_at <= child.started_at + 1.0
 
 
 # -- events -----------------------------------------------------------------------------
@@ -196,15 +227,66 @@ def _tool_calls(value: object) -> list[dict[str, Any]] | None:
     return parsed or None
 
 
-def _message(session_id: str, row: tuple[Any, ...]) -> MessageAppended:
+class ToolRedaction:
+    """Which tools' arguments and results are stored as ``[redacted]``: tool names
+    matching any of ``patterns`` (``fnmatch``, case-sensitive). A tool result whose
+    tool Hermes did not name (no ``tool_name``, and no earlier call with its
+    ``tool_call_id``) is redacted whenever any pattern is given."""
+
+    def __init__(self, patterns: Iterable[str] = ()) -> None:
+        self.patterns = tuple(patterns)
+        self._calls: dict[str, str] = {}  # tool_call_id → tool name, as calls are seen
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def matches(self, name: str | None) -> bool:
+        return any(fnmatch.fnmatchcase(name or "", p) for p in self.patterns)
+
+    def calls(self, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        """The calls, with the arguments of matching tools replaced."""
+        if not self or not calls:
+            return calls
+        out = []
+        for call in calls:
+            function = call.get("function")
+            nested = isinstance(function, dict)
+            name = (function if nested else call).get("name")  # type: ignore[union-attr]
+            if isinstance(call.get("id"), str) and isinstance(name, str):
+                self._calls[call["id"]] = name
+            if not self.matches(name if isinstance(name, str) else None):
+                out.append(call)
+            elif nested:
+                out.append({**call, "function": {**function, "arguments": REDACTED}})
+            else:
+                out.append({**call, "arguments": REDACTED})
+        return out
+
+    def result(self, tool_name: str | None, call_id: str | None) -> bool:
+        """Is this tool result to be redacted?"""
+        if not self:
+            return False
+        name = tool_name or self._calls.get(call_id or "")
+        return name is None or self.matches(name)
+
+
+_NO_REDACTION: Final = ToolRedaction()
+
+
+def _message(
+    session_id: str, row: tuple[Any, ...], redact: ToolRedaction = _NO_REDACTION
+) -> MessageAppended:
     (mid, role, content, call_id, calls, tool_name, ts, tokens, platform_id, active) = row
     count = _count(tokens)
+    text = _content(content)
+    if role == "tool" and redact.result(_text(tool_name), _text(call_id)):
+        text = REDACTED
     return MessageAppended(
         event_id=_event_id("message", session_id, mid),
         session_id=session_id,
         role=role,
-        content=_content(content),
-        tool_calls=_tool_calls(calls),
+        content=text,
+        tool_calls=redact.calls(_tool_calls(calls)),
         tool_name=_text(tool_name),
         tool_call_id=_text(call_id),
         input_tokens=0 if role == "assistant" else count,
@@ -214,3 +296,111 @@ def _message(session_id: str, row: tuple[Any, ...]) -> MessageAppended:
         synthetic=active == 0,
         occurred_at=_utc(ts) if _number(ts) else None,
     )
+
+
+def _message_events(
+    session_id: str,
+    rows: Iterable[tuple[Any, ...]],
+    warn: Callable[[str], None],
+    redact: ToolRedaction = _NO_REDACTION,
+) -> tuple[list[MessageAppended], float | None]:
+    """The ``message_appended`` events of message rows (rows the events cannot hold
+    are left out with a warning), and the time of the latest row."""
+    events: list[MessageAppended] = []
+    last_at: float | None = None
+    skipped_roles: dict[str, int] = {}
+    for row in rows:
+        role = row[1]
+        if role not in _ROLES:
+            skipped_roles[str(role)] = skipped_roles.get(str(role), 0) + 1
+            continue
+        try:
+            events.append(_message(session_id, row, redact))
+        except (ValueError, LedgerError) as exc:
+            warn(f"session {session_id}: message {row[0]} left out ({exc})")
+            continue
+        if _number(row[6]):
+            last_at = float(row[6]) if last_at is None else max(last_at, float(row[6]))
+    for role, n in sorted(skipped_roles.items()):
+        warn(f"session {session_id}: {n} message(s) with role {role!r} left out")
+    return events, last_at
+
+
+@dataclass
+class _Usage:
+    """Token totals (and cost) a session's ``usage_recorded`` events add up to."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost: float = 0.0
+
+    def add(self, body: Mapping[str, Any]) -> None:
+        self.input_tokens += body.get("input_tokens", 0)
+        self.output_tokens += body.get("output_tokens", 0)
+        self.cache_read_tokens += body.get("cache_read_tokens", 0)
+        self.cache_write_tokens += body.get("cache_write_tokens", 0)
+        self.cost += body.get("cost_usd") or 0.0
+
+
+def _usage_event(
+    s: _Session, used: _Usage, at: float, warn: Callable[[str], None]
+) -> UsageRecorded | None:
+    """The usage Hermes' totals hold beyond what the ledger has recorded (``used``);
+    its id names the totals it brings the session to."""
+    cost = s.actual_cost if s.actual_cost is not None else s.estimated_cost
+    totals = (s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens)
+    before = (used.input_tokens, used.output_tokens, used.cache_read_tokens,
+              used.cache_write_tokens)  # fmt: skip
+    deltas = [now - then for now, then in zip(totals, before, strict=True)]
+    cost_delta = None if cost is None else round(cost - used.cost, 9)
+    if any(d < 0 for d in deltas) or (cost_delta is not None and cost_delta < 0):
+        warn(
+            f"session {s.id}: Hermes' token counts or cost are below what was already "
+            "imported; no usage recorded"
+        )
+        return None
+    if not any(deltas) and not cost_delta:
+        return None
+    return UsageRecorded(
+        event_id=_event_id("usage", s.id, *totals, None if cost is None else round(cost, 9)),
+        session_id=s.id,
+        input_tokens=deltas[0],
+        output_tokens=deltas[1],
+        cache_read_tokens=deltas[2],
+        cache_write_tokens=deltas[3],
+        cost_usd=cost_delta,
+        model=s.model,
+        occurred_at=_utc(at),
+    )
+
+
+def _chain(session: _Session, lookup: Callable[[str], _Session | None]) -> list[_Session]:
+    """The session and the ancestors it continues (``_continues``), oldest first:
+    what ``_resolve_keys`` and ``_origin`` need to place one session."""
+    chain = [session]
+    seen = {session.id}
+    while len(chain) < 100 and chain[-1].parent_id and chain[-1].parent_id not in seen:
+        parent = lookup(chain[-1].parent_id)
+        if parent is None or not _continues(chain[-1], parent):
+            break
+        chain.append(parent)
+        seen.add(parent.id)
+    return chain[::-1]
+
+
+def _placed(
+    chain: Sequence[_Session],
+    routes: Mapping[str, _Route],
+    warn: Callable[[str], None],
+) -> tuple[str, SessionSource | None, Source]:
+    """The key and source of the last session of ``chain`` (``_chain``), by the
+    import's rules."""
+    raw: dict[str, dict[str, Any]] = {}
+    for s in chain:
+        raw[s.id] = _origin(s, routes.get(s.id), raw.get(s.parent_id or ""), warn)
+    origins = {s.id: _sources(s, raw[s.id], warn) for s in chain}
+    keys = _resolve_keys(list(chain), routes, origins, warn)
+    last = chain[-1]
+    return keys[last.id], *origins[last.id]

@@ -6,8 +6,11 @@ gateway's key → session mapping in the ``gateway_routing`` table (mirrored in 
 legacy ``sessions/sessions.json``). ``open_hermes_home`` checks that a path is such
 a home and opens one consistent, read-only snapshot of its ``state.db``; the
 ``HermesHome`` it returns reads sessions, messages and routes from that snapshot.
-The Hermes files are never written. ``hermes.importing`` turns what is read
-into ledger events.
+With ``snapshot=False`` (the live recorder, ``hermes.live``, reading a home Hermes
+is running in) it reads ``state.db`` in place through a read-only connection
+instead of copying it, for targeted reads (``session``, ``messages(after=)``,
+``routes(only=)``). The Hermes files are never written. ``hermes.importing``
+turns what is read into ledger events.
 """
 
 from __future__ import annotations
@@ -55,10 +58,18 @@ _MESSAGE_COLUMNS: Final = (
     "token_count", "platform_message_id", "active",
 )  # fmt: skip
 SQL_SESSIONS = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions ORDER BY started_at, id"
+SQL_SESSION = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE id = ?"
 SQL_MESSAGES = (
-    f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM messages WHERE session_id = ? ORDER BY id"
+    f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM messages WHERE session_id = ? AND id > ?"
+    " ORDER BY id"
 )
+SQL_MESSAGE_IDS = "SELECT id FROM messages WHERE session_id = ? ORDER BY id"
 SQL_ROUTING = "SELECT session_key, entry_json FROM gateway_routing ORDER BY scope, session_key"
+SQL_ROUTING_OF = (
+    "SELECT session_key, entry_json FROM gateway_routing"
+    " WHERE json_valid(entry_json) AND entry_json ->> '$.session_id' = ?"
+    " ORDER BY scope, session_key"
+)
 SQL_HAS_ROUTING = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gateway_routing'"
 
 _REQUIRED: Final = {"sessions": _SESSION_COLUMNS, "messages": ("session_id", *_MESSAGE_COLUMNS)}
@@ -146,51 +157,62 @@ class HermesHome:
 
     def sessions(self) -> list[_Session]:
         """Every session row, oldest first."""
-        out = []
-        for row in self._conn.execute(SQL_SESSIONS):
-            (sid, source, user_id, key, chat_id, chat_type, thread_id, display_name, origin,
-             parent, profile, started, ended, reason, model, *usage) = row  # fmt: skip
-            tin, tout, tcr, tcw, est, act = usage
-            if not _usable_id(sid) or not _number(started):
-                self.warnings.append(f"a session with id {sid!r} and start {started!r} is left out")
-                continue
-            out.append(
-                _Session(
-                    id=sid,
-                    platform=_text(source) or "unknown",
-                    user_id=_text(user_id),
-                    session_key=_text(key),
-                    chat_id=_text(chat_id),
-                    chat_type=_text(chat_type),
-                    thread_id=_text(thread_id),
-                    display_name=_text(display_name),
-                    origin_json=_text(origin),
-                    parent_id=_text(parent),
-                    profile=_text(profile),
-                    started_at=float(started),
-                    ended_at=float(ended) if _number(ended) else None,
-                    end_reason=_text(reason),
-                    model=_text(model),
-                    input_tokens=_count(tin),
-                    output_tokens=_count(tout),
-                    cache_read_tokens=_count(tcr),
-                    cache_write_tokens=_count(tcw),
-                    estimated_cost=float(est) if _number(est) else None,
-                    actual_cost=float(act) if _number(act) else None,
-                )
-            )
-        return out
+        rows = (self._session(row) for row in self._conn.execute(SQL_SESSIONS))
+        return [s for s in rows if s is not None]
 
-    def messages(self, session_id: str) -> Iterator[tuple[Any, ...]]:
-        """The session's message rows in insertion (id) order, inactive ones included."""
-        return self._conn.execute(SQL_MESSAGES, (session_id,))
+    def session(self, session_id: str) -> _Session | None:
+        """One session row (None: no such row, or one the ledger cannot hold)."""
+        rows = self._conn.execute(SQL_SESSION, (session_id,)).fetchall()
+        return self._session(rows[0]) if rows else None
 
-    def routes(self) -> dict[str, _Route]:
+    def _session(self, row: tuple[Any, ...]) -> _Session | None:
+        (sid, source, user_id, key, chat_id, chat_type, thread_id, display_name, origin,
+         parent, profile, started, ended, reason, model, *usage) = row  # fmt: skip
+        tin, tout, tcr, tcw, est, act = usage
+        if not _usable_id(sid) or not _number(started):
+            self.warnings.append(f"a session with id {sid!r} and start {started!r} is left out")
+            return None
+        return _Session(
+            id=sid,
+            platform=_text(source) or "unknown",
+            user_id=_text(user_id),
+            session_key=_text(key),
+            chat_id=_text(chat_id),
+            chat_type=_text(chat_type),
+            thread_id=_text(thread_id),
+            display_name=_text(display_name),
+            origin_json=_text(origin),
+            parent_id=_text(parent),
+            profile=_text(profile),
+            started_at=float(started),
+            ended_at=float(ended) if _number(ended) else None,
+            end_reason=_text(reason),
+            model=_text(model),
+            input_tokens=_count(tin),
+            output_tokens=_count(tout),
+            cache_read_tokens=_count(tcr),
+            cache_write_tokens=_count(tcw),
+            estimated_cost=float(est) if _number(est) else None,
+            actual_cost=float(act) if _number(act) else None,
+        )
+
+    def messages(self, session_id: str, after: int = 0) -> Iterator[tuple[Any, ...]]:
+        """The session's message rows in insertion (id) order, inactive ones included;
+        only those with an id above ``after`` when given."""
+        return self._conn.execute(SQL_MESSAGES, (session_id, after))
+
+    def message_ids(self, session_id: str) -> list[int]:
+        """The ids of the session's message rows, in order."""
+        return [mid for (mid,) in self._conn.execute(SQL_MESSAGE_IDS, (session_id,))]
+
+    def routes(self, only: str | None = None) -> dict[str, _Route]:
         """session_id → (key, origin) from ``gateway_routing``, then ``sessions.json``
-        for session ids the table does not map (as Hermes folds the legacy file in)."""
+        for session ids the table does not map (as Hermes folds the legacy file in);
+        just the entry of session ``only`` when given."""
         routes: dict[str, _Route] = {}
         table = self._conn.execute(SQL_HAS_ROUTING).fetchall()
-        for key, entry_json in self._conn.execute(SQL_ROUTING) if table else ():
+        query = (SQL_ROUTING, ()) if only is None else (SQL_ROUTING_OF, (only,))
+        for key, entry_json in self._conn.execute(*query) if table else ():
             try:
                 entry = json.loads(entry_json)
             except (TypeError, ValueError):
@@ -207,7 +229,8 @@ class HermesHome:
                 self.warnings.append(f"{legacy} could not be read ({exc}); ignored")
                 return routes
             for key, entry in data.items():
-                if not key.startswith("_"):
+                mine = isinstance(entry, dict) and entry.get("session_id") == only
+                if (only is None or mine) and not key.startswith("_"):
                     self._add_route(routes, key, entry, legacy.name)
         return routes
 
@@ -269,18 +292,26 @@ def _snapshot(state_db: Path) -> tuple[apsw.Connection, tempfile.TemporaryDirect
                 scratch.cleanup()
                 raise
             scratch.cleanup()
+    return _in_place(state_db)
+
+
+def _in_place(state_db: Path) -> tuple[apsw.Connection, None]:
+    """A read-only connection to ``state_db`` where it is (no copy): for the short,
+    targeted reads of the live recorder while Hermes runs."""
     try:
         return _connect(state_db), None
     except apsw.CantOpenError:  # read-only storage: the WAL index cannot be made there
         return _connect(state_db, immutable=True), None
 
 
-def open_hermes_home(path: str | os.PathLike[str]) -> HermesHome:
+def open_hermes_home(path: str | os.PathLike[str], *, snapshot: bool = True) -> HermesHome:
     """Open a Hermes home (or its ``state.db``) for reading, or refuse it.
 
     Raises HermesImportError, naming the file, when the path does not exist, has
     no ``state.db``, or holds a ``state.db`` that is not SQLite, not Hermes', or
     of a schema version this import does not know. Nothing is ever written there.
+    ``snapshot=False`` never copies the file: it is read in place, read-only (one
+    read transaction all the same).
     """
     given = Path(path).expanduser()
     if not given.exists():
@@ -293,7 +324,7 @@ def open_hermes_home(path: str | os.PathLike[str]) -> HermesHome:
     if not state_db.is_file():
         raise HermesImportError(f"{given} is not a Hermes home: it has no state.db")
     try:
-        conn, scratch = _snapshot(state_db)
+        conn, scratch = _snapshot(state_db) if snapshot else _in_place(state_db)
     except apsw.NotADBError:
         raise HermesImportError(
             f"{state_db} is not a SQLite database",

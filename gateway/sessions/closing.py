@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -55,6 +55,7 @@ from hermes_ledger.ledger.events import (
 
 __all__ = [
     "DEFAULT_FLUSH_TIMEOUT",
+    "NO_FLUSHER",
     "CloseProgress",
     "CloseStep",
     "FlushContext",
@@ -72,6 +73,9 @@ __all__ = [
 
 DEFAULT_FLUSH_TIMEOUT = 30.0
 """Seconds a flusher may take before its flush is recorded as failed."""
+
+NO_FLUSHER = "no flusher configured"
+"""The ``memory_flush_skipped`` reason when no flusher is configured."""
 
 FlushOutcome = MemoryFlushed | MemoryFlushFailed | MemoryFlushSkipped
 
@@ -112,14 +116,16 @@ def run_flush(
     *,
     timeout: float = DEFAULT_FLUSH_TIMEOUT,
     attempt: int = 1,
+    skipped: str = NO_FLUSHER,
 ) -> FlushOutcome:
     """Run one flush attempt and return the event that records its outcome.
 
     The flusher runs through ``call_bounded``: a hung provider cannot stall the
-    caller past ``timeout``, and a timed-out one is recorded as failed.
+    caller past ``timeout``, and a timed-out one is recorded as failed. Without a
+    flusher the outcome is ``memory_flush_skipped`` with reason ``skipped``.
     """
     if flusher is None:
-        return MemoryFlushSkipped(session_id=context.session_id, reason="no flusher configured")
+        return MemoryFlushSkipped(session_id=context.session_id, reason=skipped)
     provider = provider_name(flusher)
     try:
         result = call_bounded(
@@ -208,12 +214,17 @@ def close_progress(ledger: Ledger, session_id: str) -> CloseProgress:
 
 
 def append_if_unchanged(
-    ledger: Ledger, key: str, events: Sequence[EventModel], version: int
+    ledger: Ledger,
+    key: str,
+    events: Sequence[EventModel],
+    version: int,
+    *,
+    meta: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Append ``events`` if ``key``'s stream is still at ``version``; False (nothing
-    written) if another writer got there first — re-read and decide again."""
+    """Append ``events`` (with ``meta``) if ``key``'s stream is still at ``version``;
+    False (nothing written) if another writer got there first — re-read and decide again."""
     try:
-        ledger.append(key, events, expected_version=version)
+        ledger.append(key, events, expected_version=version, meta=meta)
     except (ConcurrencyError, SessionAlreadyEndedError):
         return False
     return True
@@ -242,7 +253,9 @@ class SessionCloser:
 
     ``retry`` is how a failed flush is retried on later calls (the scheduler's
     ticks). Without one the close cannot wait (the message path): it makes one
-    flush attempt now and ends the session whatever the outcome.
+    flush attempt now and ends the session whatever the outcome. ``meta`` is
+    stored with every event it appends (e.g. the writer's ``actor``);
+    ``skipped`` is the ``memory_flush_skipped`` reason when there is no flusher.
     """
 
     def __init__(
@@ -252,11 +265,18 @@ class SessionCloser:
         *,
         flush_timeout: float = DEFAULT_FLUSH_TIMEOUT,
         retry: RetryPolicy | None = None,
+        meta: Mapping[str, Any] | None = None,
+        skipped: str = NO_FLUSHER,
     ) -> None:
         self.ledger = ledger
         self.flusher = flusher
         self.flush_timeout = flush_timeout
         self.retry = retry
+        self.meta = dict(meta) if meta else None
+        self.skipped = skipped
+
+    def _append(self, key: str, events: Sequence[EventModel], version: int) -> bool:
+        return append_if_unchanged(self.ledger, key, events, version, meta=self.meta)
 
     def close(
         self,
@@ -273,11 +293,11 @@ class SessionCloser:
         ``then`` in one transaction at ``version``. False if the key changed."""
         outcome = self._flush(key, cause.session_id, origin, reason, 1, now)
         ended = SessionEnded(session_id=cause.session_id, reason=reason, occurred_at=now)
-        return append_if_unchanged(self.ledger, key, [cause, outcome, ended, *then], version)
+        return self._append(key, [cause, outcome, ended, *then], version)
 
     def begin(self, key: str, version: int, cause: SessionReset | SessionExpired) -> bool:
         """Record the cause alone (``finish`` does the rest). False if the key changed."""
-        return append_if_unchanged(self.ledger, key, [cause], version)
+        return self._append(key, [cause], version)
 
     def finish(
         self,
@@ -310,10 +330,10 @@ class SessionCloser:
                     step = replace(step, flush_failed=True)
                     retry_at = None if self.retry is None else self.retry.next_attempt(attempt, now)
                     if retry_at is not None:
-                        written = append_if_unchanged(self.ledger, key, events, version)
+                        written = self._append(key, events, version)
                         return replace(step, status="waiting", retry_at=retry_at, written=written)
         events += [SessionEnded(session_id=session_id, reason=reason, occurred_at=now), *then]
-        ended = append_if_unchanged(self.ledger, key, events, version)
+        ended = self._append(key, events, version)
         return replace(step, status="ended" if ended else "lost")
 
     def _due(self, progress: CloseProgress, now: datetime) -> datetime | None:
@@ -346,5 +366,6 @@ class SessionCloser:
             load_transcript(self.ledger, session_id),
             timeout=self.flush_timeout,
             attempt=attempt,
+            skipped=self.skipped,
         )
         return outcome.model_copy(update={"occurred_at": now})

@@ -1,0 +1,680 @@
+"""The Hermes plugin's recorder: the records its hook callbacks spool become events.
+
+The plugin's callbacks (``gateway.plugin``) only write small records, triggers
+with a little metadata, into a durable spool; a background thread hands them,
+in order, to ``LiveRecorder.apply``. The recorder reads what a session has gained
+(messages, usage, its start) from Hermes' own ``state.db``, read-only, and builds
+its events with the batch import's code and event ids (``mapping``), so the
+ledger holds exactly what Hermes persisted, and a live capture and a later
+``import --from-hermes`` of the same home never write an event twice. Closes
+come from the records alone, through the one close sequence
+(``sessions.closing.SessionCloser``): cause → flush outcome → ``session_ended``.
+
+Record kinds (JSON objects; each has ``kind`` and ``at``, the UTC time the
+callback ran; unknown fields are ignored):
+
+``dispatch``  (``pre_gateway_dispatch``) ``session_key``, ``source``: the source
+              of the next session started on that key.
+``activity``  (``pre_llm_call``, ``post_llm_call``, ``post_tool_call``,
+              ``post_api_request``, ``on_session_start`` …) ``session_id``,
+              ``session_key`` (may be null), ``platform``: record what ``state.db``
+              has of that session that the ledger lacks. A session new on its
+              key while the key's previous session is still open means Hermes
+              auto-reset the key (it calls no hook for that): the previous one is
+              closed first (``auto_reset``).
+``finalize``  (``on_session_finalize``) ``session_id``, ``reason``
+              (``session_expired``, ``new_session``, ``shutdown`` …),
+              ``old_session_id``, ``new_session_id``: Hermes closed that session.
+``reset``     (``on_session_reset``) ``old_session_id``, ``new_session_id``: the
+              second half of a ``/new``; adds nothing if its finalize was applied.
+``subagent``  ``parent_session_id``, ``child_session_id``: the child runs beside
+              its parent, in a stream of its own (never as its parent's successor).
+
+The closes (cause → ``session_ended.reason``):
+
+- a new session on a key whose session is open (an auto-reset): ``session_expired``
+  if the home's reset policy says so, else ``session_reset`` with trigger
+  ``hermes:<the old session's Hermes end reason>`` → ``auto_reset``;
+- finalize ``session_expired`` (Hermes' expiry watcher): ``session_expired`` →
+  ``idle_expiry`` / ``daily_reset`` / ``cron_reset`` (Hermes keeps the session id
+  until the next message; that one's new id then starts a session, reason
+  ``auto_reset``, without a second close);
+- finalize ``new_session`` (``/new``, ``/reset``): ``session_reset`` (``/new or
+  /reset``) → ``manual_reset``, and the new session starts in the same append;
+- finalize ``shutdown``: ``session_reset`` (``shutdown``) → ``shutdown``;
+- finalize for any other reason: ``session_reset`` (``hermes:<reason>``) →
+  ``manual_reset``.
+
+Hermes 0.19 does not report whether a memory flush ran, so every close's flush
+outcome is ``memory_flush_skipped`` saying exactly that. Every event appended
+here has ``{"actor": "hermes-plugin"}`` in its meta.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import apsw
+
+from hermes_ledger import projections
+from hermes_ledger.gateway.config.gateway import GatewayConfig
+from hermes_ledger.gateway.hermes.importing import _Recorded, foreign, recorded
+from hermes_ledger.gateway.hermes.mapping import (
+    PLUGIN_ACTOR,
+    ToolRedaction,
+    _chain,
+    _continues,
+    _event_id,
+    _message_events,
+    _placed,
+    _usage_event,
+    _utc,
+)
+from hermes_ledger.gateway.hermes.reading import (
+    HermesHome,
+    HermesImportError,
+    _Session,
+    _usable_id,
+    open_hermes_home,
+)
+from hermes_ledger.gateway.sessions.closing import SessionCloser, end_reason_for
+from hermes_ledger.gateway.sessions.keys import validate_session_key
+from hermes_ledger.gateway.sessions.reads import KeyState, read_key_state
+from hermes_ledger.gateway.sessions.sources import SessionSource
+from hermes_ledger.ledger import (
+    ConcurrencyError,
+    IdempotencyError,
+    Ledger,
+    LedgerError,
+    SessionAlreadyEndedError,
+)
+from hermes_ledger.ledger.clock import parse_utc
+from hermes_ledger.ledger.errors import EventValidationError
+from hermes_ledger.ledger.events import (
+    EventModel,
+    SessionExpired,
+    SessionReset,
+    SessionStarted,
+    Source,
+)
+
+__all__ = [
+    "FLUSH_NOT_REPORTED",
+    "PLUGIN_ACTOR",
+    "RESET_TRIGGER",
+    "LiveRecorder",
+    "LiveReport",
+    "RecordedClose",
+    "SkippedRecord",
+]
+
+FLUSH_NOT_REPORTED: Final = (
+    "Hermes did not report whether a memory flush ran for this close (Hermes 0.19 has no"
+    " flush outcome for plugins)"
+)
+"""The ``memory_flush_skipped`` reason of every close the recorder writes."""
+RESET_TRIGGER: Final = "/new or /reset"
+"""The ``session_reset`` trigger of a ``/new``: Hermes does not say which command it was."""
+
+_META: Final = {"actor": PLUGIN_ACTOR}
+SQL_SESSION_TIMES = "SELECT started_at, end_reason FROM session_history WHERE session_id = ?"
+_RETRIES: Final = 20  # re-reads after another writer changed a key first
+_REMEMBERED: Final = 4096  # dispatch sources and subagent ids kept, most recent
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """A record ``apply`` could not apply: its place in the batch, its kind, and why."""
+
+    index: int
+    kind: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordedClose:
+    """A close ``apply`` wrote: the session, the cause's type and the end reason."""
+
+    session_key: str
+    session_id: str
+    cause: str
+    reason: str
+
+
+@dataclass
+class LiveReport:
+    """What one ``apply`` did: events appended, records applied (including those
+    that found their work already done) and skipped (with reasons), closes written,
+    and warnings (``state.db`` rows the events cannot hold…)."""
+
+    events: int = 0
+    applied: int = 0
+    skipped: list[SkippedRecord] = field(default_factory=list)
+    closes: list[RecordedClose] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Skip(Exception):
+    """This record cannot be applied (the message says why); the next one can."""
+
+
+@dataclass(frozen=True)
+class _Record:
+    kind: str
+    at: datetime
+    session_id: str | None = None
+    session_key: str | None = None
+    platform: str | None = None
+    reason: str | None = None
+    old_session_id: str | None = None
+    new_session_id: str | None = None
+    source: Mapping[str, Any] | None = None
+
+
+_ID_FIELDS: Final = (
+    "session_id", "old_session_id", "new_session_id", "parent_session_id", "child_session_id",
+)  # fmt: skip
+
+
+def _parse(raw: object) -> _Record:
+    if not isinstance(raw, Mapping):
+        raise _Skip(f"a record must be a JSON object, not {type(raw).__name__}")
+    kind = raw.get("kind")
+    if kind not in ("dispatch", "activity", "finalize", "reset", "subagent"):
+        raise _Skip(f"unknown record kind {kind!r}")
+    try:
+        at = parse_utc(raw["at"])
+    except (KeyError, TypeError, ValueError):
+        raise _Skip(f"'at' is not an ISO-8601 time: {raw.get('at')!r}") from None
+    ids: dict[str, str | None] = {}
+    for name in _ID_FIELDS:
+        value = raw.get(name)
+        if value is not None and not _usable_id(value):
+            raise _Skip(f"{name} {value!r} cannot name a session")
+        ids[name] = value
+    text = {n: v if isinstance(v := raw.get(n), str) and v else None
+            for n in ("session_key", "platform", "reason")}  # fmt: skip
+    source = raw.get("source")
+    if kind == "subagent":  # the child is the session the record is about
+        ids["session_id"], ids["old_session_id"] = ids["child_session_id"], None
+    return _Record(
+        kind=kind,
+        at=at,
+        session_id=ids["session_id"],
+        old_session_id=ids["old_session_id"],
+        new_session_id=ids["new_session_id"],
+        source=source if isinstance(source, Mapping) else None,
+        **text,
+    )
+
+
+class LiveRecorder:
+    """Turns spooled hook records into ledger events (see the module docstring).
+
+    ``home`` is the Hermes home whose ``state.db`` the records are about;
+    ``config`` its gateway configuration (default ``GatewayConfig.load(home)``,
+    which reads ``config.yaml`` as Hermes does; it decides whether an auto-reset
+    was an expiry); ``redact_tools`` are ``fnmatch`` patterns of tool names whose
+    call arguments and results are stored as ``[redacted]``. One recorder may be
+    used from any thread; ``apply`` calls run one at a time.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        home: Path,
+        *,
+        config: GatewayConfig | None = None,
+        redact_tools: Sequence[str] = (),
+    ) -> None:
+        self.ledger = ledger
+        self.home = Path(home).expanduser()
+        self.config = config if config is not None else GatewayConfig.load(self.home)
+        self.redact = ToolRedaction(redact_tools)
+        self.closer = SessionCloser(ledger, None, meta=_META, skipped=FLUSH_NOT_REPORTED)
+        self._sources: OrderedDict[str, Source] = OrderedDict()  # key → latest dispatch
+        self._side: OrderedDict[str, None] = OrderedDict()  # subagent sessions seen
+        self._lock = threading.Lock()
+        projections.attach(ledger)
+
+    # -- applying a batch ------------------------------------------------------------
+
+    def apply(self, records: Sequence[Mapping[str, Any]]) -> LiveReport:
+        """Apply ``records`` in order and report what was appended.
+
+        Idempotent: records applied before (after a crash, say) find their events
+        in the ledger and append nothing. A record that cannot be applied is
+        skipped with its reason; nothing else is raised for it. Raises a
+        LedgerError when the ledger cannot be written (busy, locked, corrupt) or
+        ``state.db`` cannot be read (HermesImportError): keep the records and
+        apply them again later.
+        """
+        report = LiveReport()
+        with self._lock, _Batch(self, report) as batch:
+            for index, raw in enumerate(records):
+                try:
+                    record = _parse(raw)
+                except _Skip as exc:
+                    kind = raw.get("kind") if isinstance(raw, Mapping) else None
+                    report.skipped.append(SkippedRecord(index, str(kind), str(exc)))
+                    continue
+                batch.add(index, record)
+        return report
+
+    # -- what state.db has of one session ----------------------------------------------
+
+    def _sync(
+        self,
+        batch: _Batch,
+        session_id: str,
+        hint: str | None,
+        *,
+        start_reason: str | None = None,
+        side: bool = False,
+    ) -> str:
+        """Append what ``state.db`` has of the session that the ledger lacks: its
+        start (closing the key's open session first: an auto-reset), then its new
+        messages and usage. Returns the session's key."""
+        hermes = batch.hermes()
+        for _ in range(_RETRIES):
+            held = recorded(self.ledger, session_id)
+            s = hermes.session(session_id)
+            if s is None:
+                if held.stream is not None:
+                    return held.stream
+                raise _Skip(f"session {session_id} is not in {hermes.state_db}")
+            if held.stream is not None:
+                key = held.stream
+                content = self._content(batch, s, held)
+                if held.ended:
+                    if content:
+                        batch.warn(
+                            f"session {s.id}: {len(content)} event(s) Hermes recorded after the"
+                            " session ended in the ledger are left out"
+                        )
+                    return key
+                version = self.ledger.stream_version(key)
+                if not content or self._append(batch, key, content, version):
+                    return key
+                continue
+            key, source = self._place(hermes, s, hint, side)
+            if foreign(self.ledger, key):
+                raise _Skip(f"{key} holds sessions another writer recorded; left alone")
+            state = read_key_state(self.ledger, key)
+            if state.status == "open" and state.session_id != s.id:
+                assert state.session_id is not None
+                rows = self.ledger.query(SQL_SESSION_TIMES, (state.session_id,))
+                if rows and rows[0][0] and parse_utc(rows[0][0]) > _utc(s.started_at):
+                    raise _Skip(
+                        f"session {s.id} started before {state.session_id}, the open session"
+                        f" of {key}: not recorded after it"
+                    )
+                if self._catch_up(batch, state.session_id, key, state.version):
+                    continue  # the key moved on: read it again
+                if not self._auto_reset(batch, key, state, s, source):
+                    continue
+                return key
+            started = self._started(s, source, state, start_reason)
+            events = [started, *self._content(batch, s, held)]
+            if state.status == "closing":  # another writer's close, half done
+                assert state.session_id is not None
+                if self._finish(batch, key, state, _utc(s.started_at), events):
+                    return key
+                continue
+            if self._append(batch, key, events, state.version):
+                return key
+        raise _Skip(f"gave up on session {session_id} after {_RETRIES} tries: its key kept moving")
+
+    def _place(
+        self, hermes: HermesHome, s: _Session, hint: str | None, side: bool
+    ) -> tuple[str, Source]:
+        """A session new to the ledger: its key (the record's, unless the session runs
+        beside its parent; else the import's rules) and its start's source (the
+        key's latest dispatch, else what state.db knows)."""
+        chain = _chain(s, hermes.session)
+        routes = {}
+        for member in chain:
+            routes.update(hermes.routes(only=member.id))
+        key, _valid, source = _placed(chain, routes, lambda _text: None)
+        parent = hermes.session(s.parent_id) if s.parent_id else None
+        beside = side or s.id in self._side or (parent is not None and not _continues(s, parent))
+        if hint is not None and not beside:
+            with contextlib.suppress(LedgerError):
+                key = validate_session_key(hint)
+        return key, self._sources.get(key, source)
+
+    def _content(self, batch: _Batch, s: _Session, held: _Recorded) -> list[EventModel]:
+        """The session's messages after the last one the ledger has, and its usage
+        beyond what the ledger has recorded (the import's events and ids)."""
+        hermes = batch.hermes()
+        have = [
+            mid
+            for mid in hermes.message_ids(s.id)
+            if _event_id("message", s.id, mid) in held.event_ids
+        ]
+        messages, latest = _message_events(
+            s.id, hermes.messages(s.id, after=max(have, default=0)), batch.warn, self.redact
+        )
+        events: list[EventModel] = list(messages)
+        at = latest if latest is not None else max(s.started_at, batch.at.timestamp())
+        usage = _usage_event(s, held.used, min(at, s.ended_at or at), batch.warn)
+        if usage is not None and usage.event_id not in held.event_ids:
+            events.append(usage)
+        return events
+
+    def _catch_up(self, batch: _Batch, session_id: str, key: str, version: int) -> bool:
+        """Before a session is closed, append what state.db still has of it; True if
+        something was appended (the key's version moved)."""
+        s = batch.hermes().session(session_id)
+        if s is None:
+            return False
+        content = self._content(batch, s, recorded(self.ledger, session_id))
+        if not content:
+            return False
+        self._append(batch, key, content, version)
+        return True
+
+    def _started(
+        self, s: _Session, source: Source, state: KeyState, reason: str | None
+    ) -> SessionStarted:
+        """``s``'s start on a key whose previous session (if any) has ended."""
+        previous = state.session_id
+        if previous is None:
+            why = "first"
+        elif reason is not None:
+            why = reason
+        else:  # the key's last session ended (an expiry, a shutdown…): Hermes auto-reset it
+            rows = self.ledger.query(SQL_SESSION_TIMES, (previous,))
+            why = {"manual_reset": "manual_reset", "resume_switch": "resume"}.get(
+                (rows[0][1] if rows else None) or "", "auto_reset"
+            )
+        return SessionStarted(
+            event_id=_event_id("started", s.id),
+            session_id=s.id,
+            source=source,
+            reason=why,  # type: ignore[arg-type]
+            previous_session_id=previous,
+            occurred_at=_utc(s.started_at),
+        )
+
+    # -- closes ---------------------------------------------------------------------
+
+    def _auto_reset(
+        self, batch: _Batch, key: str, state: KeyState, s: _Session, source: Source
+    ) -> bool:
+        """Hermes gave ``key`` the new session ``s`` while its current one is open
+        in the ledger: close that one (``auto_reset``), then start ``s``, in one
+        append. False if the key changed first."""
+        old = state.session_id
+        assert old is not None
+        now = _utc(s.started_at)
+        expiry = self._expiry(state, now)
+        cause: SessionExpired | SessionReset
+        if expiry is not None:
+            cause = expiry
+        else:  # not an expiry as the policy has it: say what Hermes recorded
+            row = batch.hermes().session(old)
+            told = row.end_reason if row is not None and row.end_reason else "auto_reset"
+            cause = SessionReset(session_id=old, trigger=f"hermes:{told}", occurred_at=now)
+        started = SessionStarted(
+            event_id=_event_id("started", s.id),
+            session_id=s.id,
+            source=source,
+            reason="auto_reset",
+            previous_session_id=old,
+            occurred_at=now,
+        )
+        then = [started, *self._content(batch, s, recorded(self.ledger, s.id))]
+        return self._close(batch, key, state, cause, "auto_reset", now, then)
+
+    def _expiry(self, state: KeyState, now: datetime) -> SessionExpired | None:
+        """``session_expired`` for the key's open session if its reset policy (from
+        the home's configuration) says it has expired by ``now``."""
+        assert state.session_id is not None and state.updated_at is not None
+        try:
+            origin = state.origin
+        except LedgerError:
+            origin = None
+        policy = self.config.reset_policy(
+            origin.platform if origin else None, origin.chat_type if origin else None
+        )
+        expiry = policy.evaluate(state.updated_at, now)
+        if expiry is None:
+            return None
+        return SessionExpired(
+            session_id=state.session_id,
+            reason=expiry.reason,
+            deadline=expiry.deadline,
+            evaluated_at=now,
+            policy=policy.snapshot(),
+            occurred_at=now,
+        )
+
+    def _finalize(self, batch: _Batch, record: _Record) -> None:
+        """Hermes closed a session (``on_session_finalize``, or the ``reset`` half of
+        a ``/new``): record that close once, after what state.db still has of it."""
+        reason = "new_session" if record.kind == "reset" else record.reason
+        old = record.old_session_id or (None if record.kind == "reset" else record.session_id)
+        new = record.new_session_id
+        if old is None:
+            if record.kind == "reset" and new is not None:
+                self._sync(batch, new, None, start_reason="manual_reset")
+                return
+            raise _Skip("the record names no session")
+        if batch.hermes().session(old) is None and recorded(self.ledger, old).stream is None:
+            raise _Skip(f"session {old} is in neither {batch.hermes().state_db} nor the ledger")
+        key = self._sync(batch, old, None)
+        for _ in range(_RETRIES):
+            state = read_key_state(self.ledger, key)
+            if recorded(self.ledger, old).ended:
+                break
+            if state.session_id != old:
+                raise _Skip(f"session {old} is open but not the current session of {key}")
+            if state.status == "closing":
+                if self._finish(batch, key, state, record.at, []):
+                    break
+                continue
+            cause, end = self._cause(state, old, reason, record.at)
+            then: list[EventModel] = []
+            if new is not None and new != old and recorded(self.ledger, new).stream is None:
+                then = self._successor(batch, key, state, old, new)
+            if self._close(batch, key, state, cause, end, record.at, then):
+                break
+        else:
+            raise _Skip(f"gave up closing session {old} after {_RETRIES} tries")
+        if new is not None and new != old:
+            self._sync(batch, new, key, start_reason="manual_reset")
+
+    def _cause(
+        self, state: KeyState, old: str, reason: str | None, at: datetime
+    ) -> tuple[SessionExpired | SessionReset, str]:
+        """The cause and end reason of a close Hermes finalized for ``reason``."""
+        if reason == "session_expired":
+            expiry = self._expiry(state, at)
+            if expiry is not None:
+                return expiry, end_reason_for("session_expired", expiry.reason)
+            # Hermes' watcher saw an expiry the policy read here does not (yet) see
+            cause = SessionReset(session_id=old, trigger="hermes:session_expired", occurred_at=at)
+            return cause, "session_expired"
+        trigger = {"new_session": RESET_TRIGGER, "shutdown": "shutdown"}.get(
+            reason or "", f"hermes:{reason or 'unknown'}"
+        )
+        return SessionReset(session_id=old, trigger=trigger, occurred_at=at), end_reason_for(
+            "session_reset", trigger
+        )
+
+    def _successor(
+        self, batch: _Batch, key: str, state: KeyState, old: str, new: str
+    ) -> list[EventModel]:
+        """The start (and content) of the session a ``/new`` gave ``key``, to follow
+        the old one's end in the same append; none if state.db has no such row."""
+        s = batch.hermes().session(new)
+        if s is None:
+            return []
+        source = self._place(batch.hermes(), s, key, False)[1]
+        closed = KeyState(state.version, old, "closed", state.updated_at, state.origin_json)
+        started = self._started(s, source, closed, "manual_reset")
+        return [started, *self._content(batch, s, recorded(self.ledger, new))]
+
+    def _close(
+        self,
+        batch: _Batch,
+        key: str,
+        state: KeyState,
+        cause: SessionExpired | SessionReset,
+        reason: str,
+        now: datetime,
+        then: Sequence[EventModel],
+    ) -> bool:
+        try:
+            origin = state.origin
+        except LedgerError:
+            origin = None
+        if not self.closer.close(key, state.version, origin, cause, reason=reason, now=now,
+                                 then=then):  # fmt: skip
+            return False
+        batch.report.events += 3 + len(then)
+        batch.report.closes.append(RecordedClose(key, cause.session_id, cause.type, reason))
+        return True
+
+    def _finish(
+        self, batch: _Batch, key: str, state: KeyState, now: datetime, then: list[EventModel]
+    ) -> bool:
+        """Finish a close another writer began (its cause is in the log)."""
+        assert state.session_id is not None
+        try:
+            origin = state.origin
+        except LedgerError:
+            origin = None
+        step = self.closer.finish(key, state.session_id, state.version, origin, now, then=then)
+        if step.status == "ended":
+            batch.report.events += self.ledger.stream_version(key) - state.version
+            batch.report.closes.append(
+                RecordedClose(key, state.session_id, "(recorded before)", step.reason)
+            )
+        return step.status == "ended"
+
+    def _append(self, batch: _Batch, key: str, events: Sequence[EventModel], version: int) -> bool:
+        """Append at ``version``; False (nothing written) if another writer got there
+        first (re-read and decide again)."""
+        try:
+            result = self.ledger.append(key, events, expected_version=version, meta=_META)
+        except (ConcurrencyError, SessionAlreadyEndedError, IdempotencyError):
+            return False
+        if not result.duplicate:
+            batch.report.events += len(result.positions)
+        return True
+
+    # -- the other records ---------------------------------------------------------
+
+    def _remember(self, table: OrderedDict[str, Any], key: str, value: Any) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > _REMEMBERED:
+            table.popitem(last=False)
+
+    def _dispatch(self, record: _Record) -> None:
+        if record.session_key is None or record.source is None:
+            raise _Skip("a dispatch record needs a session_key and a source")
+        try:
+            key = validate_session_key(record.session_key)
+            source = SessionSource.from_dict(record.source).to_event_source()
+        except LedgerError as exc:
+            raise _Skip(f"dispatch: {exc}") from None
+        self._remember(self._sources, key, source)
+
+
+class _Batch:
+    """One ``apply``: the records in order, ``state.db`` opened (read-only, in place,
+    one read transaction) when first needed, and runs of activity records for one
+    session recorded once."""
+
+    def __init__(self, recorder: LiveRecorder, report: LiveReport) -> None:
+        self.recorder = recorder
+        self.report = report
+        self.at = datetime.now().astimezone()
+        self._home: HermesHome | None = None
+        self._pending: dict[str, tuple[list[int], _Record]] = {}  # session → its activities
+
+    def __enter__(self) -> _Batch:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._flush()
+        finally:
+            if self._home is not None:
+                self._home.close()
+
+    def hermes(self) -> HermesHome:
+        if self._home is None:
+            self._home = open_hermes_home(self.recorder.home, snapshot=False)
+        return self._home
+
+    def warn(self, text: str) -> None:
+        if text not in self.report.warnings:
+            self.report.warnings.append(text)
+
+    def add(self, index: int, record: _Record) -> None:
+        if record.kind == "activity":
+            if record.session_id is None:
+                self.report.skipped.append(SkippedRecord(index, "activity", "no session_id"))
+                return
+            indices, earlier = self._pending.get(record.session_id, ([], record))
+            if earlier.session_key and not record.session_key:
+                record = earlier
+            self._pending[record.session_id] = ([*indices, index], record)
+            return
+        self._flush()  # what came before this record is recorded before it
+        self._run([index], record)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for indices, record in pending.values():
+            self._run(indices, record)
+
+    def _run(self, indices: list[int], record: _Record) -> None:
+        recorder = self.recorder
+        self.at = record.at
+        try:
+            try:
+                if record.kind == "dispatch":
+                    recorder._dispatch(record)
+                elif record.kind == "activity":
+                    assert record.session_id is not None
+                    side = record.platform == "subagent"
+                    recorder._sync(self, record.session_id, record.session_key, side=side)
+                elif record.kind == "subagent":
+                    if record.session_id is None:
+                        raise _Skip("a subagent record needs a child_session_id")
+                    recorder._remember(recorder._side, record.session_id, None)
+                    if self.hermes().session(record.session_id) is not None:
+                        recorder._sync(self, record.session_id, None, side=True)
+                else:
+                    recorder._finalize(self, record)
+            except apsw.Error as exc:  # reading state.db failed: not this record's fault
+                raise HermesImportError(
+                    f"cannot read {self.recorder.home / 'state.db'}: {exc}",
+                    hint="the records stay in the spool; they are applied again later",
+                ) from exc
+            finally:
+                if self._home is not None:
+                    for text in self._home.warnings:
+                        self.warn(text)
+                    self._home.warnings.clear()
+        except (_Skip, EventValidationError, IdempotencyError) as exc:
+            for index in indices:
+                self.report.skipped.append(SkippedRecord(index, record.kind, str(exc)))
+            return
+        self.report.applied += len(indices)
