@@ -26,9 +26,11 @@ and ``at`` (UTC ISO-8601 with ``Z``: when the callback ran):
 =====================  =====================================================
 
 No message text, tool argument or result is spooled: only ids, the source and
-times. A callback takes ``**kwargs``, returns ``None`` and never raises into
-Hermes: anything that goes wrong (garbage arguments included) is caught and
-logged once per incident on ``hermes_plugins.ledger`` (so it lands in Hermes's
+times. A call that names no session (no key, session id or child id: Hermes's
+shutdown finalize of an agent without a session, or garbage) is not spooled.
+A callback takes ``**kwargs``, returns ``None`` and never raises into Hermes:
+anything that goes wrong (garbage arguments included) is caught and logged
+once per incident on ``hermes_plugins.ledger`` (so it lands in Hermes's
 gateway.log). ``KeyboardInterrupt``/``SystemExit`` are Hermes's own signals and
 are not swallowed. There is no "current session" state: each record is built
 from its own call's arguments and context variables only.
@@ -72,6 +74,7 @@ HOOKS = (
     "subagent_start",
 )
 _MAX_ID = 4096  # longer "ids" are garbage, not ids
+_IDS = ("session_key", "session_id", "old_session_id", "new_session_id", "child_session_id")
 
 
 def in_gateway_process() -> bool:
@@ -120,8 +123,10 @@ class Capture:
 
     ``home`` gives the Hermes home of a call (default ``config.paths.hermes_home``,
     which asks Hermes, so a profile's home is used); ``apply_factory`` and
-    ``worker_options`` go to each ``SpoolWorker``; ``is_gateway`` says whether
-    this process may run a worker (default ``in_gateway_process``).
+    ``worker_options`` go to each ``SpoolWorker``. ``workers``: ``None`` (the
+    default) runs a worker where ``is_gateway()`` (default ``in_gateway_process``)
+    says this is a gateway, or a ``pre_gateway_dispatch`` call proves it;
+    ``False`` never runs one (capture only); ``True`` always does.
     """
 
     def __init__(
@@ -131,8 +136,10 @@ class Capture:
         apply_factory: ApplyFactory = live_recorder,
         worker_options: Mapping[str, Any] | None = None,
         is_gateway: Callable[[], bool] = in_gateway_process,
+        workers: bool | None = None,
     ) -> None:
         self._home = home
+        self.workers = workers
         self.apply_factory = apply_factory
         self.worker_options = dict(worker_options or {})
         self._is_gateway = is_gateway
@@ -178,15 +185,18 @@ class Capture:
         so) and none runs; return the running one (None where none may run)."""
         home = self._home() if home is None else home
         worker = self._workers.get(home)
-        if worker is not None or self._forked or not (gateway or self._is_gateway()):
+        if worker is not None or self._forked or self.workers is False:
             return worker
+        if self.workers is None and not (gateway or self._is_gateway()):
+            return None
+        writer = self.writer(home)  # no I/O until its first append
         with self._lock:
             worker = self._workers.get(home)
             if worker is None:
                 worker = SpoolWorker(
                     home,
                     apply_factory=self.apply_factory,
-                    writer=self._writers.get(home),
+                    writer=writer,
                     incidents=self.incidents,
                     **self.worker_options,
                 )
@@ -206,14 +216,12 @@ class Capture:
     # -- spooling ---------------------------------------------------------------------
 
     def _spool(self, record: dict[str, Any], *, gateway: bool = False) -> None:
+        if not any(record.get(name) for name in _IDS):
+            return  # no session, key or child named: nothing anyone could record
         home = self._home()
         writer = self.writer(home)
         writer.append(record)
-        worker = self._workers.get(home)
-        if worker is None:
-            worker = self.ensure_worker(home, gateway=gateway)
-            if worker is not None and worker.writer is None:
-                worker.writer = writer
+        worker = self._workers.get(home) or self.ensure_worker(home, gateway=gateway)
         if worker is not None:
             worker.wake()
 
@@ -378,19 +386,24 @@ def install_capture(
     *,
     apply_factory: ApplyFactory | None = None,
     worker_options: Mapping[str, Any] | None = None,
+    workers: bool | None = None,
 ) -> Capture:
     """Register the callbacks with Hermes (``ctx.register_hook``) and, if this
     process already is a gateway, start the worker (see ``plugin.worker``).
 
     One ``Capture`` per process: installing again (a new plugin context)
-    registers the same callbacks with it. ``apply_factory`` and
-    ``worker_options`` replace the recorder and the worker's settings (tests).
+    registers the same callbacks with it. ``apply_factory``, ``worker_options``
+    and ``workers`` replace the recorder, the worker's settings and where workers
+    run (see ``Capture``; for tests and embedders).
     """
     global _installed
+    custom = apply_factory is not None or worker_options is not None or workers is not None
     with _install_lock:
-        if _installed is None or apply_factory is not None or worker_options is not None:
+        if _installed is None or custom:
             _installed = Capture(
-                apply_factory=apply_factory or live_recorder, worker_options=worker_options
+                apply_factory=apply_factory or live_recorder,
+                worker_options=worker_options,
+                workers=workers,
             )
         capture = _installed
     for hook, callback in capture.callbacks().items():

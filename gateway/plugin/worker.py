@@ -68,12 +68,12 @@ from typing import Any
 
 from hermes_ledger.gateway.bootstrap import Gateway, build_gateway
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
+from hermes_ledger.gateway.config.paths import default_ledger_hooks_dir
 from hermes_ledger.gateway.hooks import DeliveryReport
 from hermes_ledger.gateway.plugin.spool import DrainReport, SpoolBusyError, SpoolWriter, drain
 from hermes_ledger.ledger import Ledger, LedgerBusyError
 
 __all__ = [
-    "LEDGER_HOOKS_DIRNAME",
     "MAX_RETRY_DELAY",
     "ApplyFactory",
     "Incidents",
@@ -84,7 +84,6 @@ __all__ = [
 
 log = logging.getLogger("hermes_plugins.ledger")
 
-LEDGER_HOOKS_DIRNAME = "ledger-hooks"
 MAX_RETRY_DELAY = 30.0
 """Seconds between attempts at most while the ledger cannot be written."""
 _DEBOUNCE = 0.02  # after a wake-up: let the rest of a burst of callbacks arrive
@@ -172,12 +171,13 @@ class SpoolWorker:
         lock_timeout: float = 2.0,
         busy_timeout: float = 2.0,
         exit_timeout: float = 3.0,
+        max_retry_delay: float = MAX_RETRY_DELAY,
         incidents: Incidents | None = None,
     ) -> None:
         self.home = Path(home)
         self.ledger_path = self.home / "ledger.db"
         self.hooks_dir = (
-            Path(hooks_dir) if hooks_dir is not None else self.home / LEDGER_HOOKS_DIRNAME
+            Path(hooks_dir) if hooks_dir is not None else default_ledger_hooks_dir(self.home)
         )
         self.apply_factory = apply_factory
         self.writer = writer
@@ -185,6 +185,7 @@ class SpoolWorker:
         self.lock_timeout = lock_timeout
         self.busy_timeout = busy_timeout
         self.exit_timeout = exit_timeout
+        self.max_retry_delay = max_retry_delay
         self.incidents = incidents or Incidents()
         self._interval = interval
         self._gateway: Gateway | None = None
@@ -249,7 +250,7 @@ class SpoolWorker:
             while not self._stop.is_set():
                 self.run_pass()
                 if self._failures:
-                    delay = min(self.interval * 2 ** min(self._failures, 10), MAX_RETRY_DELAY)
+                    delay = min(self.interval * 2 ** min(self._failures, 10), self.max_retry_delay)
                     self._stop.wait(delay)  # wake-ups do not hurry a retry
                 else:
                     if self._wake.wait(self.interval) and not self._stop.is_set():
@@ -258,6 +259,8 @@ class SpoolWorker:
             # the last drain: a short wait for the drain lock, no hook calls (their
             # deliveries stay queued in the ledger)
             self.lock_timeout = min(self.exit_timeout / 2, self.lock_timeout)
+            if self.writer is not None:
+                self.writer.close()  # our own file, released, is drained and removed
             self.run_pass(hooks=False)
         except BaseException as exc:  # a bug here must not take the gateway down
             self.incidents.fail("the worker thread", exc, action="it stopped")
