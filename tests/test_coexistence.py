@@ -304,8 +304,9 @@ def test_the_wheel_holds_only_hermes_ledger(wheel: Path) -> None:
         assert {n.split("/")[0] for n in names} == {OUR_PACKAGE, dist_info}
         built = PathDistribution(zipfile.Path(whl, f"{dist_info}/"))  # type: ignore[arg-type]
         assert built.metadata["Name"] == OURS
-        assert [(ep.group, ep.name, ep.value) for ep in built.entry_points] == [
-            ("console_scripts", OUR_SCRIPT, CLI_ENTRY)
+        assert sorted((ep.group, ep.name, ep.value) for ep in built.entry_points) == [
+            ("console_scripts", OUR_SCRIPT, CLI_ENTRY),
+            ("hermes_agent.plugins", "ledger", "hermes_ledger.gateway.plugin"),  # docs/hermes.md
         ]
         top_level = built.read_text("top_level.txt")
         assert top_level is None or top_level.split() == [OUR_PACKAGE]
