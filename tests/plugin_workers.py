@@ -403,6 +403,58 @@ def plain(hook_calls: str) -> None:
                       "cli_commands": sorted(manager._cli_commands)}), flush=True)  # fmt: skip
 
 
+def live(hook_calls: str) -> None:
+    """A gateway with the plugin as Hermes loads it (``register``: the real
+    ``LiveRecorder``), through two turns and a ``/new``, each hook fired as its
+    call site does; returns once the ledger hook has heard of both sessions."""
+    from gateway.session_context import set_session_vars
+
+    from hermes_ledger.gateway.plugin import register
+
+    log_to_stderr()
+    manager, ctx = plugin_context()
+    runner = gateway_runner()
+    register(ctx)
+    store, source = runner.session_store, hermes_source("99")
+    key = store._generate_session_key(source)
+
+    def turn(text: str, message_id: str) -> str:
+        manager.invoke_hook("pre_gateway_dispatch", event=message(source, message_id),
+                            gateway=runner, session_store=store)  # fmt: skip
+        entry = store.get_or_create_session(source)
+
+        def agent() -> None:  # the executor thread, with the gateway's context variables
+            set_session_vars(platform="telegram", session_key=key, session_id=entry.session_id)
+            manager.invoke_hook("on_session_start", session_id=entry.session_id, model="m",
+                                platform="telegram")  # fmt: skip
+            store.append_to_transcript(entry.session_id, {"role": "user", "content": text})
+            store.append_to_transcript(entry.session_id, {"role": "assistant", "content": "ok"})
+            for hook, kwargs in activity_calls(entry.session_id)[1:]:
+                manager.invoke_hook(hook, **kwargs)
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(agent,))
+        thread.start()
+        thread.join()
+        return entry.session_id
+
+    first = turn("hello", "m1")
+    new = store.reset_session(key)  # /new, as slash_commands does it
+    rotation = {"old_session_id": first, "new_session_id": new.session_id}
+    manager.invoke_hook("on_session_finalize", session_id=first, platform="telegram",
+                        reason="new_session", **rotation)  # fmt: skip
+    manager.invoke_hook("on_session_reset", session_id=new.session_id, platform="telegram",
+                        reason="new_session", **rotation)  # fmt: skip
+    second = turn("fresh start", "m2")
+    calls = Path(hook_calls)
+    deadline = time.monotonic() + 60
+    while not calls.exists() or len(calls.read_text().splitlines()) < 4:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the ledger hook did not hear of both sessions")
+        time.sleep(0.02)
+    print(json.dumps({"first": first, "second": second, "key": key,
+                      "threads": [t.name for t in threading.enumerate()]}), flush=True)  # fmt: skip
+
+
 COMMANDS = {
     "hooks": lambda args: hooks(),
     "spool-until-killed": lambda args: spool_until_killed(),
@@ -411,6 +463,7 @@ COMMANDS = {
     ),
     "gateway": lambda args: gateway(args[0], args[1]),
     "plain": lambda args: plain(args[0]),
+    "live": lambda args: live(args[0]),
 }
 
 

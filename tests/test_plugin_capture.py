@@ -389,6 +389,40 @@ def test_gateway_worker_resumes_the_spool_and_delivers_ledger_hooks_once(home: P
     assert pending_records(home) == [] and spool_files(home) == []
 
 
+# -- end to end: the real recorder ----------------------------------------------------------
+
+
+def test_end_to_end_a_gateway_with_the_plugin_records_sessions_and_delivers_hooks(
+    home: Path,
+) -> None:
+    (home / "config.yaml").write_text("ledger:\n  plugin_interval: 0.05\n")
+    calls = home.parent / "calls.jsonl"
+    write_hook(home / "ledger-hooks", "audit", recording_handler(calls), events=["session:*"])
+    out = run(home, "live", str(calls))
+    first, second, key = out["first"], out["second"], out["key"]
+    assert sum(n.startswith("hermes-ledger-worker") for n in out["threads"]) == 1
+
+    assert [(c["event"], c["context"]["session_id"]) for c in read_calls(calls)] == [
+        ("session:start", first), ("session:reset", first), ("session:end", first),
+        ("session:start", second),
+    ]  # fmt: skip
+    end = next(c["context"] for c in read_calls(calls) if c["event"] == "session:end")
+    assert (end["reason"], end["session_key"], end["platform"]) == ("manual_reset", key, "telegram")
+    with Ledger.open(home / "ledger.db") as ledger:
+        events = list(ledger.read_stream(key))
+        assert ledger.verify().ok
+    assert [(r.session_id, r.type) for r in events if r.type != "message_appended"] == [
+        (first, "session_started"), (first, "session_reset"),
+        (first, "memory_flush_skipped"), (first, "session_ended"),
+        (second, "session_started"),
+    ]  # fmt: skip
+    assert [(r.session_id, r.event.content) for r in events if r.type == "message_appended"] == [
+        (first, "hello"), (first, "ok"), (second, "fresh start"), (second, "ok"),
+    ]  # fmt: skip
+    assert {r.meta["actor"] for r in events} == {"hermes-plugin"}
+    assert pending_records(home) == [] and spool_files(home) == []
+
+
 # -- settings ----------------------------------------------------------------------------------
 
 
