@@ -27,8 +27,9 @@ from hermes_ledger.gateway.hermes.live import (
     LiveRecorder,
 )
 from hermes_ledger.gateway.hermes.mapping import REDACTED, import_key
+from hermes_ledger.gateway.hermes.reading import HermesImportError
 from hermes_ledger.gateway.sessions.policy import ResetPolicy
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import Ledger, LedgerBusyError
 from hermes_ledger.ledger.clock import format_utc
 
 TG = "agent:main:telegram:dm:1001"
@@ -236,6 +237,24 @@ def test_shutdown_and_other_finalizes(hermes: HermesFixture, led: Ledger) -> Non
     assert [t for t, _ in types(led, cli_key)][:2] == ["session_started", "message_appended"]
 
 
+def test_messages_hermes_adds_after_a_shutdown_close_are_reported(
+    hermes: HermesFixture, led: Ledger
+) -> None:
+    # Hermes keeps a session id across a gateway restart (resume_pending); the ledger
+    # has ended it with reason shutdown, so what the session gains after is reported.
+    s1 = sid(T0, "dede0001")
+    chat(hermes, s1, timedelta(0))
+    recorder = LiveRecorder(led, hermes.home, config=IDLE)
+    recorder.apply([activity(s1, 5 * M), finalize(s1, "shutdown", 6 * M, platform="gateway")])
+    hermes.append_message(s1, "user", "after the restart", at=at(7 * M))
+    report = recorder.apply([activity(s1, 8 * M)])
+    assert (report.events, report.applied, report.skipped) == (0, 1, [])
+    assert report.warnings == [
+        f"session {s1}: 1 event(s) Hermes recorded after the session ended in the ledger"
+        " are left out"
+    ]
+
+
 def test_a_finalize_hermes_did_not_make_is_skipped(hermes: HermesFixture, led: Ledger) -> None:
     s1 = sid(T0, "eeee0001")
     chat(hermes, s1, timedelta(0))
@@ -380,6 +399,26 @@ def test_the_policy_comes_from_the_homes_config_yaml(hermes: HermesFixture, led:
     recorder.apply([activity(s1, 5 * M), activity(s2, timedelta(hours=2, minutes=1))])
     expired = next(r.event for r in led.read_all() if r.type == "session_expired")
     assert (expired.deadline, expired.policy["idle_minutes"]) == (T0 + 34 * M, 30)
+
+
+def test_what_the_ledger_or_state_db_cannot_do_is_raised(
+    hermes: HermesFixture, led: Ledger, db_path: Path, tmp_path: Path
+) -> None:
+    s1 = sid(T0, "baba0001")
+    chat(hermes, s1, timedelta(0))
+    with Ledger.open(db_path, busy_timeout=0.2) as busy:
+        recorder = LiveRecorder(busy, hermes.home, config=IDLE)
+        led.connection.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            with pytest.raises(LedgerBusyError):
+                recorder.apply([activity(s1, M)])
+        finally:
+            led.connection.execute("ROLLBACK")
+        assert recorder.apply([activity(s1, M)]).events == 6  # the drainer's retry
+    gone = LiveRecorder(led, tmp_path / "no-home", config=IDLE)
+    with pytest.raises(HermesImportError):
+        gone.apply([activity(s1, M)])
+    assert gone.apply([{"kind": "teleport", "at": stamp()}]).skipped  # state.db not needed
 
 
 # -- the real Hermes ---------------------------------------------------------------------

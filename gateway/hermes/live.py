@@ -10,25 +10,8 @@ ledger holds exactly what Hermes persisted, and a live capture and a later
 come from the records alone, through the one close sequence
 (``sessions.closing.SessionCloser``): cause → flush outcome → ``session_ended``.
 
-Record kinds (JSON objects; each has ``kind`` and ``at``, the UTC time the
-callback ran; unknown fields are ignored):
-
-``dispatch``  (``pre_gateway_dispatch``) ``session_key``, ``source``: the source
-              of the next session started on that key.
-``activity``  (``pre_llm_call``, ``post_llm_call``, ``post_tool_call``,
-              ``post_api_request``, ``on_session_start`` …) ``session_id``,
-              ``session_key`` (may be null), ``platform``: record what ``state.db``
-              has of that session that the ledger lacks. A session new on its
-              key while the key's previous session is still open means Hermes
-              auto-reset the key (it calls no hook for that): the previous one is
-              closed first (``auto_reset``).
-``finalize``  (``on_session_finalize``) ``session_id``, ``reason``
-              (``session_expired``, ``new_session``, ``shutdown`` …),
-              ``old_session_id``, ``new_session_id``: Hermes closed that session.
-``reset``     (``on_session_reset``) ``old_session_id``, ``new_session_id``: the
-              second half of a ``/new``; adds nothing if its finalize was applied.
-``subagent``  ``parent_session_id``, ``child_session_id``: the child runs beside
-              its parent, in a stream of its own (never as its parent's successor).
+The record kinds are described in ``records``; ``apply`` takes them as the
+plugin spools them.
 
 The closes (cause → ``session_ended.reason``):
 
@@ -56,7 +39,6 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -81,8 +63,15 @@ from hermes_ledger.gateway.hermes.reading import (
     HermesHome,
     HermesImportError,
     _Session,
-    _usable_id,
     open_hermes_home,
+)
+from hermes_ledger.gateway.hermes.records import (
+    LiveReport,
+    Record,
+    RecordedClose,
+    RecordError,
+    SkippedRecord,
+    parse_record,
 )
 from hermes_ledger.gateway.sessions.closing import SessionCloser, end_reason_for
 from hermes_ledger.gateway.sessions.keys import validate_session_key
@@ -127,95 +116,6 @@ _META: Final = {"actor": PLUGIN_ACTOR}
 SQL_SESSION_TIMES = "SELECT started_at, end_reason FROM session_history WHERE session_id = ?"
 _RETRIES: Final = 20  # re-reads after another writer changed a key first
 _REMEMBERED: Final = 4096  # dispatch sources and subagent ids kept, most recent
-
-
-@dataclass(frozen=True)
-class SkippedRecord:
-    """A record ``apply`` could not apply: its place in the batch, its kind, and why."""
-
-    index: int
-    kind: str | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class RecordedClose:
-    """A close ``apply`` wrote: the session, the cause's type and the end reason."""
-
-    session_key: str
-    session_id: str
-    cause: str
-    reason: str
-
-
-@dataclass
-class LiveReport:
-    """What one ``apply`` did: events appended, records applied (including those
-    that found their work already done) and skipped (with reasons), closes written,
-    and warnings (``state.db`` rows the events cannot hold…)."""
-
-    events: int = 0
-    applied: int = 0
-    skipped: list[SkippedRecord] = field(default_factory=list)
-    closes: list[RecordedClose] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class _Skip(Exception):
-    """This record cannot be applied (the message says why); the next one can."""
-
-
-@dataclass(frozen=True)
-class _Record:
-    kind: str
-    at: datetime
-    session_id: str | None = None
-    session_key: str | None = None
-    platform: str | None = None
-    reason: str | None = None
-    old_session_id: str | None = None
-    new_session_id: str | None = None
-    source: Mapping[str, Any] | None = None
-
-
-_ID_FIELDS: Final = (
-    "session_id", "old_session_id", "new_session_id", "parent_session_id", "child_session_id",
-)  # fmt: skip
-
-
-def _parse(raw: object) -> _Record:
-    if not isinstance(raw, Mapping):
-        raise _Skip(f"a record must be a JSON object, not {type(raw).__name__}")
-    kind = raw.get("kind")
-    if kind not in ("dispatch", "activity", "finalize", "reset", "subagent"):
-        raise _Skip(f"unknown record kind {kind!r}")
-    try:
-        at = parse_utc(raw["at"])
-    except (KeyError, TypeError, ValueError):
-        raise _Skip(f"'at' is not an ISO-8601 time: {raw.get('at')!r}") from None
-    ids: dict[str, str | None] = {}
-    for name in _ID_FIELDS:
-        value = raw.get(name)
-        if value is not None and not _usable_id(value):
-            raise _Skip(f"{name} {value!r} cannot name a session")
-        ids[name] = value
-    text = {n: v if isinstance(v := raw.get(n), str) and v else None
-            for n in ("session_key", "platform", "reason")}  # fmt: skip
-    source = raw.get("source")
-    if kind == "subagent":  # the child is the session the record is about
-        ids["session_id"], ids["old_session_id"] = ids["child_session_id"], None
-    return _Record(
-        kind=kind,
-        at=at,
-        session_id=ids["session_id"],
-        old_session_id=ids["old_session_id"],
-        new_session_id=ids["new_session_id"],
-        source=source if isinstance(source, Mapping) else None,
-        **text,
-    )
 
 
 class LiveRecorder:
@@ -263,8 +163,8 @@ class LiveRecorder:
         with self._lock, _Batch(self, report) as batch:
             for index, raw in enumerate(records):
                 try:
-                    record = _parse(raw)
-                except _Skip as exc:
+                    record = parse_record(raw)
+                except RecordError as exc:
                     kind = raw.get("kind") if isinstance(raw, Mapping) else None
                     report.skipped.append(SkippedRecord(index, str(kind), str(exc)))
                     continue
@@ -292,7 +192,7 @@ class LiveRecorder:
             if s is None:
                 if held.stream is not None:
                     return held.stream
-                raise _Skip(f"session {session_id} is not in {hermes.state_db}")
+                raise RecordError(f"session {session_id} is not in {hermes.state_db}")
             if held.stream is not None:
                 key = held.stream
                 content = self._content(batch, s, held)
@@ -309,13 +209,13 @@ class LiveRecorder:
                 continue
             key, source = self._place(hermes, s, hint, side)
             if foreign(self.ledger, key):
-                raise _Skip(f"{key} holds sessions another writer recorded; left alone")
+                raise RecordError(f"{key} holds sessions another writer recorded; left alone")
             state = read_key_state(self.ledger, key)
             if state.status == "open" and state.session_id != s.id:
                 assert state.session_id is not None
                 rows = self.ledger.query(SQL_SESSION_TIMES, (state.session_id,))
                 if rows and rows[0][0] and parse_utc(rows[0][0]) > _utc(s.started_at):
-                    raise _Skip(
+                    raise RecordError(
                         f"session {s.id} started before {state.session_id}, the open session"
                         f" of {key}: not recorded after it"
                     )
@@ -333,7 +233,7 @@ class LiveRecorder:
                 continue
             if self._append(batch, key, events, state.version):
                 return key
-        raise _Skip(f"gave up on session {session_id} after {_RETRIES} tries: its key kept moving")
+        raise RecordError(f"gave up on session {session_id} after {_RETRIES} tries: its key moved")
 
     def _place(
         self, hermes: HermesHome, s: _Session, hint: str | None, side: bool
@@ -460,26 +360,28 @@ class LiveRecorder:
             occurred_at=now,
         )
 
-    def _finalize(self, batch: _Batch, record: _Record) -> None:
+    def _finalize(self, batch: _Batch, record: Record) -> None:
         """Hermes closed a session (``on_session_finalize``, or the ``reset`` half of
         a ``/new``): record that close once, after what state.db still has of it."""
         reason = "new_session" if record.kind == "reset" else record.reason
         old = record.old_session_id or (None if record.kind == "reset" else record.session_id)
         new = record.new_session_id
         if old is None:
-            if record.kind == "reset" and new is not None:
-                self._sync(batch, new, None, start_reason="manual_reset")
+            started = new or record.session_id
+            if record.kind == "reset" and started is not None:  # the CLI's: no old session
+                self._sync(batch, started, None, start_reason="manual_reset")
                 return
-            raise _Skip("the record names no session")
+            raise RecordError("the record names no session")
         if batch.hermes().session(old) is None and recorded(self.ledger, old).stream is None:
-            raise _Skip(f"session {old} is in neither {batch.hermes().state_db} nor the ledger")
+            where = batch.hermes().state_db
+            raise RecordError(f"session {old} is in neither {where} nor the ledger")
         key = self._sync(batch, old, None)
         for _ in range(_RETRIES):
             state = read_key_state(self.ledger, key)
             if recorded(self.ledger, old).ended:
                 break
             if state.session_id != old:
-                raise _Skip(f"session {old} is open but not the current session of {key}")
+                raise RecordError(f"session {old} is open but not the current session of {key}")
             if state.status == "closing":
                 if self._finish(batch, key, state, record.at, []):
                     break
@@ -491,7 +393,7 @@ class LiveRecorder:
             if self._close(batch, key, state, cause, end, record.at, then):
                 break
         else:
-            raise _Skip(f"gave up closing session {old} after {_RETRIES} tries")
+            raise RecordError(f"gave up closing session {old} after {_RETRIES} tries")
         if new is not None and new != old:
             self._sync(batch, new, key, start_reason="manual_reset")
 
@@ -583,14 +485,14 @@ class LiveRecorder:
         while len(table) > _REMEMBERED:
             table.popitem(last=False)
 
-    def _dispatch(self, record: _Record) -> None:
+    def _dispatch(self, record: Record) -> None:
         if record.session_key is None or record.source is None:
-            raise _Skip("a dispatch record needs a session_key and a source")
+            raise RecordError("a dispatch record needs a session_key and a source")
         try:
             key = validate_session_key(record.session_key)
             source = SessionSource.from_dict(record.source).to_event_source()
         except LedgerError as exc:
-            raise _Skip(f"dispatch: {exc}") from None
+            raise RecordError(f"dispatch: {exc}") from None
         self._remember(self._sources, key, source)
 
 
@@ -604,7 +506,7 @@ class _Batch:
         self.report = report
         self.at = datetime.now().astimezone()
         self._home: HermesHome | None = None
-        self._pending: dict[str, tuple[list[int], _Record]] = {}  # session → its activities
+        self._pending: dict[str, tuple[list[int], Record]] = {}  # session → its activities
 
     def __enter__(self) -> _Batch:
         return self
@@ -626,15 +528,16 @@ class _Batch:
         if text not in self.report.warnings:
             self.report.warnings.append(text)
 
-    def add(self, index: int, record: _Record) -> None:
+    def add(self, index: int, record: Record) -> None:
         if record.kind == "activity":
-            if record.session_id is None:
+            session_id = record.session_id
+            if session_id is None:
                 self.report.skipped.append(SkippedRecord(index, "activity", "no session_id"))
                 return
-            indices, earlier = self._pending.get(record.session_id, ([], record))
+            indices, earlier = self._pending.get(session_id, ([], record))
             if earlier.session_key and not record.session_key:
                 record = earlier
-            self._pending[record.session_id] = ([*indices, index], record)
+            self._pending[session_id] = ([*indices, index], record)
             return
         self._flush()  # what came before this record is recorded before it
         self._run([index], record)
@@ -644,7 +547,7 @@ class _Batch:
         for indices, record in pending.values():
             self._run(indices, record)
 
-    def _run(self, indices: list[int], record: _Record) -> None:
+    def _run(self, indices: list[int], record: Record) -> None:
         recorder = self.recorder
         self.at = record.at
         try:
@@ -657,7 +560,7 @@ class _Batch:
                     recorder._sync(self, record.session_id, record.session_key, side=side)
                 elif record.kind == "subagent":
                     if record.session_id is None:
-                        raise _Skip("a subagent record needs a child_session_id")
+                        raise RecordError("a subagent record needs a child_session_id")
                     recorder._remember(recorder._side, record.session_id, None)
                     if self.hermes().session(record.session_id) is not None:
                         recorder._sync(self, record.session_id, None, side=True)
@@ -673,7 +576,7 @@ class _Batch:
                     for text in self._home.warnings:
                         self.warn(text)
                     self._home.warnings.clear()
-        except (_Skip, EventValidationError, IdempotencyError) as exc:
+        except (RecordError, EventValidationError, IdempotencyError) as exc:
             for index in indices:
                 self.report.skipped.append(SkippedRecord(index, record.kind, str(exc)))
             return

@@ -228,46 +228,40 @@ def _tool_calls(value: object) -> list[dict[str, Any]] | None:
 
 
 class ToolRedaction:
-    """Which tools' arguments and results are stored as ``[redacted]``: tool names
-    matching any of ``patterns`` (``fnmatch``, case-sensitive). A tool result whose
-    tool Hermes did not name (no ``tool_name``, and no earlier call with its
-    ``tool_call_id``) is redacted whenever any pattern is given."""
+    """Which tools' call arguments and results are stored as ``[redacted]``: those
+    whose name matches any of ``patterns`` (``fnmatch``, case-sensitive). A tool
+    result Hermes recorded without a tool name is redacted whenever any pattern is
+    given: what it came from cannot be told from the row alone. The rule looks at
+    one row at a time, so the import and the live recorder redact alike."""
 
     def __init__(self, patterns: Iterable[str] = ()) -> None:
         self.patterns = tuple(patterns)
-        self._calls: dict[str, str] = {}  # tool_call_id → tool name, as calls are seen
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
 
-    def matches(self, name: str | None) -> bool:
-        return any(fnmatch.fnmatchcase(name or "", p) for p in self.patterns)
+    def matches(self, name: object) -> bool:
+        return isinstance(name, str) and any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
     def calls(self, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        """The calls, with the arguments of matching tools replaced."""
+        """The calls (OpenAI's nested ``function`` form or Hermes' flat one), with
+        the arguments of matching tools replaced."""
         if not self or not calls:
             return calls
         out = []
         for call in calls:
             function = call.get("function")
-            nested = isinstance(function, dict)
-            name = (function if nested else call).get("name")  # type: ignore[union-attr]
-            if isinstance(call.get("id"), str) and isinstance(name, str):
-                self._calls[call["id"]] = name
-            if not self.matches(name if isinstance(name, str) else None):
-                out.append(call)
-            elif nested:
+            if isinstance(function, dict) and self.matches(function.get("name")):
                 out.append({**call, "function": {**function, "arguments": REDACTED}})
-            else:
+            elif not isinstance(function, dict) and self.matches(call.get("name")):
                 out.append({**call, "arguments": REDACTED})
+            else:
+                out.append(call)
         return out
 
-    def result(self, tool_name: str | None, call_id: str | None) -> bool:
-        """Is this tool result to be redacted?"""
-        if not self:
-            return False
-        name = tool_name or self._calls.get(call_id or "")
-        return name is None or self.matches(name)
+    def result(self, tool_name: str | None) -> bool:
+        """Is a tool result of ``tool_name`` (None: unnamed) to be redacted?"""
+        return bool(self) and (tool_name is None or self.matches(tool_name))
 
 
 _NO_REDACTION: Final = ToolRedaction()
@@ -279,7 +273,7 @@ def _message(
     (mid, role, content, call_id, calls, tool_name, ts, tokens, platform_id, active) = row
     count = _count(tokens)
     text = _content(content)
-    if role == "tool" and redact.result(_text(tool_name), _text(call_id)):
+    if role == "tool" and redact.result(_text(tool_name)):
         text = REDACTED
     return MessageAppended(
         event_id=_event_id("message", session_id, mid),
