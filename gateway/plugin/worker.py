@@ -40,7 +40,11 @@ spool into the ledger at ``<home>/ledger.db`` (opened through
 the recorder (``LiveRecorder.apply`` by default; ``apply_factory`` is the
 seam), then run the ``HookDispatcher`` over the hooks in
 ``<home>/ledger-hooks/``. That directory is the ledger's *only*: Hermes delivers
-``<home>/hooks/`` itself, so a hook there would hear of one close twice.
+``<home>/hooks/`` itself, so a hook there would hear of one close twice. Like
+Hermes's own hooks, they are discovered when the worker opens the ledger (at
+its start, and again after a failure made it close the ledger), and a hook new
+to the ledger starts at the log's head then: before the spool is drained, so it
+hears of the closes that were waiting in the spool.
 
 It runs the dispatcher, never ``Scheduler.tick``: in plugin mode the closes are
 Hermes's (its expiry watcher, ``/new``, auto-resets), and the recorder records
