@@ -224,6 +224,7 @@ def test_shutdown_and_other_finalizes(hermes: HermesFixture, led: Ledger) -> Non
     cli = "cli-1"
     hermes.create_session(cli, "cli", started_at=at(M))
     hermes.append_message(cli, "user", "hi from the terminal", at=at(2 * M))
+    hermes.end_session(s1, "shutdown", at=at(10 * M))  # Hermes ended it: a close
     recorder = LiveRecorder(led, hermes.home, config=IDLE)
     report = recorder.apply([
         finalize(s1, "shutdown", 10 * M, platform="gateway"),
@@ -237,22 +238,25 @@ def test_shutdown_and_other_finalizes(hermes: HermesFixture, led: Ledger) -> Non
     assert [t for t, _ in types(led, cli_key)][:2] == ["session_started", "message_appended"]
 
 
-def test_messages_hermes_adds_after_a_shutdown_close_are_reported(
+def test_a_shutdown_that_leaves_the_session_open_in_hermes_is_not_a_close(
     hermes: HermesFixture, led: Ledger
 ) -> None:
-    # Hermes keeps a session id across a gateway restart (resume_pending); the ledger
-    # has ended it with reason shutdown, so what the session gains after is reported.
+    # Hermes keeps a session id across a gateway restart (resume_pending) and does not
+    # end it in state.db: the ledger records no close, and what the session gains after
+    # the restart is recorded under the same id.
     s1 = sid(T0, "dede0001")
     chat(hermes, s1, timedelta(0))
     recorder = LiveRecorder(led, hermes.home, config=IDLE)
-    recorder.apply([activity(s1, 5 * M), finalize(s1, "shutdown", 6 * M, platform="gateway")])
+    report = recorder.apply(
+        [activity(s1, 5 * M), finalize(s1, "shutdown", 6 * M, platform="gateway")]
+    )
+    assert [(k.kind, k.reason) for k in report.skipped] == [
+        ("finalize", f"session {s1} stays open in state.db across the shutdown")
+    ]
+    assert report.closes == [] and ends(led) == {}
     hermes.append_message(s1, "user", "after the restart", at=at(7 * M))
     report = recorder.apply([activity(s1, 8 * M)])
-    assert (report.events, report.applied, report.skipped) == (0, 1, [])
-    assert report.warnings == [
-        f"session {s1}: 1 event(s) Hermes recorded after the session ended in the ledger"
-        " are left out"
-    ]
+    assert (report.events, report.skipped, report.warnings) == (1, [], [])
 
 
 def test_a_finalize_hermes_did_not_make_is_skipped(hermes: HermesFixture, led: Ledger) -> None:
@@ -339,6 +343,7 @@ def test_reapplying_any_prefix_writes_each_event_once(
     chat(hermes, s1, timedelta(0))
     chat(hermes, s2, timedelta(hours=3))
     hermes.end_session(s1, "idle", at=at(timedelta(hours=3)))
+    hermes.end_session(s2, "shutdown", at=at(240 * M))
     records = [activity(s1, 5 * M), activity(s1, 6 * M), finalize(s1, "session_expired", 70 * M),
                activity(s2, 185 * M), finalize(s2, "shutdown", 240 * M)]  # fmt: skip
 

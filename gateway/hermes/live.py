@@ -24,7 +24,9 @@ The closes (cause → ``session_ended.reason``):
   ``auto_reset``, without a second close);
 - finalize ``new_session`` (``/new``, ``/reset``): ``session_reset`` (``/new or
   /reset``) → ``manual_reset``, and the new session starts in the same append;
-- finalize ``shutdown``: ``session_reset`` (``shutdown``) → ``shutdown``;
+- finalize ``shutdown``: ``session_reset`` (``shutdown``) → ``shutdown`` when Hermes
+  ended the session in state.db; a session the shutdown leaves open there is kept
+  for Hermes's resume after the restart, so it is no close (the record is skipped);
 - finalize for any other reason: ``session_reset`` (``hermes:<reason>``) →
   ``manual_reset``.
 
@@ -376,6 +378,10 @@ class LiveRecorder:
             where = batch.hermes().state_db
             raise RecordError(f"session {old} is in neither {where} nor the ledger")
         key = self._sync(batch, old, None)
+        if reason == "shutdown" and _resumable(batch.hermes().session(old)):
+            # Hermes keeps the session for a resume after the restart (resume_pending):
+            # its transcript goes on under the same id, so this is not a close.
+            raise RecordError(f"session {old} stays open in state.db across the shutdown")
         for _ in range(_RETRIES):
             state = read_key_state(self.ledger, key)
             if recorded(self.ledger, old).ended:
@@ -581,3 +587,8 @@ class _Batch:
                 self.report.skipped.append(SkippedRecord(index, record.kind, str(exc)))
             return
         self.report.applied += len(indices)
+
+
+def _resumable(session: _Session | None) -> bool:
+    """A Hermes session that a gateway shutdown left open (no end in state.db)."""
+    return session is not None and session.ended_at is None
