@@ -18,9 +18,10 @@ which is how the demo runs under its own policies and hooks.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypedDict, Unpack
 
@@ -31,7 +32,7 @@ from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
 from hermes_ledger.gateway.scheduler.runner import Runner
 from hermes_ledger.gateway.scheduler.ticks import Scheduler
 from hermes_ledger.gateway.sessions.closing import Flusher
-from hermes_ledger.gateway.sessions.store import SessionStore
+from hermes_ledger.gateway.sessions.store import SessionStore, new_session_id
 from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, system_clock
@@ -49,6 +50,7 @@ class GatewayParts(TypedDict, total=False):
     hooks: HookRegistry | None
     clock: Clock | None
     flusher: Flusher | None
+    session_ids: Callable[[datetime], str] | None
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,12 @@ def build_gateway(ledger: Ledger, **parts: Unpack[GatewayParts]) -> Gateway:
     if flusher is None and settings.flusher:
         flusher = load_flusher(settings.flusher)
     store = SessionStore(
-        ledger, config, clock, flusher=flusher, flush_timeout=settings.flush_timeout
+        ledger,
+        config,
+        clock,
+        flusher=flusher,
+        flush_timeout=settings.flush_timeout,
+        session_ids=parts.get("session_ids") or new_session_id,
     )
     runner = Runner(ledger, config, settings, hooks, clock=clock, flusher=flusher)
     return Gateway(ledger, config, settings, hooks, store, runner)

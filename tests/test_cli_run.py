@@ -140,8 +140,8 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path, clock: ManualClock) -> Non
 
 
 def test_demo_is_the_main_job(tmp_path: Path) -> None:
-    env = {**os.environ, "HERMES_HOME": str(tmp_path / "home")}
-    env.pop("HERMES_LEDGER_DB", None)
+    home = tmp_path / "home"
+    env = {**os.environ, "HERMES_HOME": str(home), "HERMES_LEDGER_DB": str(tmp_path / "real.db")}
     command = [installed_script()]
     started = time.monotonic()
     demo = subprocess.run([*command, "demo"], env=env, capture_output=True, text=True, timeout=120)
@@ -151,13 +151,54 @@ def test_demo_is_the_main_job(tmp_path: Path) -> None:
     assert "Session map (demo profile):" in out and "agent:demo:telegram:dm:1001" in out
     for reason in ("idle_expiry", "daily_reset", "auto_reset", "manual_reset"):
         assert reason in out
-    export = tmp_path / "home" / "ledger-demo-export.jsonl"
+    # Its own ledger, never the real one (HERMES_LEDGER_DB), nor the home's ledger.db.
+    ledger = home / "ledger-demo.db"
+    assert f"Simulating a gateway day into {ledger} …" in out
+    assert not (tmp_path / "real.db").exists() and not (home / "ledger.db").exists()
+    export = home / "ledger-demo-export.jsonl"
     assert f"to {export}" in out
     assert stat.S_IMODE(export.stat().st_mode) == 0o600
     verify = subprocess.run(
-        [*command, "verify"], env=env, capture_output=True, text=True, timeout=120
-    )
+        [*command, "verify", "--db", str(ledger)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # The same story on every run: the ledger is replaced, not appended to.
+    again = subprocess.run([*command, "demo"], env=env, capture_output=True, text=True, timeout=120)
+    assert (again.returncode, again.stdout) == (0, out)
+
+
+def test_demo_refuses_a_ledger_that_is_not_the_demos(
+    tmp_path: Path, clock: ManualClock, cli: Callable[..., Result]
+) -> None:
+    home = make_home(tmp_path)
+    real = tmp_path / "real.db"
+    seed(real, clock, home)
+    before = real.read_bytes()
+    result = cli("demo", "--db", str(real))
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {real} is not a demo ledger: the demo replaces its ledger on each run\n"
+        "Try: give the demo a file of its own with --db, e.g. --db ledger-demo.db\n"
+    )
+    assert real.read_bytes() == before
+
+
+def test_demo_removes_its_hooks_folder_and_never_runs_the_operators_hooks(
+    tmp_path: Path,
+) -> None:
+    home = make_home(tmp_path)  # an operator hook that records every call it gets
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "HERMES_HOME": str(home), "TMPDIR": str(scratch)}
+    demo = subprocess.run(
+        [installed_script(), "demo", "--json"], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    assert json.loads(demo.stdout)["hook_calls"] > 0
+    assert list(scratch.iterdir()) == []  # its temporary hooks folder is gone
+    assert not (home / "hooks" / "recorder" / "calls.jsonl").exists()
 
 
 def test_demo_json(tmp_path: Path, cli: Callable[..., Result]) -> None:

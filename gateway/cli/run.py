@@ -19,8 +19,12 @@ from hermes_ledger.gateway.cli.options import (
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import print_json, print_table
-from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger_path
-from hermes_ledger.gateway.demo.day import describe_query, run_demo
+from hermes_ledger.gateway.config.paths import (
+    default_demo_ledger_path,
+    hermes_home,
+    resolve_ledger_path,
+)
+from hermes_ledger.gateway.demo.day import describe_query, prepare_demo_ledger, run_demo
 from hermes_ledger.gateway.scheduler.runner import describe
 from hermes_ledger.ledger.clock import parse_utc
 
@@ -128,19 +132,28 @@ def run_cmd(
 
 
 @click.command("demo")
-@db_option
+@click.option(
+    "--db",
+    "db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The demo's own ledger, replaced on each run. Default: $HERMES_HOME/ledger-demo.db"
+    " (never HERMES_LEDGER_DB, the real ledger).",
+)
 @json_option
 @reports_errors
 def demo_cmd(db: Path | None, as_json: bool) -> None:
-    """Simulate a gateway day into the ledger and show it.
+    """Simulate a gateway day into a demo ledger and show it.
 
     \b
-    Writes sessions under the `demo` profile (keys agent:demo:…) across several
-    platforms, runs a simulated clock through idle expiries, a daily reset, an
-    auto-reset on a late message and a manual /new, delivers them to an example
-    hook, then prints the session map, an audit query and where an export went.
+    Writes a ledger of its own (replaced on each run; the real ledger, hooks and
+    configuration are never touched): sessions under the `demo` profile (keys
+    agent:demo:…) across several platforms, a simulated clock through idle
+    expiries, a daily reset, an auto-reset on a late message and a manual /new,
+    delivered to an example hook in a temporary folder; then the session map, an
+    audit query and where an export went. The same story on every run.
     """
-    path = resolve_ledger_path(db)
+    path = db.expanduser() if db is not None else default_demo_ledger_path()
+    prepare_demo_ledger(path)  # refuse a ledger that is not the demo's before any output
     say = (lambda _: None) if as_json else (lambda line: click.echo(f"  {line}"))
     if not as_json:
         click.echo(f"Simulating a gateway day into {path} …")
@@ -169,9 +182,9 @@ def demo_cmd(db: Path | None, as_json: bool) -> None:
     for line in describe_query().splitlines():
         click.echo(f"  {line}")
     print_table(report.audit_columns, report.audit_rows)
-    click.echo(f"\nExample hook ({report.hooks_dir}) was called {report.hook_calls} times.")
+    click.echo(f"\nThe example hook was called {report.hook_calls} times.")
     click.echo(f"Exported {report.events} events to {report.export_path}")
     click.echo(
-        "Next: hermes-ledger sessions --all, hermes-ledger history KEY,"
-        " hermes-ledger sql 'SELECT …', hermes-ledger verify"
+        f"Next, on the demo ledger (--db {path}):"
+        " hermes-ledger sessions --all, history KEY, sql 'SELECT …', verify"
     )

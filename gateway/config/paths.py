@@ -10,6 +10,7 @@ from pathlib import Path
 from hermes_ledger.gateway.config.files import ledger_plugin_enabled
 
 __all__ = [
+    "default_demo_ledger_path",
     "default_hooks_dir",
     "default_ledger_hooks_dir",
     "default_ledger_path",
@@ -44,6 +45,14 @@ def hermes_home() -> Path:
 def default_ledger_path() -> Path:
     """``$HERMES_HOME/ledger.db``."""
     return hermes_home() / "ledger.db"
+
+
+def default_demo_ledger_path() -> Path:
+    """``$HERMES_HOME/ledger-demo.db``: the demo's own ledger, apart from the real one.
+    The home is created (owner-only) on first use, as for the real ledger."""
+    home = hermes_home()
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return home / "ledger-demo.db"
 
 
 def default_hooks_dir(home: Path | None = None) -> Path:

@@ -1,18 +1,25 @@
 """``hermes-ledger demo``: a realistic gateway day, simulated in a few seconds.
 
-Writes into a real ledger (sessions under the ``demo`` profile, so their keys —
-``agent:demo:…`` — never mix with a real gateway's): DMs, groups, a thread and
-a channel on several platforms, an API client and the local CLI; tool calls and
-token usage; then a simulated clock runs through idle expiries, a daily reset,
-an auto-reset when a late message arrives and a manual ``/new``. An example hook,
-installed in a temporary hooks directory, receives every session:start/end.
-Finally it exports the log next to the ledger.
+Writes into a ledger of its own (``$HERMES_HOME/ledger-demo.db`` by default,
+replaced on each run; never the operator's ledger, hooks or configuration), under
+the ``demo`` profile (keys ``agent:demo:…``): DMs, groups, a thread and a channel on
+several platforms, an API client and the local CLI; tool calls and token usage; then
+a simulated clock runs through idle expiries, a daily reset, an auto-reset when a
+late message arrives and a manual ``/new``. An example hook, installed in a
+temporary hooks directory that is removed afterwards, receives every
+session:start/end. Finally it exports the log next to the ledger.
+
+The story is the same on every run: the simulated day is fixed (it starts at
+``DEMO_START``) and session ids come from a seeded generator.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import tempfile
 import textwrap
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,11 +33,15 @@ from hermes_ledger.gateway.scheduler.runner import PassReport
 from hermes_ledger.gateway.sessions.policy import ResetPolicy
 from hermes_ledger.gateway.sessions.sources import Platform, SessionSource
 from hermes_ledger.gateway.sessions.store import SessionStore
+from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.export import export
 
-__all__ = ["DemoReport", "run_demo"]
+__all__ = ["DEMO_START", "DemoReport", "prepare_demo_ledger", "run_demo"]
 
 PROFILE = "demo"
+DEMO_START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+"""When the simulated day begins (a Monday, in the past, so nothing is dated later)."""
+SEED = 20261102
 CONFIG = GatewayConfig(
     profile=PROFILE,
     default_reset_policy=ResetPolicy(mode="idle", idle_minutes=60, timezone="UTC"),
@@ -57,6 +68,7 @@ def handle(event_type, context):
         out.write(json.dumps({"event": event_type, **context}) + "\\n")
 """
 
+SQL_NOT_DEMO = "SELECT count(*) FROM events WHERE stream NOT LIKE ?"
 AUDIT_QUERY = """\
 SELECT end_reason, count(*) AS sessions, sum(message_count) AS messages
 FROM session_history WHERE session_key LIKE 'agent:demo:%' AND ended_at IS NOT NULL
@@ -78,7 +90,6 @@ class _SimClock:
 class DemoReport:
     ledger: str
     export_path: str
-    hooks_dir: str
     events: int
     sessions_map: list[tuple[str, str, str]]
     audit_columns: list[str]
@@ -108,7 +119,7 @@ def _chat(store: SessionStore, source: SessionSource, turns: list[tuple[str, str
 def _tool_turn(store: SessionStore, source: SessionSource, query: str, answer: str) -> None:
     entry = store.get_or_create_session(source)
     sid = entry.session_id
-    call_id = f"call_{abs(hash((sid, query))) % 10_000:04d}"
+    call_id = f"call_{zlib.crc32(f'{sid}|{query}'.encode()) % 10_000:04d}"
     store.append_to_transcript(sid, {"role": "user", "content": query})
     calls = [
         {"id": call_id, "type": "function", "function": {"name": "web_search",
@@ -125,21 +136,64 @@ def _tool_turn(store: SessionStore, source: SessionSource, query: str, answer: s
     )  # fmt: skip
 
 
-def run_demo(
-    ledger_path: Path, *, say: Callable[[str], None] = lambda _: None, now: datetime | None = None
-) -> DemoReport:
-    """Run the demo workload into ``ledger_path``; ``say`` narrates each step."""
-    # The simulated day starts two days ago at 08:00 UTC, so it lies wholly in the
-    # past: nothing the demo writes is dated after the real clock.
-    start = ((now or datetime.now(UTC)) - timedelta(days=2)).replace(
-        hour=8, minute=0, second=0, microsecond=0
+def _demo_session_ids(seed: int) -> Callable[[datetime], str]:
+    rng = random.Random(seed)
+    return lambda now: f"{now.astimezone(UTC):%Y%m%d_%H%M%S}_{rng.getrandbits(32):08x}"
+
+
+def prepare_demo_ledger(path: Path) -> None:
+    """Make room for a fresh demo ledger at ``path``: remove a previous demo ledger
+    there (and its WAL and shared-memory files). Anything else at ``path`` — a file
+    that is not a ledger, or a ledger holding sessions that are not the demo's — is
+    refused untouched, so the demo can never replace an operator's ledger."""
+    if not path.exists():
+        return
+    foreign = LedgerError(
+        f"{path} is not a demo ledger: the demo replaces its ledger on each run",
+        hint="give the demo a file of its own with --db, e.g. --db ledger-demo.db",
     )
-    clock = _SimClock(start)
-    hooks_dir = Path(tempfile.mkdtemp(prefix="hermes-demo-hooks-"))
-    hook = _install_hook(hooks_dir)
+    try:
+        with Ledger.open(path, readonly=True) as led:
+            others = led.query(SQL_NOT_DEMO, (f"agent:{PROFILE}:%",))[0][0]
+    except LedgerError:
+        raise foreign from None
+    if others:
+        raise foreign
+    for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if leftover.exists():
+            os.unlink(leftover)
+
+
+def run_demo(ledger_path: Path, *, say: Callable[[str], None] = lambda _: None) -> DemoReport:
+    """Run the demo workload into a fresh demo ledger at ``ledger_path`` (see
+    ``prepare_demo_ledger``); ``say`` narrates each step."""
+    prepare_demo_ledger(ledger_path)
+    clock = _SimClock(DEMO_START)
     closed: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="hermes-demo-hooks-") as scratch:
+        hooks_dir = Path(scratch) / "hooks"
+        hook = _install_hook(hooks_dir)
+        return _simulate(ledger_path, hooks_dir, hook, clock, closed, say)
+
+
+def _simulate(
+    ledger_path: Path,
+    hooks_dir: Path,
+    hook: Path,
+    clock: _SimClock,
+    closed: list[tuple[str, str]],
+    say: Callable[[str], None],
+) -> DemoReport:
+    """The simulated day, through the composition root with the demo's own policies
+    and hooks (nothing is read from the operator's home)."""
+    start = clock.now
     with open_gateway(
-        ledger_path, config=CONFIG, settings=RunnerSettings(), hooks_dir=hooks_dir, clock=clock
+        ledger_path,
+        config=CONFIG,
+        settings=RunnerSettings(),
+        hooks_dir=hooks_dir,
+        clock=clock,
+        session_ids=_demo_session_ids(SEED),
     ) as gateway:
         led, store, runner = gateway.ledger, gateway.store, gateway.runner
 
@@ -191,7 +245,7 @@ def run_demo(
         clock.advance(hours=3)
         _chat(store, ops, [("user", "morning all"), ("assistant", "Good morning, new day.")])
         tick("later that morning")
-        export_path = ledger_path.with_name(ledger_path.stem + "-demo-export.jsonl")
+        export_path = ledger_path.with_name(ledger_path.stem + "-export.jsonl")
         manifest = export(ledger_path, export_path)
         sessions_map = [
             (row[0], row[1], row[2])
@@ -202,16 +256,14 @@ def run_demo(
         ]
         audit = led.query(AUDIT_QUERY)
     calls_file = hook / "calls.jsonl"
-    hook_calls = len(calls_file.read_text().splitlines()) if calls_file.exists() else 0
     return DemoReport(
         ledger=str(ledger_path),
         export_path=str(export_path),
-        hooks_dir=str(hooks_dir),
         events=manifest.count,
         sessions_map=sessions_map,
         audit_columns=["end_reason", "sessions", "messages"],
         audit_rows=[tuple(r) for r in audit],
-        hook_calls=hook_calls,
+        hook_calls=len(calls_file.read_text().splitlines()) if calls_file.exists() else 0,
         closed=closed,
     )
 
