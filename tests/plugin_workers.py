@@ -179,6 +179,13 @@ def activity_calls(session_id: str) -> list[tuple[str, dict[str, Any]]]:
                 "platform": "telegram",
             },
         ),
+        (  # agent/turn_finalizer.py: the end of every run_conversation (a turn)
+            "on_session_end",
+            {
+                "session_id": session_id, "task_id": "t", "turn_id": "tu", "completed": True,
+                "interrupted": False, "model": "m", "platform": "telegram",
+            },
+        ),
     ]  # fmt: skip
 
 
@@ -267,8 +274,8 @@ def hooks() -> None:
     boom = Boom()
     for hook in (
         "pre_gateway_dispatch", "on_session_start", "pre_llm_call", "post_llm_call",
-        "post_tool_call", "post_api_request", "on_session_finalize", "on_session_reset",
-        "subagent_start",
+        "post_tool_call", "post_api_request", "on_session_end", "on_session_finalize",
+        "on_session_reset", "subagent_start",
     ):  # fmt: skip
         fire(hook)
         fire(hook, event=boom, gateway=boom, session_store=boom, session_id=boom,

@@ -137,7 +137,7 @@ def test_callbacks_via_invoke_hook_write_the_contract_records_and_survive_garbag
               "chat_type": "dm", "user_id": "u1", "user_name": "al", "thread_id": None,
               "chat_topic": None}  # fmt: skip
     hooks = ["on_session_start", "pre_llm_call", "post_api_request", "post_tool_call",
-             "post_llm_call"]  # fmt: skip
+             "post_llm_call", "on_session_end"]  # fmt: skip
     expected: list[dict[str, Any]] = [
         # before the key's first session, then with it; the internal event is skipped
         {"kind": "dispatch", "session_key": key, "session_id": None, "source": source,
@@ -358,7 +358,7 @@ def test_no_worker_outside_a_gateway(home: Path) -> None:
     assert "ledger" in out["cli_commands"]  # register() also registered `hermes ledger`
     assert not (home / "ledger.db").exists()
     kinds = [r["kind"] for r in pending_records(home)]
-    assert kinds == ["activity"] * 5 + ["finalize"]  # spooled, for a gateway to drain
+    assert kinds == ["activity"] * 6 + ["finalize"]  # spooled, for a gateway to drain
 
 
 def test_gateway_worker_resumes_the_spool_and_delivers_ledger_hooks_once(home: Path) -> None:

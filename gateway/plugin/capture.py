@@ -14,10 +14,14 @@ and ``at`` (UTC ISO-8601 with ``Z``: when the callback ran):
                        key's first session), ``source`` (``SessionSource.to_dict()``),
                        ``message_id``. Internal events are skipped.
 ``activity``           ``pre_llm_call``, ``post_llm_call``, ``post_tool_call``,
-                       ``post_api_request``, ``on_session_start`` (agent worker
-                       threads): ``session_id``, ``session_key`` (the gateway's
-                       ``HERMES_SESSION_KEY`` for this turn, else ``None``),
-                       ``platform``, ``hook``. One record per call.
+                       ``post_api_request``, ``on_session_start``,
+                       ``on_session_end`` (agent worker threads): ``session_id``,
+                       ``session_key`` (the gateway's ``HERMES_SESSION_KEY`` for
+                       this turn, else ``None``), ``platform``, ``hook``. One
+                       record per call. ``on_session_end`` is not a close: Hermes
+                       fires it at the end of every turn, after the turn's
+                       messages are persisted, interrupted turns included (which
+                       skip ``post_llm_call``).
 ``finalize``           ``on_session_finalize``: ``session_id``, ``platform``,
                        ``reason``, ``old_session_id``, ``new_session_id``.
 ``reset``              ``on_session_reset``: ``session_id``, ``old_session_id``,
@@ -65,6 +69,7 @@ ACTIVITY_HOOKS = (
     "post_llm_call",
     "post_tool_call",
     "post_api_request",
+    "on_session_end",  # the end of every turn (not of the session), interrupted ones too
 )
 HOOKS = (
     "pre_gateway_dispatch",
