@@ -21,12 +21,12 @@ as a ``HookProblem`` with its path and skipped; the other hooks still load.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import re
 import stat
 import sys
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,30 +149,95 @@ class _Refused(Exception):
         self.problem = HookProblem(path, message)
 
 
+def _refusal(path: Path, st: os.stat_result, *, sticky_ok: bool = False) -> str | None:
+    """Why ``st`` (of ``path``) is something a user other than us (or root) could
+    change, or None. ``sticky_ok``: a sticky directory (``/tmp``) may be writable by
+    others, since they cannot rename or remove entries they do not own."""
+    if st.st_uid not in (os.geteuid(), 0):
+        return (
+            f"refused: owned by uid {st.st_uid}, not by this user or root; hooks run as code "
+            "with the gateway's rights"
+        )
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not (sticky_ok and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+        who = "everyone" if st.st_mode & stat.S_IWOTH else "its group"
+        return (
+            f"refused: writable by {who} (mode {stat.S_IMODE(st.st_mode):o}); hooks run as "
+            f"code with the gateway's rights, so only their owner may change them "
+            f"(chmod go-w {path})"
+        )
+    return None
+
+
 def _check_private(path: Path) -> None:
     """Refuse a file or directory that a user other than us (or root) could change."""
     if os.name != "posix":
         return
-    st = os.stat(path)
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        who = "everyone" if st.st_mode & stat.S_IWOTH else "its group"
-        raise _Refused(
-            path,
-            f"refused: writable by {who} (mode {stat.S_IMODE(st.st_mode):o}); hooks run as "
-            f"code with the gateway's rights, so only their owner may change them "
-            f"(chmod go-w {path})",
-        )
-    if st.st_uid not in (os.geteuid(), 0):
-        raise _Refused(
-            path,
-            f"refused: owned by uid {st.st_uid}, not by this user or root; hooks run as code "
-            "with the gateway's rights",
-        )
+    message = _refusal(path, os.stat(path))
+    if message is not None:
+        raise _Refused(path, message)
+
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def _read_checked(path: Path) -> bytes:
+    """The bytes of a hook's file, read from one descriptor that was checked.
+
+    The file's real path is opened one component at a time from ``/`` (each with
+    ``O_NOFOLLOW``, relative to the descriptor of the directory before it), and
+    every directory on it and the file itself are checked on their open
+    descriptors (``fstat``): owned by us or root, not writable by group or others
+    (a sticky directory such as ``/tmp`` may be). What is read is what was checked:
+    a path swapped after the check (a symlink replaced, a file renamed into place)
+    makes the open fail or is never looked at again.
+    """
+    if os.name != "posix":
+        return path.read_bytes()
+    real = Path(os.path.realpath(path))
+    parts = real.parts
+    dir_flags = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+    dir_fd = os.open(parts[0], dir_flags)
+    try:
+        current = Path(parts[0])
+        for name in parts[1:-1]:
+            message = _refusal(current, os.fstat(dir_fd), sticky_ok=True)
+            if message is not None:
+                raise _Refused(current, f"{message}; it is on the real path of {path}")
+            try:
+                fd = os.open(name, dir_flags, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _Refused(
+                    path, f"cannot open {current / name} on its real path {real}: {exc.strerror}"
+                ) from None
+            os.close(dir_fd)
+            dir_fd, current = fd, current / name
+        message = _refusal(current, os.fstat(dir_fd), sticky_ok=True)
+        if message is not None:
+            raise _Refused(current, f"{message}; it is on the real path of {path}")
+        try:
+            fd = os.open(
+                parts[-1], os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd
+            )
+        except OSError as exc:
+            raise _Refused(path, f"cannot open {real}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(file.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused(path, f"refused: {real} is not a regular file")
+        message = _refusal(path if real == path.absolute() else real, st)
+        if message is not None:
+            raise _Refused(path, message)
+        return file.read()
 
 
 def _read_manifest(path: Path) -> tuple[str, str, tuple[str, ...]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_checked(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise _Refused(path, f"cannot read: {exc}") from None
     try:
@@ -208,15 +273,22 @@ def _read_manifest(path: Path) -> tuple[str, str, tuple[str, ...]]:
 
 
 def _load_handler(path: Path, hook_name: str) -> Handler:
+    """Run ``handler.py`` in a fresh module, from the bytes ``_read_checked`` read.
+
+    No import machinery: no bytecode is written beside the hook or read from its
+    ``__pycache__`` (a cache another user could plant), and the file executed is
+    the one whose owner and mode were checked. The hook's directory is not put on
+    ``sys.path``: a handler is one file.
+    """
+    source = _read_checked(path)
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     module_name = f"hermes_hook_{re.sub(r'[^0-9A-Za-z_]', '_', hook_name)}_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise _Refused(path, "cannot be loaded as a Python module")
-    module = importlib.util.module_from_spec(spec)
+    module = types.ModuleType(module_name)
+    module.__file__ = str(path)
     sys.modules[module_name] = module  # dataclasses and pickle look modules up here
     try:
-        spec.loader.exec_module(module)
+        code = compile(source, str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     except BaseException as exc:
         sys.modules.pop(module_name, None)
         if not isinstance(exc, Exception):
