@@ -162,7 +162,9 @@ def events_cmd(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    # Directories, devices, FIFOs, sockets and links are refused by export() itself
+    # (Error/Try, exit 1), after the same checks for every kind.
+    type=click.Path(allow_dash=True, path_type=Path),
     help="Write to FILE (created owner-only; .gz compresses) instead of stdout (-).",
 )
 @reports_errors
