@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,6 +254,9 @@ def test_known_layout_ambiguities_are_the_hermes_ones() -> None:
     thread = SessionSource(**TG_GROUP, thread_id="42")
     member = SessionSource(**TG_GROUP, user_id="42")
     assert build_session_key(thread) == build_session_key(member)
+    no_chat_member = SessionSource(platform="telegram", chat_type="group", user_id="42")
+    chat = SessionSource(platform="telegram", chat_type="group", chat_id="42")
+    assert build_session_key(no_chat_member) == build_session_key(chat)
 
 
 @pytest.mark.parametrize("text", ["", "plain", "a:b", "50%", "%3A", "::%%", "ü:ß%"])
@@ -287,7 +296,7 @@ def sources(draw: st.DrawFn) -> SessionSource:
     return SessionSource(
         platform=draw(st.sampled_from(["telegram", "discord"])),
         chat_type=chat_type,
-        chat_id=draw(_component if chat_type != "dm" else _maybe),
+        chat_id=draw(_maybe),
         user_id=draw(_maybe),
         user_id_alt=draw(_maybe),
         thread_id=draw(_maybe),
@@ -429,3 +438,102 @@ def test_session_keys() -> None:
     for bad in ["", "/etc/passwd", "../agent:main", "\\x", "C:\\x", "agent:main\x00"]:
         with pytest.raises(InvalidSessionIdError):
             validate_session_key(bad)
+
+
+# --- against the real Hermes -------------------------------------------------
+
+# Hermes's own build_session_key, run in a clean interpreter (Hermes reads its
+# paths at import, so it gets a home of its own; -I keeps this repository's
+# gateway/ folder off sys.path). stdin: [[source fields, options], ...].
+_HERMES_KEYS = """
+import json, sys
+from gateway.config import Platform
+from gateway.session import SessionSource, build_session_key
+keys = []
+for fields, options in json.load(sys.stdin):
+    fields = dict(fields, platform=Platform(fields["platform"]))
+    fields.setdefault("chat_id", "")
+    keys.append(build_session_key(SessionSource(**fields), **options))
+json.dump(keys, sys.stdout)
+"""
+
+
+def hermes_keys(cases: list[tuple[dict[str, Any], dict[str, Any]]], home: Path) -> list[str]:
+    home.mkdir(exist_ok=True)
+    env = {"HOME": str(home), "HERMES_HOME": str(home), "PATH": os.defpath}
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", _HERMES_KEYS],
+        input=json.dumps(cases),
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    keys: list[str] = json.loads(done.stdout)
+    return keys
+
+
+def _hermes_table() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every chat type with and without chat_id, thread_id, user_id and user_id_alt,
+    under both per-user flags both ways, on a few platforms and profiles."""
+    cases = []
+    slots = itertools.product(
+        CHAT_TYPES,
+        (None, "-1002285219667"),  # chat_id
+        (None, "17585"),  # thread_id
+        (None, "42"),  # user_id
+        (None, "uuid-9"),  # user_id_alt
+    )
+    for n, (chat_type, chat_id, thread_id, user_id, user_id_alt) in enumerate(slots):
+        fields = {
+            "platform": ("telegram", "discord", "slack", "signal", "matrix")[n % 5],
+            "chat_type": chat_type,
+            "chat_id": chat_id,
+            "thread_id": thread_id,
+            "user_id": user_id,
+            "user_id_alt": user_id_alt,
+        }
+        for group_per_user, thread_per_user in itertools.product((True, False), repeat=2):
+            options: dict[str, Any] = {
+                "group_sessions_per_user": group_per_user,
+                "thread_sessions_per_user": thread_per_user,
+            }
+            if n % 7 == 3:
+                options["profile"] = ("coder", "default")[n % 2]
+            cases.append(({k: v for k, v in fields.items() if v is not None}, options))
+    return cases
+
+
+def test_keys_are_the_real_hermes_keys(tmp_path: Path) -> None:
+    """Byte for byte what Hermes 0.19's gateway.session.build_session_key returns,
+    including groups, channels and threads without a chat_id."""
+    cases = _hermes_table()
+    assert any(f["chat_type"] != "dm" and "chat_id" not in f for f, _ in cases)
+    expected = hermes_keys(cases, tmp_path / "home")
+    ours = [build_session_key(SessionSource(**fields), **options) for fields, options in cases]
+    mismatches = [
+        (fields, options, mine, theirs)
+        for (fields, options), mine, theirs in zip(cases, ours, expected, strict=True)
+        if mine != theirs
+    ]
+    assert not mismatches
+    bare = {key.rsplit(":", 1)[1] for key in expected if key.count(":") == 3}
+    assert bare == {"dm", "group", "channel", "thread"}  # no chat, thread or sender at all
+    assert any(key.startswith("agent:coder:") for key in expected)
+
+
+def test_escaping_is_the_only_difference_from_hermes(tmp_path: Path) -> None:
+    """Ids with ':' or '%': our key is the Hermes key of the escaped ids."""
+    raw = [
+        {"platform": "matrix", "chat_type": "group", "chat_id": "!r:x.org", "user_id": "@a:x.org"},
+        {"platform": "matrix", "chat_type": "channel", "thread_id": "t:1", "user_id": "50%"},
+        {"platform": "slack", "chat_type": "thread", "user_id_alt": "a:b"},
+        {"platform": "telegram", "chat_id": "a%3Ab", "thread_id": "c"},
+    ]
+    escaped = [{k: escape_component(v) for k, v in fields.items()} for fields in raw]
+    cases = [(fields, {}) for fields in escaped]
+    expected = hermes_keys(cases, tmp_path / "home")
+    assert [build_session_key(SessionSource(**fields)) for fields in raw] == expected

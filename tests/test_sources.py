@@ -86,7 +86,6 @@ def test_platform_given_as_enum_or_string() -> None:
         ({"platform": "telegram", "thread_id": "t\x00"}, r"thread_id: identifiers must not"),
         ({"platform": "telegram", "profile": "a\u0085b"}, r"profile: identifiers must not"),
         ({"platform": "telegram", "user_name": "a\x00"}, r"user_name: must not contain NUL"),
-        ({"platform": "telegram", "chat_type": "group"}, r"a group source needs a chat_id"),
         ({"platform": "telegram", "chat": "1"}, r"chat: Extra inputs are not permitted"),
     ],
 )
@@ -113,6 +112,16 @@ def test_ids_are_strings_and_empty_means_absent() -> None:
     assert SessionSource(platform="telegram", chat_type=None).chat_type == "dm"
     # Display text may be multi-line (channel topics are).
     assert SessionSource(platform="discord", chat_topic="line 1\nline 2").chat_topic
+
+
+@pytest.mark.parametrize("chat_type", ["group", "channel", "thread"])
+def test_chat_id_is_optional_for_every_chat_type(chat_type: str) -> None:
+    # Hermes builds a key for such a source, so a home or a live gateway can hand us one.
+    source = SessionSource(platform="discord", chat_type=chat_type, thread_id="7", user_id="42")
+    assert source.chat_id is None
+    assert SessionSource.from_dict(source.to_dict()) == source
+    assert SessionSource.from_event_source(source.to_event_source()) == source
+    assert SessionSource.from_dict({"platform": "slack", "chat_type": chat_type, "chat_id": ""})
 
 
 def test_sources_are_frozen() -> None:

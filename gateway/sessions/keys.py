@@ -8,11 +8,13 @@ the same way::
 
     agent:<ns>:<platform>:dm[:<chat_id>][:<thread_id>]
     agent:<ns>:<platform>:dm:<participant>[:<thread_id>]       (DM without chat_id)
-    agent:<ns>:<platform>:<chat_type>:<chat_id>[:<thread_id>][:<participant>]
+    agent:<ns>:<platform>:<chat_type>[:<chat_id>][:<thread_id>][:<participant>]
 
 ``<participant>`` is ``user_id_alt`` or else ``user_id``. A DM without a chat id
 falls back to the participant, then to the thread id, then to the bare ``…:dm``.
-In groups, channels and threads the participant is appended when
+A group, channel or thread without a chat id simply has no ``<chat_id>`` slot
+(``…:group:<thread_id>``, ``…:group:<participant>``, or the bare ``…:group``),
+as in Hermes. In groups, channels and threads the participant is appended when
 ``group_sessions_per_user`` is on (the default) — inside a thread only when
 ``thread_sessions_per_user`` is on too (default off: a thread is one shared
 conversation). ``<ns>`` is ``main`` for the default profile (no profile,
@@ -30,8 +32,10 @@ which Hermes profile names never contain, so no profile can pose as ``main~``.
 **What escaping cannot fix.** The Hermes layout has optional slots, and keys
 must stay byte-identical, so a few differently-shaped sources still share a
 key as they do in Hermes: a DM's chat id and the participant fallback of a DM
-without one (on Telegram they are the same number), and — within one group — a
-thread id equal to a member's id (``group:c:<thread>`` vs ``group:c:<user>``).
+without one (on Telegram they are the same number); within one group, a
+thread id equal to a member's id (``group:c:<thread>`` vs ``group:c:<user>``);
+and a group without a chat id whose member, or thread, has the id of another
+group of that type (``group:<user>`` vs ``group:<chat_id>``).
 Sources of the same shape that differ in any keyed component never share a key.
 """
 

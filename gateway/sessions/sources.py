@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.events import Source
@@ -145,8 +145,11 @@ class SessionSource(BaseModel):
     """Where a message originated: platform, chat, sender and thread.
 
     Identifier fields accept numbers (Telegram ids arrive as ints) and store
-    them as strings; an empty string means "not given". ``profile`` is the
-    Hermes profile the message is routed to (``None`` for the default one).
+    them as strings; an empty string means "not given". Every id is optional,
+    ``chat_id`` too, whatever the chat type: Hermes builds a key for a group,
+    channel or thread without one (``sessions.keys``), so a Hermes home or a
+    live gateway can hand us such a source. ``profile`` is the Hermes profile
+    the message is routed to (``None`` for the default one).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
@@ -235,12 +238,6 @@ class SessionSource(BaseModel):
         if value is not None and has_unstorable_chars(value):
             raise ValueError("must not contain NUL or unpaired surrogate characters")
         return value
-
-    @model_validator(mode="after")
-    def _chat_needed(self) -> SessionSource:
-        if self.chat_id is None and self.chat_type != "dm":
-            raise ValueError(f"a {self.chat_type} source needs a chat_id")
-        return self
 
     @property
     def is_dm(self) -> bool:
