@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.options import Seconds, db_option, json_option, reports_errors
 from hermes_ledger.gateway.cli.output import (
     cell,
     print_json,
@@ -104,8 +104,8 @@ def _event_line(rec: Recorded) -> str:
 @filter_options
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many (before --follow).")
 @click.option("-f", "--follow", is_flag=True, help="Then print new events as they come (Ctrl-C).")
-@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.5, hidden=True)
-@click.option("--follow-timeout", type=click.FloatRange(min=0), hidden=True)
+@click.option("--poll-interval", type=Seconds(), default=0.5, hidden=True)
+@click.option("--follow-timeout", type=Seconds(min=0), hidden=True)
 @json_option
 @reports_errors
 def events_cmd(

@@ -1,9 +1,11 @@
-"""What every command shares: the ``--db`` and ``--json`` options, and how a
-library error becomes ``Error: …`` plus ``Try: …`` with exit status 1."""
+"""What every command shares: the ``--db`` and ``--json`` options, the type of
+every option that takes seconds, and how a library error becomes ``Error: …``
+plus ``Try: …`` with exit status 1."""
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +14,7 @@ import click
 
 from hermes_ledger.ledger import LedgerError
 
-__all__ = ["LedgerCommandError", "db_option", "json_option", "reports_errors"]
+__all__ = ["LedgerCommandError", "Seconds", "db_option", "json_option", "reports_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,3 +53,39 @@ db_option = click.option(
     help="Ledger file. Default: $HERMES_HOME/ledger.db (env HERMES_LEDGER_DB).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds: a finite number in ``[min, max]`` (by default 0.01 s to
+    one day). ``nan``, ``inf`` and out-of-range values are usage errors (exit 2):
+    ``float()`` accepts them, and a wait of ``nan`` seconds returns at once (a busy
+    loop) while ``inf`` overflows the first timed wait."""
+
+    name = "seconds"
+
+    def __init__(self, min: float = 0.01, max: float = 86_400.0) -> None:  # noqa: A002
+        self.min = min
+        self.max = max
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float) and math.isfinite(value) and self.min <= value <= self.max:
+            return value
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        if not self.min <= seconds <= self.max:
+            self.fail(
+                f"{value} is not between {self.min:g} and {self.max:g} seconds", param, ctx
+            )
+        return seconds
+
+    def __repr__(self) -> str:
+        return f"Seconds({self.min:g}..{self.max:g})"

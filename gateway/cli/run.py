@@ -14,6 +14,7 @@ import click
 from hermes_ledger.gateway.bootstrap import Gateway, open_gateway
 from hermes_ledger.gateway.cli.options import (
     LedgerCommandError,
+    Seconds,
     db_option,
     json_option,
     reports_errors,
@@ -102,7 +103,9 @@ def tick_cmd(
 @db_option
 @config_option
 @hooks_option
-@click.option("--interval", type=click.FloatRange(min=0.01), help="Seconds between passes.")
+@click.option(
+    "--interval", type=Seconds(), help="Seconds between passes (0.01 to 86400)."
+)
 @reports_errors
 def run_cmd(
     db: Path | None, config_home: Path | None, hooks_dir: Path | None, interval: float | None
