@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
 from hermes_ledger.gateway.cli.output import print_json, size_text
+from hermes_ledger.gateway.cli.plugin import plugin_status_for, print_plugin_status
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.ledger import admin
 
 __all__ = ["init_cmd", "status_cmd"]
 
 
-def _print_status(st: admin.LedgerStatus) -> None:
+def _print_status(st: admin.LedgerStatus, plugin: dict[str, Any] | None = None) -> None:
     schema = f"v{st.schema_version}"
     if st.schema_version == st.latest_schema_version:
         schema += " (up to date)"
@@ -31,6 +33,8 @@ def _print_status(st: admin.LedgerStatus) -> None:
     width = max(len(k) for k, _ in rows) + 1
     for key, value in rows:
         click.echo(f"{key + ':':<{width}} {value}")
+    if plugin is not None:
+        print_plugin_status(plugin, width)
 
 
 @click.command("init")
@@ -56,9 +60,12 @@ def init_cmd(db: Path | None, as_json: bool) -> None:
 @json_option
 @reports_errors
 def status_cmd(db: Path | None, as_json: bool) -> None:
-    """Show where the ledger is and what it holds."""
-    st = admin.status(resolve_ledger_path(db))
+    """Show where the ledger is and what it holds (and, with the Hermes plugin
+    enabled in the home, its spool and whether a backfill is due)."""
+    path = resolve_ledger_path(db)
+    st = admin.status(path)
+    plugin = plugin_status_for(path)
     if as_json:
-        print_json(st.to_dict())
+        print_json(st.to_dict() if plugin is None else {**st.to_dict(), "plugin": plugin})
     else:
-        _print_status(st)
+        _print_status(st, plugin)

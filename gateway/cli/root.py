@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from hermes_ledger.gateway.cli import admin, hooks, log, run, sessions
+from hermes_ledger.gateway.cli import admin, hooks, log, plugin, run, sessions
 
 __all__ = ["cli", "main"]
 
@@ -34,6 +34,7 @@ for _command in (
     log.export_cmd,
     log.import_cmd,
     log.backfill_cmd,
+    plugin.sync_cmd,
     log.sql_cmd,
     log.schema_cmd,
     sessions.sessions_cmd,

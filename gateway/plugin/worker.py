@@ -21,9 +21,10 @@ thread in every process with active plugins, or a thread in the gateway only.
   the terminal; its records simply wait in the spool, and the gateway's worker
   drains *every* spool file of the home (live writers up to their last complete
   line, finished ones entirely, then deletes them). Without a gateway running
-  they are drained by the next one (or ``SpoolWorker(home).run_pass()`` from a
-  command). ``hermes ledger …`` registers the callbacks but starts nothing:
-  ``register`` only starts the worker when the process already is a gateway.
+  they are drained by the next one, or by ``hermes ledger sync`` (``sync_home``:
+  one pass from the command line). ``hermes ledger …`` registers the callbacks
+  but starts nothing: ``register`` only starts the worker when the process
+  already is a gateway.
 * **Started lazily** (``plugin.capture``): by ``register`` when a gateway is
   already constructed, else by the first callback in a gateway process
   (``pre_gateway_dispatch`` proves it; so does Hermes's gateway runner
@@ -51,6 +52,11 @@ Hermes's (its expiry watcher, ``/new``, auto-resets), and the recorder records
 them; the ledger's scheduler closing a Hermes session on its own deadline would
 record a close that did not happen.
 
+The first pass that records something in a home also checks, once per home and
+process, whether the ledger lacks the home's history (``history_gap``: sessions
+in ``state.db`` that started before the plugin's first event and are not in the
+ledger) and if so logs one line suggesting ``hermes ledger backfill``.
+
 When the ledger is locked, busy, full or damaged, the pass fails, the problem is
 logged once (and its end once), the records stay spooled, and the pass is
 retried with a growing delay (at most ``MAX_RETRY_DELAY``): nothing is lost. At
@@ -66,24 +72,41 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hermes_ledger.gateway.bootstrap import Gateway, build_gateway
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.config.paths import default_ledger_hooks_dir
+from hermes_ledger.gateway.hermes.mapping import PLUGIN_ACTOR
 from hermes_ledger.gateway.hooks import DeliveryReport
-from hermes_ledger.gateway.plugin.spool import DrainReport, SpoolBusyError, SpoolWriter, drain
-from hermes_ledger.ledger import Ledger, LedgerBusyError
+from hermes_ledger.gateway.plugin.spool import (
+    DrainReport,
+    SpoolBusyError,
+    SpoolError,
+    SpoolWriter,
+    drain,
+    pending_records,
+    spool_dir,
+)
+from hermes_ledger.ledger import Ledger, LedgerBusyError, LedgerError
+from hermes_ledger.ledger.clock import format_utc, parse_utc
 
 __all__ = [
     "MAX_RETRY_DELAY",
     "ApplyFactory",
+    "HistoryGap",
     "Incidents",
     "PassOutcome",
     "SpoolWorker",
+    "SyncError",
+    "SyncReport",
+    "history_gap",
     "live_recorder",
+    "plugin_status",
+    "sync_home",
 ]
 
 log = logging.getLogger("hermes_plugins.ledger")
@@ -115,7 +138,7 @@ class Incidents:
     """
 
     def __init__(self, logger: logging.Logger = log) -> None:
-        self._log = logger
+        self._log = self.logger = logger
         self._open: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -296,6 +319,8 @@ class SpoolWorker:
                     self._close_gateway()  # reopen from scratch next time
                 return outcome
             self._failures = 0
+            if outcome.drained.applied:
+                self._suggest_backfill(gateway.ledger)
             if self.deliver_hooks if hooks is None else hooks:
                 try:
                     outcome.delivered = gateway.dispatcher.deliver()
@@ -304,6 +329,25 @@ class SpoolWorker:
                     outcome.error = exc
                     self.incidents.fail("delivering ledger hooks", exc, action="retrying")
         return outcome
+
+    def _suggest_backfill(self, ledger: Ledger) -> None:
+        """Once per home and process: say if the ledger lacks the home's history."""
+        home = self.home.resolve()
+        if home in _history_checked:
+            return
+        try:
+            gap = history_gap(ledger, self.home)
+        except Exception:  # never a reason to fail the pass; no state.db: nothing to say
+            gap = None
+        else:
+            if gap is not None and not gap.plugin_started:
+                return  # nothing the plugin recorded yet: ask again after the next records
+        with _history_lock:
+            if home in _history_checked:
+                return
+            _history_checked.add(home)
+        if gap is not None and gap.sessions:
+            self.incidents.logger.warning("ledger plugin: %s", gap.message())
 
     def _open(self) -> tuple[Gateway, ApplyFn]:
         if self._gateway is None or self._apply is None:
@@ -323,3 +367,247 @@ class SpoolWorker:
         if gateway is not None:
             with contextlib.suppress(Exception):
                 gateway.ledger.close()
+
+
+# -- the history from before the plugin ------------------------------------------------
+
+_history_checked: set[Path] = set()  # homes checked by this process's workers
+_history_lock = threading.Lock()
+# when the plugin's first event happened (Hermes's time: a start is the session's
+# start), not when it was written: sessions Hermes started after it are the plugin's
+# to record, even while their records still wait in the spool
+_SQL_FIRST_PLUGIN_EVENT = (
+    "SELECT coalesce(json_extract(data, '$.occurred_at'), recorded_at) FROM events"
+    " WHERE json_extract(meta, '$.actor') = ? ORDER BY position LIMIT 1"
+)
+_SQL_HAS_SESSION = "SELECT 1 FROM events WHERE session_id = ? LIMIT 1"
+
+
+@dataclass(frozen=True)
+class HistoryGap:
+    """What the ledger lacks of a home's history: ``sessions`` in ``state.db`` that
+    started before the plugin's first event (``plugin_started``: when that event
+    happened, e.g. the start of the first session the plugin recorded; None while
+    the plugin has recorded nothing) and are not in the ledger, the first of which
+    started at ``first_started_at``."""
+
+    home: Path
+    sessions: int
+    first_started_at: str | None
+    plugin_started: str | None
+
+    def message(self) -> str:
+        return (
+            f"{self.home / 'state.db'} has {self.sessions} session(s) from before the plugin"
+            f" started recording (the first started {self.first_started_at}) that the ledger"
+            " lacks; run `hermes ledger backfill` to import them (it adds only what is missing)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sessions": self.sessions,
+            "first_started_at": self.first_started_at,
+            "plugin_started": self.plugin_started,
+            "hint": "hermes ledger backfill" if self.sessions else None,
+        }
+
+
+def history_gap(ledger: Ledger, home: str | os.PathLike[str]) -> HistoryGap | None:
+    """The home's history the ledger lacks (see ``HistoryGap``); None without a
+    ``state.db``. Reads ``state.db`` in place, read-only."""
+    from hermes_ledger.gateway.hermes.reading import HermesImportError, open_hermes_home
+
+    home = Path(home)
+    rows = ledger.query(_SQL_FIRST_PLUGIN_EVENT, (PLUGIN_ACTOR,))
+    if not rows:
+        return HistoryGap(home, 0, None, None)
+    since = rows[0][0]
+    cutoff = parse_utc(since).timestamp()
+    try:
+        hermes = open_hermes_home(home, snapshot=False)
+    except HermesImportError:
+        return None
+    with hermes:
+        missing = [
+            s.started_at
+            for s in hermes.sessions()
+            if s.started_at < cutoff and not ledger.query(_SQL_HAS_SESSION, (s.id,))
+        ]
+    first = format_utc(datetime.fromtimestamp(min(missing), UTC)) if missing else None
+    return HistoryGap(home, len(missing), first, since)
+
+
+def plugin_status(home: str | os.PathLike[str], ledger: Ledger | None = None) -> dict[str, Any]:
+    """The plugin's part of ``status`` for ``home``: the spool, the records waiting
+    there, the ledger hooks' directory and (given the home's ``ledger``) the
+    history it lacks (``backfill``: ``HistoryGap.to_dict()``, or None)."""
+    home = Path(home)
+    try:
+        waiting: int | str = len(pending_records(home))
+    except OSError as exc:  # an unsafe or unreadable spool: say so, do not fail status
+        waiting = f"unreadable: {exc}"
+    gap = None
+    if ledger is not None:
+        with contextlib.suppress(LedgerError, OSError):
+            gap = history_gap(ledger, home)
+    return {
+        "enabled": True,
+        "spool": str(spool_dir(home)),
+        "waiting": waiting,
+        "ledger_hooks": str(default_ledger_hooks_dir(home)),
+        "backfill": gap.to_dict() if gap is not None and gap.sessions else None,
+    }
+
+
+# -- one pass from the command line: `hermes ledger sync` --------------------------------
+
+
+class SyncError(LedgerError):
+    """``sync_home`` could not drain the spool (the message says why)."""
+
+
+@dataclass
+class SyncReport:
+    """What ``sync_home`` did: the spool's records handed to the recorder, those it
+    applied and skipped (with reasons), events and closes written, hook calls."""
+
+    home: Path
+    ledger: Path
+    records: int = 0
+    applied: int = 0
+    events: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    closes: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    bad_lines: int = 0
+    hooks: dict[str, Any] | None = None
+    history: HistoryGap | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "home": str(self.home),
+            "ledger": str(self.ledger),
+            "spool": str(spool_dir(self.home)),
+            "records": self.records,
+            "applied": self.applied,
+            "events": self.events,
+            "skipped": self.skipped,
+            "closes": self.closes,
+            "warnings": self.warnings,
+            "bad_lines": self.bad_lines,
+            "hooks": self.hooks,
+            "backfill": self.history.to_dict() if self.history is not None else None,
+        }
+
+    def summary(self) -> list[str]:
+        if not self.records and not (self.hooks and self.hooks.get("enqueued")):
+            lines = [f"Nothing waiting in {spool_dir(self.home)}."]
+        else:
+            lines = [
+                f"Recorded {self.records} spooled record(s) of {self.home} in {self.ledger}:"
+                f" {self.applied} applied, {len(self.skipped)} skipped, {self.events} event(s)"
+                f" appended, {len(self.closes)} close(s)."
+            ]
+        for close in self.closes:
+            lines.append(f"  closed {close['session_id']} ({close['session_key']}): "
+                         f"{close['reason']}")  # fmt: skip
+        for skipped in self.skipped:
+            lines.append(f"  skipped a {skipped['kind']} record: {skipped['reason']}")
+        if self.bad_lines:
+            lines.append(f"  {self.bad_lines} spool line(s) were not records (left out)")
+        if self.hooks is not None:
+            lines.append(
+                f"Ledger hooks: {self.hooks['delivered']} delivered, {self.hooks['failed']}"
+                f" failed ({self.hooks['dead_lettered']} dead-lettered)."
+            )
+        if self.history is not None and self.history.sessions:
+            lines.append(f"Hint: {self.history.message()}")
+        return lines
+
+
+def _quiet() -> logging.Logger:
+    quiet = logging.getLogger("hermes_plugins.ledger.sync")
+    quiet.propagate = False  # the command reports the error itself, once
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    return quiet
+
+
+def sync_home(
+    home: str | os.PathLike[str],
+    *,
+    hooks: bool = True,
+    lock_timeout: float = 10.0,
+    busy_timeout: float = 10.0,
+    apply_factory: ApplyFactory = live_recorder,
+) -> SyncReport:
+    """Drain ``home``'s spool into ``home/ledger.db`` now and (``hooks``) deliver its
+    ledger hooks: one worker pass, for a home where no gateway runs (records of
+    ``hermes chat`` wait in the spool otherwise). Safe beside a running gateway
+    (the drain lock and the hook claims keep each record and call single).
+
+    Raises SyncError (or the LedgerError at fault, with its hint) when the spool
+    cannot be drained; a hook that fails is reported, not raised.
+    """
+    home = Path(home).expanduser()
+    if not home.is_dir():
+        hint = "set HERMES_HOME (or use `hermes -p PROFILE ledger sync`)"
+        raise SyncError(f"there is no Hermes home at {home}", hint=hint)
+    report = SyncReport(home, home / "ledger.db")
+    if not spool_dir(home).exists() and not report.ledger.exists():
+        return report  # nothing spooled, nothing to deliver: do not create a ledger
+    worker = SpoolWorker(
+        home,
+        apply_factory=apply_factory,
+        lock_timeout=lock_timeout,
+        busy_timeout=busy_timeout,
+        deliver_hooks=hooks,
+        incidents=Incidents(_quiet()),
+    )
+    try:
+        outcome = worker.run_pass()
+        if outcome.drained is not None and outcome.drained.applied:
+            with contextlib.suppress(Exception):
+                assert worker._gateway is not None
+                report.history = history_gap(worker._gateway.ledger, home)
+    finally:
+        worker._close_gateway()
+    if outcome.drained is None:
+        raise _sync_error(home, outcome.error)
+    drained = outcome.drained
+    report.records, report.bad_lines = drained.applied, drained.bad_lines
+    offset = 0
+    for result in drained.results:
+        data = result.to_dict() if hasattr(result, "to_dict") else {}
+        report.applied += data.get("applied", 0)
+        report.events += data.get("events", 0)
+        for skipped in data.get("skipped", []):
+            report.skipped.append({**skipped, "index": offset + skipped["index"]})
+        report.closes.extend(data.get("closes", []))
+        report.warnings.extend(w for w in data.get("warnings", []) if w not in report.warnings)
+        offset += data.get("applied", 0) + len(data.get("skipped", []))
+    if outcome.delivered is not None:
+        report.hooks = outcome.delivered.to_dict()
+    elif hooks and outcome.error is not None:
+        report.hooks = {"enqueued": 0, "delivered": 0, "failed": 0, "dead_lettered": 0,
+                        "error": f"{type(outcome.error).__name__}: {outcome.error}"}  # fmt: skip
+    return report
+
+
+def _sync_error(home: Path, exc: BaseException | None) -> LedgerError:
+    spool = spool_dir(home)
+    if isinstance(exc, SpoolBusyError):
+        return SyncError(
+            f"another process is draining {spool} (a running gateway's worker?)",
+            hint="a running gateway drains the spool itself; otherwise run `hermes ledger sync`"
+            " again",
+        )
+    if isinstance(exc, LedgerError):
+        return exc
+    if isinstance(exc, SpoolError):
+        return SyncError(f"cannot drain {spool}: {exc}",
+                         hint=f"make {spool} a directory of yours with mode 0700")  # fmt: skip
+    return SyncError(
+        f"cannot record {spool} in {home / 'ledger.db'}: {type(exc).__name__}: {exc}",
+        hint="the records stay spooled; fix the problem and run `hermes ledger sync` again",
+    )
