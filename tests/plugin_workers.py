@@ -462,6 +462,147 @@ def live(hook_calls: str) -> None:
                       "threads": [t.name for t in threading.enumerate()]}), flush=True)  # fmt: skip
 
 
+def hermes_day(mode: str, calls_path: str) -> None:
+    """Hermes's gateway through a day, as the headline test needs it: the plugin
+    loaded by Hermes's own ``PluginManager.discover_and_load()`` (config.yaml
+    enables it), Hermes's real ``GatewayRunner``/``SessionStore`` with the home's
+    idle policy, and each hook fired as its call site does. A virtual clock (a
+    day ago, moved by ``advance``) stands in for waiting: Hermes reads
+    ``time.time``/``gateway.session._now``, the plugin's callbacks
+    ``capture._now``.
+
+    1. a turn; 2. the idle expiry watcher's finalize + ``set_expiry_finalized``;
+    3. a turn (lazy rotation: a new id, no hook); 4. a turn much later (an
+    auto-reset the watcher never saw: no hook); 5. ``/new`` (``reset_session``,
+    finalize ``new_session``, ``on_session_reset``); 6. an interrupted turn
+    (no ``post_llm_call``; its messages are persisted after the last hook but
+    ``on_session_end``).
+
+    ``mode`` ``live``: the plugin's worker drains as it goes; returns once the
+    ledger hook heard three ``session:end``. ``killed``: prints the ids once
+    every callback returned, then waits to be killed (the test holds the
+    ledger's write lock, so nothing is drained before).
+    """
+    from datetime import UTC, datetime
+
+    clock = [time.time() - 86400]
+    time.time = lambda: clock[0]  # type: ignore[assignment]
+    import gateway.session as hermes_session
+
+    hermes_session._now = lambda: datetime.fromtimestamp(clock[0])  # type: ignore[attr-defined]
+    from hermes_ledger.gateway.plugin import capture as capture_module
+    from hermes_ledger.gateway.plugin.spool import pending_records
+    from hermes_ledger.ledger.clock import format_utc
+
+    capture_module._now = lambda: format_utc(datetime.fromtimestamp(clock[0], UTC))
+
+    def advance(minutes: float) -> None:
+        clock[0] += minutes * 60
+
+    log_to_stderr()
+    from gateway.run import GatewayRunner
+    from gateway.session_context import set_session_vars
+    from hermes_cli.plugins import get_plugin_manager
+
+    from gateway.config import load_gateway_config
+
+    config = load_gateway_config()  # the home's config.yaml: the idle policy
+    runner = GatewayRunner(config=config)  # as `hermes gateway run`: the runner, then discovery
+    manager = get_plugin_manager()
+    manager.discover_and_load()
+    loaded = manager._plugins.get("ledger")
+    assert loaded is not None and loaded.enabled and loaded.error is None, loaded
+    store, source = runner.session_store, hermes_source("77")
+    key = store._generate_session_key(source)
+
+    def drained() -> None:
+        if mode != "live":
+            return
+        deadline = time.monotonic() + 60
+        while pending_records(HOME):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not drain the spool")
+            time.sleep(0.01)
+
+    def turn(text: str, message_id: str, *, interrupted: bool = False) -> str:
+        manager.invoke_hook("pre_gateway_dispatch", event=message(source, message_id),
+                            gateway=runner, session_store=store)  # fmt: skip
+        entry = store.get_or_create_session(source)
+        sid = entry.session_id
+        calls = dict(activity_calls(sid))
+        calls["pre_llm_call"]["user_message"] = text
+
+        def agent() -> None:  # the executor thread, with the gateway's context variables
+            set_session_vars(platform="telegram", session_key=key, session_id=sid)
+            manager.invoke_hook("on_session_start", **calls["on_session_start"])
+            manager.invoke_hook("pre_llm_call", **calls["pre_llm_call"])
+            if interrupted:
+                drained()  # what the hooks so far said is recorded before the messages exist
+            advance(1)
+            store.append_to_transcript(sid, {"role": "user", "content": text})
+            advance(1)
+            if not interrupted:
+                store.append_to_transcript(sid, {"role": "assistant", "content": "ok"})
+                store.update_session(key, last_prompt_tokens=10)
+                manager.invoke_hook("post_api_request", **calls["post_api_request"])
+                manager.invoke_hook("post_llm_call", **calls["post_llm_call"])
+            end = {**calls["on_session_end"], "completed": not interrupted,
+                   "interrupted": interrupted}  # fmt: skip
+            manager.invoke_hook("on_session_end", **end)
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(agent,))
+        thread.start()
+        thread.join()
+        return sid
+
+    e1 = turn("hello", "m1")
+    advance(90)  # the expiry watcher's pass (idle_minutes: 60)
+    entry = store._entries[key]
+    assert store._is_session_expired(entry)
+    manager.invoke_hook("on_session_finalize", session_id=entry.session_id, platform="telegram",
+                        reason="session_expired")  # fmt: skip
+    store.set_expiry_finalized(entry)
+    advance(5)
+    e2 = turn("back again", "m2")  # rotated lazily: a new id, no hook
+    advance(120)
+    e3 = turn("much later", "m3")  # an auto-reset the watcher never saw: no hook
+    advance(1)
+    new = store.reset_session(key)  # /new, as slash_commands does it
+    rotation = {"old_session_id": e3, "new_session_id": new.session_id}
+    manager.invoke_hook("on_session_finalize", session_id=e3, platform="telegram",
+                        reason="new_session", **rotation)  # fmt: skip
+    manager.invoke_hook("on_session_reset", session_id=new.session_id, platform="telegram",
+                        reason="new_session", **rotation)  # fmt: skip
+    advance(1)
+    e4 = turn("fresh start", "m4", interrupted=True)
+    assert e4 == new.session_id and len({e1, e2, e3, e4}) == 4
+    worker = capture_module._installed.worker() if capture_module._installed else None
+    out = {"ids": [e1, e2, e3, e4], "key": key, "worker": worker is not None}
+    if mode == "killed":
+        print(json.dumps(out), flush=True)
+        time.sleep(600)
+        return
+    calls_file = Path(calls_path)
+
+    def ends_heard() -> int:
+        lines = calls_file.read_text().splitlines() if calls_file.exists() else []
+        return sum('"session:end"' in line for line in lines)
+
+    deadline = time.monotonic() + 60
+    while ends_heard() < 3:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the ledger hook did not hear of three session ends")
+        time.sleep(0.02)
+    assert worker is not None
+    drained()
+    last = worker.run_pass()  # one more pass: nothing is applied or delivered twice
+    out["last_pass"] = {
+        "applied": last.drained.applied if last.drained else None,
+        "delivered": last.delivered.delivered if last.delivered else None,
+    }
+    print(json.dumps(out), flush=True)
+
+
 COMMANDS = {
     "hooks": lambda args: hooks(),
     "spool-until-killed": lambda args: spool_until_killed(),
@@ -471,6 +612,7 @@ COMMANDS = {
     "gateway": lambda args: gateway(args[0], args[1]),
     "plain": lambda args: plain(args[0]),
     "live": lambda args: live(args[0]),
+    "hermes-day": lambda args: hermes_day(args[0], args[1]),
 }
 
 
