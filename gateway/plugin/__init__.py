@@ -9,7 +9,8 @@ Hermes loads this module in every process that discovers plugins and calls
   gateway process only (``plugin.worker`` says why).
 
 Registering starts no thread outside a gateway: ``hermes ledger …`` and
-``hermes chat`` only get callbacks that append to the spool when they fire.
+``hermes chat`` only get callbacks that append to the spool when they fire
+(``hermes ledger sync`` records such a home's spool without a gateway).
 Each half is registered even if the other fails, and neither failure reaches
 Hermes (which would mark the whole plugin as not loaded): it is logged on
 ``hermes_plugins.ledger``.
