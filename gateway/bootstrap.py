@@ -28,7 +28,7 @@ from typing import TypedDict, Unpack
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.config.paths import delivered_hooks_dir, hermes_home
-from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
+from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistrar, HookRegistry
 from hermes_ledger.gateway.scheduler.runner import Runner
 from hermes_ledger.gateway.scheduler.ticks import Scheduler
 from hermes_ledger.gateway.sessions.closing import Flusher
@@ -95,6 +95,9 @@ def build_gateway(ledger: Ledger, **parts: Unpack[GatewayParts]) -> Gateway:
     flusher = parts.get("flusher")
     if flusher is None and settings.flusher:
         flusher = load_flusher(settings.flusher)
+    # Hooks new to the ledger are registered (checkpoint: the head) before anything
+    # is appended, and again before each start or close and each tick.
+    registrar = HookRegistrar(ledger, hooks, clock=clock)
     store = SessionStore(
         ledger,
         config,
@@ -102,8 +105,11 @@ def build_gateway(ledger: Ledger, **parts: Unpack[GatewayParts]) -> Gateway:
         flusher=flusher,
         flush_timeout=settings.flush_timeout,
         session_ids=parts.get("session_ids") or new_session_id,
+        before_session_event=registrar,
     )
-    runner = Runner(ledger, config, settings, hooks, clock=clock, flusher=flusher)
+    runner = Runner(
+        ledger, config, settings, hooks, clock=clock, flusher=flusher, registrar=registrar
+    )
     return Gateway(ledger, config, settings, hooks, store, runner)
 
 

@@ -538,3 +538,95 @@ def test_cli_runs_as_the_installed_script(db_path: Path, led: Ledger, tmp_path: 
         f"Hooks in {hooks}:\n  audit  session:end  (not started yet)\n"
         "         test hook audit\nNo dead letters.\n"
     )
+
+
+# -- a hook present before a close gets that close (issue 11, item 11) -------------------
+
+
+def _home(tmp_path: Path) -> Path:
+    """A Hermes home with an idle policy (30 minutes) and an empty hooks directory."""
+    home = tmp_path / "home"
+    (home / "hooks").mkdir(parents=True, mode=0o700)
+    (home / "config.yaml").write_text("session_reset:\n  mode: idle\n  idle_minutes: 30\n")
+    return home
+
+
+def _ends(calls: Path) -> list[tuple[str, str]]:
+    return [
+        (c["context"]["session_id"], c["context"]["reason"])
+        for c in read_calls(calls)
+        if c["event"] == "session:end"
+    ]
+
+
+def test_a_close_on_the_message_path_before_any_runner_pass_reaches_a_hook_installed_before_it(
+    tmp_path: Path, db_path: Path, clock: ManualClock
+) -> None:
+    """The gateway process was started before the hook was installed; its store
+    closes a session on the message path (an auto-reset, then a /new) before any
+    runner pass. The runner that then runs (here a fresh one, as `hermes-ledger
+    tick` would be) delivers both closes: the store registered the hook before it
+    appended them, without running its code."""
+    from hermes_ledger.gateway.bootstrap import open_gateway
+
+    home = _home(tmp_path)
+    calls, imported = tmp_path / "calls.jsonl", tmp_path / "imported"
+    with open_gateway(db_path, home=home, clock=clock) as gateway:
+        first = gateway.store.get_or_create_session(source("1"))
+        write_hook(
+            home / "hooks",
+            "audit",
+            f"open({str(imported)!r}, 'a').close()\n" + recording_handler(calls),
+            events=["session:end"],
+        )
+        clock.advance(minutes=45)
+        second = gateway.store.get_or_create_session(source("1"))  # the auto-reset
+        assert second.session_id != first.session_id
+        gateway.store.reset_session(second.session_key)  # /new
+        assert not imported.exists(), "registering a hook must not run it"
+    with open_gateway(db_path, home=home, clock=clock) as runner_side:
+        report = runner_side.runner.once()
+    assert report.delivered == 2
+    assert _ends(calls) == [
+        (first.session_id, "auto_reset"),
+        (second.session_id, "manual_reset"),
+    ]
+
+
+def test_a_close_made_by_the_runners_tick_reaches_a_hook_installed_while_it_runs(
+    tmp_path: Path, db_path: Path, clock: ManualClock
+) -> None:
+    """The runner was started before the hook was installed: its next pass
+    registers the hook before it ticks, so the idle close that tick makes is the
+    hook's, delivered in that same pass (the runner loads the changed hooks
+    directory again); a runner started later does not deliver it twice."""
+    from hermes_ledger.gateway.bootstrap import open_gateway
+
+    home = _home(tmp_path)
+    calls = tmp_path / "calls.jsonl"
+    with open_gateway(db_path, home=home, clock=clock) as gateway:
+        entry = gateway.store.get_or_create_session(source("2"))
+        assert gateway.runner.once().delivered == 0
+        write_hook(home / "hooks", "audit", recording_handler(calls), events=["session:end"])
+        clock.advance(minutes=31)
+        report = gateway.runner.once()
+        assert [c.session_id for c in report.tick.closed] == [entry.session_id]
+        assert report.delivered == 1
+    with open_gateway(db_path, home=home, clock=clock) as later:
+        assert later.runner.once().delivered == 0
+    assert _ends(calls) == [(entry.session_id, "idle_expiry")]
+
+
+def test_a_hook_present_when_the_gateway_opens_gets_the_stores_close_before_the_first_pass(
+    tmp_path: Path, db_path: Path, clock: ManualClock
+) -> None:
+    from hermes_ledger.gateway.bootstrap import open_gateway
+
+    home = _home(tmp_path)
+    calls = tmp_path / "calls.jsonl"
+    write_hook(home / "hooks", "audit", recording_handler(calls), events=["session:end"])
+    with open_gateway(db_path, home=home, clock=clock) as gateway:
+        entry = gateway.store.get_or_create_session(source("3"))
+        gateway.store.reset_session(entry.session_key)
+        assert gateway.runner.once().delivered == 1
+    assert _ends(calls) == [(entry.session_id, "manual_reset")]

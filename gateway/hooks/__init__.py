@@ -22,6 +22,7 @@ from hermes_ledger.gateway.hooks.discovery import (
 from hermes_ledger.gateway.hooks.dispatch import (
     HermesSideHook,
     HookDispatcher,
+    HookRegistrar,
     HooksOverview,
     HookTimeoutError,
     hermes_side_hooks,
@@ -38,6 +39,7 @@ __all__ = [
     "HookDeliveryError",
     "HookDispatcher",
     "HookProblem",
+    "HookRegistrar",
     "HookRegistry",
     "HookState",
     "HookTimeoutError",

@@ -45,7 +45,10 @@ __all__ = [
     "HookProblem",
     "HookRegistry",
     "discover_hooks",
+    "hook_subscriptions",
+    "hooks_dir_stamp",
     "load_hook",
+    "log_types_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,21 @@ class HookProblem:
         return {"path": str(self.path), "message": self.message}
 
 
+def _matches(patterns: Iterable[str], event_type: str) -> bool:
+    for pattern in patterns:
+        if pattern == event_type:
+            return True
+        if pattern.endswith(":*") and event_type.startswith(pattern[:-1]):
+            return True
+    return False
+
+
+def log_types_of(events: Iterable[str]) -> frozenset[str]:
+    """The log event types that subscriptions ``events`` are delivered (``HOOK_EVENTS``)."""
+    patterns = tuple(events)
+    return frozenset(t for t, name in HOOK_EVENTS.items() if _matches(patterns, name))
+
+
 @dataclass(frozen=True)
 class Hook:
     """One loaded hook: its ``HOOK.yaml`` fields, its directory and its ``handle``."""
@@ -82,17 +100,12 @@ class Hook:
 
     def subscribes(self, event_type: str) -> bool:
         """True for an exact subscription or a matching ``prefix:*`` wildcard."""
-        for pattern in self.events:
-            if pattern == event_type:
-                return True
-            if pattern.endswith(":*") and event_type.startswith(pattern[:-1]):
-                return True
-        return False
+        return _matches(self.events, event_type)
 
     @property
     def log_types(self) -> frozenset[str]:
         """The log event types this hook is delivered (see ``HOOK_EVENTS``)."""
-        return frozenset(t for t, name in HOOK_EVENTS.items() if self.subscribes(name))
+        return log_types_of(self.events)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +119,11 @@ class Hook:
 class HookRegistry:
     """The loaded hooks (by name) and the problems met while discovering them."""
 
+    hooks_dir: Path | None = None
+    """The directory ``discover`` read (None for a registry built from hooks)."""
+    stamp: object = None
+    """``hooks_dir_stamp(hooks_dir)`` taken just before ``discover`` read it."""
+
     def __init__(self, hooks: Iterable[Hook] = (), problems: Iterable[HookProblem] = ()) -> None:
         self._hooks: dict[str, Hook] = {}
         for hook in hooks:
@@ -117,8 +135,12 @@ class HookRegistry:
     @classmethod
     def discover(cls, hooks_dir: str | os.PathLike[str] | None = None) -> HookRegistry:
         """Load every hook under ``hooks_dir`` (default ``$HERMES_HOME/hooks``)."""
-        hooks, problems = discover_hooks(default_hooks_dir() if hooks_dir is None else hooks_dir)
-        return cls(hooks, problems)
+        root = Path(default_hooks_dir() if hooks_dir is None else hooks_dir)
+        stamp = hooks_dir_stamp(root)
+        hooks, problems = discover_hooks(root)
+        registry = cls(hooks, problems)
+        registry.hooks_dir, registry.stamp = root, stamp
+        return registry
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
@@ -309,7 +331,8 @@ def load_hook(hook_dir: str | os.PathLike[str]) -> Hook:
         raise ValueError(str(exc.problem)) from None
 
 
-def _load(hook_dir: Path) -> Hook:
+def _inspect(hook_dir: Path) -> tuple[str, str, tuple[str, ...], Path]:
+    """A hook directory's manifest fields and handler path, checked; nothing run."""
     _check_private(hook_dir)
     manifest = hook_dir / "HOOK.yaml"
     handler = hook_dir / "handler.py"
@@ -317,7 +340,11 @@ def _load(hook_dir: Path) -> Hook:
         if not required.is_file():
             raise _Refused(required, "missing")
         _check_private(required)
-    name, description, events = _read_manifest(manifest)
+    return (*_read_manifest(manifest), handler)
+
+
+def _load(hook_dir: Path) -> Hook:
+    name, description, events, handler = _inspect(hook_dir)
     return Hook(
         name=name,
         description=description,
@@ -342,8 +369,7 @@ def discover_hooks(
     if not root.is_dir():
         return hooks, problems
     try:
-        _check_private(root)
-        entries = sorted(root.iterdir(), key=lambda p: p.name)
+        entries = _entries(root)
     except _Refused as exc:
         problems.append(exc.problem)
         entries = []
@@ -352,8 +378,6 @@ def discover_hooks(
         entries = []
     seen: dict[str, Path] = {}
     for entry in entries:
-        if entry.name.startswith((".", "__")) or not entry.is_dir():
-            continue
         try:
             hook = _load(entry)
         except _Refused as exc:
@@ -370,3 +394,57 @@ def discover_hooks(
         seen[hook.name] = entry
         hooks.append(hook)
     return hooks, problems
+
+
+def _entries(root: Path) -> list[Path]:
+    """The hook directories of a hooks directory that passes the checks, in name order."""
+    _check_private(root)
+    entries = sorted(root.iterdir(), key=lambda p: p.name)
+    return [e for e in entries if not e.name.startswith((".", "__")) and e.is_dir()]
+
+
+def hook_subscriptions(hooks_dir: str | os.PathLike[str]) -> dict[str, tuple[str, ...]]:
+    """Name → subscriptions of each hook in ``hooks_dir`` that passes discovery's
+    checks as far as they go without running it (permissions, files, manifest);
+    the first in name order wins a name. No handler is run: this is what a process
+    registers before it appends (``HookRegistrar``)."""
+    found: dict[str, tuple[str, ...]] = {}
+    root = Path(hooks_dir)
+    try:
+        entries = _entries(root) if root.is_dir() else []
+    except (_Refused, OSError):
+        return found
+    for entry in entries:
+        try:
+            name, _description, events, _handler = _inspect(entry)
+        except (_Refused, OSError):
+            continue
+        found.setdefault(name, events)
+    return found
+
+
+def hooks_dir_stamp(hooks_dir: str | os.PathLike[str]) -> object:
+    """A cheap fingerprint of a hooks directory (its entries' names, owners and
+    modes, and the stat of each entry's HOOK.yaml and handler.py): equal stamps
+    mean no hook was added, removed, renamed, edited or re-permissioned."""
+
+    def one(path: str, *, contents: bool = True) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not contents:  # a directory: what a handler writes beside itself is no change
+            return (st.st_ino, st.st_mode, st.st_uid)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode, st.st_uid)
+
+    root = os.fspath(hooks_dir)
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return (one(root, contents=False),)
+    parts: list[object] = [one(root, contents=False)]
+    for name in names:
+        entry = os.path.join(root, name)
+        parts.append((name, one(entry, contents=False), one(os.path.join(entry, "HOOK.yaml")),
+                      one(os.path.join(entry, "handler.py"))))  # fmt: skip
+    return tuple(parts)

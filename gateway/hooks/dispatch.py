@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,14 @@ from hermes_ledger.gateway.hooks.delivery import (
     hook_states,
     requeue_dead_letters,
 )
-from hermes_ledger.gateway.hooks.discovery import Hook, HookProblem, HookRegistry
+from hermes_ledger.gateway.hooks.discovery import (
+    Hook,
+    HookProblem,
+    HookRegistry,
+    hook_subscriptions,
+    hooks_dir_stamp,
+    log_types_of,
+)
 from hermes_ledger.gateway.usercode.bounded import CallTimeoutError, call_bounded
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger import Ledger
@@ -41,6 +49,7 @@ from hermes_ledger.ledger.clock import Clock, system_clock
 __all__ = [
     "HermesSideHook",
     "HookDispatcher",
+    "HookRegistrar",
     "HookTimeoutError",
     "HooksOverview",
     "hermes_side_hooks",
@@ -139,11 +148,20 @@ class HookDispatcher:
             max_delay=timedelta(seconds=backoff_max),
         )
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._hooks = [h for h in self.registry if h.log_types]
+        self._from_head = new_hooks_from == "head"
+        self._queue = DeliveryQueue(ledger, self.clock)
+        self._hooks: list[Hook] = []
+        self.reload(self.registry)
+
+    def reload(self, registry: HookRegistry | Iterable[Hook]) -> None:
+        """Deliver to the hooks of ``registry`` from now on (a hook the ledger has
+        not seen is registered as at creation); their problems are logged."""
+        self.registry = registry if isinstance(registry, HookRegistry) else HookRegistry(registry)
         for problem in self.registry.problems:
             log.warning("hook skipped: %s", problem)
-        self._queue = DeliveryQueue(ledger, self.clock)
-        self._queue.register([h.name for h in self._hooks], from_head=new_hooks_from == "head")
+        hooks = [h for h in self.registry if h.log_types]
+        self._queue.register([h.name for h in hooks], from_head=self._from_head)
+        self._hooks = hooks
 
     def deliver(self, limit: int | None = None) -> DeliveryReport:
         """One pass: queue new log events for every hook, then call each hook for
@@ -224,6 +242,52 @@ class HookDispatcher:
             claim.delivery_id, hook.name, claim.event_type, claim.context.get("session_id"),
             claim.attempt, status, error, retry_at,
         )  # fmt: skip
+
+
+class HookRegistrar:
+    """Registers the hooks installed in a registry's hooks directory that the
+    ledger has not seen yet, at the log's head, without running them.
+
+    A new hook's deliveries start at its checkpoint, set when a process first sees
+    it; so every process holding a hooks directory calls this before it appends a
+    session event (the store before a start or a close, the runner before its
+    tick): a hook installed before a close always gets that close, whichever
+    process makes it and whenever a dispatcher first loads the hook. A call costs
+    a few ``stat`` calls while the directory is unchanged (``hooks_dir_stamp``),
+    and writes only when it finds a hook new to this process. ``version`` counts
+    the changes seen, so a runner knows when to load its hooks again.
+    """
+
+    def __init__(self, ledger: Ledger, registry: HookRegistry, *, clock: Clock | None = None):
+        self.hooks_dir = registry.hooks_dir
+        self.version = 0
+        self._queue = DeliveryQueue(ledger, clock or system_clock)
+        self._known = {h.name for h in registry if h.log_types}
+        self._stamp = registry.stamp
+        self._lock = threading.Lock()
+        if self._known:
+            self._queue.register(sorted(self._known), from_head=True)
+        self()
+
+    def __call__(self) -> list[str]:
+        """Register the hooks new to this process; returns their names."""
+        if self.hooks_dir is None:
+            return []
+        stamp = hooks_dir_stamp(self.hooks_dir)
+        with self._lock:
+            if stamp == self._stamp:
+                return []
+            found = {
+                name for name, events in hook_subscriptions(self.hooks_dir).items()
+                if log_types_of(events)
+            }  # fmt: skip
+            new = sorted(found - self._known)
+            if new:
+                self._queue.register(new, from_head=True)
+                self._known.update(new)
+            self._stamp = stamp
+            self.version += 1
+            return new
 
 
 @dataclass(frozen=True)

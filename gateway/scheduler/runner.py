@@ -18,7 +18,7 @@ from typing import Any
 
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
-from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
+from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistrar, HookRegistry
 from hermes_ledger.gateway.scheduler.ticks import Scheduler, TickReport
 from hermes_ledger.gateway.sessions.closing import Flusher
 from hermes_ledger.gateway.usercode.flushers import load_flusher
@@ -60,6 +60,7 @@ class Runner:
         *,
         clock: Clock | None = None,
         flusher: Flusher | None = None,
+        registrar: HookRegistrar | None = None,
     ) -> None:
         self._base_clock = clock or system_clock
         self._fixed: datetime | None = None
@@ -82,6 +83,8 @@ class Runner:
             max_attempts=settings.hook_attempts,
             call_timeout=settings.hook_timeout,
         )
+        self.registrar = registrar or HookRegistrar(ledger, registry, clock=self.clock)
+        self._hooks_version = self.registrar.version
 
     def clock(self) -> datetime:
         """The pass's fixed ``now`` while a pass with one runs, else the clock."""
@@ -92,6 +95,7 @@ class Runner:
         (backoff and claims measured against the same ``now``)."""
         self._fixed = now
         try:
+            self.refresh_hooks()  # before the tick: a hook installed before a close gets it
             tick = self.scheduler.tick(now)
             delivery = self.dispatcher.deliver()
         finally:
@@ -103,6 +107,14 @@ class Runner:
             dead_lettered=delivery.dead_lettered,
             deliveries=[_outcome(o) for o in delivery.outcomes],
         )
+
+    def refresh_hooks(self) -> None:
+        """Register hooks installed since the last look (``HookRegistrar``) and,
+        when the hooks directory changed, load its hooks again for delivery."""
+        self.registrar()
+        if self.registrar.version != self._hooks_version and self.registrar.hooks_dir:
+            self._hooks_version = self.registrar.version
+            self.dispatcher.reload(HookRegistry.discover(self.registrar.hooks_dir))
 
     def run(self, stop: threading.Event, interval: float | None = None) -> int:
         """Pass after pass until ``stop`` is set; the pass in progress is finished.

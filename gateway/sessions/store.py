@@ -193,12 +193,16 @@ class SessionStore:
         flusher: Flusher | None = None,
         flush_timeout: float = DEFAULT_FLUSH_TIMEOUT,
         session_ids: Callable[[datetime], str] = new_session_id,
+        before_session_event: Callable[[], object] | None = None,
     ) -> None:
         self.ledger = ledger
         self.config = config or GatewayConfig()
         self.clock = clock or system_clock
         self._closer = SessionCloser(ledger, flusher, flush_timeout=flush_timeout)
         self._new_id = session_ids
+        # called before a start or a close is appended (the composition root
+        # registers newly installed hooks there: hooks.HookRegistrar)
+        self._before_session_event = before_session_event or (lambda: None)
         attach(ledger)
 
     # -- reading ---------------------------------------------------------------
@@ -434,6 +438,7 @@ class SessionStore:
         """Start a session on a key with no open session (new, or closed by the scheduler)."""
         reason: StartReason = "first" if state.session_id is None else "auto_reset"
         started = self._started(state.session_id, source, reason, now, new_id)
+        self._before_session_event()
         return self._append(key, [started], state.version)
 
     def _started(
@@ -460,6 +465,7 @@ class SessionStore:
         is retrying a flush): finish that close now, then start the new session."""
         assert state.session_id is not None
         started = self._started(state.session_id, source, "auto_reset", now)
+        self._before_session_event()
         step = self._closer.finish(
             key, state.session_id, state.version, state.origin or source, now, then=[started]
         )
@@ -480,6 +486,7 @@ class SessionStore:
         assert state.session_id is not None
         now = cause.occurred_at or self.clock()
         started = self._started(state.session_id, source, start_reason, now, new_id)
+        self._before_session_event()
         return self._closer.close(
             key, state.version, state.origin or source, cause,
             reason=end_reason, now=now, then=[started],
