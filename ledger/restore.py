@@ -7,17 +7,27 @@ from the old one: ``verify()`` passes and the last hash equals the manifest's.
 
 Everything is checked as the lines are read (JSON, fields, positions contiguous
 from 1, per-stream versions, each row's hash against its content and the row
-before, then the manifest's count and last hash), inside ONE write transaction
-on a ledger that must be empty. Any problem raises a ``RestoreError`` naming the
-line, and the transaction is rolled back: nothing is written.
+before, each body against its event model, then the manifest's count and last
+hash), inside ONE write transaction on a ledger that must be empty. Any problem
+raises a ``RestoreError`` naming the line, and the transaction is rolled back:
+nothing is written. A ledger file that did not exist is built under a temporary
+name and appears only when the restore succeeded.
+
+The hash chain proves that a file was not damaged, not who wrote it: anyone can
+recompute it after editing. What the body checks add is that every imported row
+is one ``Ledger.append`` could have written (a known type, a body its model
+accepts, with JSON types exactly as the model serialises them, and the
+``session_id`` column the body's), so a forged file cannot break the read models.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -26,12 +36,20 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import apsw
+import pydantic
 
 from hermes_ledger.ledger.chain import GENESIS, row_hash
-from hermes_ledger.ledger.errors import LedgerError
-from hermes_ledger.ledger.export import EXPORT_FORMAT, FORMAT_VERSION
+from hermes_ledger.ledger.errors import EventValidationError, LedgerError
+from hermes_ledger.ledger.events import EVENT_TYPES, parse
+from hermes_ledger.ledger.export import (
+    EXPORT_FORMAT,
+    FORMAT_VERSION,
+    _sync_directory,
+    claim_part,
+    remove_dead_parts,
+)
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
-from hermes_ledger.ledger.store import SQL_INSERT, Ledger
+from hermes_ledger.ledger.store import SQL_INSERT, Ledger, _check_name
 
 __all__ = ["RestoreError", "RestoreResult", "import_jsonl", "open_input", "restore_jsonl"]
 
@@ -46,6 +64,12 @@ _OPTIONAL = ("data_text", "meta_text")
 _KNOWN = frozenset(_FIELDS + _OPTIONAL)
 _WHITESPACE = " \t\n\r"
 _DECODER = json.JSONDecoder()
+_RECORDED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_COLUMN_KEYS = ("type", "event_id", "schema_version")  # never inside a stored body
+_BODY_HINT = (
+    "the file holds an event this hermes-ledger would never write (edited, or made by "
+    "something else); nothing was imported. Export the ledger again"
+)
 _PROGRESS_EVERY = 10_000
 _BATCH = 1000
 _CACHE_KIB = 32768  # page cache while restoring (the unique indexes get random inserts)
@@ -71,6 +95,27 @@ class RestoreResult:
 
 
 # -- reading one line ------------------------------------------------------------
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, refusing an object with a key twice (readers disagree on
+    which one counts: Python the last, SQLite's ``->>`` the first)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates)
 
 
 def _skip(text: str, i: int) -> int:
@@ -149,8 +194,8 @@ def _check_fields(obj: dict[str, Any], n: int) -> None:
         if exact is None:
             continue
         try:
-            same = isinstance(exact, str) and json.loads(exact) == obj[key]
-        except json.JSONDecodeError:
+            same = isinstance(exact, str) and _loads(exact) == obj[key]
+        except (json.JSONDecodeError, _DuplicateKey):
             same = False
         if not same:
             raise RestoreError(f"'{key}_text' does not hold the same JSON as {key!r}", line=n)
@@ -190,6 +235,85 @@ def _verbatim(obj: dict[str, Any], text: str, previous: str, n: int) -> tuple[st
         hint="the file was edited or damaged after it was exported; nothing was imported. "
         "Export the ledger again",
     )
+
+
+class _BadEvent(Exception):
+    """What ``_check_event`` found; the caller adds the line and position."""
+
+    def __init__(self, message: str, hint: str = _BODY_HINT) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _check_event(obj: dict[str, Any], data: str, n: int) -> None:
+    """Refuse a row ``Ledger.append`` could not have written: an unknown type, a
+    name it refuses, a malformed ``recorded_at``, a body (upcast from its stored
+    version) that its model rejects or that holds other JSON types than the model
+    writes, or a ``session_id`` column that is not the body's. ``data`` is the
+    body's stored text (``obj["data"]`` is its value)."""
+    try:
+        _check_row(obj, data)
+    except _BadEvent as bad:
+        raise RestoreError(f"position {obj['position']}: {bad}", line=n, hint=bad.hint) from None
+
+
+def _check_row(obj: dict[str, Any], data: str) -> None:
+    event_type, event_id, session_id = obj["type"], obj["event_id"], obj["session_id"]
+    model = EVENT_TYPES.get(event_type)
+    if model is None:
+        known = ", ".join(sorted(EVENT_TYPES))
+        raise _BadEvent(f"unknown event type {event_type!r} (known types: {known})")
+    try:
+        _check_name("event_id", event_id)
+        _check_name("stream", obj["stream"])
+        if session_id is not None:
+            _check_name("session_id", session_id)
+    except EventValidationError as exc:
+        raise _BadEvent(str(exc)) from None
+    if not _RECORDED_AT.fullmatch(obj["recorded_at"]):
+        raise _BadEvent(
+            f"recorded_at {obj['recorded_at']!r} is not a UTC time as the ledger writes it "
+            "(YYYY-MM-DDTHH:MM:SS.ffffffZ)"
+        )
+    body, meta = obj["data"], obj["meta"]
+    for key, value in (("data", body), ("meta", meta)):
+        if type(value) is not dict:
+            raise _BadEvent(f"{key!r} must be a JSON object, not {type(value).__name__}")
+    for key in _COLUMN_KEYS:
+        if key in body:
+            raise _BadEvent(f"'data' may not hold {key!r} (it is kept outside the body)")
+    version = meta.get("schema_version")
+    if type(version) is not int or version < 1:
+        raise _BadEvent(f"meta.schema_version must be an integer >= 1, not {version!r}")
+    try:
+        if version == model.schema_version:
+            # The model, strictly: JSON types exactly as the model writes them
+            # ("true" is no boolean to SQL, where the read models read bodies, nor
+            # "5" a number). The stored text with type and event_id spliced in, as
+            # events.from_stored does (no key is twice, and neither is in the body).
+            head = f'{{"type":{json.dumps(event_type)},"event_id":{json.dumps(event_id)}'
+            text = head + ("," + data.lstrip()[1:] if body else "}")
+            event = model.model_validate_json(text, strict=True)
+        else:
+            # An older shape: upcast, then the model, as every reader does.
+            event = parse(
+                {"type": event_type, "event_id": event_id, **body}, schema_version=version
+            )
+    except EventValidationError as exc:
+        raise _BadEvent(str(exc), exc.hint if "newer than" in str(exc) else _BODY_HINT) from None
+    except pydantic.ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(event)'}: {e['msg']}"
+            for e in err.errors(include_url=False)
+        )
+        raise _BadEvent(f"invalid {event_type} event: {problems}") from None
+    except Exception as exc:  # an upcaster meeting a body it cannot read
+        raise _BadEvent(f"invalid {event_type} event: {type(exc).__name__}: {exc}") from None
+    if getattr(event, "session_id", None) != session_id:
+        raise _BadEvent(
+            f"the session_id column is {session_id!r} but the body says "
+            f"{getattr(event, 'session_id', None)!r}"
+        )
 
 
 # -- the restore -----------------------------------------------------------------
@@ -233,6 +357,7 @@ class _Restore:
                 line=n,
             )
         data, meta = _verbatim(obj, text, self.hash, n)
+        _check_event(obj, data, n)
         self.pending.append(
             (position, obj["event_id"], stream, version, obj["type"], obj["session_id"],
              data, meta, obj["recorded_at"], obj["hash"])
@@ -363,13 +488,17 @@ def _read(
         if not text.strip():
             raise RestoreError("the line is empty", line=n, hint=_EXPORT_HINT)
         try:
-            obj = json.loads(text)
+            obj = _loads(text)
         except json.JSONDecodeError as exc:
             raise RestoreError(
                 f"not valid JSON ({exc.msg} at column {exc.colno}); "
                 "the file is damaged or truncated",
                 line=n,
                 hint=_EXPORT_HINT,
+            ) from None
+        except _DuplicateKey as exc:
+            raise RestoreError(
+                f"the key {exc.args[0]!r} appears twice in one object", line=n, hint=_BODY_HINT
             ) from None
         if not isinstance(obj, dict):
             raise RestoreError("the line is not a JSON object", line=n, hint=_EXPORT_HINT)
@@ -412,6 +541,11 @@ def open_input(
             raise LedgerError(
                 f"{path} is a directory", hint="give the path of an export file"
             ) from None
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot read {path}: {exc.strerror or exc}",
+                hint="give the path of an export you can read (or - for stdin)",
+            ) from None
         close = True
     try:
         if cast(Any, reader).peek(2)[:2] == b"\x1f\x8b":
@@ -422,7 +556,8 @@ def open_input(
     except (OSError, EOFError) as exc:
         if isinstance(exc, (gzip.BadGzipFile, EOFError)):
             raise RestoreError(f"the compressed input is damaged: {exc}") from None
-        raise
+        shown = "stdin" if close is False else str(path)
+        raise RestoreError(f"cannot read {shown}: {exc.strerror or exc}") from None
     finally:
         if close:
             reader.close()
@@ -436,6 +571,64 @@ def import_jsonl(
     progress: Callable[[int], None] | None = None,
 ) -> RestoreResult:
     """Restore the JSONL export ``source`` (a path, ``-`` or None for stdin) into
-    the ledger at ``ledger_path``, which is created if needed and must be empty."""
-    with open_input(source, stdin) as stream, Ledger.open(Path(ledger_path)) as led:
-        return restore_jsonl(led, stream, progress=progress)
+    the ledger at ``ledger_path``, which is created if needed and must be empty.
+
+    A ledger that does not exist yet is built as ``.NAME.XXXXXXXX.part`` next to
+    it and given its name only when everything was checked and written: a refused
+    or interrupted import creates no file at ``ledger_path`` (and the next import
+    to that path removes what a killed one left). An existing empty ledger is
+    restored into in one transaction, rolled back on any problem."""
+    target = Path(ledger_path)
+    with open_input(source, stdin) as stream:
+        if os.path.lexists(target):
+            with Ledger.open(target) as led:
+                return restore_jsonl(led, stream, progress=progress)
+        return _restore_new(target, stream, progress)
+
+
+def _restore_new(
+    target: Path, stream: IO[bytes], progress: Callable[[int], None] | None
+) -> RestoreResult:
+    """Restore into a new file built under a temporary name, then linked to ``target``."""
+    if not target.parent.is_dir():
+        raise LedgerError(
+            f"cannot create {target}: the directory {target.parent} does not exist",
+            hint=f"create it first (mkdir -p {target.parent}) or choose another --db path",
+        )
+    remove_dead_parts(target)
+    temp, lock = claim_part(target, what="--db")
+    try:
+        try:
+            with Ledger.open(temp) as led:
+                result = restore_jsonl(led, stream, progress=progress)
+                # Everything into the main file, so it can move without its -wal.
+                led.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            with open(temp, "rb") as done:
+                os.fsync(done.fileno())
+            try:
+                os.link(temp, target)
+            except FileExistsError:
+                raise RestoreError(
+                    f"{target} was created by something else while the export was being "
+                    "imported; nothing was imported into it",
+                    hint="import into a new file: hermes-ledger import --db NEW.db FILE",
+                ) from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                os.replace(temp, target)  # a file system without hard links
+        except apsw.Error as exc:
+            raise LedgerError(f"{target}: the import failed: {exc}") from None
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot create {target}: {exc.strerror or exc}",
+                hint=f"check the free space and permissions of {target.parent}; "
+                "nothing was imported",
+            ) from None
+        finally:
+            for leftover in (temp, *(Path(f"{temp}{s}") for s in ("-journal", "-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
+    finally:
+        os.close(lock)
+    _sync_directory(target.parent)
+    return result

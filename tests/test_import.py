@@ -181,17 +181,23 @@ META = '{"schema_version":1}'
 def test_data_with_line_breaks_and_odd_spacing_survives_export_and_import(
     tmp_path: Path,
 ) -> None:
-    """Bodies the ledger never writes itself (pretty-printed, padded JSON) still
-    round-trip byte for byte: the export keeps each event on one line."""
-    pretty = json.dumps({"session_id": "s1", "reason": "x", "n": [1, 2]}, indent=2)
+    """Valid bodies laid out as the ledger never writes them (pretty-printed,
+    padded JSON) still round-trip byte for byte: the export keeps each event on
+    one line."""
+    policy = {"mode": "idle", "n": [1, 2]}
+    pretty = json.dumps(
+        {"session_id": "s1", "reason": "idle", "deadline": AT, "evaluated_at": AT,
+         "policy": policy}, indent=2,
+    )  # fmt: skip
+    meta = '{\r\n"schema_version": 1}'
     rows = [
-        (1, "a", K1, 1, "session_ended", "s1", pretty, META, AT),
-        (2, "b", K1, 2, "session_reset", "s2", ' {"session_id": "s2"}\t', "{\r\n}", AT),
-        (3, "c", K1, 3, "session_reset", None, '{"k":"v"}', META, AT),
+        (1, "a", K1, 1, "session_expired", "s1", pretty, META, AT),
+        (2, "b", K1, 2, "session_reset", "s2", ' {"session_id": "s2"}\t', meta, AT),
+        (3, "c", K1, 3, "session_reset", "s3", '{"session_id":"s3"}', META, AT),
     ]
     first = tmp_path / "first.db"
     restore(craft(rows), first)
-    assert [r[6] for r in dump(first)] == [pretty, ' {"session_id": "s2"}\t', '{"k":"v"}']
+    assert [r[6] for r in dump(first)] == [pretty, ' {"session_id": "s2"}\t', '{"session_id":"s3"}']
     data = export_bytes(first)
     assert len(data.splitlines()) == 4
     assert b'"data_text":' in data.splitlines()[0] and b'"meta_text":' in data.splitlines()[1]
@@ -454,7 +460,10 @@ def test_cli_import_refusals_print_error_and_try(
         "Error: the input ends after line 6 without the export's manifest line: it is truncated\n"
         "Try: export the ledger again (the manifest is the last line of every export)\n",
     )
-    assert dump(target) == []
+    assert not target.exists()  # a refused import creates no ledger
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in tmp_path.iterdir() if p.name.startswith("ledger.db")
+    )
     result = cli("import", "--db", str(source), input=b"".join(lines))
     assert result.exit_code == 1
     assert result.output == (
@@ -507,3 +516,188 @@ def test_import_from_a_terminal_says_what_to_do(tmp_path: Path) -> None:
         "hermes-ledger export --db OLD.db | hermes-ledger import --db NEW.db\n"
     )
     assert not (tmp_path / "n.db").exists()
+
+
+# -- bodies: an import writes only what Ledger.append could have written ---------------
+
+V2 = '{"schema_version":2}'
+STARTED = '{"session_id":"s1","source":{"platform":"telegram","chat_id":"99"}}'
+
+
+def forged(body_row: tuple[Any, ...]) -> bytes:
+    """A well-formed export whose chain and manifest were recomputed: a session
+    start, then ``body_row`` at position 2."""
+    return craft([(1, "a", K1, 1, "session_started", "s1", STARTED, META, AT), body_row])
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".part" in p.name)
+
+
+def still_readable(cli: Callable[..., Result], target: Path) -> None:
+    """verify, replay and sessions run on ``target`` (they crashed after a bad import)."""
+    for command in ("verify", "replay", "sessions"):
+        result = cli(command, "--db", str(target))
+        assert result.exit_code == 0, (command, result.output)
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("body_row", "message"),
+    [
+        (
+            (2, "b", K1, 2, "message_appended", "s1", "[1,2]", META, AT),
+            "'data' must be a JSON object, not list",
+        ),
+        (
+            (2, "b", K1, 2, "message_appended", "s1",
+             '{"session_id":"s1","role":"robot","content":"hi"}', META, AT),
+            "invalid message_appended event: role: Input should be 'user', 'assistant', "
+            "'tool' or 'system'",
+        ),
+        (
+            (2, "b", K1, 2, "message_appended", "s1", '{"session_id":"s1","content":"hi"}',
+             META, AT),
+            "invalid message_appended event: role: Field required",
+        ),
+        (
+            (2, "b", K1, 2, "session_teleported", "s1", '{"session_id":"s1"}', META, AT),
+            "unknown event type 'session_teleported' (known types: memory_flush_failed,",
+        ),
+        (
+            (2, "b", K1, 2, "message_appended", "s1",
+             '{"session_id":"s1","role":"user","content":"hi","synthetic":"true"}', META, AT),
+            "invalid message_appended event: synthetic: Input should be a valid boolean",
+        ),
+        (
+            (2, "b", K1, 2, "message_appended", "s1",
+             '{"session_id":"s1","role":"user","role":null,"content":"hi"}', META, AT),
+            "the key 'role' appears twice in one object",
+        ),
+        (
+            (2, "b", K1, 2, "session_reset", "s9", '{"session_id":"s1"}', META, AT),
+            "the session_id column is 's9' but the body says 's1'",
+        ),
+        (
+            (2, "b", K1, 2, "session_reset", "s1", '{"session_id":"s1","type":"x"}', META, AT),
+            "'data' may not hold 'type'",
+        ),
+        (
+            (2, "b", K1, 2, "session_reset", "s1", '{"session_id":"s1"}', "{}", AT),
+            "meta.schema_version must be an integer >= 1, not None",
+        ),
+        (
+            (2, "b", K1, 2, "usage_recorded", "s1", '{"session_id":"s1"}',
+             '{"schema_version":3}', AT),
+            "usage_recorded v3 is newer than this code understands (v2)",
+        ),
+        (
+            (2, "b", K1, 2, "session_reset", "s1", '{"session_id":"s1"}', META, "yesterday"),
+            "recorded_at 'yesterday' is not a UTC time as the ledger writes it",
+        ),
+        (
+            (2, "b", "k\x01", 1, "session_reset", "s1", '{"session_id":"s1"}', META, AT),
+            "contains control characters",
+        ),
+    ],
+    ids=["json-array", "bad-role", "missing-role", "unknown-type", "string-bool",
+         "duplicate-key", "session-id-column", "type-in-body", "no-schema-version",
+         "newer-version", "recorded-at", "control-chars"],
+)  # fmt: skip
+def test_a_rehashed_export_with_an_invalid_body_is_refused_by_line(
+    tmp_path: Path, cli: Callable[..., Result], body_row: tuple[Any, ...], message: str
+) -> None:
+    """The chain and the manifest were recomputed after the edit, so only the body
+    check can find it; the line is named, and no ledger file is created."""
+    export_file = tmp_path / "forged.jsonl"
+    export_file.write_bytes(forged(body_row))
+    target = tmp_path / "new.db"
+    result = cli("import", "--db", str(target), str(export_file))
+    assert result.exit_code == 1, result.output
+    first, second = result.output.splitlines()
+    assert first.startswith("Error: line 2: ") and message in first, first
+    assert second.startswith("Try: ")
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+    # the library says the same, with the line
+    with pytest.raises(RestoreError) as info:
+        import_jsonl(target, export_file)
+    assert info.value.line == 2 and not target.exists()
+
+
+def test_an_old_version_body_is_upcast_and_accepted(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    v1 = '{"session_id":"s1","prompt_tokens":3,"completion_tokens":4,"cost_usd":null}'
+    data = craft([
+        (1, "a", K1, 1, "session_started", "s1", STARTED, META, AT),
+        (2, "b", K1, 2, "usage_recorded", "s1", v1, META, AT),
+        (3, "c", K1, 3, "usage_recorded", "s1", '{"session_id":"s1","input_tokens":5}', V2, AT),
+    ])  # fmt: skip
+    (tmp_path / "old.jsonl").write_bytes(data)
+    target = tmp_path / "new.db"
+    result = cli("import", "--db", str(target), str(tmp_path / "old.jsonl"))
+    assert result.exit_code == 0, result.output
+    assert dump(target)[1][6] == v1  # stored as it was written, never rewritten
+    with Ledger.open(target, readonly=True) as led:
+        usage = [r.event for r in led.read_all() if r.type == "usage_recorded"]
+    assert [(u.input_tokens, u.output_tokens) for u in usage] == [(3, 4), (5, 0)]  # type: ignore[attr-defined]
+    still_readable(cli, target)
+
+
+def test_a_forged_real_export_leaves_the_target_unchanged_and_readable(
+    source: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    """The case of issue 11: a real export whose message body was replaced by a
+    JSON array and every later hash (and the manifest) recomputed. Into a new
+    path: no file; into an existing empty ledger: nothing changes; and the read
+    commands keep working on it."""
+    rows = [list(row[:9]) for row in dump(source)]
+    assert rows[1][4] == "message_appended"
+    rows[1][6] = "[1,2]"
+    data = craft([tuple(row) for row in rows])
+    export_file = tmp_path / "forged.jsonl"
+    export_file.write_bytes(data)
+    missing = tmp_path / "missing.db"
+    result = cli("import", "--db", str(missing), str(export_file))
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: line 2: position 2: 'data' must be a JSON object, not list\n"
+    )
+    assert not missing.exists() and leftovers(tmp_path) == []
+    empty = tmp_path / "empty.db"
+    assert cli("init", "--db", str(empty)).exit_code == 0
+    before = empty.read_bytes()
+    result = cli("import", "--db", str(empty), str(export_file))
+    assert result.exit_code == 1 and result.output.startswith("Error: line 2: position 2: ")
+    assert empty.read_bytes() == before and dump(empty) == []
+    still_readable(cli, empty)
+    with Ledger.open(empty) as led:
+        assert led.verify().ok
+    # the same export, unedited, imports into the same ledger afterwards
+    good = tmp_path / "good.jsonl"
+    export(source, good)
+    assert cli("import", "--db", str(empty), str(good)).exit_code == 0
+    assert dump(empty) == dump(source)
+    still_readable(cli, empty)
+
+
+def test_an_import_into_a_new_path_makes_the_file_only_at_the_end(
+    source: Path, tmp_path: Path
+) -> None:
+    """A ledger built under a temporary name: complete when it appears, owner-only,
+    with no -wal left beside it; a refused one leaves nothing, and a dead import's
+    .part files are removed by the next import to that path."""
+    good = tmp_path / "good.jsonl"
+    export(source, good)
+    target = tmp_path / "restored.db"
+    (tmp_path / ".restored.db.abcd1234.part").write_bytes(b"")  # a killed import's
+    (tmp_path / ".restored.db.abcd1234.part-wal").write_bytes(b"")
+    seen: list[bool] = []
+    import_jsonl(target, good, progress=lambda count: seen.append(target.exists()))
+    assert seen and not any(seen)  # not there while it was being written
+    assert dump(target) == dump(source)
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    assert leftovers(tmp_path) == []
+    with Ledger.open(target) as led:
+        assert led.verify().ok
