@@ -20,7 +20,7 @@ __all__ = ["plugin_status_for", "print_plugin_status", "sync_cmd"]
 @json_option
 @reports_errors
 def sync_cmd(no_hooks: bool, as_json: bool) -> None:
-    """Record the plugin's spool in the ledger now, and deliver ledger hooks.
+    """Record the plugin's spool now, then deliver ledger hooks.
 
     \b
     With the plugin enabled, a Hermes gateway drains $HERMES_HOME/ledger-spool
