@@ -60,8 +60,11 @@ def init_cmd(db: Path | None, as_json: bool) -> None:
 @json_option
 @reports_errors
 def status_cmd(db: Path | None, as_json: bool) -> None:
-    """Show where the ledger is and what it holds (and, with the Hermes plugin
-    enabled in the home, its spool and whether a backfill is due)."""
+    """Show where the ledger is and what it holds.
+
+    With the Hermes plugin enabled in the home, also the records waiting in its
+    spool and whether a backfill is due.
+    """
     path = resolve_ledger_path(db)
     st = admin.status(path)
     plugin = plugin_status_for(path)
