@@ -80,6 +80,7 @@ HOOKS = (
 )
 _MAX_ID = 4096  # longer "ids" are garbage, not ids
 _IDS = ("session_key", "session_id", "old_session_id", "new_session_id", "child_session_id")
+_HOMES_KEPT = 64  # distinct (override, HERMES_HOME, HOME) combinations remembered
 
 
 def in_gateway_process() -> bool:
@@ -150,6 +151,7 @@ class Capture:
         self._is_gateway = is_gateway
         self._writers: dict[Path, SpoolWriter] = {}
         self._workers: dict[Path, SpoolWorker] = {}
+        self._homes: dict[tuple[str | None, ...], Path] = {}
         self._lock = threading.Lock()
         self._forked = False
         self.incidents = Incidents()
@@ -215,15 +217,44 @@ class Capture:
         self._lock = threading.Lock()
         self._writers = {}
         self._workers = {}
+        self._homes = {}
         self._forked = True
         self.incidents = Incidents()
 
     # -- spooling ---------------------------------------------------------------------
 
+    def _call_home(self) -> Path:
+        """This call's home: Hermes's answer (``config.paths.hermes_home``), asked
+        once per combination of what Hermes 0.19 resolves it from — the
+        context-local override (``hermes_constants.get_hermes_home_override()``,
+        read on every call, so a task scoped to another home gets that home),
+        ``HERMES_HOME``, and ``HOME`` (the default ``~/.hermes``) — and then
+        remembered: building the answer's ``Path`` and hashing a fresh one for
+        the writer and worker lookups were about a third of a callback's cost
+        (bench/plugin.py). The same ``Path`` object comes back each time, so
+        those lookups hit at once. An
+        injected ``home`` (tests, embedders) is called every time, and so is
+        Hermes where it has no override function.
+        """
+        if self._home is not hermes_home:
+            return self._home()
+        override = getattr(sys.modules.get("hermes_constants"), "get_hermes_home_override", None)
+        if override is None:
+            return hermes_home()
+        environ = os.environ
+        key = (override(), environ.get("HERMES_HOME"), environ.get("HOME"))
+        home = self._homes.get(key)
+        if home is None:
+            home = hermes_home()
+            if len(self._homes) >= _HOMES_KEPT:
+                self._homes.clear()
+            self._homes[key] = home
+        return home
+
     def _spool(self, record: dict[str, Any], *, gateway: bool = False) -> None:
         if not any(record.get(name) for name in _IDS):
             return  # no session, key or child named: nothing anyone could record
-        home = self._home()
+        home = self._call_home()
         writer = self.writer(home)
         writer.append(record)
         worker = self._workers.get(home) or self.ensure_worker(home, gateway=gateway)
