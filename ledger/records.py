@@ -11,7 +11,7 @@ from typing import Any
 from hermes_ledger.ledger.clock import parse_utc
 from hermes_ledger.ledger.events import EventModel, from_stored
 
-__all__ = ["AppendResult", "Recorded", "VerifyReport"]
+__all__ = ["AppendResult", "FileReport", "Recorded", "VerifyReport"]
 
 
 @dataclass(frozen=True)
@@ -89,4 +89,62 @@ class VerifyReport:
     def __str__(self) -> str:
         if self.ok:
             return f"ok: {self.checked} events, hash chain intact up to position {self.head}"
+        if self.first_bad_position is None:
+            return f"FAILED: {self.problem}"
         return f"FAILED at position {self.first_bad_position}: {self.problem}"
+
+
+_GUARDS = {
+    "events_refuse_update": "events can be updated",
+    "events_refuse_delete": "events can be deleted",
+    "events_one_end_per_session": "a session can end twice",
+}
+
+
+def _allows(name: str) -> str:
+    guard = _GUARDS.get(name.partition(" ")[2])
+    return f" ({guard})" if guard else ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileReport:
+    """What ``Ledger.check_file`` found: the triggers and indexes the migrations
+    create (``expected``) against the file's (``missing``, ``changed``: names with
+    what that allows), and SQLite's own check of the file's pages (``integrity_mode``
+    is ``integrity_check`` or ``quick_check``; ``integrity`` its messages, empty
+    when the file is sound)."""
+
+    expected: tuple[str, ...]
+    missing: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    integrity_mode: str = "integrity_check"
+    integrity: tuple[str, ...] = ()
+
+    @property
+    def schema_ok(self) -> bool:
+        return not self.missing and not self.changed
+
+    @property
+    def integrity_ok(self) -> bool:
+        return not self.integrity
+
+    @property
+    def ok(self) -> bool:
+        return self.schema_ok and self.integrity_ok
+
+    def schema_text(self) -> str:
+        if self.schema_ok:
+            return (
+                f"ok: {len(self.expected)} triggers and indexes as the migrations create them"
+                " (append-only triggers, one end per session)"
+            )
+        parts = [f"{name} is missing{_allows(name)}" for name in self.missing]
+        parts += [f"{name} differs from its migration{_allows(name)}" for name in self.changed]
+        return "FAILED: " + "; ".join(parts)
+
+    def integrity_text(self) -> str:
+        if self.integrity_ok:
+            return f"ok (PRAGMA {self.integrity_mode})"
+        shown = "; ".join(self.integrity[:3])
+        more = f" … and {len(self.integrity) - 3} more" if len(self.integrity) > 3 else ""
+        return f"FAILED (PRAGMA {self.integrity_mode}): the file is damaged: {shown}{more}"

@@ -6,6 +6,7 @@ below, one named statement per purpose, always with bindings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -21,14 +22,15 @@ from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.errors import (
     ConcurrencyError,
     EventValidationError,
+    ExpectedVersionError,
     IdempotencyError,
     LedgerError,
     NoLedgerError,
     SessionAlreadyEndedError,
     translate,
 )
-from hermes_ledger.ledger.events import EventModel, body_json, parse
-from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
+from hermes_ledger.ledger.events import EventModel, check_json, parse, storable_body
+from hermes_ledger.ledger.records import AppendResult, FileReport, Recorded, VerifyReport
 from hermes_ledger.ledger.schema import (
     CACHE_KIB,
     Migration,
@@ -295,7 +297,10 @@ class Ledger:
         event next to its schema version.
         """
         _check_name("stream", stream)
-        expected = validate_expected(expected_version)
+        try:
+            expected = validate_expected(expected_version)
+        except TypeError as exc:
+            raise ExpectedVersionError(str(exc)) from None
         models = [_coerce(e) for e in events]
         if not models:
             raise EventValidationError("append needs at least one event")
@@ -307,7 +312,12 @@ class Ledger:
             if "schema_version" in meta:
                 raise EventValidationError("meta may not set schema_version; the event model does")
             try:
-                extra_json = json.dumps(dict(meta), ensure_ascii=False, separators=(",", ":"))
+                extra_json = json.dumps(
+                    check_json(dict(meta), "meta"),
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                    allow_nan=False,
+                )
             except (TypeError, ValueError) as exc:
                 raise EventValidationError(f"meta is not JSON-serialisable: {exc}") from None
         prepared = []
@@ -318,7 +328,9 @@ class Ledger:
             _check_name("event_id", model.event_id)
             version_tag = f'{{"schema_version":{model.schema_version}'
             meta_json = version_tag + ("}" if extra_json == "{}" else "," + extra_json[1:])
-            prepared.append((model.event_id, model.type, session_id, body_json(model), meta_json))
+            prepared.append(
+                (model.event_id, model.type, session_id, storable_body(model), meta_json)
+            )
 
         def work(conn: apsw.Connection) -> AppendResult:
             current, position, previous = self._append_state(conn, stream)
@@ -470,23 +482,37 @@ class Ledger:
         """The position of the last event (0 for an empty ledger)."""
         with self._lock:
             self._check_open()
-            return int(scalar(self._conn, SQL_HEAD_POSITION))
+            try:
+                return int(scalar(self._conn, SQL_HEAD_POSITION))
+            except apsw.Error as exc:
+                translate(exc, path=str(self.path))
 
     # -- verifying -----------------------------------------------------------
 
-    def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    def verify(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        after: tuple[int, str] = (0, GENESIS),
+    ) -> VerifyReport:
         """Walk the whole log: gap-free positions, versions 1..n per stream, and every
-        row's hash against its content and the previous row's hash."""
+        row's hash against its content and the previous row's hash.
+
+        ``after`` = (position, hash) walks only the rows after a row already trusted
+        (an anchor): their hashes chain from ``hash``; versions are checked only for
+        streams that start after it."""
         head = self.head()
-        previous_hash = GENESIS
-        previous_position = 0
+        previous_position, previous_hash = after
+        partial = previous_position > 0
         versions: dict[str, int] = {}
         checked = 0
-        for rec in self._pages(SQL_PAGE_ALL, (), 0, None, key=0):
+        for rec in self._pages(SQL_PAGE_ALL, (), previous_position, None, key=0):
             problem = None
             if rec.position != previous_position + 1:
                 problem = f"gap: position {previous_position} is followed by {rec.position}"
-            elif rec.version != versions.get(rec.stream, 0) + 1:
+            elif not (partial and rec.stream not in versions) and (
+                rec.version != versions.get(rec.stream, 0) + 1
+            ):
                 problem = (
                     f"stream {rec.stream!r} jumps from version {versions.get(rec.stream, 0)} "
                     f"to {rec.version}"
@@ -509,6 +535,96 @@ class Ledger:
         if progress is not None:
             progress(checked, head)
         return VerifyReport(True, checked, previous_position)
+
+    def check_file(self, *, quick: bool | None = None) -> FileReport:
+        """The file around the chain: every trigger and index the migrations create
+        is present with the migration's definition, and SQLite's check of the pages.
+
+        ``quick`` runs ``PRAGMA quick_check`` (no index-against-table check) instead
+        of ``integrity_check``; by default it is chosen for files larger than
+        ``FULL_CHECK_LIMIT`` bytes. Driver errors (a page too damaged to read) are
+        reported as integrity failures, not raised.
+        """
+        with self._lock:
+            self._check_open()
+            try:
+                version = int(scalar(self._conn, "PRAGMA user_version"))
+                expected = _expected_schema(version)
+                found = {
+                    (kind, name): _normal(sql)
+                    for kind, name, sql in self._conn.execute(SQL_SCHEMA_OBJECTS)
+                }
+            except apsw.Error as exc:
+                expected, found = {}, {}
+                schema_error: str | None = f"the schema could not be read: {exc}"
+            else:
+                schema_error = None
+            missing = tuple(f"{k} {n}" for (k, n) in expected if (k, n) not in found)
+            changed = tuple(
+                f"{k} {n}" for (k, n), sql in expected.items()
+                if (k, n) in found and found[(k, n)] != sql
+            )  # fmt: skip
+            if quick is None:
+                quick = _file_size(self.path) > FULL_CHECK_LIMIT
+            mode = "quick_check" if quick else "integrity_check"
+            try:
+                messages = [str(row[0]) for row in self._conn.execute(f"PRAGMA {mode}")]
+            except apsw.Error as exc:
+                messages = [f"{type(exc).__name__}: {exc}"]
+            if messages == ["ok"]:
+                messages = []
+            if schema_error is not None:
+                messages.insert(0, schema_error)
+        return FileReport(
+            expected=tuple(f"{k} {n}" for (k, n) in expected),
+            missing=missing,
+            changed=changed,
+            integrity_mode=mode,
+            integrity=tuple(messages),
+        )
+
+
+FULL_CHECK_LIMIT = 1 << 30
+"""Files larger than this (1 GiB, with the WAL) get ``PRAGMA quick_check`` by default."""
+
+SQL_SCHEMA_OBJECTS = (
+    "SELECT type, name, sql FROM sqlite_schema"
+    " WHERE type IN ('trigger', 'index') AND sql IS NOT NULL"
+)
+
+
+def _normal(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+def _file_size(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.stat(f"{path}{suffix}").st_size
+    return total
+
+
+_EXPECTED: dict[int, dict[tuple[str, str], str]] = {}
+
+
+def _expected_schema(version: int) -> dict[tuple[str, str], str]:
+    """The triggers and indexes the first ``version`` shipped migrations create,
+    read back from a scratch in-memory database (so SQLite's own normalisation of
+    the stored text applies to both sides)."""
+    if version not in _EXPECTED:
+        scratch = apsw.Connection(":memory:")
+        try:
+            for migration in load_migrations()[:version]:
+                for _ in scratch.execute(migration.sql):
+                    pass
+            _EXPECTED[version] = {
+                (kind, name): _normal(sql)
+                for kind, name, sql in scratch.execute(SQL_SCHEMA_OBJECTS)
+            }
+        finally:
+            scratch.close()
+    return _EXPECTED[version]
 
 
 class _Duplicate(Exception):
