@@ -35,6 +35,7 @@ from hermes_ledger.gateway.sessions.closing import Flusher
 from hermes_ledger.gateway.sessions.store import SessionStore, new_session_id
 from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.anchors import Witness
 from hermes_ledger.ledger.clock import Clock, system_clock
 
 __all__ = ["Gateway", "GatewayParts", "build_gateway", "open_gateway"]
@@ -107,9 +108,11 @@ def build_gateway(ledger: Ledger, **parts: Unpack[GatewayParts]) -> Gateway:
         session_ids=parts.get("session_ids") or new_session_id,
         before_session_event=registrar,
     )
+    witness = Witness.in_directory(root) if settings.anchor_interval > 0 else None
     runner = Runner(
-        ledger, config, settings, hooks, clock=clock, flusher=flusher, registrar=registrar
-    )
+        ledger, config, settings, hooks, clock=clock, flusher=flusher, witness=witness,
+        registrar=registrar,
+    )  # fmt: skip
     return Gateway(ledger, config, settings, hooks, store, runner)
 
 

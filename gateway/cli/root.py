@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from hermes_ledger.gateway.cli import admin, hooks, log, plugin, run, sessions
+from hermes_ledger.gateway.cli import admin, anchor, hooks, log, plugin, run, sessions
 
 __all__ = ["cli", "main"]
 
@@ -42,6 +42,7 @@ for _command in (
     sessions.transcript_cmd,
     sessions.replay_cmd,
     sessions.verify_cmd,
+    anchor.anchor_cmd,
     run.tick_cmd,
     run.run_cmd,
     run.demo_cmd,

@@ -16,8 +16,10 @@ from hermes_ledger.gateway.cli.options import (
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import print_json, print_table, progress_bar
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger_path
 from hermes_ledger.gateway.sessions import reports
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.anchors import Witness
 from hermes_ledger.ledger.clock import format_utc, parse_utc
 
 __all__ = ["history_cmd", "replay_cmd", "sessions_cmd", "transcript_cmd", "verify_cmd"]
@@ -136,28 +138,38 @@ def replay_cmd(db: Path | None, at: str | None, to: int | None, as_json: bool) -
 
 @click.command("verify")
 @db_option
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="PRAGMA quick_check instead of integrity_check (the default above 1 GiB).",
+)
 @json_option
 @reports_errors
-def verify_cmd(db: Path | None, as_json: bool) -> None:
-    """Check the hash chain and the projections against a replay."""
+def verify_cmd(db: Path | None, quick: bool, as_json: bool) -> None:
+    """Check the chain, the file, the anchors and the projections.
+
+    \b
+    The hash chain end to end; the projections against a replay; the triggers and
+    indexes against the migrations; SQLite's integrity check of every page; and
+    each anchor in $HERMES_HOME/ledger.anchors for this ledger (see `anchor`).
+    Exits 1 when anything is wrong.
+    """
+    witness = Witness.in_directory(hermes_home())
     with (
-        reports.open_existing(resolve_ledger_path(db)) as led,
+        Ledger.open_existing(resolve_ledger_path(db)) as led,
         progress_bar("verifying") as progress,
     ):
-        report = reports.verify_all(led, progress=progress)
-    if as_json:
-        print_json(
-            {
-                "ok": report.ok,
-                "chain_ok": report.chain.ok,
-                "first_bad_position": report.chain.first_bad_position,
-                "chain_problem": report.chain.problem,
-                "projections_ok": report.projections.ok,
-                "differences": [str(d) for d in report.projections.differences],
-            },
+        report = reports.verify_all(
+            led, progress=progress, witness=witness, quick=True if quick else None
         )
+    if as_json:
+        print_json(report.to_dict())
     else:
         for line in report.lines():
             click.echo(line)
-    if not report.ok:
-        sys.exit(1)
+    problems = report.problems()
+    if problems:
+        if as_json:
+            sys.exit(1)
+        parts = ", ".join(what.split(":", 1)[0] for what, _ in problems)
+        raise LedgerCommandError(f"the ledger does not verify ({parts})", problems[0][1])

@@ -8,6 +8,8 @@
       hook_attempts: 5                  # then dead-lettered
       hook_timeout: 10                  # seconds per hook call
       tick_interval: 30                 # seconds between passes of `run`
+      anchor_interval: 3600             # seconds between anchors of the chain's head
+                                        # (`tick` / `run`); 0 disables
       plugin_interval: 1                # plugin mode: seconds between spool drains
       redact_tools: [terminal]          # plugin mode: tools whose calls are recorded
                                         # without their arguments and results
@@ -38,6 +40,7 @@ class RunnerSettings(BaseModel):
     hook_attempts: int = Field(default=5, ge=1, le=100)
     hook_timeout: float = Field(default=10.0, gt=0, le=3600)
     tick_interval: float = Field(default=30.0, gt=0, le=86_400)
+    anchor_interval: float = Field(default=3600.0, ge=0, le=30 * 86_400)
     plugin_interval: float = Field(default=1.0, gt=0, le=3600)
     redact_tools: tuple[str, ...] = ()
 

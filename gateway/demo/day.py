@@ -190,7 +190,7 @@ def _simulate(
     with open_gateway(
         ledger_path,
         config=CONFIG,
-        settings=RunnerSettings(),
+        settings=RunnerSettings(anchor_interval=0),  # a simulated day is not anchored
         hooks_dir=hooks_dir,
         clock=clock,
         session_ids=_demo_session_ids(SEED),

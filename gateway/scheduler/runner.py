@@ -22,8 +22,9 @@ from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistrar, HookRegis
 from hermes_ledger.gateway.scheduler.ticks import Scheduler, TickReport
 from hermes_ledger.gateway.sessions.closing import Flusher
 from hermes_ledger.gateway.usercode.flushers import load_flusher
-from hermes_ledger.ledger import Ledger
-from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
+from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.anchors import Witness
+from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
 
 __all__ = ["PassReport", "Runner", "describe"]
 
@@ -37,6 +38,8 @@ class PassReport:
     failed: int = 0
     dead_lettered: int = 0
     deliveries: list[dict[str, Any]] = field(default_factory=list)
+    anchored: dict[str, Any] | None = None  # the anchor this pass wrote, if it was due
+    anchor_error: str | None = None  # why an anchor that was due was refused
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,11 +48,14 @@ class PassReport:
             "failed": self.failed,
             "dead_lettered": self.dead_lettered,
             "deliveries": self.deliveries,
+            "anchored": self.anchored,
+            "anchor_error": self.anchor_error,
         }
 
 
 class Runner:
-    """Scheduler + hook dispatcher over one ledger."""
+    """Scheduler + hook dispatcher over one ledger; with a ``witness``, also anchors
+    the chain's head every ``settings.anchor_interval`` seconds of its clock."""
 
     def __init__(
         self,
@@ -60,8 +66,12 @@ class Runner:
         *,
         clock: Clock | None = None,
         flusher: Flusher | None = None,
+        witness: Witness | None = None,
         registrar: HookRegistrar | None = None,
     ) -> None:
+        self._ledger = ledger
+        self.witness = witness
+        self._next_anchor: datetime | None = None
         self._base_clock = clock or system_clock
         self._fixed: datetime | None = None
         if flusher is None and settings.flusher:
@@ -98,6 +108,7 @@ class Runner:
             self.refresh_hooks()  # before the tick: a hook installed before a close gets it
             tick = self.scheduler.tick(now)
             delivery = self.dispatcher.deliver()
+            anchored, anchor_error = self._anchor_if_due(now or self.clock())
         finally:
             self._fixed = None
         return PassReport(
@@ -106,7 +117,32 @@ class Runner:
             failed=delivery.failed,
             dead_lettered=delivery.dead_lettered,
             deliveries=[_outcome(o) for o in delivery.outcomes],
+            anchored=anchored,
+            anchor_error=anchor_error,
         )
+
+    def _anchor_if_due(self, now: datetime) -> tuple[dict[str, Any] | None, str | None]:
+        """Anchor the head when ``anchor_interval`` has passed since the last anchor
+        of this ledger (at once if it has none) and the head moved since. A refused
+        anchor (a chain that no longer verifies, a key others can read) is reported
+        in the pass and retried an interval later; it never stops the runner."""
+        interval = self.settings.anchor_interval
+        if self.witness is None or interval <= 0:
+            return None, None
+        try:
+            step = timedelta(seconds=interval)
+            if self._next_anchor is None:
+                last = self.witness.last(self._ledger.path)
+                self._next_anchor = now if last is None else parse_utc(last.at) + step
+            if now < self._next_anchor:
+                return None, None
+            self._next_anchor = now + step
+            last = self.witness.last(self._ledger.path)
+            if self._ledger.head() == (last.position if last else 0):
+                return None, None
+            return self.witness.anchor(self._ledger, at=now).to_dict(), None
+        except LedgerError as exc:
+            return None, str(exc)
 
     def refresh_hooks(self) -> None:
         """Register hooks installed since the last look (``HookRegistrar``) and,
@@ -149,4 +185,8 @@ def describe(report: PassReport) -> list[str]:
         f"  hooks: {report.delivered} delivered, {report.failed} failed,"
         f" {report.dead_lettered} dead-lettered"
     )
+    if report.anchored is not None:
+        lines.append(f"  anchored position {report.anchored['position']}")
+    if report.anchor_error is not None:
+        lines.append(f"  anchor refused: {report.anchor_error}")
     return lines

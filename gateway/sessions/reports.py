@@ -11,9 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import apsw
+
 from hermes_ledger import projections
 from hermes_ledger.gateway.sessions.reads import load_transcript
 from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.anchors import AnchorReport, Witness
+from hermes_ledger.ledger.records import FileReport
 from hermes_ledger.ledger.records import VerifyReport as ChainReport
 
 __all__ = [
@@ -98,22 +102,111 @@ def transcript(ledger: Ledger, session_id: str) -> list[dict[str, Any]]:
     return load_transcript(ledger, session_id)
 
 
+_HINT_CHAIN = (
+    "the log was changed in place at that position: restore the ledger from a backup or an"
+    " export taken before the change, and find out who could write to the file"
+)
+_HINT_SCHEMA = (
+    "someone with write access dropped or replaced them: check the chain and the anchors, then"
+    " restore the ledger from a backup (the definitions are in migrations/0001_events.sql)"
+)
+_HINT_INTEGRITY = (
+    "the file's pages are damaged (disk, copy or hand edit): restore it from a backup; on a copy,"
+    " `hermes-ledger export` saves what is still readable"
+)
+_HINT_ANCHORS = (
+    "the log no longer matches what was anchored: restore it from a backup or export taken"
+    " after the last good anchor; keep this file and the witness as evidence"
+)
+_HINT_PROJECTIONS = "rebuild the projections with `hermes-ledger replay`"
+
+
 @dataclass(frozen=True)
 class FullVerifyReport:
+    """The chain, the projections, the file (triggers, indexes, pages) and the
+    anchors; ``file`` and ``anchors`` are None when they were not checked."""
+
     chain: ChainReport
     projections: projections.VerifyReport
+    file: FileReport | None = None
+    anchors: AnchorReport | None = None
 
     @property
     def ok(self) -> bool:
-        return self.chain.ok and self.projections.ok
+        return not self.problems()
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(what is wrong, what to do)`` for each failed part, worst first."""
+        found: list[tuple[str, str]] = []
+        if self.file is not None and not self.file.integrity_ok:
+            found.append((f"integrity: {self.file.integrity_text()}", _HINT_INTEGRITY))
+        if not self.chain.ok:
+            found.append((f"hash chain: {self.chain}", _HINT_CHAIN))
+        if self.anchors is not None and not self.anchors.ok:
+            found.append((f"anchors: {self.anchors.text()}", _HINT_ANCHORS))
+        if self.file is not None and not self.file.schema_ok:
+            found.append((f"schema: {self.file.schema_text()}", _HINT_SCHEMA))
+        if not self.projections.ok:
+            first = str(self.projections).splitlines()[0]
+            found.append((f"projections: {first}", _HINT_PROJECTIONS))
+        return found
 
     def lines(self) -> list[str]:
-        return [f"hash chain: {self.chain}", f"projections: {self.projections}"]
+        lines = [f"hash chain: {self.chain}", f"projections: {self.projections}"]
+        if self.file is not None:
+            lines.append(f"schema: {self.file.schema_text()}")
+            lines.append(f"integrity: {self.file.integrity_text()}")
+        if self.anchors is not None:
+            lines.append(f"anchors: {self.anchors.text()}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``verify --json`` document (the first six keys are the original ones)."""
+        file = self.file
+        return {
+            "ok": self.ok,
+            "chain_ok": self.chain.ok,
+            "first_bad_position": self.chain.first_bad_position,
+            "chain_problem": self.chain.problem,
+            "projections_ok": self.projections.ok,
+            "differences": [str(d) for d in self.projections.differences],
+            "head": self.chain.head,
+            "schema_ok": None if file is None else file.schema_ok,
+            "schema_expected": None if file is None else list(file.expected),
+            "schema_missing": None if file is None else list(file.missing),
+            "schema_changed": None if file is None else list(file.changed),
+            "integrity_ok": None if file is None else file.integrity_ok,
+            "integrity_check": None if file is None else file.integrity_mode,
+            "integrity_problems": None if file is None else list(file.integrity),
+            "anchors": None if self.anchors is None else self.anchors.to_dict(),
+            "problems": [what for what, _ in self.problems()],
+        }
 
 
 def verify_all(
-    ledger: Ledger, progress: Callable[[int, int], None] | None = None
+    ledger: Ledger,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    witness: Witness | None = None,
+    quick: bool | None = None,
 ) -> FullVerifyReport:
-    """The hash chain end to end, then the live projections against a replay."""
-    chain = ledger.verify(progress=progress)
-    return FullVerifyReport(chain, projections.verify(ledger, progress=progress))
+    """The file (triggers and indexes against the migrations, SQLite's integrity
+    check), the hash chain end to end, the live projections against a replay (after
+    bringing them up to date), and every anchor ``witness`` holds for this ledger.
+
+    A part that cannot be read (damaged pages) is reported as failed, not raised;
+    a key file others can read is refused (LedgerError)."""
+    file = ledger.check_file(quick=quick)
+    try:
+        chain = ledger.verify(progress=progress)
+    except (LedgerError, apsw.Error) as exc:
+        chain = ChainReport(False, 0, 0, None, f"the log could not be read: {exc}")
+    try:
+        if not ledger.readonly:
+            projections.attach(ledger)
+        live = projections.verify(ledger, progress=progress)
+    except (LedgerError, apsw.Error) as exc:
+        problem = projections.Difference("projections", "projection", live=f"not compared: {exc}")
+        live = projections.VerifyReport(False, chain.head, differences=(problem,))
+    anchors = None if witness is None else witness.check(ledger)
+    return FullVerifyReport(chain, live, file, anchors)
