@@ -11,6 +11,7 @@ import apsw
 __all__ = [
     "ConcurrencyError",
     "EventValidationError",
+    "ExpectedVersionError",
     "IdempotencyError",
     "ImmutableLogError",
     "LedgerBusyError",
@@ -59,6 +60,13 @@ class EventValidationError(LedgerError, ValueError):
     """An event (or a stored body) does not match its model."""
 
     hint = "check the event's type and fields against `hermes-ledger schema`"
+
+
+class ExpectedVersionError(LedgerError, TypeError):
+    """An ``expected_version`` that is neither a marker nor an int >= 0 (a TypeError
+    too, as it was before it became a LedgerError)."""
+
+    hint = "pass ANY, NO_STREAM, STREAM_EXISTS or the stream's version (an int >= 0)"
 
 
 class SessionAlreadyEndedError(LedgerError):

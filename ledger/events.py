@@ -4,22 +4,39 @@ Each model is what a producer fills in. The log stores ``type`` and ``event_id``
 in their own columns, the rest of the model as the ``data`` JSON, and the model's
 ``schema_version`` in ``meta``. Old shapes are never rewritten in the log: an
 upcaster turns a stored older body into the current shape when it is read.
+
+**What a model refuses.** Making a model with bad fields raises
+``EventValidationError`` (every problem listed), never pydantic's error. Beyond
+each field's type, no text may hold a lone surrogate (``ledger.text``); the
+free-form JSON fields (``tool_calls``, ``policy``, a source's extra keys, and an
+append's ``meta``) must be JSON: finite numbers (NaN and infinities are refused,
+not stored as null), string keys, at most ``MAX_JSON_DEPTH`` levels deep;
+counts must fit SQLite's 64-bit integers. Models are frozen: setting a field
+raises ``EventValidationError``. A model changed behind its back anyway
+(``object.__setattr__``, ``model_copy(update=…)``, ``model_construct``, or an
+in-place change to one of its lists or dicts) is caught when it is appended:
+``storable_body`` re-validates, from the JSON about to be stored, every model
+that is not exactly as validated, so the log never holds a body it cannot read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, TypeAlias
 
 import pydantic
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
 from hermes_ledger.ledger.errors import EventValidationError
+from hermes_ledger.ledger.text import has_lone_surrogates
 
 __all__ = [
     "EVENT_TYPES",
+    "MAX_JSON_DEPTH",
     "Event",
     "EventModel",
     "MemoryFlushFailed",
@@ -33,13 +50,107 @@ __all__ = [
     "Source",
     "UsageRecorded",
     "body_json",
+    "check_json",
     "from_stored",
     "json_schema",
     "parse",
+    "storable_body",
     "upcaster",
 ]
 
+MAX_JSON_DEPTH: Final = 64
+"""How deeply the free-form JSON of an event (and ``meta``) may nest."""
+_MAX_INT: Final = 2**63 - 1  # SQLite's INTEGER
+
+
+def check_json(value: Any, where: str = "value") -> Any:
+    """``value`` if it is JSON the ledger can store and read back, else ValueError
+    naming the first problem: a NaN or infinite number, a lone surrogate, a key
+    that is not a string, or nesting deeper than ``MAX_JSON_DEPTH``."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if len(path) > 60:
+            path = path[:60] + "…"
+        if isinstance(item, str):
+            if has_lone_surrogates(item):
+                raise ValueError(f"{path} holds a lone surrogate (not storable as UTF-8)")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{path} is {item!r}; JSON numbers must be finite")
+        elif isinstance(item, dict | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, inner in item.items():
+                    if not isinstance(key, str):
+                        raise ValueError(f"{path} has a key that is not a string: {key!r}")
+                    if has_lone_surrogates(key):
+                        raise ValueError(f"{path} has a key with a lone surrogate")
+                    stack.append((inner, f"{path}.{key}", depth + 1))
+            else:
+                stack.extend((inner, f"{path}[{i}]", depth + 1) for i, inner in enumerate(item))
+    return value
+
+
+def _json_field(value: Any) -> Any:
+    return check_json(value, "the value")
+
+
 NonEmpty = Annotated[str, Field(min_length=1)]
+Count = Annotated[int, Field(ge=0, le=_MAX_INT)]
+Attempt = Annotated[int, Field(ge=1, le=_MAX_INT)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_field)]
+JsonObjects = Annotated[list[dict[str, Any]], AfterValidator(_json_field)]
+
+
+_Seal: TypeAlias = tuple[tuple[Any, ...], tuple[tuple[BaseModel, tuple[Any, ...]], ...]]
+
+
+def _seal(model: BaseModel) -> _Seal | None:
+    """What a just-validated ``model`` holds, for ``storable_body`` to tell whether
+    it still holds it; None if it holds lists or dicts (they can change in place,
+    so such a model is re-validated when stored). Raises ValueError for text with
+    a lone surrogate (here rather than in a validator: reading the log skips it)."""
+    nested = []
+    owners: list[tuple[str, BaseModel]] = [("", model)]
+    while owners:
+        prefix, owner = owners.pop()
+        for name, value in owner.__dict__.items():
+            kind = type(value)  # exact types: what validation just produced
+            if kind is str:
+                if has_lone_surrogates(value):
+                    raise ValueError(
+                        f"{prefix}{name} holds a lone surrogate (not storable as UTF-8)"
+                    )
+            elif kind is list or kind is dict:
+                return None
+            elif kind is Source:
+                owners.append((f"{prefix}{name}.", value))
+        if owner.__pydantic_extra__:
+            check_json(owner.__pydantic_extra__, prefix.rstrip("."))
+            return None
+        if owner is not model:
+            nested.append((owner, tuple(owner.__dict__.values())))
+    return tuple(model.__dict__.values()), tuple(nested)
+
+
+def _still_sealed(model: BaseModel, seal: _Seal | None) -> bool:
+    if seal is None:
+        return False
+    values, nested = seal
+    if tuple(model.__dict__.values()) != values:
+        return False
+    return all(tuple(inner.__dict__.values()) == held for inner, held in nested)
+
+
+def _sealed(model: EventModel) -> EventModel:
+    try:
+        seal = _seal(model)
+    except ValueError as err:
+        raise EventValidationError(f"invalid {model.type} event: {err}") from None
+    object.__setattr__(model, "_validated", seal)
+    return model
 
 
 def _new_event_id() -> str:
@@ -49,7 +160,14 @@ def _new_event_id() -> str:
 class EventModel(BaseModel):
     """Common shape of every event: a type tag, an idempotency id, a schema version."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    # NaN and infinities never reach a body (the fields refuse them); if a model is
+    # changed behind its back, "constants" writes them out so that the re-validation
+    # in storable_body refuses them, where "null" would store them silently.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=False, ser_json_inf_nan="constants"
+    )
+    # What the model held when it was validated (``_seal``), or unset.
+    __slots__ = ("_validated",)
 
     schema_version: ClassVar[int] = 1
 
@@ -59,6 +177,31 @@ class EventModel(BaseModel):
         default=None,
         description="when it happened in the gateway's clock, if not when it was recorded",
     )
+
+    if not TYPE_CHECKING:
+        # The domain error (every problem listed) instead of pydantic's; and a
+        # fingerprint of what was validated, for storable_body.
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except pydantic.ValidationError as err:
+                raise EventValidationError(
+                    _describe_errors(data.get("type") or _default_type(type(self)), err)
+                ) from None
+            _sealed(self)
+
+        # Not a "custom" __init__ to pydantic: validating a dict or JSON (parse,
+        # reading the log) does not go through it.
+        __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            raise EventValidationError(
+                f"{self.type} events are frozen: {name} cannot be set",
+                hint="make a new event with the changed fields",
+            )
+
+        def __delattr__(self, name: str) -> None:
+            raise EventValidationError(f"{self.type} events are frozen: {name} cannot be deleted")
 
 
 class Source(BaseModel):
@@ -92,11 +235,11 @@ class MessageAppended(EventModel):
     session_id: NonEmpty
     role: Literal["user", "assistant", "tool", "system"]
     content: str | None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: JsonObjects | None = None
     tool_name: str | None = None
     tool_call_id: str | None = None
-    input_tokens: NonNegativeInt = 0
-    output_tokens: NonNegativeInt = 0
+    input_tokens: Count = 0
+    output_tokens: Count = 0
     platform_message_id: str | None = None
     synthetic: bool = False
 
@@ -112,11 +255,11 @@ class UsageRecorded(EventModel):
 
     type: Literal["usage_recorded"] = "usage_recorded"
     session_id: NonEmpty
-    input_tokens: NonNegativeInt = 0
-    output_tokens: NonNegativeInt = 0
-    cache_read_tokens: NonNegativeInt = 0
-    cache_write_tokens: NonNegativeInt = 0
-    cost_usd: Annotated[float, Field(ge=0)] | None = None
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_read_tokens: Count = 0
+    cache_write_tokens: Count = 0
+    cost_usd: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
     model: str | None = None
 
 
@@ -132,14 +275,14 @@ class SessionExpired(EventModel):
     reason: Literal["idle", "daily", "cron"]
     deadline: AwareDatetime
     evaluated_at: AwareDatetime
-    policy: dict[str, Any] = Field(default_factory=dict)
+    policy: JsonObject = Field(default_factory=dict)
 
 
 class MemoryFlushed(EventModel):
     type: Literal["memory_flushed"] = "memory_flushed"
     session_id: NonEmpty
     provider: NonEmpty
-    attempt: PositiveInt = 1
+    attempt: Attempt = 1
     detail: str | None = None
 
 
@@ -147,7 +290,7 @@ class MemoryFlushFailed(EventModel):
     type: Literal["memory_flush_failed"] = "memory_flush_failed"
     session_id: NonEmpty
     provider: NonEmpty
-    attempt: PositiveInt = 1
+    attempt: Attempt = 1
     error: NonEmpty
 
 
@@ -243,11 +386,31 @@ def _upcast(event_type: str, body: dict[str, Any], stored_version: int) -> dict[
     return body
 
 
+def _default_type(model: type[EventModel]) -> str | None:
+    field = model.model_fields.get("type")
+    return field.default if field is not None and isinstance(field.default, str) else None
+
+
+def _shown(value: object) -> str:
+    """A short repr of a refused input (pydantic's message does not say what it was)."""
+    if isinstance(value, dict | list | tuple | set | BaseModel):
+        return ""
+    text = repr(value)
+    return f" (got {text[:60]}…)" if len(text) > 60 else f" (got {text})"
+
+
 def _describe_errors(event_type: object, err: pydantic.ValidationError) -> str:
     problems = []
     for item in err.errors(include_url=False):
         where = ".".join(str(p) for p in item["loc"] if p != event_type) or "(event)"
-        problems.append(f"{where}: {item['msg']}")
+        inner = item.get("ctx", {}).get("error")
+        if isinstance(inner, EventValidationError):
+            # Raised by a nested model's __init__ (pydantic calls it): already described.
+            problems.append(str(inner).split(" event: ", 1)[-1])
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        shown = "" if item["type"] in ("value_error", "missing") else _shown(item.get("input"))
+        problems.append(f"{where}: {message}{shown}")
     kind = f"{event_type} event" if isinstance(event_type, str) and event_type else "event"
     return f"invalid {kind}: " + "; ".join(problems)
 
@@ -277,9 +440,10 @@ def parse(raw: Mapping[str, Any], *, schema_version: int | None = None) -> Event
             )
         body = _upcast(event_type, body, stored)
     try:
-        return _ADAPTER.validate_python(body)  # type: ignore[no-any-return]
+        model = _ADAPTER.validate_python(body)
     except pydantic.ValidationError as err:
         raise EventValidationError(_describe_errors(event_type, err)) from None
+    return _sealed(model)
 
 
 def from_stored(event_type: str, event_id: str, data: str, schema_version: int) -> EventModel:
@@ -308,6 +472,32 @@ def body_json(event: EventModel) -> str:
     # The model's own serializer, called directly: same bytes as model_dump_json,
     # without its per-call argument handling (this runs for every appended event).
     return type(event).__pydantic_serializer__.to_json(event, exclude=_BODY_EXCLUDE).decode()
+
+
+def storable_body(event: EventModel) -> str:
+    """The ``data`` column for ``event`` (``body_json``), refusing with
+    EventValidationError what could not be stored or read back: text that is not
+    UTF-8, and a model that no longer holds what it was validated with (changed
+    behind its back), which is re-validated from this very JSON."""
+    try:
+        data = (
+            type(event)
+            .__pydantic_serializer__.to_json(event, exclude=_BODY_EXCLUDE, warnings=False)
+            .decode()
+        )
+    except (PydanticSerializationError, UnicodeError, RecursionError) as exc:
+        reason = str(exc).removeprefix("Error serializing to JSON: ")
+        raise EventValidationError(
+            f"{getattr(event, 'type', 'an')} event cannot be stored as JSON: {reason}"
+        ) from None
+    if not _still_sealed(event, getattr(event, "_validated", None)):
+        try:
+            from_stored(event.type, event.event_id, data, event.schema_version)
+        except EventValidationError as err:
+            raise EventValidationError(
+                f"{err} (the {event.type} event was changed after it was validated)"
+            ) from None
+    return data
 
 
 def json_schema() -> dict[str, Any]:

@@ -40,7 +40,7 @@ from hermes_ledger.ledger.schema import (
     retry_busy,
 )
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
-from hermes_ledger.ledger.text import has_ascii_controls
+from hermes_ledger.ledger.text import has_id_breaking_chars
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
 
 __all__ = ["InlineProjector", "Ledger"]
@@ -91,8 +91,10 @@ def _check_name(kind: str, value: object) -> str:
         raise EventValidationError(f"{kind} must be a non-empty string, not {value!r}")
     if len(value) > _MAX_NAME:
         raise EventValidationError(f"{kind} is longer than {_MAX_NAME} characters")
-    if has_ascii_controls(value):  # stream names, event ids, session ids (ledger.text)
-        raise EventValidationError(f"{kind} {value!r} contains control characters")
+    if has_id_breaking_chars(value):  # stream names, event ids, session ids (ledger.text)
+        raise EventValidationError(
+            f"{kind} {value!r} contains control characters, line breaks or lone surrogates"
+        )
     return value
 
 

@@ -296,7 +296,16 @@ def test_bad_stream_names_are_refused(led: Ledger, stream: str, message: str) ->
 
 @pytest.mark.parametrize(
     ("text", "refused"),
-    [("agent:main:café:☕", False), ("a\x7fb", True), ("tab\there", True), ("c1\x85ok", False)],
+    [
+        ("agent:main:café:☕", False),
+        ("a\x7fb", True),
+        ("tab\there", True),
+        ("c1\x9bok", False),  # C1 controls are the gateway's refusal, not the ledger's
+        ("nel\x85", True),  # ... but NEL, like U+2028/U+2029, breaks a line
+        ("ls\u2028", True),
+        ("ps\u2029", True),
+        ("lone\udc80", True),
+    ],
 )
 def test_control_characters_in_names_are_the_ledger_rule(
     led: Ledger, text: str, refused: bool
