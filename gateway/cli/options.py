@@ -63,7 +63,7 @@ class Seconds(click.ParamType):
 
     name = "seconds"
 
-    def __init__(self, min: float = 0.01, max: float = 86_400.0) -> None:  # noqa: A002
+    def __init__(self, min: float = 0.01, max: float = 86_400.0) -> None:
         self.min = min
         self.max = max
 
@@ -82,9 +82,7 @@ class Seconds(click.ParamType):
         if not math.isfinite(seconds):
             self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
         if not self.min <= seconds <= self.max:
-            self.fail(
-                f"{value} is not between {self.min:g} and {self.max:g} seconds", param, ctx
-            )
+            self.fail(f"{value} is not between {self.min:g} and {self.max:g} seconds", param, ctx)
         return seconds
 
     def __repr__(self) -> str:

@@ -103,9 +103,7 @@ def tick_cmd(
 @db_option
 @config_option
 @hooks_option
-@click.option(
-    "--interval", type=Seconds(), help="Seconds between passes (0.01 to 86400)."
-)
+@click.option("--interval", type=Seconds(), help="Seconds between passes (0.01 to 86400).")
 @reports_errors
 def run_cmd(
     db: Path | None, config_home: Path | None, hooks_dir: Path | None, interval: float | None
