@@ -375,7 +375,7 @@ class Witness:
                                 problems=(f"the log could not be read: {exc}",))  # fmt: skip
         head = int(rows[0][0]) if rows else 0
         if key is None:
-            problems = (
+            missing = (
                 (
                     f"the key {self.key_path} is missing: the {lines} witness lines in"
                     f" {self.path} cannot be checked",
@@ -383,7 +383,7 @@ class Witness:
                 if lines
                 else ()
             )
-            return AnchorReport(str(self.path), identity, head, problems=problems,
+            return AnchorReport(str(self.path), identity, head, problems=missing,
                                 witness_lines=lines)  # fmt: skip
         anchors, problems = self._lines(key, text)
         mine = tuple(a for a in anchors if a.ledger == identity)

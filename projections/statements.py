@@ -453,9 +453,13 @@ SESSIONS_STATEMENTS = (
 # Both forms insert the row ``ledger.transcript`` declares, from the same value
 # templates: the range form with the event read from the log (the range's business
 # time is ``{ts}``), the single-event form with the event bound as parameters.
-_READ: dict[str, Any] = {"position": "e.position", "stream": "e.stream", "session_id": "e.session_id",
-         "body": "{body}", "ts": "{ts}"}  # fmt: skip
-_BOUND: dict[str, Any] = {"position": "?1", "stream": "?2", "session_id": "?3", "body": "?4", "ts": "?5"}
+_READ: dict[str, Any] = {
+    "position": "e.position", "stream": "e.stream", "session_id": "e.session_id",
+    "body": "{body}", "ts": "{ts}",
+}  # fmt: skip
+_BOUND: dict[str, Any] = {
+    "position": "?1", "stream": "?2", "session_id": "?3", "body": "?4", "ts": "?5",
+}  # fmt: skip
 _INSERT_MESSAGE = "INSERT INTO {messages} (" + transcript_names() + ")\nSELECT "
 _SEARCHED = transcript_values(**_BOUND, names=(TRANSCRIPT_SEARCHED,))
 
