@@ -3,6 +3,7 @@
 from hermes_ledger.ledger.errors import (
     ConcurrencyError,
     EventValidationError,
+    ExpectedVersionError,
     IdempotencyError,
     ImmutableLogError,
     LedgerBusyError,
@@ -23,6 +24,7 @@ __all__ = [
     "AppendResult",
     "ConcurrencyError",
     "EventValidationError",
+    "ExpectedVersionError",
     "IdempotencyError",
     "ImmutableLogError",
     "InlineProjector",

@@ -796,3 +796,23 @@ def test_a_write_to_a_key_during_the_import_stops_it(home: StandardHome, led: Le
         ("session_ended", tg1),
         ("session_started", "x"),
     ]
+
+
+def test_cli_import_redacts_the_tools_the_homes_ledger_section_names(
+    home: StandardHome, tmp_path: Path, cli: Any
+) -> None:
+    # What live capture of this home would store: the same redaction, the same events.
+    (home.path / "config.yaml").write_text("ledger:\n  redact_tools: [terminal]\n")
+    db = tmp_path / "redacted.db"
+    result = cli("import", "--from-hermes", str(home.path), "--db", str(db))
+    assert result.exit_code == 0, result.output
+    with Ledger.open(db) as led:
+        calls = [
+            call
+            for rec in led.read_all()
+            if rec.type == "message_appended" and rec.event.tool_calls
+            for call in rec.event.tool_calls
+        ]
+    terminal = [c for c in calls if "terminal" in json.dumps(c)]
+    assert terminal, "the standard home has a terminal call"
+    assert all('"cmd"' not in json.dumps(c) and "[redacted]" in json.dumps(c) for c in terminal)

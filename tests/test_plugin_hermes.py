@@ -154,7 +154,9 @@ def check_the_day(home: Path, ids: list[str], calls: Path) -> None:
         kinds = ("session_expired", "session_reset", "memory_flush_skipped", "session_ended")
         close = [r for r in events if r.session_id == session and r.type in kinds]
         assert [r.type for r in close] == [
-            causes[session], "memory_flush_skipped", "session_ended"
+            causes[session],
+            "memory_flush_skipped",
+            "session_ended",
         ], session
         assert close[1].event.reason == FLUSH_NOT_REPORTED  # not reported, not "no flush"
         assert close[2].event.reason == reason

@@ -272,6 +272,7 @@ def import_cmd(
 
 def _import_hermes(hermes_home: Path, db: Path | None, as_json: bool) -> None:
     """``import --from-hermes`` and ``backfill``: import a Hermes home, print the report."""
+    from hermes_ledger.gateway.config.ledger_section import RunnerSettings
     from hermes_ledger.gateway.hermes.importing import import_hermes_home, open_hermes_home
 
     # A path that is not a Hermes home is refused before the ledger is touched.
@@ -280,7 +281,10 @@ def _import_hermes(hermes_home: Path, db: Path | None, as_json: bool) -> None:
         Ledger.open(resolve_ledger_path(db)) as led,
         progress_bar("Importing Hermes sessions") as progress,
     ):
-        report = import_hermes_home(led, home, progress=progress)
+        # The home's own ledger.redact_tools, as live capture of that home applies it,
+        # so an import and the plugin store the same events.
+        redact = RunnerSettings.load(home.path).redact_tools
+        report = import_hermes_home(led, home, progress=progress, redact_tools=redact)
     if as_json:
         print_json(report.to_dict())
         return

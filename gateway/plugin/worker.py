@@ -170,6 +170,7 @@ class PassOutcome:
     drained: DrainReport | None = None
     delivered: DeliveryReport | None = None
     error: BaseException | None = None
+    anchor_error: str | None = None  # why an anchor that was due was refused
 
     @property
     def ok(self) -> bool:
@@ -306,6 +307,8 @@ class SpoolWorker:
                 self.writer.flush_backlog()
             try:
                 gateway, apply = self._open()
+                # Hooks installed since the last pass start before the closes it records.
+                gateway.runner.refresh_hooks()
                 outcome.drained = drain(self.home, apply, lock_timeout=self.lock_timeout)
                 self.incidents.ok("recording the spool in the ledger")
             except Exception as exc:
@@ -328,6 +331,12 @@ class SpoolWorker:
                 except Exception as exc:
                     outcome.error = exc
                     self.incidents.fail("delivering ledger hooks", exc, action="retrying")
+            # The runner's anchoring, at its interval (ledger.anchor_interval).
+            _, outcome.anchor_error = gateway.runner.anchor_if_due(gateway.runner.clock())
+            if outcome.anchor_error:
+                self.incidents.fail("anchoring the ledger", LedgerError(outcome.anchor_error))
+            else:
+                self.incidents.ok("anchoring the ledger")
         return outcome
 
     def _suggest_backfill(self, ledger: Ledger) -> None:

@@ -108,7 +108,7 @@ class Runner:
             self.refresh_hooks()  # before the tick: a hook installed before a close gets it
             tick = self.scheduler.tick(now)
             delivery = self.dispatcher.deliver()
-            anchored, anchor_error = self._anchor_if_due(now or self.clock())
+            anchored, anchor_error = self.anchor_if_due(now or self.clock())
         finally:
             self._fixed = None
         return PassReport(
@@ -121,7 +121,7 @@ class Runner:
             anchor_error=anchor_error,
         )
 
-    def _anchor_if_due(self, now: datetime) -> tuple[dict[str, Any] | None, str | None]:
+    def anchor_if_due(self, now: datetime) -> tuple[dict[str, Any] | None, str | None]:
         """Anchor the head when ``anchor_interval`` has passed since the last anchor
         of this ledger (at once if it has none) and the head moved since. A refused
         anchor (a chain that no longer verifies, a key others can read) is reported
