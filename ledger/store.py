@@ -43,7 +43,7 @@ from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.ledger.text import has_id_breaking_chars
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
 
-__all__ = ["InlineProjector", "Ledger"]
+__all__ = ["InlineProjector", "Ledger", "check_name"]
 
 _COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, recorded_at, hash"
 
@@ -86,7 +86,10 @@ class InlineProjector(Protocol):
     def __call__(self, conn: apsw.Connection, records: Sequence[Recorded]) -> None: ...
 
 
-def _check_name(kind: str, value: object) -> str:
+def check_name(kind: str, value: object) -> str:
+    """``value`` if it can be a stream, event id or session id (``kind`` names which in
+    the error): a non-empty string within the length limit, without the characters the
+    ledger's id rule refuses (``ledger.text``); else EventValidationError."""
     if not isinstance(value, str) or not value:
         raise EventValidationError(f"{kind} must be a non-empty string, not {value!r}")
     if len(value) > _MAX_NAME:
@@ -298,7 +301,7 @@ class Ledger:
         written. ``meta`` (causation/correlation ids, actor…) is stored with each
         event next to its schema version.
         """
-        _check_name("stream", stream)
+        check_name("stream", stream)
         try:
             expected = validate_expected(expected_version)
         except TypeError as exc:
@@ -326,8 +329,8 @@ class Ledger:
         for model in models:
             session_id = getattr(model, "session_id", None)
             if session_id is not None:
-                _check_name("session_id", session_id)
-            _check_name("event_id", model.event_id)
+                check_name("session_id", session_id)
+            check_name("event_id", model.event_id)
             version_tag = f'{{"schema_version":{model.schema_version}'
             meta_json = version_tag + ("}" if extra_json == "{}" else "," + extra_json[1:])
             prepared.append(
