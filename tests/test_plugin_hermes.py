@@ -37,7 +37,8 @@ from hermes_ledger.gateway.hermes.importing import import_hermes_home
 from hermes_ledger.gateway.hermes.live import FLUSH_NOT_REPORTED
 from hermes_ledger.gateway.plugin import worker as worker_module
 from hermes_ledger.gateway.plugin.spool import SpoolWriter, pending_records, spool_dir
-from hermes_ledger.gateway.plugin.worker import SpoolWorker, history_gap, sync_home
+from hermes_ledger.gateway.plugin.status import history_gap
+from hermes_ledger.gateway.plugin.worker import SpoolWorker, sync_home
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import format_utc
 

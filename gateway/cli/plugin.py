@@ -51,7 +51,7 @@ def plugin_status_for(path: Path) -> dict[str, Any] | None:
             return None
     except Exception:  # an unreadable config.yaml: status reports the ledger only
         return None
-    from hermes_ledger.gateway.plugin.worker import plugin_status
+    from hermes_ledger.gateway.plugin.status import plugin_status
     from hermes_ledger.ledger import Ledger, LedgerError
 
     try:

@@ -73,14 +73,12 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hermes_ledger.gateway.bootstrap import Gateway, build_gateway
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.config.paths import default_ledger_hooks_dir
-from hermes_ledger.gateway.hermes.mapping import PLUGIN_ACTOR
 from hermes_ledger.gateway.hooks import DeliveryReport
 from hermes_ledger.gateway.plugin.spool import (
     DrainReport,
@@ -88,24 +86,20 @@ from hermes_ledger.gateway.plugin.spool import (
     SpoolError,
     SpoolWriter,
     drain,
-    pending_records,
     spool_dir,
 )
+from hermes_ledger.gateway.plugin.status import HistoryGap, history_gap
 from hermes_ledger.ledger import Ledger, LedgerBusyError, LedgerError
-from hermes_ledger.ledger.clock import format_utc, parse_utc
 
 __all__ = [
     "MAX_RETRY_DELAY",
     "ApplyFactory",
-    "HistoryGap",
     "Incidents",
     "PassOutcome",
     "SpoolWorker",
     "SyncError",
     "SyncReport",
-    "history_gap",
     "live_recorder",
-    "plugin_status",
     "sync_home",
 ]
 
@@ -382,92 +376,6 @@ class SpoolWorker:
 
 _history_checked: set[Path] = set()  # homes checked by this process's workers
 _history_lock = threading.Lock()
-# when the plugin's first event happened (Hermes's time: a start is the session's
-# start), not when it was written: sessions Hermes started after it are the plugin's
-# to record, even while their records still wait in the spool
-_SQL_FIRST_PLUGIN_EVENT = (
-    "SELECT coalesce(json_extract(data, '$.occurred_at'), recorded_at) FROM events"
-    " WHERE json_extract(meta, '$.actor') = ? ORDER BY position LIMIT 1"
-)
-_SQL_HAS_SESSION = "SELECT 1 FROM events WHERE session_id = ? LIMIT 1"
-
-
-@dataclass(frozen=True)
-class HistoryGap:
-    """What the ledger lacks of a home's history: ``sessions`` in ``state.db`` that
-    started before the plugin's first event (``plugin_started``: when that event
-    happened, e.g. the start of the first session the plugin recorded; None while
-    the plugin has recorded nothing) and are not in the ledger, the first of which
-    started at ``first_started_at``."""
-
-    home: Path
-    sessions: int
-    first_started_at: str | None
-    plugin_started: str | None
-
-    def message(self) -> str:
-        return (
-            f"{self.home / 'state.db'} has {self.sessions} session(s) from before the plugin"
-            f" started recording (the first started {self.first_started_at}) that the ledger"
-            " lacks; run `hermes ledger backfill` to import them (it adds only what is missing)"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "sessions": self.sessions,
-            "first_started_at": self.first_started_at,
-            "plugin_started": self.plugin_started,
-            "hint": "hermes ledger backfill" if self.sessions else None,
-        }
-
-
-def history_gap(ledger: Ledger, home: str | os.PathLike[str]) -> HistoryGap | None:
-    """The home's history the ledger lacks (see ``HistoryGap``); None without a
-    ``state.db``. Reads ``state.db`` in place, read-only."""
-    from hermes_ledger.gateway.hermes.reading import HermesImportError, open_hermes_home
-
-    home = Path(home)
-    rows = ledger.query(_SQL_FIRST_PLUGIN_EVENT, (PLUGIN_ACTOR,))
-    if not rows:
-        return HistoryGap(home, 0, None, None)
-    since = rows[0][0]
-    cutoff = parse_utc(since).timestamp()
-    try:
-        hermes = open_hermes_home(home, snapshot=False)
-    except HermesImportError:
-        return None
-    with hermes:
-        missing = [
-            s.started_at
-            for s in hermes.sessions()
-            if s.started_at < cutoff and not ledger.query(_SQL_HAS_SESSION, (s.id,))
-        ]
-    first = format_utc(datetime.fromtimestamp(min(missing), UTC)) if missing else None
-    return HistoryGap(home, len(missing), first, since)
-
-
-def plugin_status(home: str | os.PathLike[str], ledger: Ledger | None = None) -> dict[str, Any]:
-    """The plugin's part of ``status`` for ``home``: the spool, the records waiting
-    there, the ledger hooks' directory and (given the home's ``ledger``) the
-    history it lacks (``backfill``: ``HistoryGap.to_dict()``, or None)."""
-    home = Path(home)
-    try:
-        waiting: int | str = len(pending_records(home))
-    except OSError as exc:  # an unsafe or unreadable spool: say so, do not fail status
-        waiting = f"unreadable: {exc}"
-    gap = None
-    if ledger is not None:
-        with contextlib.suppress(LedgerError, OSError):
-            gap = history_gap(ledger, home)
-    return {
-        "enabled": True,
-        "spool": str(spool_dir(home)),
-        "waiting": waiting,
-        "ledger_hooks": str(default_ledger_hooks_dir(home)),
-        "backfill": gap.to_dict() if gap is not None and gap.sessions else None,
-    }
-
-
 # -- one pass from the command line: `hermes ledger sync` --------------------------------
 
 
