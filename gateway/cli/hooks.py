@@ -10,7 +10,12 @@ from pathlib import Path
 
 import click
 
-from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.options import (
+    db_option,
+    hooks_dir_option,
+    json_option,
+    reports_errors,
+)
 from hermes_ledger.gateway.cli.output import print_json
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.gateway.hooks import HermesSideHook, HooksOverview, hooks_overview
@@ -18,13 +23,6 @@ from hermes_ledger.gateway.hooks.delivery import requeue_dead_letters
 from hermes_ledger.ledger import Ledger
 
 __all__ = ["hooks_group", "retry_cmd"]
-
-hooks_dir_option = click.option(
-    "--hooks-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the hooks the ledger delivers live (one directory each). Default:"
-    " $HERMES_HOME/hooks, or $HERMES_HOME/ledger-hooks when the Hermes plugin is enabled.",
-)
 
 
 def _one_line(text: str | None) -> str:

@@ -23,6 +23,7 @@ from hermes_ledger.gateway.cli.output import (
     cell,
     print_json,
     print_json_line,
+    print_report,
     print_table,
     progress_bar,
 )
@@ -285,13 +286,7 @@ def _import_hermes(hermes_home: Path, db: Path | None, as_json: bool) -> None:
         # so an import and the plugin store the same events.
         redact = RunnerSettings.load(home.path).redact_tools
         report = import_hermes_home(led, home, progress=progress, redact_tools=redact)
-    if as_json:
-        print_json(report.to_dict())
-        return
-    for line in report.summary():
-        click.echo(line)
-    for warning in report.warnings:
-        click.echo(f"Warning: {warning}", err=True)
+    print_report(report, as_json)
 
 
 # -- backfill --------------------------------------------------------------------

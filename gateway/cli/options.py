@@ -14,7 +14,14 @@ import click
 
 from hermes_ledger.ledger import LedgerError
 
-__all__ = ["LedgerCommandError", "Seconds", "db_option", "json_option", "reports_errors"]
+__all__ = [
+    "LedgerCommandError",
+    "Seconds",
+    "db_option",
+    "hooks_dir_option",
+    "json_option",
+    "reports_errors",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +60,13 @@ db_option = click.option(
     help="Ledger file. Default: $HERMES_HOME/ledger.db (env HERMES_LEDGER_DB).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+hooks_dir_option = click.option(
+    "--hooks-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the hooks the ledger delivers live (one directory each). Default:"
+    " $HERMES_HOME/hooks, or $HERMES_HOME/ledger-hooks when the Hermes plugin is enabled"
+    " (Hermes delivers hooks/ then).",
+)
 
 
 class Seconds(click.ParamType):

@@ -11,7 +11,15 @@ from typing import Any
 
 import click
 
-__all__ = ["cell", "print_json", "print_json_line", "print_table", "progress_bar", "size_text"]
+__all__ = [
+    "cell",
+    "print_json",
+    "print_json_line",
+    "print_report",
+    "print_table",
+    "progress_bar",
+    "size_text",
+]
 
 _TABLE_SAMPLE = 1000  # rows looked at to size a table's columns
 
@@ -20,6 +28,18 @@ def print_json(value: Any) -> None:
     """One JSON document for scripts: indented, non-ASCII kept, times and other
     non-JSON values as their text."""
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def print_report(report: Any, as_json: bool) -> None:
+    """A library report for people (its ``summary()`` lines, then each of its
+    ``warnings`` on stderr) or, with ``as_json``, its ``to_dict()``."""
+    if as_json:
+        print_json(report.to_dict())
+        return
+    for line in report.summary():
+        click.echo(line)
+    for warning in report.warnings:
+        click.echo(f"Warning: {warning}", err=True)
 
 
 def print_json_line(value: Any) -> None:

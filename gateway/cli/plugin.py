@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from hermes_ledger.gateway.cli.options import json_option, reports_errors
-from hermes_ledger.gateway.cli.output import print_json
+from hermes_ledger.gateway.cli.output import print_report
 from hermes_ledger.gateway.config.files import ledger_plugin_enabled
 from hermes_ledger.gateway.config.paths import hermes_home
 
@@ -33,13 +33,7 @@ def sync_cmd(no_hooks: bool, as_json: bool) -> None:
     from hermes_ledger.gateway.plugin.worker import sync_home
 
     report = sync_home(hermes_home(), hooks=not no_hooks)
-    if as_json:
-        print_json(report.to_dict())
-        return
-    for line in report.summary():
-        click.echo(line)
-    for warning in report.warnings:
-        click.echo(f"Warning: {warning}", err=True)
+    print_report(report, as_json)
 
 
 def plugin_status_for(path: Path) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from hermes_ledger.gateway.cli.options import (
     LedgerCommandError,
     Seconds,
     db_option,
+    hooks_dir_option,
     json_option,
     reports_errors,
 )
@@ -37,12 +38,6 @@ config_option = click.option(
     type=click.Path(path_type=Path),
     help="A Hermes home (or its config.yaml) to read reset policies and the ledger: section"
     " from. Default: $HERMES_HOME.",
-)
-hooks_option = click.option(
-    "--hooks-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where hooks live. Default: $HERMES_HOME/hooks, or $HERMES_HOME/ledger-hooks"
-    " when the Hermes plugin is enabled (Hermes delivers hooks/ then).",
 )
 
 
@@ -72,7 +67,7 @@ def _gateway(
 @click.command("tick")
 @db_option
 @config_option
-@hooks_option
+@hooks_dir_option
 @click.option("--now", "now_text", metavar="ISO-8601", help="Evaluate deadlines at this time.")
 @json_option
 @reports_errors
@@ -102,7 +97,7 @@ def tick_cmd(
 @click.command("run")
 @db_option
 @config_option
-@hooks_option
+@hooks_dir_option
 @click.option("--interval", type=Seconds(), help="Seconds between passes (0.01 to 86400).")
 @reports_errors
 def run_cmd(

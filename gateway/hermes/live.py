@@ -75,7 +75,7 @@ from hermes_ledger.gateway.hermes.records import (
     SkippedRecord,
     parse_record,
 )
-from hermes_ledger.gateway.sessions.closing import SessionCloser, end_reason_for
+from hermes_ledger.gateway.sessions.closing import SessionCloser, end_reason_for, expiry_cause
 from hermes_ledger.gateway.sessions.keys import validate_session_key
 from hermes_ledger.gateway.sessions.reads import KeyState, read_key_state
 from hermes_ledger.gateway.sessions.sources import SessionSource
@@ -353,14 +353,7 @@ class LiveRecorder:
         expiry = policy.evaluate(state.updated_at, now)
         if expiry is None:
             return None
-        return SessionExpired(
-            session_id=state.session_id,
-            reason=expiry.reason,
-            deadline=expiry.deadline,
-            evaluated_at=now,
-            policy=policy.snapshot(),
-            occurred_at=now,
-        )
+        return expiry_cause(state.session_id, policy, expiry, now)
 
     def _finalize(self, batch: _Batch, record: Record) -> None:
         """Hermes closed a session (``on_session_finalize``, or the ``reset`` half of

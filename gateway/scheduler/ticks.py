@@ -39,12 +39,13 @@ from hermes_ledger.gateway.sessions.closing import (
     CloseStep,
     Flusher,
     SessionCloser,
+    expiry_cause,
 )
 from hermes_ledger.gateway.sessions.reads import read_key_state
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
-from hermes_ledger.ledger.events import SessionExpired, SessionReset
+from hermes_ledger.ledger.events import SessionReset
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.projections import attach
 
@@ -261,14 +262,7 @@ class Scheduler:
                 self.ledger.write(lambda conn: self._deadline_for(conn, key))
                 report.skipped += 1
                 return
-            cause = SessionExpired(
-                session_id=session_id,
-                reason=expiry.reason,
-                deadline=expiry.deadline,
-                evaluated_at=now,
-                policy=policy.snapshot(),
-                occurred_at=now,
-            )
+            cause = expiry_cause(session_id, policy, expiry, now)
             if not self.closer.begin(key, version, cause):
                 self.ledger.write(lambda conn: self._deadline_for(conn, key))
                 report.skipped += 1

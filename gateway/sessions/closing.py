@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from hermes_ledger.gateway.sessions.policy import Expiry, ResetPolicy
 from hermes_ledger.gateway.sessions.reads import load_transcript
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.gateway.usercode.bounded import CallTimeoutError, call_bounded
@@ -65,6 +66,7 @@ __all__ = [
     "append_if_unchanged",
     "close_progress",
     "end_reason_for",
+    "expiry_cause",
     "provider_name",
     "run_flush",
 ]
@@ -184,6 +186,21 @@ def end_reason_for(cause: str | None, cause_reason: str | None) -> str:
     if cause_reason == "shutdown":
         return "shutdown"
     return "manual_reset"
+
+
+def expiry_cause(
+    session_id: str, policy: ResetPolicy, expiry: Expiry, now: datetime
+) -> SessionExpired:
+    """The ``session_expired`` cause of a close ``policy`` said is due (``expiry``),
+    evaluated at ``now``, with the policy's snapshot so an auditor can see why."""
+    return SessionExpired(
+        session_id=session_id,
+        reason=expiry.reason,
+        deadline=expiry.deadline,
+        evaluated_at=now,
+        policy=policy.snapshot(),
+        occurred_at=now,
+    )
 
 
 def close_progress(ledger: Ledger, session_id: str) -> CloseProgress:

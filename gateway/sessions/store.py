@@ -27,6 +27,7 @@ from hermes_ledger.gateway.sessions.closing import (
     Flusher,
     SessionCloser,
     append_if_unchanged,
+    expiry_cause,
 )
 from hermes_ledger.gateway.sessions.keys import validate_session_id, validate_session_key
 from hermes_ledger.gateway.sessions.reads import KeyState, load_transcript, read_key_state
@@ -271,14 +272,7 @@ class SessionStore:
                     if expiry is None:
                         assert current is not None
                         return current
-                    cause = SessionExpired(
-                        session_id=state.session_id,
-                        reason=expiry.reason,
-                        deadline=expiry.deadline,
-                        evaluated_at=now,
-                        policy=policy.snapshot(),
-                        occurred_at=now,
-                    )
+                    cause = expiry_cause(state.session_id, policy, expiry, now)
                     closed = self._close_and_restart(
                         key, state, source, cause, "auto_reset", "auto_reset"
                     )
