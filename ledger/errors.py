@@ -88,9 +88,9 @@ class NoLedgerError(LedgerError):
 
     hint = "create one with `hermes-ledger init`, or pass --db / HERMES_LEDGER_DB"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], why: str = "") -> None:
         self.path = Path(path)
-        super().__init__(f"there is no ledger at {self.path}")
+        super().__init__(f"there is no ledger at {self.path}{why}")
 
 
 class NotALedgerError(LedgerError):
@@ -105,6 +105,12 @@ class LedgerBusyError(LedgerError):
     """Another process held the write lock for longer than the busy timeout."""
 
     hint = "another process is writing a very large batch; retry, or raise busy_timeout"
+
+
+CORRUPT_HINT = (
+    "restore it from a backup or an export (`hermes-ledger import --db NEW.db EXPORT`), "
+    "or salvage what SQLite can read: sqlite3 {path} .recover | sqlite3 NEW.db"
+)
 
 
 def _describe(expected: object) -> str:
@@ -133,8 +139,8 @@ def translate(exc: apsw.Error, *, path: str, stream: str | None = None) -> NoRet
         ) from exc
     if isinstance(exc, apsw.CorruptError):
         raise NotALedgerError(
-            f"{path} is damaged: {message}",
-            hint="restore it from a backup or an export (`hermes-ledger import`)",
+            f"{path} is damaged ({message.split(': ', 1)[-1]}); it was not changed",
+            hint=CORRUPT_HINT.format(path=path),
         ) from exc
     if isinstance(exc, apsw.CantOpenError):
         raise LedgerError(

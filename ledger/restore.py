@@ -244,6 +244,12 @@ def _read(
             raise RestoreError("the line is empty", line=n, hint=_EXPORT_HINT)
         try:
             obj = load_line(text)
+        except RecursionError:
+            raise RestoreError(
+                "the JSON is nested too deeply to be an export line",
+                line=n,
+                hint=_EXPORT_HINT,
+            ) from None
         except json.JSONDecodeError as exc:
             raise RestoreError(
                 f"not valid JSON ({exc.msg} at column {exc.colno}); "
@@ -335,10 +341,16 @@ def import_jsonl(
     restored into in one transaction, rolled back on any problem."""
     target = Path(ledger_path)
     with open_input(source, stdin) as stream:
-        if os.path.lexists(target):
+        # A 0-byte file is built like a new one (then replaces it), so a refused
+        # import leaves it 0 bytes rather than a migrated empty ledger.
+        if os.path.lexists(target) and not _zero_bytes(target):
             with Ledger.open(target) as led:
                 return restore_jsonl(led, stream, progress=progress)
         return _restore_new(target, stream, progress)
+
+
+def _zero_bytes(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink() and path.stat().st_size == 0
 
 
 def _restore_new(
@@ -363,6 +375,10 @@ def _restore_new(
             try:
                 os.link(temp, target)
             except FileExistsError:
+                if _zero_bytes(target):
+                    os.replace(temp, target)
+                    sync_directory(target.parent)
+                    return result
                 raise RestoreError(
                     f"{target} was created by something else while the export was being "
                     "imported; nothing was imported into it",

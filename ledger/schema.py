@@ -176,6 +176,14 @@ def connect(
         raise LedgerError(
             f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}"
         )
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise LedgerError(
+            f"the path {str(path).encode('utf-8', 'surrogateescape')!r} is not valid UTF-8, "
+            "which SQLite needs",
+            hint="give --db a path whose name is UTF-8 text",
+        ) from None
     if readonly:
         if not path.exists():
             raise LedgerError(f"{path} does not exist", hint="create it with `hermes-ledger init`")

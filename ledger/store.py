@@ -109,6 +109,15 @@ def _coerce(event: object) -> EventModel:
     raise EventValidationError(f"append takes event models or dicts, not {type(event).__name__}")
 
 
+def _not_utf8() -> LedgerError:
+    """Text SQLite cannot store: a str with lone surrogates (a non-UTF-8 command-line
+    argument or file name, as Python decodes one)."""
+    return LedgerError(
+        "a value is not valid UTF-8 text (a non-UTF-8 argument?)",
+        hint="pass keys, ids and names as UTF-8 text",
+    )
+
+
 class Ledger:
     """An append-only event log in one SQLite file.
 
@@ -178,6 +187,8 @@ class Ledger:
         )
         try:
             if readonly:
+                if version == 0:
+                    raise NoLedgerError(path, " (the file holds no ledger yet)")
                 if version < len(migrations):
                     raise LedgerError(
                         f"{path} uses an older schema (v{version}) and is opened read-only",
@@ -196,8 +207,11 @@ class Ledger:
     def open_existing(cls, path: str | os.PathLike[str], **options: Any) -> Self:
         """``open`` a ledger that must already exist (``open`` would create one):
         NoLedgerError if there is no file at ``path``."""
-        if not Path(path).exists():
+        target = Path(path)
+        if not target.exists():
             raise NoLedgerError(path)
+        if target.is_file() and target.stat().st_size == 0:
+            raise NoLedgerError(path, " (the file is empty)")
         return cls.open(path, **options)
 
     def close(self) -> None:
@@ -241,7 +255,10 @@ class Ledger:
             self._begin()
             self._pending = None
             try:
-                result = work(self._conn)
+                try:
+                    result = work(self._conn)
+                except UnicodeEncodeError:
+                    raise _not_utf8() from None
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._seen_version = None
@@ -482,6 +499,8 @@ class Ledger:
                 return self._conn.execute(sql, args).fetchall()
             except apsw.Error as exc:
                 translate(exc, path=str(self.path))
+            except UnicodeEncodeError:
+                raise _not_utf8() from None
 
     def head(self) -> int:
         """The position of the last event (0 for an empty ledger)."""

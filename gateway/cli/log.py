@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 
 import click
 
-from hermes_ledger.gateway.cli.options import Seconds, db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.options import (
+    Seconds,
+    count_range,
+    db_option,
+    json_option,
+    reports_errors,
+)
 from hermes_ledger.gateway.cli.output import (
     cell,
     print_json,
@@ -51,10 +57,10 @@ def filter_options(fn: F) -> F:
         click.option("--since", metavar="TIME", help="Recorded at or after TIME (ISO-8601, 2h…)."),
         click.option("--until", metavar="TIME", help="Recorded before TIME."),
         click.option(
-            "--from", "from_position", type=click.IntRange(min=1), help="From this position on."
+            "--from", "from_position", type=count_range(1), help="From this position on."
         ),
         click.option(
-            "--to", "to_position", type=click.IntRange(min=1), help="Up to this position."
+            "--to", "to_position", type=count_range(1), help="Up to this position."
         ),
     ]
     for option in reversed(options):
@@ -103,7 +109,7 @@ def _event_line(rec: Recorded) -> str:
 @click.command("events")
 @db_option
 @filter_options
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many (before --follow).")
+@click.option("--limit", type=count_range(0), help="At most this many (before --follow).")
 @click.option("-f", "--follow", is_flag=True, help="Then print new events as they come (Ctrl-C).")
 @click.option("--poll-interval", type=Seconds(), default=0.5, hidden=True)
 @click.option("--follow-timeout", type=Seconds(min=0), hidden=True)

@@ -16,7 +16,9 @@ from hermes_ledger.ledger import LedgerError
 
 __all__ = [
     "LedgerCommandError",
+    "SQLITE_MAX_INT",
     "Seconds",
+    "count_range",
     "db_option",
     "hooks_dir_option",
     "json_option",
@@ -67,6 +69,16 @@ hooks_dir_option = click.option(
     " $HERMES_HOME/hooks, or $HERMES_HOME/ledger-hooks when the Hermes plugin is enabled"
     " (Hermes delivers hooks/ then).",
 )
+
+
+SQLITE_MAX_INT = 2**63 - 1
+"""The largest integer SQLite stores: every int option's upper bound (a bigger
+one is a usage error, not an OverflowError from the driver)."""
+
+
+def count_range(min: int = 0) -> click.IntRange:
+    """An int option (position, limit): ``min`` up to SQLite's largest integer."""
+    return click.IntRange(min=min, max=SQLITE_MAX_INT)
 
 
 class Seconds(click.ParamType):

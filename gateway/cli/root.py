@@ -52,4 +52,22 @@ for _command in (
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    cli()
+    """Run the command; output that cannot be written (a full disk, say) is an
+    ``Error:`` on stderr with exit status 1, not a traceback."""
+    import errno
+    import os
+    import sys
+
+    try:
+        try:
+            cli(standalone_mode=True)
+        finally:
+            sys.stdout.flush()
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise SystemExit(1) from None
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        click.echo(f"Error: cannot write the output: {exc.strerror or exc}", err=True)
+        click.echo("Try: check the free space where the output goes (or pipe it elsewhere)", err=True)
+        raise SystemExit(1) from None

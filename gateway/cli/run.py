@@ -44,6 +44,11 @@ config_option = click.option(
 def _home(config_home: Path | None) -> Path:
     if config_home is None:
         return hermes_home()
+    if not config_home.exists():
+        raise LedgerCommandError(
+            f"--config {config_home} does not exist",
+            "pass a Hermes home (the directory that holds config.yaml) or its config.yaml",
+        )
     if config_home.is_file():
         if config_home.name != "config.yaml":
             raise LedgerCommandError(

@@ -11,6 +11,7 @@ import click
 from hermes_ledger import projections
 from hermes_ledger.gateway.cli.options import (
     LedgerCommandError,
+    count_range,
     db_option,
     json_option,
     reports_errors,
@@ -35,7 +36,7 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None
 @click.command("sessions")
 @db_option
 @click.option("--all", "all_", is_flag=True, help="Include closed and closing sessions.")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--limit", type=count_range(1), default=1000, show_default=True)
 @json_option
 @reports_errors
 def sessions_cmd(db: Path | None, all_: bool, limit: int, as_json: bool) -> None:
@@ -89,7 +90,7 @@ def transcript_cmd(session_id: str, db: Path | None, as_json: bool) -> None:
 @click.command("replay")
 @db_option
 @click.option("--at", "at", metavar="TIME", help="Show the session map as of this time.")
-@click.option("--to", "to", type=click.IntRange(min=0), metavar="POSITION",
+@click.option("--to", "to", type=count_range(0), metavar="POSITION",
               help="Show the session map as of this position.")  # fmt: skip
 @json_option
 @reports_errors

@@ -63,6 +63,8 @@ def read_config_yaml(home: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         problem = " ".join(str(err).split())
         raise ConfigError(f"{path}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     return _top_level(data or {}, path)
 
 
@@ -75,6 +77,8 @@ def read_gateway_json(home: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON: nested too deeply") from None
     return _top_level(data or {}, path)
 
 

@@ -51,7 +51,7 @@ def default_demo_ledger_path() -> Path:
     """``$HERMES_HOME/ledger-demo.db``: the demo's own ledger, apart from the real one.
     The home is created (owner-only) on first use, as for the real ledger."""
     home = hermes_home()
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_home(home)
     return home / "ledger-demo.db"
 
 
@@ -86,5 +86,23 @@ def resolve_ledger_path(db: str | os.PathLike[str] | None) -> Path:
     if db:
         return Path(db).expanduser()
     path = default_ledger_path()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_home(path.parent)
     return path
+
+
+def _make_home(home: Path) -> None:
+    """Create the home (owner-only) if needed; a LedgerError if it cannot be one."""
+    from hermes_ledger.ledger.errors import LedgerError
+
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise LedgerError(
+            f"HERMES_HOME {home} is not a directory",
+            hint="point HERMES_HOME at a directory (unset, it is ~/.hermes), or pass --db",
+        ) from None
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot create HERMES_HOME {home}: {exc.strerror or exc}",
+            hint="point HERMES_HOME at a directory you can write to, or pass --db",
+        ) from None
