@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import _thread
 import hashlib
 import json
 import os
+import re
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,13 @@ from helpers import installed_script
 
 from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
-from hermes_ledger.ledger.query import run_sql
+from hermes_ledger.ledger.query import (
+    DEFAULT_SQL_TIMEOUT,
+    SQL_PRAGMA_LOOKUPS,
+    SQL_PRAGMA_READS,
+    QueryTimeoutError,
+    run_sql,
+)
 
 K1 = "agent:main:telegram:dm:99"
 K2 = "agent:main:discord:dm:7"
@@ -44,9 +55,11 @@ def fingerprint(path: Path) -> tuple[str, list[str]]:
     return digest, sorted(p.name for p in path.parent.iterdir())
 
 
-def query(path: Path, sql: str, params: Any = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+def query(
+    path: Path, sql: str, params: Any = (), **options: Any
+) -> tuple[list[str], list[tuple[Any, ...]]]:
     with Ledger.open(path, readonly=True) as led:
-        result = run_sql(led, sql, params)
+        result = run_sql(led, sql, params, **options)
         return result.columns, list(result.rows)
 
 
@@ -237,3 +250,228 @@ def test_installed_script_refuses_writes(filled: Path, tmp_path: Path) -> None:
         timeout=60,
     )
     assert (done.returncode, done.stdout) == (0, "n\n3\n"), done.stderr
+
+
+# -- bounded: timeout, Ctrl-C, the WAL -------------------------------------------------
+
+# Counts to a billion: minutes of work unless something stops it.
+SLOW = (
+    "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 1000000000) "
+    "SELECT count(*) FROM r"
+)
+TIMEOUT_HINT = (
+    "narrow the query (a WHERE or a LIMIT), or give it more time with "
+    "--timeout SECONDS (0: no limit)"
+)
+
+
+def test_a_query_past_its_timeout_stops_with_a_clear_error(filled: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(QueryTimeoutError) as info:
+        query(filled, SLOW, timeout=0.3)
+    assert time.monotonic() - started < 3
+    assert isinstance(info.value, LedgerError)
+    assert str(info.value) == "the query ran longer than 0.3 s and was stopped"
+    assert info.value.hint == TIMEOUT_HINT
+    assert DEFAULT_SQL_TIMEOUT == 30.0
+    assert query(filled, "SELECT count(*) FROM events", timeout=0)[1] == [(3,)]  # 0: no limit
+
+
+def test_the_timeout_counts_the_time_between_rows(filled: Path) -> None:
+    """A caller that holds the rows past the timeout gets the timeout at the next row."""
+    with Ledger.open(filled, readonly=True) as led:
+        rows = run_sql(led, "SELECT position FROM events ORDER BY position", timeout=0.2).rows
+        assert next(rows) == (1,)
+        time.sleep(0.3)
+        with pytest.raises(QueryTimeoutError):
+            list(rows)
+
+
+def wal_checkpoint(led: Ledger) -> tuple[int, int, int]:
+    """(busy, frames in the WAL, frames checkpointed) of a PASSIVE checkpoint."""
+    return tuple(led.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0])
+
+
+def test_a_long_read_pins_the_wal_until_its_timeout(led: Ledger, filled: Path) -> None:
+    """While a query reads, checkpoints cannot pass its snapshot; the timeout ends
+    the read, and the next checkpoint copies the whole WAL."""
+    with Ledger.open(filled, readonly=True) as reader:
+        rows = run_sql(reader, "SELECT position FROM events ORDER BY position", timeout=0.3).rows
+        assert next(rows) == (1,)
+        led.append(K2, [MessageAppended(event_id="e4", session_id="s2", role="user", content="x")])
+        _busy, frames, done = wal_checkpoint(led)
+        assert done < frames  # the reader's snapshot holds the new frames in the WAL
+        time.sleep(0.4)
+        with pytest.raises(QueryTimeoutError):
+            list(rows)
+        _busy, frames, done = wal_checkpoint(led)
+        assert done == frames
+
+
+def wait_until_querying(proc: subprocess.Popen[str], db: Path) -> None:
+    """Until ``proc`` has the ledger open twice (the command's and the query's connection)."""
+    fds = Path(f"/proc/{proc.pid}/fd")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            links = [os.readlink(fd) for fd in fds.iterdir()]
+        except OSError:
+            links = []
+        if links.count(str(db)) >= 2:
+            time.sleep(0.3)  # into SQLite's loop
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    pytest.fail("the query did not start")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_ctrl_c_stops_a_query_at_once(filled: Path) -> None:
+    env = {**os.environ, "HERMES_LEDGER_DB": str(filled)}
+    proc = subprocess.Popen(
+        [installed_script(), "sql", "--timeout", "0", SLOW],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_until_querying(proc, filled)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - sent < 3
+    assert (proc.returncode, out, err) == (
+        130,
+        "",
+        "Error: the query was interrupted (Ctrl-C); nothing changed\n",
+    )
+
+
+def test_cli_timeout(filled: Path, cli: Callable[..., Result]) -> None:
+    result = cli("sql", "--db", str(filled), "--timeout", "0.3", SLOW)
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: the query ran longer than 0.3 s and was stopped\nTry: {TIMEOUT_HINT}\n",
+    )
+    result = cli("sql", "--db", str(filled), "--timeout", "0", "SELECT count(*) AS n FROM events")
+    assert (result.exit_code, result.output) == (0, "n\n-\n3\n(1 row)\n")
+    for bad in ("nan", "inf", "-1", "soon", "86401"):
+        result = cli("sql", "--db", str(filled), "--timeout", bad, "SELECT 1")
+        assert result.exit_code == 2, (bad, result.output)
+        assert "Invalid value for '--timeout'" in result.output
+    result = cli("sql", "--help")
+    assert "--timeout SECONDS" in result.output and "[default: 30.0]" in result.output
+
+
+# -- pragmas and statements ----------------------------------------------------------
+
+
+def documented_pragmas() -> set[str]:
+    """The pragma names the sql section of docs/export.md lists as allowed."""
+    text = (Path(__file__).parent.parent / "docs" / "export.md").read_text()
+    section = text.split("## `hermes-ledger sql`")[1].split("\n## ")[0]
+    listed = section.split("<!-- pragmas -->")[1].split("<!-- /pragmas -->")[0]
+    return set(re.findall(r"`(\w+)`", listed))
+
+
+def test_the_docs_list_exactly_the_allowed_pragmas() -> None:
+    assert documented_pragmas() == SQL_PRAGMA_READS | SQL_PRAGMA_LOOKUPS
+
+
+@pytest.mark.parametrize("name", sorted(SQL_PRAGMA_READS))
+def test_each_reading_pragma_runs(filled: Path, name: str) -> None:
+    columns, _rows = query(filled, f"PRAGMA {name}")
+    assert columns
+
+
+@pytest.mark.parametrize("name", sorted(SQL_PRAGMA_LOOKUPS))
+def test_each_lookup_pragma_runs(filled: Path, name: str) -> None:
+    arg = "events_by_session" if name in ("index_info", "index_xinfo") else "events"
+    query(filled, f"PRAGMA {name}({arg})")
+    query(filled, f"PRAGMA main.{name}({arg})")
+    query(filled, f"SELECT * FROM pragma_{name}('{arg}')")
+
+
+SETTINGS = [
+    "PRAGMA cache_size = 5",
+    "PRAGMA foreign_keys = OFF",
+    "PRAGMA busy_timeout = 0",
+    "PRAGMA journal_mode = DELETE",
+    "PRAGMA query_only = 0",
+    "PRAGMA wal_checkpoint",
+    "PRAGMA optimize",
+    "PRAGMA shrink_memory",
+    "PRAGMA writable_schema",
+    "PRAGMA user_version = 7",
+]
+
+
+@pytest.mark.parametrize("sql", SETTINGS)
+def test_other_pragmas_and_settings_are_refused(filled: Path, sql: str) -> None:
+    before = fingerprint(filled)
+    with pytest.raises(LedgerError, match="read-only for queries; refused: PRAGMA"):
+        query(filled, sql)
+    assert fingerprint(filled) == before
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1; -- comment",
+        "SELECT 1; /* c */",
+        "SELECT 1 -- no semicolon",
+        "SELECT 1;\n;\n  -- one\n/* two */ ; /* unterminated",
+        "/* lead */ SELECT 1",
+    ],
+)
+def test_trailing_comments_are_nothing(filled: Path, sql: str) -> None:
+    assert query(filled, sql)[1] == [(1,)]
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1; SELECT 2", "SELECT 1; -- c\nSELECT 2"])
+def test_two_statements_are_refused(filled: Path, sql: str) -> None:
+    with pytest.raises(LedgerError, match="more than one statement"):
+        query(filled, sql)
+
+
+@pytest.mark.parametrize("sql", ["-- only a comment", "/* c */ ;", " ; ; "])
+def test_only_comments_is_an_empty_query(filled: Path, sql: str) -> None:
+    with pytest.raises(LedgerError, match="the query is empty"):
+        query(filled, sql)
+
+
+# -- a read-write Ledger keeps writing -------------------------------------------------
+
+
+def can_append(led: Ledger, n: int) -> None:
+    led.append(K2, [MessageAppended(event_id=f"w{n}", session_id="s2", role="user", content="x")])
+    assert led.connection.authorizer is None
+    assert led.connection.execute("PRAGMA query_only").fetchall() == [(0,)]
+
+
+def test_sql_on_a_read_write_ledger_never_stops_its_writes(led: Ledger, filled: Path) -> None:
+    assert [list(run_sql(led, "SELECT count(*) FROM events").rows)] == [[(3,)]]
+    can_append(led, 1)
+    rows = run_sql(led, "SELECT position FROM events ORDER BY position").rows
+    assert next(rows) == (1,)
+    can_append(led, 2)  # while the query's rows are open
+    rows.close()
+    with pytest.raises(LedgerError, match="read-only"):
+        run_sql(led, "DELETE FROM events")
+    can_append(led, 3)
+    with pytest.raises(LedgerError, match="syntax error"):
+        run_sql(led, "SELEC 1")
+    can_append(led, 4)
+    with pytest.raises(QueryTimeoutError):
+        run_sql(led, SLOW, timeout=0.2)
+    can_append(led, 5)
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_sql(led, SLOW, timeout=0)
+    can_append(led, 6)
+    assert led.query("SELECT count(*) FROM events") == [(9,)]

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from hermes_ledger.gateway.cli.options import (
+    LedgerCommandError,
     Seconds,
     count_range,
     db_option,
@@ -38,7 +39,13 @@ from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.ledger import Ledger, LedgerError, Recorded
 from hermes_ledger.ledger.events import json_schema
 from hermes_ledger.ledger.export import FORMATS, export
-from hermes_ledger.ledger.query import EventFilter, list_events, parse_time, run_sql
+from hermes_ledger.ledger.query import (
+    DEFAULT_SQL_TIMEOUT,
+    EventFilter,
+    list_events,
+    parse_time,
+    run_sql,
+)
 from hermes_ledger.ledger.restore import import_jsonl
 
 __all__ = ["backfill_cmd", "events_cmd", "export_cmd", "import_cmd", "schema_cmd", "sql_cmd"]
@@ -371,16 +378,29 @@ def _print_csv(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
 )
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@click.option(
+    "--timeout",
+    type=Seconds(min=0),
+    default=DEFAULT_SQL_TIMEOUT,
+    show_default=True,
+    help="Stop the query after this many seconds, output included (0: no limit).",
+)
 @reports_errors
 def sql_cmd(
-    db: Path | None, query: str, params: tuple[tuple[str, str], ...], as_json: bool, as_csv: bool
+    db: Path | None,
+    query: str,
+    params: tuple[tuple[str, str], ...],
+    as_json: bool,
+    as_csv: bool,
+    timeout: float,
 ) -> None:
     """Run a read-only SQL query on the ledger.
 
     \b
     The ledger is opened read-only: a statement that would change it fails and
     changes nothing. Output is an aligned table, --json (a list of objects) or
-    --csv. Example:
+    --csv. The query stops after --timeout seconds (30 by default), or at once on
+    Ctrl-C (exit 130). Example:
       hermes-ledger sql "SELECT type, count(*) FROM events GROUP BY type"
     """
     if as_json and as_csv:
@@ -389,13 +409,19 @@ def sql_cmd(
         Ledger.open(resolve_ledger_path(db), readonly=True) as led,
         _output_closed_quietly(),
     ):
-        result = run_sql(led, query, dict(params))
-        if as_json:
-            _print_json_rows(result.columns, result.rows)
-        elif as_csv:
-            _print_csv(result.columns, result.rows)
-        else:
-            print_table(result.columns, result.rows)
+        try:
+            result = run_sql(led, query, dict(params), timeout=timeout)
+            if as_json:
+                _print_json_rows(result.columns, result.rows)
+            elif as_csv:
+                _print_csv(result.columns, result.rows)
+            else:
+                print_table(result.columns, result.rows)
+        except KeyboardInterrupt:
+            # Ctrl-C stops SQLite at once (run_sql's progress handler); say so, 128 + SIGINT.
+            stopped = LedgerCommandError("the query was interrupted (Ctrl-C); nothing changed")
+            stopped.exit_code = 130
+            raise stopped from None
 
 
 # -- schema ----------------------------------------------------------------------
