@@ -33,6 +33,7 @@ __all__ = [
     "APPLICATION_ID",
     "SYNCHRONOUS_MODES",
     "Migration",
+    "busy_handler",
     "connect",
     "latest_version",
     "load_migrations",
@@ -116,6 +117,35 @@ def retry_busy(action: Callable[[], object], timeout: float, path: str | os.Path
             delay = min(delay * 2, 0.05)
 
 
+_BUSY_SLEEP = (0.0005, 0.002)
+"""Seconds (low, high) a busy connection sleeps between tries for the lock, jittered."""
+
+
+def busy_handler(timeout: float) -> Callable[[int], bool]:
+    """A busy handler for ``Connection.set_busy_handler``: retry every 0.5-2 ms (jittered)
+    until ``timeout`` seconds have passed since the first try of this wait, then give up
+    (SQLite returns SQLITE_BUSY).
+
+    SQLite's own handler (``sqlite3_busy_timeout``) sleeps in growing steps of up to
+    100 ms, so under contention an unlucky writer sleeps through many commits of the
+    others and stalls for hundreds of milliseconds; short steps let every waiter take
+    the lock soon after it is released.
+    """
+    deadline = 0.0
+
+    def handler(count: int) -> bool:
+        nonlocal deadline
+        now = time.monotonic()
+        if count == 0:
+            deadline = now + timeout
+        elif now >= deadline:
+            return False
+        time.sleep(min(random.uniform(*_BUSY_SLEEP), max(deadline - now, 0.0)))
+        return True
+
+    return handler
+
+
 def _one(conn: apsw.Connection, sql: str) -> object:
     row = conn.execute(sql).fetchone()
     return None if row is None else row[0]
@@ -167,7 +197,8 @@ def connect(
 
     The one function that sets up every ledger connection: refuses files that are
     not ledgers (before writing anything), then WAL, ``synchronous`` (NORMAL by
-    default), foreign keys and a busy timeout. Does not migrate (see ``migrate``).
+    default), foreign keys and a busy handler (``busy_handler``) that waits up to
+    ``busy_timeout`` seconds for the write lock. Does not migrate (see ``migrate``).
     A file newer than ``migrations`` (default: ``load_migrations()``) is refused.
     """
     path = Path(path)
@@ -198,7 +229,10 @@ def connect(
     except apsw.Error as exc:
         translate(exc, path=str(path))
     try:
-        conn.setbusytimeout(int(busy_timeout * 1000))
+        if busy_timeout > 0:
+            conn.set_busy_handler(busy_handler(busy_timeout))
+        else:
+            conn.setbusytimeout(0)  # no waiting: a busy lock is an error at once
         newest = latest_version() if migrations is None else len(migrations)
         version = _identify(conn, path, newest)
         if not readonly:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import apsw
@@ -15,6 +16,7 @@ from hermes_ledger.ledger.events import SessionEnded, SessionStarted, Source
 from hermes_ledger.ledger.schema import (
     APPLICATION_ID,
     Migration,
+    busy_handler,
     connect,
     latest_version,
     load_migrations,
@@ -35,13 +37,35 @@ def test_connection_setup_took_effect(db_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    # The ledger's own busy handler, not SQLite's (whose timeout this pragma reports).
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
     assert conn.execute("PRAGMA cache_size").fetchone()[0] == -16 * 1024
     conn.close()
     conn, _ = connect(db_path, synchronous="full", busy_timeout=2.5)
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
-    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
     conn.close()
+
+
+def test_busy_handler_waits_up_to_the_busy_timeout(db_path: Path) -> None:
+    holder, _ = connect(db_path)
+    waiter, _ = connect(db_path, busy_timeout=0.3)
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(apsw.BusyError):
+        waiter.execute("BEGIN IMMEDIATE")
+    assert time.monotonic() - started >= 0.3  # it waited the whole timeout, then gave up
+    holder.execute("COMMIT")
+    waiter.execute("BEGIN IMMEDIATE")  # the lock is free: taken at once
+    waiter.execute("COMMIT")
+    holder.close()
+    waiter.close()
+
+
+def test_busy_handler_gives_up_after_its_deadline() -> None:
+    handler = busy_handler(0.0)
+    assert handler(0) is True  # the first busy try of a wait sets the deadline
+    assert handler(1) is False  # past it: SQLite returns SQLITE_BUSY
+    assert handler(0) is True  # a new wait starts a new deadline
 
 
 def test_unknown_synchronous_mode_is_refused(db_path: Path) -> None:
