@@ -408,6 +408,13 @@ def _start(
 ) -> tuple[list[str], apsw.Cursor]:
     """Check that ``text`` is one read, then execute it (its first step)."""
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LedgerError(
+            "the query is not valid UTF-8 text (it holds bytes the terminal could not decode)",
+            hint="check the shell's locale, or write the query in UTF-8",
+        ) from None
+    try:
         info = apsw.ext.query_info(conn, text)
     except apsw.AuthError:
         raise _refuse_write(text) from None
@@ -431,7 +438,7 @@ def _start(
         return columns, conn.execute(text, params)
     except (apsw.AuthError, apsw.ReadOnlyError):
         raise _refuse_write(text) from None
-    except apsw.BindingsError as exc:
+    except (apsw.BindingsError, KeyError) as exc:  # KeyError: a :NAME with no value
         raise LedgerError(
             f"the query's parameters do not match its placeholders: {exc}",
             hint="give one -p NAME VALUE per :NAME placeholder",

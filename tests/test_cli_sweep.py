@@ -40,7 +40,9 @@ HUGE = "99999999999999999999999"
 NESTING = 100_000
 
 
-def walk(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+def walk(
+    group: click.Group, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     for name, command in sorted(group.commands.items()):
         yield (*prefix, name), command
         if isinstance(command, click.Group):
@@ -99,7 +101,9 @@ def cases() -> Iterator[Case]:
             yield Case(
                 f"{name} --config missing", [*args, "--config", "{tmp}/no/such/home"], db="ledger"
             )
-            yield Case(f"{name} --config nested json", [*args, "--config", "{nested_home}"], db="ledger")
+            yield Case(
+                f"{name} --config nested json", [*args, "--config", "{nested_home}"], db="ledger"
+            )
         if has(command, "db") and name not in NO_LEDGER:
             kinds = ["directory", "text", "foreign", "corrupt"]
             if names[0] not in CREATES:
@@ -115,7 +119,6 @@ def cases() -> Iterator[Case]:
         "sql missing parameter",
         ["sql", "SELECT :a"],
         db="ledger",
-        marks=[pytest.mark.xfail(reason="KeyError from apsw in ledger/query.py _start (sql owner)")],
     )
     yield Case("import nested json", ["import", "{nested_export}"], db="missing")
     yield Case("import nested json into ledger", ["import", "{nested_export}"], db="ledger")
@@ -136,7 +139,9 @@ def digest(path: Path) -> str | None:
 def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("sweep")
     ledger = base / "ledger.db"
-    result = CliRunner().invoke(root, ["demo", "--db", str(ledger), "--json"], env={"HERMES_HOME": str(base / "h")})
+    result = CliRunner().invoke(
+        root, ["demo", "--db", str(ledger), "--json"], env={"HERMES_HOME": str(base / "h")}
+    )
     assert result.exit_code == 0, result.output
     for suffix in ("-wal", "-shm"):
         Path(f"{ledger}{suffix}").unlink(missing_ok=True)
@@ -186,7 +191,9 @@ def prepare(case: Case, base: Path, tmp: Path) -> tuple[list[str], dict[str, str
     return args, env, db
 
 
-def check(case: Case, code: int, output: str, before: str | None, after: str | None, db: Path | None) -> None:
+def check(
+    case: Case, code: int, output: str, before: str | None, after: str | None, db: Path | None
+) -> None:
     assert "Traceback" not in output, output
     if case.expect_zero:
         assert code == 0, output
@@ -253,7 +260,9 @@ def test_corrupt_ledger_message(fixtures: Path, tmp_path: Path) -> None:
 BAD_BYTES = b"\xff\xfe-bad"
 
 
-def _spawn(argv: list[bytes], env: dict[str, str], stdout: int | object = subprocess.PIPE) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[bytes], env: dict[str, str], stdout: int | object = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
     full = {k: v for k, v in os.environ.items() if k != "HERMES_LEDGER_DB"}
     full.update(env, LC_ALL="C.UTF-8", PYTHONIOENCODING="")
     return subprocess.Popen(argv, env=full, stdout=stdout, stderr=subprocess.PIPE)  # type: ignore[arg-type]
@@ -285,15 +294,31 @@ def test_real_processes(fixtures: Path, tmp_path: Path) -> None:
         positional = [p for p in command.params if isinstance(p, click.Argument)]
         if positional and name != "sql":  # sql: see test_sql_non_utf8_query
             argv = [script, *args[: len(names)], BAD_BYTES, b"--db", os.fsencode(ledger)]
-            runs.append((f"{name} bad argument", _spawn(argv, {"HERMES_HOME": str(home)}), None, True))
+            runs.append(
+                (f"{name} bad argument", _spawn(argv, {"HERMES_HOME": str(home)}), None, True)
+            )
         if name not in NO_LEDGER and name != "demo":
             argv = [script, *args]
-            runs.append((f"{name} HERMES_HOME file", _spawn(argv, {"HERMES_HOME": str(home_file)}), None, False))
+            runs.append(
+                (
+                    f"{name} HERMES_HOME file",
+                    _spawn(argv, {"HERMES_HOME": str(home_file)}),
+                    None,
+                    False,
+                )
+            )
     with open("/dev/full", "wb") as full:
         for args in (["status"], ["events"], ["export"], ["sql", "SELECT * FROM events"],
                      ["sessions", "--all"], ["verify", "--json"], ["schema"], ["hooks"]):  # fmt: skip
             argv = [script, *map(os.fsencode, args), b"--db", os.fsencode(ledger)]
-            runs.append((f"{args[0]} > /dev/full", _spawn(argv, {"HERMES_HOME": str(home)}, full), None, False))
+            runs.append(
+                (
+                    f"{args[0]} > /dev/full",
+                    _spawn(argv, {"HERMES_HOME": str(home)}, full),
+                    None,
+                    False,
+                )
+            )
     failures = []
     for what, proc, created, zero_ok in runs:
         out, err = proc.communicate(timeout=60)
@@ -313,11 +338,10 @@ def test_real_processes(fixtures: Path, tmp_path: Path) -> None:
     assert not failures, f"{len(failures)} of {len(runs)}:\n" + "\n\n".join(failures)
 
 
-@pytest.mark.xfail(reason="UnicodeEncodeError from apsw in ledger/query.py _start (sql owner)")
 def test_sql_non_utf8_query(fixtures: Path, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.db"
     shutil.copy(fixtures / "ledger.db", ledger)
     argv = [os.fsencode(installed_script()), b"sql", b"SELECT '" + BAD_BYTES + b"'",
             b"--db", os.fsencode(ledger)]  # fmt: skip
-    out, err = _spawn(argv, {"HERMES_HOME": str(tmp_path / "home")}).communicate(timeout=60)
+    _out, err = _spawn(argv, {"HERMES_HOME": str(tmp_path / "home")}).communicate(timeout=60)
     assert b"Traceback" not in err and b"Error:" in err
