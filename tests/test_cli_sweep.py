@@ -308,8 +308,9 @@ def test_real_processes(fixtures: Path, tmp_path: Path) -> None:
                 )
             )
     with open("/dev/full", "wb") as full:
-        for args in (["status"], ["events"], ["export"], ["sql", "SELECT * FROM events"],
-                     ["sessions", "--all"], ["verify", "--json"], ["schema"], ["hooks"]):  # fmt: skip
+        commands = (["status"], ["events"], ["export"], ["sql", "SELECT * FROM events"],
+                    ["sessions", "--all"], ["verify", "--json"], ["schema"], ["hooks"])  # fmt: skip
+        for args in commands:
             argv = [script, *map(os.fsencode, args), b"--db", os.fsencode(ledger)]
             runs.append(
                 (

@@ -63,12 +63,8 @@ def filter_options(fn: F) -> F:
         ),
         click.option("--since", metavar="TIME", help="Recorded at or after TIME (ISO-8601, 2h…)."),
         click.option("--until", metavar="TIME", help="Recorded before TIME."),
-        click.option(
-            "--from", "from_position", type=count_range(1), help="From this position on."
-        ),
-        click.option(
-            "--to", "to_position", type=count_range(1), help="Up to this position."
-        ),
+        click.option("--from", "from_position", type=count_range(1), help="From this position on."),
+        click.option("--to", "to_position", type=count_range(1), help="Up to this position."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -419,9 +415,13 @@ def sql_cmd(
                 print_table(result.columns, result.rows)
         except KeyboardInterrupt:
             # Ctrl-C stops SQLite at once (run_sql's progress handler); say so, 128 + SIGINT.
-            stopped = LedgerCommandError("the query was interrupted (Ctrl-C); nothing changed")
-            stopped.exit_code = 130
-            raise stopped from None
+            raise _Interrupted("the query was interrupted (Ctrl-C); nothing changed") from None
+
+
+class _Interrupted(LedgerCommandError):
+    """Ctrl-C ended the command: exit status 130 (128 + SIGINT), as shells report it."""
+
+    exit_code = 130
 
 
 # -- schema ----------------------------------------------------------------------

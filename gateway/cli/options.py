@@ -15,8 +15,8 @@ import click
 from hermes_ledger.ledger import LedgerError
 
 __all__ = [
-    "LedgerCommandError",
     "SQLITE_MAX_INT",
+    "LedgerCommandError",
     "Seconds",
     "count_range",
     "db_option",

@@ -69,5 +69,7 @@ def main() -> None:  # pragma: no cover - console entry point
         # Point stdout at /dev/null so the interpreter's final flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         click.echo(f"Error: cannot write the output: {exc.strerror or exc}", err=True)
-        click.echo("Try: check the free space where the output goes (or pipe it elsewhere)", err=True)
+        click.echo(
+            "Try: check the free space where the output goes (or pipe it elsewhere)", err=True
+        )
         raise SystemExit(1) from None
