@@ -19,7 +19,7 @@ from typing import Literal
 
 import pytest
 
-__all__ = ["ManualClock", "installed_script", "next_line", "run_on_terminal"]
+__all__ = ["ManualClock", "hold_write_lock", "installed_script", "next_line", "run_on_terminal"]
 
 
 def installed_script(name: str = "hermes-ledger") -> str:
@@ -99,3 +99,29 @@ def run_on_terminal(
     finally:
         os.close(leader)
     return done, shown
+
+
+_LOCKER = """
+import sqlite3, sys, time, pathlib
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+release = pathlib.Path(sys.argv[2])
+deadline = time.monotonic() + 120
+while not release.exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+con.execute("COMMIT")
+"""
+
+
+def hold_write_lock(
+    db: os.PathLike[str] | str, release: os.PathLike[str] | str
+) -> subprocess.Popen[str]:
+    """Another process holding ``BEGIN IMMEDIATE`` on ``db`` until the file ``release``
+    exists (or two minutes pass); returns once it holds the lock."""
+    locker = subprocess.Popen(
+        [sys.executable, "-I", "-c", _LOCKER, str(db), str(release)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert next_line(locker).strip() == "locked"
+    return locker

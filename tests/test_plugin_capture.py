@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import hold_write_lock
 from hook_workers import read_calls, recording_handler, write_hook
 from plugin_workers import TABLE, StandIn
 
@@ -275,28 +276,12 @@ def test_a_failing_apply_leaves_the_batch_spooled(home: Path) -> None:
 
 # -- (3) a write-locked ledger --------------------------------------------------------------
 
-LOCKER = """
-import sqlite3, sys, time, pathlib
-con = sqlite3.connect(sys.argv[1], isolation_level=None)
-con.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-release = pathlib.Path(sys.argv[2])
-deadline = time.monotonic() + 120
-while not release.exists() and time.monotonic() < deadline:
-    time.sleep(0.01)
-con.execute("COMMIT")
-"""
-
 
 def test_a_locked_ledger_keeps_records_spooled_until_it_is_released(home: Path) -> None:
     db = home / "ledger.db"
     Ledger.open(db).close()  # an existing, migrated ledger
     release = home.parent / "release"
-    locker = subprocess.Popen(
-        [sys.executable, "-I", "-c", LOCKER, str(db), str(release)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert line_of(locker) == "locked"
+    locker = hold_write_lock(db, release)
     options = {"interval": 0.05, "busy_timeout": 0.5, "lock_timeout": 1.0, "max_retry_delay": 0.2}
     proc = spawn(home, "spool-with-worker", "a", "200", "", json.dumps(options))
     assert line_of(proc) == "ready"

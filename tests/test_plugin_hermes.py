@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from helpers import installed_script
+from helpers import hold_write_lock, installed_script
 from hermes_fixture import HermesFixture, origin, sid
 from test_plugin_capture import hermes_env, kill9, line_of
 
@@ -218,19 +218,6 @@ def test_a_hermes_gateway_day_is_recorded_and_each_close_heard_once(home: Path) 
     assert "hermes ledger backfill" not in err, err  # the ledger has the whole history
 
 
-LOCKER = """
-import sqlite3, sys, time, pathlib
-con = sqlite3.connect(sys.argv[1], isolation_level=None)
-con.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-release = pathlib.Path(sys.argv[2])
-deadline = time.monotonic() + 120
-while not release.exists() and time.monotonic() < deadline:
-    time.sleep(0.01)
-con.execute("COMMIT")
-"""
-
-
 def test_sigkill_before_any_drain_then_hermes_ledger_sync_loses_and_doubles_nothing(
     home: Path,
 ) -> None:
@@ -239,11 +226,7 @@ def test_sigkill_before_any_drain_then_hermes_ledger_sync_loses_and_doubles_noth
     hermes_own_hook(home)
     Ledger.open(home / "ledger.db").close()
     release = home.parent / "release"
-    locker = subprocess.Popen(
-        [sys.executable, "-I", "-c", LOCKER, str(home / "ledger.db"), str(release)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert line_of(locker) == "locked"
+    locker = hold_write_lock(home / "ledger.db", release)
     # the gateway's day while its worker cannot write the ledger; every callback has
     # returned when the ids are printed; then SIGKILL, before any drain
     proc = day(home, "killed", calls)
