@@ -395,6 +395,63 @@ def test_apply_reads_state_db_in_place(
     assert LiveRecorder(led, hermes.home, config=IDLE).apply([activity(s1, M)]).events == 6
 
 
+# Hermes's own SessionDB holds state.db open (WAL) in this process, as the gateway
+# does; the recorder then reads the same file in place. It prints the POSIX locks
+# the process holds on state.db-shm before and after, and whether the -shm file
+# kept its size: a reader on a second SQLite library (apsw's bundled copy) takes
+# itself for the file's only user, truncates the -shm Hermes has mapped (SIGBUS in
+# the gateway) and, on close, drops the locks Hermes holds.
+IN_PROCESS = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from hermes_state import SessionDB
+    from hermes_ledger.gateway.hermes.reading import open_hermes_home
+
+    home = Path(sys.argv[1])
+    db = SessionDB(home / "state.db")
+    db.create_session("s-1", "telegram")
+    db.append_message("s-1", "user", "hello")
+    shm = home / "state.db-shm"
+
+    def locks():
+        inode, pid = os.stat(shm).st_ino, str(os.getpid())
+        with open("/proc/locks") as f:
+            rows = [line.split() for line in f]
+        return sorted(" ".join(r[5:]) for r in rows
+                      if r[4] == pid and r[5].endswith(":" + str(inode)))
+
+    before, size = locks(), os.stat(shm).st_size
+    with open_hermes_home(home, snapshot=False) as hermes:
+        read = [row[2] for row in hermes.messages("s-1")]
+    db.append_message("s-1", "assistant", "hi")
+    print(json.dumps({"before": before, "after": locks(), "read": read,
+                      "size": [size, os.stat(shm).st_size]}))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_reading_state_db_inside_hermes_keeps_hermes_locks(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", IN_PROCESS, str(home)],
+        cwd=home,
+        env={"HERMES_HOME": str(home), "HOME": str(home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["read"] == ["hello"]
+    assert seen["before"], "Hermes's connection holds a lock on state.db-shm"
+    assert seen["after"] == seen["before"]
+    assert seen["size"][0] == seen["size"][1]
+
+
 def test_the_policy_comes_from_the_homes_config_yaml(hermes: HermesFixture, led: Ledger) -> None:
     (hermes.home / "config.yaml").write_text("session_reset:\n  mode: idle\n  idle_minutes: 30\n")
     s1, s2 = sid(T0, "afaf0001"), sid(T0 + timedelta(hours=2), "afaf0002")

@@ -38,14 +38,13 @@ here has ``{"actor": "hermes-plugin"}`` in its meta.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
-
-import apsw
 
 from hermes_ledger import projections
 from hermes_ledger.gateway.config.gateway import GatewayConfig
@@ -565,7 +564,7 @@ class _Batch:
                         recorder._sync(self, record.session_id, None, side=True)
                 else:
                     recorder._finalize(self, record)
-            except apsw.Error as exc:  # reading state.db failed: not this record's fault
+            except sqlite3.Error as exc:  # reading state.db failed: not this record's fault
                 raise HermesImportError(
                     f"cannot read {self.recorder.home / 'state.db'}: {exc}",
                     hint="the records stay in the spool; they are applied again later",

@@ -11,6 +11,14 @@ is running in) it reads ``state.db`` in place through a read-only connection
 instead of copying it, for targeted reads (``session``, ``messages(after=)``,
 ``routes(only=)``). The Hermes files are never written. ``hermes.importing``
 turns what is read into ledger events.
+
+``state.db`` is read through Python's own ``sqlite3``, the SQLite library Hermes
+writes it with, never through apsw's bundled copy: the live recorder reads it
+inside the Hermes process, and two SQLite libraries on one WAL database in one
+process break each other's POSIX locks. A connection of the second library sees
+none of the first one's locks, takes itself for the only user, truncates the
+``-shm`` file Hermes has mapped (SIGBUS in the gateway), and on close releases
+every lock the process held on the file.
 """
 
 from __future__ import annotations
@@ -19,14 +27,13 @@ import json
 import math
 import os
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
-
-import apsw
 
 from hermes_ledger.gateway.sessions.keys import SESSION_ID_MAX
 from hermes_ledger.ledger import LedgerError
@@ -128,7 +135,7 @@ class HermesHome:
         self,
         path: Path,
         state_db: Path,
-        conn: apsw.Connection,
+        conn: sqlite3.Connection,
         scratch: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
         self.path = path
@@ -149,7 +156,7 @@ class HermesHome:
         self.close()
 
     def close(self) -> None:
-        if not self._conn.getautocommit():
+        if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
         self._conn.close()
         if self._scratch is not None:
@@ -251,11 +258,11 @@ class HermesHome:
         return None
 
 
-def _connect(db: Path, *, immutable: bool = False) -> apsw.Connection:
-    """A read-only connection (``immutable``: no locks and no WAL index either)."""
-    flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+def _connect(db: Path, *, immutable: bool = False) -> sqlite3.Connection:
+    """A read-only connection (``immutable``: no locks and no WAL index either),
+    in autocommit mode so that ``BEGIN`` opens the one read transaction."""
     uri = db.absolute().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
-    conn = apsw.Connection(uri, flags=flags)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(SQL_TABLES).fetchall()
     except BaseException:
@@ -269,7 +276,7 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _snapshot(state_db: Path) -> tuple[apsw.Connection, tempfile.TemporaryDirectory[str] | None]:
+def _snapshot(state_db: Path) -> tuple[sqlite3.Connection, tempfile.TemporaryDirectory[str] | None]:
     """A read-only connection to one consistent state of ``state_db`` that leaves
     nothing behind in the Hermes home.
 
@@ -295,12 +302,15 @@ def _snapshot(state_db: Path) -> tuple[apsw.Connection, tempfile.TemporaryDirect
     return _in_place(state_db)
 
 
-def _in_place(state_db: Path) -> tuple[apsw.Connection, None]:
+def _in_place(state_db: Path) -> tuple[sqlite3.Connection, None]:
     """A read-only connection to ``state_db`` where it is (no copy): for the short,
     targeted reads of the live recorder while Hermes runs."""
     try:
         return _connect(state_db), None
-    except apsw.CantOpenError:  # read-only storage: the WAL index cannot be made there
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_CANTOPEN:
+            raise
+        # read-only storage: the WAL index cannot be made there
         return _connect(state_db, immutable=True), None
 
 
@@ -325,12 +335,16 @@ def open_hermes_home(path: str | os.PathLike[str], *, snapshot: bool = True) -> 
         raise HermesImportError(f"{given} is not a Hermes home: it has no state.db")
     try:
         conn, scratch = _snapshot(state_db) if snapshot else _in_place(state_db)
-    except apsw.NotADBError:
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_NOTADB:
+            raise HermesImportError(
+                f"cannot read {state_db}: {exc}", hint="check the file's permissions"
+            ) from None
         raise HermesImportError(
             f"{state_db} is not a SQLite database",
             hint="point --from-hermes at a Hermes home whose state.db Hermes wrote",
         ) from None
-    except (apsw.Error, OSError) as exc:
+    except OSError as exc:
         raise HermesImportError(
             f"cannot read {state_db}: {exc}", hint="check the file's permissions"
         ) from None
@@ -346,7 +360,7 @@ def open_hermes_home(path: str | os.PathLike[str], *, snapshot: bool = True) -> 
     return HermesHome(given, state_db, conn, scratch)
 
 
-def _check_schema(conn: apsw.Connection, state_db: Path) -> None:
+def _check_schema(conn: sqlite3.Connection, state_db: Path) -> None:
     tables = {name for (name,) in conn.execute(SQL_TABLES)}
     if "schema_version" not in tables or "sessions" not in tables:
         raise HermesImportError(
