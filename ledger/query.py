@@ -43,6 +43,12 @@ COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, re
 # A filtered page of the log: "{where}" is built by EventFilter.where() from fixed
 # fragments; every value is a binding.
 SQL_EVENTS_PAGE = "SELECT {columns} FROM events WHERE position > ?{where} ORDER BY position LIMIT ?"
+# The position of the N-th newest matching event (OFFSET N - 1), for ``--tail N``.
+SQL_EVENTS_TAIL_START = (
+    "SELECT position FROM events WHERE position > 0{where} ORDER BY position DESC LIMIT 1 OFFSET ?"
+)
+# How many matching events come after position ? (what a --limit left out).
+SQL_EVENTS_COUNT_AFTER = "SELECT count(*) FROM events WHERE position > ?{where}"
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -215,23 +221,55 @@ def list_events(
     events: EventFilter = EventFilter(),
     *,
     limit: int | None = None,
+    tail: int | None = None,
     follow: bool = False,
     poll_interval: float = 0.5,
     timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    on_more: Callable[[int], None] | None = None,
 ) -> Iterator[Recorded]:
     """What ``hermes-ledger events`` prints: the matching events up to the current
-    head (at most ``limit``), then, if ``follow``, those appended afterwards as they
-    arrive (see ``follow_events``), with no event missed or repeated in between."""
+    head — the oldest ``limit`` of them, or the newest ``tail`` (still oldest
+    first), not both — then, if ``follow``, those appended afterwards as they
+    arrive (see ``follow_events``), with no event missed or repeated in between.
+
+    When ``limit`` left matching events out, ``on_more(count)`` is called with how
+    many, after the last event shown and before following.
+    """
+    if limit is not None and tail is not None:
+        raise LedgerError(
+            "give a limit (the oldest events) or a tail (the newest), not both",
+            hint="use --limit N for the first N events, or --tail N for the last N",
+        )
+    if tail is not None and tail < 0:
+        raise LedgerError(f"tail must be >= 0, not {tail}")
     head = led.head()
     to = head if events.to_position is None else min(events.to_position, head)
-    now = replace(events, to_position=to) if to >= 1 else None
+    now = replace(events, to_position=to) if to >= 1 and tail != 0 else None
+    if now is not None and tail is not None:
+        now = _newest(led, now, tail)
     if now is not None:
-        yield from select_events(led, now, limit=limit)
+        shown, last = 0, 0
+        for rec in select_events(led, now, limit=limit):
+            shown, last = shown + 1, rec.position
+            yield rec
+        if limit is not None and shown == limit and on_more is not None:
+            where, args = now.where()
+            sql = SQL_EVENTS_COUNT_AFTER.format(where=where)
+            left = led.query(sql, (last, *args))[0][0]
+            if left:
+                on_more(left)
     if follow:
         yield from follow_events(
             led, events, after=head, poll_interval=poll_interval, timeout=timeout, sleep=sleep
         )
+
+
+def _newest(led: Ledger, events: EventFilter, count: int) -> EventFilter:
+    """``events`` narrowed to its newest ``count`` events (``count`` >= 1)."""
+    where, args = events.where()
+    rows = led.query(SQL_EVENTS_TAIL_START.format(where=where), (*args, count - 1))
+    return events if not rows else replace(events, from_position=rows[0][0])
 
 
 # -- read-only SQL ---------------------------------------------------------------

@@ -94,7 +94,7 @@ def test_events_filters(
 ) -> None:
     result = cli("events", "--db", str(filled), *args)
     assert result.exit_code == 0, result.output
-    assert result.output == "".join(LISTING[p - 1] + "\n" for p in expected)
+    assert result.stdout == "".join(LISTING[p - 1] + "\n" for p in expected)
 
 
 def test_events_json_prints_every_column_one_object_per_line(

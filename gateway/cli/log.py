@@ -112,7 +112,12 @@ def _event_line(rec: Recorded) -> str:
 @click.command("events")
 @db_option
 @filter_options
-@click.option("--limit", type=count_range(0), help="At most this many (before --follow).")
+@click.option(
+    "--limit", type=count_range(0), help="Only the oldest N matching (before --follow)."
+)
+@click.option(
+    "--tail", type=count_range(0), metavar="N", help="Only the newest N matching (oldest first)."
+)
 @click.option("-f", "--follow", is_flag=True, help="Then print new events as they come (Ctrl-C).")
 @click.option("--poll-interval", type=Seconds(), default=0.5, hidden=True)
 @click.option("--follow-timeout", type=Seconds(min=0), hidden=True)
@@ -121,6 +126,7 @@ def _event_line(rec: Recorded) -> str:
 def events_cmd(
     db: Path | None,
     limit: int | None,
+    tail: int | None,
     follow: bool,
     poll_interval: float,
     follow_timeout: float | None,
@@ -132,8 +138,16 @@ def events_cmd(
     \b
     One line per event: position, recorded_at, type, session key and version,
     session id. --json prints one JSON object per line (every column).
+    --tail N shows the newest N matching events (e.g. --tail 20 -f, like
+    tail -f); when --limit leaves events out, a note on stderr says how many.
     """
+    if limit is not None and tail is not None:
+        raise click.UsageError("give --limit (the oldest N) or --tail (the newest N), not both")
     events = _event_filter(filters)
+
+    def more(count: int) -> None:
+        noun = "event" if count == 1 else "events"
+        click.echo(f"{count} more {noun} not shown; raise --limit or use --tail", err=True)
     with (
         Ledger.open(resolve_ledger_path(db), readonly=True) as led,
         _output_closed_quietly(),
@@ -143,9 +157,11 @@ def events_cmd(
                 led,
                 events,
                 limit=limit,
+                tail=tail,
                 follow=follow,
                 poll_interval=poll_interval,
                 timeout=follow_timeout,
+                on_more=more,
             ):
                 if as_json:
                     print_json_line(rec.to_dict())
