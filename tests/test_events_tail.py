@@ -16,6 +16,7 @@ from hermes_ledger.ledger.query import EventFilter, list_events
 
 K1 = "agent:main:telegram:dm:1"
 K2 = "agent:main:discord:dm:2"
+NOTE = "{} not shown; raise --limit or use --tail\n"
 
 
 @pytest.fixture
@@ -85,12 +86,11 @@ def test_limit_and_tail_together_is_a_usage_error(filled: Path, cli: Callable[..
 @pytest.mark.parametrize(
     ("args", "shown", "note"),
     [
-        (["--limit", "2"], [1, 2], "5 more events not shown; raise --limit or use --tail\n"),
-        (["--limit", "6"], [1, 2, 3, 4, 5, 6], "1 more event not shown; raise --limit or use --tail\n"),
-        (["--limit", "0"], [], "7 more events not shown; raise --limit or use --tail\n"),
-        (["--limit", "2", "--session-id", "s1"], [1, 2],
-         "3 more events not shown; raise --limit or use --tail\n"),
-        (["--limit", "2", "--to", "3"], [1, 2], "1 more event not shown; raise --limit or use --tail\n"),
+        (["--limit", "2"], [1, 2], NOTE.format("5 more events")),
+        (["--limit", "6"], [1, 2, 3, 4, 5, 6], NOTE.format("1 more event")),
+        (["--limit", "0"], [], NOTE.format("7 more events")),
+        (["--limit", "2", "--session-id", "s1"], [1, 2], NOTE.format("3 more events")),
+        (["--limit", "2", "--to", "3"], [1, 2], NOTE.format("1 more event")),
         (["--limit", "7"], [1, 2, 3, 4, 5, 6, 7], ""),
         (["--limit", "2", "--session-key", K2], [4, 5], ""),
         (["--limit", "5", "--session-key", K2], [4, 5], ""),
@@ -108,7 +108,7 @@ def test_the_note_leaves_json_on_stdout_clean(filled: Path, cli: Callable[..., R
     result = cli("events", "--db", str(filled), "--limit", "3", "--json")
     assert result.exit_code == 0
     assert [json.loads(line)["position"] for line in result.stdout.splitlines()] == [1, 2, 3]
-    assert result.stderr == "4 more events not shown; raise --limit or use --tail\n"
+    assert result.stderr == NOTE.format("4 more events")
 
 
 def test_list_events_tail_and_on_more_in_python(filled: Path) -> None:

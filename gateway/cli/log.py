@@ -112,9 +112,7 @@ def _event_line(rec: Recorded) -> str:
 @click.command("events")
 @db_option
 @filter_options
-@click.option(
-    "--limit", type=count_range(0), help="Only the oldest N matching (before --follow)."
-)
+@click.option("--limit", type=count_range(0), help="Only the oldest N matching (before --follow).")
 @click.option(
     "--tail", type=count_range(0), metavar="N", help="Only the newest N matching (oldest first)."
 )
@@ -148,6 +146,7 @@ def events_cmd(
     def more(count: int) -> None:
         noun = "event" if count == 1 else "events"
         click.echo(f"{count} more {noun} not shown; raise --limit or use --tail", err=True)
+
     with (
         Ledger.open(resolve_ledger_path(db), readonly=True) as led,
         _output_closed_quietly(),
