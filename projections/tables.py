@@ -20,7 +20,7 @@ from hermes_ledger.ledger.transcript import (
     TRANSCRIPT_TOKENIZER,
     transcript_ddl,
 )
-from hermes_ledger.projections.quoting import Target
+from hermes_ledger.projections.quoting import Target, quote_ident
 
 __all__ = [
     "CHECKPOINTS_DDL",
@@ -41,6 +41,9 @@ class TableSpec:
     compares every one); ``key`` names the primary key;
     ``indexes`` are ``(name, "(columns) [WHERE …]")``.
     ``fts`` marks an FTS5 index, which has no columns of its own to compare.
+    ``description`` says what a row is and ``column_descriptions`` what each column
+    means, ``(column, text)``: the Datasette metadata of ``hermes-ledger serve`` is
+    built from them (docs/sql.md says the same at more length).
     """
 
     name: str
@@ -49,6 +52,13 @@ class TableSpec:
     key: str = ""
     indexes: tuple[tuple[str, str], ...] = ()
     fts: bool = False
+    description: str = ""
+    column_descriptions: tuple[tuple[str, str], ...] = ()
+
+    def described_columns(self) -> dict[str, str]:
+        """``{column: description}`` for the columns this table has, in table order."""
+        texts = dict(self.column_descriptions)
+        return {c: texts[c] for c in self.columns if c in texts}
 
     def create_sql(self, target: Target) -> str:
         return self.ddl.format(table=target.table(self.name))
@@ -74,6 +84,17 @@ _TOKEN_COLUMNS = (
     "cache_write_tokens",
     "cost_nano_usd",
 )
+
+
+def _token_descriptions(whose: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("input_tokens", f"input tokens {whose} (summed usage_recorded)"),
+        ("output_tokens", f"output tokens {whose} (summed usage_recorded)"),
+        ("cache_read_tokens", f"prompt-cache reads {whose} (summed usage_recorded)"),
+        ("cache_write_tokens", f"prompt-cache writes {whose} (summed usage_recorded)"),
+        ("cost_nano_usd", f"cost {whose} in billionths of a US dollar (exact sums)"),
+    )
+
 
 SESSION_MAP = TableSpec(
     name="session_map",
@@ -120,6 +141,27 @@ SESSION_MAP = TableSpec(
     ),
     key="session_key",
     indexes=(("session_map_by_session_id", "(session_id)"),),
+    description="One row per session key: its current session (the one started last).",
+    column_descriptions=(
+        ("session_key", "the key (agent:main:telegram:dm:99)"),
+        ("session_id", "the key's current session: the one started last"),
+        ("status", "open; closing once a reset or expiry is recorded; closed once it ended"),
+        ("platform", "where the current session comes from (its session_started source)"),
+        ("chat_type", "dm, group, channel… (from session_started)"),
+        ("chat_id", "the chat (from session_started)"),
+        ("chat_name", "the chat's name (from session_started)"),
+        ("user_id", "the user (from session_started)"),
+        ("user_name", "the user's name (from session_started)"),
+        ("thread_id", "the thread (from session_started)"),
+        ("display_name", "chat_name, else user_name, else user_id, else chat_id"),
+        ("origin", "the whole session_started source, as JSON"),
+        ("start_reason", "why the current session started"),
+        ("session_started_at", "when the current session started (UTC)"),
+        ("created_at", "the key's earliest event time (UTC)"),
+        ("updated_at", "the key's latest event time (UTC)"),
+        ("message_count", "transcript messages of the current session"),
+        *_token_descriptions("of the current session"),
+    ),
 )
 
 SESSION_HISTORY = TableSpec(
@@ -184,6 +226,34 @@ SESSION_HISTORY = TableSpec(
         ("session_history_by_key", "(session_key, started_at)"),
         ("session_history_by_ended_at", "(ended_at) WHERE ended_at IS NOT NULL"),
     ),
+    description="One row per session (session_id): how it started, what it used, how it ended.",
+    column_descriptions=(
+        ("session_id", "the session"),
+        ("session_key", "its key"),
+        ("platform", "from its session_started"),
+        ("chat_type", "from its session_started"),
+        ("user_id", "from its session_started"),
+        ("user_name", "from its session_started"),
+        ("start_reason", "why it started (from session_started)"),
+        ("previous_session_id", "the key's session before this one"),
+        ("started_at", "when it started (UTC)"),
+        ("first_message_at", "its first transcript message (UTC)"),
+        ("last_message_at", "its last transcript message (UTC)"),
+        ("message_count", "transcript messages (synthetic flush turns excluded)"),
+        *_token_descriptions("of the session"),
+        ("close_cause", "reset (session_reset) or expired (session_expired)"),
+        ("close_detail", "the reset trigger (/new, api…) or the expiry reason (idle, daily, cron)"),
+        ("close_actor", "meta.actor of the cause event, when the producer recorded one"),
+        ("close_deadline", "the policy deadline that passed"),
+        ("close_requested_at", "when the close cause was recorded (UTC)"),
+        ("flush_status", "the last memory-flush outcome: ok, failed or skipped"),
+        ("flush_attempts", "flushes tried (memory_flushed + memory_flush_failed)"),
+        ("flush_provider", "the memory provider of the last flush"),
+        ("flush_detail", "the last flush's detail or error"),
+        ("flushed_at", "when the last flush outcome was recorded (UTC)"),
+        ("ended_at", "when it ended (session_ended, at most one per session)"),
+        ("end_reason", "why it ended (idle_expiry, daily_reset, manual_reset…)"),
+    ),
 )
 
 MESSAGES = TableSpec(
@@ -192,21 +262,45 @@ MESSAGES = TableSpec(
     columns=tuple(c.name for c in TRANSCRIPT_COLUMNS),
     key=TRANSCRIPT_KEY,
     indexes=(("messages_by_session", "(session_id, position)"),),
+    description=(
+        "Transcripts: one row per message, in log order (synthetic flush turns excluded);"
+        " full-text search over content."
+    ),
+    column_descriptions=(
+        ("position", "the event's position in the log (also the full-text rowid)"),
+        ("session_id", "the session the message belongs to"),
+        ("session_key", "the session's key"),
+        ("role", "user, assistant, tool or system"),
+        ("content", "the message text (searched by messages_fts)"),
+        ("user_id", "who spoke (for a user message, when the gateway recorded it)"),
+        ("user_name", "their name, when the gateway recorded it"),
+        ("tool_calls", "the assistant's tool calls, as JSON"),
+        ("tool_name", "the tool a tool message answers for"),
+        ("tool_call_id", "the tool call a tool message answers"),
+        ("input_tokens", "input tokens reported with the message"),
+        ("output_tokens", "output tokens reported with the message"),
+        ("platform_message_id", "the chat platform's id of the message"),
+        ("ts", "the message's time: its occurred_at, else recorded_at (UTC)"),
+    ),
 )
 """Transcripts: the columns are ``ledger.transcript.TRANSCRIPT_COLUMNS``."""
 
 # External-content FTS5 index over messages.content. The content table is named
 # without a schema: FTS5 looks it up in its own schema, and the name is always the
 # canonical one, so a rebuild's fresh index is right once it is renamed into place.
+# ``content="messages"`` is written as sqlite-utils' enable_fts writes it (a quoted
+# identifier), because that is how sqlite-utils' and Datasette's detect_fts find a
+# table's index: ``content='messages'`` (a string literal) is an index they cannot see.
 MESSAGES_FTS = TableSpec(
     name="messages_fts",
     ddl=f"""CREATE VIRTUAL TABLE {{table}} USING fts5(
-    {TRANSCRIPT_SEARCHED},
-    content='{MESSAGES.name}',
-    content_rowid='{TRANSCRIPT_KEY}',
+    {quote_ident(TRANSCRIPT_SEARCHED)},
+    content={quote_ident(MESSAGES.name)},
+    content_rowid={quote_ident(TRANSCRIPT_KEY)},
     tokenize='{TRANSCRIPT_TOKENIZER}'
 )""",
     fts=True,
+    description="The full-text index (FTS5) of messages.content, as sqlite-utils declares one.",
 )
 
 CHECKPOINTS_DDL = """CREATE TABLE IF NOT EXISTS main.projection_checkpoints (

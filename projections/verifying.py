@@ -67,19 +67,25 @@ class Difference:
 class VerifyReport:
     """``ok`` when every live projection equals its replay. ``positions`` are the
     live checkpoints compared at, ``head`` the log's last position, ``rows`` the
-    number of replayed rows per table."""
+    number of replayed rows per table, ``terms`` the number of distinct terms per
+    full-text index (an index is compared by its vocabulary, not row for row, so
+    its count is of terms, not of rows)."""
 
     ok: bool
     head: int
     positions: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     differences: tuple[Difference, ...] = ()
+    terms: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         at = ", ".join(f"{name} at {pos}" for name, pos in self.positions.items())
         if self.ok:
-            rows = ", ".join(f"{n} {t}" for t, n in self.rows.items())
-            return f"ok: live projections equal a replay of the log ({at}; {rows})"
+            counts = ", ".join(f"{n} {t} rows" for t, n in self.rows.items())
+            counts += "".join(
+                f"; full-text index {t}: {n} distinct terms" for t, n in self.terms.items()
+            )
+            return f"ok: live projections equal a replay of the log ({at}; {counts})"
         lines = [f"FAILED: {len(self.differences)} differences ({at}, head {self.head})"]
         lines += [f"  {d}" for d in self.differences[:_SHOWN]]
         if len(self.differences) > _SHOWN:
@@ -103,6 +109,7 @@ def verify(
     differences: list[Difference] = []
     positions: dict[str, int] = {}
     rows: dict[str, int] = {}
+    terms: dict[str, int] = {}
     with snapshot(ledger) as conn:
         checkpoints = read_checkpoints(conn)
         last = head(conn)
@@ -118,11 +125,12 @@ def verify(
             for table in projection.tables:
                 if table.fts:
                     found, count = _compare_fts(conn, table)
+                    terms[table.name] = count
                 else:
                     found, count = _compare_table(conn, table)
+                    rows[table.name] = count
                 differences += found
-                rows[table.name] = count
-    return VerifyReport(not differences, last, positions, rows, tuple(differences))
+    return VerifyReport(not differences, last, positions, rows, tuple(differences), terms)
 
 
 def _comparable(
@@ -176,7 +184,8 @@ def _as_row(columns: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]
 
 
 def _compare_fts(conn: apsw.Connection, table: TableSpec) -> tuple[list[Difference], int]:
-    """Compare the full-text indexes through fts5vocab (term, documents, occurrences)."""
+    """Compare the full-text indexes through fts5vocab (term, documents, occurrences);
+    the count is of the replay's distinct terms."""
     vocab = {}
     for side, schema in (("live", "main"), ("rebuilt", "temp")):
         name = quote_ident(f"verify_{side}_{table.name}_vocab")
