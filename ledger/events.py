@@ -231,10 +231,19 @@ class SessionStarted(EventModel):
 
 
 class MessageAppended(EventModel):
+    """One message of a session's transcript.
+
+    ``user_id`` and ``user_name`` say who spoke: the sender of a user-role message
+    (in a group session shared by several people, this message's sender, not the
+    session's opener); None for the agent's own turns and where it is not known.
+    """
+
     type: Literal["message_appended"] = "message_appended"
     session_id: NonEmpty
     role: Literal["user", "assistant", "tool", "system"]
     content: str | None
+    user_id: str | None = None
+    user_name: str | None = None
     tool_calls: JsonObjects | None = None
     tool_name: str | None = None
     tool_call_id: str | None = None

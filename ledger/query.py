@@ -18,7 +18,7 @@ import apsw
 import apsw.ext
 
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
-from hermes_ledger.ledger.errors import LedgerError, translate
+from hermes_ledger.ledger.errors import InvalidInputError, LedgerError, translate
 from hermes_ledger.ledger.events import EVENT_TYPES
 from hermes_ledger.ledger.records import Recorded
 from hermes_ledger.ledger.schema import connect
@@ -69,7 +69,7 @@ def parse_time(text: str, *, now: Clock = system_clock) -> str:
             return format_utc(now() - timedelta(**{unit: amount}))
         return format_utc(parse_utc(value))
     except (ValueError, OverflowError):
-        raise LedgerError(
+        raise InvalidInputError(
             f"cannot read {text!r} as a time",
             hint="give an ISO-8601 time (2026-11-22 or 2026-11-22T09:30Z) "
             "or a duration ago (30m, 2h, 7d)",
@@ -95,7 +95,7 @@ class EventFilter:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.types) - set(EVENT_TYPES))
         if unknown:
-            raise LedgerError(
+            raise InvalidInputError(
                 f"unknown event type {unknown[0]!r}",
                 hint=f"use one of: {', '.join(sorted(EVENT_TYPES))}",
             )

@@ -84,6 +84,8 @@ TRANSCRIPT_COLUMNS: tuple[TranscriptColumn, ...] = (
     TranscriptColumn("session_key", "TEXT", "{stream}", "NOT NULL"),
     TranscriptColumn("role", "TEXT", _field("role"), "NOT NULL"),
     TranscriptColumn("content", "TEXT", _field("content")),
+    TranscriptColumn("user_id", "TEXT", _field("user_id")),
+    TranscriptColumn("user_name", "TEXT", _field("user_name")),
     TranscriptColumn("tool_calls", "TEXT", _field("tool_calls", json=True), json=True),
     TranscriptColumn("tool_name", "TEXT", _field("tool_name")),
     TranscriptColumn("tool_call_id", "TEXT", _field("tool_call_id")),

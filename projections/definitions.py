@@ -122,7 +122,7 @@ SESSIONS = Projection(
 
 TRANSCRIPTS = Projection(
     name="transcripts",
-    version=1,
+    version=2,  # 2: messages gained user_id and user_name (who spoke)
     tables=(MESSAGES, MESSAGES_FTS),
     statements=TRANSCRIPTS_STATEMENTS,
 )

@@ -47,6 +47,7 @@ from hermes_ledger.gateway.hermes.mapping import (
     _origin,
     _resolve_keys,
     _sources,
+    _speaker,
     _start_reason,
     _Usage,
     _usage_event,
@@ -366,7 +367,10 @@ class _Importer:
                 occurred_at=_utc(s.started_at),
             )
         ]
-        messages, latest = _message_events(s.id, self.home.messages(s.id), self.warn, self.redact)
+        speaker = _speaker(s, source)  # Hermes keeps no sender per message
+        messages, latest = _message_events(
+            s.id, self.home.messages(s.id), self.warn, self.redact, speaker
+        )
         events.extend(messages)
         last_at = max(s.started_at, latest or s.started_at)
         usage = _usage_event(s, used, min(last_at, s.ended_at or last_at), self.warn)

@@ -13,6 +13,12 @@ come from the records alone, through the one close sequence
 The record kinds are described in ``records``; ``apply`` takes them as the
 plugin spools them.
 
+Who spoke: a user message names the sender of its ``dispatch`` record (matched
+by key and platform message id: in a group session several people share, each
+message its own sender); one whose dispatch was not seen (applied by an earlier
+process, or none) names the session's user, as the import does
+(``mapping._speaker``).
+
 The closes (cause → ``session_ended.reason``):
 
 - a new session on a key whose session is open (an auto-reset): ``session_expired``
@@ -51,12 +57,14 @@ from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.hermes.importing import _Recorded, foreign, recorded
 from hermes_ledger.gateway.hermes.mapping import (
     PLUGIN_ACTOR,
+    Speaker,
     ToolRedaction,
     _chain,
     _continues,
     _event_id,
     _message_events,
     _placed,
+    _speaker,
     _usage_event,
     _utc,
 )
@@ -116,7 +124,7 @@ RESET_TRIGGER: Final = "/new or /reset"
 _META: Final = {"actor": PLUGIN_ACTOR}
 SQL_SESSION_TIMES = "SELECT started_at, end_reason FROM session_history WHERE session_id = ?"
 _RETRIES: Final = 20  # re-reads after another writer changed a key first
-_REMEMBERED: Final = 4096  # dispatch sources and subagent ids kept, most recent
+_REMEMBERED: Final = 4096  # dispatch sources, senders, speakers, subagent ids kept
 
 
 class LiveRecorder:
@@ -145,6 +153,9 @@ class LiveRecorder:
         self.closer = SessionCloser(ledger, None, meta=_META, skipped=FLUSH_NOT_REPORTED)
         self._sources: OrderedDict[str, Source] = OrderedDict()  # key → latest dispatch
         self._side: OrderedDict[str, None] = OrderedDict()  # subagent sessions seen
+        # (key, platform message id) → who sent it, from its dispatch
+        self._senders: OrderedDict[tuple[str, str], Speaker] = OrderedDict()
+        self._speakers: OrderedDict[str, Speaker] = OrderedDict()  # session → its user
         self._lock = threading.Lock()
         projections.attach(ledger)
 
@@ -196,7 +207,7 @@ class LiveRecorder:
                 raise RecordError(f"session {session_id} is not in {hermes.state_db}")
             if held.stream is not None:
                 key = held.stream
-                content = self._content(batch, s, held)
+                content = self._content(batch, key, s, held)
                 if held.ended:
                     if content:
                         batch.warn(
@@ -226,7 +237,7 @@ class LiveRecorder:
                     continue
                 return key
             started = self._started(s, source, state, start_reason)
-            events = [started, *self._content(batch, s, held)]
+            events = [started, *self._content(batch, key, s, held)]
             if state.status == "closing":  # another writer's close, half done
                 assert state.session_id is not None
                 if self._finish(batch, key, state, _utc(s.started_at), events):
@@ -242,11 +253,7 @@ class LiveRecorder:
         """A session new to the ledger: its key (the record's, unless the session runs
         beside its parent; else the import's rules) and its start's source (the
         key's latest dispatch, else what state.db knows)."""
-        chain = _chain(s, hermes.session)
-        routes = {}
-        for member in chain:
-            routes.update(hermes.routes(only=member.id))
-        key, _valid, source = _placed(chain, routes, lambda _text: None)
+        key, source = self._placed(hermes, s)
         parent = hermes.session(s.parent_id) if s.parent_id else None
         beside = side or s.id in self._side or (parent is not None and not _continues(s, parent))
         if hint is not None and not beside:
@@ -254,9 +261,29 @@ class LiveRecorder:
                 key = validate_session_key(hint)
         return key, self._sources.get(key, source)
 
-    def _content(self, batch: _Batch, s: _Session, held: _Recorded) -> list[EventModel]:
+    @staticmethod
+    def _placed(hermes: HermesHome, s: _Session) -> tuple[str, Source]:
+        """The key and source the import's rules give ``s`` (``mapping._placed``)."""
+        chain = _chain(s, hermes.session)
+        routes = {}
+        for member in chain:
+            routes.update(hermes.routes(only=member.id))
+        key, _valid, source = _placed(chain, routes, lambda _text: None)
+        return key, source
+
+    def _speaker(self, hermes: HermesHome, s: _Session) -> Speaker:
+        """Who ``s``'s user messages are attributed to when their dispatch was not
+        seen: the import's answer (``mapping._speaker``), so both write one body."""
+        speaker = self._speakers.get(s.id)
+        if speaker is None:
+            speaker = _speaker(s, self._placed(hermes, s)[1])
+            self._remember(self._speakers, s.id, speaker)
+        return speaker
+
+    def _content(self, batch: _Batch, key: str, s: _Session, held: _Recorded) -> list[EventModel]:
         """The session's messages after the last one the ledger has, and its usage
-        beyond what the ledger has recorded (the import's events and ids)."""
+        beyond what the ledger has recorded (the import's events and ids). A user
+        message whose dispatch was seen on ``key`` names the dispatch's sender."""
         hermes = batch.hermes()
         have = [
             mid
@@ -264,7 +291,12 @@ class LiveRecorder:
             if _event_id("message", s.id, mid) in held.event_ids
         ]
         messages, latest = _message_events(
-            s.id, hermes.messages(s.id, after=max(have, default=0)), batch.warn, self.redact
+            s.id,
+            hermes.messages(s.id, after=max(have, default=0)),
+            batch.warn,
+            self.redact,
+            self._speaker(hermes, s),
+            lambda message_id: self._senders.get((key, message_id)),
         )
         events: list[EventModel] = list(messages)
         at = latest if latest is not None else max(s.started_at, batch.at.timestamp())
@@ -279,7 +311,7 @@ class LiveRecorder:
         s = batch.hermes().session(session_id)
         if s is None:
             return False
-        content = self._content(batch, s, recorded(self.ledger, session_id))
+        content = self._content(batch, key, s, recorded(self.ledger, session_id))
         if not content:
             return False
         self._append(batch, key, content, version)
@@ -335,7 +367,7 @@ class LiveRecorder:
             previous_session_id=old,
             occurred_at=now,
         )
-        then = [started, *self._content(batch, s, recorded(self.ledger, s.id))]
+        then = [started, *self._content(batch, key, s, recorded(self.ledger, s.id))]
         return self._close(batch, key, state, cause, "auto_reset", now, then)
 
     def _expiry(self, state: KeyState, now: datetime) -> SessionExpired | None:
@@ -424,7 +456,7 @@ class LiveRecorder:
         source = self._place(batch.hermes(), s, key, False)[1]
         closed = KeyState(state.version, old, "closed", state.updated_at, state.origin_json)
         started = self._started(s, source, closed, "manual_reset")
-        return [started, *self._content(batch, s, recorded(self.ledger, new))]
+        return [started, *self._content(batch, key, s, recorded(self.ledger, new))]
 
     def _close(
         self,
@@ -477,7 +509,7 @@ class LiveRecorder:
 
     # -- the other records ---------------------------------------------------------
 
-    def _remember(self, table: OrderedDict[str, Any], key: str, value: Any) -> None:
+    def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         table[key] = value
         table.move_to_end(key)
         while len(table) > _REMEMBERED:
@@ -492,6 +524,9 @@ class LiveRecorder:
         except LedgerError as exc:
             raise RecordError(f"dispatch: {exc}") from None
         self._remember(self._sources, key, source)
+        if record.message_id is not None:  # who sent it, for its user message
+            sender = (source.user_id, source.user_name)
+            self._remember(self._senders, (key, record.message_id), sender)
 
 
 class _Batch:

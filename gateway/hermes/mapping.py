@@ -1,7 +1,8 @@
 """How a Hermes session maps to ledger events: its origin and source, its session
 key, and the events themselves.
 
-``_origin`` and ``_sources`` give a session's source as Hermes recorded it;
+``_origin`` and ``_sources`` give a session's source as Hermes recorded it, and
+``_speaker`` the person its user-role messages are attributed to;
 ``_resolve_keys`` picks each session's key (routing, the recorded key, the parent's,
 one built from the source, else ``import_key``); ``_event_id``, ``_start_reason``,
 ``_message_events`` and ``_usage_event`` build the events, with deterministic ids
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 
 from hermes_ledger.gateway.hermes.reading import _count, _number, _Route, _Session, _text
 from hermes_ledger.gateway.sessions.keys import (
@@ -129,6 +130,22 @@ def _sources(
             thread_id=_text(origin.get("thread_id")),
         )
     return source, source.to_event_source()
+
+
+Speaker: TypeAlias = tuple[str | None, str | None]
+"""Who spoke: ``(user_id, user_name)``."""
+NO_SPEAKER: Final[Speaker] = (None, None)
+
+
+def _speaker(session: _Session, source: Source) -> Speaker:
+    """Who a session's user-role messages are attributed to when nothing better is
+    known: the session's user (its ``user_id`` column, else its source's), with its
+    source's ``user_name`` if that source is the same user. Hermes keeps no sender
+    per message, so in a group session several people share, every user message
+    gets the session's user (docs/hermes-import.md)."""
+    user_id = session.user_id or source.user_id
+    same = source.user_id is None or source.user_id == user_id
+    return user_id, source.user_name if same else None
 
 
 def _resolve_keys(
@@ -268,24 +285,35 @@ _NO_REDACTION: Final = ToolRedaction()
 
 
 def _message(
-    session_id: str, row: tuple[Any, ...], redact: ToolRedaction = _NO_REDACTION
+    session_id: str,
+    row: tuple[Any, ...],
+    redact: ToolRedaction = _NO_REDACTION,
+    speaker: Speaker = NO_SPEAKER,
+    sender: Callable[[str], Speaker | None] | None = None,
 ) -> MessageAppended:
     (mid, role, content, call_id, calls, tool_name, ts, tokens, platform_id, active) = row
     count = _count(tokens)
     text = _content(content)
     if role == "tool" and redact.result(_text(tool_name)):
         text = REDACTED
+    platform_message_id = _text(platform_id)
+    user_id, user_name = NO_SPEAKER
+    if role == "user":
+        known = sender(platform_message_id) if sender and platform_message_id else None
+        user_id, user_name = known if known is not None else speaker
     return MessageAppended(
         event_id=_event_id("message", session_id, mid),
         session_id=session_id,
         role=role,
         content=text,
+        user_id=user_id,
+        user_name=user_name,
         tool_calls=redact.calls(_tool_calls(calls)),
         tool_name=_text(tool_name),
         tool_call_id=_text(call_id),
         input_tokens=0 if role == "assistant" else count,
         output_tokens=count if role == "assistant" else 0,
-        platform_message_id=_text(platform_id),
+        platform_message_id=platform_message_id,
         # Rewound (/undo) or compacted-away rows: kept in the log, out of the transcript.
         synthetic=active == 0,
         occurred_at=_utc(ts) if _number(ts) else None,
@@ -297,9 +325,15 @@ def _message_events(
     rows: Iterable[tuple[Any, ...]],
     warn: Callable[[str], None],
     redact: ToolRedaction = _NO_REDACTION,
+    speaker: Speaker = NO_SPEAKER,
+    sender: Callable[[str], Speaker | None] | None = None,
 ) -> tuple[list[MessageAppended], float | None]:
     """The ``message_appended`` events of message rows (rows the events cannot hold
-    are left out with a warning), and the time of the latest row."""
+    are left out with a warning), and the time of the latest row.
+
+    A user-role message names who sent it: ``sender(platform_message_id)`` (the
+    live recorder's record of that message's dispatch) if that knows, else
+    ``speaker`` (``_speaker``); the agent's messages name nobody."""
     events: list[MessageAppended] = []
     last_at: float | None = None
     skipped_roles: dict[str, int] = {}
@@ -309,7 +343,7 @@ def _message_events(
             skipped_roles[str(role)] = skipped_roles.get(str(role), 0) + 1
             continue
         try:
-            events.append(_message(session_id, row, redact))
+            events.append(_message(session_id, row, redact, speaker, sender))
         except (ValueError, LedgerError) as exc:
             warn(f"session {session_id}: message {row[0]} left out ({exc})")
             continue

@@ -3,8 +3,10 @@
 Record kinds (JSON objects; each has ``kind`` and ``at``, the UTC time the
 callback ran; unknown fields are ignored):
 
-``dispatch``  (``pre_gateway_dispatch``) ``session_key``, ``source``: the source
-              of the next session started on that key.
+``dispatch``  (``pre_gateway_dispatch``) ``session_key``, ``source``,
+              ``message_id``: the source of the next session started on that
+              key, and who sent the inbound message ``message_id`` (Hermes
+              stores it as that user message's ``platform_message_id``).
 ``activity``  (``pre_llm_call``, ``post_llm_call``, ``post_tool_call``,
               ``post_api_request``, ``on_session_start`` …) ``session_id``,
               ``session_key`` (may be null), ``platform``: record what ``state.db``
@@ -98,6 +100,7 @@ class Record:
     old_session_id: str | None = None
     new_session_id: str | None = None
     source: Mapping[str, Any] | None = None
+    message_id: str | None = None
 
 
 _ID_FIELDS: Final = (
@@ -122,7 +125,7 @@ def parse_record(raw: object) -> Record:
             raise RecordError(f"{name} {value!r} cannot name a session")
         ids[name] = value
     text = {n: v if isinstance(v := raw.get(n), str) and v else None
-            for n in ("session_key", "platform", "reason")}  # fmt: skip
+            for n in ("session_key", "platform", "reason", "message_id")}  # fmt: skip
     source = raw.get("source")
     if kind == "subagent":  # the child is the session the record is about
         ids["session_id"], ids["old_session_id"] = ids["child_session_id"], None

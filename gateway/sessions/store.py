@@ -29,7 +29,11 @@ from hermes_ledger.gateway.sessions.closing import (
     append_if_unchanged,
     expiry_cause,
 )
-from hermes_ledger.gateway.sessions.keys import validate_session_id, validate_session_key
+from hermes_ledger.gateway.sessions.keys import (
+    is_shared_multi_user_session,
+    validate_session_id,
+    validate_session_key,
+)
 from hermes_ledger.gateway.sessions.reads import KeyState, load_transcript, read_key_state
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.ledger import ConcurrencyError, Ledger, LedgerError
@@ -88,10 +92,10 @@ SQL_ALL_ENTRIES = (
 )
 SQL_SESSION_HOME = "SELECT session_key, ended_at FROM session_history WHERE session_id = ?"
 # For a message: the session's key, that stream's version and the key's current
-# session and status, in one snapshot.
+# session, its status and origin, in one snapshot.
 SQL_MESSAGE_TARGET = (
     "SELECT h.session_key, (SELECT max(version) FROM events WHERE stream = h.session_key),"
-    " m.session_id, m.status"
+    " m.session_id, m.status, m.origin"
     " FROM session_history AS h LEFT JOIN session_map AS m ON m.session_key = h.session_key"
     " WHERE h.session_id = ?"
 )
@@ -381,25 +385,63 @@ class SessionStore:
                 return self._entry_after_write(session_key)
         raise _gave_up(f"session key {session_key!r}")
 
-    def append_to_transcript(self, session_id: str, message: Mapping[str, Any]) -> int:
+    def append_to_transcript(
+        self,
+        session_id: str,
+        message: Mapping[str, Any],
+        *,
+        source: SessionSource | None = None,
+    ) -> int:
         """Append one message (a Hermes message dict) to an open session; returns
-        its position. Raises SessionClosedError once the session's close has begun."""
-        event = _message_event(session_id, message, self.clock())
+        its position. Raises SessionClosedError once the session's close has begun.
+
+        A user-role message names who spoke (``user_id``, ``user_name``): the user
+        of ``source``, where this very message came from (in a group session
+        several people share, its sender, not the session's opener). Without
+        ``source`` it names the session's user, unless the session is shared
+        (``keys.is_shared_multi_user_session``): then who spoke is not known and
+        left empty. The agent's messages name nobody.
+        """
+        now = self.clock()
+        event = None
         for _ in range(_RETRIES):
             rows = self._query(SQL_MESSAGE_TARGET, (session_id,))
             if not rows:
                 raise UnknownSessionError(f"no session with id {session_id!r}")
-            key, version, current, status = rows[0]
+            key, version, current, status, origin = rows[0]
             if current != session_id or status != "open":
                 raise SessionClosedError(
                     f"session {session_id!r} of {key!r} has ended or is closing"
                 )
+            if event is None:  # the origin cannot change while the session is open
+                speaker = self._speaker(message.get("role"), source, origin)
+                event = _message_event(session_id, message, now, speaker)
             try:
                 result = self.ledger.append(key, [event], expected_version=version or 0)
             except ConcurrencyError:
                 continue
             return result.positions[0]
         raise _gave_up(f"the key of session {session_id!r}")
+
+    def _speaker(
+        self, role: object, source: SessionSource | None, origin: str | None
+    ) -> tuple[str | None, str | None]:
+        """Who spoke a message of ``role`` (see ``append_to_transcript``), given the
+        session's origin (``session_map.origin`` JSON)."""
+        if role != "user":
+            return None, None
+        if source is None:
+            try:
+                source = SessionSource.from_dict(json.loads(origin)) if origin else None
+            except (LedgerError, ValueError):
+                source = None
+            if source is None or is_shared_multi_user_session(
+                source,
+                group_sessions_per_user=self.config.group_sessions_per_user,
+                thread_sessions_per_user=self.config.thread_sessions_per_user,
+            ):
+                return None, None
+        return source.user_id, source.user_name
 
     # -- writing -------------------------------------------------------------------
 
@@ -487,7 +529,12 @@ class SessionStore:
         )  # fmt: skip
 
 
-def _message_event(session_id: str, message: Mapping[str, Any], now: datetime) -> MessageAppended:
+def _message_event(
+    session_id: str,
+    message: Mapping[str, Any],
+    now: datetime,
+    speaker: tuple[str | None, str | None] = (None, None),
+) -> MessageAppended:
     unknown = set(message) - _MESSAGE_FIELDS - {"timestamp", "synthetic"}
     if unknown:
         raise LedgerError(
@@ -502,6 +549,8 @@ def _message_event(session_id: str, message: Mapping[str, Any], now: datetime) -
             "session_id": session_id,
             "synthetic": bool(message.get("synthetic", False)),
             "occurred_at": now,
+            "user_id": speaker[0],
+            "user_name": speaker[1],
             **fields,
         }
     )
