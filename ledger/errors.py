@@ -14,6 +14,7 @@ __all__ = [
     "ExpectedVersionError",
     "IdempotencyError",
     "ImmutableLogError",
+    "InvalidInputError",
     "LedgerBusyError",
     "LedgerError",
     "LedgerTooNewError",
@@ -35,6 +36,11 @@ class LedgerError(Exception):
         super().__init__(message)
         if hint is not None:
             self.hint = hint
+
+
+class InvalidInputError(LedgerError):
+    """A value the user gave cannot be used (an unknown event type, a time that
+    cannot be read): a usage error, which the CLI reports with exit status 2."""
 
 
 class ConcurrencyError(LedgerError):

@@ -117,11 +117,17 @@ def test_events_json_prints_every_column_one_object_per_line(
 def test_events_errors_say_what_to_do(
     filled: Path, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
+    # Bad input is a usage error (exit 2), with the same Error:/Try: lines.
     result = cli("events", "--db", str(filled), "--type", "message")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.startswith("Error: unknown event type 'message'\nTry: use one of: ")
+    result = cli("events", "--db", str(filled), "--type", "nope")
+    assert result.exit_code == 2 and result.output.startswith("Error: unknown event type 'nope'")
     result = cli("events", "--db", str(filled), "--until", "soon")
-    assert result.exit_code == 1 and result.output.startswith("Error: cannot read 'soon' as a time")
+    assert result.exit_code == 2 and result.output.startswith("Error: cannot read 'soon' as a time")
+    result = cli("events", "--db", str(filled), "--since", "yesterdayish")
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: cannot read 'yesterdayish' as a time\nTry: give ")
     result = cli("events", "--db", str(filled), "--limit", "-1")
     assert result.exit_code == 2
     missing = tmp_path / "none.db"

@@ -436,7 +436,7 @@ def test_cli_export_errors_say_what_to_do(
         "Error: the 'sqlite' format needs an output file\nTry: pass -o FILE (e.g. -o export.db)\n",
     )
     result = cli("export", "--db", str(db_path), "--since", "yesterday")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input: a usage error
     assert result.output == (
         "Error: cannot read 'yesterday' as a time\n"
         "Try: give an ISO-8601 time (2026-11-22 or 2026-11-22T09:30Z) "

@@ -1,6 +1,6 @@
 """What every command shares: the ``--db`` and ``--json`` options, the type of
 every option that takes seconds, and how a library error becomes ``Error: …``
-plus ``Try: …`` with exit status 1."""
+plus ``Try: …`` with exit status 1 (2 for bad input: a usage error)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from typing import Any, TypeVar
 import click
 
 from hermes_ledger.ledger import LedgerError
+from hermes_ledger.ledger.errors import InvalidInputError
 
 __all__ = [
     "SQLITE_MAX_INT",
     "LedgerCommandError",
+    "LedgerUsageError",
     "Seconds",
     "count_range",
     "db_option",
@@ -41,13 +43,23 @@ class LedgerCommandError(click.ClickException):
         return self.message if not self.hint else f"{self.message}\nTry: {self.hint}"
 
 
+class LedgerUsageError(LedgerCommandError):
+    """Bad input the library refused (an unknown ``--type``, an unreadable time):
+    the same ``Error:`` / ``Try:`` lines, and exit status 2 like click's usage errors."""
+
+    exit_code = 2
+
+
 def reports_errors(fn: F) -> F:
-    """Turn LedgerErrors raised by the library into LedgerCommandError."""
+    """Turn LedgerErrors raised by the library into LedgerCommandError (exit 1), and
+    InvalidInputErrors into LedgerUsageError (exit 2)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except InvalidInputError as exc:
+            raise LedgerUsageError(str(exc), exc.hint) from exc
         except LedgerError as exc:
             raise LedgerCommandError(str(exc), exc.hint) from exc
 
