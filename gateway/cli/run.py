@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -27,10 +28,13 @@ from hermes_ledger.gateway.config.paths import (
     resolve_ledger_path,
 )
 from hermes_ledger.gateway.demo.day import describe_query, prepare_demo_ledger, run_demo
+from hermes_ledger.gateway.logs import configured_logging, fields
 from hermes_ledger.gateway.scheduler.runner import describe
 from hermes_ledger.ledger.clock import parse_utc
 
 __all__ = ["demo_cmd", "run_cmd", "tick_cmd"]
+
+log = logging.getLogger("hermes_ledger.gateway.cli.run")
 
 config_option = click.option(
     "--config",
@@ -63,10 +67,31 @@ def _home(config_home: Path | None) -> Path:
 def _gateway(
     db: Path | None, config_home: Path | None, hooks_dir: Path | None
 ) -> Iterator[Gateway]:
+    """The gateway of the command's options; hooks that do not load are logged
+    (warnings) as the dispatcher loads them."""
     with open_gateway(resolve_ledger_path(db), home=_home(config_home), hooks_dir=hooks_dir) as gw:
-        for problem in gw.hooks.problems:
-            click.echo(f"Warning: {problem}", err=True)
         yield gw
+
+
+def _log_level(quiet: bool, verbose: bool) -> int:
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose cannot be used together")
+    return logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+
+
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr: text (time, level, what happened) or json (one object a line).",
+)
+quiet_option = click.option(
+    "-q", "--quiet", is_flag=True, help="Log warnings and errors only (no line per close)."
+)
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True, help="Log debug records too (each pass, handler tracebacks)."
+)
 
 
 @click.command("tick")
@@ -75,6 +100,8 @@ def _gateway(
 @hooks_dir_option
 @click.option("--now", "now_text", metavar="ISO-8601", help="Evaluate deadlines at this time.")
 @json_option
+@log_format_option
+@verbose_option
 @reports_errors
 def tick_cmd(
     db: Path | None,
@@ -82,15 +109,25 @@ def tick_cmd(
     hooks_dir: Path | None,
     now_text: str | None,
     as_json: bool,
+    log_format: str,
+    verbose: bool,
 ) -> None:
-    """One pass: close due sessions, deliver hooks."""
+    """One pass: close due sessions, deliver hooks.
+
+    What the pass did is printed on stdout; warnings and errors (a hook that does
+    not load or fails, a failed flush) are logged on stderr, as `run` logs them.
+    """
     try:
         now = parse_utc(now_text) if now_text else None
     except ValueError:
         raise LedgerCommandError(
             f"--now {now_text!r} is not an ISO-8601 time", "e.g. --now 2026-11-22T09:30:00Z"
         ) from None
-    with _gateway(db, config_home, hooks_dir) as gateway:
+    level = logging.DEBUG if verbose else logging.WARNING
+    with (
+        configured_logging("json" if log_format == "json" else "text", level),
+        _gateway(db, config_home, hooks_dir) as gateway,
+    ):
         report = gateway.runner.once(now)
     if as_json:
         print_json(report.to_dict())
@@ -104,23 +141,41 @@ def tick_cmd(
 @config_option
 @hooks_dir_option
 @click.option("--interval", type=Seconds(), help="Seconds between passes (0.01 to 86400).")
+@log_format_option
+@quiet_option
+@verbose_option
 @reports_errors
 def run_cmd(
-    db: Path | None, config_home: Path | None, hooks_dir: Path | None, interval: float | None
+    db: Path | None,
+    config_home: Path | None,
+    hooks_dir: Path | None,
+    interval: float | None,
+    log_format: str,
+    quiet: bool,
+    verbose: bool,
 ) -> None:
     """Tick and deliver hooks until SIGTERM or Ctrl-C.
 
-    The pass in progress is finished before exiting (status 0).
+    \b
+    The pass in progress is finished before exiting (status 0). Logs on stderr:
+    one line per close (with its flush outcome), per hook delivery or failure,
+    per anchor; a hook that does not load once when it breaks and once when it
+    is fixed. See docs/operations.md for the events and their JSON keys.
     """
+    level = _log_level(quiet, verbose)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        click.echo(f"{signal.Signals(signum).name}: finishing the current pass", err=True)
+        name = signal.Signals(signum).name
+        log.info("%s: finishing the current pass", name, extra=fields("stopping", signal=name))
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with _gateway(db, config_home, hooks_dir) as gateway:
+        with (
+            configured_logging("json" if log_format == "json" else "text", level),
+            _gateway(db, config_home, hooks_dir) as gateway,
+        ):
             every = interval if interval is not None else gateway.settings.tick_interval
             click.echo(
                 f"Running on {gateway.ledger.path}: a pass every {every:g}s (SIGTERM/Ctrl-C stops)"

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import apsw
 
+from hermes_ledger.gateway.logs import fields
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger import Ledger, LedgerError, Recorded
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
@@ -40,6 +41,7 @@ from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 
 __all__ = [
     "HOOK_EVENTS",
+    "PENDING_SHOWN",
     "Claim",
     "Delivery",
     "DeliveryOutcome",
@@ -47,9 +49,11 @@ __all__ = [
     "DeliveryReport",
     "HookDeliveryError",
     "HookState",
+    "PendingDelivery",
     "dead_letters",
     "delivery_id_for",
     "hook_states",
+    "pending_deliveries",
     "requeue_dead_letters",
 ]
 
@@ -113,6 +117,15 @@ SQL_DEAD = (
     f"SELECT {_DELIVERY_COLUMNS} FROM hook_deliveries WHERE status = 'dead' ORDER BY position"
 )
 SQL_DELIVERY = f"SELECT {_DELIVERY_COLUMNS} FROM hook_deliveries WHERE delivery_id = ?"
+# The first ? pending or claimed deliveries of each hook, in delivery order (the
+# partial index hook_deliveries_queue serves it).
+SQL_PENDING = (
+    f"SELECT {_DELIVERY_COLUMNS}, claimed_by, claimed_until FROM ("
+    f" SELECT {_DELIVERY_COLUMNS}, claimed_by, claimed_until,"
+    " row_number() OVER (PARTITION BY hook ORDER BY position) AS n"
+    " FROM hook_deliveries WHERE status IN ('pending', 'claimed'))"
+    " WHERE n <= ? ORDER BY hook, position"
+)
 SQL_REQUEUE = (
     "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?"
     " WHERE delivery_id = ? AND status = 'dead'"
@@ -183,6 +196,26 @@ class Delivery:
             "last_error": self.last_error,
             "delivered_at": None if self.delivered_at is None else format_utc(self.delivered_at),
         }
+
+
+@dataclass(frozen=True)
+class PendingDelivery(Delivery):
+    """A delivery still owed: ``pending`` (due at ``next_attempt_at``; after a
+    failure, that is its next retry and ``last_error`` says why) or ``claimed``
+    (a dispatcher, ``claimed_by``, is calling the handler until ``claimed_until``)."""
+
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+
+    @classmethod
+    def _from_pending_row(cls, row: Sequence[Any]) -> PendingDelivery:
+        base, (by, until) = Delivery._from_row(row[:-2]), row[-2:]
+        values = {name: getattr(base, name) for name in base.__dataclass_fields__}
+        return cls(**values, claimed_by=by, claimed_until=parse_utc(until) if until else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        until = None if self.claimed_until is None else format_utc(self.claimed_until)
+        return {**super().to_dict(), "claimed_by": self.claimed_by, "claimed_until": until}
 
 
 @dataclass(frozen=True)
@@ -286,6 +319,16 @@ class DeliveryReport:
 def dead_letters(ledger: Ledger) -> list[Delivery]:
     """Deliveries that failed too often, in log order."""
     return [Delivery._from_row(r) for r in ledger.query(SQL_DEAD)]
+
+
+PENDING_SHOWN = 20
+"""How many pending deliveries per hook ``pending_deliveries`` returns by default."""
+
+
+def pending_deliveries(ledger: Ledger, *, per_hook: int = PENDING_SHOWN) -> list[PendingDelivery]:
+    """The deliveries still owed (pending or claimed): the first ``per_hook`` of each
+    hook, in the order they will be made, by hook name (``HookState`` has the counts)."""
+    return [PendingDelivery._from_pending_row(r) for r in ledger.query(SQL_PENDING, (per_hook,))]
 
 
 def hook_states(ledger: Ledger) -> list[HookState]:
@@ -499,9 +542,18 @@ class DeliveryQueue:
                             DeliveryOutcome(did, hook, event_type, session_id, attempts, "dead",
                                             note)
                         )  # fmt: skip
-                        log.error("hook %s: delivery %s dead-lettered: %s", hook, did, note)
+                        log.error(
+                            "hook %s dead-lettered %s %s after %d attempts: %s", hook,
+                            event_type, json.loads(body).get("session_key"), attempts, note,
+                            extra=fields("hook_dead_lettered", hook=hook, hook_event=event_type,
+                                         delivery_id=did, attempt=attempts, error=note),
+                        )  # fmt: skip
                         continue
-                    log.warning("hook %s: delivery %s: %s; delivering again", hook, did, note)
+                    log.warning(
+                        "hook %s: delivery %s: %s; delivering again", hook, did, note,
+                        extra=fields("hook_claim_expired", hook=hook, delivery_id=did,
+                                     attempt=attempts, error=note),
+                    )  # fmt: skip
                 conn.execute(SQL_CLAIM, (worker_id, format_utc(now + hold), note, did))
                 return Claim(did, hook, event_type, json.loads(body), attempts + 1, worker_id)
 

@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +29,10 @@ from hermes_ledger.gateway.hooks.delivery import (
     DeliveryQueue,
     DeliveryReport,
     HookState,
+    PendingDelivery,
     dead_letters,
     hook_states,
+    pending_deliveries,
     requeue_dead_letters,
 )
 from hermes_ledger.gateway.hooks.discovery import (
@@ -41,6 +43,7 @@ from hermes_ledger.gateway.hooks.discovery import (
     hooks_dir_stamp,
     log_types_of,
 )
+from hermes_ledger.gateway.logs import fields, seconds_text
 from hermes_ledger.gateway.usercode.bounded import CallTimeoutError, call_bounded
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger import Ledger
@@ -151,17 +154,36 @@ class HookDispatcher:
         self._from_head = new_hooks_from == "head"
         self._queue = DeliveryQueue(ledger, self.clock)
         self._hooks: list[Hook] = []
+        self._problems: dict[Path, str] = {}  # hook directory -> why it does not load
         self.reload(self.registry)
 
     def reload(self, registry: HookRegistry | Iterable[Hook]) -> None:
         """Deliver to the hooks of ``registry`` from now on (a hook the ledger has
         not seen is registered as at creation); their problems are logged."""
         self.registry = registry if isinstance(registry, HookRegistry) else HookRegistry(registry)
-        for problem in self.registry.problems:
-            log.warning("hook skipped: %s", problem)
+        self._report_problems(self.registry)
         hooks = [h for h in self.registry if h.log_types]
         self._queue.register([h.name for h in hooks], from_head=self._from_head)
         self._hooks = hooks
+
+    def _report_problems(self, registry: HookRegistry) -> None:
+        """Log each hook that became broken (a warning) or was fixed (info) since
+        the last load: once per change, however often the hooks are loaded."""
+        now = {_problem_place(p, registry.hooks_dir): p for p in registry.problems}
+        for place, problem in now.items():
+            if self._problems.get(place) != problem.message:
+                log.warning(
+                    "hook skipped: %s", problem,
+                    extra=fields("hook_broken", path=str(problem.path), error=problem.message),
+                )  # fmt: skip
+        for place in self._problems.keys() - now.keys():
+            loaded = next((h.name for h in registry if h.path == place), None)
+            what = "loads again" if loaded else "is gone (it was skipped)"
+            log.info(
+                "hook %s %s: %s", loaded or place.name, what, place,
+                extra=fields("hook_fixed", path=str(place), hook=loaded),
+            )  # fmt: skip
+        self._problems = {place: p.message for place, p in now.items()}
 
     def deliver(self, limit: int | None = None) -> DeliveryReport:
         """One pass: queue new log events for every hook, then call each hook for
@@ -204,22 +226,14 @@ class HookDispatcher:
 
     def _call(self, hook: Hook, claim: Claim) -> DeliveryOutcome:
         error: str | None = None
+        failure: BaseException | None = None
         try:
             run_handler(hook, claim.event_type, claim.context, timeout=self.call_timeout)
         except HookTimeoutError as exc:
             error = str(exc)
-            log.error(
-                "hook %s: %s on %s, delivery %s (attempt %d of %d)",
-                hook.name, error, claim.event_type, claim.delivery_id, claim.attempt,
-                self.max_attempts,
-            )  # fmt: skip
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.error(
-                "hook %s failed on %s, delivery %s (attempt %d of %d)",
-                hook.name, claim.event_type, claim.delivery_id, claim.attempt, self.max_attempts,
-                exc_info=exc,
-            )  # fmt: skip
+            failure = exc
         retry_at = None
         if error is not None:
             retry_at = self.retry_policy.next_attempt(claim.attempt, self.clock())
@@ -228,13 +242,10 @@ class HookDispatcher:
                 "hook %s: delivery %s was claimed again while this call ran (it outlived its "
                 "claim); the outcome is left to the new claim",
                 hook.name, claim.delivery_id,
+                extra=fields("hook_claim_lost", hook=hook.name, delivery_id=claim.delivery_id),
             )  # fmt: skip
-        elif error is not None and retry_at is None:
-            log.error(
-                "hook %s: delivery %s dead-lettered after %d attempts; re-queue it with "
-                "`hermes-ledger hooks retry %s`",
-                hook.name, claim.delivery_id, claim.attempt, claim.delivery_id,
-            )  # fmt: skip
+        else:
+            self._log_outcome(hook, claim, error, retry_at, failure)
         status: Literal["done", "retry", "dead"] = (
             "done" if error is None else "retry" if retry_at is not None else "dead"
         )
@@ -242,6 +253,64 @@ class HookDispatcher:
             claim.delivery_id, hook.name, claim.event_type, claim.context.get("session_id"),
             claim.attempt, status, error, retry_at,
         )  # fmt: skip
+
+    def _log_outcome(
+        self, hook: Hook, claim: Claim, error: str | None, retry_at: datetime | None,
+        failure: BaseException | None,
+    ) -> None:  # fmt: skip
+        """One line per call: delivered (info), failed (warning, with when it is
+        tried again), dead-lettered (error); the handler's traceback at debug."""
+        level = logging.INFO if error is None else logging.WARNING
+        if retry_at is None and error is not None:
+            level = logging.ERROR
+        if not log.isEnabledFor(level):
+            return
+        key, sid = claim.context.get("session_key"), claim.context.get("session_id")
+        common: dict[str, Any] = {
+            "hook": hook.name, "hook_event": claim.event_type, "session_key": key,
+            "session_id": sid, "delivery_id": claim.delivery_id, "attempt": claim.attempt,
+            "max_attempts": self.max_attempts,
+        }  # fmt: skip
+        if error is None:
+            log.info(
+                "hook %s delivered %s %s session %s (attempt %d)",
+                hook.name, claim.event_type, key, sid, claim.attempt,
+                extra=fields("hook_delivered", **common),
+            )  # fmt: skip
+            return
+        if retry_at is not None:
+            wait = max(0.0, (retry_at - self.clock()).total_seconds())
+            log.warning(
+                "hook %s failed on %s %s (attempt %d/%d, retry in %s): %s",
+                hook.name, claim.event_type, key, claim.attempt, self.max_attempts,
+                seconds_text(wait), error,
+                extra=fields("hook_failed", **common, retry_in=wait, error=error),
+            )  # fmt: skip
+        else:
+            log.error(
+                "hook %s dead-lettered %s %s after %d attempts: %s; re-queue it with "
+                "`hermes-ledger hooks retry %s`",
+                hook.name, claim.event_type, key, claim.attempt, error, claim.delivery_id,
+                extra=fields("hook_dead_lettered", **common, error=error),
+            )  # fmt: skip
+        if failure is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "hook %s traceback (delivery %s):", hook.name, claim.delivery_id,
+                exc_info=failure, extra=fields("hook_traceback", hook=hook.name,
+                                               delivery_id=claim.delivery_id),
+            )  # fmt: skip
+
+
+def _problem_place(problem: HookProblem, hooks_dir: Path | None) -> Path:
+    """The hook directory a problem is about (its HOOK.yaml, handler.py or the
+    directory itself), or the problem's path when it lies outside ``hooks_dir``."""
+    if hooks_dir is not None:
+        try:
+            parts = problem.path.relative_to(hooks_dir).parts
+        except ValueError:
+            return problem.path
+        return hooks_dir / parts[0] if parts else hooks_dir
+    return problem.path
 
 
 class HookRegistrar:
@@ -348,9 +417,11 @@ def hermes_side_hooks(hooks_dir: Path) -> tuple[HermesSideHook, ...]:
 class HooksOverview:
     """What ``hermes-ledger hooks`` shows: the hooks found and the problems met in
     ``hooks_dir`` (the ones the ledger delivers), each known hook's checkpoint and
-    counts, and the dead letters. When the ledger plugin is enabled in the home
-    (``plugin_enabled``), ``hermes_hooks`` are the hooks in ``hermes_hooks_dir``
-    (``$HERMES_HOME/hooks``), which Hermes's gateway delivers, not the ledger."""
+    counts, the dead letters, and the deliveries still ``pending`` (the first few
+    of each hook: see ``pending_deliveries``; the counts are in ``states``). When
+    the ledger plugin is enabled in the home (``plugin_enabled``), ``hermes_hooks``
+    are the hooks in ``hermes_hooks_dir`` (``$HERMES_HOME/hooks``), which Hermes's
+    gateway delivers, not the ledger."""
 
     hooks_dir: Path
     hooks: tuple[Hook, ...]
@@ -360,6 +431,7 @@ class HooksOverview:
     plugin_enabled: bool = False
     hermes_hooks_dir: Path | None = None
     hermes_hooks: tuple[HermesSideHook, ...] = ()
+    pending: tuple[PendingDelivery, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -370,6 +442,7 @@ class HooksOverview:
             ],
             "problems": [p.to_dict() for p in self.problems],
             "dead_letters": [d.to_dict() for d in self.dead_letters],
+            "pending": [d.to_dict() for d in self.pending],
             "plugin_enabled": self.plugin_enabled,
             "hermes_hooks_dir": None
             if self.hermes_hooks_dir is None
@@ -398,10 +471,12 @@ def hooks_overview(
     registry = HookRegistry.discover(root)
     states: list[HookState] = []
     dead: list[Delivery] = []
+    pending: list[PendingDelivery] = []
     if ledger_path is not None and Path(ledger_path).exists():
         with Ledger.open(ledger_path, readonly=True) as ledger:
             states = hook_states(ledger)
             dead = dead_letters(ledger)
+            pending = pending_deliveries(ledger)
     hermes_dir = default_hooks_dir(root_home) if enabled else None
     return HooksOverview(
         root,
@@ -412,4 +487,5 @@ def hooks_overview(
         plugin_enabled=enabled,
         hermes_hooks_dir=hermes_dir,
         hermes_hooks=() if hermes_dir is None else hermes_side_hooks(hermes_dir),
+        pending=tuple(pending),
     )

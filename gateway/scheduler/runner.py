@@ -11,6 +11,7 @@ Its settings are the ``ledger:`` section of ``config.yaml``
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from typing import Any
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistrar, HookRegistry
+from hermes_ledger.gateway.logs import fields
 from hermes_ledger.gateway.scheduler.ticks import Scheduler, TickReport
 from hermes_ledger.gateway.sessions.closing import Flusher
 from hermes_ledger.gateway.usercode.flushers import load_flusher
@@ -27,6 +29,8 @@ from hermes_ledger.ledger.anchors import Witness
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
 
 __all__ = ["PassReport", "Runner", "describe"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +115,13 @@ class Runner:
             anchored, anchor_error = self.anchor_if_due(now or self.clock())
         finally:
             self._fixed = None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "pass at %s: %d due, %d closed, %d waiting for a flush retry; hooks: %d"
+                " delivered, %d failed", tick.now, tick.due, len(tick.closed),
+                tick.waiting_for_retry, delivery.delivered, delivery.failed,
+                extra=fields("pass"),
+            )  # fmt: skip
         return PassReport(
             tick=tick,
             delivered=delivery.delivered,
@@ -140,9 +151,18 @@ class Runner:
             last = self.witness.last(self._ledger.path)
             if self._ledger.head() == (last.position if last else 0):
                 return None, None
-            return self.witness.anchor(self._ledger, at=now).to_dict(), None
+            anchor = self.witness.anchor(self._ledger, at=now)
         except LedgerError as exc:
+            log.warning(
+                "anchor refused: %s", exc,
+                extra=fields("anchor_refused", error=str(exc), path=str(self.witness.path)),
+            )  # fmt: skip
             return None, str(exc)
+        log.info(
+            "anchored position %d in %s", anchor.position, self.witness.path,
+            extra=fields("anchored", position=anchor.position, path=str(self.witness.path)),
+        )  # fmt: skip
+        return anchor.to_dict(), None
 
     def refresh_hooks(self) -> None:
         """Register hooks installed since the last look (``HookRegistrar``) and,

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from hermes_ledger.gateway.logs import fields, seconds_text
 from hermes_ledger.gateway.sessions.policy import Expiry, ResetPolicy
 from hermes_ledger.gateway.sessions.reads import load_transcript
 from hermes_ledger.gateway.sessions.sources import SessionSource
@@ -70,6 +72,8 @@ __all__ = [
     "provider_name",
     "run_flush",
 ]
+
+log = logging.getLogger(__name__)
 
 # -- the memory flush ----------------------------------------------------------------
 
@@ -146,6 +150,36 @@ def run_flush(
         attempt=attempt,
         detail=None if result is None else str(result),
     )
+
+
+def _log_closed(
+    key: str, session_id: str, reason: str, outcome: FlushOutcome | None, failures: int = 0
+) -> None:
+    """``closed KEY session ID reason R; flush ok (provider P)``: info, or a warning
+    when the memory flush was given up on."""
+    failed = isinstance(outcome, MemoryFlushFailed) or (outcome is None and failures > 0)
+    level = logging.WARNING if failed else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    provider: str | None = None
+    error: str | None = None
+    if isinstance(outcome, MemoryFlushed):
+        provider, flush = outcome.provider, "ok"
+        text = f"ok (provider {provider})"
+    elif isinstance(outcome, MemoryFlushSkipped):
+        flush, text = "skipped", f"skipped ({outcome.reason})"
+    elif isinstance(outcome, MemoryFlushFailed):
+        provider, error, flush = outcome.provider, outcome.error, "failed"
+        text = f"failed after {outcome.attempt} attempt(s) (provider {provider}): {error}"
+    elif failures:
+        flush, text = "failed", f"failed after {failures} attempt(s), given up"
+    else:
+        flush, text = "recorded", "recorded earlier"
+    log.log(
+        level, "closed %s session %s reason %s; flush %s", key, session_id, reason, text,
+        extra=fields("session_closed", session_key=key, session_id=session_id, reason=reason,
+                     flush=flush, provider=provider, error=error),
+    )  # fmt: skip
 
 
 def _describe_failure(exc: BaseException) -> str:
@@ -310,7 +344,10 @@ class SessionCloser:
         ``then`` in one transaction at ``version``. False if the key changed."""
         outcome = self._flush(key, cause.session_id, origin, reason, 1, now)
         ended = SessionEnded(session_id=cause.session_id, reason=reason, occurred_at=now)
-        return self._append(key, [cause, outcome, ended, *then], version)
+        done = self._append(key, [cause, outcome, ended, *then], version)
+        if done:
+            _log_closed(key, cause.session_id, reason, outcome)
+        return done
 
     def begin(self, key: str, version: int, cause: SessionReset | SessionExpired) -> bool:
         """Record the cause alone (``finish`` does the rest). False if the key changed."""
@@ -348,10 +385,39 @@ class SessionCloser:
                     retry_at = None if self.retry is None else self.retry.next_attempt(attempt, now)
                     if retry_at is not None:
                         written = self._append(key, events, version)
+                        if written:
+                            self._log_retry(key, session_id, outcome, retry_at, now)
                         return replace(step, status="waiting", retry_at=retry_at, written=written)
         events += [SessionEnded(session_id=session_id, reason=reason, occurred_at=now), *then]
         ended = self._append(key, events, version)
+        if ended:
+            flushed = events[0] if isinstance(events[0], FlushOutcome) else None
+            _log_closed(key, session_id, reason, flushed, progress.failures)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "close of %s session %s: another writer changed the key first", key, session_id,
+                extra=fields("close_lost", session_key=key, session_id=session_id),
+            )  # fmt: skip
         return replace(step, status="ended" if ended else "lost")
+
+    def _log_retry(
+        self, key: str, session_id: str, outcome: MemoryFlushFailed, retry_at: datetime,
+        now: datetime,
+    ) -> None:  # fmt: skip
+        if not log.isEnabledFor(logging.WARNING):
+            return
+        assert self.retry is not None
+        wait = (retry_at - now).total_seconds()
+        log.warning(
+            "flush failed for %s session %s (attempt %d/%d, retry in %s): %s",
+            key, session_id, outcome.attempt, self.retry.max_attempts, seconds_text(wait),
+            outcome.error,
+            extra=fields(
+                "flush_failed", session_key=key, session_id=session_id, provider=outcome.provider,
+                attempt=outcome.attempt, max_attempts=self.retry.max_attempts, retry_in=wait,
+                error=outcome.error,
+            ),
+        )  # fmt: skip
 
     def _due(self, progress: CloseProgress, now: datetime) -> datetime | None:
         """When the next flush attempt is due (None: the policy gave up on it)."""
