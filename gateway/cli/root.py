@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from hermes_ledger.gateway.cli import admin, anchor, hooks, log, plugin, run, sessions
+from hermes_ledger.gateway.cli import admin, anchor, hooks, log, plugin, run, search, sessions
 
 __all__ = ["cli", "main"]
 
@@ -38,6 +38,7 @@ for _command in (
     log.sql_cmd,
     log.schema_cmd,
     sessions.sessions_cmd,
+    search.search_cmd,
     sessions.history_cmd,
     sessions.transcript_cmd,
     sessions.replay_cmd,

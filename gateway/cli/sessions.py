@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from hermes_ledger import projections
+from hermes_ledger.gateway.cli.filters import TIME, VALUE, platform_option, user_option
 from hermes_ledger.gateway.cli.options import (
     LedgerCommandError,
     count_range,
@@ -19,6 +20,7 @@ from hermes_ledger.gateway.cli.options import (
 from hermes_ledger.gateway.cli.output import print_json, print_table, progress_bar
 from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger_path
 from hermes_ledger.gateway.sessions import reports
+from hermes_ledger.gateway.sessions.listing import SESSION_STATUSES, SessionFilter
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.anchors import Witness
 from hermes_ledger.ledger.clock import format_utc, parse_utc
@@ -36,16 +38,60 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None
 @click.command("sessions")
 @db_option
 @click.option("--all", "all_", is_flag=True, help="Include closed and closing sessions.")
+@click.option("--status", "statuses", type=click.Choice(SESSION_STATUSES), multiple=True,
+              help="Only keys whose current session has this status (repeatable; implies"
+              " --all).")  # fmt: skip
+@platform_option
+@click.option("--chat-type", type=VALUE, metavar="TYPE", help="Only this chat type (dm, group…).")
+@user_option
+@click.option(
+    "--key",
+    type=VALUE,
+    metavar="GLOB",
+    help="Session keys matching this glob (* any text, ? one character, [abc] a set;"
+    " case-sensitive; [*] is a literal *), e.g. 'agent:main:telegram:*'.",
+)
+@click.option("--since", type=TIME, help="Last active at or after TIME (ISO-8601 or 2h, 7d…).")
+@click.option("--until", type=TIME, help="Last active before TIME.")
+@click.option("--end-reason", type=VALUE, metavar="REASON",
+              help="Only sessions that ended so (idle_expiry, daily_reset, manual_reset…);"
+              " implies --all.")  # fmt: skip
 @click.option("--limit", type=count_range(1), default=1000, show_default=True)
 @json_option
 @reports_errors
-def sessions_cmd(db: Path | None, all_: bool, limit: int, as_json: bool) -> None:
-    """List sessions by key, most recently active first."""
+def sessions_cmd(
+    db: Path | None,
+    all_: bool,
+    statuses: tuple[str, ...],
+    platform: str | None,
+    chat_type: str | None,
+    user: str | None,
+    key: str | None,
+    since: str | None,
+    until: str | None,
+    end_reason: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List sessions by key, most recently active first.
+
+    \b
+    One row per session key, about its current session: the open ones, unless
+    --all, --status or --end-reason says otherwise. Filters combine (all must
+    hold). --since/--until compare the key's last activity (session_map's
+    updated_at: the time of its latest event).
+    """
+    which = SessionFilter(
+        statuses=statuses, all_=all_, platform=platform, chat_type=chat_type, user=user,
+        key=key, since=since, until=until, end_reason=end_reason,
+    )  # fmt: skip
     with reports.open_existing(resolve_ledger_path(db)) as led:
-        rows = reports.sessions(led, all_=all_, limit=limit)
+        rows = reports.sessions(led, which=which, limit=limit)
     columns = ["session_key", "session_id", "status", "updated_at", "message_count"]
     if not rows and not as_json:
-        click.echo("No open sessions." if not all_ else "No sessions.")
+        plain = which == SessionFilter(all_=all_)
+        click.echo(("No open sessions." if not all_ else "No sessions.") if plain else
+                   "No sessions match.")  # fmt: skip
     _emit(rows, columns, as_json)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 
 from hermes_ledger import projections
+from hermes_ledger.gateway.sessions.listing import SessionFilter, list_sessions
 from hermes_ledger.gateway.sessions.reads import load_transcript
 from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.anchors import AnchorReport, Witness
@@ -29,24 +30,6 @@ __all__ = [
     "verify_all",
 ]
 
-SESSION_COLUMNS = (
-    "session_key, session_id, status, platform, chat_type, display_name, created_at,"
-    " updated_at, message_count, input_tokens, output_tokens, next_deadline"
-)
-# session_map with the scheduler's deadline for the key's current session (the
-# projection itself is derived from the log only; the deadline is scheduler state).
-_SESSIONS_WITH_DEADLINES = (
-    "(SELECT m.*, d.deadline AS next_deadline FROM session_map AS m"
-    " LEFT JOIN session_deadlines AS d"
-    " ON d.session_key = m.session_key AND d.session_id = m.session_id)"
-)
-SQL_SESSIONS_OPEN = (
-    f"SELECT {SESSION_COLUMNS} FROM {_SESSIONS_WITH_DEADLINES} WHERE status = 'open'"
-    " ORDER BY updated_at DESC LIMIT ?"
-)
-SQL_SESSIONS_ALL = (
-    f"SELECT {SESSION_COLUMNS} FROM {_SESSIONS_WITH_DEADLINES} ORDER BY updated_at DESC LIMIT ?"
-)
 HISTORY_COLUMNS = (
     "session_id, started_at, ended_at, end_reason, start_reason, message_count,"
     " input_tokens, output_tokens, flush_status, close_cause, close_detail"
@@ -75,10 +58,16 @@ def _dicts(columns: str, rows: list[Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def sessions(ledger: Ledger, *, all_: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
-    """Sessions by key, most recently active first (open ones unless ``all_``)."""
-    sql = SQL_SESSIONS_ALL if all_ else SQL_SESSIONS_OPEN
-    return _dicts(SESSION_COLUMNS, ledger.query(sql, (limit,)))
+def sessions(
+    ledger: Ledger,
+    *,
+    all_: bool = False,
+    limit: int = 1000,
+    which: SessionFilter | None = None,
+) -> list[dict[str, Any]]:
+    """Sessions by key, most recently active first: those matching ``which`` (see
+    ``listing.SessionFilter``), or the open ones (any status with ``all_``)."""
+    return list_sessions(ledger, which or SessionFilter(all_=all_), limit=limit)
 
 
 def history(ledger: Ledger, session_key: str) -> list[dict[str, Any]]:

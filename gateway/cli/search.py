@@ -1,0 +1,94 @@
+"""``hermes-ledger search TEXT``: full-text search over the transcripts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import cast
+
+import click
+
+from hermes_ledger.gateway.cli.filters import TIME, VALUE, platform_option, user_option
+from hermes_ledger.gateway.cli.options import (
+    count_range,
+    db_option,
+    json_option,
+    reports_errors,
+)
+from hermes_ledger.gateway.cli.output import cell, print_json
+from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.sessions import reports
+from hermes_ledger.gateway.sessions.search import (
+    SEARCH_ORDERS,
+    SearchFilter,
+    SearchHit,
+    SearchOrder,
+    search_messages,
+)
+
+__all__ = ["search_cmd"]
+
+
+def _line(hit: SearchHit, color: bool, widths: tuple[int, int]) -> str:
+    if color:
+        snippet = "".join(
+            click.style(cell(text), bold=True, fg="yellow") if matched else cell(text)
+            for text, matched in hit.parts
+        )
+    else:
+        snippet = cell(hit.marked("[", "]"))
+    key, sid = hit.session_key.ljust(widths[0]), hit.session_id.ljust(widths[1])
+    return f"{hit.ts}  {key}  {sid}  {hit.role:<9} {snippet}"
+
+
+@click.command("search")
+@click.argument("text")
+@db_option
+@click.option("--session-key", type=VALUE, metavar="KEY", help="Only this session key.")
+@platform_option
+@user_option
+@click.option("--since", type=TIME, help="Messages at or after TIME (ISO-8601 or 2h, 7d…).")
+@click.option("--until", type=TIME, help="Messages before TIME.")
+@click.option("--order", type=click.Choice(SEARCH_ORDERS), default="newest", show_default=True,
+              help="newest: latest first; relevance: best match first (FTS5 rank).")  # fmt: skip
+@click.option("--limit", type=count_range(1), default=20, show_default=True)
+@json_option
+@reports_errors
+def search_cmd(
+    text: str,
+    db: Path | None,
+    session_key: str | None,
+    platform: str | None,
+    user: str | None,
+    since: str | None,
+    until: str | None,
+    order: str,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Search the transcripts for TEXT.
+
+    \b
+    TEXT is an FTS5 query: words (all must occur; cafe finds café), "a phrase",
+    prefix*, AND / OR / NOT, NEAR(a b). Quote it for the shell, e.g.
+      hermes-ledger search 'deploy AND "build failed"' --since 7d
+    Each line: the message's time (UTC), session key, session id, role and a
+    snippet with the match highlighted ([brackets] when not on a terminal).
+    --platform and --user are those of the message's session; --since/--until
+    compare the message's time.
+    """
+    which = SearchFilter(
+        session_key=session_key, platform=platform, user=user, since=since, until=until
+    )
+    with reports.open_existing(resolve_ledger_path(db)) as led:
+        hits = search_messages(led, text, which, limit=limit, order=cast(SearchOrder, order))
+    if as_json:
+        print_json([hit.to_dict() for hit in hits])
+        return
+    if not hits:
+        click.echo("No messages match.")
+        return
+    color = sys.stdout.isatty()
+    widths = (max(len(h.session_key) for h in hits), max(len(h.session_id) for h in hits))
+    for hit in hits:
+        click.echo(_line(hit, color, widths))
