@@ -1,4 +1,5 @@
-"""``hermes-ledger hooks``: list hooks, their problems and dead letters; re-queue them.
+"""``hermes-ledger hooks``: list hooks, their problems, pending deliveries and dead
+letters; re-queue dead letters.
 
 Each command parses its options, calls one library function from
 ``gateway.hooks`` and prints the result.
@@ -19,8 +20,9 @@ from hermes_ledger.gateway.cli.options import (
 from hermes_ledger.gateway.cli.output import print_json
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.gateway.hooks import HermesSideHook, HooksOverview, hooks_overview
-from hermes_ledger.gateway.hooks.delivery import requeue_dead_letters
+from hermes_ledger.gateway.hooks.delivery import PendingDelivery, requeue_dead_letters
 from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.clock import format_utc
 
 __all__ = ["hooks_group", "retry_cmd"]
 
@@ -62,8 +64,39 @@ def _print_overview(ov: HooksOverview) -> None:
                 f"  {d.delivery_id}  {d.hook}  {d.event_type}  position {d.position}"
                 f"  session {d.session_id}  {d.attempts} attempts  {_one_line(d.last_error)}"
             )
+    if ov.pending:
+        _print_pending(ov)
     if ov.hermes_hooks_dir is not None:
         _print_hermes_side(ov.hermes_hooks_dir, ov.hermes_hooks)
+
+
+def _pending_line(d: PendingDelivery) -> str:
+    attempts = f"{d.attempts} attempt{'' if d.attempts == 1 else 's'}"
+    if d.status == "claimed" and d.claimed_until is not None:
+        when = f"being delivered by {d.claimed_by} until {format_utc(d.claimed_until)}"
+    elif d.attempts:
+        when = f"next retry {format_utc(d.next_attempt_at)}"
+    else:
+        when = f"due {format_utc(d.next_attempt_at)}"
+    error = f"  {_one_line(d.last_error)}" if d.last_error else ""
+    return (
+        f"  {d.delivery_id}  {d.hook}  {d.event_type}  position {d.position}"
+        f"  session {d.session_id}  {attempts}  {when}{error}"
+    )
+
+
+def _print_pending(ov: HooksOverview) -> None:
+    """Each hook's first pending deliveries (its queue, in order), then how many more."""
+    click.echo("Pending deliveries (made in order by the next pass of `hermes-ledger run`):")
+    shown: dict[str, int] = {}
+    for d in ov.pending:
+        click.echo(_pending_line(d))
+        shown[d.hook] = shown.get(d.hook, 0) + 1
+    for hook, count in shown.items():
+        state = ov.states.get(hook)
+        more = 0 if state is None else state.pending + state.claimed - count
+        if more > 0:
+            click.echo(f"  … and {more} more pending for {hook}")
 
 
 def _print_hermes_side(hooks_dir: Path, hooks: tuple[HermesSideHook, ...]) -> None:
@@ -86,7 +119,7 @@ def _print_hermes_side(hooks_dir: Path, hooks: tuple[HermesSideHook, ...]) -> No
 @click.pass_context
 @reports_errors
 def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_json: bool) -> None:
-    """List hooks, what they subscribe to, and dead letters.
+    """List hooks, what they subscribe to, pending deliveries and dead letters.
 
     \b
     A hook is a directory under $HERMES_HOME/hooks with HOOK.yaml (name,
@@ -98,6 +131,11 @@ def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_
     Hermes's gateway delivers $HERMES_HOME/hooks itself and the ledger delivers
     $HERMES_HOME/ledger-hooks; both are listed, each saying who delivers it
     (Hermes's are read from HOOK.yaml, their handlers are not imported).
+
+    \b
+    Pending deliveries are listed (the first few of each hook, in the order they
+    will be made) with their attempts, the next retry time and the last error;
+    dead letters are those that failed too often (re-queue: `hooks retry`).
     """
     ctx.ensure_object(dict)
     ctx.obj.update(db=db, as_json=as_json)
