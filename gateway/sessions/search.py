@@ -211,7 +211,7 @@ def search_messages(
         rows = ledger.query(sql, args)
     except LedgerError as exc:
         cause = exc.__cause__
-        reason = str(cause).split("SQLError: ", 1)[-1]
+        reason = str(cause).split("SQLError: ", 1)[-1].rstrip(": ")
         if isinstance(cause, apsw.SQLError) and reason.startswith(_FTS5_QUERY_ERRORS):
             raise SearchSyntaxError(f"cannot read {text!r} as a search query ({reason})") from None
         raise
