@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import click
 
-from hermes_ledger.gateway.cli import admin, anchor, hooks, log, plugin, run, search, sessions
+from hermes_ledger.gateway.cli import (
+    admin,
+    anchor,
+    doctor,
+    hooks,
+    log,
+    plugin,
+    run,
+    search,
+    sessions,
+)
 
 __all__ = ["cli", "main"]
 
@@ -44,6 +54,7 @@ for _command in (
     sessions.replay_cmd,
     sessions.verify_cmd,
     anchor.anchor_cmd,
+    doctor.doctor_cmd,
     run.tick_cmd,
     run.run_cmd,
     run.demo_cmd,

@@ -32,7 +32,7 @@ from hermes_ledger.gateway.logs import configured_logging, fields
 from hermes_ledger.gateway.scheduler.runner import describe
 from hermes_ledger.ledger.clock import parse_utc
 
-__all__ = ["demo_cmd", "run_cmd", "tick_cmd"]
+__all__ = ["config_option", "demo_cmd", "resolve_home", "run_cmd", "tick_cmd"]
 
 log = logging.getLogger("hermes_ledger.gateway.cli.run")
 
@@ -45,7 +45,8 @@ config_option = click.option(
 )
 
 
-def _home(config_home: Path | None) -> Path:
+def resolve_home(config_home: Path | None) -> Path:
+    """The Hermes home of ``--config`` (a home or its config.yaml), else $HERMES_HOME."""
     if config_home is None:
         return hermes_home()
     if not config_home.exists():
@@ -69,7 +70,9 @@ def _gateway(
 ) -> Iterator[Gateway]:
     """The gateway of the command's options; hooks that do not load are logged
     (warnings) as the dispatcher loads them."""
-    with open_gateway(resolve_ledger_path(db), home=_home(config_home), hooks_dir=hooks_dir) as gw:
+    with open_gateway(
+        resolve_ledger_path(db), home=resolve_home(config_home), hooks_dir=hooks_dir
+    ) as gw:
         yield gw
 
 
