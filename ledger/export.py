@@ -2,7 +2,9 @@
 
 The JSONL form is the ledger's backup format: one event per line, every column
 as stored (``data`` and ``meta`` embedded verbatim, so ``hermes-ledger import``
-can rebuild the exact rows and hashes), then one manifest line. SQLite builds
+can rebuild the exact rows and hashes) and the business time ``occurred_at``
+(derived from ``data`` and ``recorded_at``, as in the ledger), then one manifest
+line. Every form keeps both times. SQLite builds
 the lines, a page at a time (``SQL_JSONL_PAGE``), so an export streams in
 constant memory at close to the speed of reading the table.
 
@@ -43,7 +45,7 @@ from hermes_ledger.ledger.outfiles import (
     remove_dead_parts,
     scratch,
 )
-from hermes_ledger.ledger.query import COLUMNS, EventFilter
+from hermes_ledger.ledger.query import EventFilter
 from hermes_ledger.ledger.sql import business_time
 from hermes_ledger.ledger.store import Ledger
 from hermes_ledger.ledger.transcript import (
@@ -56,6 +58,7 @@ from hermes_ledger.ledger.transcript import (
 )
 
 __all__ = [
+    "EXPORT_COLUMNS",
     "EXPORT_FORMAT",
     "FORMATS",
     "ExportManifest",
@@ -90,12 +93,12 @@ def _jsonl_page(data: str, meta: str, ordered: bool) -> str:
     """
     layout = (
         '{"position":%d,"event_id":%s,"stream":%s,"version":%d,"type":%s,'
-        '"session_id":%s,"data":%s,"meta":%s,"recorded_at":%s,"hash":%s}\n'
+        '"session_id":%s,"data":%s,"meta":%s,"recorded_at":%s,"occurred_at":%s,"hash":%s}\n'
     )
     line = (
         f"printf('{layout}', position, json_quote(event_id), json_quote(stream), version,"
         f" json_quote(type), json_quote(session_id), {data}, {meta}, json_quote(recorded_at),"
-        " json_quote(hash))"
+        " json_quote(occurred_at), json_quote(hash))"
     )
     order = " ORDER BY position" if ordered else ""
     return (
@@ -120,7 +123,14 @@ SQL_JSONL_SAFE_PAGE = _jsonl_page(
     _ONE_LINE.format(c="data"), _ONE_LINE.format(c="meta"), ordered=True
 )
 SQL_HASH_AT = "SELECT hash FROM events WHERE position = ?"
-SQL_ROWS = "SELECT " + COLUMNS + " FROM events WHERE 1{where} ORDER BY position"
+EXPORT_COLUMNS = (
+    "position", "event_id", "stream", "version", "type", "session_id", "data", "meta",
+    "recorded_at", "occurred_at", "hash",
+)  # fmt: skip
+"""The columns of a CSV export and of a SQLite export's ``events``, in order: the
+log's stored columns (``ledger.query.COLUMNS``) with the business time beside
+``recorded_at``."""
+SQL_ROWS = "SELECT " + ", ".join(EXPORT_COLUMNS) + " FROM events WHERE 1{where} ORDER BY position"
 SQL_COUNT = "SELECT count(*) FROM events WHERE 1{where}"
 SQL_SUMMARY = (
     "SELECT count(*), min(position), max(position),"
@@ -316,7 +326,7 @@ def _write_csv(
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
     try:
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow([c.strip() for c in COLUMNS.split(",")])
+        writer.writerow(EXPORT_COLUMNS)
         done = 0
         for row in conn.execute(_filtered(SQL_ROWS, where), args):
             writer.writerow(row)
@@ -339,8 +349,8 @@ def _write_sqlite(
     now: Clock,
 ) -> ExportManifest:
     """A standalone database built with sqlite-utils: ``events`` (as in the ledger,
-    without its triggers), ``messages`` with a full-text index ``messages_fts``, and
-    a one-row ``export_manifest``."""
+    without its triggers; ``occurred_at`` stored), ``messages`` with a full-text index
+    ``messages_fts``, and a one-row ``export_manifest``."""
     import sqlite_utils
 
     where, args = events.where()
@@ -349,10 +359,7 @@ def _write_sqlite(
     try:
         db.conn.execute("PRAGMA journal_mode = OFF")  # a scratch file until it is renamed
         db.conn.execute("PRAGMA synchronous = OFF")
-        columns = {
-            "position": int, "event_id": str, "stream": str, "version": int, "type": str,
-            "session_id": str, "data": str, "meta": str, "recorded_at": str, "hash": str,
-        }  # fmt: skip
+        columns = {c: int if c in ("position", "version") else str for c in EXPORT_COLUMNS}
         events_table = db.table("events")
         events_table.create(columns, pk="position", not_null=set(columns) - {"session_id"})
         names = list(columns)
@@ -371,6 +378,7 @@ def _write_sqlite(
         events_table.create_index(["stream", "version"], unique=True)
         events_table.create_index(["session_id", "position"])
         events_table.create_index(["type"])
+        events_table.create_index(["occurred_at"])
         messages = db.table("messages")
         messages.create(MESSAGE_COLUMNS, pk=TRANSCRIPT_KEY)
         message_names = list(MESSAGE_COLUMNS)

@@ -32,7 +32,10 @@ _FIELDS = (
     "position", "event_id", "stream", "version", "type", "session_id", "data", "meta",
     "recorded_at", "hash",
 )  # fmt: skip
-_OPTIONAL = ("data_text", "meta_text")
+_OPTIONAL = ("data_text", "meta_text", "occurred_at")
+"""Keys an export line may have besides ``_FIELDS``: the exact texts of ``data`` and
+``meta`` when they hold line breaks, and the business time (derived from ``data``
+and ``recorded_at``; exports before schema v3 have none)."""
 _KNOWN = frozenset(_FIELDS + _OPTIONAL)
 _WHITESPACE = " \t\n\r"
 _DECODER = json.JSONDecoder()
@@ -142,6 +145,8 @@ def check_fields(obj: dict[str, Any], n: int) -> None:
     for name in ("event_id", "stream", "type", "recorded_at", "hash"):
         if not isinstance(obj[name], str):
             raise RestoreError(f"{name!r} must be a string, not {obj[name]!r}", line=n)
+    if "occurred_at" in obj and not isinstance(obj["occurred_at"], str):
+        raise RestoreError(f"'occurred_at' must be a string, not {obj['occurred_at']!r}", line=n)
     if obj["session_id"] is not None and not isinstance(obj["session_id"], str):
         raise RestoreError(
             f"'session_id' must be a string or null, not {obj['session_id']!r}", line=n

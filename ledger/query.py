@@ -11,13 +11,13 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import apsw
 import apsw.ext
 
-from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
+from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.errors import InvalidInputError, LedgerError, translate
 from hermes_ledger.ledger.events import EVENT_TYPES
 from hermes_ledger.ledger.records import Recorded
@@ -28,6 +28,8 @@ __all__ = [
     "DEFAULT_SQL_TIMEOUT",
     "SQL_PRAGMA_LOOKUPS",
     "SQL_PRAGMA_READS",
+    "TIME_FORMS",
+    "TIME_HINT",
     "EventFilter",
     "QueryResult",
     "QueryTimeoutError",
@@ -50,49 +52,91 @@ SQL_EVENTS_TAIL_START = (
 # How many matching events come after position ? (what a --limit left out).
 SQL_EVENTS_COUNT_AFTER = "SELECT count(*) FROM events WHERE position > ?{where}"
 
+# The events about one person (EventFilter.user): the messages they sent, and the
+# sessions they started. Both types have one schema version, so ``data`` is read
+# as stored (a later version of either must keep user_id where it is, or upcast).
+SQL_USER_EVENTS = (
+    "((type = 'message_appended' AND data ->> '$.user_id' = ?)"
+    " OR (type = 'session_started' AND data ->> '$.source.user_id' = ?))"
+)
+
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DAYS_BACK = {"today": 0, "yesterday": 1}
 _PAGE = 1000
+TIME_FORMS = (
+    "an ISO-8601 time (2026-11-22, 2026-11-22T09:30, with Z or an offset like +01:00), "
+    "a duration ago (30s, 15m, 2h, 7d, 1w), now, today or yesterday"
+)
+"""What ``parse_time`` reads, for the hint of every time option."""
+TIME_HINT = f"give {TIME_FORMS}"
 
 
-def parse_time(text: str, *, now: Clock = system_clock) -> str:
-    """A time given on the command line, as the ledger's ``recorded_at`` text.
+def parse_time(text: str, *, now: Clock = system_clock, tz: tzinfo | None = None) -> str:
+    """A time given on the command line, as UTC text in the format of ``recorded_at``
+    (and of ``occurred_at``), so it compares with either column.
 
-    Accepts ISO-8601 (``2026-11-22``, ``2026-11-22T09:30``, with ``Z`` or an offset;
-    no zone means UTC) or a duration ago: ``30s``, ``15m``, ``2h``, ``7d``, ``1w``.
+    The one reader of every time option (``--since``, ``--until``, ``--at``):
+    ISO-8601 (``2026-11-22``, ``2026-11-22T09:30``, ``2026-11-22 09:30:05.25``, with
+    ``Z`` or an offset); a time or date without a zone is in ``tz`` (default UTC).
+    A duration ago: ``30s``, ``15m``, ``2h``, ``7d``, ``1w``. ``now``; ``today`` and
+    ``yesterday`` (midnight starting that day in ``tz``). Anything else raises an
+    InvalidInputError (a usage error) naming the text.
     """
     value = text.strip()
+    zone = tz or UTC
+    word = value.lower()
     match = _RELATIVE.match(value)
     try:
         if match:
             amount, unit = int(match.group(1)), _UNITS[match.group(2)]
             return format_utc(now() - timedelta(**{unit: amount}))
-        return format_utc(parse_utc(value))
+        if word == "now":
+            return format_utc(now())
+        if word in _DAYS_BACK:
+            day = now().astimezone(zone).date() - timedelta(days=_DAYS_BACK[word])
+            return format_utc(datetime.combine(day, datetime.min.time(), tzinfo=zone))
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=zone)
+        return format_utc(moment)
     except (ValueError, OverflowError):
-        raise InvalidInputError(
-            f"cannot read {text!r} as a time",
-            hint="give an ISO-8601 time (2026-11-22 or 2026-11-22T09:30Z) "
-            "or a duration ago (30m, 2h, 7d)",
-        ) from None
+        raise InvalidInputError(f"cannot read {text!r} as a time", hint=TIME_HINT) from None
+
+
+# The column each kind of time filter compares: business time (when it happened at
+# the gateway; the default) or recorded time (when it was appended).
+_TIME_COLUMN = {False: "occurred_at", True: "recorded_at"}
 
 
 @dataclass(frozen=True)
 class EventFilter:
     """Which events: all the given conditions hold (an empty filter matches all).
 
-    ``since`` is inclusive and ``until`` exclusive (both ``recorded_at`` text, see
-    ``parse_time``); ``from_position`` and ``to_position`` are both inclusive.
+    ``since`` is inclusive and ``until`` exclusive, both UTC text (see
+    ``parse_time``) compared with each event's business time (``occurred_at``:
+    when it happened at the gateway, which for an imported session is long before
+    it was recorded), or, with ``recorded``, with ``recorded_at`` (when it was
+    appended to this log). ``from_position`` and ``to_position`` are both inclusive.
     """
 
     session_key: str | None = None
     session_id: str | None = None
+    # One person: the messages they sent (``message_appended`` naming them as who
+    # spoke) and the sessions they started (``session_started`` with their source).
+    user: str | None = None
     types: tuple[str, ...] = ()
     since: str | None = None
     until: str | None = None
     from_position: int | None = None
     to_position: int | None = None
+    recorded: bool = False
 
     def __post_init__(self) -> None:
+        if self.user is not None and not self.user.strip():
+            raise InvalidInputError(
+                "the user id is empty", hint="give the user_id of one person (--user ID)"
+            )
         unknown = sorted(set(self.types) - set(EVENT_TYPES))
         if unknown:
             raise InvalidInputError(
@@ -106,11 +150,16 @@ class EventFilter:
         for name in ("since", "until"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise TypeError(f"{name} must be recorded_at text (see parse_time)")
+                raise TypeError(f"{name} must be UTC time text (see parse_time)")
 
     @property
     def is_empty(self) -> bool:
-        return self == EventFilter()
+        return replace(self, recorded=False) == EventFilter()
+
+    @property
+    def time_column(self) -> str:
+        """The column ``since`` and ``until`` compare: ``occurred_at`` or ``recorded_at``."""
+        return _TIME_COLUMN[self.recorded]
 
     def where(self) -> tuple[str, tuple[Any, ...]]:
         """``" AND …"`` conditions (possibly empty) and their bindings, in order."""
@@ -122,14 +171,17 @@ class EventFilter:
         if self.session_id is not None:
             parts.append("session_id = ?")
             args.append(self.session_id)
+        if self.user is not None:
+            parts.append(SQL_USER_EVENTS)
+            args.extend((self.user, self.user))
         if self.types:
             parts.append(f"type IN ({', '.join('?' for _ in self.types)})")
             args.extend(self.types)
         if self.since is not None:
-            parts.append("recorded_at >= ?")
+            parts.append(f"{self.time_column} >= ?")
             args.append(self.since)
         if self.until is not None:
-            parts.append("recorded_at < ?")
+            parts.append(f"{self.time_column} < ?")
             args.append(self.until)
         if self.from_position is not None:
             parts.append("position >= ?")
@@ -140,19 +192,23 @@ class EventFilter:
         return "".join(f" AND {p}" for p in parts), tuple(args)
 
     def describe(self) -> dict[str, Any]:
-        """The conditions that are set, for manifests and messages."""
+        """The conditions that are set, for manifests and messages (``recorded`` only
+        when ``since`` or ``until`` is set: it says which time they are)."""
+        timed = self.since is not None or self.until is not None
         return {
             name: list(value) if isinstance(value, tuple) else value
             for name, value in (
                 ("session_key", self.session_key),
                 ("session_id", self.session_id),
+                ("user", self.user),
                 ("types", self.types),
                 ("since", self.since),
                 ("until", self.until),
+                ("recorded", self.recorded and timed),
                 ("from_position", self.from_position),
                 ("to_position", self.to_position),
             )
-            if value not in (None, ())
+            if value not in (None, (), False)
         }
 
 

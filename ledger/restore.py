@@ -55,6 +55,10 @@ from hermes_ledger.ledger.store import SQL_INSERT, Ledger
 __all__ = ["RestoreError", "RestoreResult", "import_jsonl", "open_input", "restore_jsonl"]
 
 SQL_HAS_EVENTS = "SELECT EXISTS (SELECT 1 FROM events)"
+SQL_OCCURRED_AT_RANGE = (
+    "SELECT position, occurred_at FROM events WHERE position BETWEEN ?1 AND ?2 ORDER BY position"
+)
+"""The business times the ledger derived for the rows just restored."""
 SQL_CACHE_SIZE = "PRAGMA cache_size"
 
 _PROGRESS_EVERY = 10_000
@@ -87,6 +91,7 @@ class _Restore:
         self.manifest_line = 0
         self.pending: list[tuple[Any, ...]] = []
         self.pending_lines: list[int] = []
+        self.pending_occurred: list[str | None] = []
 
     def event(self, obj: dict[str, Any], text: str, n: int) -> None:
         check_fields(obj, n)
@@ -118,6 +123,7 @@ class _Restore:
              data, meta, obj["recorded_at"], obj["hash"])
         )  # fmt: skip
         self.pending_lines.append(n)
+        self.pending_occurred.append(obj.get("occurred_at"))
         if len(self.pending) >= _BATCH:
             self.flush()
         self.versions[stream] = version
@@ -137,8 +143,28 @@ class _Restore:
             line = self.pending_lines[last - self.pending[0][0] + 1]
             reason = str(exc).split("ConstraintError: ")[-1]
             raise RestoreError(f"the ledger refused the event: {reason}", line=line) from None
+        self._check_occurred_at()
         self.pending.clear()
         self.pending_lines.clear()
+        self.pending_occurred.clear()
+
+    def _check_occurred_at(self) -> None:
+        """Each line's ``occurred_at`` (when it has one) is the business time the
+        ledger derives from the row: it is not stored, so a line that says otherwise
+        was edited."""
+        bounds = (self.pending[0][0], self.pending[-1][0])
+        rows = self.conn.execute(SQL_OCCURRED_AT_RANGE, bounds)
+        for (position, derived), given, n in zip(
+            rows, self.pending_occurred, self.pending_lines, strict=True
+        ):
+            if given is not None and given != derived:
+                raise RestoreError(
+                    f"position {position}: occurred_at {given!r} is not the event's business "
+                    f"time {derived!r} (its data's occurred_at, else its recorded_at)",
+                    line=n,
+                    hint="the file was edited after it was exported; nothing was imported. "
+                    "Export the ledger again",
+                )
 
     def finish(self, lines: int) -> RestoreResult:
         self.flush()

@@ -1,6 +1,11 @@
 """Small SQL helpers every layer shares, each written once: the head position
 query, reading one value from a connection, and an event's business time.
 
+Since schema v3 the log has the business time as a column, ``events.occurred_at``
+(migrations/0003_occurred_at.sql, generated from ``business_time('data',
+'recorded_at')``): filters and readers of the log use the column; ``business_time``
+is for SQL over other rows (a body bound as a parameter, a scratch table).
+
 The time helpers are about event bodies (``occurred_at`` in ``data``, else the
 row's ``recorded_at``), so they live here, below everything that reads the log:
 the projections, the SQLite export and the gateway all derive times from them.
@@ -12,7 +17,9 @@ from typing import Any
 
 import apsw
 
-__all__ = ["SQL_HEAD_POSITION", "business_time", "scalar", "utc_text"]
+from hermes_ledger.ledger.clock import format_utc, parse_utc
+
+__all__ = ["SQL_HEAD_POSITION", "business_time", "business_time_of", "scalar", "utc_text"]
 
 SQL_HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM main.events"
 """The newest position in the log, 0 for an empty log.
@@ -52,3 +59,15 @@ def business_time(data: str, recorded_at: str) -> str:
     its ``recorded_at``: ``occurred_at`` (when it happened, in the producer's clock) if
     set, else ``recorded_at``, as UTC text in the format of ``recorded_at``."""
     return f"coalesce({utc_text(f'({data} ->> {_OCCURRED_AT})')}, {recorded_at})"
+
+
+def business_time_of(data: dict[str, Any], recorded_at: str) -> str:
+    """Python: what ``business_time`` gives for a decoded body ``data`` and its
+    ``recorded_at`` text (a row read without its ``occurred_at`` column)."""
+    occurred = data.get("occurred_at")
+    if not isinstance(occurred, str):
+        return recorded_at
+    try:
+        return format_utc(parse_utc(occurred))
+    except ValueError:
+        return recorded_at

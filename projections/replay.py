@@ -46,6 +46,9 @@ SQL_SAVE_CHECKPOINT = (
 )
 SQL_ADVANCE_CHECKPOINT = "UPDATE main.projection_checkpoints SET position = ?2 WHERE name = ?1"
 SQL_TABLE_EXISTS = "SELECT count(*) FROM {schema}.sqlite_schema WHERE type = 'table' AND name = ?1"
+DECODE_RANGE_OCCURRED_BY = DECODE_RANGE + " AND e.occurred_at <= ?3"
+"""``DECODE_RANGE`` keeping only the events that happened at or before ?3 (business
+time): what a replay "as of business time T" folds, in log order."""
 
 EVENT_BODY_FUNCTION = "hermes_event_body"
 
@@ -134,12 +137,19 @@ def replay_range(
     target: Target,
     first: int,
     last: int,
+    occurred_by: str | None = None,
 ) -> None:
-    """Decode events ``first..last`` once, then fold them into each projection."""
+    """Decode events ``first..last`` once, then fold them into each projection.
+
+    With ``occurred_by`` (UTC text), only the events of the range whose business
+    time (``occurred_at``) is at or before it."""
     if last < first:
         return
     bounds = (first, last)
-    conn.execute(DECODE_RANGE, bounds)
+    if occurred_by is None:
+        conn.execute(DECODE_RANGE, bounds)
+    else:
+        conn.execute(DECODE_RANGE_OCCURRED_BY, (*bounds, occurred_by))
     try:
         for projection in projections:
             for sql in projection.sql(target):
@@ -156,12 +166,15 @@ def replay_chunks(
     until: int,
     chunk_size: int,
     progress: Callable[[int, int], None] | None = None,
+    occurred_by: str | None = None,
 ) -> None:
-    """Replay ``after+1..until`` into ``target`` in chunks (one caller-owned transaction)."""
+    """Replay ``after+1..until`` into ``target`` in chunks (one caller-owned transaction);
+    with ``occurred_by``, only the events that happened at or before it (see
+    ``replay_range``)."""
     done = after
     while done < until:
         upto = min(done + chunk_size, until)
-        replay_range(conn, projections, target, done + 1, upto)
+        replay_range(conn, projections, target, done + 1, upto, occurred_by)
         done = upto
         if progress is not None:
             progress(done, until)

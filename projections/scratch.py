@@ -45,9 +45,11 @@ def build_scratch(
     until: int,
     chunk_size: int,
     progress: Callable[[int, int], None] | None = None,
+    occurred_by: str | None = None,
 ) -> None:
-    """Create ``projections``' tables in ``temp`` and replay positions 1..``until``.
+    """Create ``projections``' tables in ``temp`` and replay positions 1..``until``
+    (with ``occurred_by``, only those that happened at or before it).
     (No secondary indexes: nothing here looks rows up by anything but their key.)"""
     for projection in projections:
         create_tables(conn, projection, SCRATCH, indexes=False)
-    replay_chunks(conn, projections, SCRATCH, 0, until, chunk_size, progress)
+    replay_chunks(conn, projections, SCRATCH, 0, until, chunk_size, progress, occurred_by)

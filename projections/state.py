@@ -1,5 +1,10 @@
 """State as of a position or a time: a replay of the log that stops there.
 
+"As of time T" is business time by default: the replay, in log order, of the
+events that happened at or before T (``occurred_at``), so a session imported today
+from last week shows as it was last week. With ``recorded=True`` it is the log as
+it stood at T: the longest prefix of events recorded at or before T.
+
 ``state_at`` replays into scratch tables and hands back plain data; ``live_state``
 reads the live tables into the same shape, so the two can be compared.
 """
@@ -31,6 +36,9 @@ SQL_LAST_POSITION_BY = (
 )
 """The end of the longest prefix of the log recorded at or before ?1."""
 
+SQL_LAST_OCCURRED_BY = "SELECT coalesce(max(position), 0) FROM main.events WHERE occurred_at <= ?1"
+"""The last position among the events that happened at or before ?1."""
+
 
 Row = dict[str, Any]
 
@@ -52,24 +60,33 @@ def state_at(
     *,
     position: int | None = None,
     time: datetime | str | None = None,
+    recorded: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> State:
     """The session map, history and transcripts as they were after ``position``,
-    or after every event recorded at or before ``time`` (the replay stops at the
-    first event recorded later). With neither, as of the current head. Works on
-    read-only ledgers and never touches the live tables.
+    or as of ``time`` (an aware datetime or UTC text as ``parse_time`` gives it).
+    With neither, as of the current head. Works on read-only ledgers and never
+    touches the live tables.
+
+    ``time`` is business time: the replay, in log order, of every event whose
+    ``occurred_at`` is at or before it (``State.position`` is the last of them).
+    With ``recorded``, recorded time: the replay stops at the first event recorded
+    after ``time``.
     """
     if position is not None and time is not None:
         raise ValueError("give position or time, not both")
     if position is not None and position < 0:
         raise ValueError("position must be >= 0")
     with snapshot(ledger) as conn:
-        if time is not None:
-            moment = time if isinstance(time, str) else format_utc(_aware(time))
-            until = int(scalar(conn, SQL_LAST_POSITION_BY, (moment,)))
-        else:
+        occurred_by = None
+        if time is None:
             until = head(conn) if position is None else min(position, head(conn))
-        build_scratch(conn, by_name(), until, chunk_size)
+        elif recorded:
+            until = int(scalar(conn, SQL_LAST_POSITION_BY, (_utc(time),)))
+        else:
+            occurred_by = _utc(time)
+            until = int(scalar(conn, SQL_LAST_OCCURRED_BY, (occurred_by,)))
+        build_scratch(conn, by_name(), until, chunk_size, occurred_by=occurred_by)
         return _read_state(conn, SCRATCH, until)
 
 
@@ -86,10 +103,13 @@ def live_state(ledger: Ledger) -> State:
         return _read_state(conn, LIVE, min(positions))
 
 
-def _aware(moment: datetime) -> datetime:
+def _utc(moment: datetime | str) -> str:
+    """``moment`` as UTC text in the format of the log's time columns."""
+    if isinstance(moment, str):
+        return moment
     if moment.tzinfo is None:
         raise ValueError(f"time must be timezone-aware, not naive {moment!r}")
-    return moment
+    return format_utc(moment)
 
 
 def _rows(conn: apsw.Connection, target: Target, table: TableSpec) -> list[Row]:

@@ -43,8 +43,9 @@ K2 = "agent:main:discord:group:5:7"
 EXPORTED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 FIELDS = [
     "position", "event_id", "stream", "version", "type", "session_id", "data", "meta",
-    "recorded_at", "hash",
+    "recorded_at", "occurred_at", "hash",
 ]  # fmt: skip
+HASH = FIELDS.index("hash")
 
 
 def history(led: Ledger, clock: ManualClock) -> None:
@@ -89,7 +90,7 @@ def filled(led: Ledger, clock: ManualClock) -> Ledger:
 
 def rows(path: Path) -> list[tuple[Any, ...]]:
     with Ledger.open(path, readonly=True) as led:
-        return led.query("SELECT * FROM events ORDER BY position")
+        return led.query(f"SELECT {', '.join(FIELDS)} FROM events ORDER BY position")
 
 
 def jsonl(led: Ledger, events: EventFilter | None = None) -> list[dict[str, Any]]:
@@ -131,14 +132,14 @@ def test_jsonl_has_one_line_per_event_with_every_column_then_a_manifest(
             "count": 8,
             "first_position": 1,
             "last_position": 8,
-            "last_hash": stored[-1][9],
+            "last_hash": stored[-1][HASH],
             "filters": {},
             "exported_at": "2026-11-23T12:00:00.000000Z",
             "generator": manifest.generator,
         }
     }
     assert manifest == ExportManifest(
-        "jsonl", 8, 1, 8, stored[-1][9], {}, "2026-11-23T12:00:00.000000Z", manifest.generator
+        "jsonl", 8, 1, 8, stored[-1][HASH], {}, "2026-11-23T12:00:00.000000Z", manifest.generator
     )
     assert manifest.generator.startswith("hermes-ledger ")
 
@@ -435,12 +436,12 @@ def test_cli_export_errors_say_what_to_do(
         1,
         "Error: the 'sqlite' format needs an output file\nTry: pass -o FILE (e.g. -o export.db)\n",
     )
-    result = cli("export", "--db", str(db_path), "--since", "yesterday")
+    result = cli("export", "--db", str(db_path), "--since", "the day before")
     assert result.exit_code == 2  # bad input: a usage error
     assert result.output == (
-        "Error: cannot read 'yesterday' as a time\n"
-        "Try: give an ISO-8601 time (2026-11-22 or 2026-11-22T09:30Z) "
-        "or a duration ago (30m, 2h, 7d)\n"
+        "Error: cannot read 'the day before' as a time\n"
+        "Try: give --since an ISO-8601 time (2026-11-22, 2026-11-22T09:30, with Z or an offset"
+        " like +01:00), a duration ago (30s, 15m, 2h, 7d, 1w), now, today or yesterday\n"
     )
     missing = tmp_path / "missing.db"
     result = cli("export", "--db", str(missing))

@@ -284,7 +284,7 @@ def _v1_ledger(path: Path, *, constructor_tables: bool) -> None:
     """A ledger as the previous version left it: schema v1 (migration 2 taken back
     out of a new ledger), one session that ended, and (``constructor_tables``) the
     gateway tables its constructors created, with rows."""
-    with Ledger.open(path) as led:
+    with Ledger.open(path, migrations=load_migrations()[:2]) as led:
         source = Source(platform="cli")
         led.append("k", [SessionStarted(session_id="s", source=source)])
         led.append("k", [SessionEnded(session_id="s", reason="shutdown")])

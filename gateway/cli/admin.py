@@ -10,13 +10,14 @@ import click
 from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
 from hermes_ledger.gateway.cli.output import print_json, size_text
 from hermes_ledger.gateway.cli.plugin import plugin_status_for, print_plugin_status
+from hermes_ledger.gateway.cli.times import Zone, show_time_and_age, tz_option
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.ledger import admin
 
 __all__ = ["init_cmd", "status_cmd"]
 
 
-def _print_status(st: admin.LedgerStatus, plugin: dict[str, Any] | None = None) -> None:
+def _print_status(st: admin.LedgerStatus, zone: Zone, plugin: dict[str, Any] | None = None) -> None:
     schema = f"v{st.schema_version}"
     if st.schema_version == st.latest_schema_version:
         schema += " (up to date)"
@@ -26,8 +27,8 @@ def _print_status(st: admin.LedgerStatus, plugin: dict[str, Any] | None = None) 
         ("events", f"{st.events} (head position {st.head})"),
         ("streams", str(st.streams)),
         ("sessions", str(st.sessions)),
-        ("first event", st.first_recorded_at or "-"),
-        ("last event", st.last_recorded_at or "-"),
+        ("first event", show_time_and_age(st.first_recorded_at, zone)),
+        ("last event", show_time_and_age(st.last_recorded_at, zone)),
         ("size", size_text(st.size_bytes)),
     ]
     width = max(len(k) for k, _ in rows) + 1
@@ -57,10 +58,14 @@ def init_cmd(db: Path | None, as_json: bool) -> None:
 
 @click.command("status")
 @db_option
+@tz_option
 @json_option
 @reports_errors
-def status_cmd(db: Path | None, as_json: bool) -> None:
+def status_cmd(db: Path | None, tz: Zone, as_json: bool) -> None:
     """Show where the ledger is and what it holds.
+
+    The first and last event are when they were recorded, in UTC (or in --tz's
+    zone, else $TZ's), with how long ago; --json gives the UTC times alone.
 
     With the Hermes plugin enabled in the home, also the records waiting in its
     spool and whether a backfill is due.
@@ -71,4 +76,4 @@ def status_cmd(db: Path | None, as_json: bool) -> None:
     if as_json:
         print_json(st.to_dict() if plugin is None else {**st.to_dict(), "plugin": plugin})
     else:
-        _print_status(st, plugin)
+        _print_status(st, tz, plugin)

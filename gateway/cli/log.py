@@ -34,6 +34,7 @@ from hermes_ledger.gateway.cli.output import (
     print_table,
     progress_bar,
 )
+from hermes_ledger.gateway.cli.times import TIME, Zone, recorded_option, show_time, tz_option
 from hermes_ledger.gateway.config import paths
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.ledger import Ledger, LedgerError, Recorded
@@ -43,10 +44,10 @@ from hermes_ledger.ledger.query import (
     DEFAULT_SQL_TIMEOUT,
     EventFilter,
     list_events,
-    parse_time,
     run_sql,
 )
 from hermes_ledger.ledger.restore import import_jsonl
+from hermes_ledger.ledger.sql import business_time_of
 
 __all__ = ["backfill_cmd", "events_cmd", "export_cmd", "import_cmd", "schema_cmd", "sql_cmd"]
 
@@ -61,8 +62,13 @@ def filter_options(fn: F) -> F:
         click.option(
             "--type", "types", multiple=True, metavar="TYPE", help="Only this event type (repeat)."
         ),
-        click.option("--since", metavar="TIME", help="Recorded at or after TIME (ISO-8601, 2h…)."),
-        click.option("--until", metavar="TIME", help="Recorded before TIME."),
+        click.option(
+            "--since",
+            type=TIME,
+            help="Happened at or after TIME (ISO-8601, 2h, 7d, today…; see --recorded).",
+        ),
+        click.option("--until", type=TIME, help="Happened before TIME."),
+        recorded_option,
         click.option("--from", "from_position", type=count_range(1), help="From this position on."),
         click.option("--to", "to_position", type=count_range(1), help="Up to this position."),
     ]
@@ -72,19 +78,18 @@ def filter_options(fn: F) -> F:
 
 
 def _event_filter(options: dict[str, Any]) -> EventFilter:
+    """The filter ``filter_options`` describe (``--since``/``--until`` are already
+    UTC text: the ``TIME`` type read them)."""
     return EventFilter(
         session_key=options.pop("session_key"),
         session_id=options.pop("session_id"),
         types=tuple(options.pop("types")),
-        since=_time(options.pop("since")),
-        until=_time(options.pop("until")),
+        since=options.pop("since"),
+        until=options.pop("until"),
+        recorded=options.pop("recorded"),
         from_position=options.pop("from_position"),
         to_position=options.pop("to_position"),
     )
-
-
-def _time(text: str | None) -> str | None:
-    return None if text is None else parse_time(text)
 
 
 @contextmanager
@@ -102,9 +107,12 @@ def _output_closed_quietly() -> Iterator[None]:
 # -- events ----------------------------------------------------------------------
 
 
-def _event_line(rec: Recorded) -> str:
+def _event_line(rec: Recorded, zone: Zone, recorded: bool = False) -> str:
+    """One event as ``events`` prints it: its business time (its recorded time with
+    ``recorded``) in ``zone``."""
+    when = rec.recorded_at_text if recorded else business_time_of(rec.data, rec.recorded_at_text)
     return (
-        f"{rec.position:>8}  {rec.recorded_at_text}  {rec.type:<20}  "
+        f"{rec.position:>8}  {show_time(when, zone)}  {rec.type:<20}  "
         f"{rec.stream} v{rec.version}  {rec.session_id or '-'}"
     )
 
@@ -119,9 +127,11 @@ def _event_line(rec: Recorded) -> str:
 @click.option("-f", "--follow", is_flag=True, help="Then print new events as they come (Ctrl-C).")
 @click.option("--poll-interval", type=Seconds(), default=0.5, hidden=True)
 @click.option("--follow-timeout", type=Seconds(min=0), hidden=True)
+@tz_option
 @json_option
 @reports_errors
 def events_cmd(
+    tz: Zone,
     db: Path | None,
     limit: int | None,
     tail: int | None,
@@ -134,8 +144,10 @@ def events_cmd(
     """List events, oldest first; --follow for new ones.
 
     \b
-    One line per event: position, recorded_at, type, session key and version,
-    session id. --json prints one JSON object per line (every column).
+    One line per event: position, time (when it happened at the gateway; with
+    --recorded, when it was recorded), type, session key and version, session id.
+    Times are UTC unless --tz or $TZ names a zone. --json prints one JSON object
+    per line (every column, times in UTC).
     --tail N shows the newest N matching events (e.g. --tail 20 -f, like
     tail -f); when --limit leaves events out, a note on stderr says how many.
     """
@@ -165,7 +177,7 @@ def events_cmd(
                 if as_json:
                     print_json_line(rec.to_dict())
                 else:
-                    click.echo(_event_line(rec))
+                    click.echo(_event_line(rec, tz, events.recorded))
         except KeyboardInterrupt:
             if not follow:
                 raise
@@ -192,15 +204,20 @@ def events_cmd(
     type=click.Path(allow_dash=True, path_type=Path),
     help="Write to FILE (created owner-only; .gz compresses) instead of stdout (-).",
 )
+@tz_option
 @reports_errors
-def export_cmd(db: Path | None, fmt: str | None, output: Path | None, **filters: Any) -> None:
+def export_cmd(
+    tz: Zone, db: Path | None, fmt: str | None, output: Path | None, **filters: Any
+) -> None:
     """Export events as JSONL, CSV or SQLite.
 
     \b
     JSONL (the default) has one event per line, every column as stored, and ends
     with a manifest line (count, first and last position, last hash):
-    `hermes-ledger import` restores it exactly. --format sqlite writes a database
-    with the events and a full-text index over the messages.
+    `hermes-ledger import` restores it exactly. Every form has both times:
+    recorded_at (when appended) and occurred_at (when it happened), in UTC;
+    --tz only says how --since/--until without a zone are read. --format sqlite
+    writes a database with the events and a full-text index over the messages.
     """
     events = _event_filter(filters)
     path = resolve_ledger_path(db)
