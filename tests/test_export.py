@@ -468,4 +468,4 @@ def test_a_progress_bar_when_stderr_is_a_terminal(
         [installed_script(), "export", "--db", str(db_path), "-o", str(target)], "stderr"
     )
     assert (done.returncode, done.stdout) == (0, f"Exported 8 events (positions 1-8) to {target}\n")
-    assert b"Exporting" in shown and b"100%" in shown, shown
+    assert b"exporting" in shown and b"100%" in shown, shown

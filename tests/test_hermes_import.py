@@ -744,7 +744,12 @@ def test_a_progress_bar_when_stderr_is_a_terminal(home: StandardHome, tmp_path: 
     )
     assert done.returncode == 0
     assert done.stdout.startswith(f"Imported 64 events from {home.path} into {db}")
-    assert b"Importing Hermes sessions" in shown and b"100%" in shown, shown
+    assert b"importing" in shown and b"100%" in shown, shown
+    # No bar with --json (the output is for a script).
+    done, shown = run_on_terminal(
+        [script, "import", "--from-hermes", str(home.path), "--db", str(db), "--json"], "stderr"
+    )
+    assert done.returncode == 0 and b"importing" not in shown, shown
 
 
 def test_sources_and_keys_the_ledger_cannot_use_as_they_are(tmp_path: Path, led: Ledger) -> None:

@@ -223,7 +223,7 @@ def export_cmd(
     path = resolve_ledger_path(db)
     if output is not None and str(output) == "-":
         output = None
-    with progress_bar("Exporting") as progress, _output_closed_quietly():
+    with progress_bar("exporting") as progress, _output_closed_quietly():
         manifest = export(
             path,
             output,
@@ -292,7 +292,10 @@ def import_cmd(
             "hermes-ledger export --db OLD.db | hermes-ledger import --db NEW.db",
         )
     path = resolve_ledger_path(db)
-    result = import_jsonl(path, source, stdin=sys.stdin.buffer)
+    # The export's length is only known at its manifest line: the bar counts events.
+    with progress_bar("importing", show=not as_json) as progress:
+        counted = None if progress is None else (lambda count: progress(count, -1))
+        result = import_jsonl(path, source, stdin=sys.stdin.buffer, progress=counted)
     if as_json:
         restored = {
             "ledger": str(path),
@@ -321,7 +324,7 @@ def _import_hermes(hermes_home: Path, db: Path | None, as_json: bool) -> None:
     with (
         open_hermes_home(hermes_home) as home,
         Ledger.open(resolve_ledger_path(db)) as led,
-        progress_bar("Importing Hermes sessions") as progress,
+        progress_bar("importing", show=not as_json) as progress,
     ):
         # The home's own ledger.redact_tools, as live capture of that home applies it,
         # so an import and the plugin store the same events.

@@ -26,7 +26,6 @@ __all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="hermes-ledger")
 def cli() -> None:
     """The session ledger: an append-only event log of every chat session.
 
@@ -61,6 +60,20 @@ for _command in (
     hooks.hooks_group,
 ):
     cli.add_command(_command)
+
+
+def _add_version_options(command: click.Command) -> None:
+    """``--version`` on ``command`` and every command under it (``hermes-ledger hooks
+    --version`` too, and so ``hermes ledger … --version``), added here once rather
+    than by each command."""
+    if not any("--version" in param.opts for param in command.params):
+        click.version_option(package_name="hermes-ledger", prog_name="hermes-ledger")(command)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_version_options(sub)
+
+
+_add_version_options(cli)
 
 
 def main() -> None:  # pragma: no cover - console entry point
