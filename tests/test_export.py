@@ -223,9 +223,9 @@ def test_sqlite_export_has_events_messages_and_full_text_search(
         assert found == [(2, K1, "user", "héllo\nworld"), (4, K1, "assistant", "hi")]
         columns = [c[1] for c in db.execute("PRAGMA table_info(messages)")]
         assert columns == [
-            "position", "session_id", "session_key", "role", "content", "tool_calls",
-            "tool_name", "tool_call_id", "input_tokens", "output_tokens",
-            "platform_message_id", "ts",
+            "position", "session_id", "session_key", "role", "content", "user_id",
+            "user_name", "tool_calls", "tool_name", "tool_call_id", "input_tokens",
+            "output_tokens", "platform_message_id", "ts",
         ]  # fmt: skip
         (info,) = db.execute(
             "SELECT format, export_format, count, last_hash, filters FROM export_manifest"

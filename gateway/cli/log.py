@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -191,6 +192,12 @@ def events_cmd(
 @db_option
 @filter_options
 @click.option(
+    "--user",
+    metavar="ID",
+    help="Only what is about this user id: the messages they sent (in any session)"
+    " and the sessions they started.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
@@ -219,7 +226,8 @@ def export_cmd(
     --tz only says how --since/--until without a zone are read. --format sqlite
     writes a database with the events and a full-text index over the messages.
     """
-    events = _event_filter(filters)
+    user = filters.pop("user")
+    events = replace(_event_filter(filters), user=user)
     path = resolve_ledger_path(db)
     if output is not None and str(output) == "-":
         output = None

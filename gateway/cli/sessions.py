@@ -117,14 +117,22 @@ def history_cmd(session_key: str, db: Path | None, as_json: bool) -> None:
 @json_option
 @reports_errors
 def transcript_cmd(session_id: str, db: Path | None, as_json: bool) -> None:
-    """The messages of one session, in order."""
+    """The messages of one session, in order.
+
+    When its messages name more than one person (a group session), each user
+    message shows who spoke. --json gives user_id and user_name where known.
+    """
     with reports.open_existing(resolve_ledger_path(db)) as led:
         messages = reports.transcript(led, session_id)
     if as_json:
         print_json(messages)
         return
+    speakers = {m.get("user_id") or m.get("user_name") for m in messages} - {None}
     for message in messages:
         text = message["content"] if message["content"] is not None else ""
+        speaker = message.get("user_name") or message.get("user_id")
+        if len(speakers) > 1 and speaker is not None:
+            text = f"{speaker}: {text}"
         if "tool_calls" in message:
             names = [c.get("function", {}).get("name", "?") for c in message["tool_calls"]]
             text = (text + " " if text else "") + f"[calls {', '.join(names)}]"

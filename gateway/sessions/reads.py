@@ -53,7 +53,8 @@ def read_key_state(ledger: Ledger, key: str) -> KeyState:
 # columns as ``ledger.transcript`` declares them.
 _ALWAYS = ("role", "content")
 _WHEN_SET = ("tool_calls", "tool_name", "tool_call_id")
-_READ = (*_ALWAYS, "ts", *_WHEN_SET)
+_SPEAKER = ("user_id", "user_name")
+_READ = (*_ALWAYS, "ts", *_WHEN_SET, *_SPEAKER)
 _JSON = frozenset(name for name in _READ if transcript_column(name).json)
 SQL_TRANSCRIPT = (
     f"SELECT {transcript_names(_READ)} FROM {MESSAGES.name}"
@@ -61,15 +62,19 @@ SQL_TRANSCRIPT = (
 )
 
 
-def load_transcript(ledger: Ledger, session_id: str) -> list[dict[str, Any]]:
+def load_transcript(
+    ledger: Ledger, session_id: str, *, speakers: bool = False
+) -> list[dict[str, Any]]:
     """The session's messages in order, synthetic flush turns excluded (Hermes shape:
-    role, content, timestamp, and tool_calls / tool_name / tool_call_id when set)."""
+    role, content, timestamp, and tool_calls / tool_name / tool_call_id when set;
+    with ``speakers``, who spoke too: user_id / user_name when set)."""
+    shown = (*_WHEN_SET, *_SPEAKER) if speakers else _WHEN_SET
     out = []
     for row in ledger.query(SQL_TRANSCRIPT, (session_id,)):
         values = dict(zip(_READ, row, strict=True))
         message: dict[str, Any] = {name: values[name] for name in _ALWAYS}
         message["timestamp"] = values["ts"]
-        for name in _WHEN_SET:
+        for name in shown:
             value = values[name]
             if value is not None:
                 message[name] = json.loads(value) if name in _JSON else value

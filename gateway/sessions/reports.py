@@ -82,13 +82,14 @@ def history(ledger: Ledger, session_key: str) -> list[dict[str, Any]]:
 
 
 def transcript(ledger: Ledger, session_id: str) -> list[dict[str, Any]]:
-    """A session's messages in order (synthetic flush turns excluded)."""
+    """A session's messages in order (synthetic flush turns excluded), with who
+    spoke (user_id, user_name) where known."""
     if not ledger.query(SQL_SESSION_KNOWN, (session_id,)):
         raise LedgerError(
             f"no session with id {session_id!r}",
             hint="find ids with `hermes-ledger sessions` or `hermes-ledger history KEY`",
         )
-    return load_transcript(ledger, session_id)
+    return load_transcript(ledger, session_id, speakers=True)
 
 
 _HINT_CHAIN = (
