@@ -17,6 +17,7 @@ from hermes_ledger.gateway.cli import (
     hooks,
     log,
     plugin,
+    report,
     run,
     search,
     sessions,
@@ -58,6 +59,7 @@ for _command in (
     run.run_cmd,
     run.demo_cmd,
     hooks.hooks_group,
+    report.report_cmd,
 ):
     cli.add_command(_command)
 
