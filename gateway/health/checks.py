@@ -54,8 +54,9 @@ SQL_STUCK_CLOSING = (
 )
 """Sessions whose close began (their cause is recorded) before the cut-off."""
 SQL_OVERDUE = (
-    "SELECT session_key, session_id, deadline FROM session_deadlines"
-    " WHERE reason <> 'finish' AND deadline <= ? ORDER BY deadline"
+    "SELECT d.session_key, d.session_id, d.deadline FROM session_deadlines AS d"
+    " JOIN session_map AS m ON m.session_key = d.session_key AND m.session_id = d.session_id"
+    " WHERE m.status = 'open' AND d.deadline <= ? ORDER BY d.deadline"
 )
 """Sessions whose expiry was due before the cut-off and that no tick has closed."""
 SQL_HAS_SESSION_MAP = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?"
