@@ -119,7 +119,7 @@ def _print_hermes_side(hooks_dir: Path, hooks: tuple[HermesSideHook, ...]) -> No
 @click.pass_context
 @reports_errors
 def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_json: bool) -> None:
-    """List hooks, what they subscribe to, pending deliveries and dead letters.
+    """List hooks, their pending deliveries and dead letters.
 
     \b
     A hook is a directory under $HERMES_HOME/hooks with HOOK.yaml (name,
