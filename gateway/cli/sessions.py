@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from hermes_ledger import projections
+from hermes_ledger.gateway.cli import times
 from hermes_ledger.gateway.cli.filters import TIME, VALUE, platform_option, user_option
 from hermes_ledger.gateway.cli.options import (
     LedgerCommandError,
@@ -18,21 +19,28 @@ from hermes_ledger.gateway.cli.options import (
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import print_json, print_table, progress_bar
+from hermes_ledger.gateway.cli.times import Zone, recorded_option, show_time, tz_option
 from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger_path
 from hermes_ledger.gateway.sessions import reports
 from hermes_ledger.gateway.sessions.listing import SESSION_STATUSES, SessionFilter
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.anchors import Witness
-from hermes_ledger.ledger.clock import format_utc, parse_utc
 
 __all__ = ["history_cmd", "replay_cmd", "sessions_cmd", "transcript_cmd", "verify_cmd"]
 
 
-def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool, zone: Zone) -> None:
+    """``--json``: the rows as they are (UTC times); else a table, its times (the
+    ``…_at`` columns) shown in ``zone``."""
     if as_json:
         print_json(rows)
     elif rows:
-        print_table(columns, [tuple(r.get(c) for c in columns) for r in rows])
+        print_table(columns, [tuple(_cell(r, c, zone) for c in columns) for r in rows])
+
+
+def _cell(row: dict[str, Any], column: str, zone: Zone) -> Any:
+    value = row.get(column)
+    return show_time(value, zone) if column.endswith("_at") and value is not None else value
 
 
 @click.command("sessions")
@@ -57,9 +65,11 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None
               help="Only sessions that ended so (idle_expiry, daily_reset, manual_reset…);"
               " implies --all.")  # fmt: skip
 @click.option("--limit", type=count_range(1), default=1000, show_default=True)
+@tz_option
 @json_option
 @reports_errors
 def sessions_cmd(
+    tz: Zone,
     db: Path | None,
     all_: bool,
     statuses: tuple[str, ...],
@@ -92,15 +102,16 @@ def sessions_cmd(
         plain = which == SessionFilter(all_=all_)
         click.echo(("No open sessions." if not all_ else "No sessions.") if plain else
                    "No sessions match.")  # fmt: skip
-    _emit(rows, columns, as_json)
+    _emit(rows, columns, as_json, tz)
 
 
 @click.command("history")
 @click.argument("session_key")
 @db_option
+@tz_option
 @json_option
 @reports_errors
-def history_cmd(session_key: str, db: Path | None, as_json: bool) -> None:
+def history_cmd(session_key: str, db: Path | None, tz: Zone, as_json: bool) -> None:
     """A key's sessions, oldest first, and endings.
 
     Every session (transcript) SESSION_KEY has had, with how each one ended.
@@ -108,7 +119,7 @@ def history_cmd(session_key: str, db: Path | None, as_json: bool) -> None:
     with reports.open_existing(resolve_ledger_path(db)) as led:
         rows = reports.history(led, session_key)
     columns = ["session_id", "started_at", "ended_at", "end_reason", "message_count"]
-    _emit(rows, columns, as_json)
+    _emit(rows, columns, as_json, tz)
 
 
 @click.command("transcript")
@@ -143,21 +154,33 @@ def transcript_cmd(session_id: str, db: Path | None, as_json: bool) -> None:
 
 @click.command("replay")
 @db_option
-@click.option("--at", "at", metavar="TIME", help="Show the session map as of this time.")
+@click.option(
+    "--at", "at", type=times.TIME, help="Show the session map as of TIME (see --recorded)."
+)
 @click.option("--to", "to", type=count_range(0), metavar="POSITION",
               help="Show the session map as of this position.")  # fmt: skip
+@recorded_option
+@tz_option
 @json_option
 @reports_errors
-def replay_cmd(db: Path | None, at: str | None, to: int | None, as_json: bool) -> None:
+def replay_cmd(
+    db: Path | None, at: str | None, to: int | None, recorded: bool, tz: Zone, as_json: bool
+) -> None:
     """Rebuild projections, or show a past state.
 
     \b
     Without options, replays every event into fresh tables and swaps them in.
-    With --at TIME (ISO-8601) or --to POSITION, prints the session map as it
-    was then, without changing anything.
+    With --at TIME or --to POSITION, prints the session map as it was then,
+    without changing anything. TIME is read as --since is (2026-11-22T09:30Z,
+    3d, yesterday…) and is business time: the events that happened by then at
+    the gateway, in log order, so a session imported today from last week shows
+    as it was last week. --recorded: the log as it stood at TIME instead (the
+    events recorded by then).
     """
     if at is not None and to is not None:
         raise click.UsageError("give --at or --to, not both")
+    if recorded and at is None:
+        raise click.UsageError("--recorded says how --at is read: give --at TIME with it")
     with reports.open_existing(resolve_ledger_path(db)) as led:
         if at is None and to is None:
             with progress_bar("replaying") as progress:
@@ -167,26 +190,20 @@ def replay_cmd(db: Path | None, at: str | None, to: int | None, as_json: bool) -
             else:
                 click.echo(str(report))
             return
-        moment = None
-        if at is not None:
-            try:
-                moment = parse_utc(at)
-            except ValueError:
-                raise LedgerCommandError(
-                    f"--at {at!r} is not an ISO-8601 time", "e.g. --at 2026-11-22T09:30:00Z"
-                ) from None
-        state = projections.state_at(led, position=to, time=moment)
+        state = projections.state_at(led, position=to, time=at, recorded=recorded)
     rows = sorted(state.session_map.values(), key=lambda r: r["session_key"])
     if as_json:
         print_json({"position": state.position, "session_map": rows})
         return
-    when = f"time {format_utc(moment)}" if moment else f"position {state.position}"
+    kind = "recorded" if recorded else "business"
+    when = f"{kind} time {show_time(at, tz)}" if at else f"position {state.position}"
     click.echo(f"Session map as of {when} (position {state.position}):")
     if rows:
         print_table(
             ["session_key", "session_id", "status", "updated_at"],
-            [(r["session_key"], r["session_id"], r["status"], r["updated_at"]) for r in rows],
-        )
+            [(r["session_key"], r["session_id"], r["status"], show_time(r["updated_at"], tz))
+             for r in rows],
+        )  # fmt: skip
     else:
         click.echo("(no sessions)")
 
