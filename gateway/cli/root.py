@@ -20,6 +20,7 @@ from hermes_ledger.gateway.cli import (
     report,
     run,
     search,
+    serve,
     sessions,
 )
 
@@ -58,6 +59,7 @@ for _command in (
     run.tick_cmd,
     run.run_cmd,
     run.demo_cmd,
+    serve.serve_cmd,
     hooks.hooks_group,
     report.report_cmd,
 ):

@@ -50,7 +50,8 @@ def _line(hit: SearchHit, color: bool, widths: tuple[int, int]) -> str:
 @click.option("--since", type=TIME, help="Messages at or after TIME (ISO-8601 or 2h, 7d…).")
 @click.option("--until", type=TIME, help="Messages before TIME.")
 @click.option("--order", type=click.Choice(SEARCH_ORDERS), default="newest", show_default=True,
-              help="newest: latest first; relevance: best match first (FTS5 rank).")  # fmt: skip
+              help="newest: latest first; relevance: best match first (FTS5's bm25, which"
+              " ranks every match: slow for very common words in a big ledger).")  # fmt: skip
 @click.option("--limit", type=count_range(1), default=20, show_default=True)
 @json_option
 @reports_errors
