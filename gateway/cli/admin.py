@@ -1,4 +1,5 @@
-"""``hermes-ledger init / status``: create the ledger file, and say what it holds."""
+"""``hermes-ledger init / status / vacuum``: create the ledger file, say what it
+holds, and return its free pages to the disk."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from typing import Any
 
 import click
 
-from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
-from hermes_ledger.gateway.cli.output import print_json, size_text
+from hermes_ledger.gateway.cli.options import Seconds, db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.output import print_json, print_report, progress_bar, size_text
 from hermes_ledger.gateway.cli.plugin import plugin_status_for, print_plugin_status
 from hermes_ledger.gateway.cli.times import Zone, show_time_and_age, tz_option
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.ledger import admin
 
-__all__ = ["init_cmd", "status_cmd"]
+__all__ = ["init_cmd", "status_cmd", "vacuum_cmd"]
 
 
 def _print_status(st: admin.LedgerStatus, zone: Zone, plugin: dict[str, Any] | None = None) -> None:
@@ -30,12 +31,22 @@ def _print_status(st: admin.LedgerStatus, zone: Zone, plugin: dict[str, Any] | N
         ("first event", show_time_and_age(st.first_recorded_at, zone)),
         ("last event", show_time_and_age(st.last_recorded_at, zone)),
         ("size", size_text(st.size_bytes)),
+        ("free pages", _free_text(st)),
     ]
     width = max(len(k) for k, _ in rows) + 1
     for key, value in rows:
         click.echo(f"{key + ':':<{width}} {value}")
     if plugin is not None:
         print_plugin_status(plugin, width)
+
+
+def _free_text(st: admin.LedgerStatus) -> str:
+    if not st.free_pages:
+        return "0"
+    return (
+        f"{st.free_pages} ({size_text(st.free_bytes)}; reused by later writes, "
+        "returned to the disk by `hermes-ledger vacuum`)"
+    )
 
 
 @click.command("init")
@@ -77,3 +88,37 @@ def status_cmd(db: Path | None, tz: Zone, as_json: bool) -> None:
         print_json(st.to_dict() if plugin is None else {**st.to_dict(), "plugin": plugin})
     else:
         _print_status(st, tz, plugin)
+
+
+@click.command("vacuum")
+@db_option
+@click.option(
+    "--wait",
+    type=Seconds(),
+    default=admin.DEFAULT_VACUUM_WAIT,
+    show_default=True,
+    help="How long to wait for another process's write lock before refusing.",
+)
+@json_option
+@reports_errors
+def vacuum_cmd(db: Path | None, wait: float, as_json: bool) -> None:
+    """Return the ledger's free pages to the disk (VACUUM).
+
+    \b
+    A replay leaves the old projection tables' pages free: later writes reuse
+    them, but the file does not shrink. `status` shows how many there are.
+    vacuum rewrites the file without them, in place and atomically (an
+    interrupted vacuum leaves the ledger as it was), after checking that there
+    is free disk space for it (about the size of the ledger, twice when the
+    temporary directory is on the same disk).
+
+    \b
+    Beside a running gateway: readers go on; writers wait until it is done, up
+    to their busy timeout (30 s), which a ledger of several GiB can exceed: stop
+    the gateway first for those (the Hermes plugin keeps what it captures in its
+    spool meanwhile). If another process holds the write lock for more than
+    --wait seconds, vacuum refuses and changes nothing.
+    """
+    with progress_bar("vacuuming", show=not as_json) as progress:
+        report = admin.vacuum(resolve_ledger_path(db), wait=wait, progress=progress)
+    print_report(report, as_json)

@@ -41,6 +41,7 @@ def cli() -> None:
 for _command in (
     admin.init_cmd,
     admin.status_cmd,
+    admin.vacuum_cmd,
     log.events_cmd,
     log.export_cmd,
     log.import_cmd,
