@@ -122,7 +122,7 @@ SESSIONS = Projection(
 
 TRANSCRIPTS = Projection(
     name="transcripts",
-    version=2,  # 2: messages gained user_id and user_name (who spoke)
+    version=2,  # 2: messages gained user_id and user_name; messages_fts as sqlite-utils declares it
     tables=(MESSAGES, MESSAGES_FTS),
     statements=TRANSCRIPTS_STATEMENTS,
 )

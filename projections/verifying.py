@@ -81,7 +81,7 @@ class VerifyReport:
     def __str__(self) -> str:
         at = ", ".join(f"{name} at {pos}" for name, pos in self.positions.items())
         if self.ok:
-            counts = ", ".join(f"{n} {t} rows" for t, n in self.rows.items())
+            counts = "rows: " + ", ".join(f"{n} {t}" for t, n in self.rows.items())
             counts += "".join(
                 f"; full-text index {t}: {n} distinct terms" for t, n in self.terms.items()
             )

@@ -1,0 +1,64 @@
+"""``hermes-ledger serve``: browse the ledger in a browser (Datasette, read-only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hermes_ledger.gateway.cli.options import db_option, reports_errors
+from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.web import server
+
+__all__ = ["serve_cmd"]
+
+
+@click.command("serve")
+@db_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on: a loopback address unless --allow-remote.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8001,
+    show_default=True,
+    help="Port to listen on (0: any free port; the URL line says which).",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow a --host other machines can reach: they can read every transcript.",
+)
+@reports_errors
+def serve_cmd(db: Path | None, host: str, port: int, allow_remote: bool) -> None:
+    """Browse sessions, transcripts and audit reports in a browser.
+
+    \b
+    Runs Datasette (the `web` extra: pip install 'hermes-ledger[web]') on the
+    ledger, read-only: the tables and views with their descriptions, the audit
+    queries of docs/sql.md as canned queries, and full-text search on messages.
+    A running gateway's appends show on the next page load. Listens on
+    127.0.0.1 only, unless --allow-remote. Ctrl-C stops it. See docs/browse.md.
+    """
+    if not server.is_loopback(host):
+        if not allow_remote:
+            raise click.BadParameter(
+                f"{host!r} is not a loopback address: other machines could read every"
+                " transcript (add --allow-remote to mean it)",
+                param_hint="'--host'",
+            )
+        click.echo(
+            f"Warning: serving the ledger on {host}: anyone who can reach this port reads"
+            " every session and transcript, without a password",
+            err=True,
+        )
+    path = resolve_ledger_path(db)
+
+    def ready(url: str) -> None:
+        click.echo(f"Serving {path} read-only at {url} (Ctrl-C stops)")
+
+    server.serve(path, host=host, port=port, ready=ready)
