@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 from collections.abc import Callable
@@ -190,3 +191,17 @@ def test_highlight_on_a_terminal(ledger_db: Path, tmp_path: Path) -> None:
     text = shown.decode()
     assert "\x1b[33m\x1b[1mcafé\x1b[0m" in text
     assert "[café]" not in text and "the deploy failed on the " in text
+
+
+def test_the_documented_search_query_finds_what_the_library_finds(ledger_db: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sql.md").read_text()
+    found = re.search(r"```sql\n-- filter: search_newest_first\n(.*?)```", doc, re.S)
+    assert found, "docs/sql.md has no query 'search_newest_first'"
+    with reports.open_existing(ledger_db) as led:
+        documented = led.query(found.group(1), {"query": "deploy", "platform": "telegram"})
+        hits = search_messages(led, "deploy", SearchFilter(platform="telegram"))
+    assert documented == [(h.session_key, h.session_id, h.role, h.ts, h.marked()) for h in hits]
+    assert [row[4] for row in documented] == [
+        "I will retry the [deploy] now",
+        "the [deploy] failed on the café server",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,3 +177,25 @@ def test_library_filter(ledger_db: Path) -> None:
         SessionFilter(statuses=("done",))
     with pytest.raises(InvalidInputError, match="the platform filter is empty"):
         SessionFilter(platform="")
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
+
+
+def doc_query(name: str) -> str:
+    """The ``-- filter: name`` query of docs/sql.md's filtering section."""
+    found = re.search(rf"```sql\n-- filter: {name}\n(.*?)```", DOC.read_text(), re.S)
+    assert found, f"docs/sql.md has no query {name!r}"
+    return found.group(1)
+
+
+def test_the_documented_filter_query_lists_what_the_library_lists(ledger_db: Path) -> None:
+    since = "2026-11-22T09:00:00.000000Z"
+    with reports.open_existing(ledger_db) as led:
+        documented = led.query(
+            doc_query("sessions_on_a_platform_since"), {"platform": "telegram", "since": since}
+        )
+        ours = list_sessions(led, SessionFilter(platform="telegram", since=since, all_=True))
+    fields = ("session_key", "session_id", "status", "user_name", "end_reason", "updated_at")
+    assert documented == [tuple(row[f] for f in fields) for row in ours]
+    assert [row[0] for row in documented] == [TEAM, ADA]
