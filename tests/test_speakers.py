@@ -24,7 +24,7 @@ from hermes_ledger.gateway.hermes.importing import import_hermes_home
 from hermes_ledger.gateway.hermes.live import LiveRecorder
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger import Ledger
-from hermes_ledger.ledger.events import MessageAppended
+from hermes_ledger.ledger.events import MessageAppended, SessionStarted
 from hermes_ledger.ledger.query import EventFilter, select_events
 
 SHARED = GatewayConfig(group_sessions_per_user=False)  # one session for the whole group
@@ -147,9 +147,13 @@ def _expected(db: Path, clock: ManualClock, who: str) -> list[int]:
         out = []
         for rec in led.read_all():
             event = rec.event
-            if rec.type == "message_appended" and event.user_id == who:
-                out.append(rec.position)
-            elif rec.type == "session_started" and event.source.user_id == who:
+            if isinstance(event, MessageAppended):
+                speaker = event.user_id
+            elif isinstance(event, SessionStarted):
+                speaker = event.source.user_id
+            else:
+                continue
+            if speaker == who:
                 out.append(rec.position)
         return out
 
