@@ -223,6 +223,14 @@ EXPECTED: dict[str, tuple[dict[str, object], list[tuple[object, ...]]]] = {
         [("sessions", SESSIONS.version, 31, 0), ("transcripts", TRANSCRIPTS.version, 31, 0)],
     ),
     "next_deadlines": ({}, [(D, "d1", "closing", None, None)]),  # no scheduler has run
+    "events_in_business_window": (
+        {"since": t(21, 9, 0), "until": t(21, 9, 30)},
+        [
+            (21, "session_expired", "c1", t(21, 9, 0), t(21, 9, 0)),
+            (22, "memory_flush_skipped", "c1", t(21, 9, 0), t(21, 9, 0)),
+            (23, "session_ended", "c1", t(21, 9, 0), t(21, 9, 0)),
+        ],
+    ),
 }
 
 
