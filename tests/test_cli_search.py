@@ -154,7 +154,7 @@ def test_fts_syntax_error_is_a_usage_error(
 def test_bad_values_are_usage_errors(ledger_db: Path, cli: Callable[..., Result]) -> None:
     for args, message in (
         (["  "], "Error: the search text is empty"),
-        (["x", "--since", "someday"], "Invalid value for '--since'"),
+        (["x", "--since", "someday"], "Try: give --since an ISO-8601 time"),
         (["x", "--platform", ""], "Invalid value for '--platform': the value is empty"),
         (["x", "--order", "best"], "Invalid value for '--order'"),
         (["x", "--limit", "0"], "Invalid value for '--limit'"),
@@ -205,3 +205,15 @@ def test_the_documented_search_query_finds_what_the_library_finds(ledger_db: Pat
         "I will retry the [deploy] now",
         "the [deploy] failed on the café server",
     ]
+
+
+def test_tz_shows_the_time_column_in_a_zone(ledger_db: Path, cli: Callable[..., Result]) -> None:
+    result = cli("search", "--db", str(ledger_db), "cafe", "--tz", "Europe/Berlin")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("2026-11-22T10:01:00.000000+01:00  agent:main:telegram:dm:1")
+    (hit,) = _search(cli, ledger_db, "cafe", "--tz", "Europe/Berlin")
+    assert hit["ts"] == "2026-11-22T09:01:00.000000Z"  # JSON stays UTC
+    # A time typed without a zone is read in --tz: 10:02 in Berlin is 09:02 UTC.
+    positions = [h["position"] for h in _search(cli, ledger_db, "deploy", "--tz", "Europe/Berlin",
+                                                "--since", "2026-11-22T10:02")]  # fmt: skip
+    assert positions == [6, 3]

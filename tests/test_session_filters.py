@@ -142,8 +142,8 @@ def test_table_output_and_no_match(ledger_db: Path, cli: Callable[..., Result]) 
     ("args", "message"),
     [
         (["--status", "gone"], "Invalid value for '--status'"),
-        (["--since", "last tuesday"], "Invalid value for '--since'"),
-        (["--until", "2026-13-40"], "Invalid value for '--until'"),
+        (["--since", "last tuesday"], "Try: give --since an ISO-8601 time"),
+        (["--until", "2026-13-40"], "Error: cannot read '2026-13-40' as a time"),
         (["--platform", ""], "Invalid value for '--platform': the value is empty"),
         (["--user", "  "], "Invalid value for '--user': the value is empty"),
         (["--key", ""], "Invalid value for '--key': the value is empty"),

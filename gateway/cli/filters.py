@@ -1,5 +1,6 @@
-"""The options that narrow ``sessions`` and ``search``: their value types and the
-``--platform`` / ``--user`` options both commands take.
+"""The options that narrow ``sessions`` and ``search``: the type of a filter's value
+and the ``--platform`` / ``--user`` options both commands take (their times are
+``times.TIME``).
 
 A bad value is a usage error (exit status 2) naming the option, before the ledger
 is opened.
@@ -11,26 +12,7 @@ from typing import Any
 
 import click
 
-from hermes_ledger.ledger import LedgerError
-from hermes_ledger.ledger.query import parse_time
-
-__all__ = ["TIME", "VALUE", "platform_option", "user_option"]
-
-
-class _Time(click.ParamType):
-    """A time on the command line (``parse_time``: ISO-8601, no zone meaning UTC, or
-    a duration ago like ``2h``), converted to ledger time text."""
-
-    name = "time"
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return parse_time(str(value))
-        except LedgerError as exc:
-            self.fail(f"{exc} ({exc.hint})" if exc.hint else str(exc), param, ctx)
+__all__ = ["VALUE", "platform_option", "user_option"]
 
 
 class _Value(click.ParamType):
@@ -45,7 +27,6 @@ class _Value(click.ParamType):
         return text
 
 
-TIME = _Time()
 VALUE = _Value()
 
 platform_option = click.option(

@@ -8,7 +8,7 @@ from typing import cast
 
 import click
 
-from hermes_ledger.gateway.cli.filters import TIME, VALUE, platform_option, user_option
+from hermes_ledger.gateway.cli.filters import VALUE, platform_option, user_option
 from hermes_ledger.gateway.cli.options import (
     count_range,
     db_option,
@@ -16,6 +16,7 @@ from hermes_ledger.gateway.cli.options import (
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import cell, print_json
+from hermes_ledger.gateway.cli.times import TIME, Zone, show_time, tz_option
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.gateway.sessions import reports
 from hermes_ledger.gateway.sessions.search import (
@@ -29,7 +30,7 @@ from hermes_ledger.gateway.sessions.search import (
 __all__ = ["search_cmd"]
 
 
-def _line(hit: SearchHit, color: bool, widths: tuple[int, int]) -> str:
+def _line(hit: SearchHit, color: bool, widths: tuple[int, int], zone: Zone) -> str:
     if color:
         snippet = "".join(
             click.style(cell(text), bold=True, fg="yellow") if matched else cell(text)
@@ -38,7 +39,7 @@ def _line(hit: SearchHit, color: bool, widths: tuple[int, int]) -> str:
     else:
         snippet = cell(hit.marked("[", "]"))
     key, sid = hit.session_key.ljust(widths[0]), hit.session_id.ljust(widths[1])
-    return f"{hit.ts}  {key}  {sid}  {hit.role:<9} {snippet}"
+    return f"{show_time(hit.ts, zone)}  {key}  {sid}  {hit.role:<9} {snippet}"
 
 
 @click.command("search")
@@ -53,6 +54,7 @@ def _line(hit: SearchHit, color: bool, widths: tuple[int, int]) -> str:
               help="newest: latest first; relevance: best match first (FTS5's bm25, which"
               " ranks every match: slow for very common words in a big ledger).")  # fmt: skip
 @click.option("--limit", type=count_range(1), default=20, show_default=True)
+@tz_option
 @json_option
 @reports_errors
 def search_cmd(
@@ -65,6 +67,7 @@ def search_cmd(
     until: str | None,
     order: str,
     limit: int,
+    tz: Zone,
     as_json: bool,
 ) -> None:
     """Search the transcripts for TEXT.
@@ -73,7 +76,7 @@ def search_cmd(
     TEXT is an FTS5 query: words (all must occur; cafe finds café), "a phrase",
     prefix*, AND / OR / NOT, NEAR(a b). Quote it for the shell, e.g.
       hermes-ledger search 'deploy AND "build failed"' --since 7d
-    Each line: the message's time (UTC), session key, session id, role and a
+    Each line: the message's time (in --tz), session key, session id, role and a
     snippet with the match highlighted ([brackets] when not on a terminal).
     --platform and --user are those of the message's session; --since/--until
     compare the message's time.
@@ -92,4 +95,4 @@ def search_cmd(
     color = sys.stdout.isatty()
     widths = (max(len(h.session_key) for h in hits), max(len(h.session_id) for h in hits))
     for hit in hits:
-        click.echo(_line(hit, color, widths))
+        click.echo(_line(hit, color, widths, tz))

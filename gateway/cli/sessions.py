@@ -10,7 +10,7 @@ import click
 
 from hermes_ledger import projections
 from hermes_ledger.gateway.cli import times
-from hermes_ledger.gateway.cli.filters import TIME, VALUE, platform_option, user_option
+from hermes_ledger.gateway.cli.filters import VALUE, platform_option, user_option
 from hermes_ledger.gateway.cli.options import (
     LedgerCommandError,
     count_range,
@@ -59,8 +59,8 @@ def _cell(row: dict[str, Any], column: str, zone: Zone) -> Any:
     help="Session keys matching this glob (* any text, ? one character, [abc] a set;"
     " case-sensitive; [*] is a literal *), e.g. 'agent:main:telegram:*'.",
 )
-@click.option("--since", type=TIME, help="Last active at or after TIME (ISO-8601 or 2h, 7d…).")
-@click.option("--until", type=TIME, help="Last active before TIME.")
+@click.option("--since", type=times.TIME, help="Last active at or after TIME (ISO-8601, 2h, 7d…).")
+@click.option("--until", type=times.TIME, help="Last active before TIME.")
 @click.option("--end-reason", type=VALUE, metavar="REASON",
               help="Only sessions that ended so (idle_expiry, daily_reset, manual_reset…);"
               " implies --all.")  # fmt: skip
