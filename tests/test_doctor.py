@@ -267,6 +267,8 @@ def test_no_ledger_is_a_failure_and_nothing_is_created(
     assert [line[2:].split()[0] for line in lines if line[:1] in "✓✗!"] == [
         "ledger", "hooks", "spool", "file_modes",
     ]  # fmt: skip
+    assert lines[-1] == "3 ok, 0 warnings, 1 failure: needs attention"
+    assert result.stderr == f"Error: {lines[0][14:]}\nTry: {lines[1][19:]}\n"
     assert not db.exists()
 
 

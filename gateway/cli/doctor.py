@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from hermes_ledger.gateway.cli.options import (
+    LedgerCommandError,
     Seconds,
     db_option,
     hooks_dir_option,
@@ -32,7 +33,7 @@ def _marks() -> dict[str, str]:
     return _MARKS if encoding == "utf8" else _ASCII_MARKS
 
 
-@click.command("doctor")
+@click.command("doctor", short_help="Check what an operator monitors.")
 @db_option
 @config_option
 @hooks_dir_option
@@ -53,7 +54,7 @@ def doctor_cmd(
     stuck_after: float,
     as_json: bool,
 ) -> None:
-    """Check what needs an operator's attention; exit 1 if anything does.
+    """Check what an operator monitors; exit 1 if any needs attention.
 
     \b
     ledger       the hash chain, triggers and indexes, SQLite's integrity check
@@ -67,8 +68,8 @@ def doctor_cmd(
     \b
     Each check is ok, warn (needs attention, the service still works) or fail
     (broken, refused or tampered with). Exit status 0 when every check is ok,
-    1 when any warns or fails. Nothing is repaired or written. See
-    docs/operations.md.
+    1 when any warns or fails (a ledger that cannot be opened also prints
+    Error:/Try:). Nothing is repaired or written.
     """
     report = diagnose(
         resolve_ledger_path(db),
@@ -86,5 +87,7 @@ def doctor_cmd(
             if check.hint:
                 click.echo(f"  {' ' * width}  Try: {check.hint}")
         click.echo(report.summary())
+        if report.unopened is not None:
+            raise LedgerCommandError(report.unopened.detail, report.unopened.hint)
     if not report.ok:
         sys.exit(1)

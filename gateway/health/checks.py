@@ -306,10 +306,12 @@ def diagnose(
     settings = RunnerSettings.load(root)
     at = now or system_clock()
     checks: list[Check] = []
+    unopened = None
     try:
         ledger = Ledger.open_existing(path)
     except LedgerError as exc:
-        checks += [Check("ledger", "fail", str(exc), exc.hint), check_hooks(hooks)]
+        unopened = Check("ledger", "fail", str(exc), exc.hint)
+        checks += [unopened, check_hooks(hooks)]
     else:
         with ledger:
             checks += [
@@ -322,4 +324,4 @@ def diagnose(
             ]
     checks.append(check_spool(root, at, stuck_after))
     checks.append(check_file_modes(path, root, hooks))
-    return DoctorReport(tuple(checks))
+    return DoctorReport(tuple(checks), unopened)

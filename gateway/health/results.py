@@ -29,9 +29,12 @@ class Check:
 
 @dataclass(frozen=True)
 class DoctorReport:
-    """Every check, in order; ``status`` is the worst of them."""
+    """Every check, in order; ``status`` is the worst of them. ``unopened`` is the
+    ``ledger`` check's failure when the ledger could not be opened at all (the
+    checks that need it were left out)."""
 
     checks: tuple[Check, ...]
+    unopened: Check | None = None
 
     @property
     def status(self) -> Status:
