@@ -32,7 +32,6 @@ __all__ = [
     "TIME",
     "TimeOption",
     "Zone",
-    "current_zone",
     "recorded_option",
     "relative_time",
     "resolve_zone",
@@ -92,13 +91,6 @@ def resolve_zone(name: str | None, environ: dict[str, str] | None = None) -> Zon
     except (ZoneInfoNotFoundError, ValueError):
         local = datetime.now().astimezone().tzinfo
         return Zone(local, env)
-
-
-def current_zone(ctx: click.Context | None = None) -> Zone:
-    """The zone of the running command: its ``--tz``, else ``TZ``, else UTC."""
-    ctx = ctx or click.get_current_context(silent=True)
-    zone = ctx.meta.get(_META_KEY) if ctx is not None else None
-    return zone if isinstance(zone, Zone) else resolve_zone(None)
 
 
 def _remember_zone(ctx: click.Context, param: click.Parameter, value: str | None) -> Zone:
