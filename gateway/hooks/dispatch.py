@@ -279,7 +279,7 @@ class HookDispatcher:
             )  # fmt: skip
             return
         if retry_at is not None:
-            wait = max(0.0, (retry_at - self.clock()).total_seconds())
+            wait = self.retry_policy.wait_after(claim.attempt).total_seconds()
             log.warning(
                 "hook %s failed on %s %s (attempt %d/%d, retry in %s): %s",
                 hook.name, claim.event_type, key, claim.attempt, self.max_attempts,

@@ -407,7 +407,7 @@ class SessionCloser:
         if not log.isEnabledFor(logging.WARNING):
             return
         assert self.retry is not None
-        wait = (retry_at - now).total_seconds()
+        wait = self.retry.wait_after(outcome.attempt).total_seconds()
         log.warning(
             "flush failed for %s session %s (attempt %d/%d, retry in %s): %s",
             key, session_id, outcome.attempt, self.retry.max_attempts, seconds_text(wait),
