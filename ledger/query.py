@@ -391,7 +391,10 @@ DEFAULT_SQL_TIMEOUT = 30.0
 # SQLite calls the progress handler every this many virtual-machine steps (well
 # under a millisecond): it checks the deadline and lets Ctrl-C through.
 _PROGRESS_STEPS = 10_000
-_SQL_HINT = "the tables and columns are described in docs/ledger.md (table events)"
+_SQL_HINT = (
+    'list the tables with `hermes-ledger sql "SELECT name FROM sqlite_schema WHERE type = '
+    "'table'\"` and a table's columns with `hermes-ledger sql \"PRAGMA table_info(events)\"`"
+)
 _READ_ONLY_HINT = (
     "query with SELECT (e.g. SELECT type, count(*) FROM events GROUP BY type); "
     "the log changes only by appending events"

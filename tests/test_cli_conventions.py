@@ -57,6 +57,15 @@ def test_version_inside_a_group_through_the_installed_script() -> None:
         assert done.stdout.startswith("hermes-ledger, version "), args
 
 
+def test_no_help_points_at_a_file_the_installed_package_lacks() -> None:
+    for path, command in _every_command(ledger_cli):
+        texts = [command.help or ""] + [
+            getattr(param, "help", None) or "" for param in command.params
+        ]
+        for text in texts:
+            assert "docs/" not in text and ".md" not in text, (path, text)
+
+
 @pytest.mark.parametrize(
     ("text", "width"),
     [

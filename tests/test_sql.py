@@ -131,8 +131,10 @@ def test_one_statement_at_a_time(filled: Path) -> None:
 def test_broken_queries_say_what_is_wrong(filled: Path) -> None:
     with pytest.raises(LedgerError, match=r"the query failed: .*no such table: nowhere") as info:
         query(filled, "SELECT * FROM nowhere")
-    assert (
-        info.value.hint == "the tables and columns are described in docs/ledger.md (table events)"
+    # The hint names commands that work from an installed package (no docs/ file).
+    assert info.value.hint == (
+        'list the tables with `hermes-ledger sql "SELECT name FROM sqlite_schema WHERE type = '
+        "'table'\"` and a table's columns with `hermes-ledger sql \"PRAGMA table_info(events)\"`"
     )
     with pytest.raises(LedgerError, match=r"the query failed: .*syntax error"):
         query(filled, "SELEC 1")

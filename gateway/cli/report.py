@@ -89,8 +89,8 @@ def report_cmd(
 
     \b
     Without NAME (or with --list), lists every report with its description and
-    parameters. A report is one read-only SQL query over the ledger's projections
-    (docs/sql.md): --sql prints it, to run it elsewhere. Output is an aligned
+    parameters. A report is one read-only SQL query over the ledger's projections:
+    --sql prints it, to run it elsewhere. Output is an aligned
     table, --json (a list of objects) or --csv. Examples:
       hermes-ledger report unflushed-ends --param since=7d
       hermes-ledger report usage-by-platform-day --param platform=telegram --csv

@@ -163,7 +163,7 @@ def run_cmd(
     The pass in progress is finished before exiting (status 0). Logs on stderr:
     one line per close (with its flush outcome), per hook delivery or failure,
     per anchor; a hook that does not load once when it breaks and once when it
-    is fixed. See docs/operations.md for the events and their JSON keys.
+    is fixed. --log-format json writes each as one JSON object.
     """
     level = _log_level(quiet, verbose)
     stop = threading.Event()

@@ -40,9 +40,10 @@ def serve_cmd(db: Path | None, host: str, port: int, allow_remote: bool) -> None
     \b
     Runs Datasette (the `web` extra: pip install 'hermes-ledger[web]') on the
     ledger, read-only: the tables and views with their descriptions, the audit
-    queries of docs/sql.md as canned queries, and full-text search on messages.
+    queries (`hermes-ledger report --list`) as canned queries, and full-text search
+    on messages.
     A running gateway's appends show on the next page load. Listens on
-    127.0.0.1 only, unless --allow-remote. Ctrl-C stops it. See docs/browse.md.
+    127.0.0.1 only, unless --allow-remote. Ctrl-C stops it.
     """
     if not server.is_loopback(host):
         if not allow_remote:

@@ -62,7 +62,7 @@ def build_metadata(database: str = DATABASE_NAME) -> dict[str, Any]:
         "title": "Hermes session ledger",
         "description": (
             "Sessions, transcripts and audit reports of a Hermes gateway, read-only."
-            " The tables are projections of the events log; docs/sql.md describes them."
+            " The tables are projections of the events log; each is described on its page."
         ),
         "databases": {
             database: {
