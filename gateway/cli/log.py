@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +28,7 @@ from hermes_ledger.gateway.cli.options import (
 )
 from hermes_ledger.gateway.cli.output import (
     cell,
+    json_text,
     print_json,
     print_json_line,
     print_report,
@@ -388,7 +388,7 @@ def _print_json_rows(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> Non
     opened = False
     for row in rows:
         item = {c: _json_value(v) for c, v in zip(columns, row, strict=True)}
-        text = json.dumps(item, ensure_ascii=False)
+        text = json_text(item, indent=None)  # one object a line: the list streams
         click.echo((",\n  " if opened else "[\n  ") + text, nl=False)
         opened = True
     click.echo("\n]" if opened else "[]")
