@@ -72,7 +72,7 @@ def _add_version_options(command: click.Command) -> None:
     --version`` too, and so ``hermes ledger … --version``), added here once rather
     than by each command."""
     if not any("--version" in param.opts for param in command.params):
-        click.version_option(package_name="hermes-ledger", prog_name="hermes-ledger")(command)
+        click.version_option(package_name="hermes-ledger")(command)
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _add_version_options(sub)
