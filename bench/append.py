@@ -3,7 +3,8 @@
 One run prints one table of events/s, then the ratios docs/design.md ("Performance") sets
 targets for:
 
-  (a) raw apsw INSERT into the 0001_events.sql table, one event per BEGIN IMMEDIATE…COMMIT
+  (a) raw apsw INSERT into the events table (migrations 0001 and 0003), one event per
+      BEGIN IMMEDIATE…COMMIT
   (b) Ledger.append(stream, [event]), one event per call
   (c) Ledger.append(stream, events) with --batch events per call
   (d) raw apsw executemany, --batch rows per transaction
@@ -46,7 +47,10 @@ from hermes_ledger import projections
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source, body_json
 
-DDL = Path(__file__).resolve().parent.parent / "migrations" / "0001_events.sql"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+DDL = (MIGRATIONS / "0001_events.sql", MIGRATIONS / "0003_occurred_at.sql")
+"""The ``events`` table as a ledger has it: its columns, indexes and triggers, and the
+business-time column with its index (migration 2 holds only the gateway's tables)."""
 INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 META = '{"schema_version":1}'
 RECORDED_AT = "2026-05-22T10:15:00.000000Z"
@@ -117,8 +121,9 @@ def raw_connection(path: Path, synchronous: str, *, create: bool = True) -> apsw
     conn.execute(f"PRAGMA synchronous = {synchronous}").fetchall()
     conn.execute("PRAGMA foreign_keys = ON").fetchall()
     if create:
-        for _ in conn.execute(DDL.read_text("utf-8")):
-            pass  # apsw runs a multi-statement script as it is consumed
+        for script in DDL:
+            for _ in conn.execute(script.read_text("utf-8")):
+                pass  # apsw runs a multi-statement script as it is consumed
     return conn
 
 
