@@ -51,6 +51,8 @@ def walk(
 
 COMMANDS = dict(walk(root))
 PLACEHOLDER = {"session_key": "agent:main:x", "session_id": "s-1", "query": "SELECT 1"}
+# optional arguments without which a command reads no ledger (`report` alone lists reports)
+READS_WITH = {("report",): ["end-reasons"]}
 
 
 def base_args(names: tuple[str, ...], command: click.Command) -> list[str]:
@@ -58,7 +60,7 @@ def base_args(names: tuple[str, ...], command: click.Command) -> list[str]:
     for param in command.params:
         if isinstance(param, click.Argument) and param.required:
             args.append(PLACEHOLDER.get(param.name or "", "x"))
-    return args
+    return args + READS_WITH.get(names, [])
 
 
 def has(command: click.Command, name: str) -> bool:
