@@ -117,6 +117,22 @@ def test_filters(ledger_db: Path, cli: Callable[..., Result]) -> None:
     assert positions("deploy", "--platform", "slack") == []
 
 
+def test_user_is_who_spoke_in_a_shared_group(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    db, key = tmp_path / "group.db", "agent:main:slack:group:9"
+    room = Source(platform="slack", chat_type="group", chat_id="9", user_id="u1",
+                  user_name="Ada")  # fmt: skip
+    with Ledger.open(db) as led:
+        led.append(key, [SessionStarted(session_id="g1", source=room)])
+        for user_id, name, text in (("u1", "Ada", "lunch at noon"), ("u2", "Bob", "lunch later")):
+            led.append(key, [MessageAppended(session_id="g1", role="user", content=text,
+                                             user_id=user_id, user_name=name)])  # fmt: skip
+        led.append(key, [_say("g1", "assistant", "lunch booked")])
+    speakers = lambda *a: [(h["position"], h["user_name"]) for h in _search(cli, db, *a)]  # noqa: E731
+    assert speakers("lunch", "--user", "bob") == [(3, "Bob")]  # not Ada's, though she opened it
+    assert speakers("lunch", "--user", "u1") == [(4, "Ada"), (2, "Ada")]  # the agent's: hers
+    assert speakers("lunch") == [(4, "Ada"), (3, "Bob"), (2, "Ada")]
+
+
 def test_relevance_order(ledger_db: Path) -> None:
     with reports.open_existing(ledger_db) as led:
         hits = search_messages(led, "deploy", order="relevance")

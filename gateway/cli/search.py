@@ -78,8 +78,9 @@ def search_cmd(
       hermes-ledger search 'deploy AND "build failed"' --since 7d
     Each line: the message's time (in --tz), session key, session id, role and a
     snippet with the match highlighted ([brackets] when not on a terminal).
-    --platform and --user are those of the message's session; --since/--until
-    compare the message's time.
+    --platform is the message's session's; --user is who spoke (the agent's
+    turns count as their session's user's); --since/--until compare the
+    message's time.
     """
     which = SearchFilter(
         session_key=session_key, platform=platform, user=user, since=since, until=until

@@ -47,14 +47,21 @@ _ORDER_SQL = {
 # with it (a bound LIMIT made a search ~25% slower in bench/queries.py).
 SQL_SEARCH = (
     "SELECT m.position, m.session_key, m.session_id, m.role, m.ts, h.platform,"
-    " h.user_id, h.user_name, snippet(messages_fts, -1, ?, ?, '…', ?)"
+    " coalesce(m.user_id, h.user_id), coalesce(m.user_name, h.user_name),"
+    " snippet(messages_fts, -1, ?, ?, '…', ?)"
     " FROM messages_fts JOIN messages AS m ON m.position = messages_fts.rowid"
     " LEFT JOIN session_history AS h ON h.session_id = m.session_id"
     " WHERE messages_fts MATCH ?{where} ORDER BY {order} LIMIT {limit}"
 )
 _WHERE_KEY = "m.session_key = ?"
 _WHERE_PLATFORM = "h.platform = ?"
-_WHERE_USER = "(h.user_id = ? OR h.user_name = ? COLLATE NOCASE)"
+# who spoke; a message that names nobody (the agent's turns, events recorded before
+# messages named their speaker) counts as its session's user's
+_WHERE_USER = (
+    "(CASE WHEN m.user_id IS NULL AND m.user_name IS NULL"
+    " THEN h.user_id = ? OR h.user_name = ? COLLATE NOCASE"
+    " ELSE m.user_id = ? OR m.user_name = ? COLLATE NOCASE END)"
+)
 _WHERE_SINCE = "m.ts >= ?"
 _WHERE_UNTIL = "m.ts < ?"
 
@@ -79,10 +86,11 @@ class SearchSyntaxError(InvalidInputError):
 class SearchFilter:
     """Which messages are searched: all the given conditions hold.
 
-    ``session_key`` exact; ``platform`` and ``user`` (user id exact, or user name
-    case-insensitive) are those of the message's session origin
-    (``session_history``); ``since`` (inclusive) and ``until`` (exclusive) compare
-    the message's time (``messages.ts``), as ledger time text (see
+    ``session_key`` exact; ``platform`` is the message's session origin's
+    (``session_history``); ``user`` (user id exact, or user name case-insensitive)
+    is who spoke (``messages.user_id``/``user_name``), and for a message that names
+    nobody (the agent's turns) its session's user; ``since`` (inclusive) and
+    ``until`` (exclusive) compare the message's time (``messages.ts``), as ledger time text (see
     ``hermes_ledger.ledger.query.parse_time``).
     """
 
@@ -114,7 +122,7 @@ class SearchFilter:
                 args.append(value)
         if self.user is not None:
             parts.append(_WHERE_USER)
-            args.extend((self.user, self.user))
+            args.extend((self.user,) * 4)
         return "".join(f" AND {p}" for p in parts), tuple(args)
 
 
