@@ -233,7 +233,7 @@ def test_a_stuck_close_and_an_overdue_session_warn(
     assert closes["status"] == "warn"
     assert closes["detail"] == (
         f"1 close unfinished for over 15 min (the oldest: agent:main:telegram:dm:5 session"
-        f" {first}, closing since 2026-11-22T09:31:00.000000Z); 1 session past their deadline"
+        f" {first}, closing since 2026-11-22T09:31:00.000000Z); 1 session past its deadline"
         f" by over 15 min (the oldest: agent:main:telegram:dm:7 session {other}, due"
         " 2026-11-22T09:50:00.000000Z)"
     )
