@@ -233,8 +233,9 @@ def check_closes(ledger: Ledger, now: datetime, stuck_after: timedelta) -> Check
         )
     if overdue:
         key, sid, deadline = overdue[0]
+        its = "its" if len(overdue) == 1 else "their"
         problems.append(
-            f"{_plural(len(overdue), 'session')} past {'its' if len(overdue) == 1 else 'their'} deadline by over"
+            f"{_plural(len(overdue), 'session')} past {its} deadline by over"
             f" {_minutes(stuck_after)} (the oldest: {key} session {sid}, due {deadline})"
         )
     if problems:
