@@ -13,6 +13,11 @@
       plugin_interval: 1                # plugin mode: seconds between spool drains
       redact_tools: [terminal]          # plugin mode: tools whose calls are recorded
                                         # without their arguments and results
+      retention:                        # how long message content is kept (see
+        default: {content_days: 365}    # gateway.sessions.retention and
+        platforms: {telegram: {content_days: 30}}   # docs/retention.md): platform
+        chat_types: {group: {content_days: 7}}      # wins, then chat type, then default
+        interval: 3600                  # seconds between applications by `run`
 
 Unknown keys and out-of-range values are a ``ConfigError`` naming the key.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hermes_ledger.gateway.config.files import ConfigError, config_yaml_path, read_config_yaml
+from hermes_ledger.gateway.sessions.retention import RetentionPolicy
 
 __all__ = ["RunnerSettings"]
 
@@ -43,6 +49,7 @@ class RunnerSettings(BaseModel):
     anchor_interval: float = Field(default=3600.0, ge=0, le=30 * 86_400)
     plugin_interval: float = Field(default=1.0, gt=0, le=3600)
     redact_tools: tuple[str, ...] = ()
+    retention: RetentionPolicy = RetentionPolicy()
 
     @classmethod
     def load(cls, hermes_home: Path) -> RunnerSettings:
@@ -56,8 +63,15 @@ class RunnerSettings(BaseModel):
         try:
             return cls.model_validate(section)
         except ValidationError as exc:
+            errors = exc.errors(include_url=False)
             problems = "; ".join(
-                f"ledger.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                for e in exc.errors(include_url=False)
+                f"{_key(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in errors
             )
-            raise ConfigError(f"{path}: {problems}") from None
+            key = _key(errors[0]["loc"]) if errors else None
+            raise ConfigError(f"{path}: {problems}", where=str(path), key=key) from None
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    """``ledger.retention.platforms.telegram.content_days`` for pydantic's ``loc``
+    (a bad mapping key shows as the key itself, not ``telegram.[key]``)."""
+    return "ledger." + ".".join(str(p) for p in loc if p != "[key]")
