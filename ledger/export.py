@@ -39,6 +39,7 @@ import apsw
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.errors import LedgerError, translate
 from hermes_ledger.ledger.events import EVENT_TYPES
+from hermes_ledger.ledger.export_markdown import write_markdown
 from hermes_ledger.ledger.outfiles import (
     check_target,
     private_temp,
@@ -68,7 +69,7 @@ __all__ = [
     "format_for",
 ]
 
-FORMATS = ("jsonl", "csv", "sqlite")
+FORMATS = ("jsonl", "csv", "sqlite", "markdown")
 EXPORT_FORMAT = "hermes-ledger-export"
 """``manifest.format`` of a JSONL export; ``manifest.format_version`` is 1."""
 FORMAT_VERSION = 1
@@ -202,6 +203,8 @@ def format_for(path: str | os.PathLike[str] | None) -> str:
     name = Path(path).name.lower().removesuffix(".gz")
     if name.endswith(".csv"):
         return "csv"
+    if name.endswith((".md", ".markdown")):
+        return "markdown"
     if name.endswith((".db", ".sqlite", ".sqlite3")):
         return "sqlite"
     return "jsonl"
@@ -431,7 +434,7 @@ def export_to_stream(
     read transaction on its connection. ``progress(done, total)`` is called every
     few thousand events when given.
     """
-    if format not in ("jsonl", "csv"):
+    if format not in ("jsonl", "csv", "markdown"):
         raise LedgerError(
             f"the {format!r} format needs an output file",
             hint="pass -o FILE (e.g. -o export.db)",
@@ -440,6 +443,17 @@ def export_to_stream(
     with _snapshot(led) as conn:
         if format == "jsonl":
             return _write_jsonl(conn, out, events, progress, clock)
+        if format == "markdown":  # readable, one section per session (export_markdown)
+            manifest = _summary(conn, events, "markdown", clock)
+            write_markdown(
+                led,
+                out,
+                events,
+                count=manifest.count,
+                exported_at=manifest.exported_at,
+                generator=manifest.generator,
+            )
+            return manifest
         return _write_csv(conn, out, events, progress, clock)
 
 

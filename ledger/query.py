@@ -52,12 +52,16 @@ SQL_EVENTS_TAIL_START = (
 # How many matching events come after position ? (what a --limit left out).
 SQL_EVENTS_COUNT_AFTER = "SELECT count(*) FROM events WHERE position > ?{where}"
 
-# The events about one person (EventFilter.user): the messages they sent, and the
-# sessions they started. Both types have one schema version, so ``data`` is read
-# as stored (a later version of either must keep user_id where it is, or upcast).
+# The events about one person (EventFilter.user; the one definition, shared by
+# export --user and the erasure of a user): every event of the sessions they
+# started (all roles: the whole conversation they opened, its usage and ends),
+# and their own messages in other sessions. Both types read have one schema
+# version, so ``data`` is read as stored (a later version of either must keep
+# user_id where it is, or upcast).
 SQL_USER_EVENTS = (
-    "((type = 'message_appended' AND data ->> '$.user_id' = ?)"
-    " OR (type = 'session_started' AND data ->> '$.source.user_id' = ?))"
+    "(session_id IN (SELECT session_id FROM events WHERE type = 'session_started'"
+    " AND data ->> '$.source.user_id' = ?)"
+    " OR (type = 'message_appended' AND data ->> '$.user_id' = ?))"
 )
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -122,8 +126,9 @@ class EventFilter:
 
     session_key: str | None = None
     session_id: str | None = None
-    # One person: the messages they sent (``message_appended`` naming them as who
-    # spoke) and the sessions they started (``session_started`` with their source).
+    # One person (SQL_USER_EVENTS): every event of the sessions they started
+    # (``session_started`` with their source), and the messages they sent
+    # (``message_appended`` naming them as who spoke) in any other session.
     user: str | None = None
     types: tuple[str, ...] = ()
     since: str | None = None

@@ -1,6 +1,6 @@
 """Who spoke: message_appended names its sender (user_id, user_name), the messages
 projection and transcripts show it, and ``export --user ID`` exports one person's
-messages and the sessions they started, in every format."""
+messages in any session and every event of the sessions they started, in every format."""
 
 from __future__ import annotations
 
@@ -141,21 +141,21 @@ def test_the_messages_projection_and_transcripts_show_who_spoke(
 
 
 def _expected(db: Path, clock: ManualClock, who: str) -> list[int]:
-    """Positions of ``who``'s messages and of the sessions ``who`` started, read
-    from the events themselves."""
+    """Positions of every event of the sessions ``who`` started and of ``who``'s
+    messages in other sessions, read from the events themselves."""
     with Ledger.open(db, clock=clock) as led:
-        out = []
-        for rec in led.read_all():
-            event = rec.event
-            if isinstance(event, MessageAppended):
-                speaker = event.user_id
-            elif isinstance(event, SessionStarted):
-                speaker = event.source.user_id
-            else:
-                continue
-            if speaker == who:
-                out.append(rec.position)
-        return out
+        records = list(led.read_all())
+        started = {
+            r.session_id
+            for r in records
+            if isinstance(r.event, SessionStarted) and r.event.source.user_id == who
+        }
+        return [
+            r.position
+            for r in records
+            if r.session_id in started
+            or (isinstance(r.event, MessageAppended) and r.event.user_id == who)
+        ]
 
 
 def test_export_user_gives_exactly_their_messages_and_sessions(
@@ -166,7 +166,8 @@ def test_export_user_gives_exactly_their_messages_and_sessions(
 ) -> None:
     db, ids = group_db
     ada, bob = _expected(db, clock, "u1"), _expected(db, clock, "u2")
-    assert len(ada) == 4 and len(bob) == 4 and not set(ada) & set(bob)
+    assert len(ada) == 7 and len(bob) == 4
+    assert set(ada) & set(bob) == set(bob[:2])  # bob's messages in the session ada opened
 
     result = cli("export", "--db", str(db), "--user", "u1")
     assert result.exit_code == 0, result.output
@@ -176,10 +177,13 @@ def test_export_user_gives_exactly_their_messages_and_sessions(
     assert [(line["type"], line["data"].get("content")) for line in lines] == [
         ("session_started", None),
         ("message_appended", "hi all"),
+        ("message_appended", "hey ada"),  # her session: everyone in it
+        ("message_appended", "hello both"),
+        ("message_appended", "bye"),
         ("session_started", None),
         ("message_appended", "just me"),
     ]
-    assert manifest["count"] == 4 and manifest["filters"] == {"user": "u1"}
+    assert manifest["count"] == 7 and manifest["filters"] == {"user": "u1"}
 
     out = tmp_path / "bob.csv"
     result = cli("export", "--db", str(db), "--user", "u2", "-o", str(out))
@@ -196,6 +200,9 @@ def test_export_user_gives_exactly_their_messages_and_sessions(
         assert [p for (p,) in conn.execute("SELECT position FROM events ORDER BY position")] == ada
         assert conn.execute("SELECT user_id, user_name, content FROM messages").fetchall() == [
             ("u1", "ada", "hi all"),
+            ("u2", "bob", "hey ada"),
+            (None, None, "hello both"),
+            ("u2", "bob", "bye"),
             ("u1", "ada", "just me"),
         ]
 

@@ -194,14 +194,15 @@ def events_cmd(
 @click.option(
     "--user",
     metavar="ID",
-    help="Only what is about this user id: the messages they sent (in any session)"
-    " and the sessions they started.",
+    help="Only what the ledger holds about this user id: every event of the sessions"
+    " they started, and their own messages in other sessions (subject access).",
 )
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
-    help="jsonl (default), csv or sqlite; by default from -o's extension.",
+    help="jsonl (default), csv, sqlite or markdown (readable, one section per"
+    " session); by default from -o's extension (.csv, .db, .md).",
 )
 @click.option(
     "-o",
@@ -216,7 +217,7 @@ def events_cmd(
 def export_cmd(
     tz: Zone, db: Path | None, fmt: str | None, output: Path | None, **filters: Any
 ) -> None:
-    """Export events as JSONL, CSV or SQLite.
+    """Export events as JSONL, CSV, SQLite or readable Markdown.
 
     \b
     JSONL (the default) has one event per line, every column as stored, and ends
@@ -225,6 +226,8 @@ def export_cmd(
     recorded_at (when appended) and occurred_at (when it happened), in UTC;
     --tz only says how --since/--until without a zone are read. --format sqlite
     writes a database with the events and a full-text index over the messages.
+    --format markdown is for reading (e.g. a subject access request with --user
+    ID): one section per session, its messages with time and speaker, UTC.
     """
     user = filters.pop("user")
     events = replace(_event_filter(filters), user=user)
