@@ -48,6 +48,7 @@ __all__ = [
     "SessionReset",
     "SessionStarted",
     "Source",
+    "SubjectErased",
     "UsageRecorded",
     "body_json",
     "check_json",
@@ -320,6 +321,24 @@ class SessionEnded(EventModel):
     reason: NonEmpty
 
 
+class SubjectErased(EventModel):
+    """The personal content of a subject was erased (``ledger.erasure``): which
+    scope, who asked, and nothing of the content. ``scope`` is ``user``,
+    ``session_key``, ``session_id`` or ``retention``; ``value`` the user id, key or
+    session id (None for retention); ``platform``, ``chat_type`` and ``before``
+    narrow a retention erasure. ``through`` is the last position it covers (the
+    position before its own, unless it re-applies an erasure to an imported log)."""
+
+    type: Literal["subject_erased"] = "subject_erased"
+    scope: Literal["user", "session_key", "session_id", "retention"]
+    value: str | None = None
+    platform: str | None = None
+    chat_type: str | None = None
+    before: AwareDatetime | None = None
+    through: Count
+    requested_by: NonEmpty
+
+
 Event: TypeAlias = Annotated[
     SessionStarted
     | MessageAppended
@@ -329,7 +348,8 @@ Event: TypeAlias = Annotated[
     | MemoryFlushed
     | MemoryFlushFailed
     | MemoryFlushSkipped
-    | SessionEnded,
+    | SessionEnded
+    | SubjectErased,
     Field(discriminator="type"),
 ]
 
@@ -347,6 +367,7 @@ EVENT_TYPES: dict[str, type[EventModel]] = {
         MemoryFlushFailed,
         MemoryFlushSkipped,
         SessionEnded,
+        SubjectErased,
     )
 }
 

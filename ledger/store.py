@@ -18,6 +18,7 @@ import apsw
 
 from hermes_ledger.ledger.chain import GENESIS, row_hash
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
+from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope, Scrubber
 from hermes_ledger.ledger.errors import (
     ConcurrencyError,
     EventValidationError,
@@ -30,6 +31,7 @@ from hermes_ledger.ledger.errors import (
 )
 from hermes_ledger.ledger.events import EventModel, check_json, parse, storable_body
 from hermes_ledger.ledger.file_check import check_file
+from hermes_ledger.ledger.personal import digest, merged_sql, new_salt, split
 from hermes_ledger.ledger.records import AppendResult, FileReport, Recorded, VerifyReport
 from hermes_ledger.ledger.schema import (
     CACHE_KIB,
@@ -59,11 +61,19 @@ SQL_INSERT = (
     "INSERT INTO events (position, event_id, stream, version, type, session_id, data, meta,"
     " recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+SQL_INSERT_PAYLOAD = "INSERT INTO payloads (position, salt, body) VALUES (?, ?, ?)"
 SQL_BY_EVENT_ID = "SELECT position, stream, version, type, data FROM events WHERE event_id = ?"
 SQL_PAGE_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-SQL_PAGE_STREAM = (
-    f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version > ? ORDER BY version LIMIT ?"
+# What readers get: each event whole, its payload merged in ("[erased]" once erased).
+_BODIES = (
+    "SELECT e.position, e.event_id, e.stream, e.version, e.type, e.session_id, "
+    + merged_sql("e.data", "p.body")
+    + ", e.meta, e.recorded_at, e.hash FROM events AS e"
+    " LEFT JOIN payloads AS p ON p.position = e.position WHERE "
 )
+SQL_BODIES_ALL = _BODIES + "e.position > ? ORDER BY e.position LIMIT ?"
+SQL_BODIES_TYPES = _BODIES + "e.type IN ({marks}) AND e.position > ? ORDER BY e.position LIMIT ?"
+SQL_BODIES_STREAM = _BODIES + "e.stream = ? AND e.version > ? ORDER BY e.version LIMIT ?"
 
 
 def _row(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
@@ -142,6 +152,7 @@ class Ledger:
         self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
         self._projectors: list[InlineProjector] = []
+        self._scrubbers: list[Scrubber] = []
         self._closed = False
         # What the last append of this connection left behind (head position and
         # hash, stream versions), valid while SQLite's data_version says nobody
@@ -342,57 +353,10 @@ class Ledger:
                 )
             except (TypeError, ValueError) as exc:
                 raise EventValidationError(f"meta is not JSON-serialisable: {exc}") from None
-        prepared = []
-        for model in models:
-            session_id = getattr(model, "session_id", None)
-            if session_id is not None:
-                check_name("session_id", session_id)
-            check_name("event_id", model.event_id)
-            version_tag = f'{{"schema_version":{model.schema_version}'
-            meta_json = version_tag + ("}" if extra_json == "{}" else "," + extra_json[1:])
-            prepared.append(
-                (model.event_id, model.type, session_id, storable_body(model), meta_json)
-            )
+        prepared = self._prepare(models, extra_json)
 
         def work(conn: apsw.Connection) -> AppendResult:
-            current, position, previous = self._append_state(conn, stream)
-            if not check_expected(expected, current):
-                original = self._original_result(conn, stream, prepared)
-                if original is not None:
-                    return original
-                raise ConcurrencyError(stream, expected, current)
-            recorded_at = format_utc(self._clock())
-            rows = []
-            version = current
-            for event_id, event_type, session_id, data, meta_json in prepared:
-                position += 1
-                version += 1
-                previous = row_hash(
-                    previous, position, event_id, stream, version, event_type,
-                    session_id, data, meta_json, recorded_at,
-                )  # fmt: skip
-                rows.append(
-                    (position, event_id, stream, version, event_type, session_id, data,
-                     meta_json, recorded_at, previous)
-                )  # fmt: skip
-            try:
-                if len(rows) == 1:
-                    conn.execute(SQL_INSERT, rows[0])
-                else:
-                    conn.executemany(SQL_INSERT, rows)
-            except apsw.ConstraintError as exc:
-                if "events.event_id" in str(exc):
-                    raise _Duplicate from exc
-                if "events.session_id" in str(exc):
-                    ended = [p[2] for p in prepared if p[1] == "session_ended"]
-                    raise SessionAlreadyEndedError(ended[0] if ended else None) from exc
-                translate(exc, path=str(self.path), stream=stream)
-            if self._projectors:
-                records = [Recorded(*row) for row in rows]
-                for projector in self._projectors:
-                    projector(conn, records)
-            self._pending = (stream, version, position, previous)
-            return AppendResult(tuple(r[0] for r in rows), version)
+            return self._append_in(conn, stream, prepared, expected)
 
         try:
             return self.write(work)  # type: ignore[no-any-return]
@@ -410,12 +374,91 @@ class Ledger:
         except apsw.Error as exc:
             translate(exc, path=str(self.path), stream=stream)
 
+    @staticmethod
+    def _prepare(models: Sequence[EventModel], extra_json: str = "{}") -> list[tuple[Any, ...]]:
+        """Per event: (event_id, type, session_id, data, meta, full body, payload), the
+        personal fields split out of ``data`` into the payload (``ledger.personal``)."""
+        prepared = []
+        for model in models:
+            session_id = getattr(model, "session_id", None)
+            if session_id is not None:
+                check_name("session_id", session_id)
+            check_name("event_id", model.event_id)
+            full = storable_body(model)
+            data, body = split(model.type, full)
+            version_tag = f'{{"schema_version":{model.schema_version}'
+            payload = None
+            if body is not None:
+                salt = new_salt()
+                payload = (salt, body)
+                version_tag += f',"payload":"{digest(salt, body)}"'
+            meta_json = version_tag + ("}" if extra_json == "{}" else "," + extra_json[1:])
+            prepared.append(
+                (model.event_id, model.type, session_id, data, meta_json, full, payload)
+            )
+        return prepared
+
+    def _append_in(
+        self,
+        conn: apsw.Connection,
+        stream: str,
+        prepared: Sequence[tuple[Any, ...]],
+        expected: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """The append itself, inside the caller's write transaction."""
+        current, position, previous = self._append_state(conn, stream)
+        if not check_expected(expected, current):
+            original = self._original_result(conn, stream, prepared)
+            if original is not None:
+                return original
+            raise ConcurrencyError(stream, expected, current)
+        recorded_at = format_utc(self._clock())
+        rows = []
+        payloads = []
+        full_rows = []
+        version = current
+        for event_id, event_type, session_id, data, meta_json, full, payload in prepared:
+            position += 1
+            version += 1
+            previous = row_hash(
+                previous, position, event_id, stream, version, event_type,
+                session_id, data, meta_json, recorded_at,
+            )  # fmt: skip
+            row = (position, event_id, stream, version, event_type, session_id, data,
+                   meta_json, recorded_at, previous)  # fmt: skip
+            rows.append(row)
+            if payload is not None:
+                payloads.append((position, *payload))
+            if self._projectors:
+                full_rows.append(row if payload is None else (*row[:6], full, *row[7:]))
+        try:
+            if len(rows) == 1:
+                conn.execute(SQL_INSERT, rows[0])
+            else:
+                conn.executemany(SQL_INSERT, rows)
+        except apsw.ConstraintError as exc:
+            if "events.event_id" in str(exc):
+                raise _Duplicate from exc
+            if "events.session_id" in str(exc):
+                ended = [p[2] for p in prepared if p[1] == "session_ended"]
+                raise SessionAlreadyEndedError(ended[0] if ended else None) from exc
+            translate(exc, path=str(self.path), stream=stream)
+        if payloads:
+            conn.executemany(SQL_INSERT_PAYLOAD, payloads)
+        if self._projectors:
+            # The projections see each event whole (its payload merged in).
+            records = [Recorded(*row) for row in full_rows]
+            for projector in self._projectors:
+                projector(conn, records)
+        self._pending = (stream, version, position, previous)
+        return AppendResult(tuple(r[0] for r in rows), version)
+
     def _original_result(
         self, conn: apsw.Connection, stream: str, prepared: Sequence[tuple[Any, ...]]
     ) -> AppendResult | None:
         """The result of the earlier append of these exact events, if there was one."""
         found: list[tuple[str, int, int]] = []
-        for event_id, event_type, _sid, data, _meta in prepared:
+        for event_id, event_type, _sid, data, *_rest in prepared:
             row = _row(conn, SQL_BY_EVENT_ID, (event_id,))
             if row is None:
                 if found:
@@ -466,20 +509,16 @@ class Ledger:
     ) -> Iterator[Recorded]:
         """Events after position ``after``, in position order, optionally only ``types``."""
         if types is None:
-            return self._pages(SQL_PAGE_ALL, (), after, limit, key=0)
+            return self._pages(SQL_BODIES_ALL, (), after, limit, key=0)
         wanted = tuple(sorted(set(types)))
         if not wanted:
             return iter(())
-        marks = ", ".join("?" for _ in wanted)
-        sql = (
-            f"SELECT {_COLUMNS} FROM events WHERE type IN ({marks}) AND position > ?"
-            " ORDER BY position LIMIT ?"
-        )
+        sql = SQL_BODIES_TYPES.format(marks=", ".join("?" for _ in wanted))
         return self._pages(sql, wanted, after, limit, key=0)
 
     def read_stream(self, stream: str, *, after_version: int = 0) -> Iterator[Recorded]:
         """The events of one stream in version order, after ``after_version``."""
-        return self._pages(SQL_PAGE_STREAM, (stream,), after_version, None, key=3)
+        return self._pages(SQL_BODIES_STREAM, (stream,), after_version, None, key=3)
 
     def stream_version(self, stream: str) -> int:
         """The stream's current version (0 if it has no events)."""
@@ -558,7 +597,41 @@ class Ledger:
                 progress(checked, head)
         if progress is not None:
             progress(checked, head)
+        from hermes_ledger.ledger.erasure import check_payloads
+
+        with self._lock:
+            bad = check_payloads(self._conn, previous_position)
+        if bad is not None:
+            return VerifyReport(False, checked, head, *bad)
         return VerifyReport(True, checked, previous_position)
+
+    # -- erasing -------------------------------------------------------------
+
+    def add_scrubber(self, scrubber: Scrubber) -> None:
+        """Run ``scrubber`` inside every later erasure's transaction (``ledger.erasure``)."""
+        self._scrubbers.append(scrubber)
+
+    def erase(
+        self, scope: ErasureScope, *, requested_by: str, dry_run: bool = True
+    ) -> ErasureReport:
+        """Forget the personal content of ``scope`` (``ledger.erasure.ErasureScope``).
+
+        ``dry_run`` (the default) only counts what would be forgotten. Otherwise, in
+        one write transaction: appends a ``subject_erased`` event (scope,
+        ``requested_by``, when; no content) to the ``_erasures`` stream, deletes the
+        payloads of every event in the scope under ``secure_delete``, and runs the
+        scrubbers (the attached projections rewrite their rows and full-text index
+        to "[erased]"); then checkpoints the WAL (TRUNCATE). Every read of those
+        events shows "[erased]" afterwards and ``verify`` still passes. Re-running
+        an erasure is harmless and completes one interrupted after its commit.
+        Returns an ``ErasureReport`` (counts, sessions, the event's position).
+        """
+        from hermes_ledger.ledger.erasure import erase
+
+        return erase(
+            self, scope, requested_by=requested_by, dry_run=dry_run,
+            scrubbers=tuple(self._scrubbers),
+        )  # fmt: skip
 
     def check_file(self, *, quick: bool | None = None) -> FileReport:
         """The file around the chain: triggers, indexes and pages (see

@@ -1,0 +1,365 @@
+"""Erasure: forgetting a subject's personal content while the log stays append-only.
+
+``Ledger.erase(scope, requested_by=…, dry_run=…)`` is the one interface (the CLI's
+``erase`` and retention's ``prune`` call it). In ONE write transaction it appends
+a ``subject_erased`` event (the scope, who asked, when; no content), deletes the
+payload rows of every event in the scope with ``PRAGMA secure_delete`` on (their
+bytes are zeroed, not just unlinked), and lets every registered scrubber (the
+projections register theirs when attached) rewrite the read-model rows and the
+full-text index of those events. After the commit it checkpoints the WAL
+(``TRUNCATE``), so no old page image of the content is left in ``-wal``.
+
+Re-running the same erasure is safe and finishes one a kill interrupted after its
+commit (a kill before the commit leaves nothing: the transaction rolls back).
+``verify`` accepts a missing payload only where a recorded ``subject_erased``
+covers its event (``covered_sql``), so deleting a payload by hand is tampering.
+
+What a scope covers (positions up to ``through``, the log's head when it was
+recorded, so events appended later are never erased by an old erasure):
+
+* ``user`` ID: every event of every session whose ``session_started`` names ID as
+  its ``source.user_id`` (all roles: the agent's replies quote the user), and ID's
+  own messages (``message_appended.user_id``) in other sessions (a group chat);
+* ``session_key`` KEY: every event of the stream KEY (all its sessions);
+* ``session_id`` ID: every event of that session;
+* ``retention``: every event of each session that ended (``session_ended``) before
+  ``before``, optionally only sessions started on ``platform`` / in ``chat_type``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import apsw
+
+from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.ledger.errors import EventValidationError, LedgerError
+from hermes_ledger.ledger.events import SubjectErased
+
+if TYPE_CHECKING:
+    from hermes_ledger.ledger.store import Ledger
+
+__all__ = [
+    "ERASURE_STREAM",
+    "ErasureReport",
+    "ErasureScope",
+    "Scrubber",
+    "covered_sql",
+    "erase",
+]
+
+ERASURE_STREAM = "_erasures"
+"""The stream every ``subject_erased`` event is appended to."""
+
+ScopeKind = Literal["user", "session_key", "session_id", "retention"]
+SCOPE_KINDS: tuple[str, ...] = ("user", "session_key", "session_id", "retention")
+
+Scrubber = Callable[[apsw.Connection], None]
+"""Runs inside the erasure's transaction, after the payloads are deleted: rewrites
+its read-model rows for the positions in ``temp.erasing`` (one column, position)."""
+
+_SESSIONS_OF_USER = (
+    "SELECT session_id FROM main.events WHERE type = 'session_started'"
+    " AND position <= :through AND data ->> '$.source.user_id' = :value"
+)
+_ENDED_BEFORE = (
+    "SELECT x.session_id FROM main.events AS x WHERE x.type = 'session_ended'"
+    " AND x.position <= :through AND x.occurred_at < :before"
+    " AND (:platform IS NULL OR EXISTS (SELECT 1 FROM main.events AS s"
+    "  WHERE s.session_id = x.session_id AND s.type = 'session_started'"
+    "  AND s.data ->> '$.source.platform' = :platform))"
+    " AND (:chat_type IS NULL OR EXISTS (SELECT 1 FROM main.events AS s"
+    "  WHERE s.session_id = x.session_id AND s.type = 'session_started'"
+    "  AND s.data ->> '$.source.chat_type' = :chat_type))"
+)
+SCOPE_SQL: dict[str, str] = {
+    "user": "SELECT position FROM main.events WHERE position <= :through AND ("
+    f"session_id IN ({_SESSIONS_OF_USER})"
+    " OR (type = 'message_appended' AND data ->> '$.user_id' = :value))",
+    "session_key": "SELECT position FROM main.events WHERE stream = :value"
+    " AND position <= :through",
+    "session_id": "SELECT position FROM main.events WHERE session_id = :value"
+    " AND position <= :through",
+    "retention": "SELECT position FROM main.events WHERE position <= :through"
+    f" AND session_id IN ({_ENDED_BEFORE})",
+}
+"""Per scope kind: the positions it covers (bindings :value, :through, :before,
+:platform, :chat_type)."""
+
+SQL_ERASING_DDL = "CREATE TEMP TABLE IF NOT EXISTS erasing (position INTEGER PRIMARY KEY)"
+SQL_ERASING_CLEAR = "DELETE FROM temp.erasing"
+SQL_ERASING_FILL = "INSERT OR IGNORE INTO temp.erasing (position) {scope}"
+SQL_ERASING_COUNTS = (
+    "SELECT count(*), count(*) FILTER (WHERE e.type = 'message_appended'),"
+    " count(DISTINCT e.session_id), count(p.position)"
+    " FROM temp.erasing AS x JOIN main.events AS e ON e.position = x.position"
+    " LEFT JOIN main.payloads AS p ON p.position = x.position"
+)
+SQL_ERASING_SESSIONS = (
+    "SELECT DISTINCT e.session_id FROM temp.erasing AS x"
+    " JOIN main.events AS e ON e.position = x.position"
+    " WHERE e.session_id IS NOT NULL ORDER BY e.session_id"
+)
+SQL_DELETE_PAYLOADS = (
+    "DELETE FROM main.payloads WHERE position IN (SELECT position FROM temp.erasing)"
+)
+SQL_ERASURES = (
+    "SELECT position, data FROM main.events WHERE type = 'subject_erased' ORDER BY position"
+)
+SQL_HEAD = "SELECT coalesce(max(position), 0) FROM main.events"
+
+_CHECKPOINT_TRIES = 50
+
+
+@dataclass(frozen=True)
+class ErasureScope:
+    """What to forget. ``kind`` is ``user``, ``session_key``, ``session_id`` (``value``
+    the user id, key or session id) or ``retention`` (``before`` required: sessions
+    that ended before it; ``platform`` / ``chat_type`` narrow it). See the module
+    docstring for exactly which events each covers."""
+
+    kind: ScopeKind
+    value: str | None = None
+    platform: str | None = None
+    chat_type: str | None = None
+    before: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCOPE_KINDS:
+            raise LedgerError(
+                f"unknown erasure scope {self.kind!r}", hint=f"use one of {', '.join(SCOPE_KINDS)}"
+            )
+        if self.kind == "retention":
+            if self.before is None or self.before.tzinfo is None:
+                raise LedgerError(
+                    "a retention erasure needs `before` (a time with a time zone)",
+                    hint="pass before=datetime(..., tzinfo=UTC)",
+                )
+        elif not self.value:
+            raise LedgerError(
+                f"an erasure by {self.kind} needs the {self.kind.replace('_', ' ')} to erase",
+                hint="give a non-empty value",
+            )
+
+    def describe(self) -> str:
+        if self.kind != "retention":
+            return f"{self.kind.replace('_', ' ')} {self.value}"
+        assert self.before is not None
+        parts = [f"sessions ended before {format_utc(self.before)}"]
+        if self.platform:
+            parts.append(f"platform {self.platform}")
+        if self.chat_type:
+            parts.append(f"chat type {self.chat_type}")
+        return ", ".join(parts)
+
+    def bindings(self, through: int) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "through": through,
+            "before": format_utc(self.before) if self.before is not None else None,
+            "platform": self.platform,
+            "chat_type": self.chat_type,
+        }
+
+    @classmethod
+    def of_event(cls, event: SubjectErased) -> ErasureScope:
+        return cls(event.scope, event.value, event.platform, event.chat_type, event.before)
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    """What an erasure forgot (or, ``dry_run``, would forget): ``events`` in the scope,
+    ``messages`` among them, ``sessions`` (their ids), ``payloads`` deleted (events
+    whose content was still there). ``position`` is the ``subject_erased`` event's
+    (None in a dry run), ``checkpointed`` whether the WAL was emptied afterwards
+    (False: a reader held an old snapshot; re-run the erasure or checkpoint later)."""
+
+    scope: ErasureScope
+    requested_by: str
+    dry_run: bool
+    events: int
+    messages: int
+    sessions: tuple[str, ...]
+    payloads: int
+    position: int | None = None
+    checkpointed: bool = False
+    recorded_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["scope"] = {k: v for k, v in asdict(self.scope).items() if v is not None}
+        if self.scope.before is not None:
+            body["scope"]["before"] = format_utc(self.scope.before)
+        body["sessions"] = list(self.sessions)
+        return body
+
+
+def _fill(conn: apsw.Connection, scope: ErasureScope, through: int) -> None:
+    conn.execute(SQL_ERASING_DDL)
+    conn.execute(SQL_ERASING_CLEAR)
+    conn.execute(SQL_ERASING_FILL.format(scope=SCOPE_SQL[scope.kind]), scope.bindings(through))
+
+
+def _counts(conn: apsw.Connection) -> tuple[int, int, tuple[str, ...], int]:
+    row: Any = conn.execute(SQL_ERASING_COUNTS).fetchone()
+    sessions = tuple(r[0] for r in conn.execute(SQL_ERASING_SESSIONS))
+    return int(row[0]), int(row[1]), sessions, int(row[3])
+
+
+def _event_id(scope: ErasureScope, when: str) -> str:
+    """A stable id from the scope and the time: a retried erasure is one event."""
+    key = f"{scope.kind}|{scope.value}|{scope.platform}|{scope.chat_type}|{scope.before}|{when}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "hermes-ledger:erasure:" + key))
+
+
+def checkpoint(led: Ledger) -> bool:
+    """``wal_checkpoint(TRUNCATE)``, retried while a reader holds an old snapshot:
+    True when the WAL was emptied."""
+    for attempt in range(_CHECKPOINT_TRIES):
+        row: Any = led.query("PRAGMA main.wal_checkpoint(TRUNCATE)")[0]
+        if row[0] == 0:
+            return True
+        time.sleep(min(0.01 * (attempt + 1), 0.1))
+    return False
+
+
+def erase(
+    led: Ledger,
+    scope: ErasureScope,
+    *,
+    requested_by: str,
+    dry_run: bool = True,
+    scrubbers: tuple[Scrubber, ...] = (),
+    through: int | None = None,
+) -> ErasureReport:
+    """See ``Ledger.erase`` (the documented interface). ``through`` bounds the scope
+    (default: the log's head), as re-applying an erasure to an imported log needs."""
+    if not isinstance(requested_by, str) or not requested_by.strip():
+        raise LedgerError("requested_by must name who asked for the erasure", hint="e.g. an email")
+    if dry_run:
+        return _dry_run(led, scope, requested_by, through)
+
+    def work(conn: apsw.Connection) -> ErasureReport:
+        head = int(conn.execute(SQL_HEAD).fetchone()[0])  # type: ignore[index]
+        bound = head if through is None else min(through, head)
+        _fill(conn, scope, bound)
+        events, messages, sessions, payloads = _counts(conn)
+        when = format_utc(led._clock())
+        try:
+            event = SubjectErased(
+                event_id=_event_id(scope, when),
+                scope=scope.kind,
+                value=scope.value,
+                platform=scope.platform,
+                chat_type=scope.chat_type,
+                before=scope.before,
+                through=bound,
+                requested_by=requested_by,
+            )
+        except EventValidationError as exc:
+            raise LedgerError(str(exc), hint="check the scope and --requested-by") from None
+        result = led._append_in(conn, ERASURE_STREAM, led._prepare([event]))
+        conn.execute(SQL_DELETE_PAYLOADS)
+        for scrub in scrubbers:
+            scrub(conn)
+        conn.execute(SQL_ERASING_CLEAR)
+        return ErasureReport(
+            scope, requested_by, False, events, messages, sessions, payloads,
+            position=result.positions[0], recorded_at=when,
+        )  # fmt: skip
+
+    conn = led.connection
+    conn.execute("PRAGMA secure_delete = ON").fetchall()
+    report: ErasureReport = led.write(work)
+    done = checkpoint(led)
+    return ErasureReport(**{**report.__dict__, "checkpointed": done})
+
+
+def _dry_run(
+    led: Ledger, scope: ErasureScope, requested_by: str, through: int | None
+) -> ErasureReport:
+    conn = led.connection
+    with led._lock:
+        conn.execute("BEGIN").fetchall()
+        try:
+            head = int(conn.execute(SQL_HEAD).fetchone()[0])  # type: ignore[index]
+            _fill(conn, scope, head if through is None else min(through, head))
+            events, messages, sessions, payloads = _counts(conn)
+            conn.execute(SQL_ERASING_CLEAR)
+        finally:
+            conn.execute("COMMIT").fetchall()
+    return ErasureReport(scope, requested_by, True, events, messages, sessions, payloads)
+
+
+def covered_sql() -> str:
+    """SQL for ``verify``: fills ``temp.erasing`` for one recorded erasure (bound
+    like ``ErasureScope.bindings``): see ``recorded_scopes``."""
+    return SQL_ERASING_FILL
+
+
+def recorded_scopes(conn: apsw.Connection) -> list[tuple[int, ErasureScope, int]]:
+    """Every recorded erasure: (its position, its scope, the position it covers up to)."""
+    from hermes_ledger.ledger.events import from_stored
+
+    out = []
+    for position, data in conn.execute(SQL_ERASURES).fetchall():
+        event = from_stored("subject_erased", "x", data, 1)
+        assert isinstance(event, SubjectErased)
+        out.append((position, ErasureScope.of_event(event), event.through))
+    return out
+
+
+def fill_covered(conn: apsw.Connection) -> None:
+    """``temp.erasing`` := every position some recorded erasure covers."""
+    conn.execute(SQL_ERASING_DDL)
+    conn.execute(SQL_ERASING_CLEAR)
+    for _position, scope, through in recorded_scopes(conn):
+        conn.execute(SQL_ERASING_FILL.format(scope=SCOPE_SQL[scope.kind]), scope.bindings(through))
+
+
+SQL_PAYLOAD_ROWS = (
+    "SELECT e.position, e.meta ->> '$.payload', p.salt, p.body FROM main.events AS e"
+    " FULL JOIN main.payloads AS p ON p.position = e.position"
+    " WHERE (e.meta ->> '$.payload') IS NOT NULL OR p.position IS NOT NULL"
+    " ORDER BY coalesce(e.position, p.position)"
+)
+SQL_UNCOVERED = (
+    "SELECT e.position FROM main.events AS e LEFT JOIN main.payloads AS p"
+    " ON p.position = e.position WHERE (e.meta ->> '$.payload') IS NOT NULL"
+    " AND p.position IS NULL AND e.position NOT IN (SELECT position FROM temp.erasing)"
+    " ORDER BY e.position LIMIT 1"
+)
+
+
+def check_payloads(conn: apsw.Connection, head: int) -> tuple[int | None, str] | None:
+    """``verify``'s check of the content: every payload matches the digest its
+    event's meta holds (the chain covers meta), no payload lacks its event, and
+    every missing payload is covered by a recorded erasure. (first bad position,
+    problem), or None when all is well."""
+    from hermes_ledger.ledger.personal import digest
+
+    missing = False
+    for position, expected, salt, body in conn.execute(SQL_PAYLOAD_ROWS).fetchall():
+        if position is None or expected is None:
+            return None, "a payload row has no event (or no digest) in the log: content was added"
+        if position > head:
+            continue
+        if body is None:
+            missing = True
+        elif digest(salt, body) != expected:
+            return position, "the event's payload does not match the digest in its meta"
+    if not missing:
+        return None
+    fill_covered(conn)
+    try:
+        row: Any = conn.execute(SQL_UNCOVERED).fetchone()
+    finally:
+        conn.execute(SQL_ERASING_CLEAR)
+    if row is not None:
+        return row[0], "the event's payload is missing and no recorded erasure covers it"
+    return None
