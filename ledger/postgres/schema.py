@@ -1,11 +1,11 @@
 """The PostgreSQL schema: numbered migrations, each applied in one transaction.
 
 The migrations are the ``migrations/NNNN_name.sql`` files of this package; a
-database's ``hermes_ledger.schema_migrations`` table names those it has. ``migrate`` applies the missing ones in order, each together with its row in one
-transaction, under a transaction-scoped advisory lock, so two processes opening a new
-database at once apply each migration once. A database that already has every
-migration is left alone without any DDL, so the writer role (which may not create
-anything) can open it.
+database's ``hermes_ledger.schema_migrations`` table names those it has. ``migrate``
+applies the missing ones in order, each together with its row in one transaction,
+under a transaction-scoped advisory lock, so two processes opening a new database at
+once apply each migration once. A database that already has every migration is left
+alone without any DDL, so the writer role (which may not create anything) can open it.
 """
 
 from __future__ import annotations
