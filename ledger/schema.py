@@ -244,6 +244,9 @@ def connect(
                 # SQLite does not wait on the busy timeout for this switch.
                 retry_busy(lambda: _pragma(conn, "journal_mode", "WAL"), busy_timeout, path)
             _pragma(conn, "synchronous", mode)
+            # Deleted and moved content is overwritten with zeros, so that what an
+            # erasure deletes leaves no copy in free space (docs/erasure.md).
+            _pragma(conn, "secure_delete", "ON")
         _pragma(conn, "foreign_keys", "ON")
         # A page cache big enough for the session indexes of a busy gateway
         # (SQLite's default is 2 MiB); it is a ceiling, not an allocation.

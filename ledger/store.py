@@ -62,7 +62,11 @@ SQL_INSERT = (
     " recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SQL_INSERT_PAYLOAD = "INSERT INTO payloads (position, salt, body) VALUES (?, ?, ?)"
-SQL_BY_EVENT_ID = "SELECT position, stream, version, type, data FROM events WHERE event_id = ?"
+SQL_BY_EVENT_ID = (
+    "SELECT e.position, e.stream, e.version, e.type, e.data, p.body IS NULL,"
+    f" {merged_sql('e.data', 'p.body')} FROM events AS e"
+    " LEFT JOIN payloads AS p ON p.position = e.position WHERE e.event_id = ?"
+)
 SQL_PAGE_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
 # What readers get: each event whole, its payload merged in ("[erased]" once erased).
 _BODIES = (
@@ -458,7 +462,7 @@ class Ledger:
     ) -> AppendResult | None:
         """The result of the earlier append of these exact events, if there was one."""
         found: list[tuple[str, int, int]] = []
-        for event_id, event_type, _sid, data, *_rest in prepared:
+        for event_id, event_type, _sid, data, _meta, full, _payload in prepared:
             row = _row(conn, SQL_BY_EVENT_ID, (event_id,))
             if row is None:
                 if found:
@@ -468,8 +472,10 @@ class Ledger:
                         hint="give new events new event_ids",
                     )
                 return None
-            position, row_stream, version, row_type, row_data = row
-            if row_stream != stream or row_type != event_type or row_data != data:
+            position, row_stream, version, row_type, row_data, bare, whole = row
+            # The same event: the same body, or (its content erased) the same rest.
+            same = whole == full or (bare and row_data == data)
+            if row_stream != stream or row_type != event_type or not same:
                 raise IdempotencyError(
                     f"event_id {event_id!r} is already recorded at position {position} "
                     f"({row_type} in stream {row_stream!r}) with different content",

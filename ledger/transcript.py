@@ -74,6 +74,14 @@ def _field(name: str, *, json: bool = False) -> str:
     return f"{{body}} ->> '$.{name}'"
 
 
+def _personal(name: str, *, json: bool = False) -> str:
+    """A personal field (``ledger.personal``): from the event's payload ``{private}``
+    when it is there, else from its body (the marker "[erased]", or NULL if unset)."""
+    arrow = "->" if json else "->>"
+    value = f"coalesce({{private}} {arrow} '$.{name}', {{body}} {arrow} '$.{name}')"
+    return f"nullif({value}, 'null')" if json else value
+
+
 def _count(name: str) -> str:
     return f"coalesce({{body}} ->> '$.{name}', 0)"
 
@@ -83,10 +91,10 @@ TRANSCRIPT_COLUMNS: tuple[TranscriptColumn, ...] = (
     TranscriptColumn("session_id", "TEXT", "{session_id}", "NOT NULL"),
     TranscriptColumn("session_key", "TEXT", "{stream}", "NOT NULL"),
     TranscriptColumn("role", "TEXT", _field("role"), "NOT NULL"),
-    TranscriptColumn("content", "TEXT", _field("content")),
+    TranscriptColumn("content", "TEXT", _personal("content")),
     TranscriptColumn("user_id", "TEXT", _field("user_id")),
-    TranscriptColumn("user_name", "TEXT", _field("user_name")),
-    TranscriptColumn("tool_calls", "TEXT", _field("tool_calls", json=True), json=True),
+    TranscriptColumn("user_name", "TEXT", _personal("user_name")),
+    TranscriptColumn("tool_calls", "TEXT", _personal("tool_calls", json=True), json=True),
     TranscriptColumn("tool_name", "TEXT", _field("tool_name")),
     TranscriptColumn("tool_call_id", "TEXT", _field("tool_call_id")),
     TranscriptColumn("input_tokens", "INTEGER", _count("input_tokens"), "NOT NULL DEFAULT 0"),
@@ -130,12 +138,14 @@ def transcript_values(
     body: str,
     ts: str,
     names: tuple[str, ...] | None = None,
+    private: str = "NULL",
 ) -> str:
     """The comma-separated SQL values of a row, given the SQL of the event's position,
     stream, session id, body and business time: of the columns ``names``, or of all
-    of them in table order."""
+    of them in table order. ``private`` is the SQL of the event's payload body (its
+    personal fields, ``ledger.personal``); NULL when ``body`` is already whole."""
     event = {"position": position, "stream": stream, "session_id": session_id,
-             "body": body, "ts": ts}  # fmt: skip
+             "body": body, "ts": ts, "private": private}  # fmt: skip
     columns = [transcript_column(n) for n in names] if names else TRANSCRIPT_COLUMNS
     return ", ".join(c.value.format(**event) for c in columns)
 

@@ -18,7 +18,7 @@ from hermes_ledger.projections.statements import (
     SESSIONS_STATEMENTS,
     TRANSCRIPTS_STATEMENTS,
     Statement,
-    body_for,
+    merged_body,
 )
 from hermes_ledger.projections.tables import (
     MESSAGES,
@@ -90,7 +90,7 @@ def compact(sql: str) -> str:
 def _compiled(projection: Projection, target: Target) -> tuple[str, ...]:
     names = {t.name: target.table(t.name) for t in projection.tables}
     return tuple(
-        compact(s.sql.format(ts="r.ts", body=body_for(s.types), **FRAGMENTS, **names))
+        compact(s.sql.format(ts="r.ts", body=merged_body(s.types), **FRAGMENTS, **names))
         for s in projection.statements
     )
 

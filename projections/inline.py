@@ -29,6 +29,7 @@ from hermes_ledger.ledger import Ledger, Recorded
 from hermes_ledger.ledger.events import EVENT_TYPES
 from hermes_ledger.ledger.sql import scalar
 from hermes_ledger.projections.definitions import Projection, by_name
+from hermes_ledger.projections.erasing import scrub
 from hermes_ledger.projections.errors import ProjectionError, RebuildSuperseded
 from hermes_ledger.projections.quoting import LIVE
 from hermes_ledger.projections.rebuilding import DEFAULT_CHUNK, lease, rebuild_outdated
@@ -194,6 +195,7 @@ def attach(
         ledger.write(ensure_views)
     projector = _InlineProjector(owned)
     ledger.add_inline_projector(projector)
+    ledger.add_scrubber(scrub)
     _ATTACHED[ledger] = projector
     return AttachReport(
         position=ledger.head(),

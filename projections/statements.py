@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hermes_ledger.ledger.events import EVENT_TYPES
+from hermes_ledger.ledger.personal import PERSONAL_TYPES, merged_sql
 from hermes_ledger.ledger.sql import business_time, utc_text
 from hermes_ledger.ledger.transcript import (
     SYNTHETIC,
@@ -55,6 +56,7 @@ __all__ = [
     "TS",
     "Statement",
     "body_for",
+    "merged_body",
     "utc_text",
 ]
 
@@ -120,6 +122,21 @@ BODY = body_for(None)
 EVENTS = '"main"."events"'
 """The log, always read from the ledger's main schema."""
 
+PAYLOADS = '"main"."payloads"'
+"""The events' personal fields (``ledger.personal``), beside the log."""
+
+
+def merged_body(types: frozenset[str] | None) -> str:
+    """SQL: ``body_for(types)`` with the payload merged in (``p``, joined by
+    ``decoded_events``) when ``types`` has personal fields other than a message's
+    (a message's are read field by field, see ``_READ``): session starts and
+    flushes are few, so merging their whole body costs nothing."""
+    body = body_for(types)
+    if types is not None and types & (PERSONAL_TYPES - {"message_appended"}):
+        return merged_sql(body, "p.body")
+    return body
+
+
 RANGE_TABLE_DDL = """CREATE TEMP TABLE IF NOT EXISTS projection_range (
     type       TEXT NOT NULL,
     position   INTEGER NOT NULL,
@@ -144,7 +161,11 @@ _COST = "CAST(round(coalesce({data} ->> '$.cost_usd', 0) * 1e9) AS INTEGER)"
 FRAGMENTS: dict[str, str] = {
     "range": "r.position BETWEEN ?1 AND ?2",
     "decoded": "temp.projection_range AS r",
-    "decoded_events": f"temp.projection_range AS r JOIN {EVENTS} AS e ON e.position = r.position",
+    # The payload of each event (its personal fields, NULL once erased): statements
+    # read those fields with ``personal_sql`` or the merged ``{body}``; SQLite drops
+    # the join from a statement that reads nothing of it.
+    "decoded_events": f"temp.projection_range AS r JOIN {EVENTS} AS e ON e.position = r.position"
+    f" LEFT JOIN {PAYLOADS} AS p ON p.position = r.position",
     "body_synthetic": SYNTHETIC.format(body=body_for(frozenset({"message_appended"}))),
     "bound_synthetic": SYNTHETIC.format(body="?4"),
     "body_cost": _COST.format(data=body_for(frozenset({"usage_recorded"}))),
@@ -367,7 +388,7 @@ MAP_ROWS = Statement(
     sql="""INSERT INTO {session_map} (session_key, created_at, updated_at)
 SELECT r.stream, min(r.ts), max(r.ts)
 FROM {decoded}
-WHERE {range}
+WHERE {range} AND r.type <> 'subject_erased'
 GROUP BY r.stream
 ON CONFLICT (session_key) DO UPDATE SET
     created_at = min(created_at, excluded.created_at),
@@ -376,6 +397,7 @@ ON CONFLICT (session_key) DO UPDATE SET
 ON CONFLICT (session_key) DO UPDATE SET
     created_at = min(created_at, excluded.created_at),
     updated_at = max(updated_at, excluded.updated_at)""",
+    types=_types(*(t for t in EVENT_TYPES if t != "subject_erased")),  # not a session's
 )
 
 MAP_CURRENT_SESSION = Statement(
@@ -455,7 +477,7 @@ SESSIONS_STATEMENTS = (
 # time is ``{ts}``), the single-event form with the event bound as parameters.
 _READ: dict[str, Any] = {
     "position": "e.position", "stream": "e.stream", "session_id": "e.session_id",
-    "body": "{body}", "ts": "{ts}",
+    "body": "{body}", "ts": "{ts}", "private": "p.body",
 }  # fmt: skip
 _BOUND: dict[str, Any] = {
     "position": "?1", "stream": "?2", "session_id": "?3", "body": "?4", "ts": "?5",

@@ -33,11 +33,12 @@ SELECT e.position, e.session_id, e.stream AS session_key,
         ELSE 'skipped' END AS outcome,
     e.data ->> '$.provider' AS provider,
     e.data ->> '$.attempt' AS attempt,
-    coalesce(e.data ->> '$.detail', e.data ->> '$.error', e.data ->> '$.reason') AS detail,
+    coalesce(p.body ->> '$.detail', p.body ->> '$.error',
+        e.data ->> '$.detail', e.data ->> '$.error', e.data ->> '$.reason') AS detail,
     """
     + TS
     + """ AS at
-FROM events AS e
+FROM events AS e LEFT JOIN payloads AS p ON p.position = e.position
 WHERE e.type IN ('memory_flushed', 'memory_flush_failed', 'memory_flush_skipped')"""
 )
 """Every memory-flush attempt, read straight from the log (one row per event)."""
