@@ -58,6 +58,11 @@ FIELDS = (
     "position",
     "signal",
     "passes",
+    "platform",
+    "chat_type",
+    "before",
+    "sessions",
+    "messages",
 )
 """The structured fields a record may carry, in the order JSON lines show them."""
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from hermes_ledger.ledger.personal import ERASED
 from hermes_ledger.ledger.query import EventFilter, select_events
 from hermes_ledger.ledger.records import Recorded
 from hermes_ledger.ledger.sql import business_time_of
@@ -84,7 +85,8 @@ class _Session:
 def _speaker(data: dict[str, Any]) -> str:
     role = str(data.get("role", "?"))
     if role == "user":
-        name = data.get("user_name") or data.get("user_id")
+        named = data.get("user_name")
+        name = named if named and named != ERASED else data.get("user_id")
         return f"{_escape(str(name))} (user)" if name else "user"
     return role
 
@@ -117,7 +119,7 @@ def _message_line(when: str, data: dict[str, Any]) -> str:
     return f"- {when} **{_speaker(data)}**: {body}".rstrip()
 
 
-def _heading(led: Ledger, session: _Session) -> list[str]:
+def _heading(led: Ledger, session: _Session, subject: bool) -> list[str]:
     start = next((r for r in session.events if r.type == "session_started"), None)
     end = next((r for r in session.events if r.type == "session_ended"), None)
     lines = [f"## Session {_code(session.session_id)}", ""]
@@ -132,15 +134,18 @@ def _heading(led: Ledger, session: _Session) -> list[str]:
     source = data.get("source") or {}
     if source:
         chat = source.get("chat_type", "dm")
-        name = f' "{_escape(str(source["chat_name"]))}"' if source.get("chat_name") else ""
+        chat_name = source.get("chat_name")
+        name = f' "{_escape(str(chat_name))}"' if chat_name and chat_name != ERASED else ""
         lines.append(f"- Platform: {_escape(str(source.get('platform', '?')))} ({chat}{name})")
     if started is not None:
         by = ""
         if mine:
-            who = source.get("user_name") or source.get("user_id")
+            named = source.get("user_name")
+            who = named if named and named != ERASED else source.get("user_id")
             by = f" by {_escape(str(who))}" if who else ""
-        lines.append(f"- Started: {_when(started)}{by}" if mine else f"- Started: {_when(started)}"
-                     " (by someone else: only this person's messages are exported)")  # fmt: skip
+        elif subject:
+            by = " (by someone else: only this person's messages are exported)"
+        lines.append(f"- Started: {_when(started)}{by}")
     if end is not None:
         ended = business_time_of(end.data, end.recorded_at_text)
         lines.append(f"- Ended: {_when(ended)} ({_escape(str(end.data.get('reason', '?')))})")
@@ -154,8 +159,8 @@ def _heading(led: Ledger, session: _Session) -> list[str]:
     return [*lines, ""]
 
 
-def _session_lines(led: Ledger, session: _Session) -> list[str]:
-    lines = _heading(led, session)
+def _session_lines(led: Ledger, session: _Session, subject: bool) -> list[str]:
+    lines = _heading(led, session, subject)
     shown = 0
     for rec in session.events:
         when = _when(business_time_of(rec.data, rec.recorded_at_text))[11:]
@@ -198,7 +203,9 @@ def write_markdown(
     described = events.describe()
     subject = f"user {_escape(str(described.pop('user')))}" if "user" in described else "the ledger"
     lines = [f"# Ledger export: {subject}", ""]
-    conditions = ", ".join(f"{k} {v}" for k, v in described.items())
+    conditions = ", ".join(
+        f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in described.items()
+    )
     lines.append(
         f"{_plural(count, 'event')}, exported {_when(exported_at)} by {generator}"
         + (f"; {_escape(conditions)}" if conditions else "")
@@ -207,7 +214,7 @@ def write_markdown(
     lines.append("")
     sessions, other = _sessions(select_events(led, events))
     for session in sessions:
-        lines.extend(_session_lines(led, session))
+        lines.extend(_session_lines(led, session, events.user is not None))
     if other:
         lines.extend(["## Other events", ""])
         for rec in other:

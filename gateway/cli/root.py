@@ -17,6 +17,7 @@ from hermes_ledger.gateway.cli import (
     hooks,
     log,
     plugin,
+    prune,
     report,
     run,
     search,
@@ -63,6 +64,7 @@ for _command in (
     serve.serve_cmd,
     hooks.hooks_group,
     report.report_cmd,
+    prune.prune_cmd,
 ):
     cli.add_command(_command)
 

@@ -1,6 +1,8 @@
 """Running the ledger's background work: scheduler ticks and hook deliveries.
 
-``Runner.once()`` is one pass (what ``hermes-ledger tick`` does); ``Runner.run()``
+``Runner.once()`` is one pass (what ``hermes-ledger tick`` does): the tick, hook
+deliveries, an anchor when one is due, and the retention policy
+(``ledger.retention``) every ``retention.interval`` seconds; ``Runner.run()``
 repeats it every ``interval`` seconds until asked to stop, finishing the pass in
 progress (what ``hermes-ledger run`` does until SIGTERM/SIGINT).
 
@@ -23,6 +25,7 @@ from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistrar, HookRegis
 from hermes_ledger.gateway.logs import fields
 from hermes_ledger.gateway.scheduler.ticks import Scheduler, TickReport
 from hermes_ledger.gateway.sessions.closing import Flusher
+from hermes_ledger.gateway.sessions.retention import apply_retention
 from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.anchors import Witness
@@ -44,6 +47,8 @@ class PassReport:
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     anchored: dict[str, Any] | None = None  # the anchor this pass wrote, if it was due
     anchor_error: str | None = None  # why an anchor that was due was refused
+    retained: list[dict[str, Any]] = field(default_factory=list)  # retention's erasures
+    retention_error: str | None = None  # why a due application of retention failed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,8 @@ class PassReport:
             "deliveries": self.deliveries,
             "anchored": self.anchored,
             "anchor_error": self.anchor_error,
+            "retained": self.retained,
+            "retention_error": self.retention_error,
         }
 
 
@@ -76,6 +83,7 @@ class Runner:
         self._ledger = ledger
         self.witness = witness
         self._next_anchor: datetime | None = None
+        self._next_retention: datetime | None = None
         self._base_clock = clock or system_clock
         self._fixed: datetime | None = None
         if flusher is None and settings.flusher:
@@ -113,6 +121,7 @@ class Runner:
             tick = self.scheduler.tick(now)
             delivery = self.dispatcher.deliver()
             anchored, anchor_error = self.anchor_if_due(now or self.clock())
+            retained, retention_error = self.retain_if_due(now or self.clock())
         finally:
             self._fixed = None
         if log.isEnabledFor(logging.DEBUG):
@@ -130,6 +139,8 @@ class Runner:
             deliveries=[_outcome(o) for o in delivery.outcomes],
             anchored=anchored,
             anchor_error=anchor_error,
+            retained=retained,
+            retention_error=retention_error,
         )
 
     def anchor_if_due(self, now: datetime) -> tuple[dict[str, Any] | None, str | None]:
@@ -163,6 +174,39 @@ class Runner:
             extra=fields("anchored", position=anchor.position, path=str(self.witness.path)),
         )  # fmt: skip
         return anchor.to_dict(), None
+
+    def retain_if_due(self, now: datetime) -> tuple[list[dict[str, Any]], str | None]:
+        """Apply the retention policy (``settings.retention``) when its interval has
+        passed since this runner last applied it (at once on its first pass), and
+        log one line per erasure it made. A failure (a busy or damaged ledger) is
+        reported in the pass and retried an interval later; it never stops the runner."""
+        policy = self.settings.retention
+        if not policy.enabled:
+            return [], None
+        if self._next_retention is not None and now < self._next_retention:
+            return [], None
+        self._next_retention = now + timedelta(seconds=policy.interval)
+        try:
+            reports = apply_retention(self._ledger, policy, now)
+        except LedgerError as exc:
+            log.warning(
+                "retention not applied: %s", exc,
+                extra=fields("retention_failed", error=str(exc)),
+            )  # fmt: skip
+            return [], str(exc)
+        for report in reports:
+            scope = report.scope
+            log.info(
+                "retention: forgot the content of %d session(s), %d message(s), on %s %s"
+                " that ended before %s (event %s)", len(report.sessions), report.messages,
+                scope.platform, scope.chat_type, format_utc(scope.before or now), report.position,
+                extra=fields(
+                    "retention_applied", platform=scope.platform, chat_type=scope.chat_type,
+                    before=format_utc(scope.before or now), sessions=len(report.sessions),
+                    messages=report.messages, position=report.position,
+                ),
+            )  # fmt: skip
+        return [r.to_dict() for r in reports], None
 
     def refresh_hooks(self) -> None:
         """Register hooks installed since the last look (``HookRegistrar``) and,
@@ -209,4 +253,12 @@ def describe(report: PassReport) -> list[str]:
         lines.append(f"  anchored position {report.anchored['position']}")
     if report.anchor_error is not None:
         lines.append(f"  anchor refused: {report.anchor_error}")
+    for erased in report.retained:
+        scope = erased["scope"]
+        lines.append(
+            f"  retention: forgot {len(erased['sessions'])} session(s) on {scope['platform']}"
+            f" {scope['chat_type']} that ended before {scope['before']}"
+        )
+    if report.retention_error is not None:
+        lines.append(f"  retention not applied: {report.retention_error}")
     return lines

@@ -20,11 +20,19 @@ platform has one, else its chat type's rule, else the default. So with the
 example above a Telegram group keeps content 30 days, a Discord group 7, a
 Discord DM 365.
 
-``retention_cutoffs(ledger, policy, now)`` turns a policy into the applications
+**What expires** is decided by the erasure's retention scope
+(``ledger.erasure``): the content of every event of each session that *ended*
+more than ``content_days`` ago (a session still open keeps its content, however
+old its first messages). Erased content reads "[erased]" everywhere; the events,
+their times, token counts, costs and the session rows stay.
+
+``retention_cutoffs(policy, sources, now)`` turns a policy into the applications
 it needs: one ``(platform, chat_type, before)`` per pair of platform and chat type
-the ledger has sessions of, each with its own rule's cutoff. Applying them
-(``apply_retention``) goes through ``Ledger.erase`` with a retention scope, which
-records every application as an event.
+the ledger has sessions of (``session_sources``), each with its own rule's cutoff.
+``apply_retention`` applies them through ``Ledger.erase`` with a retention scope,
+which records each application as a ``subject_erased`` event; a pair with no
+content left to forget is skipped (no event). ``prune`` is the one-off form
+(``hermes-ledger prune --older-than 90d``): one scope, a dry run unless asked.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from hermes_ledger.gateway.sessions.sources import ChatType, Platform, parse_platform
-from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope
 from hermes_ledger.ledger.store import Ledger
 
 __all__ = [
@@ -45,9 +53,14 @@ __all__ = [
     "RetentionCutoff",
     "RetentionPolicy",
     "RetentionRule",
+    "apply_retention",
+    "prune",
     "retention_cutoffs",
     "session_sources",
 ]
+
+RETENTION_REQUESTER = "ledger.retention"
+"""``requested_by`` of the erasures the runner applies (the config's policy)."""
 
 DEFAULT_RETENTION_INTERVAL = 3600.0
 """Seconds between two applications of the policy by the runner (at most hourly)."""
@@ -125,12 +138,18 @@ class RetentionPolicy(BaseModel):
 @dataclass(frozen=True)
 class RetentionCutoff:
     """One application of a policy: content of ``platform`` / ``chat_type``
-    sessions older than ``before`` (UTC text) is forgotten; ``days`` is the rule."""
+    sessions that ended before ``before`` is forgotten; ``days`` is the rule."""
 
     platform: str
     chat_type: str
     days: int
-    before: str
+    before: datetime
+
+    @property
+    def scope(self) -> ErasureScope:
+        return ErasureScope(
+            kind="retention", platform=self.platform, chat_type=self.chat_type, before=self.before
+        )
 
 
 def session_sources(led: Ledger) -> list[tuple[str, str]]:
@@ -147,6 +166,35 @@ def retention_cutoffs(
     for platform, chat_type in sources:
         days = policy.rule_for(platform, chat_type).content_days
         if days is not None:
-            before = format_utc(now - timedelta(days=days))
-            cutoffs.append(RetentionCutoff(platform, chat_type, days, before))
+            cutoffs.append(RetentionCutoff(platform, chat_type, days, now - timedelta(days=days)))
     return cutoffs
+
+
+def apply_retention(
+    led: Ledger, policy: RetentionPolicy, now: datetime, *, requested_by: str = RETENTION_REQUESTER
+) -> list[ErasureReport]:
+    """Apply ``policy`` at ``now``: for each cutoff with content still to forget
+    (a dry run counts it first), one ``Ledger.erase`` (one ``subject_erased``
+    event each). Returns the reports of the erasures made, in cutoff order."""
+    reports = []
+    for cutoff in retention_cutoffs(policy, session_sources(led), now):
+        scope = cutoff.scope
+        if led.erase(scope, requested_by=requested_by, dry_run=True).payloads:
+            reports.append(led.erase(scope, requested_by=requested_by, dry_run=False))
+    return reports
+
+
+def prune(
+    led: Ledger,
+    before: datetime,
+    *,
+    platform: str | None = None,
+    chat_type: str | None = None,
+    requested_by: str,
+    dry_run: bool = True,
+) -> ErasureReport:
+    """Forget the content of the sessions that ended before ``before`` (only on
+    ``platform`` / in ``chat_type`` when given); with ``dry_run`` (the default)
+    only count what would go. The one-off retention of ``hermes-ledger prune``."""
+    scope = ErasureScope(kind="retention", platform=platform, chat_type=chat_type, before=before)
+    return led.erase(scope, requested_by=requested_by, dry_run=dry_run)
