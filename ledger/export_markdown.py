@@ -25,14 +25,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from hermes_ledger.ledger.personal import ERASED
-from hermes_ledger.ledger.query import EventFilter, select_events
+from hermes_ledger.ledger.personal import ERASED, merged_sql
+from hermes_ledger.ledger.query import EventFilter
 from hermes_ledger.ledger.records import Recorded
 from hermes_ledger.ledger.sql import business_time_of
 from hermes_ledger.ledger.store import Ledger
 
 __all__ = ["write_markdown"]
 
+# The events the filter selects ("{where}": EventFilter.where()), whole: each with
+# its payload merged in (its personal fields; "[erased]" once erased).
+SQL_SELECTED_BODIES = (
+    "SELECT e.position, e.event_id, e.stream, e.version, e.type, e.session_id, "
+    + merged_sql("e.data", "p.body")
+    + ", e.meta, e.recorded_at, e.hash FROM events AS e"
+    " LEFT JOIN payloads AS p ON p.position = e.position"
+    " WHERE e.position IN (SELECT position FROM events WHERE 1{where}) ORDER BY e.position"
+)
 # The start of one session, for the heading of a session whose start is not exported.
 SQL_SESSION_START = (
     "SELECT data, recorded_at FROM events WHERE type = 'session_started' AND session_id = ?"
@@ -148,7 +157,7 @@ def _heading(led: Ledger, session: _Session, subject: bool) -> list[str]:
         lines.append(f"- Started: {_when(started)}{by}")
     if end is not None:
         ended = business_time_of(end.data, end.recorded_at_text)
-        lines.append(f"- Ended: {_when(ended)} ({_escape(str(end.data.get('reason', '?')))})")
+        lines.append(f"- Ended: {_when(ended)} ({end.data.get('reason', '?')})")
     usage = [r.data for r in session.events if r.type == "usage_recorded"]
     if usage:
         tokens_in = sum(int(u.get("input_tokens") or 0) for u in usage)
@@ -212,7 +221,9 @@ def write_markdown(
         + ". Times are UTC."
     )
     lines.append("")
-    sessions, other = _sessions(select_events(led, events))
+    where, args = events.where()
+    rows = led.query(SQL_SELECTED_BODIES.replace("{where}", where), args)
+    sessions, other = _sessions(Recorded(*row) for row in rows)
     for session in sessions:
         lines.extend(_session_lines(led, session, events.user is not None))
     if other:
