@@ -133,6 +133,7 @@ def _heading(led: Ledger, session: _Session, subject: bool) -> list[str]:
     end = next((r for r in session.events if r.type == "session_ended"), None)
     lines = [f"## Session {_code(session.session_id)}", ""]
     lines.append(f"- Key: {_code(session.key)}")
+    started: str | None
     if start is not None:
         data, started, mine = start.data, business_time_of(start.data, start.recorded_at_text), True
     else:
