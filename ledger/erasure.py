@@ -302,15 +302,17 @@ def covered_sql() -> str:
     return SQL_ERASING_FILL
 
 
-def recorded_scopes(conn: apsw.Connection) -> list[tuple[int, ErasureScope, int]]:
-    """Every recorded erasure: (its position, its scope, the position it covers up to)."""
+def recorded_scopes(conn: apsw.Connection, *, who: bool = False) -> list[tuple[Any, ...]]:
+    """Every recorded erasure: (its position, its scope, the position it covers up
+    to), and (``who``) who requested it."""
     from hermes_ledger.ledger.events import from_stored
 
-    out = []
+    out: list[tuple[Any, ...]] = []
     for position, data in conn.execute(SQL_ERASURES).fetchall():
         event = from_stored("subject_erased", "x", data, 1)
         assert isinstance(event, SubjectErased)
-        out.append((position, ErasureScope.of_event(event), event.through))
+        row = (position, ErasureScope.of_event(event), event.through)
+        out.append((*row, event.requested_by) if who else row)
     return out
 
 

@@ -81,6 +81,22 @@ _CHUNK = 2000
 _GZIP_LEVEL = 6
 
 
+# ``data`` as the event said it: its payload (its personal fields, ``ledger.personal``)
+# merged in, or "[erased]" in their place once erased. An event with a payload gets
+# "payload": {"salt": hex} after its hash, so that an import can split the body again
+# into the stored row and payload (and check both, against the hash and the digest
+# in meta); an erased event has none, and its data is the stored text.
+_WHOLE_DATA = (
+    "coalesce((SELECT json_patch(events.data, p.body) FROM payloads AS p"
+    " WHERE p.position = events.position), events.data)"
+)
+_PAYLOAD_MEMBER = (
+    'coalesce((SELECT \',"payload":{"salt":"\' || lower(hex(p.salt)) || \'"}\''
+    " FROM payloads AS p WHERE p.position = events.position), '')"
+)
+_PAYLOAD_BODY = "(SELECT p.body FROM payloads AS p WHERE p.position = events.position)"
+
+
 def _jsonl_page(data: str, meta: str, ordered: bool) -> str:
     """The statement turning a page of events into JSONL, given the SQL for the
     ``data`` and ``meta`` values: ``(text, count, first position, last position)``
@@ -94,12 +110,12 @@ def _jsonl_page(data: str, meta: str, ordered: bool) -> str:
     """
     layout = (
         '{"position":%d,"event_id":%s,"stream":%s,"version":%d,"type":%s,'
-        '"session_id":%s,"data":%s,"meta":%s,"recorded_at":%s,"occurred_at":%s,"hash":%s}\n'
+        '"session_id":%s,"data":%s,"meta":%s,"recorded_at":%s,"occurred_at":%s,"hash":%s%s}\n'
     )
     line = (
         f"printf('{layout}', position, json_quote(event_id), json_quote(stream), version,"
         f" json_quote(type), json_quote(session_id), {data}, {meta}, json_quote(recorded_at),"
-        " json_quote(occurred_at), json_quote(hash))"
+        f" json_quote(occurred_at), json_quote(hash), {_PAYLOAD_MEMBER})"
     )
     order = " ORDER BY position" if ordered else ""
     return (
@@ -111,17 +127,19 @@ def _jsonl_page(data: str, meta: str, ordered: bool) -> str:
 
 # A page of events, one line each: ``data`` and ``meta`` embedded as stored,
 # byte for byte, so an import can restore them exactly.
-SQL_JSONL_PAGE = _jsonl_page("data", "meta", ordered=False)
+SQL_JSONL_PAGE = _jsonl_page(_WHOLE_DATA, "meta", ordered=False)
 # The same page, for the rare page the fast form does not suit: some event's data
 # or meta holds a line break (legal JSON whitespace, though the ledger never writes
 # one), so that value is embedded re-serialised and its exact text follows as
 # "data_text" / "meta_text"; and the order is group_concat's own.
 _ONE_LINE = (
     "CASE WHEN instr({c}, char(10)) OR instr({c}, char(13))"
-    " THEN json({c}) || ',\"{c}_text\":' || json_quote({c}) ELSE {c} END"
+    " THEN json({c}) || ',\"{name}_text\":' || json_quote({c}) ELSE {c} END"
 )
 SQL_JSONL_SAFE_PAGE = _jsonl_page(
-    _ONE_LINE.format(c="data"), _ONE_LINE.format(c="meta"), ordered=True
+    _ONE_LINE.format(c=_WHOLE_DATA, name="data"),
+    _ONE_LINE.format(c="meta", name="meta"),
+    ordered=True,
 )
 SQL_HASH_AT = "SELECT hash FROM events WHERE position = ?"
 EXPORT_COLUMNS = (
@@ -131,7 +149,11 @@ EXPORT_COLUMNS = (
 """The columns of a CSV export and of a SQLite export's ``events``, in order: the
 log's stored columns (``ledger.query.COLUMNS``) with the business time beside
 ``recorded_at``."""
-SQL_ROWS = "SELECT " + ", ".join(EXPORT_COLUMNS) + " FROM events WHERE 1{where} ORDER BY position"
+SQL_ROWS = (
+    "SELECT "
+    + ", ".join(_WHOLE_DATA if c == "data" else c for c in EXPORT_COLUMNS)
+    + " FROM events WHERE 1{where} ORDER BY position"
+)
 SQL_COUNT = "SELECT count(*) FROM events WHERE 1{where}"
 SQL_SUMMARY = (
     "SELECT count(*), min(position), max(position),"
@@ -160,7 +182,8 @@ MESSAGE_COLUMNS = {c.name: c.python_type for c in TRANSCRIPT_COLUMNS}
 SQL_MESSAGES = (
     "SELECT "
     + transcript_values(position="position", stream="stream", session_id="session_id",
-                        body=_MESSAGE_BODY, ts=business_time(_MESSAGE_BODY, "recorded_at"))
+                        body=_MESSAGE_BODY, ts=business_time(_MESSAGE_BODY, "recorded_at"),
+                        private=_PAYLOAD_BODY)
     + " FROM events WHERE type = 'message_appended' AND NOT "
     + SYNTHETIC.format(body=_MESSAGE_BODY)
     + "{where} ORDER BY position"

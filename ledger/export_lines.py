@@ -16,6 +16,7 @@ import pydantic
 from hermes_ledger.ledger.chain import row_hash
 from hermes_ledger.ledger.errors import EventValidationError, LedgerError
 from hermes_ledger.ledger.events import EVENT_TYPES, parse
+from hermes_ledger.ledger.personal import split
 from hermes_ledger.ledger.store import check_name
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "RestoreError",
     "check_event",
     "check_fields",
+    "check_payload",
     "load_line",
     "verbatim",
 ]
@@ -32,7 +34,7 @@ _FIELDS = (
     "position", "event_id", "stream", "version", "type", "session_id", "data", "meta",
     "recorded_at", "hash",
 )  # fmt: skip
-_OPTIONAL = ("data_text", "meta_text", "occurred_at")
+_OPTIONAL = ("data_text", "meta_text", "occurred_at", "payload")
 """Keys an export line may have besides ``_FIELDS``: the exact texts of ``data`` and
 ``meta`` when they hold line breaks, and the business time (derived from ``data``
 and ``recorded_at``; exports before schema v3 have none)."""
@@ -170,8 +172,10 @@ def _hash(obj: dict[str, Any], previous: str, data: str, meta: str) -> str:
     )  # fmt: skip
 
 
-def verbatim(obj: dict[str, Any], text: str, previous: str, n: int) -> tuple[str, str]:
-    """The exact ``data`` and ``meta`` texts of the line, checked against its hash.
+def verbatim(obj: dict[str, Any], text: str, previous: str, n: int) -> tuple[str, str, str]:
+    """The exact stored ``data`` and ``meta`` texts of the line, checked against its
+    hash, and the line's ``data`` text. A line with a ``payload`` holds the body
+    whole: the stored ``data`` is its split (``ledger.personal.split``).
 
     A line as ``export`` writes it is read by position (``_quick_spans``); any
     other layout member by member, with and then without the whitespace around
@@ -186,10 +190,11 @@ def verbatim(obj: dict[str, Any], text: str, previous: str, n: int) -> tuple[str
         spans = reading()
         if not spans:
             continue
-        data = _field_text(obj, text, spans, "data")
+        whole = _field_text(obj, text, spans, "data")
         meta = _field_text(obj, text, spans, "meta")
+        data = split(obj["type"], whole)[0] if "payload" in obj else whole
         if _hash(obj, previous, data, meta) == obj["hash"]:
-            return data, meta
+            return data, meta, whole
     raise RestoreError(
         f"position {obj['position']}: the hash does not match the event's content "
         "and the previous event's hash",
@@ -276,3 +281,36 @@ def _check_row(obj: dict[str, Any], data: str) -> None:
             f"the session_id column is {session_id!r} but the body says "
             f"{getattr(event, 'session_id', None)!r}"
         )
+
+
+def check_payload(obj: dict[str, Any], data: str, meta: str, n: int) -> tuple[bytes, str] | None:
+    """The line's payload (``ledger.personal``) as (salt, body text), checked against
+    the digest in its ``meta`` (which the hash covers); None when it has none (an
+    event without personal fields, or one whose content was erased). ``data`` is the
+    line's whole body text (``verbatim`` read it)."""
+    from hermes_ledger.ledger.personal import SALT_BYTES, digest, split
+
+    payload = obj.get("payload")
+    if payload is None:
+        return None
+    expected = json.loads(meta).get("payload")
+    salt_hex = payload.get("salt") if isinstance(payload, dict) else None
+    try:
+        salt = bytes.fromhex(salt_hex) if isinstance(salt_hex, str) else b""
+    except ValueError:
+        salt = b""
+    if len(salt) != SALT_BYTES or expected is None:
+        raise RestoreError(
+            f"position {obj['position']}: the payload is not a salt its meta has a digest for",
+            line=n,
+            hint=BODY_HINT,
+        )
+    body = split(obj["type"], data)[1]
+    if body is None or digest(salt, body) != expected:
+        raise RestoreError(
+            f"position {obj['position']}: the personal fields do not match the digest in meta",
+            line=n,
+            hint="the file was edited or damaged after it was exported; nothing was imported. "
+            "Export the ledger again",
+        )
+    return salt, body

@@ -34,6 +34,7 @@ __all__ = [
     "PERSONAL",
     "PERSONAL_TYPES",
     "digest",
+    "dumps",
     "merged_sql",
     "new_salt",
     "personal_sql",
@@ -57,13 +58,15 @@ _LISTS: Final = frozenset({("tool_calls",)})
 """Personal fields that hold a list: erased, they are an empty list."""
 
 SALT_BYTES: Final = 16
+"""The length of a payload's random salt."""
 
 
 def _placeholder(path: tuple[str, ...]) -> Any:
     return [] if path in _LISTS else ERASED
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
+    """A payload body as the ledger writes it (compact, UTF-8, finite numbers)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -80,7 +83,9 @@ def split(event_type: str, data: str) -> tuple[str, str | None]:
     paths = PERSONAL.get(event_type)
     if paths is None:
         return data, None
-    body: dict[str, Any] = json.loads(data)
+    body: Any = json.loads(data)
+    if not isinstance(body, dict):
+        return data, None
     private: dict[str, Any] = {}
     for path in paths:
         holder: Any = body
@@ -98,7 +103,7 @@ def split(event_type: str, data: str) -> tuple[str, str | None]:
         holder[path[-1]] = _placeholder(path)
     if not private:
         return data, None
-    return _dumps(body), _dumps(private)
+    return dumps(body), dumps(private)
 
 
 def new_salt() -> bytes:

@@ -44,7 +44,10 @@ COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, re
 
 # A filtered page of the log: "{where}" is built by EventFilter.where() from fixed
 # fragments; every value is a binding.
-SQL_EVENTS_PAGE = "SELECT {columns} FROM events WHERE position > ?{where} ORDER BY position LIMIT ?"
+# event_bodies: each event whole, its personal fields merged in ("[erased]" once erased).
+SQL_EVENTS_PAGE = (
+    "SELECT {columns} FROM event_bodies WHERE position > ?{where} ORDER BY position LIMIT ?"
+)
 # The position of the N-th newest matching event (OFFSET N - 1), for ``--tail N``.
 SQL_EVENTS_TAIL_START = (
     "SELECT position FROM events WHERE position > 0{where} ORDER BY position DESC LIMIT 1 OFFSET ?"

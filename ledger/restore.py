@@ -37,6 +37,12 @@ from typing import IO, Any, cast
 import apsw
 
 from hermes_ledger.ledger.chain import GENESIS
+from hermes_ledger.ledger.erasure import (
+    ErasureReport,
+    check_payloads,
+    erase,
+    recorded_scopes,
+)
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.export import EXPORT_FORMAT, FORMAT_VERSION
 from hermes_ledger.ledger.export_lines import (
@@ -45,14 +51,22 @@ from hermes_ledger.ledger.export_lines import (
     RestoreError,
     check_event,
     check_fields,
+    check_payload,
     load_line,
     verbatim,
 )
 from hermes_ledger.ledger.outfiles import claim_part, remove_dead_parts, sync_directory
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
-from hermes_ledger.ledger.store import SQL_INSERT, Ledger
+from hermes_ledger.ledger.store import SQL_INSERT, SQL_INSERT_PAYLOAD, Ledger
 
-__all__ = ["RestoreError", "RestoreResult", "import_jsonl", "open_input", "restore_jsonl"]
+__all__ = [
+    "RestoreError",
+    "RestoreResult",
+    "import_jsonl",
+    "open_input",
+    "reapply_erasures",
+    "restore_jsonl",
+]
 
 SQL_HAS_EVENTS = "SELECT EXISTS (SELECT 1 FROM events)"
 SQL_OCCURRED_AT_RANGE = (
@@ -92,6 +106,7 @@ class _Restore:
         self.pending: list[tuple[Any, ...]] = []
         self.pending_lines: list[int] = []
         self.pending_occurred: list[str | None] = []
+        self.payloads: list[tuple[int, bytes, str]] = []
 
     def event(self, obj: dict[str, Any], text: str, n: int) -> None:
         check_fields(obj, n)
@@ -116,8 +131,11 @@ class _Restore:
                 f"stream {stream!r} jumps from version {self.versions.get(stream, 0)} to {version}",
                 line=n,
             )
-        data, meta = verbatim(obj, text, self.hash, n)
-        check_event(obj, data, n)
+        data, meta, whole = verbatim(obj, text, self.hash, n)
+        check_event(obj, whole, n)
+        payload = check_payload(obj, whole, meta, n)
+        if payload is not None:
+            self.payloads.append((position, *payload))
         self.pending.append(
             (position, obj["event_id"], stream, version, obj["type"], obj["session_id"],
              data, meta, obj["recorded_at"], obj["hash"])
@@ -144,6 +162,9 @@ class _Restore:
             reason = str(exc).split("ConstraintError: ")[-1]
             raise RestoreError(f"the ledger refused the event: {reason}", line=line) from None
         self._check_occurred_at()
+        if self.payloads:
+            self.conn.executemany(SQL_INSERT_PAYLOAD, self.payloads)
+            self.payloads.clear()
         self.pending.clear()
         self.pending_lines.clear()
         self.pending_occurred.clear()
@@ -204,6 +225,10 @@ class _Restore:
                     f"before it give {actual!r}: events are missing or were added",
                     line=n,
                 )
+        bad = check_payloads(self.conn, self.position)
+        if bad is not None:
+            where = f"position {bad[0]}: " if bad[0] is not None else ""
+            raise RestoreError(f"{where}{bad[1]}", hint="export the ledger again")
         return RestoreResult(self.count, last_position, last_hash)
 
 
@@ -350,12 +375,34 @@ def open_input(
             reader.close()
 
 
+def reapply_erasures(led: Ledger, source: str | os.PathLike[str]) -> list[ErasureReport]:
+    """Re-apply to ``led`` (just restored from an export) every erasure recorded in
+    the ledger at ``source`` that covers content ``led`` still holds: an export made
+    before an erasure would otherwise bring the content back. Each is appended to
+    ``led`` as its own ``subject_erased`` (same scope, bounded by the original's
+    ``through``, requested_by naming the original), then scrubbed as ``erase`` does."""
+    with Ledger.open_existing(source, readonly=True) as src, src._lock:
+        recorded = recorded_scopes(src.connection, who=True)
+    reports = []
+    for position, scope, through, by in recorded:
+        dry = erase(led, scope, requested_by=by, dry_run=True, through=through)
+        if not dry.payloads:
+            continue
+        note = f"{by} (re-applied from {source}, position {position})"
+        reports.append(
+            erase(led, scope, requested_by=note, dry_run=False, through=through,
+                  scrubbers=tuple(led._scrubbers))
+        )  # fmt: skip
+    return reports
+
+
 def import_jsonl(
     ledger_path: str | os.PathLike[str],
     source: str | os.PathLike[str] | None,
     *,
     stdin: IO[bytes] | None = None,
     progress: Callable[[int], None] | None = None,
+    erasures_from: str | os.PathLike[str] | None = None,
 ) -> RestoreResult:
     """Restore the JSONL export ``source`` (a path, ``-`` or None for stdin) into
     the ledger at ``ledger_path``, which is created if needed and must be empty.
@@ -364,15 +411,20 @@ def import_jsonl(
     it and given its name only when everything was checked and written: a refused
     or interrupted import creates no file at ``ledger_path`` (and the next import
     to that path removes what a killed one left). An existing empty ledger is
-    restored into in one transaction, rolled back on any problem."""
+    restored into in one transaction, rolled back on any problem. ``erasures_from``
+    names a ledger whose recorded erasures are re-applied (``reapply_erasures``)
+    before the imported ledger is given its name."""
     target = Path(ledger_path)
     with open_input(source, stdin) as stream:
         # A 0-byte file is built like a new one (then replaces it), so a refused
         # import leaves it 0 bytes rather than a migrated empty ledger.
         if os.path.lexists(target) and not _zero_bytes(target):
             with Ledger.open(target) as led:
-                return restore_jsonl(led, stream, progress=progress)
-        return _restore_new(target, stream, progress)
+                result = restore_jsonl(led, stream, progress=progress)
+                if erasures_from is not None:
+                    reapply_erasures(led, erasures_from)
+                return result
+        return _restore_new(target, stream, progress, erasures_from)
 
 
 def _zero_bytes(path: Path) -> bool:
@@ -380,7 +432,10 @@ def _zero_bytes(path: Path) -> bool:
 
 
 def _restore_new(
-    target: Path, stream: IO[bytes], progress: Callable[[int], None] | None
+    target: Path,
+    stream: IO[bytes],
+    progress: Callable[[int], None] | None,
+    erasures_from: str | os.PathLike[str] | None = None,
 ) -> RestoreResult:
     """Restore into a new file built under a temporary name, then linked to ``target``."""
     if not target.parent.is_dir():
@@ -394,6 +449,8 @@ def _restore_new(
         try:
             with Ledger.open(temp) as led:
                 result = restore_jsonl(led, stream, progress=progress)
+                if erasures_from is not None:
+                    reapply_erasures(led, erasures_from)
                 # Everything into the main file, so it can move without its -wal.
                 led.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             with open(temp, "rb") as done:
