@@ -190,6 +190,40 @@ class ErasureReport:
     checkpointed: bool = False
     recorded_at: str | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        if self.dry_run or self.checkpointed:
+            return []
+        return [
+            "a reader kept the WAL from being emptied: old page images may remain in "
+            "the -wal file until the next checkpoint; run the same erase again later"
+        ]
+
+    def summary(self) -> list[str]:
+        """The report for people (what ``erase`` prints)."""
+        noun = "session" if len(self.sessions) == 1 else "sessions"
+        counts = (
+            f"{self.events} events ({self.messages} messages) in {len(self.sessions)} {noun},"
+            f" {self.payloads} of them with content still held"
+        )
+        shown = ", ".join(self.sessions[:10])
+        more = f" … and {len(self.sessions) - 10} more" if len(self.sessions) > 10 else ""
+        lines = [f"Scope: {self.scope.describe()}"]
+        if self.dry_run:
+            lines.append(f"Would forget: {counts}")
+        else:
+            lines.append(f"Forgot: {counts}")
+        if self.sessions:
+            lines.append(f"Sessions: {shown}{more}")
+        if self.dry_run:
+            lines.append("Nothing was changed (a dry run); run again with --yes to erase.")
+        else:
+            lines.append(
+                f"Recorded subject_erased at position {self.position} "
+                f"(requested by {self.requested_by}, {self.recorded_at})"
+            )
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
         body["scope"] = {k: v for k, v in asdict(self.scope).items() if v is not None}

@@ -19,13 +19,17 @@ transaction with the erasure).
 
 from __future__ import annotations
 
+import os
+
 import apsw
 
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope
 from hermes_ledger.ledger.sql import scalar
 from hermes_ledger.projections.quoting import LIVE, Target, quote_ident
 from hermes_ledger.projections.tables import MESSAGES, MESSAGES_FTS, SESSION_HISTORY, SESSION_MAP
 
-__all__ = ["scrub", "scrub_target"]
+__all__ = ["erase_ledger", "scrub", "scrub_target"]
 
 _PICK = """CREATE TEMP TABLE IF NOT EXISTS scrubbing (position INTEGER PRIMARY KEY, content TEXT)"""
 _CLEAR = "DELETE FROM temp.scrubbing"
@@ -111,3 +115,19 @@ def scrub_target(conn: apsw.Connection, target: Target) -> int:
 def scrub(conn: apsw.Connection) -> None:
     """The live projections' scrubber (see the module docstring)."""
     scrub_target(conn, LIVE)
+
+
+def erase_ledger(
+    path: str | os.PathLike[str], scope: ErasureScope, *, requested_by: str, dry_run: bool = True
+) -> ErasureReport:
+    """``Ledger.erase`` on the existing ledger at ``path`` with its projections
+    attached (caught up first), so that their rows are scrubbed in the same
+    transaction. A dry run opens the file read-only and changes nothing."""
+    if dry_run:
+        with Ledger.open_existing(path, readonly=True) as led:
+            return led.erase(scope, requested_by=requested_by, dry_run=True)
+    from hermes_ledger.projections.inline import attach
+
+    with Ledger.open_existing(path) as led:
+        attach(led)
+        return led.erase(scope, requested_by=requested_by, dry_run=False)

@@ -14,6 +14,7 @@ from hermes_ledger.gateway.cli import (
     admin,
     anchor,
     doctor,
+    erase,
     hooks,
     log,
     plugin,
@@ -65,6 +66,7 @@ for _command in (
     hooks.hooks_group,
     report.report_cmd,
     prune.prune_cmd,
+    erase.erase_cmd,
 ):
     cli.add_command(_command)
 
