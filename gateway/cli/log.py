@@ -202,7 +202,7 @@ def events_cmd(
     "fmt",
     type=click.Choice(FORMATS),
     help="jsonl (default), csv, sqlite or markdown (readable, one section per"
-    " session); by default from -o's extension (.csv, .db, .md).",
+    " session); by default from -o's name (csv, db, md endings).",
 )
 @click.option(
     "-o",
