@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-__all__ = ["ADMIN_DSN", "admin_connection", "dsn_for", "fresh_database", "login_role"]
+__all__ = ["ADMIN_DSN", "admin_connection", "as_user", "dsn_for", "fresh_database", "login_role"]
 
 DEFAULT_DSN = "postgresql://127.0.0.1:5432/postgres"
 ADMIN_DSN = os.environ.get("HERMES_LEDGER_TEST_PG") or DEFAULT_DSN
@@ -49,9 +49,12 @@ def admin_connection() -> psycopg.Connection:
 
 def dsn_for(dbname: str, **changes: str) -> str:
     """The test server's connection string with another database (and user…)."""
-    info = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
-    info.update(dbname=dbname, **changes)
-    return psycopg.conninfo.make_conninfo(**info)
+    return psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=dbname, **changes)
+
+
+def as_user(dsn: str, user: str) -> str:
+    """``dsn`` logging in as ``user``."""
+    return psycopg.conninfo.make_conninfo(dsn, user=user)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from helpers import ManualClock, next_line
-from pg_support import dsn_for, fresh_database, login_role
+from pg_support import as_user, fresh_database, login_role
 
 from hermes_ledger.ledger import (
     NO_STREAM,
@@ -175,7 +175,7 @@ def test_invalid_json_is_refused(log: PostgresLog, pg_dsn: str) -> None:
 def test_writer_role_may_only_insert_and_select(pg_dsn: str, clock: ManualClock) -> None:
     PostgresLog.open(pg_dsn).close()  # the owner applies the migrations (and makes the role)
     with login_role(WRITER_ROLE) as user:
-        writer_dsn = dsn_for(psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"], user=user)
+        writer_dsn = as_user(pg_dsn, user)
         with PostgresLog.open(writer_dsn, clock=clock) as log:
             assert log.append(STREAM, [started(), said()]).positions == (1, 2)
             assert [r.position for r in log.read_all()] == [1, 2]
@@ -213,9 +213,8 @@ def test_writer_role_may_only_insert_and_select(pg_dsn: str, clock: ManualClock)
 def test_writer_cannot_migrate_a_new_database(pg_dsn: str) -> None:
     PostgresLog.open(pg_dsn).close()  # the writer role exists on the server from now on
     with fresh_database() as other, login_role(WRITER_ROLE) as user:
-        name = psycopg.conninfo.conninfo_to_dict(other)["dbname"]
         with pytest.raises(LedgerError, match="migrations this role may not apply") as exc:
-            PostgresLog.open(dsn_for(name, user=user))
+            PostgresLog.open(as_user(other, user))
         assert exc.value.hint and "owner" in exc.value.hint
 
 
