@@ -1,0 +1,313 @@
+"""Erasure (docs/erasure.md): the content of a subject is forgotten from every read
+surface and from the bytes of the ledger's files, the chain still verifies, and a
+payload deleted without an erasure is tampering."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+from click.testing import Result
+
+from hermes_ledger import projections
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.erasure import ErasureScope
+from hermes_ledger.ledger.events import (
+    MemoryFlushed,
+    MessageAppended,
+    SessionEnded,
+    SessionStarted,
+    Source,
+)
+from hermes_ledger.ledger.export import export_to_stream
+from hermes_ledger.ledger.restore import import_jsonl
+
+MARK = "Qzxmarkerword"  # in a message, a tool argument, a user name, a chat name
+OTHER = "Keepthisword"
+DM = "agent:main:telegram:dm:1"
+GROUP = "agent:main:telegram:group:9"
+
+
+def fill(path: Path) -> None:
+    """u1's DM (every personal field carries MARK), a group where u1 and u2 talk,
+    and u2's own DM (kept)."""
+    with projections.open_ledger(path) as led:
+        led.append(DM, [SessionStarted(session_id="s1", source=Source(
+            platform="telegram", user_id="u1", user_name=f"{MARK} Name",
+            chat_name=f"{MARK} Chat"))])  # fmt: skip
+        led.append(
+            DM,
+            [
+                MessageAppended(
+                    session_id="s1",
+                    role="user",
+                    user_id="u1",
+                    user_name=f"{MARK} Name",
+                    content=f"hello {MARK}",
+                )
+            ],
+        )
+        led.append(
+            DM,
+            [
+                MessageAppended(
+                    session_id="s1",
+                    role="assistant",
+                    content="calling",
+                    tool_calls=[{"name": "search", "args": {"q": MARK}}],
+                )
+            ],
+        )
+        led.append(
+            DM,
+            [
+                MessageAppended(
+                    session_id="s1", role="tool", tool_name="search", content=f"result {MARK}"
+                )
+            ],
+        )
+        led.append(DM, [MemoryFlushed(session_id="s1", provider="mem", detail=f"sum {MARK}")])
+        led.append(DM, [SessionEnded(session_id="s1", reason="idle_expiry")])
+        led.append(GROUP, [SessionStarted(session_id="g1", source=Source(
+            platform="telegram", chat_type="group", user_id="u2", user_name="Bob",
+            chat_name="Team"))])  # fmt: skip
+        led.append(
+            GROUP,
+            [MessageAppended(session_id="g1", role="user", user_id="u1", content=f"group {MARK}")],
+        )
+        led.append(
+            GROUP,
+            [MessageAppended(session_id="g1", role="user", user_id="u2", content=f"group {OTHER}")],
+        )
+        led.append("agent:main:telegram:dm:2", [SessionStarted(session_id="s2", source=Source(
+            platform="telegram", user_id="u2", user_name="Bob"))])  # fmt: skip
+        led.append("agent:main:telegram:dm:2", [MessageAppended(
+            session_id="s2", role="user", user_id="u2", content=f"mine {OTHER}")])  # fmt: skip
+
+
+def raw_bytes(path: Path, suffixes: tuple[str, ...] = ("", "-wal", "-shm")) -> bytes:
+    """The database file, its WAL and its shared memory, as they are on disk."""
+    return b"".join(
+        Path(f"{path}{suffix}").read_bytes()
+        for suffix in suffixes
+        if Path(f"{path}{suffix}").exists()
+    )
+
+
+def contents(path: Path) -> list[Any]:
+    with Ledger.open(path, readonly=True) as led:
+        return led.query("SELECT * FROM events") + led.query("SELECT * FROM payloads")
+
+
+@pytest.fixture
+def erased(db_path: Path, cli: Callable[..., Result]) -> Path:
+    fill(db_path)
+    assert MARK.encode() in raw_bytes(db_path)
+    result = cli("erase", "--db", str(db_path), "--user", "u1", "--yes",
+                 "--requested-by", "dpo@example.org")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Recorded subject_erased at position 12" in result.output
+    return db_path
+
+
+def test_the_erased_text_is_in_no_byte_of_the_files(erased: Path) -> None:
+    data = raw_bytes(erased)
+    assert MARK.encode() not in data
+    assert MARK.lower().encode() not in data  # nor as a full-text token
+    assert OTHER.encode() in data  # u2's own content stays
+
+
+def test_every_read_surface_shows_erased(erased: Path, cli: Callable[..., Result]) -> None:
+    db = ["--db", str(erased)]
+    outputs = [
+        cli("transcript", *db, "s1").output,
+        cli("transcript", *db, "g1").output,
+        cli("sessions", *db, "--json").output,
+        cli("history", *db, DM, "--json").output,
+        cli("events", *db, "--json").output,
+        cli("search", *db, MARK).output,
+        cli("sql", *db, "SELECT * FROM messages").output,
+        cli("sql", *db, f"SELECT * FROM messages_fts WHERE messages_fts MATCH '{MARK}'").output,
+        cli("sql", *db, "SELECT * FROM event_bodies").output,
+        cli("sql", *db, "SELECT * FROM flush_outcomes").output,
+        cli("export", *db).output,
+        cli("export", *db, "--format", "csv").output,
+    ]
+    for text in outputs:
+        assert MARK not in text
+    assert "[erased]" in outputs[0] and "[erased]" in outputs[4]
+    assert OTHER in outputs[1]  # u2's message in the group is kept
+    target = erased.parent / "out.db"
+    assert cli("export", *db, "-o", str(target)).exit_code == 0
+    with sqlite3.connect(target) as out:
+        rows = out.execute("SELECT content FROM messages ORDER BY position").fetchall()
+        dump = "\n".join(out.iterdump())
+    assert MARK not in dump
+    assert ("[erased]",) in rows and (f"group {OTHER}",) in rows
+
+
+def test_the_erasure_is_an_event_and_the_chain_verifies(erased: Path) -> None:
+    with Ledger.open(erased) as led:
+        assert led.verify().ok
+        last = list(led.read_all())[-1]
+        assert last.type == "subject_erased" and last.stream == "_erasures"
+        assert last.data["scope"] == "user" and last.data["value"] == "u1"
+        assert last.data["requested_by"] == "dpo@example.org"
+        assert MARK not in last.data_json
+        events = {r.position: r.event for r in led.read_all()}
+    assert events[2].content == "[erased]"  # type: ignore[attr-defined]
+    assert events[3].tool_calls == []  # type: ignore[attr-defined]
+    assert events[1].source.chat_name == "[erased]"  # type: ignore[attr-defined]
+    assert events[9].content == f"group {OTHER}"  # type: ignore[attr-defined]
+
+
+def test_state_at_a_moment_before_the_erasure_shows_erased(erased: Path) -> None:
+    with Ledger.open(erased, readonly=True) as led:
+        before = projections.state_at(led, position=11)
+    assert [m["content"] for m in before.transcripts["s1"]] == ["[erased]"] * 3
+    assert before.session_map[DM]["chat_name"] == "[erased]"
+    assert MARK not in json.dumps([before.session_map, before.session_history,
+                                   before.transcripts], default=str)  # fmt: skip
+
+
+def test_live_projections_equal_a_rebuild_after_erasure(erased: Path) -> None:
+    with projections.open_ledger(erased) as led:
+        assert projections.verify(led).ok
+        projections.rebuild(led)
+        assert projections.verify(led).ok
+        assert MARK not in json.dumps(led.query("SELECT * FROM messages"))
+
+
+def test_a_dry_run_changes_nothing(db_path: Path, cli: Callable[..., Result]) -> None:
+    fill(db_path)
+    before = contents(db_path), raw_bytes(db_path, ("", "-wal"))
+    result = cli("erase", "--db", str(db_path), "--user", "u1", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["dry_run"] is True and report["position"] is None
+    assert report["events"] == 7 and report["messages"] == 4
+    assert report["sessions"] == ["g1", "s1"]
+    assert (contents(db_path), raw_bytes(db_path, ("", "-wal"))) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("--user", "u1", "--session-id", "s1"),
+        ("--user", ""),
+        ("--user", "u", "--requested-by", " "),
+    ],
+)
+def test_usage_errors_exit_2_and_write_nothing(
+    db_path: Path, cli: Callable[..., Result], args: tuple[str, ...]
+) -> None:
+    fill(db_path)
+    before = contents(db_path)
+    result = cli("erase", "--db", str(db_path), *args, "--yes")
+    assert result.exit_code == 2
+    assert "Error:" in result.output and "Traceback" not in result.output
+    assert contents(db_path) == before
+
+
+def test_a_payload_deleted_without_an_erasure_fails_verify(db_path: Path) -> None:
+    fill(db_path)
+    conn = apsw.Connection(str(db_path))
+    conn.execute("DELETE FROM payloads WHERE position = 9")
+    conn.close()
+    with Ledger.open(db_path) as led:
+        report = led.verify()
+    assert not report.ok and report.first_bad_position == 9
+    assert "no recorded erasure covers it" in str(report)
+
+
+def test_an_edited_payload_fails_verify(db_path: Path) -> None:
+    fill(db_path)
+    conn = apsw.Connection(str(db_path))
+    conn.execute("DROP TRIGGER payloads_refuse_update")
+    conn.execute(
+        "UPDATE payloads SET body = json_set(body, '$.content', 'forged') WHERE position = 9"
+    )
+    conn.close()
+    with Ledger.open(db_path) as led:
+        report = led.verify()
+    assert not report.ok and report.first_bad_position == 9
+
+
+def test_session_key_and_session_id_scopes(db_path: Path) -> None:
+    fill(db_path)
+    with projections.open_ledger(db_path) as led:
+        one = led.erase(ErasureScope("session_id", "g1"), requested_by="t", dry_run=False)
+        assert (one.events, one.messages, one.sessions) == (3, 2, ("g1",))
+        key = led.erase(ErasureScope("session_key", DM), requested_by="t", dry_run=False)
+        assert key.sessions == ("s1",) and key.payloads == 5
+        again = led.erase(ErasureScope("session_key", DM), requested_by="t", dry_run=False)
+        assert again.payloads == 0 and again.checkpointed  # a re-run is harmless
+        assert led.verify().ok and projections.verify(led).ok
+        kept = led.query("SELECT content FROM messages WHERE content <> '[erased]'")
+    assert kept == [(f"mine {OTHER}",)]
+    assert MARK.encode() not in raw_bytes(db_path)
+
+
+def test_retention_scope_erases_sessions_ended_before(db_path: Path) -> None:
+    fill(db_path)
+    with projections.open_ledger(db_path) as led:
+        soon = datetime(2999, 1, 1, tzinfo=UTC)
+        report = led.erase(ErasureScope("retention", before=soon, platform="telegram"),
+                           requested_by="retention", dry_run=False)  # fmt: skip
+        assert report.sessions == ("s1",)  # the only session that ended
+        assert led.verify().ok
+
+
+def jsonl_bytes(path: Path) -> bytes:
+    out = io.BytesIO()
+    with Ledger.open(path, readonly=True) as led:
+        export_to_stream(led, out)
+    return out.getvalue()
+
+
+def test_an_export_made_after_erasure_imports_and_verifies(erased: Path, tmp_path: Path) -> None:
+    source = tmp_path / "after.jsonl"
+    source.write_bytes(jsonl_bytes(erased))
+    assert MARK.encode() not in source.read_bytes()
+    target = tmp_path / "restored.db"
+    import_jsonl(target, source)
+    with Ledger.open(target) as led:
+        assert led.verify().ok
+    assert MARK.encode() not in raw_bytes(target)
+
+
+def test_importing_an_older_export_re_applies_the_erasure(
+    db_path: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    fill(db_path)
+    older = tmp_path / "before.jsonl"
+    older.write_bytes(jsonl_bytes(db_path))
+    assert MARK.encode() in older.read_bytes()
+    assert cli("erase", "--db", str(db_path), "--user", "u1", "--yes").exit_code == 0
+    target = tmp_path / "restored.db"
+    import_jsonl(target, older, erasures_from=db_path)
+    assert MARK.encode() not in raw_bytes(target)
+    with projections.open_ledger(target) as led:
+        assert led.verify().ok
+        last = list(led.read_all())[-1]
+        assert last.type == "subject_erased" and "re-applied from" in last.data["requested_by"]
+        contents = [c for (c,) in led.query("SELECT content FROM messages ORDER BY position")]
+    assert contents.count("[erased]") == 4 and f"group {OTHER}" in contents
+
+
+def test_csv_export_data_is_the_whole_body(db_path: Path, tmp_path: Path) -> None:
+    fill(db_path)
+    out = io.BytesIO()
+    with Ledger.open(db_path, readonly=True) as led:
+        export_to_stream(led, out, format="csv")
+    rows: list[dict[str, Any]] = list(csv.DictReader(io.StringIO(out.getvalue().decode())))
+    assert json.loads(rows[1]["data"])["content"] == f"hello {MARK}"
