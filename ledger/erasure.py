@@ -342,7 +342,8 @@ def recorded_scopes(conn: apsw.Connection, *, who: bool = False) -> list[tuple[A
     from hermes_ledger.ledger.events import from_stored
 
     out: list[tuple[Any, ...]] = []
-    for position, data in conn.execute(SQL_ERASURES).fetchall():
+    rows: list[Any] = conn.execute(SQL_ERASURES).fetchall()
+    for position, data in rows:
         event = from_stored("subject_erased", "x", data, 1)
         assert isinstance(event, SubjectErased)
         row = (position, ErasureScope.of_event(event), event.through)
@@ -374,17 +375,21 @@ SQL_UNCOVERED = (
 
 def check_payloads(conn: apsw.Connection, head: int) -> tuple[int | None, str] | None:
     """``verify``'s check of the content: every payload matches the digest its
-    event's meta holds (the chain covers meta), no payload lacks its event, and
-    every missing payload is covered by a recorded erasure. (first bad position,
-    problem), or None when all is well."""
+    event's meta holds (the chain covers meta), no event without a digest has a
+    payload, and every missing payload is covered by a recorded erasure. (first bad
+    position, problem), or None when all is well. Payload rows past the end of the
+    log (left by a truncation, which anchors detect) are not the chain's to judge."""
     from hermes_ledger.ledger.personal import digest
 
     missing = False
-    for position, expected, salt, body in conn.execute(SQL_PAYLOAD_ROWS).fetchall():
-        if position is None or expected is None:
-            return None, "a payload row has no event (or no digest) in the log: content was added"
+    found: list[Any] = conn.execute(SQL_PAYLOAD_ROWS).fetchall()
+    for position, expected, salt, body in found:
+        if position is None:
+            continue  # no event at that position: past a truncated log's end
         if position > head:
             continue
+        if expected is None:
+            return position, "the event has a payload but no digest in its meta: content was added"
         if body is None:
             missing = True
         elif digest(salt, body) != expected:

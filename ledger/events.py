@@ -21,6 +21,7 @@ that is not exactly as validated, so the log never holds a body it cannot read.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import uuid
@@ -52,9 +53,11 @@ __all__ = [
     "UsageRecorded",
     "body_json",
     "check_json",
+    "check_storable",
     "from_stored",
     "json_schema",
     "parse",
+    "partial_body",
     "storable_body",
     "upcaster",
 ]
@@ -509,17 +512,39 @@ def storable_body(event: EventModel) -> str:
     EventValidationError what could not be stored or read back: text that is not
     UTF-8, and a model that no longer holds what it was validated with (changed
     behind its back), which is re-validated from this very JSON."""
+    data = partial_body(event)
+    check_storable(event, data)
+    return data
+
+
+@functools.cache
+def _exclude(without: frozenset[str]) -> set[str]:
+    return _BODY_EXCLUDE | without
+
+
+def partial_body(event: EventModel, without: frozenset[str] = frozenset()) -> str:
+    """``body_json`` without the fields ``without`` (``ledger.personal`` stores them
+    apart), refusing what cannot be serialised (see ``storable_body``)."""
     try:
         data = (
             type(event)
-            .__pydantic_serializer__.to_json(event, exclude=_BODY_EXCLUDE, warnings=False)
+            .__pydantic_serializer__.to_json(
+                event, exclude=_exclude(without) if without else _BODY_EXCLUDE,
+                warnings=False,
+            )
             .decode()
-        )
+        )  # fmt: skip
     except (PydanticSerializationError, UnicodeError, RecursionError) as exc:
         reason = str(exc).removeprefix("Error serializing to JSON: ")
         raise EventValidationError(
             f"{getattr(event, 'type', 'an')} event cannot be stored as JSON: {reason}"
         ) from None
+    return data
+
+
+def check_storable(event: EventModel, data: str) -> None:
+    """Re-validate ``event`` from ``data`` (its whole body as JSON text) unless it
+    still holds exactly what it was validated with (see ``storable_body``)."""
     if not _still_sealed(event, getattr(event, "_validated", None)):
         try:
             from_stored(event.type, event.event_id, data, event.schema_version)
@@ -527,7 +552,6 @@ def storable_body(event: EventModel) -> str:
             raise EventValidationError(
                 f"{err} (the {event.type} event was changed after it was validated)"
             ) from None
-    return data
 
 
 def json_schema() -> dict[str, Any]:

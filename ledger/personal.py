@@ -23,11 +23,22 @@ field to it changes only how later events are stored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import os
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from hermes_ledger.ledger.errors import EventValidationError, IdempotencyError
+from hermes_ledger.ledger.events import check_storable, partial_body, storable_body
+from hermes_ledger.ledger.records import AppendResult
+
+if TYPE_CHECKING:
+    import apsw
+
+    from hermes_ledger.ledger.events import EventModel
 
 __all__ = [
     "ERASED",
@@ -37,8 +48,11 @@ __all__ = [
     "dumps",
     "merged_sql",
     "new_salt",
+    "original_result",
     "personal_sql",
+    "prepare",
     "split",
+    "split_model",
 ]
 
 ERASED: Final = "[erased]"
@@ -104,6 +118,103 @@ def split(event_type: str, data: str) -> tuple[str, str | None]:
     if not private:
         return data, None
     return dumps(body), dumps(private)
+
+
+_TOP_LEVEL: Final = {
+    event_type: tuple(path[0] for path in paths)
+    for event_type, paths in PERSONAL.items()
+    if all(len(path) == 1 for path in paths)
+}
+"""Types whose personal fields are all top-level: split on the model (the hot path)."""
+
+
+def split_model(event: EventModel) -> tuple[str, str, str | None]:
+    """``(data column, whole body, payload body or None)`` for ``event``, validated as
+    ``events.storable_body`` validates. For a type whose personal fields are all
+    top-level (messages, flushes: the append hot path) the body is serialised once
+    without them and they are added as text (personal keys last); otherwise the
+    whole body is split as ``split`` does. Deterministic: the same event gives the
+    same data (a retried append, an import, compare it)."""
+    fields = _TOP_LEVEL.get(event.type)
+    if fields is None:
+        whole = storable_body(event)
+        data, body = split(event.type, whole)
+        return data, whole, body
+    values = {f: getattr(event, f) for f in fields}
+    present = {f: v for f, v in values.items() if v is not None and v != []}
+    if not present:
+        whole = storable_body(event)
+        return whole, whole, None
+    without, markers = _markers(tuple(present))
+    rest = partial_body(event, without)
+    try:
+        body = dumps(present)
+    except (TypeError, ValueError) as exc:
+        raise EventValidationError(f"{event.type} event cannot be stored as JSON: {exc}") from None
+    whole = rest[:-1] + "," + body[1:] if rest != "{}" else body
+    check_storable(event, whole)
+    data = rest[:-1] + "," + markers[1:] if rest != "{}" else markers
+    return data, whole, body
+
+
+@functools.cache
+def _markers(fields: tuple[str, ...]) -> tuple[frozenset[str], str]:
+    """The fields as an exclude set, and their markers as a JSON object's text."""
+    return frozenset(fields), dumps({f: _placeholder((f,)) for f in fields})
+
+
+def prepare(
+    models: Sequence[EventModel], extra_json: str, *, forgettable: bool = True
+) -> list[tuple[Any, ...]]:
+    """What ``Ledger.append`` writes per event: (event_id, type, session_id, data,
+    meta, whole body, payload (salt, body) or None). ``meta`` is the schema version,
+    the payload's digest and ``extra_json``'s keys; without ``forgettable`` (a
+    schema before migration 4) events are stored whole."""
+    prepared = []
+    for model in models:
+        if forgettable:
+            data, whole, body = split_model(model)
+        else:
+            data = whole = storable_body(model)
+            body = None
+        meta = f'{{"schema_version":{model.schema_version}'
+        payload = None
+        if body is not None:
+            salt = new_salt()
+            payload = (salt, body)
+            meta += f',"payload":"{digest(salt, body)}"'
+        meta += "}" if extra_json == "{}" else "," + extra_json[1:]
+        session_id = getattr(model, "session_id", None)
+        prepared.append((model.event_id, model.type, session_id, data, meta, whole, payload))
+    return prepared
+
+
+def original_result(
+    conn: apsw.Connection, by_event_id: str, stream: str, prepared: Sequence[tuple[Any, ...]]
+) -> AppendResult | None:
+    """The result of the earlier append of these exact events, if there was one."""
+    found: list[tuple[str, int, int]] = []
+    for event_id, event_type, _sid, data, _meta, full, _payload in prepared:
+        row = conn.execute(by_event_id, (event_id,)).fetchone()
+        if row is None:
+            if found:
+                raise IdempotencyError(
+                    f"event_id {found[0][0]!r} is already in the log but {event_id!r} is not: "
+                    "this is not a retry of an earlier append",
+                    hint="give new events new event_ids",
+                )
+            return None
+        position, row_stream, version, row_type, row_data, bare, whole = row
+        # The same event: the same body, or (its content erased) the same rest.
+        same = whole == full or (bare and row_data == data)
+        if row_stream != stream or row_type != event_type or not same:
+            raise IdempotencyError(
+                f"event_id {event_id!r} is already recorded at position {position} "
+                f"({row_type} in stream {row_stream!r}) with different content",
+                hint="give each new event its own event_id",
+            )
+        found.append((event_id, position, version))
+    return AppendResult(tuple(p for _, p, _ in found), max(v for _, _, v in found), True)
 
 
 def new_salt() -> bytes:

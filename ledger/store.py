@@ -16,7 +16,7 @@ from typing import Any, Protocol, Self
 
 import apsw
 
-from hermes_ledger.ledger.chain import GENESIS, row_hash
+from hermes_ledger.ledger.chain import GENESIS, row_hash, walk_chain
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope, Scrubber
 from hermes_ledger.ledger.errors import (
@@ -29,9 +29,9 @@ from hermes_ledger.ledger.errors import (
     SessionAlreadyEndedError,
     translate,
 )
-from hermes_ledger.ledger.events import EventModel, check_json, parse, storable_body
+from hermes_ledger.ledger.events import EventModel, check_json, parse
 from hermes_ledger.ledger.file_check import check_file
-from hermes_ledger.ledger.personal import digest, merged_sql, new_salt, split
+from hermes_ledger.ledger.personal import merged_sql, original_result, prepare
 from hermes_ledger.ledger.records import AppendResult, FileReport, Recorded, VerifyReport
 from hermes_ledger.ledger.schema import (
     CACHE_KIB,
@@ -61,7 +61,9 @@ SQL_INSERT = (
     "INSERT INTO events (position, event_id, stream, version, type, session_id, data, meta,"
     " recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-SQL_INSERT_PAYLOAD = "INSERT INTO payloads (position, salt, body) VALUES (?, ?, ?)"
+# OR REPLACE: a row at a new position is left over from a truncation (anchors find those).
+SQL_INSERT_PAYLOAD = "INSERT OR REPLACE INTO payloads (position, salt, body) VALUES (?, ?, ?)"
+SQL_HAS_PAYLOADS = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'payloads'"
 SQL_BY_EVENT_ID = (
     "SELECT e.position, e.stream, e.version, e.type, e.data, p.body IS NULL,"
     f" {merged_sql('e.data', 'p.body')} FROM events AS e"
@@ -75,13 +77,11 @@ _BODIES = (
     + ", e.meta, e.recorded_at, e.hash FROM events AS e"
     " LEFT JOIN payloads AS p ON p.position = e.position WHERE "
 )
+_PAYLOAD_JOIN = "LEFT JOIN payloads AS p ON p.position = e.position"
+_NO_PAYLOADS = "LEFT JOIN (SELECT NULL AS position, NULL AS body) AS p ON false"
 SQL_BODIES_ALL = _BODIES + "e.position > ? ORDER BY e.position LIMIT ?"
 SQL_BODIES_TYPES = _BODIES + "e.type IN ({marks}) AND e.position > ? ORDER BY e.position LIMIT ?"
 SQL_BODIES_STREAM = _BODIES + "e.stream = ? AND e.version > ? ORDER BY e.version LIMIT ?"
-
-
-def _row(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
-    return conn.execute(sql, args).fetchone()
 
 
 _PAGE = 512
@@ -157,6 +157,7 @@ class Ledger:
         self._lock = threading.RLock()
         self._projectors: list[InlineProjector] = []
         self._scrubbers: list[Scrubber] = []
+        self._forgettable = True
         self._closed = False
         # What the last append of this connection left behind (head position and
         # hash, stream versions), valid while SQLite's data_version says nobody
@@ -214,9 +215,13 @@ class Ledger:
         except BaseException:
             conn.close()
             raise
-        return cls(
+        led = cls(
             conn, path, clock=clock or system_clock, readonly=readonly, busy_timeout=busy_timeout
         )
+        # A schema before migration 4 (a test's, or a read of an old file) has no
+        # payloads: events are stored and read whole.
+        led._forgettable = bool(scalar(conn, SQL_HAS_PAYLOADS))
+        return led
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str], **options: Any) -> Self:
@@ -305,7 +310,8 @@ class Ledger:
                 current = scalar(conn, SQL_STREAM_VERSION, (stream,)) or 0
             return current, position, digest
         self._versions.clear()
-        current, position, digest = _row(conn, SQL_APPEND_STATE, (stream,))
+        state: Any = conn.execute(SQL_APPEND_STATE, (stream,)).fetchone()
+        current, position, digest = state
         if position is None:
             return current or 0, 0, GENESIS
         return current or 0, position, digest
@@ -378,29 +384,16 @@ class Ledger:
         except apsw.Error as exc:
             translate(exc, path=str(self.path), stream=stream)
 
-    @staticmethod
-    def _prepare(models: Sequence[EventModel], extra_json: str = "{}") -> list[tuple[Any, ...]]:
-        """Per event: (event_id, type, session_id, data, meta, full body, payload), the
-        personal fields split out of ``data`` into the payload (``ledger.personal``)."""
-        prepared = []
+    def _prepare(
+        self, models: Sequence[EventModel], extra_json: str = "{}"
+    ) -> list[tuple[Any, ...]]:
+        """Per event: (event_id, type, session_id, data, meta, whole body, payload)."""
         for model in models:
             session_id = getattr(model, "session_id", None)
             if session_id is not None:
                 check_name("session_id", session_id)
             check_name("event_id", model.event_id)
-            full = storable_body(model)
-            data, body = split(model.type, full)
-            version_tag = f'{{"schema_version":{model.schema_version}'
-            payload = None
-            if body is not None:
-                salt = new_salt()
-                payload = (salt, body)
-                version_tag += f',"payload":"{digest(salt, body)}"'
-            meta_json = version_tag + ("}" if extra_json == "{}" else "," + extra_json[1:])
-            prepared.append(
-                (model.event_id, model.type, session_id, data, meta_json, full, payload)
-            )
-        return prepared
+        return prepare(models, extra_json, forgettable=self._forgettable)
 
     def _append_in(
         self,
@@ -447,7 +440,9 @@ class Ledger:
                 ended = [p[2] for p in prepared if p[1] == "session_ended"]
                 raise SessionAlreadyEndedError(ended[0] if ended else None) from exc
             translate(exc, path=str(self.path), stream=stream)
-        if payloads:
+        if len(payloads) == 1:
+            conn.execute(SQL_INSERT_PAYLOAD, payloads[0])
+        elif payloads:
             conn.executemany(SQL_INSERT_PAYLOAD, payloads)
         if self._projectors:
             # The projections see each event whole (its payload merged in).
@@ -461,28 +456,7 @@ class Ledger:
         self, conn: apsw.Connection, stream: str, prepared: Sequence[tuple[Any, ...]]
     ) -> AppendResult | None:
         """The result of the earlier append of these exact events, if there was one."""
-        found: list[tuple[str, int, int]] = []
-        for event_id, event_type, _sid, data, _meta, full, _payload in prepared:
-            row = _row(conn, SQL_BY_EVENT_ID, (event_id,))
-            if row is None:
-                if found:
-                    raise IdempotencyError(
-                        f"event_id {found[0][0]!r} is already in the log but {event_id!r} is not: "
-                        "this is not a retry of an earlier append",
-                        hint="give new events new event_ids",
-                    )
-                return None
-            position, row_stream, version, row_type, row_data, bare, whole = row
-            # The same event: the same body, or (its content erased) the same rest.
-            same = whole == full or (bare and row_data == data)
-            if row_stream != stream or row_type != event_type or not same:
-                raise IdempotencyError(
-                    f"event_id {event_id!r} is already recorded at position {position} "
-                    f"({row_type} in stream {row_stream!r}) with different content",
-                    hint="give each new event its own event_id",
-                )
-            found.append((event_id, position, version))
-        return AppendResult(tuple(p for _, p, _ in found), max(v for _, _, v in found), True)
+        return original_result(conn, self._bodies(SQL_BY_EVENT_ID), stream, prepared)
 
     # -- reading -------------------------------------------------------------
 
@@ -515,16 +489,20 @@ class Ledger:
     ) -> Iterator[Recorded]:
         """Events after position ``after``, in position order, optionally only ``types``."""
         if types is None:
-            return self._pages(SQL_BODIES_ALL, (), after, limit, key=0)
+            return self._pages(self._bodies(SQL_BODIES_ALL), (), after, limit, key=0)
         wanted = tuple(sorted(set(types)))
         if not wanted:
             return iter(())
-        sql = SQL_BODIES_TYPES.format(marks=", ".join("?" for _ in wanted))
+        sql = self._bodies(SQL_BODIES_TYPES.format(marks=", ".join("?" for _ in wanted)))
         return self._pages(sql, wanted, after, limit, key=0)
 
     def read_stream(self, stream: str, *, after_version: int = 0) -> Iterator[Recorded]:
         """The events of one stream in version order, after ``after_version``."""
-        return self._pages(SQL_BODIES_STREAM, (stream,), after_version, None, key=3)
+        return self._pages(self._bodies(SQL_BODIES_STREAM), (stream,), after_version, None, key=3)
+
+    def _bodies(self, sql: str) -> str:
+        """``sql`` (one of SQL_BODIES_*), or its form for a schema without payloads."""
+        return sql if self._forgettable else sql.replace(_PAYLOAD_JOIN, _NO_PAYLOADS)
 
     def stream_version(self, stream: str) -> int:
         """The stream's current version (0 if it has no events)."""
@@ -571,45 +549,17 @@ class Ledger:
         (an anchor): their hashes chain from ``hash``; versions are checked only for
         streams that start after it."""
         head = self.head()
-        previous_position, previous_hash = after
-        partial = previous_position > 0
-        versions: dict[str, int] = {}
-        checked = 0
-        for rec in self._pages(SQL_PAGE_ALL, (), previous_position, None, key=0):
-            problem = None
-            if rec.position != previous_position + 1:
-                problem = f"gap: position {previous_position} is followed by {rec.position}"
-            elif not (partial and rec.stream not in versions) and (
-                rec.version != versions.get(rec.stream, 0) + 1
-            ):
-                problem = (
-                    f"stream {rec.stream!r} jumps from version {versions.get(rec.stream, 0)} "
-                    f"to {rec.version}"
-                )
-            else:
-                expected = row_hash(
-                    previous_hash, rec.position, rec.event_id, rec.stream, rec.version, rec.type,
-                    rec.session_id, rec.data_json, rec.meta_json, rec.recorded_at_text,
-                )  # fmt: skip
-                if expected != rec.hash:
-                    problem = "hash does not match the row's content and the previous hash"
-            if problem is not None:
-                return VerifyReport(False, checked, head, rec.position, problem)
-            versions[rec.stream] = rec.version
-            previous_hash = rec.hash
-            previous_position = rec.position
-            checked += 1
-            if progress is not None and checked % 10_000 == 0:
-                progress(checked, head)
-        if progress is not None:
-            progress(checked, head)
+        rows = self._pages(SQL_PAGE_ALL, (), after[0], None, key=0)
+        report = walk_chain(rows, head, after, progress)
+        if not report.ok or not self._forgettable:
+            return report
         from hermes_ledger.ledger.erasure import check_payloads
 
         with self._lock:
-            bad = check_payloads(self._conn, previous_position)
+            bad = check_payloads(self._conn, report.head)
         if bad is not None:
-            return VerifyReport(False, checked, head, *bad)
-        return VerifyReport(True, checked, previous_position)
+            return VerifyReport(False, report.checked, head, *bad)
+        return report
 
     # -- erasing -------------------------------------------------------------
 
@@ -623,15 +573,12 @@ class Ledger:
         """Forget the personal content of ``scope`` (``ledger.erasure.ErasureScope``).
 
         ``dry_run`` (the default) only counts what would be forgotten. Otherwise, in
-        one write transaction: appends a ``subject_erased`` event (scope,
-        ``requested_by``, when; no content) to the ``_erasures`` stream, deletes the
-        payloads of every event in the scope under ``secure_delete``, and runs the
-        scrubbers (the attached projections rewrite their rows and full-text index
-        to "[erased]"); then checkpoints the WAL (TRUNCATE). Every read of those
-        events shows "[erased]" afterwards and ``verify`` still passes. Re-running
-        an erasure is harmless and completes one interrupted after its commit.
-        Returns an ``ErasureReport`` (counts, sessions, the event's position).
-        """
+        one write transaction: appends ``subject_erased`` (scope, ``requested_by``,
+        when; no content), deletes the scope's payloads under ``secure_delete`` and
+        runs the scrubbers (attached projections rewrite their rows and full-text
+        index to "[erased]"); then checkpoints the WAL. Reads show "[erased]" after,
+        ``verify`` passes, and a re-run is harmless (it finishes an interrupted one).
+        Returns an ``ErasureReport`` (counts, sessions, the event's position)."""
         from hermes_ledger.ledger.erasure import erase
 
         return erase(

@@ -52,7 +52,11 @@ def walk(
 COMMANDS = dict(walk(root))
 PLACEHOLDER = {"session_key": "agent:main:x", "session_id": "s-1", "query": "SELECT 1"}
 # optional arguments without which a command reads no ledger (`report` alone lists reports)
-READS_WITH = {("report",): ["end-reasons"], ("prune",): ["--older-than", "90d"]}
+READS_WITH = {
+    ("report",): ["end-reasons"],
+    ("prune",): ["--older-than", "90d"],
+    ("erase",): ["--user", "u1"],
+}
 
 
 def base_args(names: tuple[str, ...], command: click.Command) -> list[str]:

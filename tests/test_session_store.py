@@ -218,7 +218,7 @@ def test_the_flusher_gets_the_transcript_before_the_close(led: Ledger, clock: Ma
     assert (context.platform, context.user_id) == ("telegram", "7")
     assert [m["content"] for m in transcript] == ["remember me"]
     outcome = led.query(
-        "SELECT json_extract(data, '$.detail') FROM events WHERE type = 'memory_flushed'"
+        "SELECT json_extract(data, '$.detail') FROM event_bodies WHERE type = 'memory_flushed'"
     )
     assert outcome == [("saved 1 messages",)]
 
@@ -233,7 +233,7 @@ def test_a_failing_or_hung_flusher_is_recorded_and_the_close_proceeds(
     other = slow.get_or_create_session(GROUP)
     slow.reset_session(other.session_key)
     errors = led.query(
-        "SELECT session_id, json_extract(data, '$.error') FROM events"
+        "SELECT session_id, json_extract(data, '$.error') FROM event_bodies"
         " WHERE type = 'memory_flush_failed' ORDER BY position"
     )
     assert errors == [

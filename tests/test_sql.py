@@ -75,7 +75,8 @@ def test_run_sql_returns_columns_and_rows(filled: Path) -> None:
         ["n"],
         [(1,)],
     )
-    sql = "SELECT json_extract(data, '$.content') FROM events WHERE type = 'message_appended'"
+    # event_bodies: the events with their personal fields (ledger.personal) merged in
+    sql = "SELECT json_extract(data, '$.content') FROM event_bodies WHERE type = 'message_appended'"
     assert query(filled, sql)[1] == [("hello",)]
     assert query(filled, "PRAGMA table_info(events)")[1][0][:3] == (0, "position", "INTEGER")
 
