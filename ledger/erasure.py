@@ -40,6 +40,7 @@ import apsw
 from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.errors import EventValidationError, LedgerError
 from hermes_ledger.ledger.events import SubjectErased
+from hermes_ledger.ledger.personal import held_in_log_sql
 
 if TYPE_CHECKING:
     from hermes_ledger.ledger.store import Ledger
@@ -96,7 +97,8 @@ SQL_ERASING_CLEAR = "DELETE FROM temp.erasing"
 SQL_ERASING_FILL = "INSERT OR IGNORE INTO temp.erasing (position) {scope}"
 SQL_ERASING_COUNTS = (
     "SELECT count(*), count(*) FILTER (WHERE e.type = 'message_appended'),"
-    " count(DISTINCT e.session_id), count(p.position)"
+    " count(DISTINCT e.session_id), count(p.position),"
+    f" count(*) FILTER (WHERE {held_in_log_sql('e.data', 'e.meta', 'e.type')})"
     " FROM temp.erasing AS x JOIN main.events AS e ON e.position = x.position"
     " LEFT JOIN main.payloads AS p ON p.position = x.position"
 )
@@ -175,9 +177,10 @@ class ErasureScope:
 class ErasureReport:
     """What an erasure forgot (or, ``dry_run``, would forget): ``events`` in the scope,
     ``messages`` among them, ``sessions`` (their ids), ``payloads`` deleted (events
-    whose content was still there). ``position`` is the ``subject_erased`` event's
-    (None in a dry run), ``checkpointed`` whether the WAL was emptied afterwards
-    (False: a reader held an old snapshot; re-run the erasure or checkpoint later)."""
+    whose content was still there), ``held_in_log`` events recorded before schema v4
+    whose content is in the log itself (no erasure can remove it). ``position`` is the
+    ``subject_erased`` event's (None in a dry run), ``checkpointed`` whether the WAL
+    was emptied afterwards (False: a reader held an old snapshot; re-run the erasure)."""
 
     scope: ErasureScope
     requested_by: str
@@ -189,15 +192,23 @@ class ErasureReport:
     position: int | None = None
     checkpointed: bool = False
     recorded_at: str | None = None
+    held_in_log: int = 0
 
     @property
     def warnings(self) -> list[str]:
-        if self.dry_run or self.checkpointed:
-            return []
-        return [
-            "a reader kept the WAL from being emptied: old page images may remain in "
-            "the -wal file until the next checkpoint; run the same erase again later"
-        ]
+        found = []
+        if self.held_in_log:
+            found.append(
+                f"{self.held_in_log} events in scope were recorded before forgettable content "
+                "(schema v4): their content is part of the hash chain and cannot be erased "
+                "(docs/erasure.md)"
+            )
+        if not self.dry_run and not self.checkpointed:
+            found.append(
+                "a reader kept the WAL from being emptied: old page images may remain in "
+                "the -wal file until the next checkpoint; run the same erase again later"
+            )
+        return found
 
     def summary(self) -> list[str]:
         """The report for people (what ``erase`` prints)."""
@@ -239,10 +250,10 @@ def _fill(conn: apsw.Connection, scope: ErasureScope, through: int) -> None:
     conn.execute(SQL_ERASING_FILL.format(scope=SCOPE_SQL[scope.kind]), scope.bindings(through))
 
 
-def _counts(conn: apsw.Connection) -> tuple[int, int, tuple[str, ...], int]:
+def _counts(conn: apsw.Connection) -> tuple[int, int, tuple[str, ...], int, int]:
     row: Any = conn.execute(SQL_ERASING_COUNTS).fetchone()
     sessions = tuple(r[0] for r in conn.execute(SQL_ERASING_SESSIONS))
-    return int(row[0]), int(row[1]), sessions, int(row[3])
+    return int(row[0]), int(row[1]), sessions, int(row[3]), int(row[4])
 
 
 def _event_id(scope: ErasureScope, when: str) -> str:
@@ -282,7 +293,7 @@ def erase(
         head = int(conn.execute(SQL_HEAD).fetchone()[0])  # type: ignore[index]
         bound = head if through is None else min(through, head)
         _fill(conn, scope, bound)
-        events, messages, sessions, payloads = _counts(conn)
+        events, messages, sessions, payloads, held = _counts(conn)
         when = format_utc(led._clock())
         try:
             event = SubjectErased(
@@ -304,7 +315,7 @@ def erase(
         conn.execute(SQL_ERASING_CLEAR)
         return ErasureReport(
             scope, requested_by, False, events, messages, sessions, payloads,
-            position=result.positions[0], recorded_at=when,
+            position=result.positions[0], recorded_at=when, held_in_log=held,
         )  # fmt: skip
 
     conn = led.connection
@@ -323,11 +334,13 @@ def _dry_run(
         try:
             head = int(conn.execute(SQL_HEAD).fetchone()[0])  # type: ignore[index]
             _fill(conn, scope, head if through is None else min(through, head))
-            events, messages, sessions, payloads = _counts(conn)
+            events, messages, sessions, payloads, held = _counts(conn)
             conn.execute(SQL_ERASING_CLEAR)
         finally:
             conn.execute("COMMIT").fetchall()
-    return ErasureReport(scope, requested_by, True, events, messages, sessions, payloads)
+    return ErasureReport(
+        scope, requested_by, True, events, messages, sessions, payloads, held_in_log=held
+    )
 
 
 def covered_sql() -> str:

@@ -15,8 +15,8 @@ import pydantic
 
 from hermes_ledger.ledger.chain import row_hash
 from hermes_ledger.ledger.errors import EventValidationError, LedgerError
-from hermes_ledger.ledger.events import EVENT_TYPES, parse
-from hermes_ledger.ledger.personal import split
+from hermes_ledger.ledger.events import EVENT_TYPES, from_stored, parse
+from hermes_ledger.ledger.personal import split, split_model
 from hermes_ledger.ledger.store import check_name
 
 __all__ = [
@@ -172,6 +172,22 @@ def _hash(obj: dict[str, Any], previous: str, data: str, meta: str) -> str:
     )  # fmt: skip
 
 
+def _stored(obj: dict[str, Any], whole: str, meta: str) -> tuple[str, str | None]:
+    """(data column, payload body) of the whole body ``whole``, as ``Ledger.append``
+    split it: from the event model when the body is one (``split_model``), else by
+    its JSON (``split``; the hash or the body check then refuses the line)."""
+    try:
+        version = json.loads(meta).get("schema_version")
+        model = EVENT_TYPES.get(obj["type"])
+        if model is not None and version == model.schema_version:
+            event = from_stored(obj["type"], obj["event_id"], whole, version)
+            data, _whole, body = split_model(event)
+            return data, body
+    except (EventValidationError, ValueError, AttributeError, TypeError):
+        pass
+    return split(obj["type"], whole)
+
+
 def verbatim(obj: dict[str, Any], text: str, previous: str, n: int) -> tuple[str, str, str]:
     """The exact stored ``data`` and ``meta`` texts of the line, checked against its
     hash, and the line's ``data`` text. A line with a ``payload`` holds the body
@@ -192,7 +208,7 @@ def verbatim(obj: dict[str, Any], text: str, previous: str, n: int) -> tuple[str
             continue
         whole = _field_text(obj, text, spans, "data")
         meta = _field_text(obj, text, spans, "meta")
-        data = split(obj["type"], whole)[0] if "payload" in obj else whole
+        data = _stored(obj, whole, meta)[0] if "payload" in obj else whole
         if _hash(obj, previous, data, meta) == obj["hash"]:
             return data, meta, whole
     raise RestoreError(
@@ -288,7 +304,7 @@ def check_payload(obj: dict[str, Any], data: str, meta: str, n: int) -> tuple[by
     the digest in its ``meta`` (which the hash covers); None when it has none (an
     event without personal fields, or one whose content was erased). ``data`` is the
     line's whole body text (``verbatim`` read it)."""
-    from hermes_ledger.ledger.personal import SALT_BYTES, digest, split
+    from hermes_ledger.ledger.personal import SALT_BYTES, digest
 
     payload = obj.get("payload")
     if payload is None:
@@ -305,7 +321,7 @@ def check_payload(obj: dict[str, Any], data: str, meta: str, n: int) -> tuple[by
             line=n,
             hint=BODY_HINT,
         )
-    body = split(obj["type"], data)[1]
+    body = _stored(obj, data, meta)[1]
     if body is None or digest(salt, body) != expected:
         raise RestoreError(
             f"position {obj['position']}: the personal fields do not match the digest in meta",

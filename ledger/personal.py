@@ -46,6 +46,7 @@ __all__ = [
     "PERSONAL_TYPES",
     "digest",
     "dumps",
+    "held_in_log_sql",
     "merged_sql",
     "new_salt",
     "original_result",
@@ -219,6 +220,23 @@ def original_result(
 
 def new_salt() -> bytes:
     return os.urandom(SALT_BYTES)
+
+
+def held_in_log_sql(data: str, meta: str, event_type: str) -> str:
+    """SQL: true for an event that holds personal content in the log itself (one
+    recorded before schema v4, with no payload digest in ``meta``): that content is
+    part of the hash chain, and no erasure can remove it."""
+    cases = []
+    for kind, paths in PERSONAL.items():
+        tests = []
+        for path in paths:
+            where = "$." + ".".join(path)
+            if path in _LISTS:
+                tests.append(f"coalesce(json_array_length({data}, '{where}'), 0) > 0")
+            else:
+                tests.append(f"coalesce({data} ->> '{where}', '{ERASED}') <> '{ERASED}'")
+        cases.append(f"WHEN '{kind}' THEN {' OR '.join(tests)}")
+    return f"(({meta} ->> '$.payload') IS NULL AND CASE {event_type} {' '.join(cases)} ELSE 0 END)"
 
 
 def merged_sql(data: str, body: str) -> str:

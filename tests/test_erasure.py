@@ -29,6 +29,7 @@ from hermes_ledger.ledger.events import (
 )
 from hermes_ledger.ledger.export import export_to_stream
 from hermes_ledger.ledger.restore import import_jsonl
+from hermes_ledger.ledger.schema import load_migrations
 
 MARK = "Qzxmarkerword"  # in a message, a tool argument, a user name, a chat name
 OTHER = "Keepthisword"
@@ -311,3 +312,38 @@ def test_csv_export_data_is_the_whole_body(db_path: Path, tmp_path: Path) -> Non
         export_to_stream(led, out, format="csv")
     rows: list[dict[str, Any]] = list(csv.DictReader(io.StringIO(out.getvalue().decode())))
     assert json.loads(rows[1]["data"])["content"] == f"hello {MARK}"
+
+
+def test_an_export_with_awkward_content_imports_byte_for_byte(
+    db_path: Path, tmp_path: Path
+) -> None:
+    with Ledger.open(db_path) as led:
+        source = Source(platform="telegram", user_id="u9", user_name="Zoë \u2028",
+                        chat_name="\x1f tab\t")  # fmt: skip
+        led.append(DM, [SessionStarted(session_id="x", source=source)])
+        led.append(DM, [MessageAppended(
+            session_id="x", role="assistant", content="naïve \"quoted\" \\ \n 🎉",
+            tool_calls=[{"name": "f", "args": {"x": 1e-07, "big": 2**70, "l": [1.5, None]}}],
+        )])  # fmt: skip
+        stored = led.query("SELECT * FROM events") + led.query("SELECT * FROM payloads")
+    source = tmp_path / "x.jsonl"
+    source.write_bytes(jsonl_bytes(db_path))
+    target = tmp_path / "x.db"
+    import_jsonl(target, source)
+    with Ledger.open(target) as led:
+        assert led.verify().ok
+        assert led.query("SELECT * FROM events") + led.query("SELECT * FROM payloads") == stored
+
+
+def test_content_recorded_before_schema_v4_is_reported_as_held_in_the_log(
+    db_path: Path,
+) -> None:
+    with Ledger.open(db_path, migrations=load_migrations()[:3]) as led:
+        led.append(DM, [SessionStarted(session_id="old", source=Source(
+            platform="telegram", user_id="u1", user_name="Old Name"))])  # fmt: skip
+        led.append(DM, [MessageAppended(session_id="old", role="user", content="old text")])
+    with Ledger.open(db_path) as led:
+        report = led.erase(ErasureScope("user", "u1"), requested_by="t", dry_run=False)
+        assert report.held_in_log == 2 and report.payloads == 0
+        assert "cannot be erased" in report.warnings[0]
+        assert led.verify().ok
