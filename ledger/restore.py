@@ -65,6 +65,7 @@ __all__ = [
     "import_jsonl",
     "open_input",
     "reapply_erasures",
+    "recorded_erasures",
     "restore_jsonl",
 ]
 
@@ -375,14 +376,24 @@ def open_input(
             reader.close()
 
 
-def reapply_erasures(led: Ledger, source: str | os.PathLike[str]) -> list[ErasureReport]:
-    """Re-apply to ``led`` (just restored from an export) every erasure recorded in
-    the ledger at ``source`` that covers content ``led`` still holds: an export made
-    before an erasure would otherwise bring the content back. Each is appended to
-    ``led`` as its own ``subject_erased`` (same scope, bounded by the original's
-    ``through``, requested_by naming the original), then scrubbed as ``erase`` does."""
+def recorded_erasures(source: str | os.PathLike[str]) -> list[tuple[Any, ...]]:
+    """The erasures the ledger at ``source`` recorded: (position, scope, through,
+    requested_by) each (``erasure.recorded_scopes``)."""
     with Ledger.open_existing(source, readonly=True) as src, src._lock:
-        recorded = recorded_scopes(src.connection, who=True)
+        return recorded_scopes(src.connection, who=True)
+
+
+def reapply_erasures(
+    led: Ledger, source: str | os.PathLike[str], recorded: list[tuple[Any, ...]] | None = None
+) -> list[ErasureReport]:
+    """Re-apply to ``led`` (just restored from an export) every erasure recorded in
+    the ledger at ``source`` (or ``recorded``, as ``recorded_erasures`` read them) that
+    covers content ``led`` still holds: an export made before an erasure would
+    otherwise bring the content back. Each is appended to ``led`` as its own
+    ``subject_erased`` (same scope, bounded by the original's ``through``,
+    requested_by naming the original), then scrubbed as ``erase`` does."""
+    if recorded is None:
+        recorded = recorded_erasures(source)
     reports = []
     for position, scope, through, by in recorded:
         dry = erase(led, scope, requested_by=by, dry_run=True, through=through)
@@ -415,6 +426,8 @@ def import_jsonl(
     names a ledger whose recorded erasures are re-applied (``reapply_erasures``)
     before the imported ledger is given its name."""
     target = Path(ledger_path)
+    # Read first: a ledger that cannot be read must not leave the import unerased.
+    recorded = None if erasures_from is None else recorded_erasures(erasures_from)
     with open_input(source, stdin) as stream:
         # A 0-byte file is built like a new one (then replaces it), so a refused
         # import leaves it 0 bytes rather than a migrated empty ledger.
@@ -422,9 +435,9 @@ def import_jsonl(
             with Ledger.open(target) as led:
                 result = restore_jsonl(led, stream, progress=progress)
                 if erasures_from is not None:
-                    reapply_erasures(led, erasures_from)
+                    reapply_erasures(led, erasures_from, recorded)
                 return result
-        return _restore_new(target, stream, progress, erasures_from)
+        return _restore_new(target, stream, progress, erasures_from, recorded)
 
 
 def _zero_bytes(path: Path) -> bool:
@@ -436,6 +449,7 @@ def _restore_new(
     stream: IO[bytes],
     progress: Callable[[int], None] | None,
     erasures_from: str | os.PathLike[str] | None = None,
+    recorded: list[tuple[Any, ...]] | None = None,
 ) -> RestoreResult:
     """Restore into a new file built under a temporary name, then linked to ``target``."""
     if not target.parent.is_dir():
@@ -450,7 +464,7 @@ def _restore_new(
             with Ledger.open(temp) as led:
                 result = restore_jsonl(led, stream, progress=progress)
                 if erasures_from is not None:
-                    reapply_erasures(led, erasures_from)
+                    reapply_erasures(led, erasures_from, recorded)
                 # Everything into the main file, so it can move without its -wal.
                 led.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             with open(temp, "rb") as done:

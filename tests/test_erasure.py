@@ -347,3 +347,21 @@ def test_content_recorded_before_schema_v4_is_reported_as_held_in_the_log(
         assert report.held_in_log == 2 and report.payloads == 0
         assert "cannot be erased" in report.warnings[0]
         assert led.verify().ok
+
+
+def test_import_erasures_from_on_the_command_line(
+    db_path: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    fill(db_path)
+    older = tmp_path / "before.jsonl"
+    older.write_bytes(jsonl_bytes(db_path))
+    assert cli("erase", "--db", str(db_path), "--session-id", "s1", "--yes").exit_code == 0
+    missing = cli("import", "--db", str(tmp_path / "a.db"), str(older),
+                  "--erasures-from", str(tmp_path / "nope.db"))  # fmt: skip
+    assert missing.exit_code == 1 and "Error:" in missing.output
+    assert not (tmp_path / "a.db").exists()
+    done = cli("import", "--db", str(tmp_path / "b.db"), str(older),
+               "--erasures-from", str(db_path))  # fmt: skip
+    assert done.exit_code == 0, done.output
+    transcript = cli("transcript", "--db", str(tmp_path / "b.db"), "s1").output
+    assert MARK not in transcript and "[erased]" in transcript

@@ -270,10 +270,20 @@ def export_cmd(
     type=click.Path(path_type=Path),
     help="Import a Hermes home (its state.db sessions and routing) instead of an export.",
 )
+@click.option(
+    "--erasures-from",
+    metavar="LEDGER",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Re-apply the erasures this ledger recorded to the imported events (docs/erasure.md).",
+)
 @json_option
 @reports_errors
 def import_cmd(
-    db: Path | None, source: str | None, hermes_home: Path | None, as_json: bool
+    db: Path | None,
+    source: str | None,
+    hermes_home: Path | None,
+    erasures_from: Path | None,
+    as_json: bool,
 ) -> None:
     """Restore a JSONL export, or import a Hermes home.
 
@@ -306,7 +316,9 @@ def import_cmd(
     # The export's length is only known at its manifest line: the bar counts events.
     with progress_bar("importing", show=not as_json) as progress:
         counted = None if progress is None else (lambda count: progress(count, -1))
-        result = import_jsonl(path, source, stdin=sys.stdin.buffer, progress=counted)
+        result = import_jsonl(
+            path, source, stdin=sys.stdin.buffer, progress=counted, erasures_from=erasures_from
+        )
     if as_json:
         restored = {
             "ledger": str(path),
