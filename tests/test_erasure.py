@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -365,3 +366,15 @@ def test_import_erasures_from_on_the_command_line(
     assert done.exit_code == 0, done.output
     transcript = cli("transcript", "--db", str(tmp_path / "b.db"), "s1").output
     assert MARK not in transcript and "[erased]" in transcript
+
+
+def test_the_erasure_queries_of_docs_sql_md(erased: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sql.md").read_text("utf-8")
+    found = dict(re.findall(r"```sql\n-- erasure: (\w+)\n(.*?)```", doc, re.S))
+    assert set(found) == {"message_text", "erased_events", "erasures"}
+    with Ledger.open(erased, readonly=True) as led:
+        texts = led.query(found["message_text"])
+        assert [t[3] for t in texts if t[1] == "g1"] == ["[erased]", f"group {OTHER}"]
+        assert led.query(found["erased_events"]) == [(6, 2)]  # the end has no payload
+        [(position, _at, scope, value, by, through)] = led.query(found["erasures"])
+    assert (position, scope, value, by, through) == (12, "user", "u1", "dpo@example.org", 11)
