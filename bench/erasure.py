@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--user-messages", type=int, default=10_000)
     parser.add_argument("--append-events", type=int, default=5000)
     parser.add_argument("--rebuild-events", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline-rev", default=BASELINE_REV)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

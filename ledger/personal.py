@@ -24,7 +24,6 @@ field to it changes only how later events are stored.
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import json
 import os
@@ -80,14 +79,17 @@ def _placeholder(path: tuple[str, ...]) -> Any:
     return [] if path in _LISTS else ERASED
 
 
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """A payload body as the ledger writes it (compact, UTF-8, finite numbers)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def digest(salt: bytes, body: str) -> str:
     """HMAC-SHA256 of the payload ``body`` (JSON text) under its ``salt``, as hex."""
-    return hmac.new(salt, body.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(salt, body.encode(), "sha256").hex()
 
 
 def split(event_type: str, data: str) -> tuple[str, str | None]:
