@@ -23,12 +23,12 @@ def test_init_creates_the_default_ledger_in_hermes_home(
 ) -> None:
     result = cli("init")
     path = hermes_home / "ledger.db"
-    assert (result.exit_code, result.output) == (0, f"Created ledger {path} (schema v3)\n")
+    assert (result.exit_code, result.output) == (0, f"Created ledger {path} (schema v4)\n")
     assert oct(hermes_home.stat().st_mode & 0o777) == "0o700"
     result = cli("init")
     assert (result.exit_code, result.output) == (
         0,
-        f"Ledger {path} already exists (schema v3, 0 events)\n",
+        f"Ledger {path} already exists (schema v4, 0 events)\n",
     )
 
 
@@ -54,7 +54,7 @@ def test_status_prints_what_the_ledger_holds(tmp_path: Path, cli: Callable[..., 
     lines = result.output.splitlines()
     assert lines[:5] == [
         f"ledger:      {db}",
-        "schema:      v3 (up to date)",
+        "schema:      v4 (up to date)",
         "events:      2 (head position 2)",
         "streams:     2",
         "sessions:    2",
@@ -112,7 +112,7 @@ def test_hermes_ledger_is_the_same_as_hermes_ledger(
 ) -> None:
     db = str(tmp_path / "x.db")
     direct = cli("init", "--db", db)
-    assert (direct.exit_code, direct.output) == (0, f"Created ledger {db} (schema v3)\n")
+    assert (direct.exit_code, direct.output) == (0, f"Created ledger {db} (schema v4)\n")
     via = cli("status", "--db", db, "--json")
     assert json.loads(via.output)["path"] == db
 

@@ -45,7 +45,7 @@ def erase_cmd(
     requested_by: str | None,
     as_json: bool,
 ) -> None:
-    """Forget the personal content of a user, a session key or a session.
+    """Forget a user's, key's or session's content.
 
     \b
     Message text, tool calls and results, user and chat names and flush details

@@ -274,7 +274,7 @@ def export_cmd(
     "--erasures-from",
     metavar="LEDGER",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Re-apply the erasures this ledger recorded to the imported events (docs/erasure.md).",
+    help="Re-apply the erasures this ledger recorded to the imported events.",
 )
 @json_option
 @reports_errors
