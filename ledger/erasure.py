@@ -64,9 +64,11 @@ Scrubber = Callable[[apsw.Connection], None]
 """Runs inside the erasure's transaction, after the payloads are deleted: rewrites
 its read-model rows for the positions in ``temp.erasing`` (one column, position)."""
 
+# Session starts are found through their partial index (events_session_starts); no
+# position bound here: a session started after ``through`` has no events before it.
 _SESSIONS_OF_USER = (
     "SELECT session_id FROM main.events WHERE type = 'session_started'"
-    " AND position <= :through AND data ->> '$.source.user_id' = :value"
+    " AND data ->> '$.source.user_id' = :value"
 )
 _ENDED_BEFORE = (
     "SELECT x.session_id FROM main.events AS x WHERE x.type = 'session_ended'"
@@ -79,9 +81,12 @@ _ENDED_BEFORE = (
     "  AND s.data ->> '$.source.chat_type' = :chat_type))"
 )
 SCOPE_SQL: dict[str, str] = {
-    "user": "SELECT position FROM main.events WHERE position <= :through AND ("
-    f"session_id IN ({_SESSIONS_OF_USER})"
-    " OR (type = 'message_appended' AND data ->> '$.user_id' = :value))",
+    # Two parts: the events of the user's sessions (by events_by_session), and the
+    # user's messages elsewhere (a scan: no index on a message's sender).
+    "user": "SELECT position FROM main.events WHERE position <= :through"
+    f" AND session_id IN ({_SESSIONS_OF_USER})"
+    " UNION ALL SELECT position FROM main.events WHERE position <= :through"
+    " AND type = 'message_appended' AND data ->> '$.user_id' = :value",
     "session_key": "SELECT position FROM main.events WHERE stream = :value"
     " AND position <= :through",
     "session_id": "SELECT position FROM main.events WHERE session_id = :value"

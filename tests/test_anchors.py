@@ -153,7 +153,7 @@ def test_anchor_prints_what_it_anchored_and_verify_checks_it(
         "hash chain: ok: 8 events, hash chain intact up to position 8"
     )
     assert line(text, "anchors: ").startswith("anchors: ok: 1 anchor holds, the last at position 8")
-    assert line(text, "schema: ").startswith("schema: ok: 10 triggers and indexes")
+    assert line(text, "schema: ").startswith("schema: ok: 11 triggers and indexes")
     assert line(text, "integrity: ") == "integrity: ok (PRAGMA integrity_check)"
     anchors = report["anchors"]
     assert isinstance(anchors, dict)
