@@ -55,9 +55,11 @@ __all__ = [
     "check_json",
     "check_storable",
     "from_stored",
+    "is_sealed",
     "json_schema",
     "parse",
     "partial_body",
+    "seal",
     "storable_body",
     "upcaster",
 ]
@@ -542,10 +544,22 @@ def partial_body(event: EventModel, without: frozenset[str] = frozenset()) -> st
     return data
 
 
+def seal(event: EventModel) -> EventModel:
+    """``event`` (a model read with ``from_stored``) marked as validated, as a model
+    made by its constructor or ``parse`` is: what ``is_sealed`` tests."""
+    return _sealed(event)
+
+
+def is_sealed(event: EventModel) -> bool:
+    """True while ``event`` holds exactly what it was validated with and nothing
+    that can change in place (no lists or dicts): it needs no re-validation."""
+    return _still_sealed(event, getattr(event, "_validated", None))
+
+
 def check_storable(event: EventModel, data: str) -> None:
     """Re-validate ``event`` from ``data`` (its whole body as JSON text) unless it
     still holds exactly what it was validated with (see ``storable_body``)."""
-    if not _still_sealed(event, getattr(event, "_validated", None)):
+    if not is_sealed(event):
         try:
             from_stored(event.type, event.event_id, data, event.schema_version)
         except EventValidationError as err:

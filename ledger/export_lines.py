@@ -15,7 +15,7 @@ import pydantic
 
 from hermes_ledger.ledger.chain import row_hash
 from hermes_ledger.ledger.errors import EventValidationError, LedgerError
-from hermes_ledger.ledger.events import EVENT_TYPES, from_stored, parse
+from hermes_ledger.ledger.events import EVENT_TYPES, from_stored, parse, seal
 from hermes_ledger.ledger.personal import split, split_model
 from hermes_ledger.ledger.store import check_name
 
@@ -180,7 +180,7 @@ def _stored(obj: dict[str, Any], whole: str, meta: str) -> tuple[str, str | None
         version = json.loads(meta).get("schema_version")
         model = EVENT_TYPES.get(obj["type"])
         if model is not None and version == model.schema_version:
-            event = from_stored(obj["type"], obj["event_id"], whole, version)
+            event = seal(from_stored(obj["type"], obj["event_id"], whole, version))
             data, _whole, body = split_model(event)
             return data, body
     except (EventValidationError, ValueError, AttributeError, TypeError):

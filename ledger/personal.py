@@ -31,7 +31,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from hermes_ledger.ledger.errors import EventValidationError, IdempotencyError
-from hermes_ledger.ledger.events import check_storable, partial_body, storable_body
+from hermes_ledger.ledger.events import (
+    check_storable,
+    is_sealed,
+    partial_body,
+    storable_body,
+)
 from hermes_ledger.ledger.records import AppendResult
 
 if TYPE_CHECKING:
@@ -134,12 +139,15 @@ _TOP_LEVEL: Final = {
 def split_model(event: EventModel) -> tuple[str, str, str | None]:
     """``(data column, whole body, payload body or None)`` for ``event``, validated as
     ``events.storable_body`` validates. For a type whose personal fields are all
-    top-level (messages, flushes: the append hot path) the body is serialised once
-    without them and they are added as text (personal keys last); otherwise the
-    whole body is split as ``split`` does. Deterministic: the same event gives the
-    same data (a retried append, an import, compare it)."""
+    top-level (messages, flushes: the append hot path) and a model that needs no
+    re-validation, the body is serialised once without them and they are added as
+    text (personal keys last); otherwise the whole body is split as ``split`` does.
+    Deterministic: the same event gives the same data (a retried append, an import,
+    compare it)."""
     fields = _TOP_LEVEL.get(event.type)
-    if fields is None:
+    if fields is None or not is_sealed(event):
+        # Nested fields, or lists and dicts (tool calls) that must be re-validated
+        # from the whole body: split by its JSON.
         whole = storable_body(event)
         data, body = split(event.type, whole)
         return data, whole, body
