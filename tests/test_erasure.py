@@ -326,6 +326,8 @@ def test_an_export_with_awkward_content_imports_byte_for_byte(
             session_id="x", role="assistant", content="naïve \"quoted\" \\ \n 🎉",
             tool_calls=[{"name": "f", "args": {"x": 1e-07, "big": 2**70, "l": [1.5, None]}}],
         )])  # fmt: skip
+        led.append(DM, [MessageAppended(session_id="x", role="user", user_name="Zoë",
+                                        content="\x00 nul, \u2028 and \"ü\" 🎉 \\")])  # fmt: skip
         stored = led.query("SELECT * FROM events") + led.query("SELECT * FROM payloads")
     source = tmp_path / "x.jsonl"
     source.write_bytes(jsonl_bytes(db_path))
