@@ -12,7 +12,7 @@ statement per purpose, always with bindings.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NoReturn, Self
 
@@ -35,7 +35,11 @@ from hermes_ledger.ledger.postgres.shared import Prepared, chain_rows, prepare_a
 from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected
 
-__all__ = ["PostgresLog", "describe_dsn"]
+__all__ = ["InlineProjector", "PostgresLog", "describe_dsn"]
+
+InlineProjector = Callable[[psycopg.Connection[Any], Sequence[Recorded]], None]
+"""``fn(conn, records)``: runs inside the append's transaction after the rows are
+inserted (``records`` are the appended events, whole); raising rolls the append back."""
 
 _COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, recorded_at, hash"
 
@@ -90,6 +94,7 @@ class PostgresLog:
         self._clock = clock
         self._lock = threading.RLock()
         self._closed = False
+        self._projectors: list[InlineProjector] = []
 
     # -- opening and closing -------------------------------------------------
 
@@ -146,6 +151,10 @@ class PostgresLog:
         """The underlying psycopg connection (autocommit; search_path = the log's schema)."""
         return self._conn
 
+    def add_inline_projector(self, projector: InlineProjector) -> None:
+        """Run ``projector(conn, records)`` inside every later append's transaction."""
+        self._projectors.append(projector)
+
     def _check_open(self) -> None:
         if self._closed:
             raise LedgerError(f"{self.where}: the log is closed")
@@ -198,6 +207,10 @@ class PostgresLog:
             else:
                 with conn.cursor() as cur:
                     cur.executemany(SQL_INSERT, rows)
+            if self._projectors:
+                records = [Recorded(*row) for row in rows]
+                for projector in self._projectors:
+                    projector(conn, records)
         return AppendResult(tuple(r[0] for r in rows), rows[-1][3])
 
     def _retried(self, prepared: Prepared) -> AppendResult:
