@@ -289,7 +289,7 @@ def test_help_lists_the_log_commands_one_line_each(cli: Callable[..., Result]) -
     }
     assert {name: commands[name] for name in ("events", "export", "import", "schema", "sql")} == {
         "events": "List events, oldest first; --follow for new ones.",
-        "export": "Export events as JSONL, CSV or SQLite.",
+        "export": "Export events as JSONL, CSV, SQLite or readable Markdown.",
         "import": "Restore a JSONL export, or import a Hermes home.",
         "schema": "Print the JSON Schema of the events.",
         "sql": "Run a read-only SQL query on the ledger.",

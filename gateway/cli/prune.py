@@ -70,7 +70,7 @@ def _describe(report: ErasureReport) -> list[str]:
     return lines
 
 
-@click.command("prune")
+@click.command("prune", short_help="Forget old sessions' content; a dry run unless --yes.")
 @db_option
 @click.option(
     "--older-than",
