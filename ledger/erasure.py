@@ -22,8 +22,9 @@ recorded, so events appended later are never erased by an old erasure):
   own messages (``message_appended.user_id``) in other sessions (a group chat);
 * ``session_key`` KEY: every event of the stream KEY (all its sessions);
 * ``session_id`` ID: every event of that session;
-* ``retention``: every event of each session that ended (``session_ended``) before
-  ``before``, optionally only sessions started on ``platform`` / in ``chat_type``.
+* ``retention``: every event that happened (``occurred_at``) before ``before``, in
+  any session or only in sessions started on ``platform`` / in ``chat_type``: "keep
+  content N days" holds in a session that is still open too.
 """
 
 from __future__ import annotations
@@ -70,15 +71,11 @@ _SESSIONS_OF_USER = (
     "SELECT session_id FROM main.events WHERE type = 'session_started'"
     " AND data ->> '$.source.user_id' = :value"
 )
-_ENDED_BEFORE = (
-    "SELECT x.session_id FROM main.events AS x WHERE x.type = 'session_ended'"
-    " AND x.position <= :through AND x.occurred_at < :before"
-    " AND (:platform IS NULL OR EXISTS (SELECT 1 FROM main.events AS s"
-    "  WHERE s.session_id = x.session_id AND s.type = 'session_started'"
-    "  AND s.data ->> '$.source.platform' = :platform))"
-    " AND (:chat_type IS NULL OR EXISTS (SELECT 1 FROM main.events AS s"
-    "  WHERE s.session_id = x.session_id AND s.type = 'session_started'"
-    "  AND s.data ->> '$.source.chat_type' = :chat_type))"
+# The sessions retention looks at: all, or those started on :platform / in :chat_type.
+_RETAINED_SESSIONS = (
+    "SELECT s.session_id FROM main.events AS s WHERE s.type = 'session_started'"
+    " AND (:platform IS NULL OR s.data ->> '$.source.platform' = :platform)"
+    " AND (:chat_type IS NULL OR s.data ->> '$.source.chat_type' = :chat_type)"
 )
 SCOPE_SQL: dict[str, str] = {
     # Two parts: the events of the user's sessions (by events_by_session), and the
@@ -92,7 +89,7 @@ SCOPE_SQL: dict[str, str] = {
     "session_id": "SELECT position FROM main.events WHERE session_id = :value"
     " AND position <= :through",
     "retention": "SELECT position FROM main.events WHERE position <= :through"
-    f" AND session_id IN ({_ENDED_BEFORE})",
+    f" AND occurred_at < :before AND session_id IN ({_RETAINED_SESSIONS})",
 }
 """Per scope kind: the positions it covers (bindings :value, :through, :before,
 :platform, :chat_type)."""
@@ -126,8 +123,8 @@ _CHECKPOINT_TRIES = 50
 @dataclass(frozen=True)
 class ErasureScope:
     """What to forget. ``kind`` is ``user``, ``session_key``, ``session_id`` (``value``
-    the user id, key or session id) or ``retention`` (``before`` required: sessions
-    that ended before it; ``platform`` / ``chat_type`` narrow it). See the module
+    the user id, key or session id) or ``retention`` (``before`` required: what
+    happened before it; ``platform`` / ``chat_type`` narrow it to those sessions). See the module
     docstring for exactly which events each covers."""
 
     kind: ScopeKind
@@ -157,7 +154,7 @@ class ErasureScope:
         if self.kind != "retention":
             return f"{self.kind.replace('_', ' ')} {self.value}"
         assert self.before is not None
-        parts = [f"sessions ended before {format_utc(self.before)}"]
+        parts = [f"content from before {format_utc(self.before)}"]
         if self.platform:
             parts.append(f"platform {self.platform}")
         if self.chat_type:

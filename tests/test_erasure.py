@@ -259,13 +259,16 @@ def test_session_key_and_session_id_scopes(db_path: Path) -> None:
     assert MARK.encode() not in raw_bytes(db_path)
 
 
-def test_retention_scope_erases_sessions_ended_before(db_path: Path) -> None:
+def test_retention_scope_erases_what_happened_before(db_path: Path) -> None:
     fill(db_path)
     with projections.open_ledger(db_path) as led:
+        long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+        nothing = led.erase(ErasureScope("retention", before=long_ago), requested_by="retention")
+        assert (nothing.events, nothing.sessions) == (0, ())
         soon = datetime(2999, 1, 1, tzinfo=UTC)
         report = led.erase(ErasureScope("retention", before=soon, platform="telegram"),
                            requested_by="retention", dry_run=False)  # fmt: skip
-        assert report.sessions == ("s1",)  # the only session that ended
+        assert report.sessions == ("g1", "s1", "s2")  # open sessions too: content N days
         assert led.verify().ok
 
 

@@ -146,17 +146,19 @@ def test_prune_dry_run_writes_nothing(old_db: Path, cli: Callable[..., Result]) 
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith(
-        "Would forget the content of 2 sessions (2 messages, 4 events with content):"
-        " sessions ended before "
+        "Would forget the content of 4 sessions (2 messages, 6 events with content):"
+        " content from before "
     )
     assert lines[0].endswith(", platform telegram:")
     assert lines[-1] == "Nothing was changed; run again with --yes to forget it."
-    assert len(lines) == 4
+    assert len(lines) == 6  # the header, four sessions, the footer
     result = cli("prune", "--db", str(old_db), "--older-than", "90d", "--json")
     assert result.exit_code == 0
     report = json.loads(result.output)
     assert report["dry_run"] is True and report["position"] is None
-    assert report["messages"] == 4 and len(report["sessions"]) == 4
+    assert (
+        report["messages"] == 4 and len(report["sessions"]) == 8
+    )  # the old four, the starts after
     assert digest(old_db) == before
     assert contents(old_db)["telegram:dm"] == ["old telegram dm", "recent dm"]
 
@@ -170,7 +172,7 @@ def test_prune_yes_forgets_only_old_content_of_the_matching_sessions(
     result = cli(*args, "--chat-type", "dm", "--yes")
     assert result.exit_code == 0, result.output
     assert result.output.startswith(
-        "Forgot the content of 1 session (1 message, 2 events with content): sessions ended before"
+        "Forgot the content of 2 sessions (1 message, 3 events with content): content from before"
     )
     assert "Recorded as event 35 (subject_erased, requested by hermes-ledger prune)" in (
         result.output
@@ -239,9 +241,9 @@ def test_the_runner_applies_retention_once_per_interval_and_records_each(
         assert applied == [("discord", "group"), ("telegram", "dm"), ("telegram", "group")]
         lines = [r for r in caplog.records if getattr(r, "event", None) == "retention_applied"]
         assert [(r.platform, r.chat_type, r.sessions) for r in lines] == [  # type: ignore[attr-defined]
-            ("discord", "group", 1),
-            ("telegram", "dm", 1),
-            ("telegram", "group", 1),
+            ("discord", "group", 2),  # the old session, and the start of the one after it
+            ("telegram", "dm", 2),
+            ("telegram", "group", 2),
         ]
         erasures = [r for r in led.read_all() if r.type == "subject_erased"]
         assert [(r.data["scope"], r.data["platform"], r.data["chat_type"]) for r in erasures] == [

@@ -1,7 +1,7 @@
 """``hermes-ledger prune --older-than 90d``: a one-off retention, a dry run first.
 
-Forgets the content of the sessions that ended before the cutoff (optionally only
-one platform's or one chat type's) through ``Ledger.erase``, which records the
+Forgets the content recorded as happening before the cutoff (optionally only in
+one platform's or one chat type's sessions) through ``Ledger.erase``, which records the
 erasure as a ``subject_erased`` event; metadata and usage stay. Without ``--yes``
 it only shows what would go and writes nothing.
 """
@@ -70,7 +70,7 @@ def _describe(report: ErasureReport) -> list[str]:
     return lines
 
 
-@click.command("prune", short_help="Forget old sessions' content; a dry run unless --yes.")
+@click.command("prune", short_help="Forget content older than a cutoff; a dry run unless --yes.")
 @db_option
 @click.option(
     "--older-than",
@@ -78,7 +78,7 @@ def _describe(report: ErasureReport) -> list[str]:
     type=TIME,
     required=True,
     metavar="AGE",
-    help="Sessions that ended before this: a duration ago (90d, 12w) or a time (2026-01-01).",
+    help="Content from before this: a duration ago (90d, 12w) or a time (2026-01-01).",
 )
 @click.option("--platform", type=_PlatformName(), help="Only sessions on this platform.")
 @click.option("--chat-type", type=click.Choice(CHAT_TYPES), help="Only sessions of this chat type.")
@@ -103,9 +103,9 @@ def prune_cmd(
     """Forget old message content (a one-off retention); a dry run unless --yes.
 
     \b
-    Forgets what was said (message text, tool calls, names) in the sessions that
-    ended before --older-than, optionally only on --platform or of --chat-type;
-    it reads "[erased]" afterwards. The events, session rows, times, token counts
+    Forgets what was said (message text, tool calls, names) before --older-than,
+    in every session or only in those on --platform or of --chat-type, open
+    sessions included; it reads "[erased]" afterwards. The events, session rows, times, token counts
     and costs stay, so usage reports give the same figures. Each prune with --yes
     is recorded as a subject_erased event. The ledger's `retention:` config
     (ledger section of config.yaml) does this periodically in `run`.

@@ -198,7 +198,7 @@ class Runner:
             scope = report.scope
             log.info(
                 "retention: forgot the content of %d session(s), %d message(s), on %s %s"
-                " that ended before %s (event %s)", len(report.sessions), report.messages,
+                " from before %s (event %s)", len(report.sessions), report.messages,
                 scope.platform, scope.chat_type, format_utc(scope.before or now), report.position,
                 extra=fields(
                     "retention_applied", platform=scope.platform, chat_type=scope.chat_type,
@@ -257,7 +257,7 @@ def describe(report: PassReport) -> list[str]:
         scope = erased["scope"]
         lines.append(
             f"  retention: forgot {len(erased['sessions'])} session(s) on {scope['platform']}"
-            f" {scope['chat_type']} that ended before {scope['before']}"
+            f" {scope['chat_type']} from before {scope['before']}"
         )
     if report.retention_error is not None:
         lines.append(f"  retention not applied: {report.retention_error}")

@@ -137,8 +137,8 @@ class RetentionPolicy(BaseModel):
 
 @dataclass(frozen=True)
 class RetentionCutoff:
-    """One application of a policy: content of ``platform`` / ``chat_type``
-    sessions that ended before ``before`` is forgotten; ``days`` is the rule."""
+    """One application of a policy: what happened before ``before`` in
+    ``platform`` / ``chat_type`` sessions is forgotten; ``days`` is the rule."""
 
     platform: str
     chat_type: str
@@ -193,8 +193,8 @@ def prune(
     requested_by: str,
     dry_run: bool = True,
 ) -> ErasureReport:
-    """Forget the content of the sessions that ended before ``before`` (only on
-    ``platform`` / in ``chat_type`` when given); with ``dry_run`` (the default)
+    """Forget the content of what happened before ``before`` (only in sessions on
+    ``platform`` / of ``chat_type`` when given); with ``dry_run`` (the default)
     only count what would go. The one-off retention of ``hermes-ledger prune``."""
     scope = ErasureScope(kind="retention", platform=platform, chat_type=chat_type, before=before)
     return led.erase(scope, requested_by=requested_by, dry_run=dry_run)
