@@ -41,7 +41,7 @@ import apsw
 from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.errors import EventValidationError, LedgerError
 from hermes_ledger.ledger.events import SubjectErased
-from hermes_ledger.ledger.personal import held_in_log_sql
+from hermes_ledger.ledger.personal import UNCOVERED, held_in_log_sql
 
 if TYPE_CHECKING:
     from hermes_ledger.ledger.store import Ledger
@@ -394,28 +394,17 @@ def check_payloads(conn: apsw.Connection, head: int) -> tuple[int | None, str] |
     payload, and every missing payload is covered by a recorded erasure. (first bad
     position, problem), or None when all is well. Payload rows past the end of the
     log (left by a truncation, which anchors detect) are not the chain's to judge."""
-    from hermes_ledger.ledger.personal import digest
+    from hermes_ledger.ledger.personal import judge_payloads
 
-    missing = False
     found: list[Any] = conn.execute(SQL_PAYLOAD_ROWS).fetchall()
-    for position, expected, salt, body in found:
-        if position is None:
-            continue  # no event at that position: past a truncated log's end
-        if position > head:
-            continue
-        if expected is None:
-            return position, "the event has a payload but no digest in its meta: content was added"
-        if body is None:
-            missing = True
-        elif digest(salt, body) != expected:
-            return position, "the event's payload does not match the digest in its meta"
-    if not missing:
-        return None
+    problem, missing = judge_payloads(found, head)
+    if problem is not None or not missing:
+        return problem
     fill_covered(conn)
     try:
         row: Any = conn.execute(SQL_UNCOVERED).fetchone()
     finally:
         conn.execute(SQL_ERASING_CLEAR)
     if row is not None:
-        return row[0], "the event's payload is missing and no recorded erasure covers it"
+        return row[0], UNCOVERED
     return None

@@ -27,8 +27,8 @@ import functools
 import hmac
 import json
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from hermes_ledger.ledger.errors import EventValidationError, IdempotencyError
 from hermes_ledger.ledger.events import (
@@ -40,8 +40,6 @@ from hermes_ledger.ledger.events import (
 from hermes_ledger.ledger.records import AppendResult
 
 if TYPE_CHECKING:
-    import apsw
-
     from hermes_ledger.ledger.events import EventModel
 
 __all__ = [
@@ -51,6 +49,7 @@ __all__ = [
     "digest",
     "dumps",
     "held_in_log_sql",
+    "judge_payloads",
     "merged_sql",
     "new_salt",
     "original_result",
@@ -200,8 +199,14 @@ def prepare(
     return prepared
 
 
+class _Connection(Protocol):
+    """What ``original_result`` reads through: an apsw or a psycopg connection."""
+
+    def execute(self, sql: Any, args: Any = ..., /) -> Any: ...
+
+
 def original_result(
-    conn: apsw.Connection, by_event_id: str, stream: str, prepared: Sequence[tuple[Any, ...]]
+    conn: _Connection, by_event_id: str, stream: str, prepared: Sequence[tuple[Any, ...]]
 ) -> AppendResult | None:
     """The result of the earlier append of these exact events, if there was one."""
     found: list[tuple[str, int, int]] = []
@@ -226,6 +231,35 @@ def original_result(
             )
         found.append((event_id, position, version))
     return AppendResult(tuple(p for _, p, _ in found), max(v for _, _, v in found), True)
+
+
+def judge_payloads(
+    rows: Iterable[tuple[int | None, str | None, bytes | None, str | None]], head: int
+) -> tuple[tuple[int, str] | None, list[int]]:
+    """``verify``'s check of the content, whatever the database: ``rows`` are
+    (event position or None, the digest its meta holds or None, payload salt, payload
+    body) for every event with a digest or a payload, in position order. Returns the
+    first problem (position, text) or None, and the positions whose payload is
+    missing (an erasure must cover each). A payload past the end of the log (left by
+    a truncation, which anchors detect) is not the chain's to judge."""
+    missing: list[int] = []
+    for position, expected, salt, body in rows:
+        if position is None or position > head:
+            continue
+        if expected is None:
+            return (
+                (position, "the event has a payload but no digest in its meta: content was added"),
+                missing,
+            )
+        if body is None or salt is None:
+            missing.append(position)
+        elif digest(bytes(salt), body) != expected:
+            return (position, "the event's payload does not match the digest in its meta"), missing
+    return None, missing
+
+
+UNCOVERED: Final = "the event's payload is missing and no recorded erasure covers it"
+"""``verify``'s problem for a payload deleted outside an erasure."""
 
 
 def new_salt() -> bytes:

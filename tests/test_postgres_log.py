@@ -4,6 +4,7 @@ tests skip or fail for want of one)."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from hermes_ledger.ledger import (
     LedgerError,
     LedgerTooNewError,
     SessionAlreadyEndedError,
+    personal,
 )
 from hermes_ledger.ledger.events import (
     MessageAppended,
@@ -84,7 +86,7 @@ def test_append_read_and_verify(log: PostgresLog) -> None:
     assert [r.position for r in log.read_all(types=["session_started"])] == [1, 4]
     assert [r.version for r in log.read_stream(STREAM, after_version=1)] == [2, 3]
     rec = next(log.read_stream(STREAM, after_version=2))
-    assert rec.meta == {"schema_version": 1, "actor": "t"}
+    assert rec.meta == {"schema_version": 1, "payload": rec.meta["payload"], "actor": "t"}
     assert rec.event == said(text="b", event_id=rec.event_id)
     assert log.head_row() == (4, next(log.read_all(after=3)).hash)
     report = log.verify()
@@ -226,7 +228,11 @@ def test_migrations_are_recorded_and_applied_once(pg_dsn: str) -> None:
     PostgresLog.open(pg_dsn).close()
     with _super(pg_dsn) as conn:
         rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
-        assert rows == [(1, "0001_events.sql"), (2, "0002_writer_role.sql")]
+        assert rows == [
+            (1, "0001_events.sql"),
+            (2, "0002_writer_role.sql"),
+            (3, "0003_payloads.sql"),
+        ]
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (99, '0099_future.sql')")
     with pytest.raises(LedgerTooNewError, match="migration 99") as exc:
         PostgresLog.open(pg_dsn)
@@ -251,7 +257,7 @@ def test_verify_finds_a_row_edited_with_the_triggers_disabled(
     with _super(pg_dsn) as conn, conn.transaction():
         conn.execute("ALTER TABLE events DISABLE TRIGGER events_refuse_update")
         conn.execute(
-            "UPDATE events SET data = replace(data, 'original', 'forged') WHERE position = 2"
+            "UPDATE events SET data = replace(data, '\"user\"', '\"assistant\"') WHERE position = 2"
         )
         conn.execute("ALTER TABLE events ENABLE TRIGGER events_refuse_update")
     report = log.verify()
@@ -261,11 +267,20 @@ def test_verify_finds_a_row_edited_with_the_triggers_disabled(
 
 
 def test_same_events_give_the_same_hashes_as_sqlite(
-    log: PostgresLog, pg_dsn: str, tmp_path: Path, clock: ManualClock
-) -> None:
-    """Events without personal content (those the SQLite store keeps whole in
-    ``data``): the rows, hashes and business times agree byte for byte."""
+    log: PostgresLog, pg_dsn: str, tmp_path: Path, clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The rows, payloads, hashes and business times agree byte for byte, events
+    with personal content (split into a payload) included. Salts come from a counter
+    restarted before each append, so both backends salt alike (random otherwise)."""
+    counter = iter(())
+
+    def salt() -> bytes:
+        return next(counter).to_bytes(16, "big")
+
+    monkeypatch.setattr(personal, "new_salt", salt)
     week_ago = "2026-11-15T10:00:00.123456789+02:00"
+    source = {"platform": "telegram", "user_id": "u1", "user_name": "Ann", "chat_name": "é"}
     batches = [
         (STREAM, [started(event_id="a1", occurred_at=week_ago)], {"actor": "import"}),
         (STREAM, [said(text=None, event_id="a2"), ended(event_id="a3")], None),
@@ -274,19 +289,31 @@ def test_same_events_give_the_same_hashes_as_sqlite(
             [UsageRecorded(event_id="a4", session_id="s1", input_tokens=3)],
             {"é": "ü\u0000"},
         ),
-    ]
+        ("k2", [SessionStarted(session_id="s2", event_id="b1", source=source)], None),  # type: ignore[arg-type]
+        ("k2", [said("s2", "nul \x00, \\u0000 \"q\" 🦊\n", event_id="b2", user_name="A"),
+                said("s2", "", event_id="b3"), ended("s2", event_id="b4")], {"n": 1}),
+    ]  # fmt: skip
     with Ledger.open(tmp_path / "l.db", clock=clock) as sqlite:
         for stream, events, meta in batches:
-            assert sqlite.append(stream, events, meta=meta) == log.append(stream, events, meta=meta)
+            counter = itertools.count(1)
+            lite = sqlite.append(stream, events, meta=meta)
+            counter = itertools.count(1)
+            assert lite == log.append(stream, events, meta=meta)
             clock.advance(seconds=1.5)
         sqlite_rows = sqlite.query("SELECT *, occurred_at FROM events ORDER BY position")
+        sqlite_payloads = sqlite.query("SELECT * FROM payloads ORDER BY position")
+        sqlite_read = list(sqlite.read_all())
     with _super(pg_dsn) as conn:
         pg_rows = conn.execute(
             "SELECT position, event_id, stream, version, type, session_id, data, meta,"
             " recorded_at, hash, occurred_at, occurred_at FROM events ORDER BY position"
         ).fetchall()
+        pg_payloads = conn.execute("SELECT position, salt, body FROM payloads ORDER BY 1")
+        assert [tuple(p) for p in sqlite_payloads] == pg_payloads.fetchall()
     assert [tuple(r) for r in sqlite_rows] == pg_rows
     assert sqlite_rows[0][10] == "2026-11-15T08:00:00.123456Z"
+    assert len(sqlite_payloads) == 3 and list(log.read_all()) == sqlite_read
+    assert log.verify().ok
 
 
 # -- many writers --------------------------------------------------------------------

@@ -30,8 +30,18 @@ from hermes_ledger.ledger.errors import (
     SessionAlreadyEndedError,
 )
 from hermes_ledger.ledger.events import EventModel
+from hermes_ledger.ledger.personal import original_result
+from hermes_ledger.ledger.postgres.payloads import check_payloads
 from hermes_ledger.ledger.postgres.schema import SCHEMA, migrate
-from hermes_ledger.ledger.postgres.shared import Prepared, chain_rows, prepare_append, walk_chain
+from hermes_ledger.ledger.postgres.shared import (
+    PayloadRow,
+    Prepared,
+    Row,
+    chain_rows,
+    prepare_append,
+    row_checks,
+    walk_chain,
+)
 from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected
 
@@ -50,14 +60,27 @@ SQL_INSERT = (
     "INSERT INTO events (position, event_id, stream, version, type, session_id, data, meta,"
     " recorded_at, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-SQL_BY_EVENT_ID = "SELECT position, stream, version, type, data FROM events WHERE event_id = %s"
+SQL_INSERT_PAYLOAD = "INSERT INTO payloads (position, salt, body) VALUES (%s, %s, %s)"
+SQL_COPY_EVENTS = f"COPY events ({_COLUMNS}) FROM STDIN"
+SQL_COPY_PAYLOADS = "COPY payloads (position, salt, body) FROM STDIN"
+SQL_BY_EVENT_ID = (
+    "SELECT e.position, e.stream, e.version, e.type, e.data, p.body IS NULL,"
+    " hl_merged(e.data, p.body) FROM events AS e"
+    " LEFT JOIN payloads AS p ON p.position = e.position WHERE e.event_id = %s"
+)
+# The log as stored (verify walks it); readers get event_bodies: each event whole,
+# its payload merged in ("[erased]" once erased), as on SQLite.
 SQL_PAGE_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s"
-SQL_PAGE_TYPES = (
-    f"SELECT {_COLUMNS} FROM events WHERE type = ANY(%s) AND position > %s"
+SQL_BODIES_ALL = (
+    f"SELECT {_COLUMNS} FROM event_bodies WHERE position > %s ORDER BY position LIMIT %s"
+)
+SQL_BODIES_TYPES = (
+    f"SELECT {_COLUMNS} FROM event_bodies WHERE type = ANY(%s) AND position > %s"
     " ORDER BY position LIMIT %s"
 )
-SQL_PAGE_STREAM = (
-    f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND version > %s ORDER BY version LIMIT %s"
+SQL_BODIES_STREAM = (
+    f"SELECT {_COLUMNS} FROM event_bodies WHERE stream = %s AND version > %s"
+    " ORDER BY version LIMIT %s"
 )
 SQL_STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream = %s"
 SQL_HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM events"
@@ -201,14 +224,24 @@ class PostgresLog:
                 if original is not None:
                     return original
                 raise ConcurrencyError(prepared.stream, prepared.expected, current)
-            rows = chain_rows(prepared, current, position, previous, format_utc(self._clock()))
+            at = format_utc(self._clock())
+            rows, payloads = chain_rows(prepared, current, position, previous, at)
             if len(rows) == 1:
                 conn.execute(SQL_INSERT, rows[0])
             else:
                 with conn.cursor() as cur:
                     cur.executemany(SQL_INSERT, rows)
+            if len(payloads) == 1:
+                conn.execute(SQL_INSERT_PAYLOAD, payloads[0])
+            elif payloads:
+                with conn.cursor() as cur:
+                    cur.executemany(SQL_INSERT_PAYLOAD, payloads)
             if self._projectors:
-                records = [Recorded(*row) for row in rows]
+                # The projections see each event whole (its payload merged in).
+                records = [
+                    Recorded(*row[:6], event[5], *row[7:])
+                    for row, event in zip(rows, prepared.events, strict=True)
+                ]
                 for projector in self._projectors:
                     projector(conn, records)
         return AppendResult(tuple(r[0] for r in rows), rows[-1][3])
@@ -225,27 +258,10 @@ class PostgresLog:
         return original
 
     def _original_result(self, prepared: Prepared) -> AppendResult | None:
-        """The result of the earlier append of these exact events, if there was one."""
-        found: list[tuple[str, int, int]] = []
-        for event_id, event_type, _sid, data, _meta in prepared.events:
-            row = self._conn.execute(SQL_BY_EVENT_ID, (event_id,)).fetchone()
-            if row is None:
-                if found:
-                    raise IdempotencyError(
-                        f"event_id {found[0][0]!r} is already in the log but {event_id!r} is not: "
-                        "this is not a retry of an earlier append",
-                        hint="give new events new event_ids",
-                    )
-                return None
-            position, row_stream, version, row_type, row_data = row
-            if row_stream != prepared.stream or row_type != event_type or row_data != data:
-                raise IdempotencyError(
-                    f"event_id {event_id!r} is already recorded at position {position} "
-                    f"({row_type} in stream {row_stream!r}) with different content",
-                    hint="give each new event its own event_id",
-                )
-            found.append((event_id, position, version))
-        return AppendResult(tuple(p for _, p, _ in found), max(v for _, _, v in found), True)
+        """The result of the earlier append of these exact events, if there was one
+        (``personal.original_result``: the same stream, type and whole body, or the
+        same rest once the content was erased)."""
+        return original_result(self._conn, SQL_BY_EVENT_ID, prepared.stream, prepared.events)
 
     def _translate(self, exc: psycopg.Error) -> NoReturn:
         """Re-raise a driver error as the matching LedgerError."""
@@ -294,15 +310,15 @@ class PostgresLog:
     ) -> Iterator[Recorded]:
         """Events after position ``after``, in position order, optionally only ``types``."""
         if types is None:
-            return self._pages(SQL_PAGE_ALL, (), after, limit, key=0)
+            return self._pages(SQL_BODIES_ALL, (), after, limit, key=0)
         wanted = sorted(set(types))
         if not wanted:
             return iter(())
-        return self._pages(SQL_PAGE_TYPES, (wanted,), after, limit, key=0)
+        return self._pages(SQL_BODIES_TYPES, (wanted,), after, limit, key=0)
 
     def read_stream(self, stream: str, *, after_version: int = 0) -> Iterator[Recorded]:
         """The events of one stream in version order, after ``after_version``."""
-        return self._pages(SQL_PAGE_STREAM, (stream,), after_version, None, key=3)
+        return self._pages(SQL_BODIES_STREAM, (stream,), after_version, None, key=3)
 
     def stream_version(self, stream: str) -> int:
         """The stream's current version (0 if it has no events)."""
@@ -334,7 +350,63 @@ class PostgresLog:
     ) -> VerifyReport:
         """Walk the log as ``Ledger.verify`` does: gap-free positions, versions 1..n
         per stream, and every row's hash; ``after`` = (position, hash) of a trusted
-        row (an anchor) walks only the rows after it."""
+        row (an anchor) walks only the rows after it. Then, as on SQLite, every
+        payload against the digest in its event's meta, and every missing payload
+        against the recorded erasures (``ledger.postgres.payloads``)."""
         head = self.head()
         rows = self._pages(SQL_PAGE_ALL, (), after[0], None, key=0)
-        return walk_chain(rows, head, after=after, progress=progress)
+        report = walk_chain(rows, head, after=after, progress=progress)
+        if not report.ok:
+            return report
+        with self._lock:
+            self._check_open()
+            try:
+                bad = check_payloads(self._conn, report.head)
+            except psycopg.Error as exc:
+                self._translate(exc)
+        if bad is not None:
+            return VerifyReport(False, report.checked, head, *bad)
+        return report
+
+    # -- copying -------------------------------------------------------------
+
+    def insert_copied(self, rows: Sequence[Row], payloads: Sequence[PayloadRow]) -> tuple[int, str]:
+        """Insert rows copied from another ledger as they are (``rows`` in position
+        order, with their hashes; ``payloads`` for those positions) in one
+        transaction, under the log's lock: the first must follow the log's head and
+        each row's hash must be its content's chained from the row before, else
+        LedgerError and nothing is written. Returns the new (head position, hash)."""
+        if not rows:
+            return self.head_row()
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            try:
+                with conn.transaction():
+                    state = conn.execute(SQL_APPEND_STATE, (rows[0][2],)).fetchone()
+                    assert state is not None  # the function always returns one row
+                    _version, position, previous = state
+                    for row in rows:
+                        if row[0] != position + 1:
+                            raise LedgerError(
+                                f"{self.where}: copied row {row[0]} does not follow the"
+                                f" log's head (position {position})",
+                                hint="copy the rows in position order, from the head on",
+                            )
+                        if not row_checks(row, previous):
+                            raise LedgerError(
+                                f"the row at position {row[0]} does not chain: its hash does"
+                                " not match its content and the previous hash",
+                                hint="verify the source ledger (`hermes-ledger verify`)",
+                            )
+                        position, previous = row[0], row[9]
+                    with conn.cursor() as cur, cur.copy(SQL_COPY_EVENTS) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                    if payloads:
+                        with conn.cursor() as cur, cur.copy(SQL_COPY_PAYLOADS) as copy:
+                            for payload in payloads:
+                                copy.write_row(payload)
+            except psycopg.Error as exc:
+                self._translate(exc)
+        return position, previous

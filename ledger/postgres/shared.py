@@ -1,35 +1,49 @@
 """What an append and a verify do whatever the database: preparing the rows of an
-append, and walking the hash chain.
+append (each body split into data and payload as the SQLite store splits it), and
+walking the hash chain.
 
-These mirror ``Ledger.append``'s preparation and ``Ledger.verify``'s walk in
-``ledger/store.py``, which has them inline; they live here, apart from any driver,
-until the backend interface (issue 14) moves them up to ``ledger/`` and the SQLite
-store uses them too. Everything they decide with is imported from the SQLite code:
-``check_name``, the event models, ``check_expected``, ``row_hash``.
+The argument checks mirror ``Ledger.append``'s in ``ledger/store.py``, which has
+them inline, until the backend interface (issue 14) moves them up to ``ledger/``.
+Everything they decide with is imported from the SQLite code: ``check_name``, the
+event models, ``personal.prepare`` (the split, the salted digest, meta),
+``check_expected``, ``row_hash`` and ``chain.walk_chain``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_ledger.ledger.chain import GENESIS, row_hash
+from hermes_ledger.ledger.chain import row_hash, walk_chain
 from hermes_ledger.ledger.errors import (
     EventValidationError,
     ExpectedVersionError,
     IdempotencyError,
 )
-from hermes_ledger.ledger.events import EventModel, check_json, parse, storable_body
-from hermes_ledger.ledger.records import Recorded, VerifyReport
+from hermes_ledger.ledger.events import EventModel, check_json, parse
+from hermes_ledger.ledger.personal import prepare
 from hermes_ledger.ledger.store import check_name
 from hermes_ledger.ledger.versions import ExpectedVersion, validate_expected
 
-__all__ = ["Prepared", "PreparedEvent", "chain_rows", "prepare_append", "walk_chain"]
+__all__ = [
+    "PayloadRow",
+    "Prepared",
+    "PreparedEvent",
+    "Row",
+    "chain_rows",
+    "prepare_append",
+    "row_checks",
+    "walk_chain",
+]
 
-PreparedEvent = tuple[str, str, str | None, str, str]
-"""(event_id, type, session_id, data JSON, meta JSON) of one event to append."""
+PreparedEvent = tuple[str, str, str | None, str, str, str, tuple[bytes, str] | None]
+"""(event_id, type, session_id, data JSON, meta JSON, whole body JSON, payload
+(salt, body) or None) of one event to append: ``personal.prepare``'s tuple."""
+
+PayloadRow = tuple[int, bytes, str]
+"""A payloads row: position, salt, body."""
 
 Row = tuple[int, str, str, int, str, str | None, str, str, str, str]
 """An events row: position, event_id, stream, version, type, session_id, data, meta,
@@ -75,7 +89,8 @@ def prepare_append(
     meta: Mapping[str, Any] | None,
 ) -> Prepared:
     """Check an append's arguments as ``Ledger.append`` does and encode its events
-    (``storable_body``; meta as ``{"schema_version":N,…}``)."""
+    as it does (``personal.prepare``: data without the personal fields, the payload,
+    meta as ``{"schema_version":N,"payload":digest,…}``)."""
     check_name("stream", stream)
     try:
         expected = validate_expected(expected_version)
@@ -88,26 +103,24 @@ def prepare_append(
     if len(ids) > 1 and len(set(ids)) != len(ids):
         raise IdempotencyError("the same event_id appears twice in one append")
     extra = _meta_json(meta)
-    prepared = []
     for model in models:
         session_id = getattr(model, "session_id", None)
         if session_id is not None:
             check_name("session_id", session_id)
         check_name("event_id", model.event_id)
-        tag = f'{{"schema_version":{model.schema_version}'
-        meta_json = tag + ("}" if extra == "{}" else "," + extra[1:])
-        prepared.append((model.event_id, model.type, session_id, storable_body(model), meta_json))
-    return Prepared(stream, expected, tuple(prepared))
+    return Prepared(stream, expected, tuple(prepare(models, extra)))
 
 
 def chain_rows(
     prepared: Prepared, version: int, position: int, previous: str, recorded_at: str
-) -> list[Row]:
+) -> tuple[list[Row], list[PayloadRow]]:
     """The rows of ``prepared`` after a stream at ``version`` and a head at
-    (``position``, ``previous`` hash), each hash chained from the one before."""
+    (``position``, ``previous`` hash), each hash chained from the one before, and
+    their payload rows."""
     rows: list[Row] = []
+    payloads: list[PayloadRow] = []
     stream = prepared.stream
-    for event_id, event_type, session_id, data, meta_json in prepared.events:
+    for event_id, event_type, session_id, data, meta_json, _whole, payload in prepared.events:
         position += 1
         version += 1
         previous = row_hash(
@@ -118,50 +131,17 @@ def chain_rows(
             (position, event_id, stream, version, event_type, session_id, data, meta_json,
              recorded_at, previous)
         )  # fmt: skip
-    return rows
+        if payload is not None:
+            payloads.append((position, *payload))
+    return rows, payloads
 
 
-def walk_chain(
-    records: Iterable[Recorded],
-    head: int,
-    *,
-    after: tuple[int, str] = (0, GENESIS),
-    progress: Callable[[int, int], None] | None = None,
-) -> VerifyReport:
-    """``Ledger.verify``'s walk over ``records`` (the rows after ``after``'s position,
-    in position order): gap-free positions, versions 1..n per stream (only for
-    streams that start after a trusted ``after``), every hash against its content
-    and the previous row's hash."""
-    previous_position, previous_hash = after
-    partial = previous_position > 0
-    versions: dict[str, int] = {}
-    checked = 0
-    for rec in records:
-        problem = None
-        if rec.position != previous_position + 1:
-            problem = f"gap: position {previous_position} is followed by {rec.position}"
-        elif not (partial and rec.stream not in versions) and (
-            rec.version != versions.get(rec.stream, 0) + 1
-        ):
-            problem = (
-                f"stream {rec.stream!r} jumps from version {versions.get(rec.stream, 0)} "
-                f"to {rec.version}"
-            )
-        else:
-            expected = row_hash(
-                previous_hash, rec.position, rec.event_id, rec.stream, rec.version, rec.type,
-                rec.session_id, rec.data_json, rec.meta_json, rec.recorded_at_text,
-            )  # fmt: skip
-            if expected != rec.hash:
-                problem = "hash does not match the row's content and the previous hash"
-        if problem is not None:
-            return VerifyReport(False, checked, head, rec.position, problem)
-        versions[rec.stream] = rec.version
-        previous_hash = rec.hash
-        previous_position = rec.position
-        checked += 1
-        if progress is not None and checked % 10_000 == 0:
-            progress(checked, head)
-    if progress is not None:
-        progress(checked, head)
-    return VerifyReport(True, checked, previous_position)
+def row_checks(row: Row, previous: str) -> bool:
+    """True if ``row``'s hash is its content's chained from ``previous`` (the hash
+    of the row before it): a copied row (``ledger.postgres.migrate``) is checked so,
+    never re-hashed."""
+    position, event_id, stream, version, event_type, session_id, data, meta, at, digest = row
+    expected = row_hash(
+        previous, position, event_id, stream, version, event_type, session_id, data, meta, at
+    )
+    return expected == digest
