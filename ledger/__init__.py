@@ -1,5 +1,8 @@
-"""hermes-ledger's event store: an append-only, hash-chained log in one SQLite file."""
+"""hermes-ledger's event store: an append-only, hash-chained log, in one SQLite file
+(``Ledger``) or a PostgreSQL database (``postgres.PostgresLog``), both ``EventLog``s
+(``backend``); ``open_log(path_or_dsn)`` opens either."""
 
+from hermes_ledger.ledger.backend import EventLog, open_log
 from hermes_ledger.ledger.errors import (
     ConcurrencyError,
     EventValidationError,
@@ -23,6 +26,7 @@ __all__ = [
     "STREAM_EXISTS",
     "AppendResult",
     "ConcurrencyError",
+    "EventLog",
     "EventValidationError",
     "ExpectedVersionError",
     "IdempotencyError",
@@ -37,4 +41,5 @@ __all__ = [
     "Recorded",
     "SessionAlreadyEndedError",
     "VerifyReport",
+    "open_log",
 ]

@@ -1,7 +1,8 @@
-"""The event store: append to streams, read them back, verify the chain.
+"""The event store in one SQLite file: append to streams, read them back, verify the chain.
 
-``Ledger`` is the one documented interface over the log; the SQL it runs is
-below, one named statement per purpose, always with bindings.
+``Ledger`` is the SQLite backend of ``backend.EventLog`` (whose docstrings say what
+the log operations do); the SQL it runs is below, one named statement per purpose,
+always with bindings.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, cast
 
 import apsw
 
+from hermes_ledger.ledger.backend import is_dsn, open_log
 from hermes_ledger.ledger.chain import GENESIS, row_hash, walk_chain
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope, Scrubber
@@ -133,7 +135,7 @@ def _not_utf8() -> LedgerError:
 
 
 class Ledger:
-    """An append-only event log in one SQLite file.
+    """An append-only event log in one SQLite file: the SQLite ``backend.EventLog``.
 
     Open with ``Ledger.open(path)`` (creates and migrates the file if needed) and
     use it as a context manager. One ``Ledger`` may be shared by threads; several
@@ -183,6 +185,9 @@ class Ledger:
     ) -> Self:
         """Open (creating and migrating if needed) the ledger at ``path``.
 
+        A ``postgresql://`` URI opens a ``PostgresLog`` (``backend.open_log``, which
+        code that may get either backend calls): use only ``EventLog`` on it.
+
         Refuses, without changing the file, anything that is not a ledger, and a
         ledger written by a newer version. ``synchronous`` is SQLite's durability
         setting (NORMAL by default: durable across process crashes; FULL also
@@ -190,6 +195,11 @@ class Ledger:
         SQLite's page cache for this connection. ``migrations`` replace the shipped
         schema migrations (``schema.load_migrations()``), as a test of an upgrade does.
         """
+        if is_dsn(path):
+            if readonly or migrations is not None:
+                msg = "readonly and migrations are options of a SQLite ledger"
+                raise LedgerError(msg, hint="open the PostgreSQL ledger without them")
+            return cast(Self, open_log(path, clock=clock))
         path = Path(path)
         if migrations is None:
             migrations = load_migrations()
@@ -226,7 +236,9 @@ class Ledger:
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str], **options: Any) -> Self:
         """``open`` a ledger that must already exist (``open`` would create one):
-        NoLedgerError if there is no file at ``path``."""
+        NoLedgerError if there is no file at ``path``. A DSN is just ``open``ed."""
+        if is_dsn(path):
+            return cls.open(path, **options)
         target = Path(path)
         if not target.exists():
             raise NoLedgerError(path)
@@ -235,6 +247,7 @@ class Ledger:
         return cls.open(path, **options)
 
     def close(self) -> None:
+        """See ``EventLog.close``."""
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -330,15 +343,7 @@ class Ledger:
         *,
         meta: Mapping[str, Any] | None = None,
     ) -> AppendResult:
-        """Append ``events`` to ``stream`` in one transaction (all or nothing).
-
-        ``expected_version`` is ANY, NO_STREAM, STREAM_EXISTS, or the exact version
-        the stream must be at; otherwise ConcurrencyError is raised and nothing is
-        written. If every event_id is already in the log (a retried append), the
-        original positions are returned with ``duplicate=True`` and nothing is
-        written. ``meta`` (causation/correlation ids, actor…) is stored with each
-        event next to its schema version.
-        """
+        """See ``EventLog.append``."""
         check_name("stream", stream)
         try:
             expected = validate_expected(expected_version)
@@ -487,7 +492,7 @@ class Ledger:
     def read_all(
         self, after: int = 0, *, types: Iterable[str] | None = None, limit: int | None = None
     ) -> Iterator[Recorded]:
-        """Events after position ``after``, in position order, optionally only ``types``."""
+        """See ``EventLog.read_all``."""
         if types is None:
             return self._pages(self._bodies(SQL_BODIES_ALL), (), after, limit, key=0)
         wanted = tuple(sorted(set(types)))
@@ -497,7 +502,7 @@ class Ledger:
         return self._pages(sql, wanted, after, limit, key=0)
 
     def read_stream(self, stream: str, *, after_version: int = 0) -> Iterator[Recorded]:
-        """The events of one stream in version order, after ``after_version``."""
+        """See ``EventLog.read_stream``."""
         return self._pages(self._bodies(SQL_BODIES_STREAM), (stream,), after_version, None, key=3)
 
     def _bodies(self, sql: str) -> str:
@@ -505,7 +510,7 @@ class Ledger:
         return sql if self._forgettable else sql.replace(_PAYLOAD_JOIN, _NO_PAYLOADS)
 
     def stream_version(self, stream: str) -> int:
-        """The stream's current version (0 if it has no events)."""
+        """See ``EventLog.stream_version``."""
         with self._lock:
             self._check_open()
             return scalar(self._conn, SQL_STREAM_VERSION, (stream,)) or 0
@@ -526,7 +531,7 @@ class Ledger:
                 raise _not_utf8() from None
 
     def head(self) -> int:
-        """The position of the last event (0 for an empty ledger)."""
+        """See ``EventLog.head``."""
         with self._lock:
             self._check_open()
             try:
@@ -542,12 +547,7 @@ class Ledger:
         *,
         after: tuple[int, str] = (0, GENESIS),
     ) -> VerifyReport:
-        """Walk the whole log: gap-free positions, versions 1..n per stream, and every
-        row's hash against its content and the previous row's hash.
-
-        ``after`` = (position, hash) walks only the rows after a row already trusted
-        (an anchor): their hashes chain from ``hash``; versions are checked only for
-        streams that start after it."""
+        """See ``EventLog.verify``."""
         head = self.head()
         rows = self._pages(SQL_PAGE_ALL, (), after[0], None, key=0)
         report = walk_chain(rows, head, after, progress)
