@@ -1,0 +1,450 @@
+"""The projections on PostgreSQL (hermes_ledger.projections.postgres), against a real
+server (a fresh database per test, tests/pg_support.py): the same events appended to
+a SQLite ledger with projections and to a PostgresLog with projections give the
+same session_map, session_history and messages rows; live == rebuild; state_at;
+search; a projector failure rolls the append back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import ManualClock
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pg_support import fresh_database
+
+from hermes_ledger import projections
+from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.events import (
+    EventModel,
+    MemoryFlushed,
+    MemoryFlushFailed,
+    MemoryFlushSkipped,
+    MessageAppended,
+    SessionEnded,
+    SessionExpired,
+    SessionReset,
+    SessionStarted,
+    Source,
+    UsageRecorded,
+)
+from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.projections import postgres as pgp
+
+KEY = "agent:main:telegram:dm:99"
+OTHER = "agent:main:discord:group:42:7"
+SOURCE = Source(platform="telegram", chat_id="99", user_id="u1", user_name="Ann")
+GROUP = Source(platform="discord", chat_type="group", chat_id="42", chat_name="Dév", user_id="7")
+
+
+class Both:
+    """A SQLite ledger with projections and a PostgresLog with projections, fed the
+    same appends at the same clock times."""
+
+    def __init__(self, led: Ledger, log: PostgresLog, clock: ManualClock) -> None:
+        self.led, self.log, self.clock = led, log, clock
+
+    def append(self, key: str, events: Sequence[EventModel], **meta: Any) -> None:
+        self.led.append(key, list(events), meta=meta or None)
+        self.log.append(key, list(events), meta=meta or None)
+        self.clock.advance(seconds=1)
+
+    def assert_same(self) -> projections.State:
+        sqlite, pg = projections.live_state(self.led), pgp.live_state(self.log)
+        assert pg.session_history == sqlite.session_history
+        assert pg.session_map == sqlite.session_map
+        assert pg.transcripts == sqlite.transcripts
+        assert pg == sqlite
+        return pg
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    with fresh_database() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def log(pg_dsn: str, clock: ManualClock) -> Iterator[PostgresLog]:
+    with PostgresLog.open(pg_dsn, clock=clock) as opened:
+        pgp.attach(opened)
+        yield opened
+
+
+@pytest.fixture
+def both(tmp_path: Path, log: PostgresLog, clock: ManualClock) -> Iterator[Both]:
+    with Ledger.open(tmp_path / "ledger.db", clock=clock) as led:
+        projections.attach(led)
+        yield Both(led, log, clock)
+
+
+def conversation(both: Both) -> None:
+    """Two keys; a reset with a flush, an expiry with a failed then skipped flush;
+    tool calls, a synthetic flush turn, usage with cost, occurred_at with an offset."""
+    both.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    both.append(
+        KEY,
+        [
+            MessageAppended(
+                session_id="s1",
+                role="user",
+                content="hello brave world",
+                user_id="u1",
+                user_name="Ann",
+                platform_message_id="m1",
+            )
+        ],
+    )
+    both.append(
+        KEY,
+        [
+            MessageAppended(
+                session_id="s1",
+                role="assistant",
+                content=None,
+                output_tokens=12,
+                tool_calls=[{"id": "c1", "function": {"name": "search", "arguments": "{}"}}],
+            ),
+            MessageAppended(
+                session_id="s1",
+                role="tool",
+                content="found 3 résultats",
+                tool_name="search",
+                tool_call_id="c1",
+            ),
+            UsageRecorded(session_id="s1", input_tokens=100, output_tokens=20, cost_usd=0.1),
+            UsageRecorded(
+                session_id="s1",
+                input_tokens=50,
+                cache_read_tokens=7,
+                cache_write_tokens=3,
+                cost_usd=0.2,
+                model="m",
+            ),
+        ],
+    )
+    both.append(OTHER, [SessionStarted(session_id="g1", source=GROUP, reason="first")])
+    both.append(
+        OTHER,
+        [
+            MessageAppended(
+                session_id="g1",
+                role="user",
+                content="group hello",
+                occurred_at="2026-11-22T10:00:00.5+02:00",
+            )
+        ],
+    )
+    both.append(
+        KEY, [MessageAppended(session_id="s1", role="user", content="remember me", synthetic=True)]
+    )
+    both.append(
+        KEY,
+        [
+            SessionReset(session_id="s1", trigger="/new"),
+            MemoryFlushed(session_id="s1", provider="honcho", detail="3 facts"),
+            SessionEnded(session_id="s1", reason="manual_reset"),
+        ],
+        actor="telegram:u1",
+    )
+    both.append(
+        KEY,
+        [
+            SessionStarted(
+                session_id="s2", source=SOURCE, reason="manual_reset", previous_session_id="s1"
+            )
+        ],
+    )
+    both.append(KEY, [MessageAppended(session_id="s2", role="user", content="fresh start 東京")])
+    both.append(
+        OTHER,
+        [
+            SessionExpired(
+                session_id="g1",
+                reason="idle",
+                deadline="2026-11-22T11:00:00+01:00",
+                evaluated_at="2026-11-22T10:01:00Z",
+                policy={"idle_minutes": 60},
+            ),
+            MemoryFlushFailed(session_id="g1", provider="honcho", error="timeout"),
+            MemoryFlushSkipped(session_id="g1", reason="nothing to flush"),
+        ],
+    )
+    both.append(OTHER, [SessionEnded(session_id="g1", reason="idle_expiry")])
+
+
+# -- the same rows as SQLite ---------------------------------------------------------
+
+
+def test_the_same_events_give_the_same_rows_as_sqlite(both: Both) -> None:
+    conversation(both)
+    state = both.assert_same()
+    assert state.session_map[KEY]["session_id"] == "s2"
+    assert state.session_map[KEY]["status"] == "open"
+    assert state.session_map[OTHER]["status"] == "closed"
+    history = state.session_history
+    assert history["s1"]["message_count"] == 3  # the synthetic turn is no message
+    assert history["s1"]["cost_nano_usd"] == 300_000_000
+    assert (history["s1"]["close_cause"], history["s1"]["close_actor"]) == ("reset", "telegram:u1")
+    assert (history["g1"]["flush_status"], history["g1"]["flush_attempts"]) == ("skipped", 1)
+    assert history["g1"]["close_deadline"] == "2026-11-22T10:00:00.000000Z"
+    assert [m["content"] for m in state.transcripts["s1"]] == [
+        "hello brave world",
+        None,
+        "found 3 résultats",
+    ]
+    assert state.transcripts["g1"][0]["ts"] == "2026-11-22T08:00:00.500000Z"
+
+
+def test_status_goes_open_closing_closed_as_on_sqlite(both: Both) -> None:
+    both.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    assert both.assert_same().session_map[KEY]["status"] == "open"
+    both.append(KEY, [SessionReset(session_id="s1", trigger="api")])
+    assert both.assert_same().session_map[KEY]["status"] == "closing"
+    both.append(KEY, [SessionEnded(session_id="s1", reason="manual_reset")])
+    assert both.assert_same().session_map[KEY]["status"] == "closed"
+
+
+def test_checkpoints_advance_in_the_append_transaction(both: Both) -> None:
+    conversation(both)
+    rows = both.log.connection.execute(
+        "SELECT name, position FROM projection_checkpoints ORDER BY name"
+    ).fetchall()
+    assert rows == [("sessions", both.log.head()), ("transcripts", both.log.head())]
+
+
+def test_a_projector_failure_rolls_the_append_back(log: PostgresLog) -> None:
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+
+    def boom(conn: psycopg.Connection[Any], records: Sequence[Any]) -> None:
+        raise RuntimeError("boom")
+
+    log.add_inline_projector(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        log.append(KEY, [MessageAppended(session_id="s1", role="user", content="lost")])
+    assert log.head() == 1
+    state = pgp.live_state(log)
+    assert state.transcripts == {} and state.session_history["s1"]["message_count"] == 0
+    assert pgp.verify(log).ok
+
+
+def test_an_append_by_a_process_without_projections_is_caught_up(
+    pg_dsn: str, log: PostgresLog, clock: ManualClock
+) -> None:
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    with PostgresLog.open(pg_dsn, clock=clock) as bare:
+        bare.append(KEY, [MessageAppended(session_id="s1", role="user", content="behind")])
+    log.append(KEY, [MessageAppended(session_id="s1", role="user", content="after")])
+    state = pgp.live_state(log)
+    assert [m["content"] for m in state.transcripts["s1"]] == ["behind", "after"]
+    assert pgp.verify(log).ok
+
+
+# -- rebuild, verify, state_at ---------------------------------------------------------
+
+
+def test_rebuild_reproduces_the_live_tables(both: Both) -> None:
+    conversation(both)
+    before = pgp.live_state(both.log)
+    report = pgp.rebuild(both.log)
+    assert report.position == both.log.head() == report.events
+    assert pgp.live_state(both.log) == before
+    assert pgp.verify(both.log).ok
+    both.append(KEY, [MessageAppended(session_id="s2", role="user", content="after rebuild")])
+    both.assert_same()  # the swapped-in tables are the live ones (indexes, grants, projector)
+    pgp.rebuild(both.log)  # a second rebuild reuses the fresh names
+    both.assert_same()
+
+
+def test_verify_reports_a_changed_row(both: Both) -> None:
+    conversation(both)
+    report = pgp.verify(both.log)
+    assert report.ok, str(report)
+    assert report.rows == {"session_history": 2 + 1, "session_map": 2, "messages": 5}
+    both.log.connection.execute("UPDATE messages SET content = 'tampered' WHERE position = 2")
+    report = pgp.verify(both.log)
+    assert not report.ok
+    [diff] = report.differences
+    assert (diff.table, diff.key, diff.column, diff.live, diff.rebuilt) == (
+        "messages",
+        2,
+        "content",
+        "tampered",
+        "hello brave world",
+    )
+
+
+def test_state_at_positions_matches_the_live_tables_then(both: Both) -> None:
+    snapshots = {}
+    both.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    snapshots[both.log.head()] = pgp.live_state(both.log)
+    both.append(KEY, [MessageAppended(session_id="s1", role="user", content="one")])
+    snapshots[both.log.head()] = pgp.live_state(both.log)
+    conversation(both)
+    for position, then in snapshots.items():
+        assert pgp.state_at(both.log, position=position) == then
+        assert projections.state_at(both.led, position=position) == then
+    assert pgp.state_at(both.log) == pgp.live_state(both.log)
+    assert pgp.state_at(both.log, position=0).session_map == {}
+
+
+# -- search ----------------------------------------------------------------------------
+
+
+def test_search_finds_words_phrases_and_folds_diacritics(both: Both) -> None:
+    conversation(both)
+    log = both.log
+    hits = pgp.search_messages(log, "brave")
+    assert [(h.position, h.session_key, h.session_id, h.role) for h in hits] == [
+        (2, KEY, "s1", "user")
+    ]
+    assert hits[0].platform == "telegram" and hits[0].user_name == "Ann"
+    assert hits[0].marked() == "hello [brave] world"
+    assert [h.session_id for h in pgp.search_messages(log, "hello")] == ["g1", "s1"]
+    assert [h.session_id for h in pgp.search_messages(log, "hello", session_key=OTHER)] == ["g1"]
+    assert pgp.search_messages(log, '"brave world"')[0].position == 2
+    assert pgp.search_messages(log, '"world brave"') == []
+    assert [h.position for h in pgp.search_messages(log, "resultats")] == [4]  # résultats
+    assert pgp.search_messages(log, "remember") == []  # the synthetic turn is no message
+    assert pgp.search_messages(log, "hello -group", plain=False)[0].session_id == "s1"
+    with pytest.raises(LedgerError, match="empty"):
+        pgp.search_messages(log, "  ")
+
+
+# -- SQLite and PostgreSQL agree on generated histories ----------------------------------
+
+WORDS = ["hello", "world", "café", "déjà", "vu", "tool", "東京", "42"]
+KEYS = [f"agent:main:telegram:dm:{n}" for n in range(3)] + ["agent:main:discord:group:42:7"]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[str, list[EventModel]]]:
+    """Appends over a few keys: starts (sometimes an auto-reset in one append),
+    messages (tool calls, synthetic turns), usage, resets, expiries, flushes, ends."""
+    current: dict[str, tuple[str, str]] = {}  # key -> (session id, status)
+    out: list[tuple[str, list[EventModel]]] = []
+    counter = 0
+    for _ in range(draw(st.integers(1, 25))):
+        key = draw(st.sampled_from(KEYS))
+        sid, status = current.get(key, ("", "none"))
+        text = " ".join(draw(st.lists(st.sampled_from(WORDS), max_size=3))) or None
+        if status in ("none", "closed"):
+            counter += 1
+            new = f"s{counter}"
+            reason = draw(st.sampled_from(["first", "manual_reset", "auto_reset"]))
+            previous = sid or None
+            out.append(
+                (
+                    key,
+                    [
+                        SessionStarted(
+                            session_id=new,
+                            source=SOURCE,
+                            reason=reason,
+                            previous_session_id=previous,
+                        )
+                    ],
+                )
+            )
+            current[key] = (new, "open")
+            continue
+        kind = draw(st.sampled_from(["say", "tool", "usage", "close", "end", "flush"]))
+        events: list[EventModel]
+        if kind == "say":
+            events = [
+                MessageAppended(
+                    session_id=sid,
+                    role=draw(st.sampled_from(["user", "assistant"])),
+                    content=text,
+                    synthetic=draw(st.booleans()),
+                    input_tokens=draw(st.integers(0, 9)),
+                )
+            ]
+        elif kind == "tool":
+            events = [
+                MessageAppended(
+                    session_id=sid,
+                    role="assistant",
+                    content=None,
+                    tool_calls=[{"id": "c", "function": {"name": "t", "arguments": text or ""}}],
+                ),
+                MessageAppended(
+                    session_id=sid, role="tool", content=text, tool_name="t", tool_call_id="c"
+                ),
+            ]
+        elif kind == "usage":
+            events = [
+                UsageRecorded(
+                    session_id=sid,
+                    input_tokens=draw(st.integers(0, 500)),
+                    output_tokens=draw(st.integers(0, 50)),
+                    cost_usd=draw(st.floats(0, 2, allow_nan=False)),
+                )
+            ]
+        elif kind == "close":
+            events = [
+                draw(
+                    st.sampled_from(
+                        [
+                            SessionReset(session_id=sid, trigger="/new"),
+                            SessionExpired(
+                                session_id=sid,
+                                reason="idle",
+                                deadline="2026-11-22T09:30:00Z",
+                                evaluated_at="2026-11-22T09:31:00Z",
+                            ),
+                        ]
+                    )
+                )
+            ]
+            current[key] = (sid, "closing")
+        elif kind == "flush":
+            events = [
+                draw(
+                    st.sampled_from(
+                        [
+                            MemoryFlushed(session_id=sid, provider="p", detail="ok"),
+                            MemoryFlushFailed(session_id=sid, provider="p", error="e"),
+                            MemoryFlushSkipped(session_id=sid, reason="empty"),
+                        ]
+                    )
+                )
+            ]
+        else:
+            events = [SessionEnded(session_id=sid, reason="idle_expiry")]
+            current[key] = (sid, "closed")
+        out.append((key, events))
+    return out
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(history=histories())
+def test_sqlite_and_postgres_projections_agree(
+    tmp_path_factory: pytest.TempPathFactory, history: list[tuple[str, list[EventModel]]]
+) -> None:
+    clock = ManualClock()
+    path = tmp_path_factory.mktemp("agree") / "ledger.db"
+    with (
+        fresh_database() as dsn,
+        PostgresLog.open(dsn, clock=clock) as log,
+        Ledger.open(path, clock=clock) as led,
+    ):
+        projections.attach(led)
+        pgp.attach(log)
+        both = Both(led, log, clock)
+        for key, events in history:
+            both.append(key, events)
+            clock.advance(seconds=0)
+        state = both.assert_same()
+        assert pgp.state_at(log) == state
+        assert pgp.verify(log).ok
+        clock.now += timedelta(0)
