@@ -143,7 +143,7 @@ def print_table(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
     click.echo(f"({count} row{'' if count == 1 else 's'})")
 
 
-PROGRESS_LABELS = ("exporting", "importing", "replaying", "vacuuming", "verifying")
+PROGRESS_LABELS = ("exporting", "importing", "migrating", "replaying", "vacuuming", "verifying")
 """Every progress bar's label: one lower-case verb in -ing, what the command is doing."""
 
 

@@ -17,6 +17,7 @@ from hermes_ledger.gateway.cli import (
     erase,
     hooks,
     log,
+    migrate,
     plugin,
     prune,
     report,
@@ -67,6 +68,7 @@ for _command in (
     report.report_cmd,
     prune.prune_cmd,
     erase.erase_cmd,
+    migrate.migrate_cmd,
 ):
     cli.add_command(_command)
 
