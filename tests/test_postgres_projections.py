@@ -16,7 +16,7 @@ import pytest
 from helpers import ManualClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_support import fresh_database
+from pg_support import as_user, fresh_database, login_role
 
 from hermes_ledger import projections
 from hermes_ledger.ledger import Ledger, LedgerError
@@ -33,7 +33,7 @@ from hermes_ledger.ledger.events import (
     Source,
     UsageRecorded,
 )
-from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres import WRITER_ROLE, PostgresLog
 from hermes_ledger.projections import postgres as pgp
 
 KEY = "agent:main:telegram:dm:99"
@@ -448,3 +448,19 @@ def test_sqlite_and_postgres_projections_agree(
         assert pgp.state_at(log) == state
         assert pgp.verify(log).ok
         clock.now += timedelta(0)
+
+
+def test_the_writer_role_appends_with_projections_attached(
+    pg_dsn: str, log: PostgresLog, clock: ManualClock
+) -> None:
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    with login_role(WRITER_ROLE) as user, PostgresLog.open(as_user(pg_dsn, user)) as writer:
+        log.append(KEY, [MessageAppended(session_id="s1", role="user", content="behind")])
+        pgp.attach(writer)  # catches up (as the writer), then projects its appends
+        writer.append(KEY, [MessageAppended(session_id="s1", role="user", content="writer")])
+        with pytest.raises(projections.ProjectionError, match="cannot create") as refused:
+            pgp.rebuild(writer)
+        assert "database owner" in str(refused.value.hint)
+    state = pgp.live_state(log)
+    assert [m["content"] for m in state.transcripts["s1"]] == ["behind", "writer"]
+    assert pgp.verify(log).ok

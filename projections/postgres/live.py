@@ -47,8 +47,9 @@ __all__ = ["AttachReport", "attach", "rebuild"]
 
 Connection = psycopg.Connection[Any]
 
-SQL_LOCK_LOG = f"LOCK TABLE {SCHEMA}.events IN EXCLUSIVE MODE"
-"""The lock every append takes (``hl_append_state``): held, no append can commit."""
+SQL_LOCK_LOG = f"SELECT head_position FROM {SCHEMA}.hl_append_state('')"
+"""The lock every append takes (``hl_append_state``, which the writer role may call):
+held, no append can commit."""
 SQL_ADVANCE = f"UPDATE {SCHEMA}.projection_checkpoints SET position = %s WHERE name = ANY(%s)"
 
 _ATTACHED: weakref.WeakKeyDictionary[PostgresLog, InlineProjector] = weakref.WeakKeyDictionary()
