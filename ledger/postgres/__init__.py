@@ -1,6 +1,7 @@
 """The log on PostgreSQL (issue 14): one ledger for gateways on many hosts.
 
-``PostgresLog`` has the SQLite ``Ledger``'s log methods with the same semantics;
+``PostgresLog`` is the PostgreSQL ``EventLog`` (``ledger.backend``): the SQLite
+``Ledger``'s log methods with the same semantics (``open_log`` opens either);
 ``migrate`` applies the schema (``migrations/NNNN_*.sql``). See docs/postgres.md.
 Needs the ``postgres`` extra (psycopg 3).
 """

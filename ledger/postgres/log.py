@@ -103,7 +103,9 @@ def describe_dsn(dsn: str) -> str:
 
 
 class PostgresLog:
-    """The append-only, hash-chained log in a PostgreSQL database.
+    """The append-only, hash-chained log in a PostgreSQL database: the PostgreSQL
+    ``EventLog`` (``ledger.backend``, whose docstrings are the log operations'
+    contract; ``open_log(dsn)`` or ``Ledger.open(dsn)`` open one too).
 
     Open with ``PostgresLog.open(dsn)`` (applies missing migrations when the role
     may) and use it as a context manager. One instance holds one connection and may
