@@ -18,6 +18,7 @@ __all__ = [
     "LedgerBusyError",
     "LedgerError",
     "LedgerTooNewError",
+    "LedgerTooOldError",
     "NoLedgerError",
     "NotALedgerError",
     "SessionAlreadyEndedError",
@@ -105,6 +106,17 @@ class NotALedgerError(LedgerError):
 
 class LedgerTooNewError(LedgerError):
     """The ledger was written by a newer version of hermes-ledger."""
+
+
+class LedgerTooOldError(LedgerError):
+    """A ledger of an older schema (``version``) was opened read-only, so it could not
+    be migrated; nothing was written."""
+
+    hint = "open it once read-write (e.g. `hermes-ledger status`) to migrate it"
+
+    def __init__(self, message: str, *, version: int) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class LedgerBusyError(LedgerError):

@@ -27,6 +27,7 @@ from hermes_ledger.ledger.errors import (
     ExpectedVersionError,
     IdempotencyError,
     LedgerError,
+    LedgerTooOldError,
     NoLedgerError,
     SessionAlreadyEndedError,
     translate,
@@ -216,9 +217,9 @@ class Ledger:
                 if version == 0:
                     raise NoLedgerError(path, " (the file holds no ledger yet)")
                 if version < len(migrations):
-                    raise LedgerError(
+                    raise LedgerTooOldError(
                         f"{path} uses an older schema (v{version}) and is opened read-only",
-                        hint="open it once read-write (e.g. `hermes-ledger status`) to migrate it",
+                        version=version,
                     )
             else:
                 migrate(conn, path, migrations)

@@ -22,6 +22,8 @@ from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import SessionStarted, Source
+from hermes_ledger.ledger.schema import load_migrations
 
 HOOK_YAML = 'name: recorder\ndescription: test hook\nevents: ["session:*"]\n'
 HOOK_PY = """\
@@ -182,6 +184,25 @@ def test_demo_refuses_a_ledger_that_is_not_the_demos(
         "Try: give the demo a file of its own with --db, e.g. --db ledger-demo.db\n"
     )
     assert real.read_bytes() == before
+
+
+def test_demo_replaces_a_demo_ledger_an_older_version_wrote(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    older = load_migrations()[:3]  # the schema before forgettable content
+    demo, other = tmp_path / "demo.db", tmp_path / "other.db"
+    for path, key in ((demo, "agent:demo:telegram:dm:1"), (other, "agent:main:telegram:dm:1")):
+        with Ledger.open(path, migrations=older) as led:
+            led.append(key, [SessionStarted(session_id="s1", source=Source(platform="telegram"))])
+    before = other.read_bytes()
+    result = cli("demo", "--db", str(other))
+    assert result.exit_code == 1 and "is not a demo ledger" in result.output
+    assert other.read_bytes() == before  # an older ledger of someone else's: untouched
+    result = cli("demo", "--db", str(demo), "--json")
+    assert result.exit_code == 0, result.output
+    with Ledger.open(demo, readonly=True) as led:
+        assert led.query("SELECT count(*) FROM events WHERE session_id = 's1'") == [(0,)]
+        assert led.head() > 1  # replaced by today's demo, at today's schema
 
 
 def test_demo_removes_its_hooks_folder_and_never_runs_the_operators_hooks(

@@ -34,7 +34,9 @@ from hermes_ledger.gateway.sessions.policy import ResetPolicy
 from hermes_ledger.gateway.sessions.sources import Platform, SessionSource
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.errors import LedgerTooOldError
 from hermes_ledger.ledger.export import export
+from hermes_ledger.ledger.schema import load_migrations
 
 __all__ = ["DEMO_START", "DemoReport", "prepare_demo_ledger", "run_demo"]
 
@@ -153,7 +155,11 @@ def prepare_demo_ledger(path: Path) -> None:
         hint="give the demo a file of its own with --db, e.g. --db ledger-demo.db",
     )
     try:
-        with Ledger.open(path, readonly=True) as led:
+        try:
+            led = Ledger.open(path, readonly=True)
+        except LedgerTooOldError as old:  # a demo ledger an older hermes-ledger wrote
+            led = Ledger.open(path, readonly=True, migrations=load_migrations()[: old.version])
+        with led:
             others = led.query(SQL_NOT_DEMO, (f"agent:{PROFILE}:%",))[0][0]
     except LedgerError:
         raise foreign from None
