@@ -1,0 +1,326 @@
+"""The scheduler on PostgreSQL: due sessions claimed across hosts, each closed once.
+
+The SQLite scheduler (``ticks.Scheduler``) relies on the file's single writer; here
+any number of runners, on any hosts, each with its own connection, share one
+database (migration 4, ``session_deadlines``; docs/postgres.md, "Claims and
+deliveries across hosts"):
+
+* ``DeadlineProjector`` keeps one row per unclosed session key with a deadline,
+  inside every append's transaction (after the projections: it reads the
+  ``session_map`` row the append just wrote), with the SQLite scheduler's rule
+  (``ticks.Scheduler._deadline_for``): the reset policy's next deadline after the
+  key's last activity, ``finish`` (due at once) while a close is in progress, no
+  row once the session has ended. ``refresh_deadlines`` re-derives every row (a
+  new configuration, or a log that had no projector).
+* ``PostgresScheduler.tick`` claims due rows (``deadline <= now``, earliest first,
+  limited) with ``FOR UPDATE SKIP LOCKED``: concurrent runners take disjoint rows
+  without waiting for each other. A claim is a lease (``claimed_by``,
+  ``claim_expires`` in the database's clock, so hosts' clocks do not matter): a
+  runner killed mid-close leaves a claim that expires, and another finishes the
+  close from where the log says it stands.
+* The close is ``closing.SessionCloser``'s, unchanged: cause → flush outcome →
+  ``session_ended``, every append through ``PostgresLog`` with the stream's
+  expected version, so two runners racing on one session produce one close (the
+  log's ``events_one_end_per_session`` index is the last line of defence).
+
+``SessionCloser`` is written against the SQLite ``Ledger``; ``_LogReads`` gives it
+what it uses of one (``append``, and ``query`` for its two standard-SQL reads) over
+a ``PostgresLog`` until the gateway moves behind the backend interface.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import psycopg
+
+from hermes_ledger.gateway.config.gateway import GatewayConfig
+from hermes_ledger.gateway.scheduler.ticks import ClosedSession, TickReport
+from hermes_ledger.gateway.sessions.closing import (
+    DEFAULT_FLUSH_TIMEOUT,
+    CloseStep,
+    Flusher,
+    SessionCloser,
+    expiry_cause,
+)
+from hermes_ledger.gateway.sessions.sources import SessionSource
+from hermes_ledger.gateway.usercode.retry import RetryPolicy
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
+from hermes_ledger.ledger.errors import LedgerError
+from hermes_ledger.ledger.events import EventModel
+from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres.schema import SCHEMA
+from hermes_ledger.ledger.records import AppendResult, Recorded
+from hermes_ledger.ledger.versions import ExpectedVersion
+
+__all__ = [
+    "DeadlineProjector",
+    "PostgresScheduler",
+    "claim_due",
+    "refresh_deadlines",
+]
+
+Connection = psycopg.Connection[Any]
+
+# -- statements (the table is migration 4's) -------------------------------------------
+
+SQL_KEY_ROW = (
+    "SELECT session_id, status, updated_at, platform, chat_type FROM session_map"
+    " WHERE session_key = %s"
+)
+SQL_UNCLOSED_KEYS = "SELECT session_key FROM session_map WHERE status <> 'closed'"
+SQL_UPSERT_DEADLINE = (
+    "INSERT INTO session_deadlines (session_key, session_id, deadline, reason)"
+    " VALUES (%s, %s, %s, %s) ON CONFLICT (session_key) DO UPDATE SET"
+    " deadline = excluded.deadline, reason = excluded.reason,"
+    " claimed_by = CASE WHEN session_deadlines.session_id = excluded.session_id"
+    "  THEN session_deadlines.claimed_by END,"
+    " claim_expires = CASE WHEN session_deadlines.session_id = excluded.session_id"
+    "  THEN session_deadlines.claim_expires END,"
+    " session_id = excluded.session_id"
+)
+SQL_DROP_DEADLINE = "DELETE FROM session_deadlines WHERE session_key = %s"
+SQL_DROP_ALL_DEADLINES = "DELETE FROM session_deadlines"
+SQL_LOCK_LOG = f"SELECT head_position FROM {SCHEMA}.hl_append_state('')"
+# The due query: earliest deadlines first through session_deadlines_due; rows another
+# runner is claiming right now are skipped, not waited for; a lease is taken in the
+# database's clock, and an expired one is taken over.
+SQL_CLAIM_DUE = (
+    "WITH due AS (SELECT session_key FROM session_deadlines"
+    " WHERE deadline <= %(now)s AND (claim_expires IS NULL OR claim_expires <= clock_timestamp())"
+    " ORDER BY deadline LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " UPDATE session_deadlines AS d SET claimed_by = %(runner)s,"
+    " claim_expires = clock_timestamp() + %(lease)s"
+    " FROM due WHERE d.session_key = due.session_key"
+    " RETURNING d.session_key, d.session_id, d.deadline, d.reason"
+)
+SQL_RELEASE = (
+    "UPDATE session_deadlines SET claimed_by = NULL, claim_expires = NULL,"
+    " deadline = coalesce(%s, deadline) WHERE session_key = %s AND claimed_by = %s"
+)
+SQL_DONE = "DELETE FROM session_deadlines WHERE session_key = %s AND session_id = %s"
+SQL_KEY_STATE = (
+    "SELECT (SELECT max(version) FROM events WHERE stream = %(key)s), m.session_id, m.status,"
+    " m.updated_at, m.origin FROM (SELECT 1) AS one"
+    " LEFT JOIN session_map AS m ON m.session_key = %(key)s"
+)
+
+_QMARK = re.compile(r"\?(?!\d)")
+
+
+# -- the deadline rows -------------------------------------------------------------------
+
+
+def _deadline_for(conn: Connection, config: GatewayConfig, key: str) -> None:
+    """Bring ``key``'s deadline row up to date from its ``session_map`` row (the rule
+    of ``ticks.Scheduler._deadline_for``)."""
+    row = conn.execute(SQL_KEY_ROW, (key,)).fetchone()
+    if row is None or row[1] == "closed":
+        conn.execute(SQL_DROP_DEADLINE, (key,))
+        return
+    session_id, status, updated_at, platform, chat_type = row
+    if status == "closing":  # a close in progress: finish it as soon as possible
+        deadline, reason = parse_utc(updated_at), "finish"
+    else:
+        expiry = config.reset_policy(platform, chat_type).next_deadline(parse_utc(updated_at))
+        if expiry is None:
+            conn.execute(SQL_DROP_DEADLINE, (key,))
+            return
+        deadline, reason = expiry.deadline, expiry.reason
+    conn.execute(SQL_UPSERT_DEADLINE, (key, session_id, deadline, reason))
+
+
+class DeadlineProjector:
+    """An inline projector (``PostgresLog.add_inline_projector``): re-derives the
+    deadline row of every key an append touched, in the append's transaction.
+    Attach it after the projections (``projections.postgres.attach``)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+
+    def __call__(self, conn: Connection, records: Sequence[Recorded]) -> None:
+        for key in dict.fromkeys(r.stream for r in records if r.session_id is not None):
+            _deadline_for(conn, self.config, key)
+
+
+def refresh_deadlines(log: PostgresLog, config: GatewayConfig) -> int:
+    """Re-derive every deadline row from ``session_map`` and ``config`` under the
+    log's append lock (no append in between); returns the unclosed keys evaluated."""
+    conn = log.connection
+    with conn.transaction():
+        conn.execute(SQL_LOCK_LOG)
+        conn.execute(SQL_DROP_ALL_DEADLINES)
+        keys = [row[0] for row in conn.execute(SQL_UNCLOSED_KEYS).fetchall()]
+        for key in keys:
+            _deadline_for(conn, config, key)
+    return len(keys)
+
+
+def claim_due(
+    conn: Connection, runner: str, now: datetime, limit: int, lease: timedelta
+) -> list[tuple[str, str, datetime, str]]:
+    """Claim up to ``limit`` due rows (``deadline <= now``, earliest first) for
+    ``runner`` for ``lease`` and commit: (key, session id, deadline, reason) each."""
+    args = {"now": now, "limit": limit, "runner": runner, "lease": lease}
+    with conn.transaction():
+        rows = conn.execute(SQL_CLAIM_DUE, args).fetchall()
+    return sorted(((r[0], r[1], r[2], r[3]) for r in rows), key=lambda r: (r[2], r[0]))
+
+
+# -- the close, on the PostgreSQL log -------------------------------------------------
+
+
+class _LogReads:
+    """What ``SessionCloser`` uses of a ``Ledger``, over a ``PostgresLog``: ``append``,
+    and ``query`` for its standard-SQL reads (``?`` placeholders, run as ``%s``)."""
+
+    def __init__(self, log: PostgresLog) -> None:
+        self.log = log
+
+    def append(
+        self,
+        stream: str,
+        events: Iterable[EventModel | Mapping[str, Any]],
+        expected_version: ExpectedVersion,
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> AppendResult:
+        return self.log.append(stream, events, expected_version, meta=meta)
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        if re.search(r"\?\d", sql):
+            raise LedgerError("numbered placeholders cannot be run on PostgreSQL here")
+        try:
+            return self.log.connection.execute(_QMARK.sub("%s", sql.replace("%", "%%")), args).fetchall()
+        except psycopg.Error as exc:
+            raise LedgerError(f"{self.log.where}: {str(exc).strip()}") from exc
+
+
+@dataclass(frozen=True)
+class _KeyState:
+    version: int
+    session_id: str | None
+    status: str | None
+    updated_at: datetime | None
+    origin: SessionSource | None
+
+
+class PostgresScheduler:
+    """Closes the due sessions of a PostgreSQL ledger; any number of them, on any
+    hosts, may tick at once (``ticks.Scheduler``'s parameters, plus ``lease``: how
+    long a claim holds, default the flush timeout + 60 s).
+
+    Attaches ``projections.postgres`` and a ``DeadlineProjector`` to ``log`` (every
+    writer of the database should attach the projector too, so its appends keep
+    the deadlines; ``refresh_deadlines`` catches a database up).
+    """
+
+    def __init__(
+        self,
+        log: PostgresLog,
+        config: GatewayConfig | None = None,
+        flusher: Flusher | None = None,
+        clock: Clock | None = None,
+        *,
+        flush_timeout: float = DEFAULT_FLUSH_TIMEOUT,
+        max_flush_attempts: int = 3,
+        flush_retry_delay: timedelta = timedelta(minutes=1),
+        batch: int = 100,
+        lease: timedelta | None = None,
+        name: str | None = None,
+    ) -> None:
+        from hermes_ledger.projections import postgres as pg_projections
+
+        self.log = log
+        self.config = config or GatewayConfig()
+        self.clock = clock or system_clock
+        self.batch = batch
+        self.lease = lease or timedelta(seconds=flush_timeout + 60)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.closer = SessionCloser(
+            cast(Ledger, _LogReads(log)),  # what it uses of a Ledger (see _LogReads)
+            flusher,
+            flush_timeout=flush_timeout,
+            retry=RetryPolicy(max_flush_attempts, flush_retry_delay),
+        )
+        pg_projections.attach(log)
+        log.add_inline_projector(DeadlineProjector(self.config))
+
+    @property
+    def _conn(self) -> Connection:
+        return self.log.connection
+
+    def _key_state(self, key: str) -> _KeyState:
+        row = self._conn.execute(SQL_KEY_STATE, {"key": key}).fetchone()
+        assert row is not None
+        version, sid, status, updated, origin = row
+        source = SessionSource.from_dict(json.loads(origin)) if origin else None
+        return _KeyState(version or 0, sid, status, parse_utc(updated) if updated else None, source)
+
+    def _rederive(self, key: str) -> None:
+        with self._conn.transaction():
+            _deadline_for(self._conn, self.config, key)
+
+    def _release(self, key: str, retry_at: datetime | None) -> None:
+        self._conn.execute(SQL_RELEASE, (retry_at, key, self.name))
+
+    def tick(self, now: datetime | None = None) -> TickReport:
+        """One pass: claim due rows a batch at a time and close (or finish closing)
+        each, until none is due or every due row is another runner's."""
+        now = now or self.clock()
+        report = TickReport(now=format_utc(now))
+        while True:
+            rows = claim_due(self._conn, self.name, now, self.batch, self.lease)
+            report.due += len(rows)
+            for key, session_id, _deadline, _reason in rows:
+                self._close_one(key, session_id, now, report)
+            if len(rows) < self.batch:
+                return report
+
+    def _close_one(self, key: str, session_id: str, now: datetime, report: TickReport) -> None:
+        state = self._key_state(key)
+        if state.session_id != session_id or state.status == "closed":
+            self._rederive(key)
+            report.skipped += 1
+            return
+        version, origin = state.version, state.origin
+        if state.status == "open":
+            policy = self.config.reset_policy(
+                origin.platform.value if origin else None, origin.chat_type if origin else None
+            )
+            assert state.updated_at is not None
+            expiry = policy.evaluate(state.updated_at, now)
+            if expiry is None:  # activity since the deadline was derived
+                self._rederive(key)
+                report.skipped += 1
+                return
+            if not self.closer.begin(key, version, expiry_cause(session_id, policy, expiry, now)):
+                self._release(key, None)
+                report.skipped += 1
+                return
+            version += 1
+        step = self.closer.finish(key, session_id, version, origin, now)
+        self._record(key, session_id, step, report)
+
+    def _record(self, key: str, session_id: str, step: CloseStep, report: TickReport) -> None:
+        report.flush_failures += step.flush_failed
+        if step.status == "waiting":
+            self._release(key, step.retry_at)
+            report.waiting_for_retry += 1
+        elif step.status == "lost":
+            self._release(key, None)
+            report.skipped += 1
+        else:
+            self._conn.execute(SQL_DONE, (key, session_id))
+            if step.status == "ended":
+                deadline = format_utc(step.deadline) if step.deadline else None
+                report.closed.append(ClosedSession(key, session_id, step.reason, deadline))
