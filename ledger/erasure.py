@@ -29,6 +29,7 @@ recorded, so events appended later are never erased by an old erasure):
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -48,11 +49,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERASURE_STREAM",
+    "SCOPE_PARTS",
+    "SQLITE_DIALECT",
     "ErasureReport",
     "ErasureScope",
+    "ScopeDialect",
     "Scrubber",
+    "check_requested_by",
     "covered_sql",
     "erase",
+    "erasure_event",
+    "scope_sql",
 ]
 
 ERASURE_STREAM = "_erasures"
@@ -65,34 +72,81 @@ Scrubber = Callable[[apsw.Connection], None]
 """Runs inside the erasure's transaction, after the payloads are deleted: rewrites
 its read-model rows for the positions in ``temp.erasing`` (one column, position)."""
 
-# Session starts are found through their partial index (events_session_starts); no
-# position bound here: a session started after ``through`` has no events before it.
+# What each scope covers, written once for both backends: a scope is the UNION ALL
+# of its parts; in each part ``{events}`` is the log's table, ``{:name}`` a binding
+# (``ErasureScope.bindings``) and ``{$a.b}`` the text at that JSON path of ``data``,
+# each spelled by the backend's ``ScopeDialect``. Session starts are found through
+# their partial index (events_session_starts); no position bound there: a session
+# started after ``through`` has no events before it.
 _SESSIONS_OF_USER = (
-    "SELECT session_id FROM main.events WHERE type = 'session_started'"
-    " AND data ->> '$.source.user_id' = :value"
+    "SELECT session_id FROM {events} WHERE type = 'session_started'"
+    " AND {$source.user_id} = {:value}"
 )
 # The sessions retention looks at: all, or those started on :platform / in :chat_type.
 _RETAINED_SESSIONS = (
-    "SELECT s.session_id FROM main.events AS s WHERE s.type = 'session_started'"
-    " AND (:platform IS NULL OR s.data ->> '$.source.platform' = :platform)"
-    " AND (:chat_type IS NULL OR s.data ->> '$.source.chat_type' = :chat_type)"
+    "SELECT session_id FROM {events} WHERE type = 'session_started'"
+    " AND ({:platform} IS NULL OR {$source.platform} = {:platform})"
+    " AND ({:chat_type} IS NULL OR {$source.chat_type} = {:chat_type})"
 )
-SCOPE_SQL: dict[str, str] = {
+SCOPE_PARTS: dict[str, tuple[str, ...]] = {
     # Two parts: the events of the user's sessions (by events_by_session), and the
     # user's messages elsewhere (a scan: no index on a message's sender).
-    "user": "SELECT position FROM main.events WHERE position <= :through"
-    f" AND session_id IN ({_SESSIONS_OF_USER})"
-    " UNION ALL SELECT position FROM main.events WHERE position <= :through"
-    " AND type = 'message_appended' AND data ->> '$.user_id' = :value",
-    "session_key": "SELECT position FROM main.events WHERE stream = :value"
-    " AND position <= :through",
-    "session_id": "SELECT position FROM main.events WHERE session_id = :value"
-    " AND position <= :through",
-    "retention": "SELECT position FROM main.events WHERE position <= :through"
-    f" AND occurred_at < :before AND session_id IN ({_RETAINED_SESSIONS})",
+    "user": (
+        "SELECT position FROM {events} WHERE position <= {:through}"
+        f" AND session_id IN ({_SESSIONS_OF_USER})",
+        "SELECT position FROM {events} WHERE position <= {:through}"
+        " AND type = 'message_appended' AND {$user_id} = {:value}",
+    ),
+    "session_key": (
+        "SELECT position FROM {events} WHERE stream = {:value} AND position <= {:through}",
+    ),
+    "session_id": (
+        "SELECT position FROM {events} WHERE session_id = {:value} AND position <= {:through}",
+    ),
+    "retention": (
+        "SELECT position FROM {events} WHERE position <= {:through}"
+        f" AND occurred_at < {{:before}} AND session_id IN ({_RETAINED_SESSIONS})",
+    ),
 }
-"""Per scope kind: the positions it covers (bindings :value, :through, :before,
-:platform, :chat_type)."""
+"""Per scope kind: the parts of the positions it covers (bindings value, through,
+before, platform, chat_type), in no backend's dialect: see ``scope_sql``."""
+
+
+@dataclass(frozen=True)
+class ScopeDialect:
+    """How a backend spells the pieces of ``SCOPE_PARTS``: its events table, a
+    binding by name, and the text at a JSON path of ``data`` (path as a tuple)."""
+
+    events: str
+    binding: Callable[[str], str]
+    json_text: Callable[[tuple[str, ...]], str]
+
+
+SQLITE_DIALECT = ScopeDialect(
+    events="main.events",
+    binding=lambda name: f":{name}",
+    json_text=lambda path: "data ->> '$." + ".".join(path) + "'",
+)
+
+_PIECE = re.compile(r"\{(events|:[a-z_]+|\$[a-z_.]+)\}")
+
+
+def scope_sql(kind: str, dialect: ScopeDialect) -> str:
+    """The positions scope ``kind`` covers, as one SELECT in ``dialect``'s SQL."""
+
+    def spell(match: re.Match[str]) -> str:
+        piece = match.group(1)
+        if piece == "events":
+            return dialect.events
+        if piece.startswith(":"):
+            return dialect.binding(piece[1:])
+        return dialect.json_text(tuple(piece[1:].split(".")))
+
+    return " UNION ALL ".join(_PIECE.sub(spell, part) for part in SCOPE_PARTS[kind])
+
+
+SCOPE_SQL: dict[str, str] = {kind: scope_sql(kind, SQLITE_DIALECT) for kind in SCOPE_PARTS}
+"""Per scope kind: the positions it covers, in SQLite's SQL."""
 
 SQL_ERASING_DDL = "CREATE TEMP TABLE IF NOT EXISTS erasing (position INTEGER PRIMARY KEY)"
 SQL_ERASING_CLEAR = "DELETE FROM temp.erasing"
@@ -182,7 +236,10 @@ class ErasureReport:
     whose content was still there), ``held_in_log`` events recorded before schema v4
     whose content is in the log itself (no erasure can remove it). ``position`` is the
     ``subject_erased`` event's (None in a dry run), ``checkpointed`` whether the WAL
-    was emptied afterwards (False: a reader held an old snapshot; re-run the erasure)."""
+    was emptied afterwards (SQLite; False: a reader held an old snapshot; re-run the
+    erasure). On PostgreSQL ``checkpointed`` is False and ``vacuumed`` says whether
+    the erase could VACUUM the tables it deleted and rewrote rows in (False: the role
+    may not; an operator must); None on SQLite."""
 
     scope: ErasureScope
     requested_by: str
@@ -195,6 +252,7 @@ class ErasureReport:
     checkpointed: bool = False
     recorded_at: str | None = None
     held_in_log: int = 0
+    vacuumed: bool | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -205,7 +263,13 @@ class ErasureReport:
                 "(schema v4): their content is part of the hash chain and cannot be erased "
                 "(docs/erasure.md)"
             )
-        if not self.dry_run and not self.checkpointed:
+        if not self.dry_run and self.vacuumed is False:
+            found.append(
+                "this role may not VACUUM the ledger's tables: the deleted payloads and the"
+                " rewritten rows stay in the table files as dead row versions until an"
+                " operator (the tables' owner) runs VACUUM on them (docs/postgres.md)"
+            )
+        if not self.dry_run and self.vacuumed is None and not self.checkpointed:
             found.append(
                 "a reader kept the WAL from being emptied: old page images may remain in "
                 "the -wal file until the next checkpoint; run the same erase again later"
@@ -243,6 +307,8 @@ class ErasureReport:
         if self.scope.before is not None:
             body["scope"]["before"] = format_utc(self.scope.before)
         body["sessions"] = list(self.sessions)
+        if self.vacuumed is None:  # SQLite's reports keep their keys
+            del body["vacuumed"]
         return body
 
 
@@ -262,6 +328,31 @@ def _event_id(scope: ErasureScope, when: str) -> str:
     """A stable id from the scope and the time: a retried erasure is one event."""
     key = f"{scope.kind}|{scope.value}|{scope.platform}|{scope.chat_type}|{scope.before}|{when}"
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "hermes-ledger:erasure:" + key))
+
+
+def check_requested_by(requested_by: object) -> None:
+    """LedgerError unless ``requested_by`` names someone (every backend's erase)."""
+    if not isinstance(requested_by, str) or not requested_by.strip():
+        raise LedgerError("requested_by must name who asked for the erasure", hint="e.g. an email")
+
+
+def erasure_event(scope: ErasureScope, when: str, through: int, requested_by: str) -> SubjectErased:
+    """The ``subject_erased`` event of an erasure recorded at ``when`` (UTC text),
+    covering positions up to ``through``: the same body on every backend, so the
+    same erasure of the same log chains to the same hash."""
+    try:
+        return SubjectErased(
+            event_id=_event_id(scope, when),
+            scope=scope.kind,
+            value=scope.value,
+            platform=scope.platform,
+            chat_type=scope.chat_type,
+            before=scope.before,
+            through=through,
+            requested_by=requested_by,
+        )
+    except EventValidationError as exc:
+        raise LedgerError(str(exc), hint="check the scope and --requested-by") from None
 
 
 def checkpoint(led: Ledger) -> bool:
@@ -286,8 +377,7 @@ def erase(
 ) -> ErasureReport:
     """See ``Ledger.erase`` (the documented interface). ``through`` bounds the scope
     (default: the log's head), as re-applying an erasure to an imported log needs."""
-    if not isinstance(requested_by, str) or not requested_by.strip():
-        raise LedgerError("requested_by must name who asked for the erasure", hint="e.g. an email")
+    check_requested_by(requested_by)
     if dry_run:
         return _dry_run(led, scope, requested_by, through)
 
@@ -297,19 +387,7 @@ def erase(
         _fill(conn, scope, bound)
         events, messages, sessions, payloads, held = _counts(conn)
         when = format_utc(led._clock())
-        try:
-            event = SubjectErased(
-                event_id=_event_id(scope, when),
-                scope=scope.kind,
-                value=scope.value,
-                platform=scope.platform,
-                chat_type=scope.chat_type,
-                before=scope.before,
-                through=bound,
-                requested_by=requested_by,
-            )
-        except EventValidationError as exc:
-            raise LedgerError(str(exc), hint="check the scope and --requested-by") from None
+        event = erasure_event(scope, when, bound, requested_by)
         result = led._append_in(conn, ERASURE_STREAM, led._prepare([event]))
         conn.execute(SQL_DELETE_PAYLOADS)
         for scrub in scrubbers:

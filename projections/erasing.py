@@ -25,11 +25,38 @@ import apsw
 
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope
+from hermes_ledger.ledger.personal import ERASED as PERSONAL_ERASED
 from hermes_ledger.ledger.sql import scalar
 from hermes_ledger.projections.quoting import LIVE, Target, quote_ident
 from hermes_ledger.projections.tables import MESSAGES, MESSAGES_FTS, SESSION_HISTORY, SESSION_MAP
 
-__all__ = ["erase_ledger", "scrub", "scrub_target"]
+__all__ = [
+    "ERASED",
+    "SCRUBBED_FLUSHES",
+    "SCRUBBED_FLUSH_STATUSES",
+    "SCRUBBED_MAP_COLUMNS",
+    "SCRUBBED_MESSAGE_COLUMNS",
+    "SCRUBBED_START_COLUMNS",
+    "erase_ledger",
+    "scrub",
+    "scrub_target",
+]
+
+# What an erasure rewrites in the read models, on every backend (SQLite below;
+# PostgreSQL in projections/postgres/erasing.py, computing each value with the
+# projector's own rules): the columns of an erased event's rows, each set to what a
+# rebuild now writes from the log (which holds "[erased]" in each personal field).
+SCRUBBED_MESSAGE_COLUMNS = ("content", "user_name", "tool_calls")
+"""``messages`` columns of an erased ``message_appended`` (and its full-text index)."""
+SCRUBBED_START_COLUMNS = ("user_name",)
+"""``session_history`` columns of an erased ``session_started``."""
+SCRUBBED_MAP_COLUMNS = ("chat_name", "user_name", "origin", "display_name")
+"""``session_map`` columns of the key whose current session's start was erased."""
+SCRUBBED_FLUSHES = ("memory_flushed", "memory_flush_failed")
+SCRUBBED_FLUSH_STATUSES = ("ok", "failed")
+"""A session with an erased flush event of ``SCRUBBED_FLUSHES`` whose history row
+has one of these statuses gets ``flush_detail`` = ``ERASED`` (when it has one)."""
+ERASED = PERSONAL_ERASED
 
 _PICK = """CREATE TEMP TABLE IF NOT EXISTS scrubbing (position INTEGER PRIMARY KEY, content TEXT)"""
 _CLEAR = "DELETE FROM temp.scrubbing"
@@ -58,12 +85,12 @@ _HISTORY_STARTS = """UPDATE {history} AS h SET user_name = e.data ->> '$.source.
 FROM main.events AS e
 WHERE e.position IN (SELECT position FROM temp.erasing) AND e.type = 'session_started'
     AND h.session_id = e.session_id AND h.user_name IS NOT (e.data ->> '$.source.user_name')"""
-_HISTORY_FLUSHES = """UPDATE {history} SET flush_detail = '[erased]'
-WHERE flush_status IN ('ok', 'failed') AND flush_detail IS NOT NULL
-    AND flush_detail <> '[erased]'
+_HISTORY_FLUSHES = f"""UPDATE {{history}} SET flush_detail = '{ERASED}'
+WHERE flush_status IN {SCRUBBED_FLUSH_STATUSES!r} AND flush_detail IS NOT NULL
+    AND flush_detail <> '{ERASED}'
     AND session_id IN (SELECT e.session_id FROM main.events AS e
         WHERE e.position IN (SELECT position FROM temp.erasing)
-        AND e.type IN ('memory_flushed', 'memory_flush_failed'))"""
+        AND e.type IN {SCRUBBED_FLUSHES!r})"""
 _MAP_STARTS = """UPDATE {map} AS m SET
     chat_name = e.data ->> '$.source.chat_name', user_name = e.data ->> '$.source.user_name',
     origin = e.data -> '$.source',

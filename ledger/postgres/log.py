@@ -21,6 +21,13 @@ from psycopg import errors as pg_errors
 
 from hermes_ledger.ledger.chain import GENESIS
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
+from hermes_ledger.ledger.erasure import (
+    ERASURE_STREAM,
+    ErasureReport,
+    ErasureScope,
+    check_requested_by,
+    erasure_event,
+)
 from hermes_ledger.ledger.errors import (
     ConcurrencyError,
     EventValidationError,
@@ -31,7 +38,15 @@ from hermes_ledger.ledger.errors import (
 )
 from hermes_ledger.ledger.events import EventModel
 from hermes_ledger.ledger.personal import original_result
-from hermes_ledger.ledger.postgres.payloads import check_payloads
+from hermes_ledger.ledger.postgres.payloads import (
+    ERASER_ROLE,
+    Scrubber,
+    check_payloads,
+    count_erasing,
+    delete_payloads,
+    fill_erasing,
+    vacuum,
+)
 from hermes_ledger.ledger.postgres.schema import SCHEMA, migrate
 from hermes_ledger.ledger.postgres.shared import (
     PayloadRow,
@@ -120,6 +135,7 @@ class PostgresLog:
         self._lock = threading.RLock()
         self._closed = False
         self._projectors: list[InlineProjector] = []
+        self._scrubbers: list[Scrubber] = []
 
     # -- opening and closing -------------------------------------------------
 
@@ -369,6 +385,64 @@ class PostgresLog:
         if bad is not None:
             return VerifyReport(False, report.checked, head, *bad)
         return report
+
+    # -- erasing -------------------------------------------------------------
+
+    def add_scrubber(self, scrubber: Scrubber) -> None:
+        """Run ``scrubber(conn)`` inside every later erasure's transaction (the
+        PostgreSQL projections register theirs when attached)."""
+        self._scrubbers.append(scrubber)
+
+    def erase(
+        self, scope: ErasureScope, *, requested_by: str, dry_run: bool = True
+    ) -> ErasureReport:
+        """Forget the personal content of ``scope``, as ``Ledger.erase`` does: a dry
+        run (the default) only counts; otherwise one transaction under the append
+        lock appends ``subject_erased`` (the SQLite ledger's event body), deletes the
+        scope's payload rows and runs the scrubbers (attached projections rewrite
+        their rows to "[erased]"); then VACUUMs those tables if the role may
+        (``ErasureReport.vacuumed``). Needs a member of hermes_ledger_eraser; any
+        other role is refused with nothing written. A re-run is harmless."""
+        check_requested_by(requested_by)
+        conn = self._conn
+        tables = ["payloads"]
+        with self._lock:
+            self._check_open()
+            try:
+                with conn.transaction(force_rollback=dry_run):
+                    if dry_run:
+                        head = int(conn.execute(SQL_HEAD_POSITION).fetchone()[0])  # type: ignore[index]
+                    else:
+                        head = int(conn.execute(SQL_APPEND_STATE, (ERASURE_STREAM,)).fetchone()[1])  # type: ignore[index]
+                    fill_erasing(conn, scope, head)
+                    events, messages, sessions, payloads, held = count_erasing(conn)
+                    if dry_run:
+                        return ErasureReport(
+                            scope, requested_by, True, events, messages, sessions, payloads,
+                            held_in_log=held,
+                        )  # fmt: skip
+                    when = format_utc(self._clock())
+                    event = erasure_event(scope, when, head, requested_by)
+                    result = self._append(prepare_append(ERASURE_STREAM, [event], ANY, None))
+                    delete_payloads(conn)
+                    for scrub in self._scrubbers:
+                        tables.extend(scrub(conn))
+            except pg_errors.InsufficientPrivilege as exc:
+                raise LedgerError(
+                    f"{self.where}: this role may not erase"
+                    f" ({exc.diag.message_primary or 'permission denied'}); nothing was written",
+                    hint=f"connect as the database owner or a member of {ERASER_ROLE}",
+                ) from None
+            except psycopg.Error as exc:
+                self._translate(exc)
+            try:
+                vacuumed = vacuum(conn, tables)
+            except psycopg.Error:
+                vacuumed = False
+        return ErasureReport(
+            scope, requested_by, False, events, messages, sessions, payloads,
+            position=result.positions[0], recorded_at=when, held_in_log=held, vacuumed=vacuumed,
+        )  # fmt: skip
 
     # -- copying -------------------------------------------------------------
 

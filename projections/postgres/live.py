@@ -6,7 +6,9 @@ recorded version is older than the code's, catches a lagging one up, and registe
 the inline projector with ``PostgresLog.add_inline_projector``: the append's events,
 the projection rows and the checkpoints commit together (or not at all). A process
 that appends without projections leaves them behind; the next projected append
-applies everything after the checkpoints, so nothing is lost.
+applies everything after the checkpoints, so nothing is lost. It registers the
+erasure scrubber too (``projections.postgres.erasing``): an erase rewrites the
+rows of the erased events in its transaction.
 
 ``rebuild`` is one transaction: it takes the log's append lock (``LOCK TABLE events
 IN EXCLUSIVE MODE``, as an append does: appends wait, readers do not), fills fresh
@@ -29,6 +31,7 @@ from hermes_ledger.ledger.postgres import SCHEMA, PostgresLog
 from hermes_ledger.ledger.records import Recorded
 from hermes_ledger.projections.definitions import Projection, by_name
 from hermes_ledger.projections.errors import ProjectionError
+from hermes_ledger.projections.postgres.erasing import scrubber
 from hermes_ledger.projections.postgres.projector import apply
 from hermes_ledger.projections.postgres.tables import (
     LIVE,
@@ -121,6 +124,7 @@ def attach(log: PostgresLog, *, projections: Sequence[Projection] | None = None)
     caught_up = _catch_up(log, owned)
     projector = InlineProjector(log, owned)
     log.add_inline_projector(projector)
+    log.add_scrubber(scrubber(owned))
     _ATTACHED[log] = projector
     return AttachReport(
         position=log.head(),

@@ -33,7 +33,7 @@ from hermes_ledger.projections.quoting import Target
 from hermes_ledger.projections.statements import EVENT_TIME, FRAGMENTS
 from hermes_ledger.projections.tables import MESSAGES, SESSION_HISTORY, SESSION_MAP
 
-__all__ = ["apply", "current_body"]
+__all__ = ["apply", "current_body", "event_time", "start_values", "transcript_row"]
 
 Connection = psycopg.Connection[Any]
 
@@ -206,6 +206,27 @@ def _source_fields(body: dict[str, Any]) -> dict[str, Any]:
                                        "user_id", "user_name", "thread_id")}  # fmt: skip
 
 
+def start_values(data: str, body: dict[str, Any]) -> dict[str, Any]:
+    """What a ``session_started`` writes into its key's ``session_map`` row: the
+    source's fields, ``origin`` (its JSON) and ``display_name``."""
+    s = _source_fields(body)
+    (origin,) = _EVAL.one(EVAL_ORIGIN, (data,)) or (None,)
+    display = next((s[k] for k in ("chat_name", "user_name", "user_id", "chat_id")
+                    if s[k] is not None), None)  # fmt: skip
+    return {**s, "origin": origin, "display_name": display}
+
+
+def transcript_row(rec: Recorded, data: str, ts: str) -> tuple[Any, ...] | None:
+    """The ``messages`` row of a message (``transcript_names()`` order), None for a
+    synthetic turn."""
+    return _EVAL.one(EVAL_TRANSCRIPT_ROW, (rec.position, rec.stream, rec.session_id, data, ts))
+
+
+def event_time(rec: Recorded, data: str) -> str:
+    """The business time the rules use for ``rec`` (``data``: its current body)."""
+    return _business_time(data, rec.recorded_at_text)
+
+
 def _history_args(rec: Recorded, data: str, body: dict[str, Any], ts: str) -> tuple[Any, ...]:
     """The bindings of the history rule for ``rec``'s type (``_HISTORY_RULES``)."""
     sid, key, kind = rec.session_id, rec.stream, rec.type
@@ -261,8 +282,7 @@ def apply(
             if sessions:
                 _apply_sessions(cur, target, rec, data, ts)
             if transcripts and rec.type == "message_appended":
-                args = (rec.position, rec.stream, rec.session_id, data, ts)
-                row = _EVAL.one(EVAL_TRANSCRIPT_ROW, args)
+                row = transcript_row(rec, data, ts)
                 if row is not None:
                     cur.execute(_sql(SQL_MESSAGE_INSERT, target), row)
     return last
@@ -279,15 +299,12 @@ def _apply_sessions(
     if rec.type not in _NOT_A_SESSIONS:
         cur.execute(_sql(SQL_MAP_ROW, target), (rec.stream, ts, ts))
     if rec.type == "session_started" and body is not None:
-        s = _source_fields(body)
-        (origin,) = _EVAL.one(EVAL_ORIGIN, (data,)) or (None,)
-        display = next((s[k] for k in ("chat_name", "user_name", "user_id", "chat_id")
-                        if s[k] is not None), None)  # fmt: skip
+        s = start_values(data, body)
         cur.execute(
             _sql(SQL_MAP_CURRENT_SESSION, target),
             (rec.session_id, body.get("reason"), ts, s["platform"], s["chat_type"],
              s["chat_id"], s["chat_name"], s["user_id"], s["user_name"], s["thread_id"],
-             origin, display, rec.stream),
+             s["origin"], s["display_name"], rec.stream),
         )  # fmt: skip
     if rec.session_id is not None:
         cur.execute(_sql(SQL_MAP_SESSION_STATE, target), (rec.session_id, rec.session_id))
