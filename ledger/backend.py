@@ -7,10 +7,11 @@ runs the same tests against both backends. Code that may be given either backend
 takes an ``EventLog`` and uses nothing else.
 
 Not part of the interface, because their types are the backend's own:
-``connection`` (an apsw or a psycopg connection), ``add_inline_projector`` (a
-projector writes through that connection), and the SQLite ``Ledger``'s ``query``,
-``write``, ``erase`` and ``check_file``, and ``PostgresLog``'s ``head_row`` and
-``hash_at``.
+``connection`` (an apsw or a psycopg connection), ``add_inline_projector`` and
+``add_scrubber`` (a projector or a scrubber writes through that connection), and
+the SQLite ``Ledger``'s ``query``, ``write`` and ``check_file``, and
+``PostgresLog``'s ``head_row`` and ``hash_at``. ``erase`` is part of it: both
+backends forget the same scopes (``ledger.erasure.SCOPE_PARTS``) the same way.
 
 Opening. ``Ledger`` is the SQLite class, so ``Ledger.open`` is typed as returning
 one; ``open_log(path_or_dsn)`` is typed ``EventLog`` and is the entry point for
@@ -32,6 +33,9 @@ from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.events import EventModel
 from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion
+
+if TYPE_CHECKING:
+    from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope
 
 __all__ = ["DSN_SCHEMES", "EventLog", "is_dsn", "open_log"]
 
@@ -113,6 +117,22 @@ class EventLog(Protocol):
         anchor): their hashes chain from ``hash``; versions are checked only for
         streams that start after it. A failure is reported (``ok`` false,
         ``first_bad_position``, ``problem``), not raised."""
+        ...
+
+    def erase(
+        self, scope: ErasureScope, *, requested_by: str, dry_run: bool = True
+    ) -> ErasureReport:
+        """Forget the personal content of ``scope`` (``ledger.erasure``, which says
+        what each scope kind covers). ``dry_run`` (the default) only counts what
+        would be forgotten. Otherwise, in one transaction under the append lock:
+        append ``subject_erased`` (the scope, ``requested_by``, when, the position
+        it covers up to; no content; the same event on every backend), delete the
+        scope's payloads, and let the attached projections rewrite their rows to
+        "[erased]"; then the backend's clean-up (SQLite: checkpoint the WAL;
+        PostgreSQL: VACUUM when the role may). Reads show "[erased]" after,
+        ``verify`` passes, a re-run is harmless. Returns an ``ErasureReport``;
+        LedgerError (nothing written) when the scope is malformed, ``requested_by``
+        empty, or the connection may not erase."""
         ...
 
     def close(self) -> None:
