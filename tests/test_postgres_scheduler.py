@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -63,7 +64,7 @@ def opened(dsn: str) -> tuple[PostgresLog, PostgresScheduler, PostgresDeliveryQu
     return log, scheduler, PostgresDeliveryQueue(log, hold=timedelta(minutes=5))
 
 
-def rows(dsn: str, sql: str) -> list[tuple[object, ...]]:
+def rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET search_path = hermes_ledger")
         return conn.execute(sql).fetchall()
@@ -214,7 +215,9 @@ def test_a_failed_call_backs_off_and_a_key_is_delivered_in_log_order(dsn: str) -
 # -- four runner processes, as if on four hosts -----------------------------------------
 
 
-def start_runner(dsn: str, record: Path, stop: Path, lease: float, pause: float) -> subprocess.Popen[str]:
+def start_runner(
+    dsn: str, record: Path, stop: Path, lease: float, pause: float
+) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), dsn, str(record), str(stop), str(lease), str(pause)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -224,7 +227,7 @@ def start_runner(dsn: str, record: Path, stop: Path, lease: float, pause: float)
 
 
 def finished(dsn: str, count: int) -> bool:
-    (ended, owed, done), = rows(
+    ((ended, owed, done),) = rows(
         dsn,
         "SELECT (SELECT count(*) FROM events WHERE type = 'session_ended'),"
         " (SELECT count(*) FROM hook_deliveries WHERE status IN ('pending', 'claimed')),"
@@ -239,7 +242,9 @@ def recorded(record: Path) -> list[tuple[str, str]]:
     return [(parts[0], parts[1]) for parts in lines]
 
 
-def run_runners(dsn: str, tmp_path: Path, *, kills: bool) -> tuple[dict[str, str], list[tuple[str, str]]]:
+def run_runners(
+    dsn: str, tmp_path: Path, *, kills: bool
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
     with PostgresLog.open(dsn) as log:
         PostgresScheduler(log, CONFIG)  # creates the projections, attaches the deadlines
         attach_outbox(log)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -224,8 +224,9 @@ class PostgresDeliveryQueue:
             cur = self._conn.execute(
                 SQL_FAILED, (status, wait, error, claim.delivery_id, claim.worker_id)
             )
+            verdict: Literal["dead", "retry"] = "dead" if dead else "retry"
             outcome = DeliveryOutcome(claim.delivery_id, claim.hook, claim.event_type, sid,
-                                      claim.attempt, "dead" if dead else "retry", error)  # fmt: skip
+                                      claim.attempt, verdict, error)  # fmt: skip
         return outcome if cur.rowcount == 1 else None
 
     def deliver(

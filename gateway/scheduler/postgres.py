@@ -200,7 +200,9 @@ class _LogReads:
         if re.search(r"\?\d", sql):
             raise LedgerError("numbered placeholders cannot be run on PostgreSQL here")
         try:
-            return self.log.connection.execute(_QMARK.sub("%s", sql.replace("%", "%%")), args).fetchall()
+            return self.log.connection.execute(
+                _QMARK.sub("%s", sql.replace("%", "%%")), args
+            ).fetchall()
         except psycopg.Error as exc:
             raise LedgerError(f"{self.log.where}: {str(exc).strip()}") from exc
 
