@@ -1,61 +1,106 @@
-"""Append throughput on PostgreSQL: ``PostgresLog`` against raw psycopg, with the
-SQLite ``Ledger`` beside them (issue 14, first part).
+"""Append throughput on PostgreSQL: ``PostgresLog`` against raw psycopg and the
+``eventsourcing`` library's PostgreSQL recorder, with the SQLite ``Ledger`` beside
+them (issue 14, item 6).
 
-Rows, each with 1 and with 4 writer processes (every process its own stream and
-connection), one event per transaction and --batch events per call:
+Rows: without and with projections, one event per transaction and --batch events
+per call, each with 1, 4 and 16 writer processes (every process its own stream and
+connection; on a 2-core machine 16 writers measure contention, not parallelism):
 
-  pg      PostgresLog.append(stream, events)
-  raw     raw psycopg doing the same INSERTs into the same (migrated) table: BEGIN,
-          LOCK TABLE events IN EXCLUSIVE MODE, read the head and the stream's version,
-          INSERT the precomputed rows (executemany), COMMIT
-  sqlite  Ledger.append on one SQLite file (synchronous=NORMAL) for all processes
+  pg      PostgresLog.append(stream, events); with projections, the PostgreSQL
+          projections attached (hermes_ledger.projections.postgres.attach)
+  raw     raw psycopg doing the same writes into the same (migrated) tables: BEGIN,
+          LOCK TABLE events IN EXCLUSIVE MODE, read the head and the stream's
+          version, INSERT the precomputed event rows and their payload rows
+          (executemany), COMMIT. With projections, in the same transaction: read
+          the checkpoints, then per message_appended event what the projector
+          writes (projections/postgres/projector.py): the session_history upsert,
+          the session_map upsert, the session_map state UPDATE and the messages
+          INSERT (each one executemany, the projector's own statements), then the
+          checkpoints' UPDATE
+  es      eventsourcing (the [postgres] extra) Application on PostgreSQL: each
+          writer holds its aggregate, triggers --batch events and calls save()
+          (the library's write path: its mapper, then the application recorder's
+          insert_events: LOCK TABLE, INSERT, notification ids, one transaction).
+          No repository.get before each save: without snapshots get replays the
+          whole stream, a read whose cost grows with the stream, and our append
+          reads no stream; so this is the library's fastest correct append. Only
+          in the rows without projections (it has none of ours)
+  sqlite  Ledger.append on one SQLite file (synchronous=NORMAL) for all processes;
+          with projections, projections.open_ledger (inline projections)
 
-Every run gets a fresh database (or file), dropped at the end; each row runs --rounds
-times, raw, pg and sqlite taking turns in rotating order (a busy machine slows them
+Every run gets a fresh database (or file), dropped at the end; each row runs
+--rounds times, its kinds taking turns in rotating order (a busy machine slows them
 alike), and shows the medians. Building the events and rows is not timed (the
 producer's cost); a run's time is from the moment every process is ready to the
-moment the last one is done. The target is pg/raw >= 0.7.
+moment the last one is done. Targets: pg/raw >= 0.7, pg/es >= 3.
 
-    python bench/postgres.py [--events N] [--batch-events N] [--batch 1000] [--rounds 3] [--json]
+    python bench/postgres.py [--quick] [--events N] [--batch-events N] [--batch 1000]
+                             [--rounds 3] [--json]
 
-``HERMES_LEDGER_BENCH_PG`` names the server (a role that may CREATE DATABASE),
-default postgresql://127.0.0.1:5432/postgres.
+``--quick`` is a short run (a few seconds of appends; for the test). The default
+is one full run of a few minutes. ``HERMES_LEDGER_BENCH_PG`` names the server (a
+role that may CREATE DATABASE), default postgresql://127.0.0.1:5432/postgres.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing as mp
 import os
+import queue
 import secrets
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import ANY, Ledger
 from hermes_ledger.ledger.events import MessageAppended, body_json
 from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres.shared import prepare_append
+from hermes_ledger.projections import open_ledger
+from hermes_ledger.projections import postgres as pg_projections
+from hermes_ledger.projections.definitions import by_name, compact
+from hermes_ledger.projections.postgres import projector
+from hermes_ledger.projections.postgres.live import SQL_ADVANCE
+from hermes_ledger.projections.postgres.tables import LIVE, SQL_READ_CHECKPOINTS
+from hermes_ledger.projections.statements import FRAGMENTS
 
 ADMIN_DSN = os.environ.get("HERMES_LEDGER_BENCH_PG") or "postgresql://127.0.0.1:5432/postgres"
-META = '{"schema_version":1}'
 RECORDED_AT = "2026-05-22T10:15:00.000000Z"
 HASH = "ab" * 32
 TARGET = 0.7
+ES_TARGET = 3.0
+WRITERS = (1, 4, 16)
 RAW_INSERT = (
     "INSERT INTO events (position, event_id, stream, version, type, session_id, data, meta,"
     " recorded_at, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+RAW_INSERT_PAYLOAD = "INSERT INTO payloads (position, salt, body) VALUES (%s, %s, %s)"
 RAW_STATE = (
     "SELECT (SELECT coalesce(max(version), 0) FROM events WHERE stream = %s),"
     " (SELECT coalesce(max(position), 0) FROM events)"
 )
+
+
+def _projector_sql(template: str) -> str:
+    """One of the projector's statements, on the live tables (as it formats them)."""
+    names = {n: LIVE.table(n) for n in ("session_map", "session_history", "messages")}
+    return compact(template.format(**names, **FRAGMENTS))
+
+
+RAW_HISTORY = _projector_sql(projector.SQL_HISTORY_MESSAGE)
+RAW_MAP_ROW = _projector_sql(projector.SQL_MAP_ROW)
+RAW_MAP_STATE = _projector_sql(projector.SQL_MAP_SESSION_STATE)
+RAW_MESSAGE = _projector_sql(projector.SQL_MESSAGE_INSERT)
 
 
 def events_for(stream_no: int, count: int) -> list[MessageAppended]:
@@ -71,36 +116,118 @@ def events_for(stream_no: int, count: int) -> list[MessageAppended]:
     ]
 
 
+def _many(conn: psycopg.Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
+    if len(rows) == 1:
+        conn.execute(statement, rows[0])
+    elif rows:
+        with conn.cursor() as cur:
+            cur.executemany(statement, rows)
+
+
+def _raw_writer(target: str, stream: str, calls: list[list[Any]], projected: bool) -> Any:
+    """Raw psycopg: the calls precomputed (split bodies, transcript rows), the writes
+    as described in the module docstring."""
+    conn = psycopg.connect(target, autocommit=True)
+    conn.execute("SET search_path = hermes_ledger")
+    names = [p.name for p in by_name()]
+    chunks = []
+    for chunk in calls:
+        prepared = prepare_append(stream, chunk, ANY, None).events
+        messages = []
+        for _id, _type, sid, _data, _meta, whole, _payload in prepared:
+            args = (0, stream, sid, whole, RECORDED_AT)
+            row = projector._EVAL.one(projector.EVAL_TRANSCRIPT_ROW, args)
+            assert row is not None
+            messages.append(row[1:])  # the position is known under the lock
+        chunks.append((prepared, messages))
+
+    def write(chunk: tuple[Any, list[tuple[Any, ...]]]) -> None:
+        prepared, messages = chunk
+        with conn.transaction():
+            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            version, position = conn.execute(RAW_STATE, (stream,)).fetchone()  # type: ignore[misc]
+            first = position + 1
+            rows, payloads = [], []
+            for k, (event_id, event_type, sid, data, meta, _w, payload) in enumerate(prepared):
+                rows.append((first + k, event_id, stream, version + 1 + k, event_type, sid,
+                             data, meta, RECORDED_AT, HASH))  # fmt: skip
+                if payload is not None:
+                    payloads.append((first + k, *payload))
+            _many(conn, RAW_INSERT, rows)
+            _many(conn, RAW_INSERT_PAYLOAD, payloads)
+            if projected:
+                conn.execute(SQL_READ_CHECKPOINTS).fetchall()
+                sids = [(r[5], stream, 1, RECORDED_AT, RECORDED_AT) for r in rows]
+                _many(conn, RAW_HISTORY, sids)
+                _many(conn, RAW_MAP_ROW, [(stream, RECORDED_AT, RECORDED_AT)] * len(rows))
+                _many(conn, RAW_MAP_STATE, [(r[5], r[5]) for r in rows])
+                _many(conn, RAW_MESSAGE, [(r[0], *m) for r, m in zip(rows, messages, strict=True)])
+                conn.execute(SQL_ADVANCE, (rows[-1][0], names))
+
+    return conn, chunks, write
+
+
+def _es_writer(target: str, stream: str, calls: list[list[Any]]) -> Any:
+    """eventsourcing: an Application on PostgreSQL; one aggregate held by the writer,
+    --batch events triggered, then save() (see the module docstring)."""
+    from eventsourcing.application import Application
+    from eventsourcing.domain import Aggregate, event
+
+    class Session(Aggregate):
+        @event("Started")
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        @event("MessageAppended")
+        def append_message(self, body: dict[str, Any]) -> None:
+            pass
+
+    app: Application = Application(env=_es_env(target, create_table=False))
+    aggregate: Any = Session(stream)
+    app.save(aggregate)
+    bodies = [[json.loads(body_json(e)) for e in chunk] for chunk in calls]
+
+    def write(chunk: list[dict[str, Any]]) -> None:
+        for body in chunk:
+            aggregate.append_message(body)
+        app.save(aggregate)
+
+    return app, bodies, write
+
+
+def _es_env(dsn: str, *, create_table: bool) -> dict[str, str]:
+    """eventsourcing's settings for the database ``dsn`` names."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    with psycopg.connect(dsn) as conn:
+        user = str(conn.info.user)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": str(info["dbname"]),
+        "POSTGRES_HOST": str(info.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(info.get("port") or 5432), "POSTGRES_USER": user,
+        "POSTGRES_PASSWORD": str(info.get("password") or ""),
+        "CREATE_TABLE": "yes" if create_table else "no",
+    }  # fmt: skip
+
+
 def _worker(kind: str, target: str, n: int, count: int, batch: int, ready: Any, out: Any) -> None:
+    projected = kind.endswith("+proj")
+    base = kind.removesuffix("+proj")
     stream = f"agent:main:telegram:dm:{n}"
     events = events_for(n, count)
-    calls = [events[i : i + batch] for i in range(0, count, batch)]
-    if kind == "pg":
+    calls: list[Any] = [events[i : i + batch] for i in range(0, count, batch)]
+    write: Callable[[Any], Any]
+    if base == "pg":
         store: Any = PostgresLog.open(target)
+        if projected:
+            pg_projections.attach(store)
         write = lambda chunk: store.append(stream, chunk)  # noqa: E731
-    elif kind == "sqlite":
-        store = Ledger.open(target)
+    elif base == "sqlite":
+        store = open_ledger(target) if projected else Ledger.open(target)
         write = lambda chunk: store.append(stream, chunk)  # noqa: E731
+    elif base == "es":
+        store, calls, write = _es_writer(target, stream, calls)
     else:
-        store = psycopg.connect(target, autocommit=True)
-        store.execute("SET search_path = hermes_ledger")
-        bodies = [[(e.event_id, e.type, e.session_id, body_json(e)) for e in c] for c in calls]
-        calls = bodies  # type: ignore[assignment]
-
-        def write(chunk: list[tuple[str, str, str, str]]) -> None:
-            with store.transaction():
-                store.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-                version, position = store.execute(RAW_STATE, (stream,)).fetchone()
-                rows = [
-                    (position + k, event_id, stream, version + k, event_type, sid, data, META,
-                     RECORDED_AT, HASH)
-                    for k, (event_id, event_type, sid, data) in enumerate(chunk, start=1)
-                ]  # fmt: skip
-                if len(rows) == 1:
-                    store.execute(RAW_INSERT, rows[0])
-                else:
-                    with store.cursor() as cur:
-                        cur.executemany(RAW_INSERT, rows)
+        store, calls, write = _raw_writer(target, stream, calls, projected)
 
     ready.wait()
     t0 = time.monotonic()
@@ -112,7 +239,7 @@ def _worker(kind: str, target: str, n: int, count: int, batch: int, ready: Any, 
 
 def _run(kind: str, target: str, writers: int, total: int, batch: int) -> float:
     """Events per second of ``writers`` processes appending ``total`` events in all."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # after the imports: a writer starts in milliseconds
     ready = ctx.Barrier(writers)
     out = ctx.Queue()
     per = total // writers
@@ -122,7 +249,16 @@ def _run(kind: str, target: str, writers: int, total: int, batch: int) -> float:
     ]
     for p in procs:
         p.start()
-    times = [out.get(timeout=600) for _ in procs]
+    times: list[tuple[float, float]] = []
+    while len(times) < writers:
+        try:
+            times.append(out.get(timeout=1))
+        except queue.Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:
+                for p in procs:
+                    p.kill()
+                raise SystemExit(f"a {kind} writer failed (exit status {failed[0]})") from None
     for p in procs:
         p.join()
         if p.exitcode != 0:
@@ -130,176 +266,131 @@ def _run(kind: str, target: str, writers: int, total: int, batch: int) -> float:
     return per * writers / (max(t1 for _, t1 in times) - min(t0 for t0, _ in times))
 
 
-def _database(admin: psycopg.Connection, created: list[str]) -> str:
+def _database(admin: psycopg.Connection, created: list[str], kind: str) -> str:
+    """A fresh database for ``kind``: migrated (the same tables for pg and raw),
+    with the projection tables for the +proj kinds, eventsourcing's for es."""
     name = f"hl_bench_{secrets.token_hex(4)}"
     admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     created.append(name)
     dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name)
-    PostgresLog.open(dsn).close()  # migrated: the same table for pg and raw
+    if kind == "es":
+        from eventsourcing.application import Application
+
+        Application(env=_es_env(dsn, create_table=True)).close()
+        return dsn
+    with PostgresLog.open(dsn) as log:
+        if kind.endswith("+proj"):
+            pg_projections.attach(log)  # the owner creates them; writers attach to them
     return dsn
 
 
+def _rows(args: argparse.Namespace) -> list[tuple[bool, int, int, int]]:
+    """(projected, per call, writers, events) of each row of the table: batched rows
+    append at least one full call per writer."""
+    return [
+        (projected, batch, writers, total if batch == 1 else max(total, writers * batch))
+        for projected in (False, True)
+        for batch, total in ((1, args.events), (args.batch, args.batch_events))
+        for writers in args.writers
+    ]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if importlib.util.find_spec("eventsourcing") is None or (
+        importlib.util.find_spec("psycopg_pool") is None
+    ):
+        raise SystemExit(
+            "Error: the eventsourcing library with its PostgreSQL module is not installed\n"
+            "Try: pip install 'hermes-ledger[bench]'"
+        )
     admin = psycopg.connect(ADMIN_DSN, autocommit=True)
     created: list[str] = []
     results: list[dict[str, Any]] = []
-    kinds = ["raw", "pg", "sqlite"]
+    started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for batch, total in ((1, args.events), (args.batch, args.batch_events)):
-                for writers in (1, 4):
-                    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
-                    for turn in range(args.rounds):
-                        for kind in kinds[turn % 3 :] + kinds[: turn % 3]:
-                            if kind == "sqlite":
-                                target = str(Path(tmp) / f"{batch}-{writers}-{turn}.db")
-                            else:
-                                target = _database(admin, created)
-                            rates[kind].append(_run(kind, target, writers, total, batch))
-                    row: dict[str, Any] = {"batch": batch, "writers": writers}
-                    row.update({kind: statistics.median(rates[kind]) for kind in kinds})
-                    row["pg/raw"] = row["pg"] / row["raw"]
-                    results.append(row)
+            for projected, batch, writers, total in _rows(args):
+                kinds = ["raw", "pg", "sqlite"] if projected else ["raw", "pg", "es", "sqlite"]
+                suffix = "+proj" if projected else ""
+                rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+                for turn in range(args.rounds):
+                    shift = turn % len(kinds)
+                    for kind in kinds[shift:] + kinds[:shift]:
+                        if kind == "sqlite":
+                            target = str(Path(tmp) / f"{suffix}{batch}-{writers}-{turn}.db")
+                        else:
+                            target = _database(admin, created, kind + suffix)
+                        rates[kind].append(_run(kind + suffix, target, writers, total, batch))
+                row: dict[str, Any] = {"projections": projected, "batch": batch,
+                                       "writers": writers, "es": None}  # fmt: skip
+                row.update({kind: statistics.median(rates[kind]) for kind in kinds})
+                row["pg/raw"] = row["pg"] / row["raw"]
+                row["pg/es"] = row["pg"] / row["es"] if row["es"] else None
+                results.append(row)
     finally:
         for name in created:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
         admin.close()
-    server = psycopg.connect(ADMIN_DSN).info.parameter_status("server_version")
+    with psycopg.connect(ADMIN_DSN) as conn:
+        server = conn.info.parameter_status("server_version")
+    from importlib import metadata
+
     return {"events": args.events, "batch_events": args.batch_events, "rounds": args.rounds,
-            "server": server,
-            "python": sys.version.split()[0], "rows": results}  # fmt: skip
+            "server": server, "python": sys.version.split()[0],
+            "eventsourcing": metadata.version("eventsourcing"), "cpus": os.cpu_count(),
+            "load": os.getloadavg()[0], "seconds": round(time.monotonic() - started),
+            "rows": results}  # fmt: skip
 
 
 def render(result: dict[str, Any]) -> str:
     lines = [
-        f"PostgreSQL {result['server']}, Python {result['python']}: events/s"
-        f" ({result['events']} events one per transaction,"
-        f" {result['batch_events']} in batches; median of {result['rounds']} runs)",
-        f"{'per call':>8} {'writers':>7} {'raw psycopg':>12} {'PostgresLog':>12}"
-        f" {'SQLite Ledger':>14} {'pg/raw':>7}  target",
+        f"PostgreSQL {result['server']}, Python {result['python']}, eventsourcing"
+        f" {result['eventsourcing']}, {result['cpus']} CPUs (load {result['load']:.1f} at the"
+        f" end, {result['seconds']} s): events/s ({result['events']} events one per"
+        f" transaction, {result['batch_events']} in batches; median of {result['rounds']} runs)",
+        f"{'projections':>11} {'per call':>8} {'writers':>7} {'raw psycopg':>12}"
+        f" {'PostgresLog':>12} {'eventsourcing':>13} {'SQLite Ledger':>14}"
+        f" {'pg/raw':>7} {'pg/es':>6}  targets",
     ]
     for row in result["rows"]:
         ok = "ok" if row["pg/raw"] >= TARGET else "MISSED"
+        targets = f">= {TARGET} {ok}"
+        es, ratio = "-", "-"
+        if row["es"] is not None:
+            es, ratio = f"{row['es']:,.0f}", f"{row['pg/es']:.2f}"
+            targets += f"; >= {ES_TARGET:g} {'ok' if row['pg/es'] >= ES_TARGET else 'MISSED'}"
         lines.append(
-            f"{row['batch']:>8} {row['writers']:>7} {row['raw']:>12,.0f} {row['pg']:>12,.0f}"
-            f" {row['sqlite']:>14,.0f} {row['pg/raw']:>7.2f}  >= {TARGET} {ok}"
+            f"{'with' if row['projections'] else 'without':>11} {row['batch']:>8}"
+            f" {row['writers']:>7} {row['raw']:>12,.0f} {row['pg']:>12,.0f} {es:>13}"
+            f" {row['sqlite']:>14,.0f} {row['pg/raw']:>7.2f} {ratio:>6}  {targets}"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--events", type=int, default=2000, help="events, one per transaction")
-    p.add_argument("--batch-events", type=int, default=40_000, help="events in batches")
-    p.add_argument("--batch", type=int, default=1000, help="events per call when batched")
-    p.add_argument("--rounds", type=int, default=3, help="runs of each row (median shown)")
+    p.add_argument("--quick", action="store_true",
+                   help="a short run: 1 and 2 writers, 48 events one per call, 800 in"
+                   " batches of 100, 1 round")  # fmt: skip
+    p.add_argument("--events", type=int, help="events, one per transaction (default 400)")
+    p.add_argument("--batch-events", type=int,
+                   help="events in batches, >= --batch per writer (default 8000)")  # fmt: skip
+    p.add_argument("--batch", type=int, help="events per call when batched (default 1000)")
+    p.add_argument("--rounds", type=int, help="runs of each row, median shown (default 3)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
+    args.writers = None
+    quick = {"events": 48, "batch_events": 800, "batch": 100, "rounds": 1, "writers": (1, 2)}
+    full = {"events": 400, "batch_events": 8000, "batch": 1000, "rounds": 3, "writers": WRITERS}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     result = run(args)
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
 
 
-# -- the scheduler's due query at 100k sessions (gateway.scheduler.postgres) ----------
-#
-#   python bench/postgres.py due-query [--sessions 100000] [--due 1000] [--limit 100]
-#                                      [--samples 300] [--json]
-#
-# A fresh database with --sessions deadline rows (--due of them past), analysed; each
-# sample runs the scheduler's claim (SQL_CLAIM_DUE: deadline <= now ordered, LIMIT,
-# FOR UPDATE SKIP LOCKED, the lease UPDATE) in a transaction that is rolled back, so
-# every sample sees the same table. Two rows: no due row claimed, and half the due
-# rows leased by other runners (the scan steps over them). Target: p99 < 5 ms.
-
-DUE_TARGET_MS = 5.0
-SQL_BENCH_DEADLINES = (
-    "INSERT INTO session_deadlines (session_key, session_id, deadline, reason,"
-    " claimed_by, claim_expires)"
-    " SELECT 'agent:main:telegram:dm:' || n, 's' || n,"
-    " CASE WHEN n <= %(due)s THEN now() - n * interval '1 second'"
-    "  ELSE now() + n * interval '1 second' END, 'idle',"
-    " CASE WHEN %(leased)s AND n <= %(due)s AND n %% 2 = 0 THEN 'other' END,"
-    " CASE WHEN %(leased)s AND n <= %(due)s AND n %% 2 = 0 THEN now() + interval '1 hour' END"
-    " FROM generate_series(1, %(sessions)s) AS n"
-)
-
-
-def _due_samples(target: str, args: argparse.Namespace, leased: bool) -> list[float]:
-    from datetime import UTC, datetime, timedelta
-
-    from hermes_ledger.gateway.scheduler.postgres import SQL_CLAIM_DUE
-
-    with PostgresLog.open(target) as log:
-        conn = log.connection
-        conn.execute(
-            SQL_BENCH_DEADLINES, {"due": args.due, "leased": leased, "sessions": args.sessions}
-        )
-        conn.execute("ANALYZE session_deadlines")
-        claim = {"limit": args.limit, "runner": "bench", "lease": timedelta(minutes=2)}
-        times = []
-        for _ in range(args.samples):
-            with conn.transaction(force_rollback=True):
-                start = time.perf_counter()
-                conn.execute(SQL_CLAIM_DUE, {**claim, "now": datetime.now(UTC)}).fetchall()
-                times.append((time.perf_counter() - start) * 1000)
-    return times
-
-
-def due_query_run(args: argparse.Namespace) -> dict[str, Any]:
-    admin = psycopg.connect(ADMIN_DSN, autocommit=True)
-    rows = []
-    try:
-        for leased in (False, True):
-            name = f"hl_bench_{secrets.token_hex(6)}"
-            create = sql.SQL("CREATE DATABASE {} ENCODING 'UTF8'")
-            admin.execute(create.format(sql.Identifier(name)))
-            try:
-                times = _due_samples(psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name),
-                                     args, leased)  # fmt: skip
-            finally:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)))  # fmt: skip
-            cuts = statistics.quantiles(times, n=100, method="inclusive")
-            rows.append({"half_the_due_leased": leased, "p50_ms": round(cuts[49], 3),
-                         "p99_ms": round(cuts[98], 3)})  # fmt: skip
-    finally:
-        admin.close()
-    return {"sessions": args.sessions, "due": args.due, "limit": args.limit,
-            "samples": args.samples, "target_ms": DUE_TARGET_MS, "rows": rows}  # fmt: skip
-
-
-def due_query_render(result: dict[str, Any]) -> str:
-    lines = [
-        f"the scheduler's due query at {result['sessions']:,} sessions ({result['due']:,} due,"
-        f" LIMIT {result['limit']}, {result['samples']} samples; target p99 <"
-        f" {result['target_ms']:g} ms)",
-        f"{'due rows':<28} {'p50 ms':>8} {'p99 ms':>8}",
-    ]
-    for row in result["rows"]:
-        what = "half leased by other runners" if row["half_the_due_leased"] else "none claimed"
-        ok = "ok" if row["p99_ms"] < result["target_ms"] else "SLOW"
-        lines.append(f"{what:<28} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}  {ok}")
-    return "\n".join(lines)
-
-
-def due_query_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="bench/postgres.py due-query", description="the scheduler's due query at 100k sessions"
-    )
-    p.add_argument("--sessions", type=int, default=100_000, help="deadline rows")
-    p.add_argument("--due", type=int, default=1000, help="rows whose deadline has passed")
-    p.add_argument("--limit", type=int, default=100, help="rows claimed per query (a tick's batch)")
-    p.add_argument("--samples", type=int, default=300, help="queries timed")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = p.parse_args(argv)
-    result = due_query_run(args)
-    print(json.dumps(result, indent=2) if args.json else due_query_render(result))
-    return 0
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["due-query"]:
-        raise SystemExit(due_query_main(sys.argv[2:]))
     raise SystemExit(main())
