@@ -7,7 +7,6 @@ always with bindings.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -17,14 +16,13 @@ from typing import Any, Protocol, Self, cast
 
 import apsw
 
+from hermes_ledger.ledger.appending import check_name, prepare_append, prepare_models
 from hermes_ledger.ledger.backend import is_dsn, open_log
 from hermes_ledger.ledger.chain import GENESIS, row_hash, walk_chain
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope, Scrubber
 from hermes_ledger.ledger.errors import (
     ConcurrencyError,
-    EventValidationError,
-    ExpectedVersionError,
     IdempotencyError,
     LedgerError,
     LedgerTooOldError,
@@ -32,9 +30,9 @@ from hermes_ledger.ledger.errors import (
     SessionAlreadyEndedError,
     translate,
 )
-from hermes_ledger.ledger.events import EventModel, check_json, parse
+from hermes_ledger.ledger.events import EventModel
 from hermes_ledger.ledger.file_check import check_file
-from hermes_ledger.ledger.personal import merged_sql, original_result, prepare
+from hermes_ledger.ledger.personal import merged_sql, original_result
 from hermes_ledger.ledger.records import AppendResult, FileReport, Recorded, VerifyReport
 from hermes_ledger.ledger.schema import (
     CACHE_KIB,
@@ -45,8 +43,7 @@ from hermes_ledger.ledger.schema import (
     retry_busy,
 )
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
-from hermes_ledger.ledger.text import has_id_breaking_chars
-from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected, validate_expected
+from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected
 
 __all__ = ["InlineProjector", "Ledger", "check_name"]
 
@@ -89,7 +86,6 @@ SQL_BODIES_STREAM = _BODIES + "e.stream = ? AND e.version > ? ORDER BY e.version
 
 _PAGE = 512
 _MAX_CACHED_STREAMS = 50_000
-_MAX_NAME = 1024
 
 
 class InlineProjector(Protocol):
@@ -101,29 +97,6 @@ class InlineProjector(Protocol):
     """
 
     def __call__(self, conn: apsw.Connection, records: Sequence[Recorded]) -> None: ...
-
-
-def check_name(kind: str, value: object) -> str:
-    """``value`` if it can be a stream, event id or session id (``kind`` names which in
-    the error): a non-empty string within the length limit, without the characters the
-    ledger's id rule refuses (``ledger.text``); else EventValidationError."""
-    if not isinstance(value, str) or not value:
-        raise EventValidationError(f"{kind} must be a non-empty string, not {value!r}")
-    if len(value) > _MAX_NAME:
-        raise EventValidationError(f"{kind} is longer than {_MAX_NAME} characters")
-    if has_id_breaking_chars(value):  # stream names, event ids, session ids (ledger.text)
-        raise EventValidationError(
-            f"{kind} {value!r} contains control characters, line breaks or lone surrogates"
-        )
-    return value
-
-
-def _coerce(event: object) -> EventModel:
-    if isinstance(event, EventModel):
-        return event
-    if isinstance(event, Mapping):
-        return parse(event)
-    raise EventValidationError(f"append takes event models or dicts, not {type(event).__name__}")
 
 
 def _not_utf8() -> LedgerError:
@@ -345,31 +318,10 @@ class Ledger:
         meta: Mapping[str, Any] | None = None,
     ) -> AppendResult:
         """See ``EventLog.append``."""
-        check_name("stream", stream)
-        try:
-            expected = validate_expected(expected_version)
-        except TypeError as exc:
-            raise ExpectedVersionError(str(exc)) from None
-        models = [_coerce(e) for e in events]
-        if not models:
-            raise EventValidationError("append needs at least one event")
-        ids = [m.event_id for m in models]
-        if len(ids) > 1 and len(set(ids)) != len(ids):
-            raise IdempotencyError("the same event_id appears twice in one append")
-        extra_json = "{}"
-        if meta:
-            if "schema_version" in meta:
-                raise EventValidationError("meta may not set schema_version; the event model does")
-            try:
-                extra_json = json.dumps(
-                    check_json(dict(meta), "meta"),
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                    allow_nan=False,
-                )
-            except (TypeError, ValueError) as exc:
-                raise EventValidationError(f"meta is not JSON-serialisable: {exc}") from None
-        prepared = self._prepare(models, extra_json)
+        checked = prepare_append(
+            stream, events, expected_version, meta, forgettable=self._forgettable
+        )
+        prepared, expected = checked.events, checked.expected
 
         def work(conn: apsw.Connection) -> AppendResult:
             return self._append_in(conn, stream, prepared, expected)
@@ -394,12 +346,7 @@ class Ledger:
         self, models: Sequence[EventModel], extra_json: str = "{}"
     ) -> list[tuple[Any, ...]]:
         """Per event: (event_id, type, session_id, data, meta, whole body, payload)."""
-        for model in models:
-            session_id = getattr(model, "session_id", None)
-            if session_id is not None:
-                check_name("session_id", session_id)
-            check_name("event_id", model.event_id)
-        return prepare(models, extra_json, forgettable=self._forgettable)
+        return prepare_models(models, extra_json, self._forgettable)
 
     def _append_in(
         self,

@@ -19,7 +19,15 @@ from typing import Any, NoReturn, Self
 import psycopg
 from psycopg import errors as pg_errors
 
-from hermes_ledger.ledger.chain import GENESIS
+from hermes_ledger.ledger.appending import (
+    PayloadRow,
+    Prepared,
+    Row,
+    chain_rows,
+    prepare_append,
+    row_checks,
+)
+from hermes_ledger.ledger.chain import GENESIS, walk_chain
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.erasure import (
     ERASURE_STREAM,
@@ -48,15 +56,6 @@ from hermes_ledger.ledger.postgres.payloads import (
     vacuum,
 )
 from hermes_ledger.ledger.postgres.schema import SCHEMA, migrate
-from hermes_ledger.ledger.postgres.shared import (
-    PayloadRow,
-    Prepared,
-    Row,
-    chain_rows,
-    prepare_append,
-    row_checks,
-    walk_chain,
-)
 from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected
 
