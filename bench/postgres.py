@@ -63,9 +63,9 @@ import psycopg
 from psycopg import sql
 
 from hermes_ledger.ledger import ANY, Ledger
+from hermes_ledger.ledger.appending import prepare_append
 from hermes_ledger.ledger.events import MessageAppended, body_json
 from hermes_ledger.ledger.postgres import PostgresLog
-from hermes_ledger.ledger.postgres.shared import prepare_append
 from hermes_ledger.projections import open_ledger
 from hermes_ledger.projections import postgres as pg_projections
 from hermes_ledger.projections.definitions import by_name, compact
