@@ -8,11 +8,17 @@ from typing import Any
 
 import click
 
-from hermes_ledger.gateway.cli.options import Seconds, db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.options import (
+    Seconds,
+    db_option,
+    json_option,
+    postgres_ready,
+    reports_errors,
+)
 from hermes_ledger.gateway.cli.output import print_json, print_report, progress_bar, size_text
 from hermes_ledger.gateway.cli.plugin import plugin_status_for, print_plugin_status
 from hermes_ledger.gateway.cli.times import Zone, show_time_and_age, tz_option
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger, resolve_ledger_path
 from hermes_ledger.ledger import admin
 
 __all__ = ["init_cmd", "status_cmd", "vacuum_cmd"]
@@ -67,21 +73,51 @@ def init_cmd(db: Path | None, as_json: bool) -> None:
         )
 
 
+def _print_postgres_status(dsn: str, zone: Zone, as_json: bool) -> None:
+    from hermes_ledger.gateway.sessions.postgres import open_postgres
+    from hermes_ledger.ledger.postgres.reading import status
+
+    with open_postgres(dsn, projections=False) as log:
+        st = status(log)
+    if as_json:
+        print_json(st.to_dict())
+        return
+    rows = [
+        ("ledger", st.where),
+        ("backend", f"PostgreSQL (schema v{st.schema_version})"),
+        ("events", f"{st.events} (head position {st.head})"),
+        ("streams", str(st.streams)),
+        ("sessions", str(st.sessions) if st.sessions is not None else "(no projections)"),
+        ("first event", show_time_and_age(st.first_recorded_at, zone)),
+        ("last event", show_time_and_age(st.last_recorded_at, zone)),
+    ]
+    width = max(len(k) for k, _ in rows) + 1
+    for key, value in rows:
+        click.echo(f"{key + ':':<{width}} {value}")
+
+
 @click.command("status")
+@postgres_ready
 @db_option
 @tz_option
 @json_option
 @reports_errors
-def status_cmd(db: Path | None, tz: Zone, as_json: bool) -> None:
+def status_cmd(db: Path | str | None, tz: Zone, as_json: bool) -> None:
     """Show where the ledger is and what it holds.
 
     The first and last event are when they were recorded, in UTC (or in --tz's
     zone, else $TZ's), with how long ago; --json gives the UTC times alone.
 
     With the Hermes plugin enabled in the home, also the records waiting in its
-    spool and whether a backfill is due.
+    spool and whether a backfill is due. On a PostgreSQL ledger (--db
+    postgresql://…): the database (never its password), head, events, streams and
+    sessions.
     """
-    path = resolve_ledger_path(db)
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        _print_postgres_status(target, tz, as_json)
+        return
+    path = target
     st = admin.status(path)
     plugin = plugin_status_for(path)
     if as_json:

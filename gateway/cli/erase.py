@@ -7,9 +7,14 @@ from pathlib import Path
 
 import click
 
-from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.options import (
+    db_option,
+    json_option,
+    postgres_ready,
+    reports_errors,
+)
 from hermes_ledger.gateway.cli.output import print_report
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger
 from hermes_ledger.ledger.erasure import ErasureScope
 from hermes_ledger.projections.erasing import erase_ledger
 
@@ -24,6 +29,7 @@ def _os_user() -> str:
 
 
 @click.command("erase")
+@postgres_ready
 @db_option
 @click.option("--user", "user_id", metavar="ID", help="Erase a user (by user id).")
 @click.option("--session-key", metavar="KEY", help="Erase every session of a session key.")
@@ -37,7 +43,7 @@ def _os_user() -> str:
 @json_option
 @reports_errors
 def erase_cmd(
-    db: Path | None,
+    db: Path | str | None,
     user_id: str | None,
     session_key: str | None,
     session_id: str | None,
@@ -61,7 +67,9 @@ def erase_cmd(
     --session-id ID: that session. Give exactly one.
 
     \b
-    Without --yes, prints what would be forgotten and changes nothing.
+    Without --yes, prints what would be forgotten and changes nothing. On a
+    PostgreSQL ledger (--db postgresql://…) the same, as a member of
+    hermes_ledger_eraser or the database owner (docs/postgres.md, "Erasure").
     """
     given = [
         (kind, value)
@@ -81,5 +89,12 @@ def erase_cmd(
     if not who.strip():
         raise click.UsageError("--requested-by needs a non-empty value")
     scope = ErasureScope(kind, value)  # type: ignore[arg-type]
-    report = erase_ledger(resolve_ledger_path(db), scope, requested_by=who, dry_run=not yes)
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions.postgres import open_postgres
+
+        with open_postgres(target) as log:  # attached projections are scrubbed too
+            report = log.erase(scope, requested_by=who, dry_run=not yes)
+    else:
+        report = erase_ledger(target, scope, requested_by=who, dry_run=not yes)
     print_report(report, as_json)

@@ -24,6 +24,7 @@ from hermes_ledger.gateway.cli.options import (
     count_range,
     db_option,
     json_option,
+    postgres_ready,
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import (
@@ -37,7 +38,7 @@ from hermes_ledger.gateway.cli.output import (
 )
 from hermes_ledger.gateway.cli.times import TIME, Zone, recorded_option, show_time, tz_option
 from hermes_ledger.gateway.config import paths
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger, resolve_ledger_path
 from hermes_ledger.ledger import Ledger, LedgerError, Recorded
 from hermes_ledger.ledger.events import json_schema
 from hermes_ledger.ledger.export import FORMATS, export
@@ -119,6 +120,7 @@ def _event_line(rec: Recorded, zone: Zone, recorded: bool = False) -> str:
 
 
 @click.command("events")
+@postgres_ready
 @db_option
 @filter_options
 @click.option("--limit", type=count_range(0), help="Only the oldest N matching (before --follow).")
@@ -133,7 +135,7 @@ def _event_line(rec: Recorded, zone: Zone, recorded: bool = False) -> str:
 @reports_errors
 def events_cmd(
     tz: Zone,
-    db: Path | None,
+    db: Path | str | None,
     limit: int | None,
     tail: int | None,
     follow: bool,
@@ -160,8 +162,17 @@ def events_cmd(
         noun = "event" if count == 1 else "events"
         click.echo(f"{count} more {noun} not shown; raise --limit or use --tail", err=True)
 
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        if follow:
+            raise LedgerCommandError(
+                "events --follow does not work on a PostgreSQL ledger yet",
+                hint="run it again without --follow (--tail N shows the newest events)",
+            )
+        _postgres_events(target, events, limit, tail, more, tz, as_json)
+        return
     with (
-        Ledger.open(resolve_ledger_path(db), readonly=True) as led,
+        Ledger.open(target, readonly=True) as led,
         _output_closed_quietly(),
     ):
         try:
@@ -185,10 +196,31 @@ def events_cmd(
             # Ctrl-C is how --follow ends: a normal exit.
 
 
+def _postgres_events(
+    dsn: str,
+    events: EventFilter,
+    limit: int | None,
+    tail: int | None,
+    more: Callable[[int], None],
+    zone: Zone,
+    as_json: bool,
+) -> None:
+    from hermes_ledger.gateway.sessions.postgres import open_postgres
+    from hermes_ledger.ledger.postgres.reading import matching_events
+
+    with open_postgres(dsn, projections=False) as log, _output_closed_quietly():
+        for rec in matching_events(log, events, limit=limit, tail=tail, on_more=more):
+            if as_json:
+                print_json_line(rec.to_dict())
+            else:
+                click.echo(_event_line(rec, zone, events.recorded))
+
+
 # -- export ----------------------------------------------------------------------
 
 
 @click.command("export")
+@postgres_ready
 @db_option
 @filter_options
 @click.option(
@@ -215,7 +247,7 @@ def events_cmd(
 @tz_option
 @reports_errors
 def export_cmd(
-    tz: Zone, db: Path | None, fmt: str | None, output: Path | None, **filters: Any
+    tz: Zone, db: Path | str | None, fmt: str | None, output: Path | None, **filters: Any
 ) -> None:
     """Export events as JSONL, CSV, SQLite or readable Markdown.
 
@@ -228,21 +260,33 @@ def export_cmd(
     writes a database with the events and a full-text index over the messages.
     --format markdown is for reading (e.g. a subject access request with --user
     ID): one section per session, its messages with time and speaker, UTC.
+    On a PostgreSQL ledger (--db postgresql://…): JSONL, the same lines (without
+    --user).
     """
     user = filters.pop("user")
     events = replace(_event_filter(filters), user=user)
-    path = resolve_ledger_path(db)
+    target = resolve_ledger(db)
     if output is not None and str(output) == "-":
         output = None
     with progress_bar("exporting") as progress, _output_closed_quietly():
-        manifest = export(
-            path,
-            output,
-            format=fmt,
-            events=events,
-            progress=progress,
-            stdout=sys.stdout.buffer,
-        )
+        if isinstance(target, str):
+            from hermes_ledger.gateway.sessions.postgres import open_postgres
+            from hermes_ledger.ledger.postgres import reading
+
+            with open_postgres(target, projections=False) as log:
+                manifest = reading.export(
+                    log, output, format=fmt, events=events, progress=progress,
+                    stdout=sys.stdout.buffer,
+                )  # fmt: skip
+        else:
+            manifest = export(
+                target,
+                output,
+                format=fmt,
+                events=events,
+                progress=progress,
+                stdout=sys.stdout.buffer,
+            )
     if output is not None:
         span = (
             f" (positions {manifest.first_position}-{manifest.last_position})"

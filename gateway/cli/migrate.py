@@ -9,6 +9,7 @@ import click
 
 from hermes_ledger.gateway.cli.options import (
     LedgerCommandError,
+    LedgerTarget,
     count_range,
     json_option,
     reports_errors,
@@ -31,7 +32,7 @@ __all__ = ["migrate_cmd"]
     "--from",
     "source",
     envvar="HERMES_LEDGER_DB",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LedgerTarget(),  # a postgresql:// URI here is refused (a SQLite file only)
     help="The SQLite ledger to copy. Default: $HERMES_HOME/ledger.db (env HERMES_LEDGER_DB).",
 )
 @click.option(

@@ -13,17 +13,21 @@ from typing import Any, TypeVar
 import click
 
 from hermes_ledger.ledger import LedgerError
+from hermes_ledger.ledger.backend import is_dsn
 from hermes_ledger.ledger.errors import InvalidInputError
 
 __all__ = [
     "SQLITE_MAX_INT",
     "LedgerCommandError",
+    "LedgerTarget",
     "LedgerUsageError",
     "Seconds",
     "count_range",
     "db_option",
     "hooks_dir_option",
     "json_option",
+    "postgres_commands",
+    "postgres_ready",
     "reports_errors",
 ]
 
@@ -66,12 +70,74 @@ def reports_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_POSTGRES_READY = "hermes_ledger_postgres_ready"
+
+
+def postgres_ready(fn: F) -> F:
+    """Mark a command's function as working on a PostgreSQL ledger: its ``--db`` (or
+    ``HERMES_LEDGER_DB``) may be a ``postgresql://`` URI, handed to it as a ``str``.
+    Every other command refuses a URI in ``LedgerTarget``, before it runs."""
+    setattr(fn, _POSTGRES_READY, True)
+    return fn
+
+
+def _is_postgres_ready(command: click.Command | None) -> bool:
+    return bool(getattr(getattr(command, "callback", None), _POSTGRES_READY, False))
+
+
+def postgres_commands(group: click.Group) -> list[str]:
+    """The names of ``group``'s commands (and subcommands) that work on a PostgreSQL
+    ledger, sorted."""
+    names: list[str] = []
+    for name, command in sorted(group.commands.items()):
+        if _is_postgres_ready(command):
+            names.append(name)
+        if isinstance(command, click.Group):
+            names += [f"{name} {sub}" for sub in postgres_commands(command)]
+    return names
+
+
+def _command_name(ctx: click.Context) -> str:
+    """The command as typed after the program's name (``hooks list``)."""
+    names: list[str] = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names)) or (ctx.info_name or "this command")
+
+
+class LedgerTarget(click.Path):
+    """``--db``: a SQLite ledger file (a ``Path``), or a PostgreSQL connection URI
+    (``postgresql://`` / ``postgres://``, passed on unchanged as a ``str``) for a
+    command marked ``postgres_ready``. Any other command given a URI stops here, the
+    one place that check is made: ``Error: <command> does not work on a PostgreSQL
+    ledger yet`` and ``Try:`` the commands that do (exit 1), before anything is opened
+    or written. The URI is never echoed (it may hold a password)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and is_dsn(value):
+            if ctx is not None and not _is_postgres_ready(ctx.command):
+                ready = postgres_commands(ctx.find_root().command)  # type: ignore[arg-type]
+                raise LedgerCommandError(
+                    f"{_command_name(ctx)} does not work on a PostgreSQL ledger yet",
+                    hint="on a PostgreSQL ledger use "
+                    + ", ".join(ready)
+                    + "; for this command pass --db with a SQLite ledger file",
+                )
+            return value
+        return super().convert(value, param, ctx)
+
+
 db_option = click.option(
     "--db",
     "db",
     envvar="HERMES_LEDGER_DB",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Ledger file. Default: $HERMES_HOME/ledger.db (env HERMES_LEDGER_DB).",
+    type=LedgerTarget(),
+    help="Ledger file, or a postgresql:// URI for the commands that work on one."
+    " Default: $HERMES_HOME/ledger.db (env HERMES_LEDGER_DB).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 hooks_dir_option = click.option(

@@ -10,14 +10,16 @@ import click
 
 from hermes_ledger.gateway.cli.filters import VALUE, platform_option, user_option
 from hermes_ledger.gateway.cli.options import (
+    LedgerCommandError,
     count_range,
     db_option,
     json_option,
+    postgres_ready,
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import cell, print_json
 from hermes_ledger.gateway.cli.times import TIME, Zone, show_time, tz_option
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger
 from hermes_ledger.gateway.sessions import reports
 from hermes_ledger.gateway.sessions.search import (
     SEARCH_ORDERS,
@@ -43,6 +45,7 @@ def _line(hit: SearchHit, color: bool, widths: tuple[int, int], zone: Zone) -> s
 
 
 @click.command("search")
+@postgres_ready
 @click.argument("text")
 @db_option
 @click.option("--session-key", type=VALUE, metavar="KEY", help="Only this session key.")
@@ -59,7 +62,7 @@ def _line(hit: SearchHit, color: bool, widths: tuple[int, int], zone: Zone) -> s
 @reports_errors
 def search_cmd(
     text: str,
-    db: Path | None,
+    db: Path | str | None,
     session_key: str | None,
     platform: str | None,
     user: str | None,
@@ -80,12 +83,18 @@ def search_cmd(
     snippet with the match highlighted ([brackets] when not on a terminal).
     --platform is the message's session's; --user is who spoke (the agent's
     turns count as their session's user's); --since/--until compare the
-    message's time.
+    message's time. On a PostgreSQL ledger (--db postgresql://…) TEXT is read by
+    websearch_to_tsquery (words, "a phrase", -word, or); only --session-key,
+    --order and --limit filter there.
     """
     which = SearchFilter(
         session_key=session_key, platform=platform, user=user, since=since, until=until
     )
-    with reports.open_existing(resolve_ledger_path(db)) as led:
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        _search_postgres(target, text, which, cast(SearchOrder, order), limit, tz, as_json)
+        return
+    with reports.open_existing(target) as led:
         hits = search_messages(led, text, which, limit=limit, order=cast(SearchOrder, order))
     if as_json:
         print_json([hit.to_dict() for hit in hits])
@@ -97,3 +106,30 @@ def search_cmd(
     widths = (max(len(h.session_key) for h in hits), max(len(h.session_id) for h in hits))
     for hit in hits:
         click.echo(_line(hit, color, widths, tz))
+
+
+def _search_postgres(
+    dsn: str, text: str, which: SearchFilter, order: SearchOrder, limit: int, tz: Zone,
+    as_json: bool,
+) -> None:  # fmt: skip
+    from hermes_ledger.gateway.sessions import postgres
+
+    unsupported = [name for name in ("platform", "user", "since", "until")
+                   if getattr(which, name) is not None]  # fmt: skip
+    if unsupported:
+        raise LedgerCommandError(
+            f"search --{unsupported[0]} does not work on a PostgreSQL ledger yet",
+            hint="search without it (--session-key, --order and --limit work)",
+        )
+    with postgres.open_postgres(dsn) as log:
+        hits = postgres.search(log, text, session_key=which.session_key, order=order, limit=limit)
+    if as_json:
+        print_json([hit._asdict() for hit in hits])
+        return
+    if not hits:
+        click.echo("No messages match.")
+        return
+    widths = (max(len(h.session_key) for h in hits), max(len(h.session_id) for h in hits))
+    for hit in hits:
+        key, sid = hit.session_key.ljust(widths[0]), hit.session_id.ljust(widths[1])
+        click.echo(f"{show_time(hit.ts, tz)}  {key}  {sid}  {hit.role:<9} {cell(hit.marked())}")

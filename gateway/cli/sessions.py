@@ -16,11 +16,12 @@ from hermes_ledger.gateway.cli.options import (
     count_range,
     db_option,
     json_option,
+    postgres_ready,
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import print_json, print_table, progress_bar
 from hermes_ledger.gateway.cli.times import Zone, recorded_option, show_time, tz_option
-from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger_path
+from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger, resolve_ledger_path
 from hermes_ledger.gateway.sessions import reports
 from hermes_ledger.gateway.sessions.listing import SESSION_STATUSES, SessionFilter
 from hermes_ledger.ledger import Ledger
@@ -153,6 +154,7 @@ def transcript_cmd(session_id: str, db: Path | None, as_json: bool) -> None:
 
 
 @click.command("replay")
+@postgres_ready
 @db_option
 @click.option(
     "--at", "at", type=times.TIME, help="Show the session map as of TIME (see --recorded)."
@@ -164,7 +166,7 @@ def transcript_cmd(session_id: str, db: Path | None, as_json: bool) -> None:
 @json_option
 @reports_errors
 def replay_cmd(
-    db: Path | None, at: str | None, to: int | None, recorded: bool, tz: Zone, as_json: bool
+    db: Path | str | None, at: str | None, to: int | None, recorded: bool, tz: Zone, as_json: bool
 ) -> None:
     """Rebuild projections, or show a past state.
 
@@ -181,7 +183,11 @@ def replay_cmd(
         raise click.UsageError("give --at or --to, not both")
     if recorded and at is None:
         raise click.UsageError("--recorded says how --at is read: give --at TIME with it")
-    with reports.open_existing(resolve_ledger_path(db)) as led:
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        _replay_postgres(target, at, to, tz, as_json)
+        return
+    with reports.open_existing(target) as led:
         if at is None and to is None:
             with progress_bar("replaying") as progress:
                 report = projections.rebuild(led, progress=progress)
@@ -191,6 +197,33 @@ def replay_cmd(
                 click.echo(str(report))
             return
         state = projections.state_at(led, position=to, time=at, recorded=recorded)
+    _print_state(state, at, recorded, tz, as_json)
+
+
+def _replay_postgres(dsn: str, at: str | None, to: int | None, zone: Zone, as_json: bool) -> None:
+    from hermes_ledger.gateway.sessions import postgres
+
+    if at is not None:
+        raise LedgerCommandError(
+            "replay --at does not work on a PostgreSQL ledger yet",
+            hint="give --to POSITION instead (find one with `hermes-ledger events --db URI`)",
+        )
+    with postgres.open_postgres(dsn, projections=False) as log:
+        if to is None:
+            report = postgres.rebuild(log)
+            if as_json:
+                print_json({"events": report.events, "position": report.position})
+            else:
+                click.echo(str(report))
+            return
+        state = postgres.state_at(log, to)
+    _print_state(state, None, False, zone, as_json)
+
+
+def _print_state(
+    state: projections.State, at: str | None, recorded: bool, tz: Zone, as_json: bool
+) -> None:
+    """The session map of ``state``, as ``replay --at/--to`` prints it."""
     rows = sorted(state.session_map.values(), key=lambda r: r["session_key"])
     if as_json:
         print_json({"position": state.position, "session_map": rows})
@@ -209,6 +242,7 @@ def replay_cmd(
 
 
 @click.command("verify")
+@postgres_ready
 @db_option
 @click.option(
     "--quick",
@@ -217,23 +251,36 @@ def replay_cmd(
 )
 @json_option
 @reports_errors
-def verify_cmd(db: Path | None, quick: bool, as_json: bool) -> None:
+def verify_cmd(db: Path | str | None, quick: bool, as_json: bool) -> None:
     """Check the chain, the file, the anchors and the projections.
 
     \b
     The hash chain end to end; the projections against a replay; the triggers and
     indexes against the migrations; SQLite's integrity check of every page; and
     each anchor in $HERMES_HOME/ledger.anchors for this ledger (see `anchor`).
-    Exits 1 when anything is wrong.
+    Exits 1 when anything is wrong. On a PostgreSQL ledger (--db
+    postgresql://…): the chain and payloads, and the projections when the database
+    has them.
     """
-    witness = Witness.in_directory(hermes_home())
-    with (
-        Ledger.open_existing(resolve_ledger_path(db)) as led,
-        progress_bar("verifying") as progress,
-    ):
-        report = reports.verify_all(
-            led, progress=progress, witness=witness, quick=True if quick else None
-        )
+    target = resolve_ledger(db)
+    report: Any
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions import postgres
+
+        with (
+            postgres.open_postgres(target, projections=False) as log,
+            progress_bar("verifying") as progress,
+        ):
+            report = postgres.verify(log, progress=progress)
+    else:
+        witness = Witness.in_directory(hermes_home())
+        with (
+            Ledger.open_existing(target) as led,
+            progress_bar("verifying") as progress,
+        ):
+            report = reports.verify_all(
+                led, progress=progress, witness=witness, quick=True if quick else None
+            )
     if as_json:
         print_json(report.to_dict())
     else:

@@ -16,6 +16,7 @@ __all__ = [
     "default_ledger_path",
     "delivered_hooks_dir",
     "hermes_home",
+    "resolve_ledger",
     "resolve_ledger_path",
 ]
 
@@ -81,13 +82,35 @@ def resolve_ledger_path(db: str | os.PathLike[str] | None) -> Path:
     """``db`` if given (``--db`` / ``HERMES_LEDGER_DB``), else ``$HERMES_HOME/ledger.db``.
 
     The default home is created (owner-only) on first use; an explicit path's
-    directory must already exist.
+    directory must already exist. A PostgreSQL URI is refused (a LedgerError, before
+    anything is created): a caller that handles one uses ``resolve_ledger``.
     """
     if db:
+        if _is_dsn(db):
+            from hermes_ledger.ledger.errors import LedgerError
+
+            raise LedgerError(
+                "this needs a SQLite ledger file, not a PostgreSQL connection string",
+                hint="pass --db with the path of a ledger file",
+            )
         return Path(db).expanduser()
     path = default_ledger_path()
     _make_home(path.parent)
     return path
+
+
+def resolve_ledger(db: str | os.PathLike[str] | None) -> Path | str:
+    """What ``--db`` names: a PostgreSQL connection URI unchanged (a ``str``), else the
+    SQLite ledger's path as ``resolve_ledger_path`` gives it."""
+    if db and _is_dsn(db):
+        return str(db)
+    return resolve_ledger_path(db)
+
+
+def _is_dsn(db: str | os.PathLike[str]) -> bool:
+    from hermes_ledger.ledger.backend import is_dsn
+
+    return is_dsn(db)
 
 
 def _make_home(home: Path) -> None:
