@@ -96,7 +96,6 @@ def _ok(result: Result) -> str:
 def test_status(pg: str, cli: Cli) -> None:
     out = _ok(cli("status", "--db", pg))
     where = pg.split("://", 1)[1]
-    print(out)
     assert "backend:     PostgreSQL (schema v" in out
     assert "events:      9 (head position 9)" in out
     assert "streams:     2" in out
@@ -105,3 +104,168 @@ def test_status(pg: str, cli: Cli) -> None:
     doc = json.loads(_ok(cli("status", "--db", pg, "--json")))
     assert doc["backend"] == "postgresql"
     assert (doc["events"], doc["head"], doc["streams"], doc["sessions"]) == (9, 9, 2, None)
+
+
+def test_events_same_as_sqlite(pg: str, sqlite_db: Path, cli: Cli) -> None:
+    for args in (
+        [],
+        ["--type", "session_started"],
+        ["--session-key", OTHER],
+        ["--session-id", "s2", "--json"],
+        ["--tail", "2"],
+        ["--since", "2026-11-22T09:00:03Z", "--until", "2026-11-22T09:00:06Z"],
+        ["--from", "3", "--to", "4", "--json"],
+    ):
+        on_pg = _ok(cli("events", "--db", pg, *args))
+        assert on_pg == _ok(cli("events", "--db", str(sqlite_db), *args)), args
+    lines = _ok(cli("events", "--db", pg, "--type", "session_started")).splitlines()
+    assert [line.split()[0] for line in lines] == ["1", "5", "7"]
+    assert lines[0].split()[2:] == ["session_started", KEY, "v1", "s1"]
+    limited = cli("events", "--db", pg, "--limit", "2")
+    assert limited.exit_code == 0
+    assert [line.split()[0] for line in limited.stdout.splitlines()] == ["1", "2"]
+    assert "7 more events not shown" in limited.stderr
+
+
+def test_export_same_as_sqlite_and_imports(
+    pg: str, sqlite_db: Path, cli: Cli, tmp_path: Path
+) -> None:
+    def lines(db: str, *args: str) -> list[dict[str, object]]:
+        docs = [json.loads(line) for line in _ok(cli("export", "--db", db, *args)).splitlines()]
+        docs[-1]["manifest"].pop("exported_at")  # type: ignore[union-attr]
+        return docs
+
+    assert lines(pg) == lines(str(sqlite_db))
+    assert lines(pg, "--session-key", KEY) == lines(str(sqlite_db), "--session-key", KEY)
+    text = _ok(cli("export", "--db", pg))
+    assert text.splitlines()[:-1] == _ok(cli("export", "--db", str(sqlite_db))).splitlines()[:-1]
+    out = tmp_path / "pg.jsonl"
+    assert _ok(cli("export", "--db", pg, "-o", str(out))) == (
+        f"Exported 9 events (positions 1-9) to {out}\n"
+    )
+    assert out.read_text() == text or out.read_text().splitlines()[:-1] == text.splitlines()[:-1]
+    restored = tmp_path / "restored.db"
+    _ok(cli("import", str(out), "--db", str(restored)))
+    assert "ok" in _ok(cli("verify", "--db", str(restored)))
+    assert _ok(cli("events", "--db", str(restored))) == _ok(cli("events", "--db", pg))
+    refused = cli("export", "--db", pg, "--format", "csv")
+    assert refused.exit_code == 1
+    assert "Error: the csv export does not work on a PostgreSQL ledger yet" in refused.output
+
+
+def test_replay_verify_search(pg: str, cli: Cli) -> None:
+    out = _ok(cli("verify", "--db", pg))
+    assert out.splitlines() == [
+        "hash chain: ok: 9 events, hash chain intact up to position 9",
+        "projections: not attached (none in this database; `replay` creates them)",
+    ]
+    none = cli("search", "brave", "--db", pg)
+    assert none.exit_code == 1
+    assert "has no projections to search" in none.output and "Try: " in none.output
+    doc = json.loads(_ok(cli("replay", "--db", pg, "--json")))
+    assert doc == {"events": 9, "position": 9}
+    assert _ok(cli("replay", "--db", pg)).startswith(
+        "rebuilt sessions, transcripts from 9 events up to position 9 in "
+    )
+    out = _ok(cli("verify", "--db", pg))
+    assert out.splitlines()[0] == "hash chain: ok: 9 events, hash chain intact up to position 9"
+    assert out.splitlines()[1].startswith("projections: ok: live projections equal a replay")
+    assert json.loads(_ok(cli("verify", "--db", pg, "--json")))["ok"] is True
+    assert "sessions:    2" in _ok(cli("status", "--db", pg))
+    hits = json.loads(_ok(cli("search", "brave", "--db", pg, "--json")))
+    assert [(h["session_id"], h["position"]) for h in hits] == [("s2", 6), ("s1", 2)]
+    lines = _ok(cli("search", "brave", "--db", pg, "--session-key", KEY, "--limit", "1"))
+    assert lines.split("  ", 1)[1] == f"{KEY}  s2  user      [brave] again\n"
+    state = _ok(cli("replay", "--db", pg, "--to", "4", "--json"))
+    assert [r["status"] for r in json.loads(state)["session_map"]] == ["closed"]
+    refused = cli("replay", "--db", pg, "--at", "2026-11-22T09:00:03Z")
+    assert refused.exit_code == 1 and "Try: give --to POSITION" in refused.output
+
+
+def test_erase(pg: str, cli: Cli) -> None:
+    _ok(cli("replay", "--db", pg))
+    dry = json.loads(_ok(cli("erase", "--db", pg, "--session-id", "s1", "--json")))
+    assert dry["dry_run"] is True and dry["events"] == 4 and dry["messages"] == 2
+    assert len(_ok(cli("events", "--db", pg)).splitlines()) == 9  # nothing appended
+    done = json.loads(
+        _ok(cli("erase", "--db", pg, "--session-id", "s1", "--yes", "--requested-by", "dpo",
+                "--json"))
+    )  # fmt: skip
+    assert done["dry_run"] is False and done["position"] == 10
+    rows = [json.loads(line) for line in _ok(cli("events", "--db", pg, "--json")).splitlines()]
+    assert rows[1]["data"]["content"] == "[erased]" and rows[-1]["type"] == "subject_erased"
+    assert json.loads(_ok(cli("verify", "--db", pg, "--json")))["ok"] is True
+    assert json.loads(_ok(cli("search", "hello", "--db", pg, "--json"))) == []
+
+
+NOT_READY = [
+    ["init"], ["vacuum"], ["sessions"], ["history", KEY], ["transcript", "s1"],
+    ["sql", "SELECT 1"], ["import", "x.jsonl"], ["backfill"], ["doctor"], ["tick"],
+    ["anchor"], ["prune", "--older-than", "90d"], ["report", "end-reasons"], ["run"],
+    ["serve"], ["demo"], ["hooks"], ["hooks", "retry"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", NOT_READY, ids=lambda a: " ".join(a[:2]))
+def test_other_commands_refuse(args: list[str], cli: Cli, tmp_path: Path) -> None:
+    """No database is needed to refuse (nothing is opened): an unreachable URI."""
+    dsn = f"postgresql://gw:{SECRET}@127.0.0.1:1/nowhere"
+    result = cli(*args, "--db", dsn)
+    name = "hooks retry" if args == ["hooks", "retry"] else args[0]
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        f"Error: {name} does not work on a PostgreSQL ledger yet",
+        "Try: on a PostgreSQL ledger use " + ", ".join(READY)
+        + "; for this command pass --db with a SQLite ledger file",
+    ]  # fmt: skip
+    assert not list(tmp_path.rglob("*nowhere*")) and not Path("postgresql:").exists()
+
+
+def test_migrate_from_refuses_a_uri(cli: Cli) -> None:
+    result = cli("migrate", "--to", "postgresql://127.0.0.1:1/x", "--from", "postgres://h/y")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: migrate does not work on a PostgreSQL ledger yet\n")
+
+
+def test_ready_commands() -> None:
+    assert postgres_commands(root) == READY
+
+
+def test_env_var_and_password_never_shown(
+    pg: str, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_password = pg.replace("postgresql://", f"postgresql://postgres:{SECRET}@", 1)
+    if "@" in pg:  # the URI names a user already
+        with_password = _uri(pg.replace("postgresql://", "dbname=").split("/")[0], SECRET)
+    monkeypatch.setenv("HERMES_LEDGER_DB", with_password)
+    outputs = [
+        _ok(cli("status")),
+        _ok(cli("status", "--json")),
+        _ok(cli("verify")),
+        _ok(cli("events", "--tail", "1")),
+        cli("sessions").output,
+        cli("search", "x").output,
+        cli("export", "--format", "csv").output,
+    ]
+    assert "events:      9 (head position 9)" in outputs[0]
+    bad = f"postgresql://postgres:{SECRET}@127.0.0.1:1/nowhere"
+    outputs.append(cli("status", "--db", bad).output)
+    assert "Error: cannot connect to PostgreSQL at 127.0.0.1:1/nowhere as postgres" in outputs[-1]
+    assert all(SECRET not in out for out in outputs), outputs
+
+
+def test_installed_script(pg: str, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HERMES_HOME": str(tmp_path / "home")}
+    run = subprocess.run(
+        [installed_script(), "status", "--db", pg, "--json"], env=env, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["events"] == 9
+    refused = subprocess.run(
+        [installed_script(), "sessions"], env={**env, "HERMES_LEDGER_DB": pg},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("Error: sessions does not work on a PostgreSQL ledger yet\n")
+    assert not (tmp_path / "home").exists()

@@ -15,6 +15,7 @@ import click
 from hermes_ledger.gateway.bootstrap import Gateway, open_gateway
 from hermes_ledger.gateway.cli.options import (
     LedgerCommandError,
+    LedgerTarget,
     Seconds,
     db_option,
     hooks_dir_option,
@@ -194,7 +195,7 @@ def run_cmd(
 @click.option(
     "--db",
     "db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LedgerTarget(),  # a postgresql:// URI is refused, as by db_option
     help="The demo's own ledger, replaced on each run. Default: $HERMES_HOME/ledger-demo.db"
     " (never HERMES_LEDGER_DB, the real ledger).",
 )
