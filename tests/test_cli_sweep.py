@@ -30,7 +30,7 @@ from click.testing import CliRunner
 from helpers import installed_script
 
 from hermes_ledger.gateway.cli import cli as root
-from hermes_ledger.gateway.cli.options import Seconds
+from hermes_ledger.gateway.cli.options import Seconds, postgres_commands
 
 # Commands that write a ledger on purpose: a missing or 0-byte --db is theirs to
 # create (init), or they run until stopped (run). Everything else reads.
@@ -352,3 +352,68 @@ def test_sql_non_utf8_query(fixtures: Path, tmp_path: Path) -> None:
             b"--db", os.fsencode(ledger)]  # fmt: skip
     _out, err = _spawn(argv, {"HERMES_HOME": str(tmp_path / "home")}).communicate(timeout=60)
     assert b"Traceback" not in err and b"Error:" in err
+
+
+# -- every command with a PostgreSQL URI (issue 14) ----------------------------------
+
+DB_COMMANDS = [names for names, command in COMMANDS.items() if has(command, "db")]
+
+
+@pytest.fixture(scope="module")
+def pg_uri(fixtures: Path) -> Iterator[str]:
+    """A fresh database on the test server (tests/pg_support.py) holding the sweep's
+    demo ledger, copied by ``migrate``, as a ``postgresql://`` URI."""
+    import psycopg
+    from pg_support import fresh_database
+
+    with fresh_database() as dsn:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        user = f"{info['user']}@" if info.get("user") else ""
+        uri = f"postgresql://{user}{info.get('host', '')}:{info.get('port', 5432)}/{info['dbname']}"
+        done = CliRunner().invoke(
+            root, ["migrate", "--to", uri, "--from", str(fixtures / "ledger.db")],
+            env={"HERMES_HOME": str(fixtures / "h"), "HERMES_LEDGER_DB": ""},
+        )  # fmt: skip
+        assert done.exit_code == 0, done.output
+        yield uri
+
+
+def _pg_head(uri: str) -> tuple[int, int]:
+    import psycopg
+
+    with psycopg.connect(uri) as conn:
+        row = conn.execute("SELECT count(*), max(position) FROM hermes_ledger.events").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+@pytest.mark.parametrize("names", DB_COMMANDS, ids=lambda n: " ".join(n))
+def test_every_command_with_a_dsn(
+    names: tuple[str, ...], pg_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands marked postgres_ready run (exit 0, or 1 with Error/Try); every
+    other one refuses with one message, exit 1, and writes nothing: not in the
+    database, not a file named after the URI."""
+    command = COMMANDS[names]
+    name = " ".join(names)
+    ready = name in postgres_commands(root)
+    monkeypatch.chdir(tmp_path)
+    before = _pg_head(pg_uri)
+    args = [*base_args(names, command), "--db", pg_uri]
+    if name == "import":
+        args.insert(1, str(tmp_path / "x.jsonl"))
+    result = CliRunner().invoke(root, args, env={"HERMES_HOME": str(tmp_path / "home")})
+    output = result.output + (result.stderr if result.stderr_bytes else "")
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), output
+    if ready:
+        assert result.exit_code in (0, 1), output
+        if result.exit_code == 1:
+            assert "Error:" in output and "Try:" in output, output
+        return
+    assert result.exit_code == 1, output
+    assert output.splitlines()[0] == f"Error: {name} does not work on a PostgreSQL ledger yet"
+    assert output.splitlines()[1].startswith("Try: on a PostgreSQL ledger use ")
+    assert _pg_head(pg_uri) == before
+    assert list(tmp_path.iterdir()) == []
