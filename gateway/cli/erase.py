@@ -68,8 +68,8 @@ def erase_cmd(
 
     \b
     Without --yes, prints what would be forgotten and changes nothing. On a
-    PostgreSQL ledger (--db postgresql://…) the same, as a member of
-    hermes_ledger_eraser or the database owner (docs/postgres.md, "Erasure").
+    PostgreSQL ledger (--db postgresql://…) the same, connected as a member of
+    hermes_ledger_eraser or the database owner.
     """
     given = [
         (kind, value)
