@@ -80,7 +80,7 @@ def _uri(dsn: str, password: str | None = None) -> str:
     takes, optionally with a password (the test server trusts local TCP, so it is
     not checked)."""
     info = psycopg.conninfo.conninfo_to_dict(dsn)
-    login = info.get("user") or ""
+    login = info.get("user") or ("postgres" if password is not None else "")
     if password is not None:
         login += f":{password}"
     at = f"{login}@" if login else ""
@@ -234,9 +234,8 @@ def test_ready_commands() -> None:
 def test_env_var_and_password_never_shown(
     pg: str, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with_password = pg.replace("postgresql://", f"postgresql://postgres:{SECRET}@", 1)
-    if "@" in pg:  # the URI names a user already
-        with_password = _uri(pg.replace("postgresql://", "dbname=").split("/")[0], SECRET)
+    with_password = _uri(pg, SECRET)
+    assert SECRET in with_password
     monkeypatch.setenv("HERMES_LEDGER_DB", with_password)
     outputs = [
         _ok(cli("status")),
