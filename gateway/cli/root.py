@@ -37,7 +37,7 @@ def cli() -> None:
     \b
     The ledger lives in $HERMES_HOME/ledger.db (HERMES_HOME defaults to ~/.hermes);
     every command takes --db, or the HERMES_LEDGER_DB environment variable, to use
-    another file.
+    another file (or a postgresql:// ledger, for the commands that say so).
     """
 
 
