@@ -31,7 +31,10 @@ Cli = Callable[..., Result]
 
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
-READY = ["erase", "events", "export", "replay", "search", "status", "verify"]
+READY = [
+    "erase", "events", "export", "history", "replay", "search", "sessions", "status",
+    "transcript", "verify",
+]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
 
 
@@ -198,8 +201,56 @@ def test_erase(pg: str, cli: Cli) -> None:
     assert json.loads(_ok(cli("search", "hello", "--db", pg, "--json"))) == []
 
 
+def test_sessions_history_transcript_same_as_sqlite(pg: str, sqlite_db: Path, cli: Cli) -> None:
+    none = cli("sessions", "--db", pg)
+    assert none.exit_code == 1
+    assert "has no projections" in none.output and "Try: create them with" in none.output
+    _ok(cli("replay", "--db", pg))
+    for args in (
+        ["sessions"],
+        ["sessions", "--json"],
+        ["sessions", "--all"],
+        ["sessions", "--all", "--json"],
+        ["sessions", "--status", "closed", "--status", "open"],
+        ["sessions", "--platform", "discord", "--json"],
+        ["sessions", "--chat-type", "group"],
+        ["sessions", "--user", "ANN", "--all"],
+        ["sessions", "--user", "7", "--json"],
+        ["sessions", "--end-reason", "idle_expiry"],
+        ["sessions", "--since", "2026-11-22T09:00:06Z", "--all"],
+        ["sessions", "--until", "2026-11-22T09:00:06Z", "--all"],
+        ["sessions", "--limit", "1", "--all"],
+        ["sessions", "--platform", "slack"],
+        ["sessions", "--tz", "Europe/Paris"],
+        ["history", KEY],
+        ["history", KEY, "--json"],
+        ["history", OTHER, "--tz", "Asia/Tokyo"],
+        ["transcript", "s1"],
+        ["transcript", "s1", "--json"],
+        ["transcript", "g1"],
+        ["transcript", "s2", "--json"],
+    ):
+        on_pg = _ok(cli(*args, "--db", pg))
+        assert on_pg == _ok(cli(*args, "--db", str(sqlite_db))), args
+    listed = _ok(cli("sessions", "--db", pg, "--all")).splitlines()
+    assert [line.split()[:3] for line in listed[2:4]] == [
+        [OTHER, "g1", "open"], [KEY, "s2", "open"],
+    ]  # fmt: skip
+    said = [line.split(None, 1)[1] for line in _ok(cli("transcript", "s1", "--db", pg)).splitlines()]
+    assert said == ["user      hello brave world", "assistant hi Ann"]
+    assert len(json.loads(_ok(cli("history", KEY, "--db", pg, "--json")))) == 2
+    for args, message in (
+        (["history", "agent:nope"], "Error: no sessions with key 'agent:nope'"),
+        (["transcript", "nope"], "Error: no session with id 'nope'"),
+        (["sessions", "--key", "agent:*"], "Error: choosing keys by a glob (--key) does not"),
+    ):
+        refused = cli(*args, "--db", pg)
+        assert refused.exit_code == 1, refused.output
+        assert refused.output.startswith(message) and "Try: " in refused.output
+
+
 NOT_READY = [
-    ["init"], ["vacuum"], ["sessions"], ["history", KEY], ["transcript", "s1"],
+    ["init"], ["vacuum"],
     ["sql", "SELECT 1"], ["import", "x.jsonl"], ["backfill"], ["doctor"], ["tick"],
     ["anchor"], ["prune", "--older-than", "90d"], ["report", "end-reasons"], ["run"],
     ["serve"], ["demo"], ["hooks"], ["hooks", "retry"],
@@ -243,6 +294,7 @@ def test_env_var_and_password_never_shown(
         _ok(cli("verify")),
         _ok(cli("events", "--tail", "1")),
         cli("sessions").output,
+        cli("history", KEY).output,
         cli("search", "x").output,
         cli("export", "--format", "csv").output,
     ]
@@ -262,9 +314,9 @@ def test_installed_script(pg: str, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["events"] == 9
     refused = subprocess.run(
-        [installed_script(), "sessions"], env={**env, "HERMES_LEDGER_DB": pg},
+        [installed_script(), "vacuum"], env={**env, "HERMES_LEDGER_DB": pg},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert refused.returncode == 1 and refused.stdout == ""
-    assert refused.stderr.startswith("Error: sessions does not work on a PostgreSQL ledger yet\n")
+    assert refused.stderr.startswith("Error: vacuum does not work on a PostgreSQL ledger yet\n")
     assert not (tmp_path / "home").exists()

@@ -21,7 +21,7 @@ from hermes_ledger.gateway.cli.options import (
 )
 from hermes_ledger.gateway.cli.output import print_json, print_table, progress_bar
 from hermes_ledger.gateway.cli.times import Zone, recorded_option, show_time, tz_option
-from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger, resolve_ledger_path
+from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger
 from hermes_ledger.gateway.sessions import reports
 from hermes_ledger.gateway.sessions.listing import SESSION_STATUSES, SessionFilter
 from hermes_ledger.ledger import Ledger
@@ -45,6 +45,7 @@ def _cell(row: dict[str, Any], column: str, zone: Zone) -> Any:
 
 
 @click.command("sessions")
+@postgres_ready
 @db_option
 @click.option("--all", "all_", is_flag=True, help="Include closed and closing sessions.")
 @click.option("--status", "statuses", type=click.Choice(SESSION_STATUSES), multiple=True,
@@ -71,7 +72,7 @@ def _cell(row: dict[str, Any], column: str, zone: Zone) -> Any:
 @reports_errors
 def sessions_cmd(
     tz: Zone,
-    db: Path | None,
+    db: Path | str | None,
     all_: bool,
     statuses: tuple[str, ...],
     platform: str | None,
@@ -96,8 +97,15 @@ def sessions_cmd(
         statuses=statuses, all_=all_, platform=platform, chat_type=chat_type, user=user,
         key=key, since=since, until=until, end_reason=end_reason,
     )  # fmt: skip
-    with reports.open_existing(resolve_ledger_path(db)) as led:
-        rows = reports.sessions(led, which=which, limit=limit)
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions import postgres
+
+        with postgres.open_postgres(target) as log:
+            rows = postgres.sessions(log, which, limit=limit)
+    else:
+        with reports.open_existing(target) as led:
+            rows = reports.sessions(led, which=which, limit=limit)
     columns = ["session_key", "session_id", "status", "updated_at", "message_count"]
     if not rows and not as_json:
         plain = which == SessionFilter(all_=all_)
@@ -107,35 +115,51 @@ def sessions_cmd(
 
 
 @click.command("history")
+@postgres_ready
 @click.argument("session_key")
 @db_option
 @tz_option
 @json_option
 @reports_errors
-def history_cmd(session_key: str, db: Path | None, tz: Zone, as_json: bool) -> None:
+def history_cmd(session_key: str, db: Path | str | None, tz: Zone, as_json: bool) -> None:
     """A key's sessions, oldest first, and endings.
 
     Every session (transcript) SESSION_KEY has had, with how each one ended.
     """
-    with reports.open_existing(resolve_ledger_path(db)) as led:
-        rows = reports.history(led, session_key)
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions import postgres
+
+        with postgres.open_postgres(target) as log:
+            rows = postgres.history(log, session_key)
+    else:
+        with reports.open_existing(target) as led:
+            rows = reports.history(led, session_key)
     columns = ["session_id", "started_at", "ended_at", "end_reason", "message_count"]
     _emit(rows, columns, as_json, tz)
 
 
 @click.command("transcript")
+@postgres_ready
 @click.argument("session_id")
 @db_option
 @json_option
 @reports_errors
-def transcript_cmd(session_id: str, db: Path | None, as_json: bool) -> None:
+def transcript_cmd(session_id: str, db: Path | str | None, as_json: bool) -> None:
     """The messages of one session, in order.
 
     When its messages name more than one person (a group session), each user
     message shows who spoke. --json gives user_id and user_name where known.
     """
-    with reports.open_existing(resolve_ledger_path(db)) as led:
-        messages = reports.transcript(led, session_id)
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions import postgres
+
+        with postgres.open_postgres(target) as log:
+            messages = postgres.transcript(log, session_id)
+    else:
+        with reports.open_existing(target) as led:
+            messages = reports.transcript(led, session_id)
     if as_json:
         print_json(messages)
         return

@@ -1,6 +1,8 @@
 """The commands' library on a PostgreSQL ledger (issue 14): open it with its
 projections when they are there, verify the chain and the projections, rebuild
-them, state at a position, and search. The CLI calls these with the connection
+them, state at a position, search, and the session reads (``sessions``,
+``history``, ``transcript``: the rows ``gateway.sessions.reports`` returns on
+SQLite, the same values in the same order). The CLI calls these with the connection
 URI ``--db`` gave; everything goes through ``PostgresLog`` (an ``EventLog``) and
 ``projections.postgres``.
 
@@ -10,14 +12,19 @@ starts without it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from hermes_ledger.gateway.sessions.listing import SESSION_FIELDS, SessionFilter
+from hermes_ledger.gateway.sessions.reports import HISTORY_COLUMNS
 from hermes_ledger.ledger.backend import POSTGRES_HINT
-from hermes_ledger.ledger.errors import LedgerError
+from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.ledger.errors import InvalidInputError, LedgerError
 from hermes_ledger.ledger.records import VerifyReport as ChainReport
+from hermes_ledger.ledger.transcript import TRANSCRIPT_KEY, transcript_column, transcript_names
 
 if TYPE_CHECKING:
     from hermes_ledger.ledger.postgres import PostgresLog
@@ -29,10 +36,13 @@ if TYPE_CHECKING:
 __all__ = [
     "PostgresVerifyReport",
     "has_projections",
+    "history",
     "open_postgres",
     "rebuild",
     "search",
+    "sessions",
     "state_at",
+    "transcript",
     "verify",
 ]
 
@@ -42,6 +52,44 @@ _HINT_CHAIN = (
 )
 _HINT_PROJECTIONS = "rebuild the projections with `hermes-ledger replay --db URI`"
 _HINT_REPLAY = "create them with `hermes-ledger replay --db URI` (as the database owner)"
+
+# The session reads, as gateway.sessions.listing / reports / reads run them on
+# SQLite. Text is compared and ordered byte for byte (COLLATE "C"), as SQLite's
+# BINARY collation does; the deadline (timestamptz here) is shown as ledger time
+# text. SQLite's NOCASE folds ASCII letters only: so does _ASCII_LOWER.
+_ASCII_LOWER = "translate({}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+SQL_SESSIONS_PAGE = (
+    "SELECT m.session_key, m.session_id, m.status, m.platform, m.chat_type, m.user_id,"
+    " m.user_name, m.display_name, m.created_at, m.updated_at, m.message_count,"
+    " m.input_tokens, m.output_tokens, h.ended_at, h.end_reason, d.deadline"
+    " FROM session_map AS m"
+    " LEFT JOIN session_history AS h ON h.session_id = m.session_id"
+    " LEFT JOIN session_deadlines AS d"
+    " ON d.session_key = m.session_key AND d.session_id = m.session_id"
+    ' WHERE TRUE{where} ORDER BY m.updated_at COLLATE "C" DESC, m.session_key COLLATE "C"'
+    " LIMIT %s"
+)
+_WHERE_STATUS = "m.status = ANY(%s)"
+_WHERE_PLATFORM = "m.platform = %s"
+_WHERE_CHAT_TYPE = "m.chat_type = %s"
+_WHERE_USER = (
+    f"(m.user_id = %s OR {_ASCII_LOWER.format('m.user_name')} = {_ASCII_LOWER.format('%s')})"
+)
+_WHERE_SINCE = 'm.updated_at >= %s COLLATE "C"'
+_WHERE_UNTIL = 'm.updated_at < %s COLLATE "C"'
+_WHERE_END_REASON = "h.end_reason = %s"
+SQL_HISTORY = (
+    f"SELECT {HISTORY_COLUMNS} FROM session_history WHERE session_key = %s"
+    ' ORDER BY started_at COLLATE "C", session_id COLLATE "C"'
+)
+SQL_SESSION_KNOWN = "SELECT 1 FROM session_history WHERE session_id = %s"
+_ALWAYS = ("role", "content")
+_WHEN_SET = ("tool_calls", "tool_name", "tool_call_id", "user_id", "user_name")
+_READ = (*_ALWAYS, "ts", *_WHEN_SET)
+SQL_TRANSCRIPT = (
+    f"SELECT {transcript_names(_READ)} FROM messages WHERE session_id = %s"
+    f" ORDER BY {TRANSCRIPT_KEY}"
+)
 
 
 @contextmanager
@@ -160,3 +208,95 @@ def search(
     return pg_projections.search_messages(
         log, text, session_key=session_key, order=order, limit=limit
     )
+
+
+def _needs_projections(log: PostgresLog) -> None:
+    if not has_projections(log):
+        raise LedgerError(f"the ledger at {log.where} has no projections", hint=_HINT_REPLAY)
+
+
+def _rows(log: PostgresLog, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    from hermes_ledger.ledger.postgres.reading import snapshot
+
+    with snapshot(log) as conn:
+        return [tuple(row) for row in conn.execute(sql, args).fetchall()]
+
+
+def _session_where(which: SessionFilter) -> tuple[str, tuple[Any, ...]]:
+    """``which`` as ``" AND …"`` conditions and their bindings (``SessionFilter.where``
+    on PostgreSQL). ``--key`` (SQLite's GLOB) is not translated yet."""
+    if which.key is not None:
+        raise LedgerError(
+            "choosing keys by a glob (--key) does not work on a PostgreSQL ledger yet",
+            hint="leave --key out and choose by --platform, --chat-type or --user, or run"
+            " `hermes-ledger history KEY --db URI` for one key",
+        )
+    statuses = list(which.wanted_statuses) or None
+    given: list[tuple[str, tuple[Any, ...]]] = [
+        (sql, args)
+        for sql, args in (
+            (_WHERE_STATUS, (statuses,)),
+            (_WHERE_PLATFORM, (which.platform,)),
+            (_WHERE_CHAT_TYPE, (which.chat_type,)),
+            (_WHERE_SINCE, (which.since,)),
+            (_WHERE_UNTIL, (which.until,)),
+            (_WHERE_END_REASON, (which.end_reason,)),
+            (_WHERE_USER, (which.user, which.user)),
+        )
+        if args[0] is not None
+    ]
+    return "".join(f" AND {sql}" for sql, _ in given), tuple(a for _, args in given for a in args)
+
+
+def sessions(
+    log: PostgresLog, which: SessionFilter | None = None, *, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """``reports.sessions`` on PostgreSQL: the keys matching ``which``, most recently
+    active first (at most ``limit``), each a dict with the keys ``SESSION_FIELDS``."""
+    if limit < 0:
+        raise InvalidInputError(f"limit must be >= 0, not {limit}")
+    _needs_projections(log)
+    where, args = _session_where(which or SessionFilter())
+    out = []
+    for row in _rows(log, SQL_SESSIONS_PAGE.format(where=where), (*args, limit)):
+        item = dict(zip(SESSION_FIELDS, row, strict=True))
+        if item["next_deadline"] is not None:
+            item["next_deadline"] = format_utc(item["next_deadline"])
+        out.append(item)
+    return out
+
+
+def history(log: PostgresLog, session_key: str) -> list[dict[str, Any]]:
+    """``reports.history`` on PostgreSQL: every session a key has had, oldest first."""
+    _needs_projections(log)
+    names = [c.strip() for c in HISTORY_COLUMNS.split(",")]
+    rows = [dict(zip(names, r, strict=True)) for r in _rows(log, SQL_HISTORY, (session_key,))]
+    if not rows:
+        raise LedgerError(
+            f"no sessions with key {session_key!r}",
+            hint="list keys with `hermes-ledger sessions --all --db URI`",
+        )
+    return rows
+
+
+def transcript(log: PostgresLog, session_id: str) -> list[dict[str, Any]]:
+    """``reports.transcript`` on PostgreSQL: the session's messages in order (Hermes
+    shape, with user_id / user_name where known)."""
+    _needs_projections(log)
+    if not _rows(log, SQL_SESSION_KNOWN, (session_id,)):
+        raise LedgerError(
+            f"no session with id {session_id!r}",
+            hint="find ids with `hermes-ledger sessions --db URI` or `hermes-ledger history KEY"
+            " --db URI`",
+        )
+    out = []
+    for row in _rows(log, SQL_TRANSCRIPT, (session_id,)):
+        values = dict(zip(_READ, row, strict=True))
+        message: dict[str, Any] = {name: values[name] for name in _ALWAYS}
+        message["timestamp"] = values["ts"]
+        for name in _WHEN_SET:
+            value = values[name]
+            if value is not None:
+                message[name] = json.loads(value) if transcript_column(name).json else value
+        out.append(message)
+    return out

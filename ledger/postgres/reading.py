@@ -29,7 +29,14 @@ from hermes_ledger.ledger.postgres.log import PostgresLog
 from hermes_ledger.ledger.query import EventFilter
 from hermes_ledger.ledger.records import Recorded
 
-__all__ = ["PostgresStatus", "export", "export_jsonl", "matching_events", "status"]
+__all__ = [
+    "PostgresStatus",
+    "export",
+    "export_jsonl",
+    "matching_events",
+    "snapshot",
+    "status",
+]
 
 Connection = psycopg.Connection[Any]
 Progress = Callable[[int, int], None]
@@ -85,7 +92,7 @@ class PostgresStatus:
 
 
 @contextmanager
-def _snapshot(log: PostgresLog) -> Iterator[Connection]:
+def snapshot(log: PostgresLog) -> Iterator[Connection]:
     """One read-only repeatable-read transaction on the log's connection."""
     conn = log.connection
     try:
@@ -101,7 +108,7 @@ def _snapshot(log: PostgresLog) -> Iterator[Connection]:
 
 def status(log: PostgresLog) -> PostgresStatus:
     """Counts, head and times of ``log``, in one snapshot."""
-    with _snapshot(log) as conn:
+    with snapshot(log) as conn:
         row: Any = conn.execute(SQL_STATUS).fetchone()
         head_hash: Any = conn.execute(SQL_HEAD_HASH).fetchone()
         version: Any = conn.execute(SQL_SCHEMA_VERSION).fetchone()
@@ -155,7 +162,7 @@ def matching_events(
     if limit is not None and tail is not None:
         raise InvalidInputError("give a limit or a tail, not both")
     where, args = _where(events or EventFilter())
-    with _snapshot(log) as conn:
+    with snapshot(log) as conn:
         if tail is not None:
             for row in conn.execute(SQL_TAIL.format(where=where), (*args, tail)):
                 yield Recorded(*row)
@@ -225,7 +232,7 @@ def export_jsonl(
     count = after = 0
     first: int | None = None
     last_hash: str | None = None
-    with _snapshot(log) as conn:
+    with snapshot(log) as conn:
         while True:
             rows = conn.execute(SQL_EXPORT_PAGE.format(where=where), (after, *args, _PAGE))
             page = rows.fetchall()
