@@ -23,22 +23,20 @@ deliveries across hosts"):
   expected version, so two runners racing on one session produce one close (the
   log's ``events_one_end_per_session`` index is the last line of defence).
 
-``SessionCloser`` is written against the SQLite ``Ledger``; ``_LogReads`` gives it
-what it uses of one (``append``, and ``query`` for its two standard-SQL reads) over
-a ``PostgresLog`` until the gateway moves behind the backend interface.
+``SessionCloser`` and the key's state (``reads.read_key_state``) are the session
+code's, written once for both backends: they run over the ``PostgresLog`` through
+``gateway.sessions.postgres_reads.LogReads`` (what they use of a ``Ledger``), as
+the session store does on PostgreSQL.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import socket
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 
@@ -51,16 +49,13 @@ from hermes_ledger.gateway.sessions.closing import (
     SessionCloser,
     expiry_cause,
 )
-from hermes_ledger.gateway.sessions.sources import SessionSource
+from hermes_ledger.gateway.sessions.postgres_reads import over_postgres
+from hermes_ledger.gateway.sessions.reads import read_key_state
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
-from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
-from hermes_ledger.ledger.errors import LedgerError
-from hermes_ledger.ledger.events import EventModel
 from hermes_ledger.ledger.postgres import PostgresLog
 from hermes_ledger.ledger.postgres.schema import SCHEMA
-from hermes_ledger.ledger.records import AppendResult, Recorded
-from hermes_ledger.ledger.versions import ExpectedVersion
+from hermes_ledger.ledger.records import Recorded
 
 __all__ = [
     "DeadlineProjector",
@@ -108,13 +103,6 @@ SQL_RELEASE = (
     " deadline = coalesce(%s, deadline) WHERE session_key = %s AND claimed_by = %s"
 )
 SQL_DONE = "DELETE FROM session_deadlines WHERE session_key = %s AND session_id = %s"
-SQL_KEY_STATE = (
-    "SELECT (SELECT max(version) FROM events WHERE stream = %(key)s), m.session_id, m.status,"
-    " m.updated_at, m.origin FROM (SELECT 1) AS one"
-    " LEFT JOIN session_map AS m ON m.session_key = %(key)s"
-)
-
-_QMARK = re.compile(r"\?(?!\d)")
 
 
 # -- the deadline rows -------------------------------------------------------------------
@@ -179,43 +167,6 @@ def claim_due(
 # -- the close, on the PostgreSQL log -------------------------------------------------
 
 
-class _LogReads:
-    """What ``SessionCloser`` uses of a ``Ledger``, over a ``PostgresLog``: ``append``,
-    and ``query`` for its standard-SQL reads (``?`` placeholders, run as ``%s``)."""
-
-    def __init__(self, log: PostgresLog) -> None:
-        self.log = log
-
-    def append(
-        self,
-        stream: str,
-        events: Iterable[EventModel | Mapping[str, Any]],
-        expected_version: ExpectedVersion,
-        *,
-        meta: Mapping[str, Any] | None = None,
-    ) -> AppendResult:
-        return self.log.append(stream, events, expected_version, meta=meta)
-
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        if re.search(r"\?\d", sql):
-            raise LedgerError("numbered placeholders cannot be run on PostgreSQL here")
-        try:
-            return self.log.connection.execute(
-                _QMARK.sub("%s", sql.replace("%", "%%")), args
-            ).fetchall()
-        except psycopg.Error as exc:
-            raise LedgerError(f"{self.log.where}: {str(exc).strip()}") from exc
-
-
-@dataclass(frozen=True)
-class _KeyState:
-    version: int
-    session_id: str | None
-    status: str | None
-    updated_at: datetime | None
-    origin: SessionSource | None
-
-
 class PostgresScheduler:
     """Closes the due sessions of a PostgreSQL ledger; any number of them, on any
     hosts, may tick at once (``ticks.Scheduler``'s parameters, plus ``lease``: how
@@ -240,33 +191,24 @@ class PostgresScheduler:
         lease: timedelta | None = None,
         name: str | None = None,
     ) -> None:
-        from hermes_ledger.projections import postgres as pg_projections
-
         self.log = log
         self.config = config or GatewayConfig()
         self.clock = clock or system_clock
         self.batch = batch
         self.lease = lease or timedelta(seconds=flush_timeout + 60)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.reads = over_postgres(log)  # what the session code uses of a Ledger
         self.closer = SessionCloser(
-            cast(Ledger, _LogReads(log)),  # what it uses of a Ledger (see _LogReads)
+            self.reads,
             flusher,
             flush_timeout=flush_timeout,
             retry=RetryPolicy(max_flush_attempts, flush_retry_delay),
         )
-        pg_projections.attach(log)
-        log.add_inline_projector(DeadlineProjector(self.config))
+        log.add_inline_projector(DeadlineProjector(self.config))  # after the projections
 
     @property
     def _conn(self) -> Connection:
         return self.log.connection
-
-    def _key_state(self, key: str) -> _KeyState:
-        row = self._conn.execute(SQL_KEY_STATE, {"key": key}).fetchone()
-        assert row is not None
-        version, sid, status, updated, origin = row
-        source = SessionSource.from_dict(json.loads(origin)) if origin else None
-        return _KeyState(version or 0, sid, status, parse_utc(updated) if updated else None, source)
 
     def _rederive(self, key: str) -> None:
         with self._conn.transaction():
@@ -289,7 +231,7 @@ class PostgresScheduler:
                 return report
 
     def _close_one(self, key: str, session_id: str, now: datetime, report: TickReport) -> None:
-        state = self._key_state(key)
+        state = read_key_state(self.reads, key)
         if state.session_id != session_id or state.status == "closed":
             self._rederive(key)
             report.skipped += 1

@@ -4,6 +4,11 @@ A key's state (stream version and current session) is read in one statement (one
 snapshot), so the version is the one the status was read at: an append with that
 expected version fails if anything changed since. Transcripts are the message
 dicts the gateway hands out, read from the ``messages`` projection.
+
+The statements are standard SQL over tables both backends have (``events`` and
+the projections), so they are written once: ``session_ledger`` gives the session
+code what it reads and appends through for the backend it was given (a SQLite
+``Ledger`` itself; a ``PostgresLog`` through ``postgres_reads.LogReads``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.ledger import Ledger
@@ -19,13 +24,31 @@ from hermes_ledger.ledger.clock import parse_utc
 from hermes_ledger.ledger.transcript import TRANSCRIPT_KEY, transcript_column, transcript_names
 from hermes_ledger.projections.tables import MESSAGES
 
-__all__ = ["KeyState", "load_transcript", "read_key_state"]
+if TYPE_CHECKING:
+    from hermes_ledger.gateway.sessions.postgres_reads import LogReads
+    from hermes_ledger.ledger.postgres import PostgresLog
+
+__all__ = ["KeyState", "load_transcript", "read_key_state", "session_ledger"]
 
 SQL_KEY_STATE = (
     "SELECT (SELECT max(version) FROM events WHERE stream = ?1), m.session_id, m.status,"
     " m.updated_at, m.origin"
-    " FROM (SELECT 1) LEFT JOIN session_map AS m ON m.session_key = ?1"
+    " FROM (SELECT 1) AS one LEFT JOIN session_map AS m ON m.session_key = ?1"
 )
+
+
+def session_ledger(ledger: Ledger | PostgresLog | LogReads) -> Ledger:
+    """What the session code (store, closer, these reads) uses for ``ledger``'s
+    backend, its projections attached: a SQLite ``Ledger`` itself, a ``PostgresLog``
+    as ``postgres_reads.LogReads`` (psycopg is imported only then)."""
+    if isinstance(ledger, Ledger):
+        from hermes_ledger.projections import attach
+
+        attach(ledger)
+        return ledger
+    from hermes_ledger.gateway.sessions.postgres_reads import over_postgres
+
+    return over_postgres(ledger)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.sessions.closing import (
@@ -34,7 +34,12 @@ from hermes_ledger.gateway.sessions.keys import (
     validate_session_id,
     validate_session_key,
 )
-from hermes_ledger.gateway.sessions.reads import KeyState, load_transcript, read_key_state
+from hermes_ledger.gateway.sessions.reads import (
+    KeyState,
+    load_transcript,
+    read_key_state,
+    session_ledger,
+)
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.ledger import ConcurrencyError, Ledger, LedgerError
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
@@ -47,7 +52,9 @@ from hermes_ledger.ledger.events import (
     UsageRecorded,
     parse,
 )
-from hermes_ledger.projections import attach
+
+if TYPE_CHECKING:
+    from hermes_ledger.ledger.postgres import PostgresLog
 
 __all__ = ["SessionClosedError", "SessionEntry", "SessionStore", "UnknownSessionError"]
 
@@ -73,7 +80,7 @@ _ENTRY_COLUMNS = (
 # a message for a session that is already open).
 SQL_STATE_AND_ENTRY = (
     f"SELECT (SELECT max(version) FROM events WHERE stream = ?1), {_ENTRY_COLUMNS}"
-    " FROM (SELECT 1) LEFT JOIN session_map AS m ON m.session_key = ?1"
+    " FROM (SELECT 1) AS one LEFT JOIN session_map AS m ON m.session_key = ?1"
     " LEFT JOIN session_history AS h ON h.session_id = m.session_id"
 )
 SQL_ENTRY_BY_ID = (
@@ -184,14 +191,19 @@ def new_session_id(now: datetime) -> str:
 class SessionStore:
     """Sessions over a ledger: ``get_or_create_session``, ``append_to_transcript``, …
 
-    ``config`` (a GatewayConfig; defaults: reset mode ``none``) decides keys and
-    reset policies; ``clock`` returns an aware datetime (default: the system
-    clock); ``flusher`` receives a closing session's transcript.
+    ``ledger`` is a SQLite ``Ledger`` or a ``PostgresLog`` (the same semantics on
+    both: expected versions on the key's stream, reads from the projections, which
+    the store attaches). On PostgreSQL every writer should also keep the deadlines
+    and the hook outbox (``PostgresScheduler`` attaches the first,
+    ``postgres_delivery.attach_outbox`` the second). ``config`` (a GatewayConfig;
+    defaults: reset mode ``none``) decides keys and reset policies; ``clock``
+    returns an aware datetime (default: the system clock); ``flusher`` receives a
+    closing session's transcript.
     """
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Ledger | PostgresLog,
         config: GatewayConfig | None = None,
         clock: Clock | None = None,
         *,
@@ -200,15 +212,17 @@ class SessionStore:
         session_ids: Callable[[datetime], str] = new_session_id,
         before_session_event: Callable[[], object] | None = None,
     ) -> None:
-        self.ledger = ledger
+        self.log = ledger
+        """The ledger the store was given (a ``Ledger`` or a ``PostgresLog``)."""
+        self.ledger = session_ledger(ledger)
+        """What the store reads and appends through (``reads.session_ledger``)."""
         self.config = config or GatewayConfig()
         self.clock = clock or system_clock
-        self._closer = SessionCloser(ledger, flusher, flush_timeout=flush_timeout)
+        self._closer = SessionCloser(self.ledger, flusher, flush_timeout=flush_timeout)
         self._new_id = session_ids
         # called before a start or a close is appended (the composition root
         # registers newly installed hooks there: hooks.HookRegistrar)
         self._before_session_event = before_session_event or (lambda: None)
-        attach(ledger)
 
     # -- reading ---------------------------------------------------------------
 
