@@ -174,8 +174,7 @@ class _Restore:
         """Each line's ``occurred_at`` (when it has one) is the business time the
         ledger derives from the row: it is not stored, so a line that says otherwise
         was edited."""
-        bounds = (self.pending[0][0], self.pending[-1][0])
-        rows = self.conn.execute(SQL_OCCURRED_AT_RANGE, bounds)
+        rows = self.derived_occurred_at(self.pending[0][0], self.pending[-1][0])
         for (position, derived), given, n in zip(
             rows, self.pending_occurred, self.pending_lines, strict=True
         ):
@@ -187,6 +186,16 @@ class _Restore:
                     hint="the file was edited after it was exported; nothing was imported. "
                     "Export the ledger again",
                 )
+
+    def derived_occurred_at(self, first: int, last: int) -> Iterable[tuple[int, str]]:
+        """(position, occurred_at) the ledger derived for the rows ``first..last``."""
+        return cast(
+            Iterable[tuple[int, str]], self.conn.execute(SQL_OCCURRED_AT_RANGE, (first, last))
+        )
+
+    def payload_problem(self) -> tuple[int | None, str] | None:
+        """``verify``'s payload check of the rows written (``erasure.check_payloads``)."""
+        return check_payloads(self.conn, self.position)
 
     def finish(self, lines: int) -> RestoreResult:
         self.flush()
@@ -226,7 +235,7 @@ class _Restore:
                     f"before it give {actual!r}: events are missing or were added",
                     line=n,
                 )
-        bad = check_payloads(self.conn, self.position)
+        bad = self.payload_problem()
         if bad is not None:
             where = f"position {bad[0]}: " if bad[0] is not None else ""
             raise RestoreError(f"{where}{bad[1]}", hint="export the ledger again")

@@ -32,8 +32,8 @@ Cli = Callable[..., Result]
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
-    "erase", "events", "export", "history", "replay", "search", "sessions", "status",
-    "transcript", "verify",
+    "erase", "events", "export", "history", "import", "replay", "search", "sessions",
+    "status", "transcript", "verify",
 ]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
 
@@ -249,9 +249,81 @@ def test_sessions_history_transcript_same_as_sqlite(pg: str, sqlite_db: Path, cl
         assert refused.output.startswith(message) and "Try: " in refused.output
 
 
+@pytest.mark.parametrize("erased", [False, True], ids=["plain", "after-an-erasure"])
+def test_export_import_round_trip(
+    erased: bool, sqlite_db: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """SQLite -> JSONL -> PostgreSQL -> JSONL -> SQLite: the same file each time."""
+    if erased:
+        _ok(cli("erase", "--db", str(sqlite_db), "--session-id", "s1", "--yes",
+                "--requested-by", "dpo"))  # fmt: skip
+    first, second, third = (tmp_path / f"{n}.jsonl" for n in ("first", "second", "third"))
+    _ok(cli("export", "--db", str(sqlite_db), "-o", str(first)))
+    with fresh_database() as dsn:
+        uri = _uri(dsn)
+        done = _ok(cli("import", str(first), "--db", uri))
+        count = 10 if erased else 9
+        assert done.startswith(f"Imported {count} events into ") and uri.rsplit("/")[-1] in done
+        assert "hash chain verified up to position" in done
+        assert json.loads(_ok(cli("verify", "--db", uri, "--json")))["ok"] is True
+        _ok(cli("export", "--db", uri, "-o", str(second)))
+        again = cli("import", str(first), "--db", uri)
+        assert again.exit_code == 1
+        assert "already has events; an export is restored only into an empty ledger" in (
+            again.output
+        )
+        assert "Try: import into a new, empty database" in again.output
+        assert _ok(cli("events", "--db", uri)) == _ok(cli("events", "--db", str(sqlite_db)))
+    back = tmp_path / "back.db"
+    _ok(cli("import", str(second), "--db", str(back)))
+    _ok(cli("export", "--db", str(back), "-o", str(third)))
+
+    def body(path: Path) -> list[str]:
+        lines = path.read_text().splitlines()
+        manifest = json.loads(lines[-1])
+        manifest["manifest"].pop("exported_at")
+        return [*lines[:-1], json.dumps(manifest)]
+
+    assert body(first) == body(second) == body(third)
+    assert len(body(first)) == (11 if erased else 10)
+
+
+def test_import_refuses_bad_input_and_writes_nothing(cli: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "src.db"
+    _fill(source, ManualClock())
+    good = tmp_path / "good.jsonl"
+    _ok(cli("export", "--db", str(source), "-o", str(good)))
+    lines = good.read_text().splitlines(keepends=True)
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(lines[:4]) + lines[4].replace('"v', '"w', 1) + "".join(lines[5:]))
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_text("".join(lines[:-1]))
+    with fresh_database() as dsn:
+        uri = _uri(dsn)
+        for path, message in (
+            (edited, "Error: line 5: "),
+            (truncated, "Error: the input ends after line 9 without the export's manifest"),
+            (tmp_path / "missing.jsonl", "Error: there is no file "),
+        ):
+            refused = cli("import", str(path), "--db", uri)
+            assert refused.exit_code == 1, refused.output
+            assert refused.output.startswith(message), refused.output
+            assert "Traceback" not in refused.output
+            assert json.loads(_ok(cli("status", "--db", uri, "--json")))["events"] == 0
+        for option in ("--erasures-from", "--from-hermes"):
+            refused = cli("import", str(good), option, str(source), "--db", uri)
+            assert refused.exit_code == 1
+            assert refused.output.startswith(
+                f"Error: import {option} does not work on a PostgreSQL ledger yet\nTry: "
+            )
+        restored = json.loads(_ok(cli("import", str(good), "--db", uri, "--json")))
+        assert (restored["count"], restored["last_position"]) == (9, 9)
+        assert SECRET not in restored["ledger"] and "@" not in restored["ledger"].split(" as ")[0]
+
+
 NOT_READY = [
     ["init"], ["vacuum"],
-    ["sql", "SELECT 1"], ["import", "x.jsonl"], ["backfill"], ["doctor"], ["tick"],
+    ["sql", "SELECT 1"], ["backfill"], ["doctor"], ["tick"],
     ["anchor"], ["prune", "--older-than", "90d"], ["report", "end-reasons"], ["run"],
     ["serve"], ["demo"], ["hooks"], ["hooks", "retry"],
 ]  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -301,6 +301,7 @@ def export_cmd(
 
 
 @click.command("import")
+@postgres_ready
 @db_option
 @click.argument(
     "source",
@@ -323,7 +324,7 @@ def export_cmd(
 @json_option
 @reports_errors
 def import_cmd(
-    db: Path | None,
+    db: Path | str | None,
     source: str | None,
     hermes_home: Path | None,
     erasures_from: Path | None,
@@ -342,11 +343,22 @@ def import_cmd(
     without changing it, and appends its sessions, messages, usage and ends to the
     ledger, one stream per session key. Importing again appends only what is new.
     Problems that leave something out are printed as warnings on stderr.
+
+    \b
+    --db postgresql://… restores the export into an empty PostgreSQL ledger (the
+    same checks, the same rows; not --from-hermes or --erasures-from).
     """
+    if isinstance(db, str) and (hermes_home is not None or erasures_from is not None):
+        option = "--from-hermes" if hermes_home is not None else "--erasures-from"
+        raise LedgerError(
+            f"import {option} does not work on a PostgreSQL ledger yet",
+            hint=f"import into a SQLite ledger file (--db FILE), then `hermes-ledger migrate"
+            f" --from FILE --to URI`; or leave {option} out to restore an export",
+        )
     if hermes_home is not None:
         if source is not None:
             raise click.UsageError("give either SOURCE or --from-hermes, not both")
-        _import_hermes(hermes_home, db, as_json)
+        _import_hermes(hermes_home, cast(Path | None, db), as_json)
         return
     if source is None:
         source = "-"
@@ -356,16 +368,22 @@ def import_cmd(
             hint="hermes-ledger import FILE, or pipe one in: "
             "hermes-ledger export --db OLD.db | hermes-ledger import --db NEW.db",
         )
-    path = resolve_ledger_path(db)
     # The export's length is only known at its manifest line: the bar counts events.
     with progress_bar("importing", show=not as_json) as progress:
         counted = None if progress is None else (lambda count: progress(count, -1))
-        result = import_jsonl(
-            path, source, stdin=sys.stdin.buffer, progress=counted, erasures_from=erasures_from
-        )
+        if isinstance(db, str):  # LedgerTarget: a str is a postgresql:// URI
+            from hermes_ledger.gateway.sessions.postgres import restore_export
+
+            result, path = restore_export(db, source, stdin=sys.stdin.buffer, progress=counted)
+        else:
+            path = str(resolve_ledger_path(db))
+            result = import_jsonl(
+                path, source, stdin=sys.stdin.buffer, progress=counted,
+                erasures_from=erasures_from,
+            )  # fmt: skip
     if as_json:
         restored = {
-            "ledger": str(path),
+            "ledger": path,
             "count": result.count,
             "last_position": result.last_position,
             "last_hash": result.last_hash,

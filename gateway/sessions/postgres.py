@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from hermes_ledger.gateway.sessions.listing import SESSION_FIELDS, SessionFilter
 from hermes_ledger.gateway.sessions.reports import HISTORY_COLUMNS
@@ -28,6 +28,7 @@ from hermes_ledger.ledger.transcript import TRANSCRIPT_KEY, transcript_column, t
 
 if TYPE_CHECKING:
     from hermes_ledger.ledger.postgres import PostgresLog
+    from hermes_ledger.ledger.restore import RestoreResult
     from hermes_ledger.projections import RebuildReport
     from hermes_ledger.projections import VerifyReport as ProjectionsReport
     from hermes_ledger.projections.postgres import MessageHit
@@ -39,6 +40,7 @@ __all__ = [
     "history",
     "open_postgres",
     "rebuild",
+    "restore_export",
     "search",
     "sessions",
     "state_at",
@@ -173,6 +175,25 @@ def verify(
     from hermes_ledger.projections import postgres as pg_projections
 
     return PostgresVerifyReport(chain, pg_projections.verify(log))
+
+
+def restore_export(
+    dsn: str,
+    source: str | None,
+    *,
+    stdin: IO[bytes] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[RestoreResult, str]:
+    """``hermes-ledger import`` into the empty PostgreSQL ledger ``dsn``: the JSONL
+    export ``source`` (a path, ``-`` or None for stdin), opened before the database
+    (a missing file touches nothing), restored by ``ledger.postgres.restore``.
+    Returns the result and the ledger as ``host:port/dbname as user``."""
+    from hermes_ledger.ledger.restore import open_input
+
+    with open_input(source, stdin) as stream, open_postgres(dsn, projections=False) as log:
+        from hermes_ledger.ledger.postgres.restore import restore_jsonl
+
+        return restore_jsonl(log, stream, progress=progress), log.where
 
 
 def rebuild(log: PostgresLog) -> RebuildReport:
