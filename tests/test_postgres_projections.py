@@ -6,6 +6,7 @@ search; a projector failure rolls the append back."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from hermes_ledger.ledger.events import (
 )
 from hermes_ledger.ledger.postgres import WRITER_ROLE, PostgresLog
 from hermes_ledger.projections import postgres as pgp
+from hermes_ledger.projections.postgres import projector
 
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
@@ -461,3 +463,174 @@ def test_the_writer_role_appends_with_projections_attached(
     state = pgp.live_state(log)
     assert [m["content"] for m in state.transcripts["s1"]] == ["behind", "writer"]
     assert pgp.verify(log).ok
+
+
+# -- a batch writes the rows of its events one by one ------------------------------------
+
+TEXTS = ['say "hi"', "back\\slash", "two\nlines", "café déjà vu", "東京 🚀", "", None]
+
+
+def _when(rng: random.Random) -> str | None:
+    """An occurred_at for three events in ten (fractions, offsets), else None."""
+    if rng.random() >= 0.3:
+        return None
+    hour, minute, micros = rng.randrange(8, 12), rng.randrange(60), rng.randrange(10**6)
+    return f"2026-11-22T{hour:02}:{minute:02}:00.{micros:06}+0{rng.randrange(3)}:00"
+
+
+def _session_event(rng: random.Random, kind: str, sid: str, n: int) -> list[EventModel]:
+    text = rng.choice(TEXTS)
+    if kind == "say":
+        return [
+            MessageAppended(
+                session_id=sid,
+                role=rng.choice(["user", "assistant"]),
+                content=text,
+                synthetic=rng.random() < 0.15,
+                input_tokens=rng.randrange(9),
+                user_id="u1",
+                platform_message_id=f"m{n}",
+                occurred_at=_when(rng),
+            )
+        ]
+    if kind == "tool":
+        call = {"id": f"c{n}", "function": {"name": "t", "arguments": text or ""}}
+        return [
+            MessageAppended(
+                session_id=sid,
+                role="assistant",
+                content=None,
+                output_tokens=rng.randrange(99),
+                tool_calls=[call],
+            ),
+            MessageAppended(
+                session_id=sid, role="tool", content=text, tool_name="t", tool_call_id=f"c{n}"
+            ),
+        ]
+    if kind == "usage":
+        return [
+            UsageRecorded(
+                session_id=sid,
+                input_tokens=rng.randrange(500),
+                output_tokens=rng.randrange(50),
+                cache_read_tokens=rng.randrange(9),
+                cost_usd=rng.random(),
+                occurred_at=_when(rng),
+            )
+        ]
+    if kind == "reset":
+        return [SessionReset(session_id=sid, trigger="/new", occurred_at=_when(rng))]
+    if kind == "expire":
+        return [
+            SessionExpired(
+                session_id=sid,
+                reason="idle",
+                deadline="2026-11-22T09:30:00.25+01:00",
+                evaluated_at="2026-11-22T09:31:00Z",
+            )
+        ]
+    if kind == "flush":
+        return [
+            rng.choice(
+                [
+                    MemoryFlushed(session_id=sid, provider="p", detail=text),
+                    MemoryFlushFailed(session_id=sid, provider="p", error="e"),
+                    MemoryFlushSkipped(session_id=sid, reason="empty"),
+                ]
+            )
+        ]
+    assert kind == "end"
+    return [SessionEnded(session_id=sid, reason="idle_expiry", occurred_at=_when(rng))]
+
+
+def mixed_events(
+    rng: random.Random, keys: Sequence[str], count: int
+) -> list[tuple[str, EventModel]]:
+    """``count`` events over ``keys``, each key's sessions in a valid order: starts
+    (first, resets, auto-resets), messages (some synthetic, some with an occurred_at
+    offset), tool calls and results, usage with cost, resets, expiries, flushes, ends."""
+    current: dict[str, tuple[str, str]] = {}  # key -> (session id, open | closing | closed)
+    kinds = ["say", "tool", "usage", "reset", "expire", "flush", "end"]
+    out: list[tuple[str, EventModel]] = []
+    while len(out) < count:
+        key = rng.choice(keys)
+        sid, status = current.get(key, ("", "none"))
+        if status in ("none", "closed"):
+            new = f"{key.rsplit(':', 1)[-1]}-s{len(out)}"
+            reason = "first" if status == "none" else rng.choice(["manual_reset", "auto_reset"])
+            start = SessionStarted(
+                session_id=new,
+                source=GROUP if "group" in key else SOURCE,
+                reason=reason,
+                previous_session_id=sid or None,
+            )
+            out.append((key, start))
+            current[key] = (new, "open")
+            continue
+        kind = rng.choices(kinds, weights=[10, 3, 3, 1, 1, 1, 1])[0]
+        if kind in ("reset", "expire") and status != "open":
+            continue
+        out.extend((key, e) for e in _session_event(rng, kind, sid, len(out)))
+        if kind in ("reset", "expire", "end"):
+            current[key] = (sid, "closed" if kind == "end" else "closing")
+    return out[:count]
+
+
+def test_a_1000_event_batch_of_several_keys_gives_the_rows_of_one_by_one(
+    tmp_path: Path, pg_dsn: str, clock: ManualClock
+) -> None:
+    """One by one (SQLite, and PostgreSQL with projections) against one batch: a log
+    appended by a process without projections, then caught up by the next projected
+    append (every event in one apply, four keys mixed), then rebuilt (again one)."""
+    events = mixed_events(random.Random(14), [*KEYS[:3], OTHER], 1000)
+    assert len({type(e) for _, e in events}) == 9  # every kind of session event
+    with (
+        fresh_database() as batched_dsn,
+        PostgresLog.open(pg_dsn, clock=clock) as one,
+        PostgresLog.open(batched_dsn, clock=clock) as batched,
+        PostgresLog.open(batched_dsn, clock=clock) as bare,
+        Ledger.open(tmp_path / "ledger.db", clock=clock) as led,
+    ):
+        projections.attach(led)
+        pgp.attach(one)
+        pgp.attach(batched)  # empty tables, checkpoints at 0
+        for n, (key, event) in enumerate(events, start=1):
+            led.append(key, [event])
+            one.append(key, [event])
+            (batched if n == len(events) else bare).append(key, [event])
+            clock.advance(seconds=1)
+        assert len(events) == projector.BATCH  # the catch-up was one batch
+        sqlite = projections.live_state(led)
+        by_one, caught_up = pgp.live_state(one), pgp.live_state(batched)
+        assert caught_up.session_history == by_one.session_history == sqlite.session_history
+        assert caught_up.session_map == by_one.session_map == sqlite.session_map
+        assert caught_up.transcripts == by_one.transcripts == sqlite.transcripts
+        assert len(sqlite.session_map) == 4 and len(sqlite.session_history) > 20
+        pgp.rebuild(batched)
+        assert pgp.live_state(batched) == sqlite
+        assert pgp.verify(batched).ok
+
+
+def test_one_append_of_1000_events_gives_the_rows_of_one_by_one(
+    tmp_path: Path, pg_dsn: str, clock: ManualClock
+) -> None:
+    """The append path: 1,000 events of one key (sessions started, reset, expired and
+    ended within the call) in one PostgresLog.append, against the same events one by
+    one on SQLite and on PostgreSQL (the clock stands still: the same recorded_at)."""
+    events = [e for _, e in mixed_events(random.Random(7), [KEY], 1000)]
+    with (
+        fresh_database() as batched_dsn,
+        PostgresLog.open(pg_dsn, clock=clock) as one,
+        PostgresLog.open(batched_dsn, clock=clock) as batched,
+        Ledger.open(tmp_path / "ledger.db", clock=clock) as led,
+    ):
+        projections.attach(led)
+        pgp.attach(one)
+        pgp.attach(batched)
+        batched.append(KEY, events)
+        for event in events:
+            led.append(KEY, [event])
+            one.append(KEY, [event])
+        sqlite = projections.live_state(led)
+        assert len(sqlite.session_history) > 20
+        assert pgp.live_state(batched) == pgp.live_state(one) == sqlite

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
+from itertools import islice
 from typing import Any
 
 import apsw
@@ -50,6 +51,13 @@ EVAL_TRANSCRIPT_ROW = compact(
     "SELECT " + transcript_values(**_BOUND) + " WHERE NOT " + SYNTHETIC.format(body="?4")
 )
 """The transcript row of a message (none for a synthetic turn), bound ?1..?5."""
+_ITEM = {name: f"(j.value ->> {i})" for i, name in enumerate(_BOUND)}
+EVAL_TRANSCRIPT_ROWS = compact(
+    "SELECT " + transcript_values(**_ITEM) + " FROM json_each(?1) AS j"
+    " WHERE NOT " + SYNTHETIC.format(body=_ITEM["body"]) + " ORDER BY j.key"
+)
+"""The transcript rows of a batch of messages, synthetic turns left out: the same
+templates over ?1, a JSON array of ``[position, stream, session_id, body, ts]``."""
 EVAL_TIME = EVENT_TIME
 """The business time, from ?1 data and ?2 recorded_at."""
 EVAL_COST = "SELECT " + FRAGMENTS["bound_cost"].replace("?4", "?1")
@@ -72,6 +80,9 @@ class _Evaluator(threading.local):
         for row in self.conn.execute(sql, args):
             return tuple(row)
         return None
+
+    def all(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.conn.execute(sql, args)]
 
 
 _EVAL = _Evaluator()
@@ -152,6 +163,14 @@ SQL_MAP_SESSION_STATE = (
     " SELECT {map_state_values} FROM {session_history} AS h WHERE h.session_id = %s)"
     " WHERE session_id = %s"
 )
+
+SQL_MAP_SESSIONS_STATE = (
+    "UPDATE {session_map} AS m SET ({map_state_columns}) = ("
+    " SELECT {map_state_values} FROM {session_history} AS h WHERE h.session_id = m.session_id)"
+    " WHERE m.session_id = ANY(%s)"
+)
+"""Every key whose current session is one of %s takes that session's state: what
+``SQL_MAP_SESSION_STATE`` after each of their records leaves, once per batch."""
 
 SQL_MESSAGE_INSERT = (
     "INSERT INTO {messages} (" + transcript_names() + ") VALUES ("
@@ -264,6 +283,115 @@ def _wants(projections: Iterable[Projection]) -> tuple[bool, bool]:
     return SESSIONS.name in names, TRANSCRIPTS.name in names
 
 
+# -- folding a batch: each row written once, with its final state -------------------
+
+
+def _fold_message(old: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Counts add up; the first and last message times are the least and greatest
+    non-null ones (the CASEs of ``SQL_HISTORY_MESSAGE``; fixed-width text, so
+    Python's ordering is the bytewise one of ``COLLATE "C"``)."""
+    first = min((t for t in (old[3], new[3]) if t is not None), default=None)
+    last = max((t for t in (old[4], new[4]) if t is not None), default=None)
+    return (old[0], old[1], old[2] + new[2], first, last)
+
+
+def _fold_usage(old: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Tokens and cost add up."""
+    return (old[0], old[1], *(a + b for a, b in zip(old[2:], new[2:], strict=True)))
+
+
+def _fold_flush(old: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The last flush's status, provider, detail and time; the attempts add up."""
+    return (old[0], old[1], *new[2:6], old[6] + new[6])
+
+
+def _first_wins(old: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A start, a close cause and an end are written once (``WHERE h.… IS NULL``):
+    the business time they set is never null, so later ones change nothing."""
+    return old
+
+
+_FOLDS = {
+    SQL_HISTORY_START: _first_wins,
+    SQL_HISTORY_MESSAGE: _fold_message,
+    SQL_HISTORY_USAGE: _fold_usage,
+    SQL_HISTORY_CLOSE_CAUSE: _first_wins,
+    SQL_HISTORY_FLUSH: _fold_flush,
+    SQL_HISTORY_END: _first_wins,
+}
+"""How two bindings of one history rule for one session combine into the one
+binding whose single upsert leaves the row as the two upserts in turn would."""
+
+BATCH = 1000
+"""Records folded and written together (a rebuild's log goes by in batches)."""
+
+
+class _Batch:
+    """What a run of records writes, folded per row.
+
+    ``history``: (rule, session id) -> bindings, in the order of each group's first
+    record (the row's ``session_key`` is its first record's, as one by one);
+    ``map_rows``: key -> (key, least time, greatest time); ``current``: key -> the
+    bindings of its last ``session_started``; ``sessions``: the session ids whose
+    ``session_map`` rows take their history row's state; ``messages``: transcript
+    inputs (position, stream, session id, body, time)."""
+
+    def __init__(self) -> None:
+        self.history: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.map_rows: dict[str, tuple[str, str, str]] = {}
+        self.current: dict[str, tuple[Any, ...]] = {}
+        self.sessions: dict[str, None] = {}
+        self.messages: list[tuple[Any, ...]] = []
+
+    def add(self, rec: Recorded, sessions: bool, transcripts: bool) -> None:
+        data = current_body(rec)
+        ts = _business_time(data, rec.recorded_at_text)
+        if transcripts and rec.type == "message_appended":
+            self.messages.append((rec.position, rec.stream, rec.session_id, data, ts))
+        if sessions:
+            self._add_sessions(rec, data, ts)
+
+    def _add_sessions(self, rec: Recorded, data: str, ts: str) -> None:
+        sid, key = rec.session_id, rec.stream
+        rule = _HISTORY_RULES.get(rec.type)
+        body: dict[str, Any] | None = None
+        if rule is not None and sid is not None:
+            body = json.loads(data)
+            args = _history_args(rec, data, body, ts)
+            old = self.history.get((rule, sid))
+            self.history[(rule, sid)] = args if old is None else _FOLDS[rule](old, args)
+        if rec.type not in _NOT_A_SESSIONS:
+            row = self.map_rows.get(key)
+            self.map_rows[key] = (key, ts, ts) if row is None else (
+                key, min(row[1], ts), max(row[2], ts))  # fmt: skip
+        if rec.type == "session_started" and body is not None:
+            s = start_values(data, body)
+            self.current[key] = (
+                sid, body.get("reason"), ts, s["platform"], s["chat_type"], s["chat_id"],
+                s["chat_name"], s["user_id"], s["user_name"], s["thread_id"], s["origin"],
+                s["display_name"], key,
+            )  # fmt: skip
+        if sid is not None:
+            self.sessions[sid] = None
+
+    def transcript_rows(self) -> list[tuple[Any, ...]]:
+        """The ``messages`` rows of the batch's messages, synthetic turns left out:
+        one evaluation of the transcript templates for them all."""
+        if len(self.messages) == 1:
+            row = _EVAL.one(EVAL_TRANSCRIPT_ROW, self.messages[0])
+            return [] if row is None else [row]
+        return _EVAL.all(EVAL_TRANSCRIPT_ROWS, (json.dumps(self.messages, ensure_ascii=False),))
+
+
+def _batches(records: Iterable[Recorded]) -> Iterator[list[Recorded]]:
+    if isinstance(records, Sequence) and len(records) <= BATCH:
+        yield list(records)
+        return
+    it = iter(records)
+    while chunk := list(islice(it, BATCH)):
+        yield chunk
+
+
 def apply(
     conn: Connection,
     target: Target,
@@ -271,40 +399,36 @@ def apply(
     records: Iterable[Recorded],
 ) -> int:
     """Fold ``records`` (in log order) into the tables of ``projections`` at
-    ``target``; returns the last position applied (0 if none)."""
+    ``target``; returns the last position applied (0 if none).
+
+    The rows are the ones the rules give applied one record at a time; each batch
+    of records writes each row once, with its final state (``_Batch``), its
+    statements sent in one pipeline (one round trip)."""
     sessions, transcripts = _wants(projections)
     last = 0
-    with conn.cursor() as cur:
-        for rec in records:
-            last = rec.position
-            data = current_body(rec)
-            ts = _business_time(data, rec.recorded_at_text)
-            if sessions:
-                _apply_sessions(cur, target, rec, data, ts)
-            if transcripts and rec.type == "message_appended":
-                row = transcript_row(rec, data, ts)
-                if row is not None:
-                    cur.execute(_sql(SQL_MESSAGE_INSERT, target), row)
+    for chunk in _batches(records):
+        if not chunk:
+            break
+        batch = _Batch()
+        for rec in chunk:
+            batch.add(rec, sessions, transcripts)
+        _write(conn, target, batch)
+        last = chunk[-1].position
     return last
 
 
-def _apply_sessions(
-    cur: psycopg.Cursor[Any], target: Target, rec: Recorded, data: str, ts: str
-) -> None:
-    rule = _HISTORY_RULES.get(rec.type)
-    body: dict[str, Any] | None = None
-    if rule is not None and rec.session_id is not None:
-        body = json.loads(data)
-        cur.execute(_sql(rule, target), _history_args(rec, data, body, ts))
-    if rec.type not in _NOT_A_SESSIONS:
-        cur.execute(_sql(SQL_MAP_ROW, target), (rec.stream, ts, ts))
-    if rec.type == "session_started" and body is not None:
-        s = start_values(data, body)
-        cur.execute(
-            _sql(SQL_MAP_CURRENT_SESSION, target),
-            (rec.session_id, body.get("reason"), ts, s["platform"], s["chat_type"],
-             s["chat_id"], s["chat_name"], s["user_id"], s["user_name"], s["thread_id"],
-             s["origin"], s["display_name"], rec.stream),
-        )  # fmt: skip
-    if rec.session_id is not None:
-        cur.execute(_sql(SQL_MAP_SESSION_STATE, target), (rec.session_id, rec.session_id))
+def _write(conn: Connection, target: Target, batch: _Batch) -> None:
+    """The batch's statements, in dependency order: history rows, then the keys'
+    rows and current sessions, then the sessions' state copied from history."""
+    messages = batch.transcript_rows()
+    with conn.pipeline(), conn.cursor() as cur:
+        for (rule, _sid), args in batch.history.items():
+            cur.execute(_sql(rule, target), args)
+        if batch.map_rows:
+            cur.executemany(_sql(SQL_MAP_ROW, target), list(batch.map_rows.values()))
+        for args in batch.current.values():
+            cur.execute(_sql(SQL_MAP_CURRENT_SESSION, target), args)
+        if batch.sessions:
+            cur.execute(_sql(SQL_MAP_SESSIONS_STATE, target), (list(batch.sessions),))
+        if messages:
+            cur.executemany(_sql(SQL_MESSAGE_INSERT, target), messages)
