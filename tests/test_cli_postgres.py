@@ -32,8 +32,8 @@ Cli = Callable[..., Result]
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
-    "erase", "events", "export", "history", "import", "replay", "search", "sessions",
-    "status", "transcript", "verify",
+    "erase", "events", "export", "history", "import", "init", "replay", "search",
+    "sessions", "status", "transcript", "verify",
 ]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
 
@@ -236,7 +236,9 @@ def test_sessions_history_transcript_same_as_sqlite(pg: str, sqlite_db: Path, cl
     assert [line.split()[:3] for line in listed[2:4]] == [
         [OTHER, "g1", "open"], [KEY, "s2", "open"],
     ]  # fmt: skip
-    said = [line.split(None, 1)[1] for line in _ok(cli("transcript", "s1", "--db", pg)).splitlines()]
+    said = [
+        line.split(None, 1)[1] for line in _ok(cli("transcript", "s1", "--db", pg)).splitlines()
+    ]
     assert said == ["user      hello brave world", "assistant hi Ann"]
     assert len(json.loads(_ok(cli("history", KEY, "--db", pg, "--json")))) == 2
     for args, message in (
@@ -250,9 +252,7 @@ def test_sessions_history_transcript_same_as_sqlite(pg: str, sqlite_db: Path, cl
 
 
 @pytest.mark.parametrize("erased", [False, True], ids=["plain", "after-an-erasure"])
-def test_export_import_round_trip(
-    erased: bool, sqlite_db: Path, cli: Cli, tmp_path: Path
-) -> None:
+def test_export_import_round_trip(erased: bool, sqlite_db: Path, cli: Cli, tmp_path: Path) -> None:
     """SQLite -> JSONL -> PostgreSQL -> JSONL -> SQLite: the same file each time."""
     if erased:
         _ok(cli("erase", "--db", str(sqlite_db), "--session-id", "s1", "--yes",
@@ -321,8 +321,31 @@ def test_import_refuses_bad_input_and_writes_nothing(cli: Cli, tmp_path: Path) -
         assert SECRET not in restored["ledger"] and "@" not in restored["ledger"].split(" as ")[0]
 
 
+def test_init(cli: Cli) -> None:
+    with fresh_database() as dsn:
+        uri = _uri(dsn)
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT to_regclass('hermes_ledger.events')").fetchone() == (None,)
+        created = _ok(cli("init", "--db", uri))
+        doc = json.loads(_ok(cli("status", "--db", uri, "--json")))
+        where, version = doc["where"], doc["schema_version"]
+        assert created == f"Created ledger {where} (PostgreSQL, schema v{version})\n"
+        assert _ok(cli("init", "--db", uri)) == (
+            f"Ledger {where} already exists (PostgreSQL, schema v{version}, 0 events)\n"
+        )
+        doc = json.loads(_ok(cli("init", "--db", uri, "--json")))
+        assert (doc["created"], doc["applied_migrations"], doc["events"]) == (False, 0, 0)
+        assert doc["backend"] == "postgresql" and doc["schema_version"] == version
+        with psycopg.connect(dsn) as conn:
+            found = conn.execute("SELECT to_regclass('hermes_ledger.events')").fetchone()
+            assert found is not None and found[0] is not None
+    with fresh_database() as dsn:
+        doc = json.loads(_ok(cli("init", "--db", _uri(dsn), "--json")))
+        assert doc["created"] is True and doc["applied_migrations"] == version
+
+
 NOT_READY = [
-    ["init"], ["vacuum"],
+    ["vacuum"],
     ["sql", "SELECT 1"], ["backfill"], ["doctor"], ["tick"],
     ["anchor"], ["prune", "--older-than", "90d"], ["report", "end-reasons"], ["run"],
     ["serve"], ["demo"], ["hooks"], ["hooks", "retry"],

@@ -56,11 +56,25 @@ def _free_text(st: admin.LedgerStatus) -> str:
 
 
 @click.command("init")
+@postgres_ready
 @db_option
 @json_option
 @reports_errors
-def init_cmd(db: Path | None, as_json: bool) -> None:
-    """Create the ledger file (or migrate an older one)."""
+def init_cmd(db: Path | str | None, as_json: bool) -> None:
+    """Create the ledger file (or migrate an older one).
+
+    With --db postgresql://…, create the ledger's schema in that database (or
+    apply the migrations it lacks): as its owner, or a role that may create it.
+    """
+    if isinstance(db, str):  # LedgerTarget: a str is a postgresql:// URI
+        from hermes_ledger.gateway.sessions import postgres
+
+        done = postgres.init(db)
+        if as_json:
+            print_json(done.to_dict())
+        else:
+            click.echo(done.text())
+        return
     st = admin.init(resolve_ledger_path(db))
     if as_json:
         print_json(st.to_dict())

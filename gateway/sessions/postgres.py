@@ -28,6 +28,7 @@ from hermes_ledger.ledger.transcript import TRANSCRIPT_KEY, transcript_column, t
 
 if TYPE_CHECKING:
     from hermes_ledger.ledger.postgres import PostgresLog
+    from hermes_ledger.ledger.postgres.reading import PostgresStatus
     from hermes_ledger.ledger.restore import RestoreResult
     from hermes_ledger.projections import RebuildReport
     from hermes_ledger.projections import VerifyReport as ProjectionsReport
@@ -35,9 +36,11 @@ if TYPE_CHECKING:
     from hermes_ledger.projections.state import State
 
 __all__ = [
+    "PostgresInit",
     "PostgresVerifyReport",
     "has_projections",
     "history",
+    "init",
     "open_postgres",
     "rebuild",
     "restore_export",
@@ -117,6 +120,47 @@ def has_projections(log: PostgresLog) -> bool:
     from hermes_ledger.projections.postgres.tables import tables_exist
 
     return tables_exist(log.connection)
+
+
+@dataclass(frozen=True)
+class PostgresInit:
+    """What ``hermes-ledger init`` did on a PostgreSQL database: ``applied`` schema
+    migrations (``created``: all of them, the ledger is new), then its status."""
+
+    status: PostgresStatus
+    created: bool
+    applied: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"created": self.created, "applied_migrations": self.applied,
+                **self.status.to_dict()}  # fmt: skip
+
+    def text(self) -> str:
+        st = self.status
+        if self.created:
+            return f"Created ledger {st.where} (PostgreSQL, schema v{st.schema_version})"
+        if self.applied:
+            noun = "migration" if self.applied == 1 else "migrations"
+            return (
+                f"Migrated ledger {st.where} to schema v{st.schema_version} ({self.applied}"
+                f" {noun} applied; {st.events} events)"
+            )
+        return (
+            f"Ledger {st.where} already exists (PostgreSQL, schema v{st.schema_version},"
+            f" {st.events} events)"
+        )
+
+
+def init(dsn: str) -> PostgresInit:
+    """Create the ledger's schema in the database ``dsn`` (or apply the migrations it
+    lacks), as opening it does, and say what was done."""
+    from hermes_ledger.ledger.postgres.reading import migrations_applied_here, status
+    from hermes_ledger.ledger.postgres.schema import load_migrations
+
+    with open_postgres(dsn, projections=False) as log:
+        applied = migrations_applied_here(log)
+        st = status(log)
+    return PostgresInit(st, created=applied == len(load_migrations()), applied=applied)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ __all__ = [
     "export",
     "export_jsonl",
     "matching_events",
+    "migrations_applied_here",
     "snapshot",
     "status",
 ]
@@ -53,6 +54,12 @@ SQL_HEAD_HASH = "SELECT hash FROM events ORDER BY position DESC LIMIT 1"
 SQL_SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM schema_migrations"
 SQL_HAS_SESSION_MAP = "SELECT to_regclass('session_map') IS NOT NULL"
 SQL_SESSIONS = "SELECT count(*) FROM session_map"
+SQL_APPLIED_HERE = (
+    "SELECT count(*) FROM schema_migrations WHERE applied_at >="
+    " (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
+)
+"""How many migrations this connection applied (``PostgresLog.open`` applies the
+missing ones): all of them when it created the ledger."""
 SQL_PAGE = (
     f"SELECT {_COLUMNS} FROM event_bodies WHERE position > %s{{where}} ORDER BY position LIMIT %s"
 )
@@ -126,6 +133,13 @@ def status(log: PostgresLog) -> PostgresStatus:
         first_recorded_at=row[3],
         last_recorded_at=row[4],
     )
+
+
+def migrations_applied_here(log: PostgresLog) -> int:
+    """How many schema migrations ``log``'s connection applied when it opened."""
+    with snapshot(log) as conn:
+        row: Any = conn.execute(SQL_APPLIED_HERE).fetchone()
+    return int(row[0])
 
 
 def _where(events: EventFilter) -> tuple[str, tuple[Any, ...]]:
