@@ -1,6 +1,7 @@
 """The command line on a PostgreSQL ledger (issue 14): ``--db postgresql://…`` and
-``HERMES_LEDGER_DB`` for status, verify, events, export, erase, replay and search,
-and a clear refusal (exit 1, nothing written) from every other command.
+``HERMES_LEDGER_DB`` for status, verify, events, export, erase, replay, search,
+sessions, history, transcript, import and init, and a clear refusal (exit 1,
+nothing written) from every other command.
 
 Real invocations (click's CliRunner, and the installed script once) against a fresh
 database on the test server (tests/pg_support.py; skipped, saying why, when it
