@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import ManualClock, next_line
 from pg_support import fresh_database
+from test_contract import _uri
 
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
 from hermes_ledger.gateway.sessions.store import (
@@ -27,6 +28,7 @@ from hermes_ledger.gateway.sessions.store import (
     UnknownSessionError,
 )
 from hermes_ledger.ledger import EventLog, Ledger, open_log
+from hermes_ledger.ledger.postgres import PostgresLog
 from hermes_ledger.ledger.records import Recorded
 
 DM = SessionSource(platform="telegram", chat_id="99", chat_type="dm", user_id="7", user_name="ada")
@@ -47,8 +49,9 @@ class Backend:
         return open_log(self.target, clock=self.clock)
 
     def store(self, log: EventLog) -> SessionStore:
-        assert isinstance(log, Ledger) or self.name == "postgresql"
-        return SessionStore(log, IDLE_30, self.clock)  # type: ignore[arg-type]
+        assert isinstance(log, Ledger) == (self.name == "sqlite")  # the backend meant
+        assert isinstance(log, Ledger | PostgresLog)
+        return SessionStore(log, IDLE_30, self.clock)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,7 +62,7 @@ def backend(
         yield Backend("sqlite", str(tmp_path / "ledger.db"), clock)
         return
     with fresh_database() as dsn:
-        yield Backend("postgresql", dsn, clock)
+        yield Backend("postgresql", _uri(dsn), clock)  # a URI: open_log's PostgreSQL
 
 
 @pytest.fixture
