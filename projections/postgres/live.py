@@ -37,6 +37,7 @@ from hermes_ledger.projections.postgres.tables import (
     LIVE,
     NEXT,
     SQL_DROP,
+    SQL_READ_CHECKPOINTS,
     create_tables,
     ensure_bookkeeping,
     read_checkpoints,
@@ -84,7 +85,8 @@ class InlineProjector:
         if not self.projections or not records:
             return
         first, last = records[0].position, records[-1].position
-        checkpoints = read_checkpoints(conn)
+        # attach made the checkpoint table (or found it): read it without asking
+        checkpoints = {n: (v, p) for n, v, p in conn.execute(SQL_READ_CHECKPOINTS).fetchall()}
         current = [p for p in self.projections if checkpoints.get(p.name) == (p.version, first - 1)]
         if current:
             apply(conn, LIVE, current, records)

@@ -177,6 +177,9 @@ SQL_MESSAGE_INSERT = (
     + ", ".join(["%s"] * len(MESSAGES.columns)) + ")"
 )  # fmt: skip
 
+SQL_COPY_MESSAGES = "COPY {messages} (" + transcript_names() + ") FROM STDIN"
+"""A batch's messages rows, streamed (one statement, however many rows)."""
+
 _HISTORY_RULES = {
     "session_started": SQL_HISTORY_START,
     "message_appended": SQL_HISTORY_MESSAGE,
@@ -430,5 +433,9 @@ def _write(conn: Connection, target: Target, batch: _Batch) -> None:
             cur.execute(_sql(SQL_MAP_CURRENT_SESSION, target), args)
         if batch.sessions:
             cur.execute(_sql(SQL_MAP_SESSIONS_STATE, target), (list(batch.sessions),))
-        if messages:
-            cur.executemany(_sql(SQL_MESSAGE_INSERT, target), messages)
+        if len(messages) == 1:
+            cur.execute(_sql(SQL_MESSAGE_INSERT, target), messages[0])
+    if len(messages) > 1:  # COPY is not allowed in a pipeline
+        with conn.cursor() as cur, cur.copy(_sql(SQL_COPY_MESSAGES, target)) as copy:
+            for row in messages:
+                copy.write_row(row)
