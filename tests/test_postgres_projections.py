@@ -7,6 +7,7 @@ search; a projector failure rolls the append back."""
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from helpers import ManualClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg_support import as_user, fresh_database, login_role
+from psycopg import pq
 
 from hermes_ledger import projections
 from hermes_ledger.ledger import Ledger, LedgerError
@@ -547,10 +549,11 @@ def mixed_events(
     rng: random.Random, keys: Sequence[str], count: int
 ) -> list[tuple[str, EventModel]]:
     """``count`` events over ``keys``, each key's sessions in a valid order: starts
-    (first, resets, auto-resets), messages (some synthetic, some with an occurred_at
-    offset), tool calls and results, usage with cost, resets, expiries, flushes, ends."""
+    (first, resets, auto-resets, a resume), messages (some synthetic, some with an occurred_at
+    offset), tool calls and results, usage with cost, resets and expiries (a second
+    one of a closing session too), flushes, ends."""
     current: dict[str, tuple[str, str]] = {}  # key -> (session id, open | closing | closed)
-    kinds = ["say", "tool", "usage", "reset", "expire", "flush", "end"]
+    kinds = ["say", "tool", "usage", "reset", "expire", "flush", "end", "again"]
     out: list[tuple[str, EventModel]] = []
     while len(out) < count:
         key = rng.choice(keys)
@@ -567,8 +570,10 @@ def mixed_events(
             out.append((key, start))
             current[key] = (new, "open")
             continue
-        kind = rng.choices(kinds, weights=[10, 3, 3, 1, 1, 1, 1])[0]
-        if kind in ("reset", "expire") and status != "open":
+        kind = rng.choices(kinds, weights=[10, 3, 3, 1, 1, 1, 1, 1])[0]
+        if kind == "again":  # a resumed session: its history row keeps the first start
+            source = Source(platform="telegram", chat_id="99", user_name=f"again {len(out)}")
+            out.append((key, SessionStarted(session_id=sid, source=source, reason="resume")))
             continue
         out.extend((key, e) for e in _session_event(rng, kind, sid, len(out)))
         if kind in ("reset", "expire", "end"):
@@ -634,3 +639,37 @@ def test_one_append_of_1000_events_gives_the_rows_of_one_by_one(
         sqlite = projections.live_state(led)
         assert len(sqlite.session_history) > 20
         assert pgp.live_state(batched) == pgp.live_state(one) == sqlite
+
+
+def _statements_sent(log: PostgresLog, tmp_path: Path, key: str, events: list[EventModel]) -> int:
+    """Statements ``log.append(key, events)`` sends to the server (Bind and Query
+    messages in libpq's protocol trace of its connection)."""
+    trace = tmp_path / f"trace-{secrets.token_hex(4)}.txt"
+    pgconn = log.connection.pgconn
+    with trace.open("w") as out:
+        pgconn.trace(out.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            log.append(key, events)
+        finally:
+            pgconn.untrace()
+    lines = [line.split("\t") for line in trace.read_text().splitlines()]
+    return sum(1 for f in lines if f[0] == "F" and f[2].split(" ")[0] in ("Bind", "Query"))
+
+
+def test_a_batch_sends_each_projection_statement_once(
+    tmp_path: Path, pg_dsn: str, log: PostgresLog, clock: ManualClock
+) -> None:
+    """1,000 messages of one session in one append: the projections add a handful of
+    statements (checkpoints, the history row, the key's row, its state, one COPY of
+    the messages, the checkpoints' advance), not four per event."""
+    start = [SessionStarted(session_id="s1", source=SOURCE)]
+    said = [MessageAppended(session_id="s1", role="user", content=f"hi {n}") for n in range(1000)]
+    with fresh_database() as bare_dsn, PostgresLog.open(bare_dsn, clock=clock) as bare:
+        bare.append(KEY, start)
+        log.append(KEY, start)
+        without = _statements_sent(bare, tmp_path, KEY, said)
+        with_projections = _statements_sent(log, tmp_path, KEY, said)
+    assert without >= 1000  # the trace sees the event rows
+    assert with_projections - without <= 8
+    assert pgp.live_state(log).session_map[KEY]["message_count"] == 1000
