@@ -62,7 +62,7 @@ EVAL_TRANSCRIPT_ROW = compact(
     "SELECT " + transcript_values(**_BOUND) + " WHERE NOT " + SYNTHETIC.format(body="?4")
 )
 """The transcript row of a message (none for a synthetic turn), bound ?1..?5."""
-_ITEM = {name: f"(j.value ->> {i})" for i, name in enumerate(_BOUND)}
+_ITEM: dict[str, Any] = {name: f"(j.value ->> {i})" for i, name in enumerate(_BOUND)}
 EVAL_TRANSCRIPT_ROWS = compact(
     "SELECT " + transcript_values(**_ITEM) + " FROM json_each(?1) AS j"
     " WHERE NOT " + SYNTHETIC.format(body=_ITEM["body"]) + " ORDER BY j.key"
