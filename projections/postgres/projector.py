@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from itertools import islice
 from typing import Any
@@ -432,11 +433,16 @@ def apply(
     return last
 
 
+def _pipeline(conn: Connection) -> AbstractContextManager[Any]:
+    """The connection's pipeline (a libpq before 14 has none: one trip per statement)."""
+    return conn.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
+
+
 def _write(conn: Connection, target: Target, batch: _Batch) -> None:
     """The batch's statements, in dependency order: history rows, then the keys'
     rows and current sessions, then the sessions' state copied from history."""
     messages = batch.transcript_rows()
-    with conn.pipeline(), conn.cursor() as cur:
+    with _pipeline(conn), conn.cursor() as cur:
         for (rule, _sid), args in batch.history.items():
             cur.execute(_sql(rule, target), args)
         if batch.map_rows:
