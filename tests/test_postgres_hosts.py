@@ -174,7 +174,7 @@ def lines_of(path: Path) -> list[dict[str, Any]]:
 
 def check_the_log(hosts: Hosts, log: list[Recorded]) -> dict[str, tuple[str, str]]:
     """No acknowledged message lost; per key, sessions one after another (each
-    started once, ended once, the next started from it); both kinds of close seen.
+    started once, ended once, the next started from it); expiry closes seen.
     Returns the expected deliveries: delivery_id -> (hook event, session id)."""
     at = {r.position: r for r in log}
     acks = [ack for home in hosts.homes for ack in lines_of(home / "acks.jsonl")]
@@ -204,7 +204,10 @@ def check_the_log(hosts: Hosts, log: list[Recorded]) -> dict[str, tuple[str, str
                     current, previous = None, rec.session_id
         assert current is None
     reasons = Counter(r.data["reason"] for r in log if r.type == "session_ended")
-    assert reasons["auto_reset"] > 0 and reasons["idle_expiry"] > 0, reasons  # both closes
+    # expiry closes happened; which of a tick (idle_expiry) and a late message
+    # (auto_reset) closes a session first is a race here: test_store_contract.py
+    # makes an auto_reset on purpose, on both backends
+    assert reasons["auto_reset"] + reasons["idle_expiry"] > 0, reasons
     return {
         delivery_id_for(HOOK, r.event_id): (HOOK_EVENTS[r.type], r.session_id)
         for r in log
