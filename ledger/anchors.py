@@ -12,8 +12,11 @@ chain alone (a forged append there is not detectable until it is anchored over).
 
 Where the files live is the caller's choice (the gateway uses ``$HERMES_HOME/
 ledger.key`` and ``$HERMES_HOME/ledger.anchors``); one witness serves several
-ledgers, each line naming its ledger by the resolved path of its file
-(``ledger_identity``). Each line's MAC also covers the previous line's MAC, so an
+ledgers, each line naming its ledger by ``EventLog.identity`` (``ledger_identity``):
+the resolved path of a SQLite file, ``postgresql://host:port/dbname`` for a
+PostgreSQL log (never a user or a password). Either backend is read through what
+both offer, ``head_row`` and ``hash_at`` (and ``verify`` from the last anchor).
+Each line's MAC also covers the previous line's MAC, so an
 edited, removed or reordered line is found; the last lines of the witness, or the
 whole file, can be deleted without trace, which docs/ledger.md says.
 """
@@ -33,9 +36,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hermes_ledger.ledger.backend import EventLog, is_dsn
 from hermes_ledger.ledger.clock import format_utc, system_clock
 from hermes_ledger.ledger.errors import LedgerError
-from hermes_ledger.ledger.store import Ledger
 
 __all__ = [
     "KEY_NAME",
@@ -50,16 +53,20 @@ KEY_NAME = "ledger.key"
 WITNESS_NAME = "ledger.anchors"
 FORMAT = 1
 
-SQL_HEAD_ROW = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-SQL_HASH_AT = "SELECT hash FROM events WHERE position = ?"
 
+def ledger_identity(target: str | os.PathLike[str] | EventLog) -> str:
+    """The name a ledger's anchors carry: the resolved absolute path of its file, or
+    ``postgresql://host:port/dbname`` of a connection URI (``EventLog.identity``).
 
-def ledger_identity(path: str | os.PathLike[str]) -> str:
-    """The name a ledger's anchors carry: the resolved absolute path of its file.
+    Taken from outside the log on purpose: anything stored inside it (an id, the
+    first row's hash) is what an attacker who edits the log would change."""
+    if isinstance(target, EventLog):
+        return target.identity
+    if is_dsn(target):
+        from hermes_ledger.ledger.postgres.log import describe_dsn
 
-    Taken from outside the file on purpose: anything stored inside it (an id, the
-    first row's hash) is what an attacker who edits the file would change."""
-    return str(Path(path).expanduser().resolve())
+        return "postgresql://" + describe_dsn(str(target), user=False)
+    return str(Path(target).expanduser().resolve())
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,14 +289,14 @@ class Witness:
 
     # -- anchoring -------------------------------------------------------------
 
-    def anchor(self, ledger: Ledger, *, at: datetime | None = None) -> Anchor:
+    def anchor(self, ledger: EventLog, *, at: datetime | None = None) -> Anchor:
         """Append the ledger's head to the witness, after checking that the chain
         still verifies from this ledger's last anchor (from the first row if it has
         none) and that the last anchor still holds: an anchor never blesses a
         truncated or rewritten log. LedgerError, with nothing written, otherwise."""
         key = self._key(create=True)
         assert key is not None
-        identity = ledger_identity(ledger.path)
+        identity = ledger.identity
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -309,21 +316,20 @@ class Witness:
                     " move it aside to start a new one",
                 )
             mine = [a for a in anchors if a.ledger == identity]
-            rows = ledger.query(SQL_HEAD_ROW)
-            if not rows:
+            position, digest = ledger.head_row()
+            if not position:
                 raise LedgerError(
-                    f"{ledger.path} has no events: there is no head to anchor",
+                    f"{identity} has no events: there is no head to anchor",
                     hint="anchor once the ledger has events",
                 )
-            position, digest = rows[0]
             start = (0, "0" * 64)
             if mine:
                 last = max(mine, key=lambda a: a.position)
-                held = ledger.query(SQL_HASH_AT, (last.position,))
-                if not held or held[0][0] != last.hash:
-                    what = "no longer holds" if not held else "holds another hash at"
+                held = ledger.hash_at(last.position)
+                if held != last.hash:
+                    what = "no longer holds" if held is None else "holds another hash at"
                     raise LedgerError(
-                        f"{ledger.path} {what} position {last.position}, anchored at {last.at};"
+                        f"{identity} {what} position {last.position}, anchored at {last.at};"
                         " not anchoring",
                         hint="run `hermes-ledger verify` to see what changed",
                     )
@@ -331,7 +337,7 @@ class Witness:
             chain = ledger.verify(after=start)
             if not chain.ok or chain.head != position:
                 raise LedgerError(
-                    f"{ledger.path}: the chain does not verify after position {start[0]}:"
+                    f"{identity}: the chain does not verify after position {start[0]}:"
                     f" {chain}; not anchoring",
                     hint="run `hermes-ledger verify`",
                 )
@@ -350,30 +356,30 @@ class Witness:
         finally:
             os.close(fd)
 
-    def last(self, ledger_path: str | os.PathLike[str]) -> Anchor | None:
-        """The ledger's highest valid anchor (None if it has none, or no key yet)."""
+    def last(self, ledger: str | os.PathLike[str] | EventLog) -> Anchor | None:
+        """The ledger's highest valid anchor (None if it has none, or no key yet);
+        ``ledger`` is a log, a SQLite file's path or a connection URI."""
         key = self._key(create=False)
         if key is None:
             return None
-        identity = ledger_identity(ledger_path)
+        identity = ledger_identity(ledger)
         anchors, _ = self._lines(key, self._read())
         mine = [a for a in anchors if a.ledger == identity]
         return max(mine, key=lambda a: a.position) if mine else None
 
     # -- checking --------------------------------------------------------------
 
-    def check(self, ledger: Ledger) -> AnchorReport:
+    def check(self, ledger: EventLog) -> AnchorReport:
         """Every anchor of ``ledger`` against the rows it holds now."""
-        identity = ledger_identity(ledger.path)
+        identity = ledger.identity
         text = self._read()
         lines = len(text.splitlines())
         key = self._key(create=False)  # a key others can read is refused (raises)
         try:
-            rows = ledger.query(SQL_HEAD_ROW)
+            head = int(ledger.head_row()[0])
         except LedgerError as exc:
             return AnchorReport(str(self.path), identity, 0, witness_lines=lines,
                                 problems=(f"the log could not be read: {exc}",))  # fmt: skip
-        head = int(rows[0][0]) if rows else 0
         if key is None:
             missing = (
                 (
@@ -405,7 +411,7 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def _against_log(ledger: Ledger, anchors: Sequence[Anchor], head: int) -> list[str]:
+def _against_log(ledger: EventLog, anchors: Sequence[Anchor], head: int) -> list[str]:
     """Truncation (an anchored position beyond the head) and rewrites (an anchored
     position whose hash changed), each named once, with the range it lies in."""
     problems: list[str] = []
@@ -423,8 +429,7 @@ def _against_log(ledger: Ledger, anchors: Sequence[Anchor], head: int) -> list[s
     for position, anchor in sorted(by_position.items()):
         if position > head:
             break
-        held = ledger.query(SQL_HASH_AT, (position,))
-        if held and held[0][0] == anchor.hash:
+        if ledger.hash_at(position) == anchor.hash:
             matching_below = position
             continue
         since = (

@@ -9,8 +9,7 @@ takes an ``EventLog`` and uses nothing else.
 Not part of the interface, because their types are the backend's own:
 ``connection`` (an apsw or a psycopg connection), ``add_inline_projector`` and
 ``add_scrubber`` (a projector or a scrubber writes through that connection), and
-the SQLite ``Ledger``'s ``query``, ``write`` and ``check_file``, and
-``PostgresLog``'s ``head_row`` and ``hash_at``. ``erase`` is part of it: both
+the SQLite ``Ledger``'s ``query``, ``write`` and ``check_file``. ``erase`` is part of it: both
 backends forget the same scopes (``ledger.erasure.SCOPE_PARTS``) the same way.
 
 Opening. ``Ledger`` is the SQLite class, so ``Ledger.open`` is typed as returning
@@ -100,6 +99,23 @@ class EventLog(Protocol):
 
     def head(self) -> int:
         """The position of the last event (0 for an empty log)."""
+        ...
+
+    def head_row(self) -> tuple[int, str]:
+        """(position, hash) of the last event, (0, GENESIS) for an empty log: what
+        an anchor (``ledger.anchors``) pins."""
+        ...
+
+    def hash_at(self, position: int) -> str | None:
+        """The hash stored at ``position`` (None if there is no such row): what an
+        anchor is checked against."""
+        ...
+
+    @property
+    def identity(self) -> str:
+        """The name this log's anchors carry, taken from outside the log: a SQLite
+        file's resolved path; ``postgresql://host:port/dbname`` for PostgreSQL
+        (no user, no password: any role reading the same database matches)."""
         ...
 
     def verify(

@@ -45,6 +45,9 @@ from hermes_ledger.ledger.schema import (
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected
 
+SQL_HEAD_ROW = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+SQL_HASH_AT = "SELECT hash FROM events WHERE position = ?"
+
 __all__ = ["InlineProjector", "Ledger", "check_name"]
 
 _COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, recorded_at, hash"
@@ -486,6 +489,21 @@ class Ledger:
                 return int(scalar(self._conn, SQL_HEAD_POSITION))
             except apsw.Error as exc:
                 translate(exc, path=str(self.path))
+
+    def head_row(self) -> tuple[int, str]:
+        """See ``EventLog.head_row``."""
+        rows = self.query(SQL_HEAD_ROW)
+        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
+
+    def hash_at(self, position: int) -> str | None:
+        """See ``EventLog.hash_at``."""
+        rows = self.query(SQL_HASH_AT, (position,))
+        return str(rows[0][0]) if rows else None
+
+    @property
+    def identity(self) -> str:
+        """See ``EventLog.identity``: the resolved absolute path of the file."""
+        return str(Path(self.path).expanduser().resolve())
 
     # -- verifying -----------------------------------------------------------
 

@@ -33,7 +33,7 @@ Cli = Callable[..., Result]
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
-    "erase", "events", "export", "history", "import", "init", "replay", "search",
+    "anchor", "erase", "events", "export", "history", "import", "init", "replay", "search",
     "sessions", "status", "transcript", "verify",
 ]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
@@ -159,10 +159,11 @@ def test_export_same_as_sqlite_and_imports(
 
 def test_replay_verify_search(pg: str, cli: Cli) -> None:
     out = _ok(cli("verify", "--db", pg))
-    assert out.splitlines() == [
+    assert out.splitlines()[:2] == [
         "hash chain: ok: 9 events, hash chain intact up to position 9",
         "projections: not attached (none in this database; `replay` creates them)",
     ]
+    assert out.splitlines()[2].startswith("anchors: none for this ledger in ")
     none = cli("search", "brave", "--db", pg)
     assert none.exit_code == 1
     assert "has no projections to search" in none.output and "Try: " in none.output
@@ -348,7 +349,7 @@ def test_init(cli: Cli) -> None:
 NOT_READY = [
     ["vacuum"],
     ["sql", "SELECT 1"], ["backfill"], ["doctor"], ["tick"],
-    ["anchor"], ["prune", "--older-than", "90d"], ["report", "end-reasons"], ["run"],
+    ["prune", "--older-than", "90d"], ["report", "end-reasons"], ["run"],
     ["serve"], ["demo"], ["hooks"], ["hooks", "retry"],
 ]  # fmt: skip
 
@@ -416,3 +417,92 @@ def test_installed_script(pg: str, tmp_path: Path) -> None:
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.startswith("Error: vacuum does not work on a PostgreSQL ledger yet\n")
     assert not (tmp_path / "home").exists()
+
+
+# -- anchors (issue 14) -------------------------------------------------------------
+
+
+def _tamper(pg: str, *statements: str) -> None:
+    """Run ``statements`` as the test server's superuser with every trigger off
+    (``session_replication_role = replica``): what an administrator could do."""
+    with psycopg.connect(pg, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("SET LOCAL search_path = hermes_ledger")
+        for statement in statements:
+            conn.execute(statement)
+
+
+def _anchor(pg: str, cli: Cli) -> dict[str, object]:
+    return json.loads(_ok(cli("anchor", "--db", pg, "--json")))
+
+
+def test_anchor_then_verify(pg: str, cli: Cli, hermes_home: Path) -> None:
+    """The anchor names the database without user or password; verify checks it
+    whoever connects; the key and the witness are owner-only."""
+    secret = _uri(pg, SECRET)
+    out = _ok(cli("anchor", "--db", secret))
+    info = psycopg.conninfo.conninfo_to_dict(pg)
+    identity = f"postgresql://{info.get('host') or 'localhost'}:{info.get('port') or 5432}/"
+    identity += str(info["dbname"])
+    assert out.startswith(f"Anchored position 9 of {identity} at ")
+    assert SECRET not in out
+    witness, key = hermes_home / "ledger.anchors", hermes_home / "ledger.key"
+    text = witness.read_text()
+    assert SECRET not in text and "@" not in text
+    [line] = [json.loads(raw) for raw in text.splitlines()]
+    assert (line["ledger"], line["position"]) == (identity, 9)
+    for path in (witness, key):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    out = _ok(cli("verify", "--db", pg))
+    assert "anchors: ok: 1 anchor holds, the last at position 9" in out
+    doc = json.loads(_ok(cli("verify", "--db", secret, "--json")))
+    assert doc["anchors"]["ok"] is True and doc["anchors"]["ledger"] == identity
+    assert doc["anchors"]["last_anchor"]["position"] == 9
+    again = _anchor(pg, cli)  # the chain is checked from the last anchor: no new rows
+    assert again["position"] == 9 and len(witness.read_text().splitlines()) == 2
+
+
+def test_verify_without_an_anchor_says_so(pg: str, cli: Cli) -> None:
+    out = _ok(cli("verify", "--db", pg))
+    assert "anchors: none for this ledger in " in out
+
+
+def test_truncated_log_is_found_by_the_anchor(pg: str, cli: Cli) -> None:
+    _anchor(pg, cli)
+    _tamper(pg, "DELETE FROM payloads WHERE position > 5", "DELETE FROM events WHERE position > 5")
+    result = cli("verify", "--db", pg)
+    assert result.exit_code == 1, result.output
+    assert "hash chain: ok" in result.output  # the chain alone cannot tell
+    assert (
+        "anchors: FAILED: truncated: the log ends at position 5, but position 9 was anchored"
+        in result.output
+    )
+    assert "Error: the ledger does not verify (anchors)" in result.output
+    assert "Traceback" not in result.output
+    doc = json.loads(cli("verify", "--db", pg, "--json").output)
+    assert doc["chain_ok"] is True and doc["ok"] is False and doc["anchors"]["ok"] is False
+
+
+def test_rewritten_log_is_found_by_the_anchor(pg: str, cli: Cli, hermes_home: Path) -> None:
+    """Positions 3..9 replaced by other events whose hashes chain correctly."""
+    _anchor(pg, cli)
+    _tamper(
+        pg, "DELETE FROM payloads WHERE position >= 3", "DELETE FROM events WHERE position >= 3"
+    )
+    tg = Source(platform="telegram", chat_id="5", user_id="u5")
+    with Ledger.open(pg) as log:
+        log.append("agent:main:telegram:dm:5", [SessionStarted(session_id="x1", source=tg)])
+        for n in range(6):
+            event = MessageAppended(session_id="x1", role="user", content=f"forged {n}")
+            log.append("agent:main:telegram:dm:5", [event])
+        assert log.head() == 9 and log.verify().ok
+    result = cli("verify", "--db", pg)
+    assert result.exit_code == 1, result.output
+    assert "hash chain: ok" in result.output
+    assert "anchors: FAILED: rewritten: position 9 no longer has the hash anchored" in result.output
+    before = (hermes_home / "ledger.anchors").read_text()
+    refused = cli("anchor", "--db", pg)
+    assert refused.exit_code == 1, refused.output
+    assert "holds another hash at position 9" in refused.output
+    assert "Traceback" not in refused.output
+    assert (hermes_home / "ledger.anchors").read_text() == before  # nothing blessed

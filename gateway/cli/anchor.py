@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.options import db_option, json_option, postgres_ready, reports_errors
 from hermes_ledger.gateway.cli.output import print_json
-from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger_path
+from hermes_ledger.gateway.config.paths import hermes_home, resolve_ledger
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.anchors import Witness
 
@@ -16,10 +16,11 @@ __all__ = ["anchor_cmd"]
 
 
 @click.command("anchor")
+@postgres_ready
 @db_option
 @json_option
 @reports_errors
-def anchor_cmd(db: Path | None, as_json: bool) -> None:
+def anchor_cmd(db: Path | str | None, as_json: bool) -> None:
     """Anchor the chain's head in $HERMES_HOME/ledger.anchors.
 
     \b
@@ -27,11 +28,20 @@ def anchor_cmd(db: Path | None, as_json: bool) -> None:
     $HERMES_HOME/ledger.key (created 0600 on first use), after checking the chain
     from the previous anchor. `verify` then detects a truncation or a rewrite of
     anything at or below an anchored position. `run` anchors every
-    ledger.anchor_interval seconds (default 3600).
+    ledger.anchor_interval seconds (default 3600). On a PostgreSQL ledger (--db
+    postgresql://…) the anchor names the database as postgresql://host:port/dbname
+    (no user, no password).
     """
     witness = Witness.in_directory(hermes_home())
-    with Ledger.open_existing(resolve_ledger_path(db)) as led:
-        anchor = witness.anchor(led)
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions import postgres
+
+        with postgres.open_postgres(target, projections=False) as log:
+            anchor = witness.anchor(log)
+    else:
+        with Ledger.open_existing(target) as led:
+            anchor = witness.anchor(led)
     if as_json:
         print_json({**anchor.to_dict(), "witness": str(witness.path), "key": str(witness.key_path)})
         return

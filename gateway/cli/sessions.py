@@ -283,8 +283,8 @@ def verify_cmd(db: Path | str | None, quick: bool, as_json: bool) -> None:
     indexes against the migrations; SQLite's integrity check of every page; and
     each anchor in $HERMES_HOME/ledger.anchors for this ledger (see `anchor`).
     Exits 1 when anything is wrong. On a PostgreSQL ledger (--db
-    postgresql://…): the chain and payloads, and the projections when the database
-    has them.
+    postgresql://…): the chain and payloads, the anchors, and the projections when
+    the database has them.
     """
     target = resolve_ledger(db)
     report: Any
@@ -295,7 +295,9 @@ def verify_cmd(db: Path | str | None, quick: bool, as_json: bool) -> None:
             postgres.open_postgres(target, projections=False) as log,
             progress_bar("verifying") as progress,
         ):
-            report = postgres.verify(log, progress=progress)
+            report = postgres.verify(
+                log, progress=progress, witness=Witness.in_directory(hermes_home())
+            )
     else:
         witness = Witness.in_directory(hermes_home())
         with (

@@ -27,6 +27,7 @@ from hermes_ledger.ledger.records import VerifyReport as ChainReport
 from hermes_ledger.ledger.transcript import TRANSCRIPT_KEY, transcript_column, transcript_names
 
 if TYPE_CHECKING:
+    from hermes_ledger.ledger.anchors import AnchorReport, Witness
     from hermes_ledger.ledger.postgres import PostgresLog
     from hermes_ledger.ledger.postgres.reading import PostgresStatus
     from hermes_ledger.ledger.restore import RestoreResult
@@ -54,6 +55,10 @@ __all__ = [
 _HINT_CHAIN = (
     "the log was changed outside the ledger: restore the database from a backup, and keep"
     " this one as evidence"
+)
+_HINT_ANCHORS = (
+    "the log no longer matches what was anchored: restore it from a backup or export taken"
+    " after the last good anchor; keep the database and the witness as evidence"
 )
 _HINT_PROJECTIONS = "rebuild the projections with `hermes-ledger replay --db URI`"
 _HINT_REPLAY = "create them with `hermes-ledger replay --db URI` (as the database owner)"
@@ -166,10 +171,12 @@ def init(dsn: str) -> PostgresInit:
 @dataclass(frozen=True)
 class PostgresVerifyReport:
     """The chain and payloads; the projections against a replay (None when the
-    database has none)."""
+    database has none); the anchors the witness holds for this database (None when
+    not checked)."""
 
     chain: ChainReport
     projections: ProjectionsReport | None = None
+    anchors: AnchorReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -183,6 +190,8 @@ class PostgresVerifyReport:
         if self.projections is not None and not self.projections.ok:
             first = str(self.projections).splitlines()[0]
             found.append((f"projections: {first}", _HINT_PROJECTIONS))
+        if self.anchors is not None and not self.anchors.ok:
+            found.append((f"anchors: {self.anchors.text()}", _HINT_ANCHORS))
         return found
 
     def lines(self) -> list[str]:
@@ -191,7 +200,10 @@ class PostgresVerifyReport:
             if self.projections is not None
             else "not attached (none in this database; `replay` creates them)"
         )
-        return [f"hash chain: {self.chain}", f"projections: {shown}"]
+        lines = [f"hash chain: {self.chain}", f"projections: {shown}"]
+        if self.anchors is not None:
+            lines.append(f"anchors: {self.anchors.text()}")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """The ``verify --json`` document: the SQLite one's chain and projection keys."""
@@ -205,20 +217,26 @@ class PostgresVerifyReport:
             if self.projections is None
             else [str(d) for d in self.projections.differences],
             "head": self.chain.head,
+            "anchors": None if self.anchors is None else self.anchors.to_dict(),
             "backend": "postgresql",
         }
 
 
 def verify(
-    log: PostgresLog, *, progress: Callable[[int, int], None] | None = None
+    log: PostgresLog,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    witness: Witness | None = None,
 ) -> PostgresVerifyReport:
-    """The chain and payloads end to end, then the projections when there are any."""
+    """The chain and payloads end to end, the projections when there are any, and
+    every anchor ``witness`` holds for this database (as ``reports.verify_all``)."""
     chain = log.verify(progress=progress)
+    anchors = None if witness is None else witness.check(log)
     if not has_projections(log):
-        return PostgresVerifyReport(chain)
+        return PostgresVerifyReport(chain, anchors=anchors)
     from hermes_ledger.projections import postgres as pg_projections
 
-    return PostgresVerifyReport(chain, pg_projections.verify(log))
+    return PostgresVerifyReport(chain, pg_projections.verify(log), anchors)
 
 
 def restore_export(

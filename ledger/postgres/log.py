@@ -104,16 +104,17 @@ SQL_HASH_AT = "SELECT hash FROM events WHERE position = %s"
 _PAGE = 512
 
 
-def describe_dsn(dsn: str) -> str:
-    """``host:port/dbname as user`` of a connection string, never its password."""
+def describe_dsn(dsn: str, *, user: bool = True) -> str:
+    """``host:port/dbname as user`` of a connection string, never its password
+    (``user=False``: ``host:port/dbname``, what names the log in anchors)."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "the PostgreSQL server (the connection string cannot be read)"
     host = info.get("host") or "localhost"
     port = info.get("port") or "5432"
-    user = f" as {info['user']}" if info.get("user") else ""
-    return f"{host}:{port}/{info.get('dbname') or '(default database)'}{user}"
+    who = f" as {info['user']}" if user and info.get("user") else ""
+    return f"{host}:{port}/{info.get('dbname') or '(default database)'}{who}"
 
 
 class PostgresLog:
@@ -127,9 +128,12 @@ class PostgresLog:
     the same database.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], where: str, *, clock: Clock) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], where: str, *, clock: Clock, identity: str = ""
+    ) -> None:
         self._conn = conn
         self.where = where
+        self._identity = identity or f"postgresql://{where}"
         self._clock = clock
         self._lock = threading.RLock()
         self._closed = False
@@ -167,7 +171,8 @@ class PostgresLog:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, where, clock=clock or system_clock)
+        identity = "postgresql://" + describe_dsn(dsn, user=False)
+        return cls(conn, where, clock=clock or system_clock, identity=identity)
 
     def close(self) -> None:
         with self._lock:
@@ -350,6 +355,11 @@ class PostgresLog:
         anchor pins."""
         rows = self._rows(SQL_HEAD_ROW, ())
         return (rows[0][0], rows[0][1]) if rows else (0, GENESIS)
+
+    @property
+    def identity(self) -> str:
+        """See ``EventLog.identity``: ``postgresql://host:port/dbname``."""
+        return self._identity
 
     def hash_at(self, position: int) -> str | None:
         """The hash stored at ``position`` (None if there is no such row): what an
