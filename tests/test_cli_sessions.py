@@ -86,6 +86,10 @@ def test_transcript_prints_messages_in_order(
         "2026-11-22T09:00:00.000000Z  assistant [calls lookup]",
         "2026-11-22T09:00:00.000000Z  tool      [lookup] 42",
     ]
+    result = cli("transcript", "s1", "--db", str(db), "--tz", "Europe/Lisbon")
+    assert result.output.splitlines()[0] == "2026-11-22T09:00:00.000000+00:00  user      hello"
+    result = cli("transcript", "s1", "--db", str(db), "--tz", "Asia/Tokyo")
+    assert result.output.splitlines()[0] == "2026-11-22T18:00:00.000000+09:00  user      hello"
     result = cli("transcript", "nope", "--db", str(db))
     assert result.exit_code == 1 and "Error: no session with id 'nope'" in result.output
 

@@ -143,13 +143,15 @@ def history_cmd(session_key: str, db: Path | str | None, tz: Zone, as_json: bool
 @postgres_ready
 @click.argument("session_id")
 @db_option
+@tz_option
 @json_option
 @reports_errors
-def transcript_cmd(session_id: str, db: Path | str | None, as_json: bool) -> None:
+def transcript_cmd(session_id: str, db: Path | str | None, tz: Zone, as_json: bool) -> None:
     """The messages of one session, in order.
 
     When its messages name more than one person (a group session), each user
-    message shows who spoke. --json gives user_id and user_name where known.
+    message shows who spoke. --json gives user_id and user_name where known
+    (and UTC times, whatever --tz says).
     """
     target = resolve_ledger(db)
     if isinstance(target, str):
@@ -174,7 +176,7 @@ def transcript_cmd(session_id: str, db: Path | str | None, as_json: bool) -> Non
             text = (text + " " if text else "") + f"[calls {', '.join(names)}]"
         if "tool_name" in message:
             text = f"[{message['tool_name']}] {text}"
-        click.echo(f"{message['timestamp']}  {message['role']:<9} {text}")
+        click.echo(f"{show_time(message['timestamp'], tz)}  {message['role']:<9} {text}")
 
 
 @click.command("replay")
