@@ -6,11 +6,9 @@ Each command parses its options, calls one library function (``ledger.query``,
 
 from __future__ import annotations
 
-import base64
-import csv
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -28,10 +26,10 @@ from hermes_ledger.gateway.cli.options import (
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import (
-    cell,
-    json_text,
+    print_csv,
     print_json,
     print_json_line,
+    print_json_rows,
     print_report,
     print_table,
     progress_bar,
@@ -454,32 +452,6 @@ def backfill_cmd(db: Path | None, as_json: bool) -> None:
 # -- sql -------------------------------------------------------------------------
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"$base64": True, "encoded": base64.b64encode(value).decode()}
-    return value
-
-
-def _print_json_rows(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
-    """A JSON list of objects, one per line, streamed."""
-    opened = False
-    for row in rows:
-        item = {c: _json_value(v) for c, v in zip(columns, row, strict=True)}
-        text = json_text(item, indent=None)  # one object a line: the list streams
-        click.echo((",\n  " if opened else "[\n  ") + text, nl=False)
-        opened = True
-    click.echo("\n]" if opened else "[]")
-
-
-def _print_csv(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
-    out = sys.stdout
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(cell(v) if isinstance(v, bytes) else v for v in row)
-    out.flush()
-
-
 @click.command("sql")
 @db_option
 @click.argument("query")
@@ -528,9 +500,9 @@ def sql_cmd(
         try:
             result = run_sql(led, query, dict(params), timeout=timeout)
             if as_json:
-                _print_json_rows(result.columns, result.rows)
+                print_json_rows(result.columns, result.rows)
             elif as_csv:
-                _print_csv(result.columns, result.rows)
+                print_csv(result.columns, result.rows)
             else:
                 print_table(result.columns, result.rows)
         except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import csv
 import itertools
 import json
 import sys
@@ -17,8 +19,10 @@ __all__ = [
     "cell",
     "display_width",
     "json_text",
+    "print_csv",
     "print_json",
     "print_json_line",
+    "print_json_rows",
     "print_report",
     "print_table",
     "progress_bar",
@@ -180,3 +184,30 @@ def progress_bar(label: str, *, show: bool = True) -> Iterator[Callable[[int, in
             bar.update(max(0, done - bar.pos))
 
         yield report
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$base64": True, "encoded": base64.b64encode(value).decode()}
+    return value
+
+
+def print_json_rows(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """Query rows as a JSON list of objects, one per line, streamed (bytes as base64)."""
+    opened = False
+    for row in rows:
+        item = {c: _json_value(v) for c, v in zip(columns, row, strict=True)}
+        text = json_text(item, indent=None)  # one object a line: the list streams
+        click.echo((",\n  " if opened else "[\n  ") + text, nl=False)
+        opened = True
+    click.echo("\n]" if opened else "[]")
+
+
+def print_csv(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """Query rows as CSV on stdout, with a header line (bytes as ``cell`` shows them)."""
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(cell(v) if isinstance(v, bytes) else v for v in row)
+    out.flush()

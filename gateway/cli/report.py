@@ -11,9 +11,8 @@ from pathlib import Path
 
 import click
 
-from hermes_ledger.gateway.cli.log import _print_csv, _print_json_rows
 from hermes_ledger.gateway.cli.options import Seconds, db_option, json_option, reports_errors
-from hermes_ledger.gateway.cli.output import print_json, print_table
+from hermes_ledger.gateway.cli.output import print_csv, print_json, print_json_rows, print_table
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
 from hermes_ledger.gateway.sessions.reports import open_existing
 from hermes_ledger.ledger.query import DEFAULT_SQL_TIMEOUT
@@ -121,8 +120,8 @@ def report_cmd(
     with open_existing(resolve_ledger_path(db)) as led:
         result = run_report(led, report.name, given, timeout=timeout)
         if as_json:
-            _print_json_rows(result.columns, result.rows)
+            print_json_rows(result.columns, result.rows)
         elif as_csv:
-            _print_csv(result.columns, result.rows)
+            print_csv(result.columns, result.rows)
         else:
             print_table(result.columns, result.rows)
