@@ -1,5 +1,6 @@
-"""Shared fixtures: a fresh, file-backed ledger per test, a hand-ticked clock, and
-the command line run in-process. Helpers that test modules import live in
+"""Shared fixtures: a fresh, file-backed ledger per test, a hand-ticked clock, the
+command line run in-process, and ``backend`` (tests/backends.py: each test that
+takes it runs on SQLite and on PostgreSQL). Helpers that test modules import live in
 ``helpers.py``."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from backends import backend  # noqa: F401  (the both-backend fixture, for every test file)
 from click.testing import CliRunner, Result
 from helpers import ManualClock
 

@@ -4,7 +4,7 @@ which server, and when the PostgreSQL cases skip or fail for want of one).
 
 Each test takes ``log`` (an open ``EventLog``) and, when it needs more than the
 interface (another connection, a raw count, a superuser's tampering), ``backend``:
-the one small per-backend helper below. SQLite-only behaviour (the file, WAL,
+the shared per-backend helper (tests/backends.py). SQLite-only behaviour (the file, WAL,
 read-only opens, ``query``) stays in tests/test_ledger.py; PostgreSQL-only
 behaviour (roles, privileges, migrations) in tests/test_postgres_log.py.
 """
@@ -16,15 +16,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
-import apsw
-import psycopg
 import pytest
+from backends import Backend
 from helpers import ManualClock
-from pg_support import fresh_database
 from worker_support import wait_for
 
 from hermes_ledger.ledger import (
@@ -45,79 +41,6 @@ from hermes_ledger.ledger.postgres import PostgresLog
 
 KEY = "agent:main:telegram:dm:99"
 WORKER = Path(__file__).with_name("log_worker.py")
-
-
-@dataclass
-class Backend:
-    """One backend under test: where its log is, and what a test needs beyond the
-    interface (another connection; raw SQL as the database's superuser, which the
-    append-only triggers do not stop)."""
-
-    name: str
-    target: str
-    clock: ManualClock
-
-    def open(self) -> EventLog:
-        """Another connection to the same log."""
-        return open_log(self.target, clock=self.clock)
-
-    def scalar(self, sql: str) -> object:
-        """One value, read over a connection of its own."""
-        if self.name == "sqlite":
-            conn = apsw.Connection(self.target)
-            try:
-                return conn.execute(sql).fetchone()[0]  # type: ignore[index]
-            finally:
-                conn.close()
-        with psycopg.connect(self.target, autocommit=True) as pg:
-            pg.execute("SET search_path = hermes_ledger")
-            row = pg.execute(sql).fetchone()  # type: ignore[arg-type]
-            assert row is not None
-            return row[0]
-
-    def count(self) -> int:
-        return int(self.scalar("SELECT count(*) FROM events"))  # type: ignore[call-overload]
-
-    def tamper(self, statement: str) -> None:
-        """Run ``statement`` on ``events`` as a superuser would: with the append-only
-        triggers out of the way (dropped on SQLite, disabled for it on PostgreSQL)."""
-        if self.name == "sqlite":
-            conn = apsw.Connection(self.target)
-            try:
-                conn.execute("DROP TRIGGER IF EXISTS events_refuse_update")
-                conn.execute("DROP TRIGGER IF EXISTS events_refuse_delete")
-                conn.execute(statement)
-            finally:
-                conn.close()
-            return
-        with psycopg.connect(self.target, autocommit=True) as pg, pg.transaction():
-            pg.execute("SET LOCAL search_path = hermes_ledger")
-            pg.execute("ALTER TABLE events DISABLE TRIGGER USER")
-            pg.execute(statement)  # type: ignore[arg-type]
-            pg.execute("ALTER TABLE events ENABLE TRIGGER USER")
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield Backend("sqlite", str(tmp_path / "ledger.db"), clock)
-        return
-    with fresh_database() as dsn:
-        yield Backend("postgres", _uri(dsn), clock)
-
-
-def _uri(dsn: str) -> str:
-    """``dsn`` (libpq key=value) as the ``postgresql://`` URI that names a PostgreSQL
-    ledger to ``open_log`` and ``--db``."""
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
-    user = quote(str(info.pop("user", "")), safe="")
-    password = info.pop("password", None)
-    login = f"{user}:{quote(str(password), safe='')}@" if password else f"{user}@" if user else ""
-    host, port = info.pop("host", "localhost"), info.pop("port", 5432)
-    uri = f"postgresql://{login}{host}:{port}/{quote(str(info.pop('dbname', '')), safe='')}"
-    return uri + (f"?{urlencode(info)}" if info else "")
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ unchanged on both backends: a SQLite ``Ledger`` and a ``PostgresLog`` on a fresh
 database (tests/pg_support.py says which server, and when the PostgreSQL cases skip
 or fail for want of one). What a test checks in the log it reads through the
 ``EventLog`` interface (``read_all``), so nothing here is backend-specific but the
-``backend`` fixture.
+``backend`` fixture (tests/backends.py).
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from backends import Backend
 from helpers import ManualClock, next_line
-from pg_support import fresh_database
-from test_contract import _uri
 
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
 from hermes_ledger.gateway.sessions.store import (
@@ -27,8 +25,7 @@ from hermes_ledger.gateway.sessions.store import (
     SessionStore,
     UnknownSessionError,
 )
-from hermes_ledger.ledger import EventLog, Ledger, open_log
-from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger import EventLog
 from hermes_ledger.ledger.records import Recorded
 
 DM = SessionSource(platform="telegram", chat_id="99", chat_type="dm", user_id="7", user_name="ada")
@@ -36,33 +33,9 @@ KEY = "agent:main:telegram:dm:99"
 IDLE_30 = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
 
 
-@dataclass
-class Backend:
-    """One backend under test: where its log is and the shared test clock."""
-
-    name: str
-    target: str
-    clock: ManualClock
-
-    def open(self) -> EventLog:
-        """Another connection to the same log (as another thread or host would)."""
-        return open_log(self.target, clock=self.clock)
-
-    def store(self, log: EventLog) -> SessionStore:
-        assert isinstance(log, Ledger) == (self.name == "sqlite")  # the backend meant
-        assert isinstance(log, Ledger | PostgresLog)
-        return SessionStore(log, IDLE_30, self.clock)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield Backend("sqlite", str(tmp_path / "ledger.db"), clock)
-        return
-    with fresh_database() as dsn:
-        yield Backend("postgresql", _uri(dsn), clock)  # a URI: open_log's PostgreSQL
+def store_on(backend: Backend, log: EventLog) -> SessionStore:
+    """A session store over ``log`` (opened by ``backend``), on the test clock."""
+    return SessionStore(log, IDLE_30, backend.clock)
 
 
 @pytest.fixture
@@ -73,7 +46,7 @@ def log(backend: Backend) -> Iterator[EventLog]:
 
 @pytest.fixture
 def store(backend: Backend, log: EventLog) -> SessionStore:
-    return backend.store(log)
+    return store_on(backend, log)
 
 
 def events_of(log: EventLog, session_id: str) -> list[Recorded]:
@@ -171,7 +144,7 @@ def test_threads_racing_on_an_expired_key_start_one_session(
     got: list[str] = []
 
     def race(own: EventLog) -> None:
-        racer = backend.store(own)
+        racer = store_on(backend, own)
         barrier.wait()
         got.append(racer.get_or_create_session(DM).session_id)
 
