@@ -10,7 +10,6 @@ import click
 
 from hermes_ledger.gateway.cli.filters import VALUE, platform_option, user_option
 from hermes_ledger.gateway.cli.options import (
-    LedgerCommandError,
     count_range,
     db_option,
     json_option,
@@ -84,8 +83,7 @@ def search_cmd(
     --platform is the message's session's; --user is who spoke (the agent's
     turns count as their session's user's); --since/--until compare the
     message's time. On a PostgreSQL ledger (--db postgresql://…) TEXT is read by
-    websearch_to_tsquery (words, "a phrase", -word, or); only --session-key,
-    --order and --limit filter there.
+    websearch_to_tsquery (words, "a phrase", -word, or); the same filters apply.
     """
     which = SearchFilter(
         session_key=session_key, platform=platform, user=user, since=since, until=until
@@ -114,15 +112,8 @@ def _search_postgres(
 ) -> None:  # fmt: skip
     from hermes_ledger.gateway.sessions import postgres
 
-    unsupported = [name for name in ("platform", "user", "since", "until")
-                   if getattr(which, name) is not None]  # fmt: skip
-    if unsupported:
-        raise LedgerCommandError(
-            f"search --{unsupported[0]} does not work on a PostgreSQL ledger yet",
-            hint="search without it (--session-key, --order and --limit work)",
-        )
     with postgres.open_postgres(dsn) as log:
-        hits = postgres.search(log, text, session_key=which.session_key, order=order, limit=limit)
+        hits = postgres.search(log, text, which, order=order, limit=limit)
     if as_json:
         print_json([hit._asdict() for hit in hits])
         return

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from hermes_ledger.gateway.sessions.listing import SESSION_FIELDS, SessionFilter
 from hermes_ledger.gateway.sessions.reports import HISTORY_COLUMNS
+from hermes_ledger.gateway.sessions.search import SearchFilter
 from hermes_ledger.ledger.backend import POSTGRES_HINT
 from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.errors import InvalidInputError, LedgerError
@@ -275,22 +276,25 @@ def state_at(log: PostgresLog, position: int) -> State:
 def search(
     log: PostgresLog,
     text: str,
+    which: SearchFilter | None = None,
     *,
-    session_key: str | None = None,
     order: Literal["newest", "relevance"] = "newest",
     limit: int = 20,
 ) -> list[MessageHit]:
     """The messages matching ``text`` (``websearch_to_tsquery``: words, "a phrase",
-    -word, or); a LedgerError when the database has no projections."""
+    -word, or) under ``which`` (as on SQLite); a LedgerError when the database has
+    no projections."""
     if not has_projections(log):
         raise LedgerError(
             f"the ledger at {log.where} has no projections to search", hint=_HINT_REPLAY
         )
     from hermes_ledger.projections import postgres as pg_projections
 
+    which = which or SearchFilter()
     return pg_projections.search_messages(
-        log, text, session_key=session_key, order=order, limit=limit
-    )
+        log, text, session_key=which.session_key, platform=which.platform, user=which.user,
+        since=which.since, until=which.until, order=order, limit=limit,
+    )  # fmt: skip
 
 
 def _needs_projections(log: PostgresLog) -> None:

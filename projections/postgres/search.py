@@ -40,7 +40,23 @@ SQL_SEARCH = (
     f" LEFT JOIN {LIVE.table('session_history')} AS h ON h.session_id = m.session_id"
     f" WHERE m.{SEARCH_VECTOR} @@ q{{where}} ORDER BY {{order}} LIMIT %s"
 )
-_WHERE_KEY = " AND m.session_key = %s"
+# The conditions of gateway.sessions.search.SearchFilter, as PostgreSQL spells them:
+# text compared byte for byte (COLLATE "C", SQLite's BINARY), a user name with ASCII
+# letters folded (SQLite's NOCASE); who spoke, or for a message that names nobody
+# (the agent's turns) its session's user.
+_ASCII_LOWER = "translate({}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+_NAME_IS = f"{_ASCII_LOWER.format('{}')} = {_ASCII_LOWER.format('%s')}"
+_WHERE = {
+    "session_key": " AND m.session_key = %s",
+    "platform": " AND h.platform = %s",
+    "since": ' AND m.ts >= %s COLLATE "C"',
+    "until": ' AND m.ts < %s COLLATE "C"',
+}
+_WHERE_USER = (
+    " AND (CASE WHEN m.user_id IS NULL AND m.user_name IS NULL"
+    f" THEN h.user_id = %s OR {_NAME_IS.format('h.user_name')}"
+    f" ELSE m.user_id = %s OR {_NAME_IS.format('m.user_name')} END)"
+)
 
 
 class MessageHit(NamedTuple):
@@ -66,22 +82,36 @@ def search_messages(
     text: str,
     *,
     session_key: str | None = None,
+    platform: str | None = None,
+    user: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
     order: Literal["newest", "relevance"] = "newest",
     limit: int = 20,
     plain: bool = False,
 ) -> list[MessageHit]:
-    """The transcript messages matching ``text``, newest first (or by ``ts_rank``)."""
+    """The transcript messages matching ``text``, newest first (or by ``ts_rank``),
+    with the conditions of ``gateway.sessions.search.SearchFilter``: ``session_key``
+    exact, ``platform`` the session's, ``user`` who spoke (id exact or name with
+    ASCII case folded; the agent's turns count as their session's user's), ``since``
+    (inclusive) and ``until`` (exclusive) on the message's time as ledger time text."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError("the search text is empty", hint="give one or more words")
     if order not in _ORDERS:
         raise InvalidInputError(f"unknown order {order!r}", hint="newest or relevance")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InvalidInputError(f"the limit must be a positive integer, not {limit!r}")
-    where = _WHERE_KEY if session_key is not None else ""
-    sql = SQL_SEARCH.format(parser=_PARSERS[plain], where=where, order=_ORDERS[order])
+    where = ""
     args: list[Any] = [_HEADLINE, text]
-    if session_key is not None:
-        args.append(session_key)
+    given = {"session_key": session_key, "platform": platform, "since": since, "until": until}
+    for name, value in given.items():
+        if value is not None:
+            where += _WHERE[name]
+            args.append(value)
+    if user is not None:
+        where += _WHERE_USER
+        args.extend((user,) * 4)
+    sql = SQL_SEARCH.format(parser=_PARSERS[plain], where=where, order=_ORDERS[order])
     args.append(limit)
     with _held(log):
         rows = log.connection.execute(sql, args).fetchall()
