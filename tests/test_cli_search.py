@@ -8,12 +8,14 @@ import pty
 import re
 import select
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from backends import pg_uri
 from click.testing import Result
 from helpers import ManualClock, installed_script
+from pg_support import fresh_database
 
 from hermes_ledger.gateway.sessions import reports
 from hermes_ledger.gateway.sessions.search import (
@@ -55,7 +57,28 @@ def ledger_db(tmp_path: Path, clock: ManualClock) -> Path:
     return db
 
 
-def _search(cli: Callable[..., Result], db: Path, *args: str) -> list[dict[str, object]]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def on(
+    request: pytest.FixtureRequest, cli: Callable[..., Result]
+) -> Iterator[Callable[[Path], str]]:
+    """Where a test's ledger is searched: the SQLite file it built, or a fresh
+    PostgreSQL database the file was migrated into (projections rebuilt there)."""
+    if request.param == "sqlite":
+        yield str
+        return
+    with fresh_database() as keywords:
+        dsn = pg_uri(keywords)
+
+        def migrated(db: Path) -> str:
+            for args in (("migrate", "--from", str(db), "--to", dsn), ("replay", "--db", dsn)):
+                result = cli(*args)
+                assert result.exit_code == 0, result.output
+            return dsn
+
+        yield migrated
+
+
+def _search(cli: Callable[..., Result], db: Path | str, *args: str) -> list[dict[str, object]]:
     result = cli("search", "--db", str(db), "--json", *args)
     assert result.exit_code == 0, result.output
     return json.loads(result.output)  # type: ignore[no-any-return]
@@ -106,8 +129,9 @@ def test_fts5_syntax_passes_through(ledger_db: Path, cli: Callable[..., Result])
     assert positions("deploy OR thanks", "--limit", "2") == [6, 4]
 
 
-def test_filters(ledger_db: Path, cli: Callable[..., Result]) -> None:
-    positions = lambda *args: [h["position"] for h in _search(cli, ledger_db, *args)]  # noqa: E731
+def test_filters(ledger_db: Path, cli: Callable[..., Result], on: Callable[[Path], str]) -> None:
+    db = on(ledger_db)
+    positions = lambda *args: [h["position"] for h in _search(cli, db, *args)]  # noqa: E731
     assert positions("deploy", "--session-key", ADA) == [3, 2]
     assert positions("deploy", "--platform", "discord") == [6]
     assert positions("deploy", "--user", "ada") == [3, 2]  # the session's user, by name
@@ -117,7 +141,9 @@ def test_filters(ledger_db: Path, cli: Callable[..., Result]) -> None:
     assert positions("deploy", "--platform", "slack") == []
 
 
-def test_user_is_who_spoke_in_a_shared_group(tmp_path: Path, cli: Callable[..., Result]) -> None:
+def test_user_is_who_spoke_in_a_shared_group(
+    tmp_path: Path, cli: Callable[..., Result], on: Callable[[Path], str]
+) -> None:
     db, key = tmp_path / "group.db", "agent:main:slack:group:9"
     room = Source(platform="slack", chat_type="group", chat_id="9", user_id="u1",
                   user_name="Ada")  # fmt: skip
@@ -127,7 +153,8 @@ def test_user_is_who_spoke_in_a_shared_group(tmp_path: Path, cli: Callable[..., 
             led.append(key, [MessageAppended(session_id="g1", role="user", content=text,
                                              user_id=user_id, user_name=name)])  # fmt: skip
         led.append(key, [_say("g1", "assistant", "lunch booked")])
-    speakers = lambda *a: [(h["position"], h["user_name"]) for h in _search(cli, db, *a)]  # noqa: E731
+    target = on(db)
+    speakers = lambda *a: [(h["position"], h["user_name"]) for h in _search(cli, target, *a)]  # noqa: E731
     assert speakers("lunch", "--user", "bob") == [(3, "Bob")]  # not Ada's, though she opened it
     assert speakers("lunch", "--user", "u1") == [(4, "Ada"), (2, "Ada")]  # the agent's: hers
     assert speakers("lunch") == [(4, "Ada"), (3, "Bob"), (2, "Ada")]
