@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from backends import Backend
 from click.testing import Result
 from helpers import ManualClock
 
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
 from hermes_ledger.gateway.sessions.store import SessionStore
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
 
 IDLE_30 = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
 ADA = SessionSource(platform="telegram", chat_id="99", chat_type="dm", user_name="ada")
 
 
 @pytest.fixture
-def history_db(tmp_path: Path, clock: ManualClock) -> tuple[Path, list[str]]:
-    """Two sessions on one key (the first auto-reset after 31 idle minutes)."""
-    db = tmp_path / "ledger.db"
+def history_db(backend: Backend, clock: ManualClock) -> tuple[str, list[str]]:
+    """Two sessions on one key (the first auto-reset after 31 idle minutes), on each
+    backend (with the projections on PostgreSQL, where the session reads need them)."""
+    db = backend.target
     ids: list[str] = []
-    with Ledger.open(db, clock=clock) as led:
+    with backend.open(projections=backend.name == "postgresql") as led:
         store = SessionStore(led, IDLE_30, clock, session_ids=lambda now: f"s{len(ids) + 1}")
         first = store.get_or_create_session(ADA)
         ids.append(first.session_id)
@@ -43,7 +46,7 @@ def history_db(tmp_path: Path, clock: ManualClock) -> tuple[Path, list[str]]:
 
 
 def test_sessions_lists_open_sessions(
-    history_db: tuple[Path, list[str]], cli: Callable[..., Result]
+    history_db: tuple[str, list[str]], cli: Callable[..., Result]
 ) -> None:
     db, _ = history_db
     result = cli("sessions", "--db", str(db))
@@ -60,7 +63,7 @@ def test_sessions_lists_open_sessions(
 
 
 def test_history_shows_every_session_of_a_key(
-    history_db: tuple[Path, list[str]], cli: Callable[..., Result]
+    history_db: tuple[str, list[str]], cli: Callable[..., Result]
 ) -> None:
     db, _ = history_db
     result = cli("history", "agent:main:telegram:dm:99", "--db", str(db), "--json")
@@ -76,7 +79,7 @@ def test_history_shows_every_session_of_a_key(
 
 
 def test_transcript_prints_messages_in_order(
-    history_db: tuple[Path, list[str]], cli: Callable[..., Result]
+    history_db: tuple[str, list[str]], cli: Callable[..., Result]
 ) -> None:
     db, _ = history_db
     result = cli("transcript", "s1", "--db", str(db))
@@ -95,7 +98,7 @@ def test_transcript_prints_messages_in_order(
 
 
 def test_replay_rebuilds_and_shows_the_past(
-    history_db: tuple[Path, list[str]], clock: ManualClock, cli: Callable[..., Result]
+    history_db: tuple[str, list[str]], clock: ManualClock, cli: Callable[..., Result]
 ) -> None:
     db, _ = history_db
     result = cli("replay", "--db", str(db), "--json")
@@ -115,7 +118,7 @@ def test_replay_rebuilds_and_shows_the_past(
 
 
 def test_verify_passes_then_names_the_tampered_row(
-    history_db: tuple[Path, list[str]], cli: Callable[..., Result]
+    history_db: tuple[str, list[str]], backend: Backend, cli: Callable[..., Result]
 ) -> None:
     db, _ = history_db
     result = cli("verify", "--db", str(db))
@@ -125,11 +128,7 @@ def test_verify_passes_then_names_the_tampered_row(
         == "hash chain: ok: 8 events, hash chain intact up to position 8"
     )
     assert result.output.splitlines()[1].startswith("projections: ok")
-    with Ledger.open(db) as led:
-        led.connection.execute("DROP TRIGGER events_refuse_update")
-        led.connection.execute(
-            "UPDATE events SET data = json_set(data, '$.content', 'forged') WHERE position = 2"
-        )
+    backend.tamper("UPDATE events SET stream = stream || ':forged' WHERE position = 2")
     result = cli("verify", "--db", str(db), "--json")
     assert result.exit_code == 1
     report = json.loads(result.output)
@@ -146,3 +145,43 @@ def test_read_commands_on_a_missing_ledger_say_what_to_do(
             f"Error: there is no ledger at {tmp_path / 'none.db'}\nTry: "
         )
     assert not (tmp_path / "none.db").exists()
+
+
+def test_replay_at_reads_business_or_recorded_time(
+    backend: Backend, clock: ManualClock, cli: Callable[..., Result]
+) -> None:
+    """An import recorded today of what happened days ago: --at replays what had
+    happened by then (in log order), --recorded what the log held by then; the same
+    on both backends."""
+    tg = Source(platform="telegram", chat_id="1", user_id="u1")
+    dc = Source(platform="discord", chat_id="2", user_id="u2")
+    days_ago = clock.now - timedelta(days=2)
+    with backend.open(projections=backend.name == "postgresql") as log:
+        log.append(
+            "k1", [SessionStarted(session_id="s1", source=tg, occurred_at=days_ago)]
+        )  # position 1, happened on the 20th
+        log.append("k1", [MessageAppended(session_id="s1", role="user", content="hi",
+                                          occurred_at=days_ago + timedelta(days=1))])  # fmt: skip
+        clock.advance(hours=1)
+        log.append(
+            "k2",
+            [SessionStarted(session_id="s2", source=dc, occurred_at=days_ago - timedelta(days=1))],
+        )  # position 3, recorded an hour later, happened on the 19th
+
+    def state(*args: str) -> tuple[int, list[tuple[str, int]]]:
+        result = cli("replay", "--db", backend.target, "--json", *args)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.output)
+        return doc["position"], [(r["session_id"], r["message_count"]) for r in doc["session_map"]]
+
+    assert state("--at", "2026-11-19T12:00Z") == (3, [("s2", 0)])
+    assert state("--at", "2026-11-20T12:00Z") == (3, [("s1", 0), ("s2", 0)])
+    assert state("--at", "2026-11-21T12:00Z") == (3, [("s1", 1), ("s2", 0)])
+    assert state("--at", "2026-11-01") == (0, [])
+    assert state("--at", "2026-11-22T09:30Z", "--recorded") == (2, [("s1", 1)])
+    assert state("--at", "2026-11-22T08:00Z", "--recorded") == (0, [])
+    assert state("--at", "2099-01-01", "--recorded") == (3, [("s1", 1), ("s2", 0)])
+    result = cli("replay", "--db", backend.target, "--at", "2026-11-20T12:00Z")
+    assert result.output.splitlines()[0] == (
+        "Session map as of business time 2026-11-20T12:00:00.000000Z (position 3):"
+    )

@@ -363,11 +363,12 @@ class _Interrupted(LedgerCommandError):
 
 
 @click.command("schema")
+@postgres_ready
 @db_option
-def schema_cmd(db: Path | None) -> None:
+def schema_cmd(db: Path | str | None) -> None:
     """Print the JSON Schema of the events.
 
-    The schema is that of this version's event models (the same for every ledger;
-    --db is accepted like everywhere else).
+    The schema is that of this version's event models (the same for every ledger,
+    SQLite or PostgreSQL; --db is accepted like everywhere else and not opened).
     """
     print_json(json_schema())

@@ -211,7 +211,7 @@ def replay_cmd(
         raise click.UsageError("--recorded says how --at is read: give --at TIME with it")
     target = resolve_ledger(db)
     if isinstance(target, str):
-        _replay_postgres(target, at, to, tz, as_json)
+        _replay_postgres(target, at, to, recorded, tz, as_json)
         return
     with reports.open_existing(target) as led:
         if at is None and to is None:
@@ -226,24 +226,21 @@ def replay_cmd(
     _print_state(state, at, recorded, tz, as_json)
 
 
-def _replay_postgres(dsn: str, at: str | None, to: int | None, zone: Zone, as_json: bool) -> None:
+def _replay_postgres(
+    dsn: str, at: str | None, to: int | None, recorded: bool, zone: Zone, as_json: bool
+) -> None:
     from hermes_ledger.gateway.sessions import postgres
 
-    if at is not None:
-        raise LedgerCommandError(
-            "replay --at does not work on a PostgreSQL ledger yet",
-            hint="give --to POSITION instead (find one with `hermes-ledger events --db URI`)",
-        )
     with postgres.open_postgres(dsn, projections=False) as log:
-        if to is None:
+        if at is None and to is None:
             report = postgres.rebuild(log)
             if as_json:
                 print_json({"events": report.events, "position": report.position})
             else:
                 click.echo(str(report))
             return
-        state = postgres.state_at(log, to)
-    _print_state(state, None, False, zone, as_json)
+        state = postgres.state_at(log, to, time=at, recorded=recorded)
+    _print_state(state, at, recorded, zone, as_json)
 
 
 def _print_state(

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from hermes_ledger.gateway.sessions.globbing import glob_regex
 from hermes_ledger.gateway.sessions.listing import SESSION_FIELDS, SessionFilter
 from hermes_ledger.gateway.sessions.reports import HISTORY_COLUMNS
 from hermes_ledger.gateway.sessions.search import SearchFilter
@@ -89,6 +90,8 @@ _WHERE_USER = (
 _WHERE_SINCE = 'm.updated_at >= %s COLLATE "C"'
 _WHERE_UNTIL = 'm.updated_at < %s COLLATE "C"'
 _WHERE_END_REASON = "h.end_reason = %s"
+_WHERE_KEY = "m.session_key ~ %s"
+_WHERE_NONE = "FALSE"
 SQL_HISTORY = (
     f"SELECT {HISTORY_COLUMNS} FROM session_history WHERE session_key = %s"
     ' ORDER BY started_at COLLATE "C", session_id COLLATE "C"'
@@ -266,11 +269,19 @@ def rebuild(log: PostgresLog) -> RebuildReport:
     return pg_projections.rebuild(log)
 
 
-def state_at(log: PostgresLog, position: int) -> State:
-    """The projections as of ``position`` (a replay, nothing changed)."""
+def state_at(
+    log: PostgresLog,
+    position: int | None = None,
+    *,
+    time: str | None = None,
+    recorded: bool = False,
+) -> State:
+    """The projections as of ``position``, or of ``time`` (business time, or recorded
+    time with ``recorded``), as ``projections.state_at`` on SQLite: a replay,
+    nothing changed."""
     from hermes_ledger.projections import postgres as pg_projections
 
-    return pg_projections.state_at(log, position=position)
+    return pg_projections.state_at(log, position=position, time=time, recorded=recorded)
 
 
 def search(
@@ -311,13 +322,7 @@ def _rows(log: PostgresLog, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, 
 
 def _session_where(which: SessionFilter) -> tuple[str, tuple[Any, ...]]:
     """``which`` as ``" AND …"`` conditions and their bindings (``SessionFilter.where``
-    on PostgreSQL). ``--key`` (SQLite's GLOB) is not translated yet."""
-    if which.key is not None:
-        raise LedgerError(
-            "choosing keys by a glob (--key) does not work on a PostgreSQL ledger yet",
-            hint="leave --key out and choose by --platform, --chat-type or --user, or run"
-            " `hermes-ledger history KEY --db URI` for one key",
-        )
+    on PostgreSQL). ``--key``, SQLite's GLOB, is the regex ``glob_regex`` spells."""
     statuses = list(which.wanted_statuses) or None
     given: list[tuple[str, tuple[Any, ...]]] = [
         (sql, args)
@@ -332,6 +337,9 @@ def _session_where(which: SessionFilter) -> tuple[str, tuple[Any, ...]]:
         )
         if args[0] is not None
     ]
+    if which.key is not None:
+        regex = glob_regex(which.key)
+        given.append((_WHERE_KEY, (regex,)) if regex is not None else (_WHERE_NONE, ()))
     return "".join(f" AND {sql}" for sql, _ in given), tuple(a for _, args in given for a in args)
 
 

@@ -10,13 +10,16 @@ SQLite ``state_at`` does, so the two can be compared.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
+from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.records import Recorded
 from hermes_ledger.projections.definitions import Projection, by_name
 from hermes_ledger.projections.errors import ProjectionError
 from hermes_ledger.projections.postgres.live import _held
@@ -42,6 +45,22 @@ SQL_SCRATCH_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 SQL_EXCEPT = "SELECT {columns} FROM {a} EXCEPT ALL SELECT {columns} FROM {b}"
 SQL_COUNT = "SELECT count(*) FROM {table}"
 SQL_ROWS = "SELECT {columns} FROM {table}"
+# "As of time T" (projections.state's SQL_LAST_POSITION_BY and SQL_LAST_OCCURRED_BY,
+# bounded by the head read in the same snapshot). Times are ledger text, compared
+# byte for byte as SQLite does.
+SQL_LAST_POSITION_BY = (
+    'SELECT coalesce((SELECT min(position) FROM events WHERE recorded_at > %s COLLATE "C") - 1, %s)'
+)
+"""The end of the longest prefix of the log recorded at or before the time."""
+SQL_LAST_OCCURRED_BY = (
+    'SELECT coalesce(max(position), 0) FROM events WHERE occurred_at <= %s COLLATE "C"'
+    " AND position <= %s"
+)
+"""The last position among the events that happened at or before the time."""
+SQL_HAPPENED_AFTER = (
+    'SELECT position FROM events WHERE occurred_at > %s COLLATE "C" AND position <= %s'
+)
+"""The events up to a position that happened after the time (left out of its replay)."""
 
 
 @contextmanager
@@ -115,18 +134,55 @@ def _compare(conn: Connection, table: TableSpec) -> tuple[list[Difference], int]
     return found, int(count[0]) if count else 0
 
 
-def state_at(log: PostgresLog, *, position: int | None = None) -> State:
+def state_at(
+    log: PostgresLog,
+    *,
+    position: int | None = None,
+    time: datetime | str | None = None,
+    recorded: bool = False,
+) -> State:
     """The session map, history and transcripts as they were after ``position`` (the
-    head when None): a replay into temporary tables; the live tables are not read."""
+    head when neither it nor ``time`` is given), or as of ``time``, read as the
+    SQLite ``projections.state_at`` reads it: business time (the events that happened
+    by then, in log order; ``State.position`` the last of them), or with
+    ``recorded`` the longest prefix of the log recorded by then. A replay into
+    temporary tables; the live tables are not read."""
+    if position is not None and time is not None:
+        raise ValueError("give position or time, not both")
     if position is not None and position < 0:
         raise ValueError("position must be >= 0")
     with _snapshot(log, scratch=True) as conn:
         head = log.head()
-        until = head if position is None else min(position, head)
+        records: Iterable[Recorded]
+        if time is None:
+            until = head if position is None else min(position, head)
+            records = log.read_all(0, limit=until)
+        elif recorded:
+            until = _scalar(conn, SQL_LAST_POSITION_BY, (_utc(time), head))
+            records = log.read_all(0, limit=until)
+        else:
+            moment = _utc(time)
+            until = _scalar(conn, SQL_LAST_OCCURRED_BY, (moment, head))
+            later = {int(r[0]) for r in conn.execute(SQL_HAPPENED_AFTER, (moment, until))}
+            records = (r for r in log.read_all(0, limit=until) if r.position not in later)
         chosen = by_name()
         create_tables(conn, chosen, SCRATCH, indexes=False)
-        apply(conn, SCRATCH, chosen, log.read_all(0, limit=until))
+        apply(conn, SCRATCH, chosen, records)
         return _read_state(conn, SCRATCH, until)
+
+
+def _scalar(conn: Connection, sql: str, args: tuple[Any, ...]) -> int:
+    row = conn.execute(sql, args).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _utc(moment: datetime | str) -> str:
+    """``moment`` as UTC text in the format of the log's time columns."""
+    if isinstance(moment, str):
+        return moment
+    if moment.tzinfo is None:
+        raise ValueError(f"time must be timezone-aware, not naive {moment!r}")
+    return format_utc(moment)
 
 
 def live_state(log: PostgresLog) -> State:
