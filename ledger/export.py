@@ -4,9 +4,12 @@ The JSONL form is the ledger's backup format: one event per line, every column
 as stored (``data`` and ``meta`` embedded verbatim, so ``hermes-ledger import``
 can rebuild the exact rows and hashes) and the business time ``occurred_at``
 (derived from ``data`` and ``recorded_at``, as in the ledger), then one manifest
-line. Every form keeps both times. SQLite builds
-the lines, a page at a time (``SQL_JSONL_PAGE``), so an export streams in
-constant memory at close to the speed of reading the table.
+line. Every form keeps both times.
+
+One writer per format, for both backends: each reads an ``ExportRows`` (the row
+source of one snapshot: ``ledger.export_rows`` for SQLite, ``ledger.postgres.reading``
+for PostgreSQL), so an export of a PostgreSQL ledger is the same file as the export
+of the same events in a SQLite one, and imports the same way.
 
 Files are written to a temporary file next to the target (``.NAME.XXXXXXXX.part``),
 created readable by their owner only and locked while it is written, and renamed
@@ -28,8 +31,9 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, cast
@@ -37,9 +41,16 @@ from typing import IO, Any, cast
 import apsw
 
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
-from hermes_ledger.ledger.errors import LedgerError, translate
+from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.events import EVENT_TYPES
 from hermes_ledger.ledger.export_markdown import write_markdown
+from hermes_ledger.ledger.export_rows import (
+    EXPORT_COLUMNS,
+    PAGE,
+    ExportRows,
+    Summary,
+    sqlite_rows,
+)
 from hermes_ledger.ledger.outfiles import (
     check_target,
     private_temp,
@@ -47,7 +58,6 @@ from hermes_ledger.ledger.outfiles import (
     scratch,
 )
 from hermes_ledger.ledger.query import EventFilter
-from hermes_ledger.ledger.sql import business_time
 from hermes_ledger.ledger.store import Ledger
 from hermes_ledger.ledger.transcript import (
     SYNTHETIC,
@@ -55,6 +65,7 @@ from hermes_ledger.ledger.transcript import (
     TRANSCRIPT_KEY,
     TRANSCRIPT_SEARCHED,
     TRANSCRIPT_TOKENIZER,
+    transcript_names,
     transcript_values,
 )
 
@@ -63,10 +74,13 @@ __all__ = [
     "EXPORT_FORMAT",
     "FORMATS",
     "ExportManifest",
+    "OpenRows",
     "Progress",
     "export",
+    "export_rows",
     "export_to_stream",
     "format_for",
+    "stream_rows",
 ]
 
 FORMATS = ("jsonl", "csv", "sqlite", "markdown")
@@ -76,90 +90,12 @@ FORMAT_VERSION = 1
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while exporting."""
+OpenRows = Callable[[EventFilter], AbstractContextManager[ExportRows]]
+"""Opens the row source of a filter in one snapshot of a log (``export_rows.sqlite_rows``
+of a SQLite ledger, ``postgres.reading.postgres_rows`` of a PostgreSQL one)."""
 
-_CHUNK = 2000
 _GZIP_LEVEL = 6
-
-
-# ``data`` as the event said it: its payload (its personal fields, ``ledger.personal``)
-# merged in, or "[erased]" in their place once erased. An event with a payload gets
-# "payload": {"salt": hex} after its hash, so that an import can split the body again
-# into the stored row and payload (and check both, against the hash and the digest
-# in meta); an erased event has none, and its data is the stored text.
-_WHOLE_DATA = (
-    "coalesce((SELECT json_patch(events.data, p.body) FROM payloads AS p"
-    " WHERE p.position = events.position), events.data)"
-)
-_PAYLOAD_MEMBER = (
-    'coalesce((SELECT \',"payload":{"salt":"\' || lower(hex(p.salt)) || \'"}\''
-    " FROM payloads AS p WHERE p.position = events.position), '')"
-)
-_PAYLOAD_BODY = "(SELECT p.body FROM payloads AS p WHERE p.position = events.position)"
-
-
-def _jsonl_page(data: str, meta: str, ordered: bool) -> str:
-    """The statement turning a page of events into JSONL, given the SQL for the
-    ``data`` and ``meta`` values: ``(text, count, first position, last position)``
-    for the first ``?`` (limit) events after position ``?`` that match ``{where}``.
-
-    Each line is one printf() (faster than a chain of ``||``), and the page comes
-    back as one UTF-8 blob, so Python handles a page, not a row. The lines are
-    concatenated in the order the subquery yields them (SQLite keeps a
-    subquery's ORDER BY for an aggregate over it; the caller checks the ends of
-    every page); ``ordered`` adds group_concat's own ORDER BY, which is slower.
-    """
-    layout = (
-        '{"position":%d,"event_id":%s,"stream":%s,"version":%d,"type":%s,'
-        '"session_id":%s,"data":%s,"meta":%s,"recorded_at":%s,"occurred_at":%s,"hash":%s%s}\n'
-    )
-    line = (
-        f"printf('{layout}', position, json_quote(event_id), json_quote(stream), version,"
-        f" json_quote(type), json_quote(session_id), {data}, {meta}, json_quote(recorded_at),"
-        f" json_quote(occurred_at), json_quote(hash), {_PAYLOAD_MEMBER})"
-    )
-    order = " ORDER BY position" if ordered else ""
-    return (
-        f"SELECT CAST(group_concat(line, ''{order}) AS BLOB), count(*), min(position),"
-        f" max(position) FROM (SELECT position, {line} AS line FROM events"
-        " WHERE position > ?{where} ORDER BY position LIMIT ?)"
-    )
-
-
-# A page of events, one line each: ``data`` and ``meta`` embedded as stored,
-# byte for byte, so an import can restore them exactly.
-SQL_JSONL_PAGE = _jsonl_page(_WHOLE_DATA, "meta", ordered=False)
-# The same page, for the rare page the fast form does not suit: some event's data
-# or meta holds a line break (legal JSON whitespace, though the ledger never writes
-# one), so that value is embedded re-serialised and its exact text follows as
-# "data_text" / "meta_text"; and the order is group_concat's own.
-_ONE_LINE = (
-    "CASE WHEN instr({c}, char(10)) OR instr({c}, char(13))"
-    " THEN json({c}) || ',\"{name}_text\":' || json_quote({c}) ELSE {c} END"
-)
-SQL_JSONL_SAFE_PAGE = _jsonl_page(
-    _ONE_LINE.format(c=_WHOLE_DATA, name="data"),
-    _ONE_LINE.format(c="meta", name="meta"),
-    ordered=True,
-)
-SQL_HASH_AT = "SELECT hash FROM events WHERE position = ?"
-EXPORT_COLUMNS = (
-    "position", "event_id", "stream", "version", "type", "session_id", "data", "meta",
-    "recorded_at", "occurred_at", "hash",
-)  # fmt: skip
-"""The columns of a CSV export and of a SQLite export's ``events``, in order: the
-log's stored columns (``ledger.query.COLUMNS``) with the business time beside
-``recorded_at``."""
-SQL_ROWS = (
-    "SELECT "
-    + ", ".join(_WHOLE_DATA if c == "data" else c for c in EXPORT_COLUMNS)
-    + " FROM events WHERE 1{where} ORDER BY position"
-)
-SQL_COUNT = "SELECT count(*) FROM events WHERE 1{where}"
-SQL_SUMMARY = (
-    "SELECT count(*), min(position), max(position),"
-    " (SELECT hash FROM events WHERE 1{where} ORDER BY position DESC LIMIT 1)"
-    " FROM events WHERE 1{where}"
-)
+_STREAMED = ("jsonl", "csv", "markdown")
 
 
 def _stored_message_body() -> str:
@@ -176,23 +112,19 @@ def _stored_message_body() -> str:
 
 # The transcript of a SQLite export: the rows ``ledger.transcript`` declares (the
 # columns of the live ``messages`` projection, business time ``ts`` included),
-# computed from the exported events themselves; synthetic turns are not in it.
+# computed in the export's own database from the events it holds (``data`` whole,
+# so no payload: ``private`` stays NULL), whichever backend they came from;
+# synthetic turns are not in it.
 _MESSAGE_BODY = _stored_message_body()
 MESSAGE_COLUMNS = {c.name: c.python_type for c in TRANSCRIPT_COLUMNS}
-SQL_MESSAGES = (
-    "SELECT "
+SQL_EXPORT_MESSAGES = (
+    f"INSERT INTO messages ({transcript_names()}) SELECT "
     + transcript_values(position="position", stream="stream", session_id="session_id",
-                        body=_MESSAGE_BODY, ts=business_time(_MESSAGE_BODY, "recorded_at"),
-                        private=_PAYLOAD_BODY)
+                        body=_MESSAGE_BODY, ts="occurred_at")
     + " FROM events WHERE type = 'message_appended' AND NOT "
     + SYNTHETIC.format(body=_MESSAGE_BODY)
-    + "{where} ORDER BY position"
+    + " ORDER BY position"
 )  # fmt: skip
-
-
-def _filtered(template: str, where: str) -> str:
-    """``template`` with its ``{where}`` replaced by EventFilter.where()'s conditions."""
-    return template.replace("{where}", where)
 
 
 @dataclass(frozen=True)
@@ -240,94 +172,8 @@ def _generator() -> str:
         return "hermes-ledger"
 
 
-# -- snapshot reads --------------------------------------------------------------
-
-
-@contextmanager
-def _snapshot(led: Ledger) -> Iterator[apsw.Connection]:
-    """One read transaction: the count, the rows and the manifest agree."""
-    conn = led.connection
-    try:
-        conn.execute("BEGIN").fetchall()
-        try:
-            yield conn
-        finally:
-            if not conn.getautocommit():
-                conn.execute("COMMIT").fetchall()
-    except apsw.Error as exc:
-        translate(exc, path=str(led.path))
-
-
-def _total(conn: apsw.Connection, where: str, args: tuple[Any, ...]) -> int:
-    row: Any = conn.execute(_filtered(SQL_COUNT, where), args).fetchone()
-    return int(row[0])
-
-
-def _write_jsonl(
-    conn: apsw.Connection,
-    out: IO[bytes],
-    events: EventFilter,
-    progress: Progress | None,
-    now: Clock,
-) -> ExportManifest:
-    where, args = events.where()
-    total = _total(conn, where, args) if progress is not None else 0
-    page_sql = _filtered(SQL_JSONL_PAGE, where)
-    count = after = 0
-    first_position: int | None = None
-    while True:
-        row: Any = conn.execute(page_sql, (after, *args, _CHUNK)).fetchone()
-        text, size, first, last = row
-        if not size:
-            break
-        if not _page_is_sound(text, size, first, last):
-            safe_sql = _filtered(SQL_JSONL_SAFE_PAGE, where)
-            safe: Any = conn.execute(safe_sql, (after, *args, _CHUNK)).fetchone()
-            text = safe[0]
-        out.write(text)
-        del text, row  # before the next page is read: one page in memory at a time
-        if first_position is None:
-            first_position = first
-        count += size
-        after = last
-        if progress is not None:
-            progress(count, total)
-    last_hash: Any = conn.execute(SQL_HASH_AT, (after,)).fetchone() if count else (None,)
-    manifest = ExportManifest(
-        export_format="jsonl",
-        count=count,
-        first_position=first_position,
-        last_position=after or None,
-        last_hash=last_hash[0],
-        filters=events.describe(),
-        exported_at=format_utc(now()),
-        generator=_generator(),
-    )
-    out.write(manifest.jsonl_line())
-    if progress is not None and not count:
-        progress(0, total)
-    return manifest
-
-
-def _page_is_sound(text: bytes, size: int, first: int, last: int) -> bool:
-    """One line per event, and the page starts and ends with its first and last
-    positions (a cheap check on the concatenation order)."""
-    if text.count(b"\n") != size or b"\r" in text:
-        return False
-    start = text.rfind(b'\n{"position":', 0, len(text) - 1) + 1
-    return _position_of(text) == first and _position_of(text, start) == last
-
-
-def _position_of(text: bytes, start: int = 0) -> int:
-    """``{"position":123,…`` at ``start`` -> 123 (lines as SQL_JSONL_PAGE writes them)."""
-    begin = start + len(b'{"position":')
-    return int(text[begin : text.index(b",", begin)])
-
-
-def _summary(conn: apsw.Connection, events: EventFilter, fmt: str, now: Clock) -> ExportManifest:
-    where, args = events.where()
-    row: Any = conn.execute(_filtered(SQL_SUMMARY, where), args + args).fetchone()
-    count, first, last, last_hash = row
+def _manifest(summary: Summary, events: EventFilter, fmt: str, now: Clock) -> ExportManifest:
+    count, first, last, last_hash = summary
     return ExportManifest(
         export_format=fmt,
         count=count,
@@ -340,24 +186,46 @@ def _summary(conn: apsw.Connection, events: EventFilter, fmt: str, now: Clock) -
     )
 
 
-def _write_csv(
-    conn: apsw.Connection,
-    out: IO[bytes],
-    events: EventFilter,
-    progress: Progress | None,
-    now: Clock,
+# -- one writer per format ---------------------------------------------------------
+
+
+def _write_jsonl(
+    rows: ExportRows, out: IO[bytes], events: EventFilter, progress: Progress | None, now: Clock
 ) -> ExportManifest:
-    where, args = events.where()
-    manifest = _summary(conn, events, "csv", now)
+    total = rows.count() if progress is not None else 0
+    count = after = 0
+    first_position: int | None = None
+    for page in rows.jsonl_pages():
+        text, size, first, last = page
+        out.write(text)
+        del page, text  # before the next page is read: one page in memory at a time
+        if first_position is None:
+            first_position = first
+        count += size
+        after = last
+        if progress is not None:
+            progress(count, total)
+    last_hash = rows.hash_at(after) if count else None
+    manifest = _manifest((count, first_position, after or None, last_hash), events, "jsonl", now)
+    out.write(manifest.jsonl_line())
+    if progress is not None and not count:
+        progress(0, total)
+    return manifest
+
+
+def _write_csv(
+    rows: ExportRows, out: IO[bytes], events: EventFilter, progress: Progress | None, now: Clock
+) -> ExportManifest:
+    manifest = _manifest(rows.summary(), events, "csv", now)
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
     try:
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(EXPORT_COLUMNS)
         done = 0
-        for row in conn.execute(_filtered(SQL_ROWS, where), args):
+        for row in rows.rows():
             writer.writerow(row)
             done += 1
-            if progress is not None and done % _CHUNK == 0:
+            if progress is not None and done % PAGE == 0:
                 progress(done, manifest.count)
         if progress is not None:
             progress(done, manifest.count)
@@ -367,64 +235,92 @@ def _write_csv(
     return manifest
 
 
+def _write_markdown(
+    rows: ExportRows, out: IO[bytes], events: EventFilter, progress: Progress | None, now: Clock
+) -> ExportManifest:
+    """Readable, one section per session (``ledger.export_markdown``)."""
+    manifest = _manifest(rows.summary(), events, "markdown", now)
+    write_markdown(
+        rows,
+        out,
+        events,
+        count=manifest.count,
+        exported_at=manifest.exported_at,
+        generator=manifest.generator,
+    )
+    if progress is not None:
+        progress(manifest.count, manifest.count)
+    return manifest
+
+
 def _write_sqlite(
-    conn: apsw.Connection,
-    target: Path,
-    events: EventFilter,
-    progress: Progress | None,
-    now: Clock,
+    rows: ExportRows, target: Path, events: EventFilter, progress: Progress | None, now: Clock
 ) -> ExportManifest:
     """A standalone database built with sqlite-utils: ``events`` (as in the ledger,
     without its triggers; ``occurred_at`` stored), ``messages`` with a full-text index
-    ``messages_fts``, and a one-row ``export_manifest``."""
-    import sqlite_utils
+    ``messages_fts``, and a one-row ``export_manifest``.
 
-    where, args = events.where()
-    manifest = _summary(conn, events, "sqlite", now)
-    db = sqlite_utils.Database(target)
-    try:
-        db.conn.execute("PRAGMA journal_mode = OFF")  # a scratch file until it is renamed
-        db.conn.execute("PRAGMA synchronous = OFF")
-        columns = {c: int if c in ("position", "version") else str for c in EXPORT_COLUMNS}
+    ``messages`` is computed from the exported ``events`` by one statement
+    (``SQL_EXPORT_MESSAGES``), run with apsw's SQLite (which has the JSON operators
+    the transcript's SQL uses, whatever SQLite Python's own module was built with)."""
+
+    manifest = _manifest(rows.summary(), events, "sqlite", now)
+    columns = {c: int if c in ("position", "version") else str for c in EXPORT_COLUMNS}
+    names = list(columns)
+    done = 0
+
+    def dicts() -> Iterator[dict[str, Any]]:
+        nonlocal done
+        for row in rows.rows():
+            done += 1
+            if progress is not None and done % PAGE == 0:
+                progress(done, manifest.count)
+            yield dict(zip(names, row, strict=True))
+
+    with _export_database(target) as db:
         events_table = db.table("events")
         events_table.create(columns, pk="position", not_null=set(columns) - {"session_id"})
-        names = list(columns)
-        done = 0
-
-        def rows() -> Iterator[dict[str, Any]]:
-            nonlocal done
-            for row in conn.execute(_filtered(SQL_ROWS, where), args):
-                done += 1
-                if progress is not None and done % _CHUNK == 0:
-                    progress(done, manifest.count)
-                yield dict(zip(names, row, strict=True))
-
-        events_table.insert_all(rows(), batch_size=_CHUNK)
+        events_table.insert_all(dicts(), batch_size=PAGE)
         events_table.create_index(["event_id"], unique=True)
         events_table.create_index(["stream", "version"], unique=True)
         events_table.create_index(["session_id", "position"])
         events_table.create_index(["type"])
         events_table.create_index(["occurred_at"])
+        db.table("messages").create(MESSAGE_COLUMNS, pk=TRANSCRIPT_KEY)
+    conn = apsw.Connection(str(target))
+    try:
+        conn.execute("PRAGMA journal_mode = OFF").fetchall()  # a scratch file until renamed
+        conn.execute("PRAGMA synchronous = OFF").fetchall()
+        conn.execute(SQL_EXPORT_MESSAGES).fetchall()
+    finally:
+        conn.close()
+    with _export_database(target) as db:
         messages = db.table("messages")
-        messages.create(MESSAGE_COLUMNS, pk=TRANSCRIPT_KEY)
-        message_names = list(MESSAGE_COLUMNS)
-        messages.insert_all(
-            (
-                dict(zip(message_names, row, strict=True))
-                for row in conn.execute(_filtered(SQL_MESSAGES, where), args)
-            ),
-            batch_size=_CHUNK,
-        )
         messages.create_index(["session_id", "position"])
         messages.enable_fts([TRANSCRIPT_SEARCHED], tokenize=TRANSCRIPT_TOKENIZER)
         body = manifest.to_dict()
         body["filters"] = json.dumps(body["filters"], ensure_ascii=False)
         db.table("export_manifest").insert({"format": EXPORT_FORMAT, **body}, pk="format")
-        if progress is not None:
-            progress(done, manifest.count)
+    if progress is not None:
+        progress(done, manifest.count)
+    return manifest
+
+
+@contextmanager
+def _export_database(target: Path) -> Iterator[Any]:
+    """The export's database (sqlite-utils), unjournalled: a scratch file until renamed."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(target)
+    try:
+        db.conn.execute("PRAGMA journal_mode = OFF")
+        db.conn.execute("PRAGMA synchronous = OFF")
+        yield db
     finally:
         db.close()
-    return manifest
+
+
+# -- streams and files -------------------------------------------------------------
 
 
 @contextmanager
@@ -440,6 +336,27 @@ def _open_output(path: Path, compress: bool) -> Iterator[IO[bytes]]:
             yield raw
 
 
+def stream_rows(
+    open_rows: OpenRows,
+    out: IO[bytes],
+    *,
+    format: str = "jsonl",
+    events: EventFilter | None = None,
+    progress: Progress | None = None,
+    clock: Clock = system_clock,
+) -> ExportManifest:
+    """``export_to_stream`` from any backend's row source ``open_rows``."""
+    if format not in _STREAMED:
+        raise LedgerError(
+            f"the {format!r} format needs an output file",
+            hint="pass -o FILE (e.g. -o export.db)",
+        )
+    events = events or EventFilter()
+    writer = {"jsonl": _write_jsonl, "csv": _write_csv, "markdown": _write_markdown}[format]
+    with open_rows(events) as rows:
+        return writer(rows, out, events, progress, clock)
+
+
 def export_to_stream(
     led: Ledger,
     out: IO[bytes],
@@ -450,34 +367,18 @@ def export_to_stream(
     clock: Clock = system_clock,
 ) -> ExportManifest:
     """Write the matching events of ``led`` to the binary stream ``out`` as JSONL
-    (ending with the manifest line) or CSV (a header row, then one row per event).
+    (ending with the manifest line), CSV (a header row, then one row per event) or
+    Markdown.
 
     Reads one consistent snapshot in constant memory. ``led`` should be a ledger
     of its own (e.g. ``Ledger.open(path, readonly=True)``): the export holds one
     read transaction on its connection. ``progress(done, total)`` is called every
     few thousand events when given.
     """
-    if format not in ("jsonl", "csv", "markdown"):
-        raise LedgerError(
-            f"the {format!r} format needs an output file",
-            hint="pass -o FILE (e.g. -o export.db)",
-        )
-    events = events or EventFilter()
-    with _snapshot(led) as conn:
-        if format == "jsonl":
-            return _write_jsonl(conn, out, events, progress, clock)
-        if format == "markdown":  # readable, one section per session (export_markdown)
-            manifest = _summary(conn, events, "markdown", clock)
-            write_markdown(
-                led,
-                out,
-                events,
-                count=manifest.count,
-                exported_at=manifest.exported_at,
-                generator=manifest.generator,
-            )
-            return manifest
-        return _write_csv(conn, out, events, progress, clock)
+    return stream_rows(
+        partial(sqlite_rows, led), out, format=format, events=events, progress=progress,
+        clock=clock,
+    )  # fmt: skip
 
 
 def export(
@@ -492,39 +393,64 @@ def export(
 ) -> ExportManifest:
     """Export the ledger at ``ledger_path`` to ``output`` (a path; None for ``stdout``).
 
-    ``format`` is ``jsonl``, ``csv`` or ``sqlite``; by default it follows the output
-    name (``.csv``, ``.db``/``.sqlite``; otherwise JSONL). A name ending in ``.gz``
-    is gzip-compressed. The file is created owner-only (0600) and appears, complete,
-    only when the export succeeds. ``events`` selects what is exported.
+    ``format`` is ``jsonl``, ``csv``, ``sqlite`` or ``markdown``; by default it
+    follows the output name (``.csv``, ``.db``/``.sqlite``, ``.md``; otherwise JSONL).
+    A name ending in ``.gz`` is gzip-compressed. The file is created owner-only
+    (0600) and appears, complete, only when the export succeeds. ``events`` selects
+    what is exported.
     """
-    fmt = format or format_for(output)
+    _check_format(format or format_for(output))
+    ledger_path = Path(ledger_path)
+    with Ledger.open(ledger_path, readonly=True) as led:
+        return export_rows(
+            partial(sqlite_rows, led), output, format=format, events=events,
+            progress=progress, stdout=stdout, clock=clock, ledger_file=ledger_path,
+        )  # fmt: skip
+
+
+def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise LedgerError(f"unknown export format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
-    ledger_path = Path(ledger_path)
+
+
+def export_rows(
+    open_rows: OpenRows,
+    output: str | os.PathLike[str] | None,
+    *,
+    format: str | None = None,
+    events: EventFilter | None = None,
+    progress: Progress | None = None,
+    stdout: IO[bytes] | None = None,
+    clock: Clock = system_clock,
+    ledger_file: Path | None = None,
+) -> ExportManifest:
+    """``export`` from any backend's row source ``open_rows``: to the file ``output``
+    (never over ``ledger_file``, the ledger's own file if it has one) or ``stdout``."""
+    fmt = format or format_for(output)
+    _check_format(fmt)
     events = events or EventFilter()
-    with Ledger.open(ledger_path, readonly=True) as led:
-        if output is None:
-            if stdout is None:
-                raise LedgerError("export needs an output path or a stream")
-            return export_to_stream(
-                led, stdout, format=fmt, events=events, progress=progress, clock=clock
-            )
-        target = Path(output)
-        check_target(target, ledger_path)
-        remove_dead_parts(target)
-        try:
-            return _export_file(led, target, fmt, events, progress, clock)
-        except (OSError, sqlite3.Error) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise LedgerError(
-                f"cannot write {target}: {reason}",
-                hint=f"check the free space and permissions of {target.parent}; nothing was "
-                "written (a previous file at that path is unchanged)",
-            ) from None
+    if output is None:
+        if stdout is None:
+            raise LedgerError("export needs an output path or a stream")
+        return stream_rows(
+            open_rows, stdout, format=fmt, events=events, progress=progress, clock=clock
+        )
+    target = Path(output)
+    check_target(target, ledger_file)
+    remove_dead_parts(target)
+    try:
+        return _export_file(open_rows, target, fmt, events, progress, clock)
+    except (OSError, sqlite3.Error, apsw.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LedgerError(
+            f"cannot write {target}: {reason}",
+            hint=f"check the free space and permissions of {target.parent}; nothing was "
+            "written (a previous file at that path is unchanged)",
+        ) from None
 
 
 def _export_file(
-    led: Ledger,
+    open_rows: OpenRows,
     target: Path,
     fmt: str,
     events: EventFilter,
@@ -534,15 +460,15 @@ def _export_file(
     compress = target.name.lower().endswith(".gz")
     with private_temp(target) as temp:
         if fmt == "sqlite":
-            with _snapshot(led) as conn:
+            with open_rows(events) as rows:
                 if not compress:
-                    return _write_sqlite(conn, temp, events, progress, clock)
+                    return _write_sqlite(rows, temp, events, progress, clock)
                 with scratch(target) as plain:
-                    manifest = _write_sqlite(conn, plain, events, progress, clock)
+                    manifest = _write_sqlite(rows, plain, events, progress, clock)
                     with open(plain, "rb") as src, _open_output(temp, True) as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
                 return manifest
         with _open_output(temp, compress) as out:
-            return export_to_stream(
-                led, out, format=fmt, events=events, progress=progress, clock=clock
+            return stream_rows(
+                open_rows, out, format=fmt, events=events, progress=progress, clock=clock
             )

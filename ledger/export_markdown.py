@@ -10,7 +10,7 @@ session. All times are business time (when it happened at the gateway), in UTC.
 
 For a session whose start is not in the export (someone else opened it: the
 export has only this person's messages there), its platform, chat type and start
-time are looked up (``SQL_SESSION_START``) for the heading, without the name of
+time are looked up (``ExportRows.session_start``) for the heading, without the name of
 whoever started it.
 
 The JSONL export is the backup format; this one is for reading and cannot be
@@ -23,30 +23,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from hermes_ledger.ledger.personal import ERASED, merged_sql
+from hermes_ledger.ledger.personal import ERASED
 from hermes_ledger.ledger.query import EventFilter
 from hermes_ledger.ledger.records import Recorded
 from hermes_ledger.ledger.sql import business_time_of
-from hermes_ledger.ledger.store import Ledger
+
+if TYPE_CHECKING:
+    from hermes_ledger.ledger.export_rows import ExportRows
 
 __all__ = ["write_markdown"]
-
-# The events the filter selects ("{where}": EventFilter.where()), whole: each with
-# its payload merged in (its personal fields; "[erased]" once erased).
-SQL_SELECTED_BODIES = (
-    "SELECT e.position, e.event_id, e.stream, e.version, e.type, e.session_id, "
-    + merged_sql("e.data", "p.body")
-    + ", e.meta, e.recorded_at, e.hash FROM events AS e"
-    " LEFT JOIN payloads AS p ON p.position = e.position"
-    " WHERE e.position IN (SELECT position FROM events WHERE 1{where}) ORDER BY e.position"
-)
-# The start of one session, for the heading of a session whose start is not exported.
-SQL_SESSION_START = (
-    "SELECT data, recorded_at FROM events WHERE type = 'session_started' AND session_id = ?"
-    " ORDER BY position LIMIT 1"
-)
 
 _EVENT_NOTES = {
     "session_reset": lambda d: f"session reset ({d.get('trigger', '?')})",
@@ -128,7 +115,7 @@ def _message_line(when: str, data: dict[str, Any]) -> str:
     return f"- {when} **{_speaker(data)}**: {body}".rstrip()
 
 
-def _heading(led: Ledger, session: _Session, subject: bool) -> list[str]:
+def _heading(rows: ExportRows, session: _Session, subject: bool) -> list[str]:
     start = next((r for r in session.events if r.type == "session_started"), None)
     end = next((r for r in session.events if r.type == "session_ended"), None)
     lines = [f"## Session {_code(session.session_id)}", ""]
@@ -137,9 +124,9 @@ def _heading(led: Ledger, session: _Session, subject: bool) -> list[str]:
     if start is not None:
         data, started, mine = start.data, business_time_of(start.data, start.recorded_at_text), True
     else:
-        rows = led.query(SQL_SESSION_START, (session.session_id,))
-        data = json.loads(rows[0][0]) if rows else {}
-        started = business_time_of(data, rows[0][1]) if rows else None
+        found = rows.session_start(session.session_id)
+        data = json.loads(found[0]) if found else {}
+        started = business_time_of(data, found[1]) if found else None
         mine = False
     source = data.get("source") or {}
     if source:
@@ -169,8 +156,8 @@ def _heading(led: Ledger, session: _Session, subject: bool) -> list[str]:
     return [*lines, ""]
 
 
-def _session_lines(led: Ledger, session: _Session, subject: bool) -> list[str]:
-    lines = _heading(led, session, subject)
+def _session_lines(rows: ExportRows, session: _Session, subject: bool) -> list[str]:
+    lines = _heading(rows, session, subject)
     shown = 0
     for rec in session.events:
         when = _when(business_time_of(rec.data, rec.recorded_at_text))[11:]
@@ -198,7 +185,7 @@ def _sessions(records: Iterable[Recorded]) -> tuple[list[_Session], list[Recorde
 
 
 def write_markdown(
-    led: Ledger,
+    rows: ExportRows,
     out: IO[bytes],
     events: EventFilter,
     *,
@@ -206,9 +193,9 @@ def write_markdown(
     exported_at: str,
     generator: str,
 ) -> None:
-    """Write the events ``events`` selects as Markdown to ``out`` (UTF-8): a title
-    naming the filter, one section per session in order of its first event, then
-    any events that belong to no session. ``count``, ``exported_at`` and
+    """Write the events ``events`` selects (read from ``rows``) as Markdown to
+    ``out`` (UTF-8): a title naming the filter, one section per session in order
+    of its first event, then any events that belong to no session. ``count``, ``exported_at`` and
     ``generator`` are the export's manifest figures, for the title block."""
     described = events.describe()
     subject = f"user {_escape(str(described.pop('user')))}" if "user" in described else "the ledger"
@@ -222,11 +209,9 @@ def write_markdown(
         + ". Times are UTC."
     )
     lines.append("")
-    where, args = events.where()
-    rows = led.query(SQL_SELECTED_BODIES.replace("{where}", where), args)
-    sessions, other = _sessions(Recorded(*row) for row in rows)
+    sessions, other = _sessions(rows.bodies())
     for session in sessions:
-        lines.extend(_session_lines(led, session, events.user is not None))
+        lines.extend(_session_lines(rows, session, events.user is not None))
     if other:
         lines.extend(["## Other events", ""])
         for rec in other:

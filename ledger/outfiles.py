@@ -74,7 +74,10 @@ def _refuse_special(target: Path) -> bool:
     )
 
 
-def check_target(target: Path, ledger_path: Path) -> None:
+def check_target(target: Path, ledger_path: Path | None) -> None:
+    """Refuse ``target`` before anything is written: a missing directory, a special
+    file (``_refuse_special``), or the ledger file ``ledger_path`` itself (None: the
+    ledger is no file, e.g. PostgreSQL)."""
     parent = target.parent
     if not parent.is_dir():
         raise LedgerError(
@@ -82,6 +85,8 @@ def check_target(target: Path, ledger_path: Path) -> None:
             hint=f"create it first (mkdir -p {parent}) or choose another -o path",
         )
     _refuse_special(target)
+    if ledger_path is None:
+        return
     resolved = target.resolve()
     ledger = ledger_path.resolve()
     if resolved in (ledger, Path(f"{ledger}-wal"), Path(f"{ledger}-shm")):
