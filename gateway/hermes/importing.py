@@ -29,15 +29,20 @@ its usage and its ends as already there.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hermes_ledger import projections
+from hermes_ledger.gateway.hermes.held import (
+    foreign,
+    ledger_name,
+    reads_of,
+    recorded,
+    session_stream,
+    stream_sessions,
+)
 from hermes_ledger.gateway.hermes.mapping import (
-    HERMES_ACTORS,
     IMPORT_ACTOR,
     SUPERSEDED_REASON,
     ToolRedaction,
@@ -61,7 +66,7 @@ from hermes_ledger.gateway.hermes.reading import (
     _Session,
     open_hermes_home,
 )
-from hermes_ledger.ledger import ConcurrencyError, IdempotencyError, Ledger
+from hermes_ledger.ledger import ConcurrencyError, EventLog, IdempotencyError, Ledger
 from hermes_ledger.ledger.events import (
     EventModel,
     MessageAppended,
@@ -82,28 +87,6 @@ __all__ = [
     "import_key",
     "open_hermes_home",
 ]
-
-# -- the ledger ---------------------------------------------------------------------
-
-SQL_SESSION_STREAM = "SELECT stream FROM events WHERE session_id = ? ORDER BY position LIMIT 1"
-SQL_SESSION_EVENTS = (
-    "SELECT event_id, type, meta ->> '$.actor', data ->> '$.synthetic',"
-    " CASE type WHEN 'usage_recorded' THEN data END"
-    " FROM events WHERE session_id = ? ORDER BY position"
-)
-# A stream is foreign when another writer (the ledger's own gateway…) put sessions,
-# messages or usage in it; closes by the ledger's scheduler do not make it foreign.
-SQL_STREAM_FOREIGN = (
-    "SELECT EXISTS (SELECT 1 FROM events WHERE stream = ?"
-    " AND type IN ('session_started', 'message_appended', 'usage_recorded')"
-    " AND coalesce(meta ->> '$.actor', '') NOT IN (?, ?))"
-)
-SQL_STREAM_SESSIONS = (
-    "SELECT session_id, max(type = 'session_ended') FROM events"
-    " WHERE stream = ? AND type IN ('session_started', 'session_ended')"
-    " GROUP BY session_id ORDER BY min(version)"
-)
-
 
 # -- the import -----------------------------------------------------------------------
 
@@ -164,44 +147,6 @@ class _KeyState:
     touched: bool = False
 
 
-@dataclass
-class _Recorded:
-    """What the ledger holds of one Hermes session (``recorded``)."""
-
-    stream: str | None = None
-    event_ids: set[str] = field(default_factory=set)
-    messages: dict[str, bool] = field(default_factory=dict)  # event_id → synthetic
-    used: _Usage = field(default_factory=_Usage)
-    ended: bool = False
-
-
-def recorded(ledger: Ledger, session_id: str) -> _Recorded:
-    """The session's events in the ledger (one indexed read): their ids, the
-    messages and the usage a Hermes import or the live recorder wrote, whether it
-    has ended (by whoever), and its stream."""
-    found = _Recorded()
-    for event_id, kind, actor, synthetic, usage_data in ledger.query(
-        SQL_SESSION_EVENTS, (session_id,)
-    ):
-        found.event_ids.add(event_id)
-        found.ended = found.ended or kind == "session_ended"
-        if actor not in HERMES_ACTORS:
-            continue
-        if kind == "message_appended":
-            found.messages[event_id] = bool(synthetic)
-        elif kind == "usage_recorded":
-            found.used.add(json.loads(usage_data))
-    if found.event_ids:
-        found.stream = ledger.query(SQL_SESSION_STREAM, (session_id,))[0][0]
-    return found
-
-
-def foreign(ledger: Ledger, key: str) -> bool:
-    """Does another writer than a Hermes import or the live recorder keep sessions
-    in ``key``'s stream? Then neither of them appends to it."""
-    return bool(ledger.query(SQL_STREAM_FOREIGN, (key, *HERMES_ACTORS))[0][0])
-
-
 class _Importer:
     def __init__(
         self,
@@ -214,7 +159,7 @@ class _Importer:
         self.home = home
         self.progress = progress
         self.redact = redact
-        self.report = HermesImportReport(home=str(home.path), ledger=str(ledger.path))
+        self.report = HermesImportReport(home=str(home.path), ledger=ledger_name(ledger))
         self.keys: dict[str, _KeyState] = {}
 
     def warn(self, text: str) -> None:
@@ -234,9 +179,9 @@ class _Importer:
         origins = {s.id: _sources(s, raw[s.id], self.warn) for s in sessions}
         keys = _resolve_keys(sessions, routes, origins, self.warn)
         for s in sessions:  # a session already imported stays in its stream
-            rows = self.ledger.query(SQL_SESSION_STREAM, (s.id,))
-            if rows and rows[0][0] != keys[s.id]:
-                keys[s.id] = rows[0][0]
+            stream = session_stream(self.ledger, s.id)
+            if stream is not None and stream != keys[s.id]:
+                keys[s.id] = stream
         by_key: dict[str, list[_Session]] = {}
         for s in sessions:
             by_key.setdefault(keys[s.id], []).append(s)
@@ -259,7 +204,7 @@ class _Importer:
     def _key_state(self, key: str, order: list[str]) -> _KeyState:
         state = self.keys.get(key)
         if state is None:
-            rows = self.ledger.query(SQL_STREAM_SESSIONS, (key,))
+            rows = stream_sessions(self.ledger, key)
             started = {sid for sid, _ in rows}
             ended = {sid for sid, has_end in rows if has_end}
             open_ids = [sid for sid, has_end in rows if not has_end]
@@ -421,7 +366,7 @@ class _Importer:
 
 
 def import_hermes_home(
-    ledger: Ledger,
+    ledger: EventLog | Ledger,
     path: str | os.PathLike[str] | HermesHome,
     progress: Callable[[int, int], None] | None = None,
     *,
@@ -438,12 +383,17 @@ def import_hermes_home(
     ``redact_tools`` pattern (``fnmatch``) are stored as ``[redacted]``, as the live
     recorder stores them. Raises HermesImportError (before anything is written)
     for a path that is not a readable Hermes 0.19 home.
+
+    ``ledger`` is either backend (an ``EventLog``: a SQLite ``Ledger`` or a
+    ``PostgresLog``); the projections are attached (created or caught up) after
+    the import, not during it, so the appends are plain ones.
     """
     redact = ToolRedaction(redact_tools)
+    reads = reads_of(ledger)
     if isinstance(path, HermesHome):
-        report = _Importer(ledger, path, progress, redact).run()
+        report = _Importer(reads, path, progress, redact).run()
     else:
         with open_hermes_home(path) as home:
-            report = _Importer(ledger, home, progress, redact).run()
-    projections.attach(ledger)
+            report = _Importer(reads, home, progress, redact).run()
+    reads_of(ledger, projections=True)
     return report

@@ -51,10 +51,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from hermes_ledger import projections
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.hermes.batch import Batch as _Batch
-from hermes_ledger.gateway.hermes.importing import _Recorded, foreign, recorded
+from hermes_ledger.gateway.hermes.held import (
+    Recorded,
+    foreign,
+    reads_of,
+    recorded,
+    session_times,
+)
 from hermes_ledger.gateway.hermes.mapping import (
     PLUGIN_ACTOR,
     Speaker,
@@ -86,6 +91,7 @@ from hermes_ledger.gateway.sessions.reads import KeyState, read_key_state
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.ledger import (
     ConcurrencyError,
+    EventLog,
     IdempotencyError,
     Ledger,
     LedgerError,
@@ -119,7 +125,6 @@ RESET_TRIGGER: Final = "/new or /reset"
 """The ``session_reset`` trigger of a ``/new``: Hermes does not say which command it was."""
 
 _META: Final = {"actor": PLUGIN_ACTOR}
-SQL_SESSION_TIMES = "SELECT started_at, end_reason FROM session_history WHERE session_id = ?"
 _RETRIES: Final = 20  # re-reads after another writer changed a key first
 _REMEMBERED: Final = 4096  # dispatch sources, senders, speakers, subagent ids kept
 
@@ -137,24 +142,24 @@ class LiveRecorder:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: EventLog | Ledger,
         home: Path,
         *,
         config: GatewayConfig | None = None,
         redact_tools: Sequence[str] = (),
     ) -> None:
-        self.ledger = ledger
+        # what it reads and appends through, its projections attached (either backend)
+        self.ledger = reads_of(ledger, projections=True)
         self.home = Path(home).expanduser()
         self.config = config if config is not None else GatewayConfig.load(self.home)
         self.redact = ToolRedaction(redact_tools)
-        self.closer = SessionCloser(ledger, None, meta=_META, skipped=FLUSH_NOT_REPORTED)
+        self.closer = SessionCloser(self.ledger, None, meta=_META, skipped=FLUSH_NOT_REPORTED)
         self._sources: OrderedDict[str, Source] = OrderedDict()  # key → latest dispatch
         self._side: OrderedDict[str, None] = OrderedDict()  # subagent sessions seen
         # (key, platform message id) → who sent it, from its dispatch
         self._senders: OrderedDict[tuple[str, str], Speaker] = OrderedDict()
         self._speakers: OrderedDict[str, Speaker] = OrderedDict()  # session → its user
         self._lock = threading.Lock()
-        projections.attach(ledger)
 
     # -- applying a batch ------------------------------------------------------------
 
@@ -222,8 +227,8 @@ class LiveRecorder:
             state = read_key_state(self.ledger, key)
             if state.status == "open" and state.session_id != s.id:
                 assert state.session_id is not None
-                rows = self.ledger.query(SQL_SESSION_TIMES, (state.session_id,))
-                if rows and rows[0][0] and parse_utc(rows[0][0]) > _utc(s.started_at):
+                times = session_times(self.ledger, state.session_id)
+                if times and times[0] and parse_utc(times[0]) > _utc(s.started_at):
                     raise RecordError(
                         f"session {s.id} started before {state.session_id}, the open session"
                         f" of {key}: not recorded after it"
@@ -277,7 +282,7 @@ class LiveRecorder:
             self._remember(self._speakers, s.id, speaker)
         return speaker
 
-    def _content(self, batch: _Batch, key: str, s: _Session, held: _Recorded) -> list[EventModel]:
+    def _content(self, batch: _Batch, key: str, s: _Session, held: Recorded) -> list[EventModel]:
         """The session's messages after the last one the ledger has, and its usage
         beyond what the ledger has recorded (the import's events and ids). A user
         message whose dispatch was seen on ``key`` names the dispatch's sender."""
@@ -324,9 +329,9 @@ class LiveRecorder:
         elif reason is not None:
             why = reason
         else:  # the key's last session ended (an expiry, a shutdown…): Hermes auto-reset it
-            rows = self.ledger.query(SQL_SESSION_TIMES, (previous,))
+            times = session_times(self.ledger, previous)
             why = {"manual_reset": "manual_reset", "resume_switch": "resume"}.get(
-                (rows[0][1] if rows else None) or "", "auto_reset"
+                (times[1] if times else None) or "", "auto_reset"
             )
         return SessionStarted(
             event_id=_event_id("started", s.id),

@@ -12,21 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from hermes_ledger.gateway.config.paths import default_ledger_hooks_dir
-from hermes_ledger.gateway.hermes.mapping import PLUGIN_ACTOR
+from hermes_ledger.gateway.hermes.held import first_plugin_event, has_session, reads_of
 from hermes_ledger.gateway.plugin.spool import pending_records, spool_dir
-from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger import EventLog, Ledger, LedgerError
 from hermes_ledger.ledger.clock import format_utc, parse_utc
 
 __all__ = ["HistoryGap", "history_gap", "plugin_status"]
-
-# when the plugin's first event happened (Hermes's time: a start is the session's
-# start), not when it was written: sessions Hermes started after it are the plugin's
-# to record, even while their records still wait in the spool
-_SQL_FIRST_PLUGIN_EVENT = (
-    "SELECT coalesce(json_extract(data, '$.occurred_at'), recorded_at) FROM events"
-    " WHERE json_extract(meta, '$.actor') = ? ORDER BY position LIMIT 1"
-)
-_SQL_HAS_SESSION = "SELECT 1 FROM events WHERE session_id = ? LIMIT 1"
 
 
 @dataclass(frozen=True)
@@ -58,16 +49,19 @@ class HistoryGap:
         }
 
 
-def history_gap(ledger: Ledger, home: str | os.PathLike[str]) -> HistoryGap | None:
-    """The home's history the ledger lacks (see ``HistoryGap``); None without a
-    ``state.db``. Reads ``state.db`` in place, read-only."""
+def history_gap(ledger: EventLog | Ledger, home: str | os.PathLike[str]) -> HistoryGap | None:
+    """The home's history the ledger (either backend) lacks (see ``HistoryGap``);
+    None without a ``state.db``. Reads ``state.db`` in place, read-only. The plugin's
+    first event is when it happened (Hermes's time: a start is the session's start),
+    not when it was written: sessions Hermes started after it are the plugin's to
+    record, even while their records still wait in the spool."""
     from hermes_ledger.gateway.hermes.reading import HermesImportError, open_hermes_home
 
     home = Path(home)
-    rows = ledger.query(_SQL_FIRST_PLUGIN_EVENT, (PLUGIN_ACTOR,))
-    if not rows:
+    reads = reads_of(ledger)
+    since = first_plugin_event(reads)
+    if since is None:
         return HistoryGap(home, 0, None, None)
-    since = rows[0][0]
     cutoff = parse_utc(since).timestamp()
     try:
         hermes = open_hermes_home(home, snapshot=False)
@@ -77,13 +71,15 @@ def history_gap(ledger: Ledger, home: str | os.PathLike[str]) -> HistoryGap | No
         missing = [
             s.started_at
             for s in hermes.sessions()
-            if s.started_at < cutoff and not ledger.query(_SQL_HAS_SESSION, (s.id,))
+            if s.started_at < cutoff and not has_session(reads, s.id)
         ]
     first = format_utc(datetime.fromtimestamp(min(missing), UTC)) if missing else None
     return HistoryGap(home, len(missing), first, since)
 
 
-def plugin_status(home: str | os.PathLike[str], ledger: Ledger | None = None) -> dict[str, Any]:
+def plugin_status(
+    home: str | os.PathLike[str], ledger: EventLog | Ledger | None = None
+) -> dict[str, Any]:
     """The plugin's part of ``status`` for ``home``: the spool, the records waiting
     there, the ledger hooks' directory and (given the home's ``ledger``) the
     history it lacks (``backfill``: ``HistoryGap.to_dict()``, or None)."""
