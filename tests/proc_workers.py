@@ -1,6 +1,8 @@
 """Worker processes for tests/test_processes.py (run as ``python proc_workers.py …``).
 
-Each subcommand opens a real ledger file and appends to it from its own OS process.
+Each subcommand opens a real ledger, a SQLite file or a PostgreSQL database, by its
+target (``--db``: a path or a ``postgresql://`` URI, through ``open_log``) and
+appends to it from its own OS process.
 Any exception is printed (with its traceback) to stderr and the process exits 1
 (``worker_support.run_worker``), so a "database is locked" or any other error can
 never be swallowed: the parent test asserts a zero exit status and an empty stderr.
@@ -22,7 +24,8 @@ from typing import Any
 import apsw
 from worker_support import run_worker, wait_for
 
-from hermes_ledger.ledger import ANY, NO_STREAM, ConcurrencyError, Ledger
+from hermes_ledger.ledger import ANY, NO_STREAM, ConcurrencyError, open_log
+from hermes_ledger.ledger.backend import is_dsn
 from hermes_ledger.ledger.events import MessageAppended
 
 
@@ -75,7 +78,7 @@ def cmd_hammer(args: argparse.Namespace) -> None:
     name = args.name
     records: list[list[Any]] = []
     conflicts = 0
-    with Ledger.open(args.db) as led:
+    with open_log(args.db) as led:
         touch(sync / f"ready-{name}")
         wait_for([sync / "go"])
         own_versions: dict[str, int] = {}
@@ -118,15 +121,17 @@ def cmd_hammer(args: argparse.Namespace) -> None:
 
 
 def cmd_race(args: argparse.Namespace) -> None:
-    """For each round: meet the peers, then open/create a brand-new ledger and append."""
+    """For each round: meet the peers, then open/create a brand-new ledger (the
+    round's target in the JSON list ``--targets``) and append."""
     sync = Path(args.sync)
     peers = args.peers.split(",")
+    targets = json.loads(Path(args.targets).read_text(encoding="utf-8"))
     results = []
     for k in range(args.rounds):
         touch(sync / f"arrive-{k}-{args.name}")
         wait_for([sync / f"arrive-{k}-{peer}" for peer in peers])
-        path = Path(args.dir) / f"race-{k}.db"
-        with Ledger.open(path) as led:
+        path = targets[k]
+        with open_log(path) as led:
             stream = f"race-{args.name}"
             positions = []
             for i in range(args.count):
@@ -143,7 +148,8 @@ def cmd_crash(args: argparse.Namespace) -> None:
     big = big_batch(tag, args.big)  # built before the signal: the kill should hit the write
     # SQLite's default 2 MiB page cache, so the big transaction spills pages into the
     # WAL before it commits: a kill then leaves uncommitted frames behind to recover.
-    with Ledger.open(args.db, cache_kib=2048) as led:
+    options = {} if is_dsn(args.db) else {"cache_kib": 2048}
+    with open_log(args.db, **options) as led:
         pre = led.append(f"pre-{tag}", pre_batch(tag, args.pre), NO_STREAM)
         write_json(Path(args.ready), {"pre_positions": list(pre.positions)})
         started = time.monotonic()
@@ -157,7 +163,7 @@ def cmd_crash(args: argparse.Namespace) -> None:
 
 def cmd_retry(args: argparse.Namespace) -> None:
     """Send the crash test's big batch again, unchanged (same ids, same expected version)."""
-    with Ledger.open(args.db) as led:
+    with open_log(args.db) as led:
         head_before = led.head()
         result = led.append(f"big-{args.tag}", big_batch(args.tag, args.big), NO_STREAM)
         head_after = led.head()
@@ -174,7 +180,12 @@ def cmd_retry(args: argparse.Namespace) -> None:
 
 
 def cmd_hold(args: argparse.Namespace) -> None:
-    """Hold the write lock (BEGIN IMMEDIATE, plain SQLite) for a moment, then release it."""
+    """Hold the write lock for a moment, then release it: BEGIN IMMEDIATE in plain
+    SQLite; on PostgreSQL the lock an append takes (events IN EXCLUSIVE MODE) or, on
+    a database not yet migrated, the lock a migrating process holds."""
+    if is_dsn(args.db):
+        hold_postgres(args)
+        return
     conn = apsw.Connection(args.db)
     conn.execute("BEGIN IMMEDIATE")
     touch(Path(args.ready))
@@ -183,10 +194,25 @@ def cmd_hold(args: argparse.Namespace) -> None:
     conn.close()
 
 
+def hold_postgres(args: argparse.Namespace) -> None:
+    import psycopg
+
+    from hermes_ledger.ledger.postgres.schema import MIGRATION_LOCK_KEY, SCHEMA, SQL_MIGRATION_LOCK
+
+    with psycopg.connect(args.db, autocommit=True) as conn, conn.transaction():
+        exists = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.events",)).fetchone()
+        if exists and exists[0] is not None:
+            conn.execute(f"LOCK TABLE {SCHEMA}.events IN EXCLUSIVE MODE")
+        else:
+            conn.execute(SQL_MIGRATION_LOCK, (MIGRATION_LOCK_KEY,))
+        touch(Path(args.ready))
+        time.sleep(args.hold)
+
+
 def cmd_idem(args: argparse.Namespace) -> None:
     """Run the fixed appends of the idempotency test and record every result."""
     out = []
-    with Ledger.open(args.db) as led:
+    with open_log(args.db) as led:
         head_before = led.head()
         for stream, events, expected in idem_appends():
             result = led.append(stream, events, expected)
@@ -217,7 +243,7 @@ def main(argv: list[str]) -> None:
     p.set_defaults(fn=cmd_hammer)
 
     p = sub.add_parser("race")
-    p.add_argument("--dir", required=True)
+    p.add_argument("--targets", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--peers", required=True)
     p.add_argument("--rounds", type=int, required=True)

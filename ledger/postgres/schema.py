@@ -27,7 +27,8 @@ SCHEMA = "hermes_ledger"
 WRITER_ROLE = "hermes_ledger_writer"
 """The role that may only SELECT and INSERT on the log (migration 2)."""
 
-_LOCK_KEY = int.from_bytes(b"HRML", "big")  # pg_advisory_xact_lock key while migrating
+MIGRATION_LOCK_KEY = int.from_bytes(b"HRML", "big")
+"""The ``pg_advisory_xact_lock`` key a migrating process holds."""
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 SQL_CREATE_SCHEMA = f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"
@@ -79,12 +80,12 @@ def migrate(conn: psycopg.Connection, migrations: Sequence[Migration] | None = N
         return len(migrations)
     try:
         with conn.transaction():
-            conn.execute(SQL_MIGRATION_LOCK, (_LOCK_KEY,))
+            conn.execute(SQL_MIGRATION_LOCK, (MIGRATION_LOCK_KEY,))
             conn.execute(SQL_CREATE_SCHEMA)
             conn.execute(SQL_CREATE_MIGRATIONS)
         for migration in migrations:
             with conn.transaction():
-                conn.execute(SQL_MIGRATION_LOCK, (_LOCK_KEY,))
+                conn.execute(SQL_MIGRATION_LOCK, (MIGRATION_LOCK_KEY,))
                 if migration.version in applied_versions(conn):
                     continue  # another process applied it meanwhile
                 conn.execute(SQL_SEARCH_PATH)
