@@ -8,6 +8,7 @@ Each command parses its options, calls one library function from
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,10 +16,11 @@ from hermes_ledger.gateway.cli.options import (
     db_option,
     hooks_dir_option,
     json_option,
+    postgres_ready,
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import print_json
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger
 from hermes_ledger.gateway.hooks import HermesSideHook, HooksOverview, hooks_overview
 from hermes_ledger.gateway.hooks.delivery import PendingDelivery, requeue_dead_letters
 from hermes_ledger.ledger import Ledger
@@ -113,12 +115,15 @@ def _print_hermes_side(hooks_dir: Path, hooks: tuple[HermesSideHook, ...]) -> No
 
 
 @click.group("hooks", invoke_without_command=True)
+@postgres_ready
 @hooks_dir_option
 @db_option
 @json_option
 @click.pass_context
 @reports_errors
-def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_json: bool) -> None:
+def hooks_group(
+    ctx: click.Context, hooks_dir: Path | None, db: Path | str | None, as_json: bool
+) -> None:
     """List hooks, their pending deliveries and dead letters.
 
     \b
@@ -136,12 +141,14 @@ def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_
     Pending deliveries are listed (the first few of each hook, in the order they
     will be made) with their attempts, the next retry time and the last error;
     dead letters are those that failed too often (re-queue: `hooks retry`).
+    --db may be a postgresql:// URI (a hook's checkpoint there is the log's
+    head: appends queue their deliveries themselves).
     """
     ctx.ensure_object(dict)
     ctx.obj.update(db=db, as_json=as_json)
     if ctx.invoked_subcommand is not None:
         return
-    ov = hooks_overview(hooks_dir, resolve_ledger_path(db))
+    ov = hooks_overview(hooks_dir, resolve_ledger(db))
     if as_json:
         print_json(ov.to_dict())
     else:
@@ -149,13 +156,14 @@ def hooks_group(ctx: click.Context, hooks_dir: Path | None, db: Path | None, as_
 
 
 @hooks_group.command("retry")
+@postgres_ready
 @click.argument("delivery_ids", nargs=-1, metavar="[DELIVERY_ID]...")
 @db_option
 @json_option
 @click.pass_context
 @reports_errors
 def retry_cmd(
-    ctx: click.Context, delivery_ids: tuple[str, ...], db: Path | None, as_json: bool
+    ctx: click.Context, delivery_ids: tuple[str, ...], db: Path | str | None, as_json: bool
 ) -> None:
     """Re-queue dead letters: the ones named, or all of them.
 
@@ -164,7 +172,14 @@ def retry_cmd(
     """
     db = db or ctx.obj.get("db")
     as_json = as_json or ctx.obj.get("as_json", False)
-    with Ledger.open_existing(resolve_ledger_path(db)) as ledger:
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions.postgres import open_postgres
+
+        opened: Any = open_postgres(target, projections=False)
+    else:
+        opened = Ledger.open_existing(target)
+    with opened as ledger:
         ids = requeue_dead_letters(ledger, delivery_ids or None)
     if as_json:
         print_json({"requeued": ids})

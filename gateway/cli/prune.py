@@ -13,10 +13,15 @@ from typing import Any
 
 import click
 
-from hermes_ledger.gateway.cli.options import db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.options import (
+    db_option,
+    json_option,
+    postgres_ready,
+    reports_errors,
+)
 from hermes_ledger.gateway.cli.output import print_json
 from hermes_ledger.gateway.cli.times import TIME
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger
 from hermes_ledger.gateway.sessions.retention import prune
 from hermes_ledger.gateway.sessions.sources import CHAT_TYPES, InvalidSourceError, parse_platform
 from hermes_ledger.ledger import Ledger
@@ -71,6 +76,7 @@ def _describe(report: ErasureReport) -> list[str]:
 
 
 @click.command("prune", short_help="Forget content older than a cutoff; a dry run unless --yes.")
+@postgres_ready
 @db_option
 @click.option(
     "--older-than",
@@ -92,7 +98,7 @@ def _describe(report: ErasureReport) -> list[str]:
 @json_option
 @reports_errors
 def prune_cmd(
-    db: Path | None,
+    db: Path | str | None,
     older_than: str,
     platform: str | None,
     chat_type: str | None,
@@ -108,9 +114,18 @@ def prune_cmd(
     sessions included; it reads "[erased]" afterwards. The events, session rows, times, token counts
     and costs stay, so usage reports give the same figures. Each prune with --yes
     is recorded as a subject_erased event. The ledger's `retention:` config
-    (ledger section of config.yaml) does this periodically in `run`.
+    (ledger section of config.yaml) does this periodically in `run`. On a
+    PostgreSQL ledger (--db postgresql://…) the same, connected as a member of
+    hermes_ledger_eraser or the database owner.
     """
-    with Ledger.open_existing(resolve_ledger_path(db)) as led:
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions.postgres import open_postgres
+
+        opened: Any = open_postgres(target)  # attached projections are scrubbed too
+    else:
+        opened = Ledger.open_existing(target)
+    with opened as led:
         report = prune(
             led,
             parse_utc(older_than),

@@ -20,17 +20,19 @@ from hermes_ledger.gateway.cli.options import (
     db_option,
     hooks_dir_option,
     json_option,
+    postgres_ready,
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import print_json, print_table
 from hermes_ledger.gateway.config.paths import (
     default_demo_ledger_path,
     hermes_home,
-    resolve_ledger_path,
+    resolve_ledger,
 )
 from hermes_ledger.gateway.demo.day import describe_query, prepare_demo_ledger, run_demo
 from hermes_ledger.gateway.logs import configured_logging, fields
 from hermes_ledger.gateway.scheduler.runner import describe
+from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import parse_utc
 
 __all__ = ["config_option", "demo_cmd", "resolve_home", "run_cmd", "tick_cmd"]
@@ -67,14 +69,21 @@ def resolve_home(config_home: Path | None) -> Path:
 
 @contextmanager
 def _gateway(
-    db: Path | None, config_home: Path | None, hooks_dir: Path | None
+    db: Path | str | None, config_home: Path | None, hooks_dir: Path | None
 ) -> Iterator[Gateway]:
-    """The gateway of the command's options; hooks that do not load are logged
-    (warnings) as the dispatcher loads them."""
+    """The gateway of the command's options (``--db`` a file or a PostgreSQL URI);
+    hooks that do not load are logged (warnings) as the dispatcher loads them."""
     with open_gateway(
-        resolve_ledger_path(db), home=resolve_home(config_home), hooks_dir=hooks_dir
+        resolve_ledger(db), home=resolve_home(config_home), hooks_dir=hooks_dir
     ) as gw:
         yield gw
+
+
+def _where(gateway: Gateway) -> str:
+    """The ledger a gateway runs on: the file as given, or the database's identity
+    (``postgresql://host:port/dbname``: no user, no password)."""
+    ledger = gateway.ledger
+    return str(ledger.path) if isinstance(ledger, Ledger) else ledger.identity
 
 
 def _log_level(quiet: bool, verbose: bool) -> int:
@@ -99,6 +108,7 @@ verbose_option = click.option(
 
 
 @click.command("tick")
+@postgres_ready
 @db_option
 @config_option
 @hooks_dir_option
@@ -108,7 +118,7 @@ verbose_option = click.option(
 @verbose_option
 @reports_errors
 def tick_cmd(
-    db: Path | None,
+    db: Path | str | None,
     config_home: Path | None,
     hooks_dir: Path | None,
     now_text: str | None,
@@ -118,6 +128,8 @@ def tick_cmd(
 ) -> None:
     """One pass: close due sessions, deliver hooks.
 
+    --db may be a postgresql:// URI: runners on several hosts share one database
+    (each due session and each hook delivery is claimed by one of them).
     What the pass did is printed on stdout; warnings and errors (a hook that does
     not load or fails, a failed flush) are logged on stderr, as `run` logs them.
     """
@@ -141,6 +153,7 @@ def tick_cmd(
 
 
 @click.command("run")
+@postgres_ready
 @db_option
 @config_option
 @hooks_dir_option
@@ -150,7 +163,7 @@ def tick_cmd(
 @verbose_option
 @reports_errors
 def run_cmd(
-    db: Path | None,
+    db: Path | str | None,
     config_home: Path | None,
     hooks_dir: Path | None,
     interval: float | None,
@@ -164,7 +177,9 @@ def run_cmd(
     The pass in progress is finished before exiting (status 0). Logs on stderr:
     one line per close (with its flush outcome), per hook delivery or failure,
     per anchor; a hook that does not load once when it breaks and once when it
-    is fixed. --log-format json writes each as one JSON object.
+    is fixed. --log-format json writes each as one JSON object. On a PostgreSQL
+    ledger (--db postgresql://…) any number of runners, on any hosts, may run at
+    once: each close and each hook delivery is made by one of them.
     """
     level = _log_level(quiet, verbose)
     stop = threading.Event()
@@ -182,7 +197,7 @@ def run_cmd(
         ):
             every = interval if interval is not None else gateway.settings.tick_interval
             click.echo(
-                f"Running on {gateway.ledger.path}: a pass every {every:g}s (SIGTERM/Ctrl-C stops)"
+                f"Running on {_where(gateway)}: a pass every {every:g}s (SIGTERM/Ctrl-C stops)"
             )
             passes = gateway.runner.run(stop, interval)
         click.echo(f"Stopped after {passes} passes.")

@@ -202,6 +202,7 @@ def _simulate(
         session_ids=_demo_session_ids(SEED),
     ) as gateway:
         led, store, runner = gateway.ledger, gateway.store, gateway.runner
+        assert isinstance(led, Ledger)  # the demo's ledger is a SQLite file
 
         def tick(label: str) -> PassReport:
             report = runner.once()

@@ -26,16 +26,26 @@ import json
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import apsw
 
+from hermes_ledger.gateway.hooks.records import (
+    Claim,
+    Delivery,
+    DeliveryOutcome,
+    DeliveryReport,
+    HookDeliveryError,
+    HookState,
+    PendingDelivery,
+    not_dead_letters,
+)
 from hermes_ledger.gateway.logs import fields
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
-from hermes_ledger.ledger import Ledger, LedgerError, Recorded
-from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
+from hermes_ledger.ledger import Ledger, Recorded
+from hermes_ledger.ledger.backend import EventLog
+from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.events import SessionEnded, SessionReset, SessionStarted
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 
@@ -141,183 +151,25 @@ SQL_STATES = (
 )
 
 
-class HookDeliveryError(LedgerError):
-    """A request about hook deliveries that cannot be met (nothing was written)."""
-
-
 def delivery_id_for(hook: str, event_id: str) -> str:
     """The stable id of ``hook``'s delivery of the event ``event_id`` (a UUID5)."""
     return str(uuid.uuid5(_NAMESPACE, f"{hook}\x00{event_id}"))
 
 
-# -- what callers get back -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One hook's delivery of one log event."""
-
-    delivery_id: str
-    hook: str
-    event_type: str
-    position: int
-    event_id: str
-    session_key: str
-    session_id: str | None
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    last_error: str | None
-    delivered_at: datetime | None
-    context: dict[str, Any] = field(repr=False)
-
-    @classmethod
-    def _from_row(cls, row: Sequence[Any]) -> Delivery:
-        (did, hook, event, position, event_id, key, sid, status, attempts, next_at,
-         error, delivered, context) = row  # fmt: skip
-        return cls(
-            did, hook, event, position, event_id, key, sid, status, attempts,
-            parse_utc(next_at), error, parse_utc(delivered) if delivered else None,
-            json.loads(context),
-        )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "delivery_id": self.delivery_id,
-            "hook": self.hook,
-            "event_type": self.event_type,
-            "position": self.position,
-            "event_id": self.event_id,
-            "session_key": self.session_key,
-            "session_id": self.session_id,
-            "status": self.status,
-            "attempts": self.attempts,
-            "next_attempt_at": format_utc(self.next_attempt_at),
-            "last_error": self.last_error,
-            "delivered_at": None if self.delivered_at is None else format_utc(self.delivered_at),
-        }
-
-
-@dataclass(frozen=True)
-class PendingDelivery(Delivery):
-    """A delivery still owed: ``pending`` (due at ``next_attempt_at``; after a
-    failure, that is its next retry and ``last_error`` says why) or ``claimed``
-    (a dispatcher, ``claimed_by``, is calling the handler until ``claimed_until``)."""
-
-    claimed_by: str | None = None
-    claimed_until: datetime | None = None
-
-    @classmethod
-    def _from_pending_row(cls, row: Sequence[Any]) -> PendingDelivery:
-        base, (by, until) = Delivery._from_row(row[:-2]), row[-2:]
-        values = {name: getattr(base, name) for name in base.__dataclass_fields__}
-        return cls(**values, claimed_by=by, claimed_until=parse_utc(until) if until else None)
-
-    def to_dict(self) -> dict[str, Any]:
-        until = None if self.claimed_until is None else format_utc(self.claimed_until)
-        return {**super().to_dict(), "claimed_by": self.claimed_by, "claimed_until": until}
-
-
-@dataclass(frozen=True)
-class HookState:
-    """A hook's checkpoint and how many of its deliveries are in each status."""
-
-    hook: str
-    checkpoint: int
-    pending: int = 0
-    claimed: int = 0
-    done: int = 0
-    dead: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "hook": self.hook,
-            "checkpoint": self.checkpoint,
-            "pending": self.pending,
-            "claimed": self.claimed,
-            "done": self.done,
-            "dead": self.dead,
-        }
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A delivery claimed by one dispatcher: call the handler, then ``finish`` it."""
-
-    delivery_id: str
-    hook: str
-    event_type: str
-    context: dict[str, Any]
-    attempt: int
-    worker_id: str
-
-
-@dataclass(frozen=True)
-class DeliveryOutcome:
-    """One handler call (or one expired claim given up on) and what became of it:
-    ``done``, ``retry`` (failed; due again at ``next_attempt_at``) or ``dead``."""
-
-    delivery_id: str
-    hook: str
-    event_type: str
-    session_id: str | None
-    attempt: int
-    status: Literal["done", "retry", "dead"]
-    error: str | None = None
-    next_attempt_at: datetime | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "delivery_id": self.delivery_id,
-            "hook": self.hook,
-            "event_type": self.event_type,
-            "session_id": self.session_id,
-            "attempt": self.attempt,
-            "status": self.status,
-            "error": self.error,
-            "next_attempt_at": None
-            if self.next_attempt_at is None
-            else format_utc(self.next_attempt_at),
-        }
-
-
-@dataclass(frozen=True)
-class DeliveryReport:
-    """What one ``deliver()`` pass did: rows ``enqueued`` and one outcome per call."""
-
-    enqueued: int = 0
-    outcomes: tuple[DeliveryOutcome, ...] = ()
-
-    @property
-    def delivered(self) -> int:
-        """Calls that succeeded."""
-        return sum(o.status == "done" for o in self.outcomes)
-
-    @property
-    def failed(self) -> int:
-        """Calls that failed (to be retried, or dead-lettered)."""
-        return sum(o.status != "done" for o in self.outcomes)
-
-    @property
-    def dead_lettered(self) -> int:
-        """Deliveries given up on in this pass (a subset of ``failed``)."""
-        return sum(o.status == "dead" for o in self.outcomes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "enqueued": self.enqueued,
-            "delivered": self.delivered,
-            "failed": self.failed,
-            "dead_lettered": self.dead_lettered,
-            "outcomes": [o.to_dict() for o in self.outcomes],
-        }
-
-
 # -- reading and re-queuing (no hooks needed: the CLI uses these) -------------------
 
 
-def dead_letters(ledger: Ledger) -> list[Delivery]:
-    """Deliveries that failed too often, in log order."""
+def _postgres(ledger: EventLog) -> Any:
+    """The PostgreSQL queue's reads for a log that is not a SQLite ``Ledger``."""
+    from hermes_ledger.gateway.hooks.postgres_delivery import PostgresDeliveryQueue
+
+    return PostgresDeliveryQueue(ledger)  # type: ignore[arg-type]
+
+
+def dead_letters(ledger: EventLog) -> list[Delivery]:
+    """Deliveries that failed too often, in log order (either backend)."""
+    if not isinstance(ledger, Ledger):
+        return list(_postgres(ledger).dead_letters())
     return [Delivery._from_row(r) for r in ledger.query(SQL_DEAD)]
 
 
@@ -325,25 +177,31 @@ PENDING_SHOWN = 20
 """How many pending deliveries per hook ``pending_deliveries`` returns by default."""
 
 
-def pending_deliveries(ledger: Ledger, *, per_hook: int = PENDING_SHOWN) -> list[PendingDelivery]:
+def pending_deliveries(ledger: EventLog, *, per_hook: int = PENDING_SHOWN) -> list[PendingDelivery]:
     """The deliveries still owed (pending or claimed): the first ``per_hook`` of each
     hook, in the order they will be made, by hook name (``HookState`` has the counts)."""
+    if not isinstance(ledger, Ledger):
+        return list(_postgres(ledger).pending(per_hook))
     return [PendingDelivery._from_pending_row(r) for r in ledger.query(SQL_PENDING, (per_hook,))]
 
 
-def hook_states(ledger: Ledger) -> list[HookState]:
+def hook_states(ledger: EventLog) -> list[HookState]:
     """Every hook the ledger has seen: its checkpoint and delivery counts."""
+    if not isinstance(ledger, Ledger):
+        return list(_postgres(ledger).states())
     return [HookState(*row) for row in ledger.query(SQL_STATES)]
 
 
 def requeue_dead_letters(
-    ledger: Ledger, delivery_ids: Iterable[str] | None = None, *, clock: Clock = system_clock
+    ledger: EventLog, delivery_ids: Iterable[str] | None = None, *, clock: Clock = system_clock
 ) -> list[str]:
     """Make dead letters pending again (attempts reset, due now); all of them, or
     only ``delivery_ids``, which must all be dead letters (else nothing is written
     and HookDeliveryError says which are not). Returns the re-queued ids."""
-    now = format_utc(clock())
     wanted = None if delivery_ids is None else list(dict.fromkeys(delivery_ids))
+    if not isinstance(ledger, Ledger):
+        return list(_postgres(ledger).requeue(wanted, clock()))
+    now = format_utc(clock())
 
     def work(conn: apsw.Connection) -> list[str]:
         if wanted is None:
@@ -358,10 +216,7 @@ def requeue_dead_letters(
                 elif row[7] != "dead":
                     problems.append(f"{did} ({row[7]}, not dead)")
             if problems:
-                raise HookDeliveryError(
-                    "not dead letters: " + ", ".join(problems),
-                    hint="list dead letters with `hermes-ledger hooks`",
-                )
+                raise not_dead_letters(problems)
         for did in ids:
             conn.execute(SQL_REQUEUE, (now, did))
         return ids
@@ -401,6 +256,29 @@ def _context(rec: Recorded, origin: SessionStarted | None) -> dict[str, Any]:
     }
 
 
+def expired_claim(
+    hook: str, did: str, event_type: str, body: str, attempts: int, note: str, *, dead: bool
+) -> DeliveryOutcome:
+    """Log a claim that expired without an outcome: claimed again (a warning) or,
+    ``dead``, dead-lettered (an error); the outcome of the latter (either queue)."""
+    context = json.loads(body)
+    if dead:
+        log.error(
+            "hook %s dead-lettered %s %s after %d attempts: %s", hook, event_type,
+            context.get("session_key"), attempts, note,
+            extra=fields("hook_dead_lettered", hook=hook, hook_event=event_type,
+                         delivery_id=did, attempt=attempts, error=note),
+        )  # fmt: skip
+    else:
+        log.warning(
+            "hook %s: delivery %s: %s; delivering again", hook, did, note,
+            extra=fields("hook_claim_expired", hook=hook, delivery_id=did, attempt=attempts,
+                         error=note),
+        )  # fmt: skip
+    session_id = context.get("session_id")
+    return DeliveryOutcome(did, hook, event_type, session_id, attempts, "dead", note)
+
+
 def _due(queue_head: Sequence[Any], stamp: str) -> bool:
     """Is this row of SQL_QUEUE_HEAD claimable at ``stamp``?"""
     _did, status, _attempts, _owner, until, next_at, _event, _body = queue_head
@@ -419,10 +297,10 @@ class DeliveryQueue:
         self.ledger = ledger
         self.clock = clock
 
-    def register(self, hooks: Iterable[str], *, from_head: bool) -> None:
-        """Give each new hook a checkpoint: the log's head (``from_head``: only
-        later events) or 0 (every event)."""
-        names = list(hooks)
+    def register(self, subscriptions: Mapping[str, Iterable[str]], *, from_head: bool) -> None:
+        """Give each new hook (``subscriptions``: hook name → the log event types it
+        takes) a checkpoint: the log's head (``from_head``: only later events) or 0."""
+        names = list(subscriptions)
 
         def work(conn: apsw.Connection) -> None:
             start = scalar(conn, SQL_HEAD_POSITION) if from_head else 0
@@ -537,23 +415,10 @@ class DeliveryQueue:
                     )
                     if retry.gave_up(attempts):
                         conn.execute(SQL_EXPIRED_TO_DEAD, (note, did))
-                        session_id = json.loads(body).get("session_id")
-                        given_up.append(
-                            DeliveryOutcome(did, hook, event_type, session_id, attempts, "dead",
-                                            note)
-                        )  # fmt: skip
-                        log.error(
-                            "hook %s dead-lettered %s %s after %d attempts: %s", hook,
-                            event_type, json.loads(body).get("session_key"), attempts, note,
-                            extra=fields("hook_dead_lettered", hook=hook, hook_event=event_type,
-                                         delivery_id=did, attempt=attempts, error=note),
-                        )  # fmt: skip
+                        given_up.append(expired_claim(hook, did, event_type, body, attempts,
+                                                      note, dead=True))  # fmt: skip
                         continue
-                    log.warning(
-                        "hook %s: delivery %s: %s; delivering again", hook, did, note,
-                        extra=fields("hook_claim_expired", hook=hook, delivery_id=did,
-                                     attempt=attempts, error=note),
-                    )  # fmt: skip
+                    expired_claim(hook, did, event_type, body, attempts, note, dead=False)
                 conn.execute(SQL_CLAIM, (worker_id, format_utc(now + hold), note, did))
                 return Claim(did, hook, event_type, json.loads(body), attempts + 1, worker_id)
 

@@ -26,7 +26,6 @@ from hermes_ledger.gateway.hooks.delivery import (
     Claim,
     Delivery,
     DeliveryOutcome,
-    DeliveryQueue,
     DeliveryReport,
     HookState,
     PendingDelivery,
@@ -43,10 +42,12 @@ from hermes_ledger.gateway.hooks.discovery import (
     hooks_dir_stamp,
     log_types_of,
 )
+from hermes_ledger.gateway.hooks.queue import open_queue
 from hermes_ledger.gateway.logs import fields, seconds_text
 from hermes_ledger.gateway.usercode.bounded import CallTimeoutError, call_bounded
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.backend import EventLog, is_dsn
 from hermes_ledger.ledger.clock import Clock, system_clock
 
 __all__ = [
@@ -120,7 +121,7 @@ class HookDispatcher:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: EventLog,
         registry: HookRegistry | Iterable[Hook],
         *,
         clock: Clock | None = None,
@@ -152,7 +153,7 @@ class HookDispatcher:
         )
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._from_head = new_hooks_from == "head"
-        self._queue = DeliveryQueue(ledger, self.clock)
+        self._queue = open_queue(ledger, self.clock)
         self._hooks: list[Hook] = []
         self._problems: dict[Path, str] = {}  # hook directory -> why it does not load
         self.reload(self.registry)
@@ -163,7 +164,7 @@ class HookDispatcher:
         self.registry = registry if isinstance(registry, HookRegistry) else HookRegistry(registry)
         self._report_problems(self.registry)
         hooks = [h for h in self.registry if h.log_types]
-        self._queue.register([h.name for h in hooks], from_head=self._from_head)
+        self._queue.register({h.name: h.log_types for h in hooks}, from_head=self._from_head)
         self._hooks = hooks
 
     def _report_problems(self, registry: HookRegistry) -> None:
@@ -327,15 +328,18 @@ class HookRegistrar:
     the changes seen, so a runner knows when to load its hooks again.
     """
 
-    def __init__(self, ledger: Ledger, registry: HookRegistry, *, clock: Clock | None = None):
+    def __init__(
+        self, ledger: EventLog, registry: HookRegistry, *, clock: Clock | None = None
+    ) -> None:
         self.hooks_dir = registry.hooks_dir
         self.version = 0
-        self._queue = DeliveryQueue(ledger, clock or system_clock)
-        self._known = {h.name for h in registry if h.log_types}
+        self._queue = open_queue(ledger, clock or system_clock)
+        known = {h.name: h.log_types for h in registry if h.log_types}
+        self._known = set(known)
         self._stamp = registry.stamp
         self._lock = threading.Lock()
-        if self._known:
-            self._queue.register(sorted(self._known), from_head=True)
+        if known:
+            self._queue.register(dict(sorted(known.items())), from_head=True)
         self()
 
     def __call__(self) -> list[str]:
@@ -347,12 +351,12 @@ class HookRegistrar:
             if stamp == self._stamp:
                 return []
             found = {
-                name for name, events in hook_subscriptions(self.hooks_dir).items()
-                if log_types_of(events)
+                name: types for name, events in hook_subscriptions(self.hooks_dir).items()
+                if (types := log_types_of(events))
             }  # fmt: skip
-            new = sorted(found - self._known)
+            new = sorted(found.keys() - self._known)
             if new:
-                self._queue.register(new, from_head=True)
+                self._queue.register({name: found[name] for name in new}, from_head=True)
                 self._known.update(new)
             self._stamp = stamp
             self.version += 1
@@ -458,7 +462,8 @@ def hooks_overview(
     home: Path | None = None,
 ) -> HooksOverview:
     """Discover the hooks the ledger delivers in ``hooks_dir`` (this imports their
-    handlers) and read their delivery state from the ledger at ``ledger_path``,
+    handlers) and read their delivery state from the ledger at ``ledger_path`` (a
+    file, or a PostgreSQL URI),
     opened read-only (a missing file means no state yet).
 
     ``hooks_dir`` defaults to the home's ``delivered_hooks_dir``: ``hooks`` or,
@@ -472,7 +477,12 @@ def hooks_overview(
     states: list[HookState] = []
     dead: list[Delivery] = []
     pending: list[PendingDelivery] = []
-    if ledger_path is not None and Path(ledger_path).exists():
+    if ledger_path is not None and is_dsn(ledger_path):
+        from hermes_ledger.gateway.sessions.postgres import open_postgres
+
+        with open_postgres(str(ledger_path), projections=False) as log:
+            states, dead, pending = hook_states(log), dead_letters(log), pending_deliveries(log)
+    elif ledger_path is not None and Path(ledger_path).exists():
         with Ledger.open(ledger_path, readonly=True) as ledger:
             states = hook_states(ledger)
             dead = dead_letters(ledger)

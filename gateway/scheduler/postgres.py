@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+import weakref
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,6 +61,7 @@ from hermes_ledger.ledger.records import Recorded
 __all__ = [
     "DeadlineProjector",
     "PostgresScheduler",
+    "attach_deadlines",
     "claim_due",
     "refresh_deadlines",
 ]
@@ -140,6 +142,21 @@ class DeadlineProjector:
             _deadline_for(conn, self.config, key)
 
 
+_PROJECTORS: weakref.WeakKeyDictionary[PostgresLog, DeadlineProjector] = weakref.WeakKeyDictionary()
+
+
+def attach_deadlines(log: PostgresLog, config: GatewayConfig) -> DeadlineProjector:
+    """Keep the deadlines inside every later append of ``log`` under ``config``'s
+    policies (after the projections: attach those first). Once per log: a second
+    call gives the projector the newer ``config``."""
+    projector = _PROJECTORS.get(log)
+    if projector is None:
+        projector = _PROJECTORS[log] = DeadlineProjector(config)
+        log.add_inline_projector(projector)
+    projector.config = config
+    return projector
+
+
 def refresh_deadlines(log: PostgresLog, config: GatewayConfig) -> int:
     """Re-derive every deadline row from ``session_map`` and ``config`` under the
     log's append lock (no append in between); returns the unclosed keys evaluated."""
@@ -204,7 +221,7 @@ class PostgresScheduler:
             flush_timeout=flush_timeout,
             retry=RetryPolicy(max_flush_attempts, flush_retry_delay),
         )
-        log.add_inline_projector(DeadlineProjector(self.config))  # after the projections
+        attach_deadlines(log, self.config)  # after the projections (over_postgres)
 
     @property
     def _conn(self) -> Connection:

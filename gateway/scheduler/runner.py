@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
@@ -29,9 +29,13 @@ from hermes_ledger.gateway.sessions.retention import apply_retention
 from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.anchors import Witness
+from hermes_ledger.ledger.backend import EventLog
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
 
-__all__ = ["PassReport", "Runner", "describe"]
+if TYPE_CHECKING:
+    from hermes_ledger.gateway.scheduler.postgres import PostgresScheduler
+
+__all__ = ["PassReport", "Runner", "describe", "scheduler_for"]
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +68,46 @@ class PassReport:
         }
 
 
+def scheduler_for(
+    log: EventLog,
+    config: GatewayConfig,
+    settings: RunnerSettings,
+    *,
+    flusher: Flusher | None,
+    clock: Clock,
+) -> Scheduler | PostgresScheduler:
+    """The scheduler of ``log``'s backend with ``settings``' flush parameters: SQLite's
+    ``ticks.Scheduler``, or on PostgreSQL ``postgres.PostgresScheduler`` (which keeps
+    the deadlines inside every append of ``log``), its deadlines re-derived from
+    ``config`` first (appends made without the projector, or another configuration,
+    are caught up)."""
+    timeout, attempts = settings.flush_timeout, settings.flush_attempts
+    delay = timedelta(seconds=settings.flush_retry_seconds)
+    if isinstance(log, Ledger):
+        return Scheduler(
+            log, config, flusher, clock, flush_timeout=timeout, max_flush_attempts=attempts,
+            flush_retry_delay=delay,
+        )  # fmt: skip
+    from hermes_ledger.gateway.scheduler.postgres import PostgresScheduler, refresh_deadlines
+    from hermes_ledger.ledger.postgres import PostgresLog
+
+    assert isinstance(log, PostgresLog)
+    scheduler = PostgresScheduler(
+        log, config, flusher, clock, flush_timeout=timeout, max_flush_attempts=attempts,
+        flush_retry_delay=delay,
+    )  # fmt: skip
+    refresh_deadlines(log, config)
+    return scheduler
+
+
 class Runner:
-    """Scheduler + hook dispatcher over one ledger; with a ``witness``, also anchors
-    the chain's head every ``settings.anchor_interval`` seconds of its clock."""
+    """Scheduler + hook dispatcher over one ledger (SQLite or PostgreSQL: an
+    ``EventLog``); with a ``witness``, also anchors the chain's head every
+    ``settings.anchor_interval`` seconds of its clock."""
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: EventLog,
         config: GatewayConfig,
         settings: RunnerSettings,
         registry: HookRegistry,
@@ -89,15 +126,7 @@ class Runner:
         if flusher is None and settings.flusher:
             flusher = load_flusher(settings.flusher)
         self.settings = settings
-        self.scheduler = Scheduler(
-            ledger,
-            config,
-            flusher=flusher,
-            clock=self.clock,
-            flush_timeout=settings.flush_timeout,
-            max_flush_attempts=settings.flush_attempts,
-            flush_retry_delay=timedelta(seconds=settings.flush_retry_seconds),
-        )
+        self.scheduler = scheduler_for(ledger, config, settings, flusher=flusher, clock=self.clock)
         self.dispatcher = HookDispatcher(
             ledger,
             registry,
@@ -154,12 +183,12 @@ class Runner:
         try:
             step = timedelta(seconds=interval)
             if self._next_anchor is None:
-                last = self.witness.last(self._ledger.path)
+                last = self.witness.last(self._ledger)
                 self._next_anchor = now if last is None else parse_utc(last.at) + step
             if now < self._next_anchor:
                 return None, None
             self._next_anchor = now + step
-            last = self.witness.last(self._ledger.path)
+            last = self.witness.last(self._ledger)
             if self._ledger.head() == (last.position if last else 0):
                 return None, None
             anchor = self.witness.anchor(self._ledger, at=now)

@@ -45,6 +45,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from hermes_ledger.gateway.sessions.sources import ChatType, Platform, parse_platform
+from hermes_ledger.ledger.backend import EventLog
 from hermes_ledger.ledger.erasure import ErasureReport, ErasureScope
 from hermes_ledger.ledger.store import Ledger
 
@@ -71,6 +72,13 @@ DEFAULT_RETENTION_INTERVAL = 3600.0
 SQL_SESSION_SOURCES = (
     "SELECT DISTINCT data ->> '$.source.platform', data ->> '$.source.chat_type'"
     " FROM events WHERE type = 'session_started' ORDER BY 1, 2"
+)
+# The same on PostgreSQL (data is JSON text; NUL escapes as hl_business_time reads them;
+# sorted by the caller, byte order as SQLite's).
+SQL_SESSION_SOURCES_POSTGRES = (
+    "SELECT DISTINCT j #>> '{source,platform}' AS platform, j #>> '{source,chat_type}' AS kind"
+    " FROM (SELECT replace(data, '\\u0000', '\\u0020')::json AS j FROM events"
+    " WHERE type = 'session_started') AS started"
 )
 
 
@@ -152,9 +160,20 @@ class RetentionCutoff:
         )
 
 
-def session_sources(led: Ledger) -> list[tuple[str, str]]:
-    """The (platform, chat type) pairs the ledger has sessions of, sorted."""
-    return [(str(p), str(t or "dm")) for p, t in led.query(SQL_SESSION_SOURCES) if p is not None]
+def session_sources(led: EventLog) -> list[tuple[str, str]]:
+    """The (platform, chat type) pairs the ledger (either backend) has sessions of, sorted."""
+    if isinstance(led, Ledger):
+        rows = led.query(SQL_SESSION_SOURCES)
+    else:
+        from hermes_ledger.ledger.postgres import PostgresLog
+
+        assert isinstance(led, PostgresLog)
+        with led._lock:  # one connection: take turns with appends
+            rows = sorted(
+                led.connection.execute(SQL_SESSION_SOURCES_POSTGRES).fetchall(),
+                key=lambda r: (r[0] or "", r[1] or ""),
+            )
+    return [(str(p), str(t or "dm")) for p, t in rows if p is not None]
 
 
 def retention_cutoffs(
@@ -171,7 +190,11 @@ def retention_cutoffs(
 
 
 def apply_retention(
-    led: Ledger, policy: RetentionPolicy, now: datetime, *, requested_by: str = RETENTION_REQUESTER
+    led: EventLog,
+    policy: RetentionPolicy,
+    now: datetime,
+    *,
+    requested_by: str = RETENTION_REQUESTER,
 ) -> list[ErasureReport]:
     """Apply ``policy`` at ``now``: for each cutoff with content still to forget
     (a dry run counts it first), one ``Ledger.erase`` (one ``subject_erased``
@@ -185,7 +208,7 @@ def apply_retention(
 
 
 def prune(
-    led: Ledger,
+    led: EventLog,
     before: datetime,
     *,
     platform: str | None = None,
