@@ -8,7 +8,10 @@ columns. ``run_report`` checks the parameters and runs the query through
 ``ledger.query.run_sql``: on a read-only connection of its own, bounded by a
 timeout. The queries read the projections and their views (docs/sql.md), the log
 and the hook delivery table, with SQLite built-ins only, so the SQL also runs in
-any SQLite client (``.param set :since NULL``…).
+any SQLite client (``.param set :since NULL``…). Each report also states its
+PostgreSQL query (``postgres_sql``, run by ``projections.postgres.reporting`` on a
+``PostgresLog``): the same columns and rows, from the same tables there (the
+``session_closes`` view inlined).
 
     from hermes_ledger.projections.audits import run_report
 
@@ -20,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.clock import Clock, system_clock
 from hermes_ledger.ledger.query import DEFAULT_SQL_TIMEOUT, QueryResult, parse_time, run_sql
 from hermes_ledger.projections.statements import TS
+
+if TYPE_CHECKING:
+    from hermes_ledger.ledger.postgres import PostgresLog
 
 __all__ = [
     "REPORTS",
@@ -104,6 +110,13 @@ class Report:
     sql: str
     columns: tuple[str, ...]
     params: tuple[Param, ...] = ()
+    postgres_sql: str = ""
+    """The same query on a PostgreSQL ledger (``%(name)s`` bindings): the same
+    columns, rows and order, values of the same Python types."""
+
+    def sql_for(self, backend: Literal["sqlite", "postgresql"]) -> str:
+        """The report's SQL on ``backend``."""
+        return self.postgres_sql if backend == "postgresql" else self.sql
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +125,7 @@ class Report:
             "params": [p.to_dict() for p in self.params],
             "columns": list(self.columns),
             "sql": self.sql,
+            "postgres_sql": self.postgres_sql,
         }
 
 
@@ -137,6 +151,55 @@ def _window(column: str) -> str:
 
 _ON_PLATFORM = "(:platform IS NULL OR platform = :platform)"
 
+# The PostgreSQL spelling of the same conditions and values. Text is compared and
+# ordered byte for byte (COLLATE "C", SQLite's BINARY); NULLs sort first ascending
+# and last descending, as on SQLite; sums of integers are cast back to bigint (not
+# numeric); durations are whole milliseconds apart, as julianday() computes them;
+# round() is SQLite's (half away from zero, not PostgreSQL's float half to even).
+_C = 'COLLATE "C"'
+
+
+def _pg_window(column: str, cast: str = "text") -> str:
+    """``_window`` on PostgreSQL: ``column`` (text, or ``cast``) within ``since`` /
+    ``until``."""
+    bound = "{} " + _C if cast == "text" else "{}::" + cast
+    since, until = bound.format("%(since)s::text"), bound.format("%(until)s::text")
+    return (
+        f"(%(since)s::text IS NULL OR {column} >= {since})"
+        f" AND (%(until)s::text IS NULL OR {column} < {until})"
+    )
+
+
+_PG_ON_PLATFORM = "(%(platform)s::text IS NULL OR platform = %(platform)s::text)"
+
+
+def _pg_ms(text: str) -> str:
+    return f"round(extract(epoch FROM {text}::timestamptz) * 1000)"
+
+
+def _pg_seconds(later: str, earlier: str) -> str:
+    """``round((julianday(later) - julianday(earlier)) * 86400.0, 3)`` on PostgreSQL."""
+    return f"(({_pg_ms(later)} - {_pg_ms(earlier)}) / 1000)::float8"
+
+
+def _pg_round(value: str) -> str:
+    """SQLite's ``CAST(round(value) AS INTEGER)`` of a float8."""
+    return f"trunc({value} + CASE WHEN {value} < 0 THEN -0.5 ELSE 0.5 END)::bigint"
+
+
+def _pg_time(column: str) -> str:
+    """A timestamptz as the ledger's UTC text (``2026-11-22T09:30:00.000000Z``)."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+_PG_SESSION_CLOSES = f"""session_closes AS (
+    SELECT h.*,
+        {_pg_seconds("h.ended_at", "h.last_message_at")} AS seconds_from_last_message_to_end
+    FROM session_history AS h
+    WHERE h.close_requested_at IS NOT NULL OR h.ended_at IS NOT NULL
+)"""
+"""The columns of the SQLite view ``session_closes`` (projections/views.py) the reports read."""
+
 # -- the reports -------------------------------------------------------------------
 
 UNFLUSHED_ENDS = Report(
@@ -154,6 +217,14 @@ LIMIT :limit""",
         " end_reason ended_at"
     ),
     (_SINCE, _UNTIL, _PLATFORM, _limit(1000)),
+    postgres_sql=f"""WITH {_PG_SESSION_CLOSES}
+SELECT session_id, session_key, platform, coalesce(flush_status, 'none') AS flush_status,
+       flush_attempts, flush_detail, end_reason, ended_at
+FROM session_closes
+WHERE ended_at IS NOT NULL AND coalesce(flush_status, 'none') <> 'ok'
+  AND {_pg_window("ended_at")} AND {_PG_ON_PLATFORM}
+ORDER BY ended_at {_C} NULLS FIRST, session_id {_C}
+LIMIT %(limit)s::bigint""",
 )
 
 IDLE_BEFORE_CLOSE = Report(
@@ -168,6 +239,14 @@ ORDER BY idle_seconds DESC, session_id
 LIMIT :limit""",
     _columns("session_id session_key platform last_message_at ended_at end_reason idle_seconds"),
     (_SINCE, _UNTIL, _PLATFORM, _limit(1000)),
+    postgres_sql=f"""WITH {_PG_SESSION_CLOSES}
+SELECT session_id, session_key, platform, last_message_at, ended_at, end_reason,
+       seconds_from_last_message_to_end AS idle_seconds
+FROM session_closes
+WHERE ended_at IS NOT NULL AND last_message_at IS NOT NULL
+  AND {_pg_window("ended_at")} AND {_PG_ON_PLATFORM}
+ORDER BY idle_seconds DESC NULLS LAST, session_id {_C}
+LIMIT %(limit)s::bigint""",
 )
 
 RESETS_BY_USER = Report(
@@ -189,6 +268,16 @@ LIMIT :limit""",
         _PLATFORM,
         _limit(1000),
     ),
+    postgres_sql=f"""WITH {_PG_SESSION_CLOSES}
+SELECT coalesce(close_actor, user_id) AS user_id, user_name, session_id, session_key,
+       platform, close_detail AS trigger, close_requested_at AS reset_at
+FROM session_closes
+WHERE close_cause = 'reset'
+  AND (%(user)s::text IS NULL OR coalesce(close_actor, user_id) = %(user)s::text)
+  AND {_pg_window("close_requested_at")} AND {_PG_ON_PLATFORM}
+ORDER BY coalesce(close_actor, user_id) {_C} NULLS FIRST, close_requested_at {_C} NULLS FIRST,
+    session_id {_C}
+LIMIT %(limit)s::bigint""",
 )
 
 # Usage is read from the log (each usage_recorded event's own day), in both of its
@@ -215,6 +304,27 @@ GROUP BY day, platform
 ORDER BY day, platform""",
     _columns("day platform sessions turns input_tokens output_tokens cache_read_tokens cost_usd"),
     (_SINCE, _UNTIL, _PLATFORM),
+    postgres_sql=f"""SELECT day, platform, count(DISTINCT session_id) AS sessions,
+       count(*) AS turns,
+       sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,
+       sum(cache_read_tokens)::bigint AS cache_read_tokens,
+       sum(cost_nano_usd)::float8 / 1e9::float8 AS cost_usd
+FROM (
+    SELECT substr(e.occurred_at, 1, 10) AS day, e.occurred_at AS at, e.session_id, h.platform,
+        coalesce((b.d ->> 'input_tokens')::bigint, (b.d ->> 'prompt_tokens')::bigint, 0)
+            AS input_tokens,
+        coalesce((b.d ->> 'output_tokens')::bigint, (b.d ->> 'completion_tokens')::bigint, 0)
+            AS output_tokens,
+        coalesce((b.d ->> 'cache_read_tokens')::bigint, 0) AS cache_read_tokens,
+        {_pg_round("coalesce((b.d ->> 'cost_usd')::float8, 0) * 1e9::float8")} AS cost_nano_usd
+    FROM events AS e
+    CROSS JOIN LATERAL (SELECT replace(e.data, '\\u0000', '\\u0020')::jsonb AS d) AS b
+    LEFT JOIN session_history AS h ON h.session_id = e.session_id
+    WHERE e.type = 'usage_recorded'
+) AS usage
+WHERE {_pg_window("at")} AND {_PG_ON_PLATFORM}
+GROUP BY day, platform
+ORDER BY day {_C} NULLS FIRST, platform {_C} NULLS FIRST""",
 )
 
 END_REASONS = Report(
@@ -228,6 +338,14 @@ GROUP BY end_reason, platform
 ORDER BY sessions DESC, end_reason, platform""",
     ("end_reason", "platform", "sessions", "messages", "without_successful_flush"),
     (_SINCE, _UNTIL, _PLATFORM),
+    postgres_sql=f"""SELECT end_reason, platform, count(*) AS sessions,
+       sum(message_count)::bigint AS messages,
+       sum(CASE WHEN coalesce(flush_status, 'none') <> 'ok' THEN 1 ELSE 0 END)::bigint
+           AS without_successful_flush
+FROM session_history
+WHERE ended_at IS NOT NULL AND {_pg_window("ended_at")} AND {_PG_ON_PLATFORM}
+GROUP BY end_reason, platform
+ORDER BY sessions DESC, end_reason {_C} NULLS FIRST, platform {_C} NULLS FIRST""",
 )
 
 BUSIEST_SESSIONS = Report(
@@ -249,6 +367,16 @@ LIMIT :limit""",
         _PLATFORM,
         _limit(10),
     ),
+    postgres_sql=f"""SELECT session_id, session_key, platform,
+       CASE WHEN ended_at IS NOT NULL THEN 'closed'
+           WHEN close_requested_at IS NOT NULL THEN 'closing' ELSE 'open' END AS status,
+       message_count AS messages, input_tokens, output_tokens,
+       cost_nano_usd::float8 / 1e9::float8 AS cost_usd, started_at, ended_at
+FROM session_history
+WHERE {_pg_window("started_at")} AND {_PG_ON_PLATFORM}
+ORDER BY message_count DESC NULLS LAST, input_tokens + output_tokens DESC NULLS LAST,
+    session_id {_C}
+LIMIT %(limit)s::bigint""",
 )
 
 HOOK_FAILURES = Report(
@@ -271,6 +399,14 @@ LIMIT :limit""",
         Param("until", "time", "only deliveries queued before this time"),
         _limit(1000),
     ),
+    postgres_sql=f"""SELECT hook, hook_event AS event, session_id, status, attempts, last_error,
+       CASE WHEN status = 'pending' THEN {_pg_time("next_attempt_at")} END AS next_retry_at,
+       {_pg_time("delivered_at")} AS delivered_at, position
+FROM hook_deliveries
+WHERE last_error IS NOT NULL AND (%(hook)s::text IS NULL OR hook = %(hook)s::text)
+  AND {_pg_window("created_at", "timestamptz")}
+ORDER BY hook {_C}, position
+LIMIT %(limit)s::bigint""",
 )
 
 REPORTS: Mapping[str, Report] = {
@@ -324,7 +460,7 @@ def bind_params(
 
 
 def run_report(
-    led: Ledger,
+    led: Ledger | PostgresLog,
     name: str,
     params: Mapping[str, str] | None = None,
     *,
@@ -332,10 +468,16 @@ def run_report(
     now: Clock = system_clock,
 ) -> QueryResult:
     """Run the report ``name`` with ``params`` (text, as given on the command line)
-    on ``led``'s file, read-only and bounded by ``timeout`` seconds (see ``run_sql``).
-    Iterate the rows before closing ``led``."""
+    on ``led``, read-only and bounded by ``timeout`` seconds: on a SQLite ledger's
+    file through ``run_sql`` (iterate the rows before closing ``led``), on a
+    PostgreSQL ledger its ``postgres_sql`` (``projections.postgres.reporting``)."""
     report = get_report(name)
-    return run_sql(led, report.sql, bind_params(report, params or {}, now=now), timeout=timeout)
+    values = bind_params(report, params or {}, now=now)
+    if isinstance(led, Ledger):
+        return run_sql(led, report.sql, values, timeout=timeout)
+    from hermes_ledger.projections.postgres.reporting import run_report_sql
+
+    return run_report_sql(led, report.postgres_sql, values, timeout=timeout)
 
 
 # -- listings ----------------------------------------------------------------------

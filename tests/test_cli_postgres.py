@@ -33,8 +33,8 @@ Cli = Callable[..., Result]
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
-    "anchor", "erase", "events", "export", "history", "import", "init", "replay", "schema",
-    "search", "sessions", "status", "transcript", "verify",
+    "anchor", "erase", "events", "export", "history", "import", "init", "replay", "report",
+    "schema", "search", "sessions", "status", "transcript", "verify",
 ]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
 
@@ -350,7 +350,7 @@ def test_init(cli: Cli) -> None:
 NOT_READY = [
     ["vacuum"],
     ["sql", "SELECT 1"], ["backfill"], ["doctor"], ["tick"],
-    ["prune", "--older-than", "90d"], ["report", "end-reasons"], ["run"],
+    ["prune", "--older-than", "90d"], ["run"],
     ["serve"], ["demo"], ["hooks"], ["hooks", "retry"],
 ]  # fmt: skip
 

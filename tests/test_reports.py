@@ -12,16 +12,22 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
+from backends import pg_uri
 from click.testing import Result
 from helpers import ManualClock
 from hook_workers import recording_handler, write_hook
+from pg_support import fresh_database
 
 from hermes_ledger.gateway.demo.day import run_demo
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.events import SessionEnded, SessionStarted, Source
+from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres.migrate import copy_ledger
 from hermes_ledger.projections import attach
+from hermes_ledger.projections import postgres as pg_projections
 from hermes_ledger.projections.audits import (
     REPORTS,
     ReportUsageError,
@@ -65,10 +71,33 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def demo_led(demo: Path) -> Iterator[Ledger]:
-    with Ledger.open(demo, readonly=True) as led:
-        yield led
+@pytest.fixture(scope="module")
+def demo_pg(demo: Path) -> Iterator[str]:
+    """The demo ledger copied into a fresh PostgreSQL database (``migrate``), with its
+    projections built there: its ``postgresql://`` URI."""
+    with fresh_database() as dsn:
+        uri = pg_uri(dsn)
+        copy_ledger(demo, uri)
+        with PostgresLog.open(uri) as log:
+            pg_projections.rebuild(log)
+        yield uri
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def demo_db(request: pytest.FixtureRequest, demo: Path) -> str:
+    """The demo ledger's ``--db`` on each backend."""
+    return str(demo) if request.param == "sqlite" else request.getfixturevalue("demo_pg")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def demo_led(request: pytest.FixtureRequest, demo: Path) -> Iterator[Ledger | PostgresLog]:
+    """The demo ledger on each backend."""
+    if request.param == "sqlite":
+        with Ledger.open(demo, readonly=True) as led:
+            yield led
+        return
+    with PostgresLog.open(request.getfixturevalue("demo_pg")) as log:
+        yield log
 
 
 EXPECTED: list[tuple[str, dict[str, str], list[tuple[object, ...]]]] = [
@@ -185,14 +214,17 @@ EXPECTED: list[tuple[str, dict[str, str], list[tuple[object, ...]]]] = [
 
 @pytest.mark.parametrize(("name", "params", "expected"), EXPECTED)
 def test_report_rows_on_the_demo_day(
-    demo_led: Ledger, name: str, params: dict[str, str], expected: list[tuple[object, ...]]
+    demo_led: Ledger | PostgresLog,
+    name: str,
+    params: dict[str, str],
+    expected: list[tuple[object, ...]],
 ) -> None:
     result = run_report(demo_led, name, params)
     assert result.columns == list(REPORTS[name].columns)
     assert list(result.rows) == expected
 
 
-def test_every_report_is_tested_and_declares_its_columns(demo_led: Ledger) -> None:
+def test_every_report_is_tested_and_declares_its_columns(demo_led: Ledger | PostgresLog) -> None:
     assert {name for name, _, _ in EXPECTED} == set(REPORTS)
     for name, report in REPORTS.items():
         result = run_report(demo_led, name)
@@ -200,7 +232,7 @@ def test_every_report_is_tested_and_declares_its_columns(demo_led: Ledger) -> No
         list(result.rows)
 
 
-def test_relative_times_are_read_with_the_injected_clock(demo_led: Ledger) -> None:
+def test_relative_times_are_read_with_the_injected_clock(demo_led: Ledger | PostgresLog) -> None:
     day_after = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
     rows = list(run_report(demo_led, "end-reasons", {"since": "12h"}, now=lambda: day_after).rows)
     assert rows == [("daily_reset", "discord", 2, 6, 2)]
@@ -253,12 +285,35 @@ def test_hook_failures_lists_dead_letters_retries_and_later_successes(
         ("pending", 4),
     ]
 
+    # The same log and delivery rows in PostgreSQL (its times are timestamptz there)
+    # give the same report.
+    columns = (
+        "delivery_id, hook, position, event_id, hook_event, session_key, session_id, context,"
+        " status, attempts, next_attempt_at, last_error, created_at, delivered_at"
+    )
+    deliveries = led.query(f"SELECT {columns} FROM hook_deliveries")
+    with fresh_database() as dsn:
+        copy_ledger(db_path, pg_uri(dsn))
+        with psycopg.connect(dsn, autocommit=True) as pg:
+            pg.execute("SET search_path = hermes_ledger")
+            insert = f"INSERT INTO hook_deliveries ({columns}) VALUES ({', '.join(['%s'] * 14)})"
+            for row in deliveries:
+                pg.execute(insert, row)  # type: ignore[arg-type]
+        with PostgresLog.open(pg_uri(dsn)) as log:
+            pg_projections.rebuild(log)
+            assert list(run_report(log, "hook-failures").rows) == expected
+            assert list(run_report(log, "hook-failures", {"hook": "audit"}).rows) == []
+            assert list(run_report(log, "hook-failures", {"limit": "1"}).rows) == expected[:1]
+            since = {"since": "2026-11-22T09:00:01Z"}
+            assert list(run_report(log, "hook-failures", since).rows) == [expected[2]]
+            assert list(run_report(led, "hook-failures", since).rows) == [expected[2]]
+
 
 # -- the command line --------------------------------------------------------------------
 
 
-def test_cli_prints_a_table(demo: Path, cli: Callable[..., Result]) -> None:
-    result = cli("report", "resets-by-user", "--db", str(demo))
+def test_cli_prints_a_table(demo_db: str, cli: Callable[..., Result]) -> None:
+    result = cli("report", "resets-by-user", "--db", demo_db)
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         "user_id  user_name  session_id                session_key"
@@ -270,8 +325,8 @@ def test_cli_prints_a_table(demo: Path, cli: Callable[..., Result]) -> None:
     )
 
 
-def test_cli_json_and_csv(demo: Path, cli: Callable[..., Result]) -> None:
-    args = ("report", "end-reasons", "--db", str(demo), "--param", "platform=telegram")
+def test_cli_json_and_csv(demo_db: str, cli: Callable[..., Result]) -> None:
+    args = ("report", "end-reasons", "--db", demo_db, "--param", "platform=telegram")
     result = cli(*args, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [
@@ -316,6 +371,34 @@ def test_cli_lists_the_reports(cli: Callable[..., Result], tmp_path: Path) -> No
 def test_cli_prints_a_reports_sql(cli: Callable[..., Result]) -> None:
     result = cli("report", "idle-before-close", "--sql")
     assert (result.exit_code, result.stdout) == (0, REPORTS["idle-before-close"].sql + "\n")
+    # on a PostgreSQL ledger, its PostgreSQL form (nothing is opened: no server needed)
+    result = cli("report", "idle-before-close", "--sql", "--db", "postgresql://127.0.0.1:1/x")
+    expected = REPORTS["idle-before-close"].postgres_sql
+    assert (result.exit_code, result.stdout) == (0, expected + "\n")
+
+
+def test_every_report_gives_the_same_rows_on_both_backends(
+    demo: Path, demo_pg: str, cli: Callable[..., Result]
+) -> None:
+    """Each report, with each of its parameters given, prints the same JSON on the
+    demo ledger in SQLite and in PostgreSQL."""
+    values = {"since": "2026-11-02T09:00", "until": "2026-11-03T05:00", "platform": "slack",
+              "user": "U9", "hook": "crm", "limit": "2"}  # fmt: skip
+    for name, report in REPORTS.items():
+        runs = [[]] + [["--param", f"{p.name}={values[p.name]}"] for p in report.params]
+        for extra in runs:
+            args = ("report", name, "--json", *extra)
+            on_pg = cli(*args, "--db", demo_pg)
+            assert on_pg.exit_code == 0, on_pg.output
+            assert on_pg.stdout == cli(*args, "--db", str(demo)).stdout, (name, extra)
+
+
+def test_a_postgresql_ledger_without_projections(cli: Callable[..., Result]) -> None:
+    with fresh_database() as dsn:
+        result = cli("report", "end-reasons", "--db", pg_uri(dsn))
+    assert result.exit_code == 1, result.output
+    assert "has no projections to report on" in result.stderr
+    assert "Try: create them with `hermes-ledger replay --db URI`" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,23 @@ prints its rows as a table, --json or --csv.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from hermes_ledger.gateway.cli.options import Seconds, db_option, json_option, reports_errors
+from hermes_ledger.gateway.cli.options import (
+    Seconds,
+    db_option,
+    json_option,
+    postgres_ready,
+    reports_errors,
+)
 from hermes_ledger.gateway.cli.output import print_csv, print_json, print_json_rows, print_table
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger
 from hermes_ledger.gateway.sessions.reports import open_existing
+from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.query import DEFAULT_SQL_TIMEOUT
 from hermes_ledger.projections.audits import (
     REPORTS,
@@ -25,6 +34,9 @@ from hermes_ledger.projections.audits import (
     get_report,
     run_report,
 )
+
+if TYPE_CHECKING:
+    from hermes_ledger.ledger.postgres import PostgresLog
 
 __all__ = ["report_cmd"]
 
@@ -53,6 +65,7 @@ def _usage(exc: ReportUsageError, report: Report | None) -> click.UsageError:
 
 
 @click.command("report")
+@postgres_ready
 @click.argument("name", required=False)
 @click.option(
     "--param",
@@ -79,7 +92,7 @@ def report_cmd(
     params: tuple[str, ...],
     list_only: bool,
     show_sql: bool,
-    db: Path | None,
+    db: Path | str | None,
     as_json: bool,
     as_csv: bool,
     timeout: float,
@@ -89,7 +102,8 @@ def report_cmd(
     \b
     Without NAME (or with --list), lists every report with its description and
     parameters. A report is one read-only SQL query over the ledger's projections:
-    --sql prints it, to run it elsewhere. Output is an aligned
+    --sql prints it, to run it elsewhere (with --db postgresql://… its PostgreSQL
+    form: the same columns and rows). Output is an aligned
     table, --json (a list of objects) or --csv. Examples:
       hermes-ledger report unflushed-ends --param since=7d
       hermes-ledger report usage-by-platform-day --param platform=telegram --csv
@@ -114,10 +128,11 @@ def report_cmd(
         bind_params(report, given)  # usage errors before the ledger is opened
     except ReportUsageError as exc:
         raise _usage(exc, report) from None
+    target = resolve_ledger(db)
     if show_sql:
-        click.echo(report.sql)
+        click.echo(report.sql_for("postgresql" if isinstance(target, str) else "sqlite"))
         return
-    with open_existing(resolve_ledger_path(db)) as led:
+    with _open(target) as led:
         result = run_report(led, report.name, given, timeout=timeout)
         if as_json:
             print_json_rows(result.columns, result.rows)
@@ -125,3 +140,13 @@ def report_cmd(
             print_csv(result.columns, result.rows)
         else:
             print_table(result.columns, result.rows)
+
+
+def _open(target: Path | str) -> AbstractContextManager[Ledger | PostgresLog]:
+    """The ledger to report on: a SQLite file with its projections brought up to date,
+    or a PostgreSQL ledger with its projections caught up when it has them."""
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions import postgres
+
+        return postgres.open_postgres(target)
+    return open_existing(target)
