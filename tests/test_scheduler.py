@@ -1,24 +1,33 @@
-"""The scheduler: every due session closed exactly once, with cause → flush → end."""
+"""The scheduler: every due session closed exactly once, with cause → flush → end.
+
+The scenarios run on both backends (the ``backend`` fixture, tests/backends.py):
+``scheduler_for`` gives SQLite's ``Scheduler`` or ``PostgresScheduler``, and what a
+test checks it reads through the ``EventLog`` interface or ``backend.raw``. The
+last tests are about SQLite's own deadline table, query plan and processes.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from backends import Backend
 from helpers import ManualClock, next_line
 
 from hermes_ledger import projections
 from hermes_ledger.gateway import GatewayConfig, Platform, ResetPolicy, SessionSource
+from hermes_ledger.gateway.scheduler.runner import scheduler_for
 from hermes_ledger.gateway.scheduler.ticks import Scheduler
 from hermes_ledger.gateway.sessions import reports
 from hermes_ledger.gateway.sessions.closing import FlushContext
 from hermes_ledger.gateway.sessions.store import SessionStore
-from hermes_ledger.ledger import Ledger
-from hermes_ledger.ledger.events import SessionExpired
+from hermes_ledger.ledger import EventLog, Ledger
+from hermes_ledger.ledger.events import MemoryFlushFailed, SessionEnded, SessionExpired
 
 IDLE_30 = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
 DAILY_4_UTC = GatewayConfig(
@@ -30,21 +39,25 @@ def source(n: int, platform: str = "telegram") -> SessionSource:
     return SessionSource(platform=platform, chat_id=str(n), chat_type="dm", user_id=f"u{n}")
 
 
-def ends(led: Ledger) -> list[tuple[str, str]]:
-    rows = led.query(
-        "SELECT session_id, json_extract(data, '$.reason') FROM events"
-        " WHERE type = 'session_ended' ORDER BY position"
-    )
-    return [(r[0], r[1]) for r in rows]
+def ends(led: EventLog) -> list[tuple[str, str]]:
+    """(session id, reason) of every session_ended, in log order."""
+    found = []
+    for rec in led.read_all(types=["session_ended"]):
+        assert isinstance(rec.event, SessionEnded) and rec.session_id is not None
+        found.append((rec.session_id, rec.event.reason))
+    return found
 
 
-def close_sequence(led: Ledger, session_id: str) -> list[str]:
-    rows = led.query(
-        "SELECT type FROM events WHERE session_id = ? AND type NOT IN"
-        " ('session_started', 'message_appended', 'usage_recorded') ORDER BY position",
-        (session_id,),
-    )
-    return [r[0] for r in rows]
+def close_sequence(led: EventLog, session_id: str) -> list[str]:
+    skipped = ("session_started", "message_appended", "usage_recorded")
+    return [r.type for r in led.read_all() if r.session_id == session_id and r.type not in skipped]
+
+
+@pytest.fixture
+def log(backend: Backend) -> Iterator[EventLog]:
+    """The log under test: a SQLite file or a fresh PostgreSQL database."""
+    with backend.open() as opened:
+        yield opened
 
 
 class Flusher:
@@ -59,25 +72,27 @@ class Flusher:
         return f"{len(transcript)} messages"
 
 
-def test_idle_sessions_close_once_with_the_full_sequence(led: Ledger, clock: ManualClock) -> None:
-    store = SessionStore(led, IDLE_30, clock)
+def test_idle_sessions_close_once_with_the_full_sequence(
+    log: EventLog, backend: Backend, clock: ManualClock
+) -> None:
+    store = SessionStore(log, IDLE_30, clock)
     a = store.get_or_create_session(source(1))
     store.append_to_transcript(a.session_id, {"role": "user", "content": "hi"})
     clock.advance(minutes=10)
     b = store.get_or_create_session(source(2))
     flusher = Flusher()
-    scheduler = Scheduler(led, IDLE_30, flusher=flusher, clock=clock)
+    scheduler = scheduler_for(log, IDLE_30, flusher=flusher, clock=clock)
     at = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)  # a's last activity; b's is 09:10
     assert scheduler.tick(at + timedelta(minutes=29)).closed == []
     report = scheduler.tick(at + timedelta(minutes=31))  # a due, b not yet
     assert [(c.session_id, c.reason) for c in report.closed] == [(a.session_id, "idle_expiry")]
     assert report.closed[0].deadline == "2026-11-22T09:30:00.000000Z"
-    assert close_sequence(led, a.session_id) == [
+    assert close_sequence(log, a.session_id) == [
         "session_expired",
         "memory_flushed",
         "session_ended",
     ]
-    expired = next(r.event for r in led.read_stream(a.session_key) if r.type == "session_expired")
+    expired = next(r.event for r in log.read_stream(a.session_key) if r.type == "session_expired")
     assert isinstance(expired, SessionExpired)
     assert expired.deadline == datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
     assert expired.evaluated_at == datetime(2026, 11, 22, 9, 31, tzinfo=UTC)
@@ -85,33 +100,35 @@ def test_idle_sessions_close_once_with_the_full_sequence(led: Ledger, clock: Man
     assert flusher.calls == [a.session_id]
     assert scheduler.tick(clock.now + timedelta(hours=5)).closed[0].session_id == b.session_id
     assert scheduler.tick(clock.now + timedelta(days=5)).closed == []
-    assert sorted(ends(led)) == sorted(
+    assert sorted(ends(log)) == sorted(
         [(a.session_id, "idle_expiry"), (b.session_id, "idle_expiry")]
     )
     assert flusher.calls == [a.session_id, b.session_id]
-    assert projections.verify(led).ok
+    assert backend.projections.verify(log).ok
 
 
 def test_catch_up_closes_each_session_once_at_the_deadline_it_missed(
-    led: Ledger, clock: ManualClock
+    log: EventLog, clock: ManualClock
 ) -> None:
-    store = SessionStore(led, DAILY_4_UTC, clock)
+    store = SessionStore(log, DAILY_4_UTC, clock)
     early = store.get_or_create_session(source(1))  # 09:00, next boundary tomorrow 04:00
     clock.advance(hours=20)  # 05:00 the next day: after that boundary
     late = store.get_or_create_session(source(2))
-    scheduler = Scheduler(led, DAILY_4_UTC, clock=clock)
+    scheduler = scheduler_for(log, DAILY_4_UTC, clock=clock)
     report = scheduler.tick(datetime(2026, 11, 26, 12, tzinfo=UTC))  # three days of downtime
     closed = {c.session_id: c for c in report.closed}
     assert set(closed) == {early.session_id, late.session_id}
     assert closed[early.session_id].deadline == "2026-11-23T04:00:00.000000Z"
     assert closed[late.session_id].deadline == "2026-11-24T04:00:00.000000Z"
-    assert {r for _, r in ends(led)} == {"daily_reset"}
+    assert {r for _, r in ends(log)} == {"daily_reset"}
     assert scheduler.tick(datetime(2026, 11, 27, 12, tzinfo=UTC)).closed == []
 
 
-def test_activity_after_a_boundary_keeps_the_session_open(led: Ledger, clock: ManualClock) -> None:
-    store = SessionStore(led, DAILY_4_UTC, clock)
-    scheduler = Scheduler(led, DAILY_4_UTC, clock=clock)
+def test_activity_after_a_boundary_keeps_the_session_open(
+    log: EventLog, clock: ManualClock
+) -> None:
+    store = SessionStore(log, DAILY_4_UTC, clock)
+    scheduler = scheduler_for(log, DAILY_4_UTC, clock=clock)
     clock.now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
     entry = store.get_or_create_session(source(1))
     clock.now = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)  # after today's 04:00 boundary
@@ -123,60 +140,59 @@ def test_activity_after_a_boundary_keeps_the_session_open(led: Ledger, clock: Ma
     ]
 
 
-def test_policies_per_platform_and_cron(led: Ledger, clock: ManualClock) -> None:
+def test_policies_per_platform_and_cron(log: EventLog, clock: ManualClock) -> None:
     config = GatewayConfig(
         default_reset_policy=ResetPolicy(mode="none"),
         reset_by_platform={
             Platform.DISCORD: ResetPolicy(mode="cron", schedule="*/15 * * * *", timezone="UTC")
         },
     )
-    store = SessionStore(led, config, clock)
+    store = SessionStore(log, config, clock)
     tg = store.get_or_create_session(source(1))
     dc = store.get_or_create_session(source(2, "discord"))
-    report = Scheduler(led, config, clock=clock).tick(clock.now + timedelta(minutes=16))
+    report = scheduler_for(log, config, clock=clock).tick(clock.now + timedelta(minutes=16))
     assert [(c.session_id, c.reason, c.deadline) for c in report.closed] == [
         (dc.session_id, "cron_reset", "2026-11-22T09:15:00.000000Z")
     ]
-    assert tg.session_id not in {sid for sid, _ in ends(led)}
+    assert tg.session_id not in {sid for sid, _ in ends(log)}
 
 
-def test_a_failed_flush_is_retried_then_the_session_closes(led: Ledger, clock: ManualClock) -> None:
-    store = SessionStore(led, IDLE_30, clock)
+def test_a_failed_flush_is_retried_then_the_session_closes(
+    log: EventLog, backend: Backend, clock: ManualClock
+) -> None:
+    store = SessionStore(log, IDLE_30, clock)
     entry = store.get_or_create_session(source(1))
     flusher = Flusher(failures=5)
-    scheduler = Scheduler(
-        led, IDLE_30, flusher=flusher, clock=clock, max_flush_attempts=3,
+    scheduler = scheduler_for(
+        log, IDLE_30, flusher=flusher, clock=clock, max_flush_attempts=3,
         flush_retry_delay=timedelta(minutes=5),
     )  # fmt: skip
     t = clock.now + timedelta(minutes=31)
     first = scheduler.tick(t)
     assert first.closed == [] and first.flush_failures == 1 and first.waiting_for_retry == 1
-    status = led.query("SELECT status FROM session_map")
-    assert status == [("closing",)]
+    assert backend.raw("SELECT status FROM session_map") == [("closing",)]
     assert scheduler.tick(t + timedelta(minutes=2)).flush_failures == 0  # not yet
     assert scheduler.tick(t + timedelta(minutes=5)).flush_failures == 1
     final = scheduler.tick(t + timedelta(minutes=10))
     assert [c.session_id for c in final.closed] == [entry.session_id]
-    assert close_sequence(led, entry.session_id) == [
+    assert close_sequence(log, entry.session_id) == [
         "session_expired",
         "memory_flush_failed",
         "memory_flush_failed",
         "memory_flush_failed",
         "session_ended",
     ]
-    attempts = led.query(
-        "SELECT json_extract(data, '$.attempt') FROM events WHERE type = 'memory_flush_failed'"
-    )
-    assert attempts == [(1,), (2,), (3,)]
+    failed = [r.event for r in log.read_all(types=["memory_flush_failed"])]
+    assert [e.attempt for e in failed if isinstance(e, MemoryFlushFailed)] == [1, 2, 3]
     assert len(flusher.calls) == 3
 
 
-def test_a_flush_that_succeeded_never_runs_again(led: Ledger, clock: ManualClock) -> None:
-    store = SessionStore(led, IDLE_30, clock)
+def test_a_flush_that_succeeded_never_runs_again(log: EventLog, clock: ManualClock) -> None:
+    store = SessionStore(log, IDLE_30, clock)
     entry = store.get_or_create_session(source(1))
     flusher = Flusher(failures=1)
-    scheduler = Scheduler(
-        led, IDLE_30, flusher=flusher, clock=clock, flush_retry_delay=timedelta(minutes=1)
+    scheduler = scheduler_for(
+        log, IDLE_30, flusher=flusher, clock=clock, flush_retry_delay=timedelta(minutes=1)
     )
     t = clock.now + timedelta(minutes=31)
     scheduler.tick(t)
@@ -186,24 +202,21 @@ def test_a_flush_that_succeeded_never_runs_again(led: Ledger, clock: ManualClock
     for minutes in (2, 60, 600):
         scheduler.tick(t + timedelta(minutes=minutes))
     assert flusher.calls == [entry.session_id, entry.session_id]
-    assert close_sequence(led, entry.session_id)[-2:] == ["memory_flushed", "session_ended"]
+    assert close_sequence(log, entry.session_id)[-2:] == ["memory_flushed", "session_ended"]
 
 
 def test_a_message_during_a_flush_retry_finishes_the_close_first(
-    led: Ledger, clock: ManualClock
+    log: EventLog, clock: ManualClock
 ) -> None:
-    store = SessionStore(led, IDLE_30, clock)
+    store = SessionStore(log, IDLE_30, clock)
     old = store.get_or_create_session(source(1))
-    scheduler = Scheduler(led, IDLE_30, flusher=Flusher(failures=1), clock=clock)
+    scheduler = scheduler_for(log, IDLE_30, flusher=Flusher(failures=1), clock=clock)
     clock.advance(minutes=31)
     scheduler.tick()  # cause recorded, flush failed, waiting to retry
     new = store.get_or_create_session(source(1))
     assert new.session_id != old.session_id and new.was_auto_reset
-    seq = led.query(
-        "SELECT type, session_id FROM events WHERE stream = ? ORDER BY position",
-        (old.session_key,),
-    )
-    assert [t for t, _ in seq] == [
+    seq = [r.type for r in log.read_stream(old.session_key)]
+    assert seq == [
         "session_started",
         "session_expired",
         "memory_flush_failed",
@@ -212,14 +225,14 @@ def test_a_message_during_a_flush_retry_finishes_the_close_first(
         "session_started",
     ]
     assert scheduler.tick(clock.now + timedelta(minutes=5)).closed == []
-    assert ends(led) == [(old.session_id, "idle_expiry")]
+    assert ends(log) == [(old.session_id, "idle_expiry")]
 
 
-def test_a_close_left_half_done_by_a_crash_is_finished(led: Ledger, clock: ManualClock) -> None:
-    store = SessionStore(led, IDLE_30, clock)
+def test_a_close_left_half_done_by_a_crash_is_finished(log: EventLog, clock: ManualClock) -> None:
+    store = SessionStore(log, IDLE_30, clock)
     entry = store.get_or_create_session(source(1))
     # what a scheduler killed right after recording the cause leaves behind:
-    led.append(
+    log.append(
         entry.session_key,
         [
             SessionExpired(
@@ -230,9 +243,9 @@ def test_a_close_left_half_done_by_a_crash_is_finished(led: Ledger, clock: Manua
             )
         ],
     )
-    report = Scheduler(led, IDLE_30, clock=clock).tick(clock.now + timedelta(minutes=40))
+    report = scheduler_for(log, IDLE_30, clock=clock).tick(clock.now + timedelta(minutes=40))
     assert [(c.session_id, c.reason) for c in report.closed] == [(entry.session_id, "idle_expiry")]
-    assert close_sequence(led, entry.session_id) == [
+    assert close_sequence(log, entry.session_id) == [
         "session_expired",
         "memory_flush_skipped",
         "session_ended",
@@ -291,6 +304,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy
+from hermes_ledger.gateway.scheduler.runner import scheduler_for
 from hermes_ledger.gateway.scheduler.ticks import Scheduler
 db, log, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 def flusher(context, transcript):

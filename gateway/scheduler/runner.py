@@ -24,7 +24,7 @@ from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistrar, HookRegistry
 from hermes_ledger.gateway.logs import fields
 from hermes_ledger.gateway.scheduler.ticks import Scheduler, TickReport
-from hermes_ledger.gateway.sessions.closing import Flusher
+from hermes_ledger.gateway.sessions.closing import DEFAULT_FLUSH_TIMEOUT, Flusher
 from hermes_ledger.gateway.sessions.retention import apply_retention
 from hermes_ledger.gateway.usercode.flushers import load_flusher
 from hermes_ledger.ledger import Ledger, LedgerError
@@ -70,33 +70,33 @@ class PassReport:
 
 def scheduler_for(
     log: EventLog,
-    config: GatewayConfig,
-    settings: RunnerSettings,
+    config: GatewayConfig | None = None,
+    flusher: Flusher | None = None,
+    clock: Clock | None = None,
     *,
-    flusher: Flusher | None,
-    clock: Clock,
+    flush_timeout: float = DEFAULT_FLUSH_TIMEOUT,
+    max_flush_attempts: int = 3,
+    flush_retry_delay: timedelta = timedelta(minutes=1),
 ) -> Scheduler | PostgresScheduler:
-    """The scheduler of ``log``'s backend with ``settings``' flush parameters: SQLite's
+    """The scheduler of ``log``'s backend (``ticks.Scheduler``'s parameters): SQLite's
     ``ticks.Scheduler``, or on PostgreSQL ``postgres.PostgresScheduler`` (which keeps
     the deadlines inside every append of ``log``), its deadlines re-derived from
-    ``config`` first (appends made without the projector, or another configuration,
-    are caught up)."""
-    timeout, attempts = settings.flush_timeout, settings.flush_attempts
-    delay = timedelta(seconds=settings.flush_retry_seconds)
+    ``config`` first (appends made without the projector, or under another
+    configuration, are caught up)."""
     if isinstance(log, Ledger):
         return Scheduler(
-            log, config, flusher, clock, flush_timeout=timeout, max_flush_attempts=attempts,
-            flush_retry_delay=delay,
+            log, config, flusher, clock, flush_timeout=flush_timeout,
+            max_flush_attempts=max_flush_attempts, flush_retry_delay=flush_retry_delay,
         )  # fmt: skip
     from hermes_ledger.gateway.scheduler.postgres import PostgresScheduler, refresh_deadlines
     from hermes_ledger.ledger.postgres import PostgresLog
 
     assert isinstance(log, PostgresLog)
     scheduler = PostgresScheduler(
-        log, config, flusher, clock, flush_timeout=timeout, max_flush_attempts=attempts,
-        flush_retry_delay=delay,
+        log, config, flusher, clock, flush_timeout=flush_timeout,
+        max_flush_attempts=max_flush_attempts, flush_retry_delay=flush_retry_delay,
     )  # fmt: skip
-    refresh_deadlines(log, config)
+    refresh_deadlines(log, scheduler.config)
     return scheduler
 
 
@@ -126,7 +126,11 @@ class Runner:
         if flusher is None and settings.flusher:
             flusher = load_flusher(settings.flusher)
         self.settings = settings
-        self.scheduler = scheduler_for(ledger, config, settings, flusher=flusher, clock=self.clock)
+        self.scheduler = scheduler_for(
+            ledger, config, flusher, self.clock, flush_timeout=settings.flush_timeout,
+            max_flush_attempts=settings.flush_attempts,
+            flush_retry_delay=timedelta(seconds=settings.flush_retry_seconds),
+        )  # fmt: skip
         self.dispatcher = HookDispatcher(
             ledger,
             registry,
