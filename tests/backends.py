@@ -20,7 +20,10 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
   (superuser on PostgreSQL, search_path the ledger's schema) over a connection of
   its own, bypassing the interface; ``scalar(sql)`` its first value, ``count()``
   the number of events; ``tamper(statement)`` runs a change on ``events`` with the
-  append-only triggers out of the way (what only a superuser can do).
+  append-only triggers out of the way (what only a superuser can do);
+- ``backend.wipe()``: forget the ledger, so the next ``open`` starts a new, empty
+  one (for a Hypothesis test that wants a fresh ledger per example: cheaper than a
+  fresh database). Close its logs first.
 
     def test_something(backend: Backend) -> None:
         with backend.open(projections=True) as log:
@@ -137,6 +140,15 @@ class Backend:
             pg.execute("ALTER TABLE events DISABLE TRIGGER USER")
             pg.execute(statement)  # type: ignore[arg-type]
             pg.execute("ALTER TABLE events ENABLE TRIGGER USER")
+
+    def wipe(self) -> None:
+        """Remove the ledger (SQLite: the file and its -wal, -shm; PostgreSQL: the
+        ledger's schema, projections included), so the next ``open`` makes a new one."""
+        if self.name == "sqlite":
+            for suffix in ("", "-wal", "-shm"):
+                Path(self.target + suffix).unlink(missing_ok=True)
+            return
+        self.raw("DROP SCHEMA IF EXISTS hermes_ledger CASCADE")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,22 +6,31 @@ a process without projections attached, with rebuilds in between. After every
 step the live tables must match a model of the gateway and the invariants of
 docs/design.md; at the end the live tables must equal a rebuild and a verify, and
 state_at must give back the live tables as they were at sampled positions.
+
+Both run on both backends (``backend``, tests/backends.py): the SQLite projections
+and those on PostgreSQL (projections/postgres), through the projection functions
+both have; the checks in SQL read the same tables on either. A fresh ledger per
+example (``backend.wipe``); PostgreSQL runs fewer examples (each costs more).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
+from typing import Any
 
+from backends import Backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from hermes_ledger import projections
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import EventLog
 from hermes_ledger.ledger.events import (
     EventModel,
     MemoryFlushed,
@@ -35,6 +44,7 @@ from hermes_ledger.ledger.events import (
     Source,
     UsageRecorded,
 )
+from hermes_ledger.projections import State
 
 KEYS = [f"agent:main:telegram:dm:{n}" for n in range(4)] + [
     "agent:main:discord:group:42:7",
@@ -55,14 +65,30 @@ class Clock:
 
 MAP_MIRRORS_HISTORY = """
 SELECT m.session_key FROM session_map AS m JOIN session_history AS h USING (session_id)
-WHERE m.status IS NOT CASE WHEN h.ended_at IS NOT NULL THEN 'closed'
+WHERE m.status IS DISTINCT FROM CASE WHEN h.ended_at IS NOT NULL THEN 'closed'
         WHEN h.close_requested_at IS NOT NULL THEN 'closing' ELSE 'open' END
     OR (m.message_count, m.input_tokens, m.output_tokens, m.cache_read_tokens,
         m.cache_write_tokens, m.cost_nano_usd)
-    IS NOT (h.message_count, h.input_tokens, h.output_tokens, h.cache_read_tokens,
+    IS DISTINCT FROM (h.message_count, h.input_tokens, h.output_tokens, h.cache_read_tokens,
         h.cache_write_tokens, h.cost_nano_usd)
 """
-"""Keys whose status, counts or token totals are not those of their current session."""
+"""Keys whose status, counts or token totals are not those of their current session
+(SQLite and PostgreSQL SQL alike)."""
+
+EXAMPLES = {"sqlite": 40, "postgresql": 10}
+"""Examples per Hypothesis test and backend (a PostgreSQL example costs more)."""
+
+
+def read(log: EventLog, sql: str) -> list[Any]:
+    """The rows of ``sql`` over the log's own connection (apsw or psycopg: both take
+    ``execute(sql)`` and iterate; the PostgreSQL one has the ledger's search_path)."""
+    return [tuple(row) for row in log.connection.execute(sql)]  # type: ignore[attr-defined]
+
+
+def chunks(backend: Backend, size: int) -> dict[str, int]:
+    """``chunk_size=size`` for the SQLite projection functions (which replay in
+    chunks); the PostgreSQL ones take no such option."""
+    return {"chunk_size": size} if backend.name == "sqlite" else {}
 
 
 @dataclass
@@ -91,16 +117,18 @@ def source_for(key: str) -> Source:
 
 
 class ProjectionMachine(RuleBasedStateMachine):
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(prefix="projections-machine-"))
-        self.clock = Clock()
-        self.led = Ledger.open(self.dir / "ledger.db", clock=self.clock)
-        projections.attach(self.led, chunk_size=5)
-        self.bare: Ledger | None = None  # a second process without projections
+        backend.wipe()  # a new ledger per example
+        self.backend = Backend(backend.name, backend.target, Clock())  # type: ignore[arg-type]
+        self.p = self.backend.projections
+        self.clock = self.backend.clock
+        self.led = self.backend.open()
+        self.p.attach(self.led, **chunks(self.backend, 5))
+        self.bare: EventLog | None = None  # a second process without projections
         self.current: dict[str, str] = {}  # key -> its current session id
         self.sessions: dict[str, SessionModel] = {}
-        self.snapshots: dict[int, projections.State] = {}
+        self.snapshots: dict[int, State] = {}
         self.counter = 0
 
     # -- helpers ------------------------------------------------------------------
@@ -108,7 +136,7 @@ class ProjectionMachine(RuleBasedStateMachine):
     def append(self, key: str, events: list[EventModel], *, bare: bool = False) -> None:
         if bare:
             if self.bare is None:
-                self.bare = Ledger.open(self.dir / "ledger.db", clock=self.clock)
+                self.bare = self.backend.open()
             self.bare.append(key, events)
         else:
             self.led.append(key, events)
@@ -281,46 +309,44 @@ class ProjectionMachine(RuleBasedStateMachine):
 
     @rule(chunk=st.integers(1, 50))
     def rebuild(self, chunk: int) -> None:
-        replayed = projections.state_at(self.led, chunk_size=chunk)  # includes unprojected
-        projections.rebuild(self.led, chunk_size=chunk)
-        assert projections.live_state(self.led) == replayed
+        replayed = self.p.state_at(self.led, **chunks(self.backend, chunk))  # incl. unprojected
+        self.p.rebuild(self.led, **chunks(self.backend, chunk))
+        assert self.p.live_state(self.led) == replayed
 
     # The live tables lag behind an unprojected append until the next projected one.
     @precondition(lambda self: self.bare is None or self.led.head() == self.checkpoint())
     @rule()
     def snapshot(self) -> None:
-        self.snapshots[self.led.head()] = projections.live_state(self.led)
+        self.snapshots[self.led.head()] = self.p.live_state(self.led)
 
     def checkpoint(self) -> int:
-        return int(self.led.connection.execute(
-            "SELECT min(position) FROM projection_checkpoints").fetchone()[0])  # fmt: skip
+        return int(read(self.led, "SELECT min(position) FROM projection_checkpoints")[0][0])
 
     # -- invariants -----------------------------------------------------------------
 
     @invariant()
     def live_tables_match_the_model(self) -> None:
-        conn = self.led.connection
         if self.checkpoint() != self.led.head():
             return  # an unprojected append is pending; the next projected one catches up
         query = "SELECT session_key, session_id, status FROM session_map"
-        mapped = {k: (sid, status) for k, sid, status in conn.execute(query)}
+        mapped = {k: (sid, status) for k, sid, status in read(self.led, query)}
         expected = {k: (sid, self.sessions[sid].status) for k, sid in self.current.items()}
         assert mapped == expected
-        counts = dict(conn.execute("SELECT session_id, message_count FROM session_history"))
+        counts = dict(read(self.led, "SELECT session_id, message_count FROM session_history"))
         assert counts == {sid: len(s.messages) for sid, s in self.sessions.items()}
 
     @invariant()
     def the_map_mirrors_the_current_sessions(self) -> None:
         if self.checkpoint() == self.led.head():
-            assert self.led.connection.execute(MAP_MIRRORS_HISTORY).fetchall() == []
+            assert read(self.led, MAP_MIRRORS_HISTORY) == []
 
     @invariant()
     def at_most_one_open_session_per_key(self) -> None:
-        rows = self.led.connection.execute(
+        rows = read(self.led,
             "SELECT session_key, count(*) FROM session_history"
             " WHERE ended_at IS NULL AND close_requested_at IS NULL GROUP BY session_key"
             " HAVING count(*) > 1"
-        ).fetchall()
+        )  # fmt: skip
         assert rows == []
 
     # -- the end of a run -----------------------------------------------------------
@@ -337,12 +363,11 @@ class ProjectionMachine(RuleBasedStateMachine):
             self.led.close()
             if self.bare is not None:
                 self.bare.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
 
     def check_final_state(self) -> None:
-        report = projections.verify(self.led, chunk_size=3)
+        report = self.p.verify(self.led, **chunks(self.backend, 3))
         assert report.ok, str(report)
-        live = projections.live_state(self.led)
+        live = self.p.live_state(self.led)
         assert live.position == self.led.head()
         for sid, s in self.sessions.items():
             row = live.session_history[sid]
@@ -364,18 +389,22 @@ class ProjectionMachine(RuleBasedStateMachine):
                 assert row["close_requested_at"] is not None
                 assert row["flush_status"] is not None
         for position, then in self.snapshots.items():
-            assert projections.state_at(self.led, position=position, chunk_size=4) == then
-        projections.rebuild(self.led, chunk_size=7)
-        assert projections.live_state(self.led) == live
+            at = self.p.state_at(self.led, position=position, **chunks(self.backend, 4))
+            assert at == then
+        self.p.rebuild(self.led, **chunks(self.backend, 7))
+        assert self.p.live_state(self.led) == live
 
 
-ProjectionMachine.TestCase.settings = settings(
-    max_examples=40,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-TestProjectionMachine = ProjectionMachine.TestCase
+def test_projection_machine(backend: Backend) -> None:
+    run_state_machine_as_test(
+        lambda: ProjectionMachine(backend),
+        settings=settings(
+            max_examples=EXAMPLES[backend.name],
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
 
 
 # -- any log at all ---------------------------------------------------------------------
@@ -420,18 +449,32 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops, chunk=st.integers(1, 9))
-def test_any_log_live_equals_replay(ops: list[tuple[int, int, list[str], bool, bool]],
-                                    chunk: int) -> None:  # fmt: skip
+ANY_LOG_EXAMPLES = {"sqlite": 60, "postgresql": 12}
+
+
+def test_any_log_live_equals_replay(backend: Backend) -> None:
     """Whatever the log holds, the live tables (single-event rules, one append at a
     time, with catch-ups) equal a replay (range rules, any chunking)."""
-    folder = Path(tempfile.mkdtemp(prefix="projections-any-"))
-    clock = Clock()
-    led = Ledger.open(folder / "ledger.db", clock=clock)
-    bare = Ledger.open(folder / "ledger.db", clock=clock)
+
+    @settings(max_examples=ANY_LOG_EXAMPLES[backend.name], deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+    @given(ops=ops, chunk=st.integers(1, 9))
+    def check(ops: list[tuple[int, int, list[str], bool, bool]], chunk: int) -> None:
+        any_log_live_equals_replay(backend, ops, chunk)
+
+    check()
+
+
+def any_log_live_equals_replay(
+    backend: Backend, ops: list[tuple[int, int, list[str], bool, bool]], chunk: int
+) -> None:
+    backend.wipe()  # a new ledger per example
+    on = Backend(backend.name, backend.target, Clock())  # type: ignore[arg-type]
+    p, clock = on.projections, on.clock
+    led = on.open()
+    bare = on.open()
     try:
-        projections.attach(led, chunk_size=chunk)
+        p.attach(led, **chunks(on, chunk))
         snapshots = {}
         ended: set[str] = set()
         for n, (key, session, kinds, unprojected, snapshot) in enumerate(ops):
@@ -447,18 +490,17 @@ def test_any_log_live_equals_replay(ops: list[tuple[int, int, list[str], bool, b
                 continue
             (bare if unprojected else led).append(KEYS[key], events)
             if snapshot and not unprojected:
-                snapshots[led.head()] = projections.live_state(led)
+                snapshots[led.head()] = p.live_state(led)
         led.append(KEYS[0], [MessageAppended(session_id="s0", role="user", content="last")])
-        report = projections.verify(led, chunk_size=chunk)
+        report = p.verify(led, **chunks(on, chunk))
         assert report.ok, str(report)
-        assert led.connection.execute(MAP_MIRRORS_HISTORY).fetchall() == []
-        live = projections.live_state(led)
-        assert live == projections.state_at(led, chunk_size=chunk + 3)
+        assert read(led, MAP_MIRRORS_HISTORY) == []
+        live = p.live_state(led)
+        assert live == p.state_at(led, **chunks(on, chunk + 3))
         for position, then in snapshots.items():
-            assert projections.state_at(led, position=position, chunk_size=chunk) == then
-        projections.rebuild(led, chunk_size=chunk)
-        assert projections.live_state(led) == live
+            assert p.state_at(led, position=position, **chunks(on, chunk)) == then
+        p.rebuild(led, **chunks(on, chunk))
+        assert p.live_state(led) == live
     finally:
         led.close()
         bare.close()
-        shutil.rmtree(folder, ignore_errors=True)
