@@ -1,5 +1,9 @@
 """The Hermes plugin's recorder: spooled hook records → ledger events, with the batch
-import's ids, closes from the callbacks' signals, and the import cooperating."""
+import's ids, closes from the callbacks' signals, and the import cooperating.
+
+Every test that takes ``led`` runs on both backends (a SQLite file and a fresh
+PostgreSQL database: tests/backends.py); ``led`` is only an ``EventLog`` here, so
+what the tests read goes through the interface (``read_all``, ``read_stream``)."""
 
 from __future__ import annotations
 
@@ -13,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import Backend
 from helpers import ManualClock
 from hermes_fixture import T0, HermesFixture, origin, sid
 
-from hermes_ledger import projections
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.hermes import reading
 from hermes_ledger.gateway.hermes.importing import import_hermes_home
@@ -29,7 +33,7 @@ from hermes_ledger.gateway.hermes.live import (
 from hermes_ledger.gateway.hermes.mapping import REDACTED, import_key
 from hermes_ledger.gateway.hermes.reading import HermesImportError
 from hermes_ledger.gateway.sessions.policy import ResetPolicy
-from hermes_ledger.ledger import Ledger, LedgerBusyError
+from hermes_ledger.ledger import EventLog, Ledger, LedgerBusyError
 from hermes_ledger.ledger.clock import format_utc
 
 TG = "agent:main:telegram:dm:1001"
@@ -56,31 +60,37 @@ def finalize(session_id: str, reason: str, when: timedelta, **kw: Any) -> dict[s
             "platform": "telegram", "reason": reason, **kw}  # fmt: skip
 
 
-def types(led: Ledger, key: str) -> list[tuple[str, str | None]]:
+def types(led: EventLog, key: str) -> list[tuple[str, str | None]]:
     return [(r.type, r.session_id) for r in led.read_stream(key)]
 
 
-def ends(led: Ledger) -> dict[str, str]:
-    rows = led.query(
-        "SELECT session_id, data ->> '$.reason' FROM events WHERE type = 'session_ended'"
-    )
-    return dict(rows)
+def ends(led: EventLog) -> dict[str, str]:
+    return {r.session_id: r.event.reason for r in led.read_all(types=["session_ended"])}  # type: ignore[misc, union-attr]
 
 
-def closes(led: Ledger, session_id: str) -> list[str]:
+def closes(led: EventLog, session_id: str) -> list[str]:
     """The close events of one session, in log order (cause, outcome, end)."""
-    rows = led.query(
-        "SELECT type FROM events WHERE session_id = ? AND type NOT IN"
-        " ('session_started', 'message_appended', 'usage_recorded') ORDER BY position",
-        (session_id,),
-    )
-    return [t for (t,) in rows]
+    content = ("session_started", "message_appended", "usage_recorded")
+    return [r.type for r in led.read_all() if r.session_id == session_id and r.type not in content]
 
 
 @pytest.fixture
 def hermes(tmp_path: Path) -> Iterator[HermesFixture]:
     with HermesFixture(tmp_path / "hermes") as h:
         yield h
+
+
+@pytest.fixture
+def led(backend: Backend) -> Iterator[EventLog]:
+    """The ledger under test, on each backend in turn (overrides conftest's SQLite one)."""
+    with backend.open() as log:
+        yield log
+
+
+@pytest.fixture
+def verify(backend: Backend) -> Any:
+    """``backend``'s projections verify (live projections equal a replay)."""
+    return backend.projections.verify
 
 
 def chat(h: HermesFixture, session_id: str, start: timedelta, *, key: str = TG) -> None:
@@ -100,7 +110,9 @@ def chat(h: HermesFixture, session_id: str, start: timedelta, *, key: str = TG) 
 # -- messages, usage and starts ------------------------------------------------------------
 
 
-def test_a_session_is_recorded_once_with_the_import_ids(hermes: HermesFixture, led: Ledger) -> None:
+def test_a_session_is_recorded_once_with_the_import_ids(
+    hermes: HermesFixture, led: EventLog, verify: Any
+) -> None:
     s1 = sid(T0, "aaaa0001")
     chat(hermes, s1, timedelta(0))
     recorder = LiveRecorder(led, hermes.home, config=IDLE)
@@ -130,10 +142,10 @@ def test_a_session_is_recorded_once_with_the_import_ids(hermes: HermesFixture, l
     usage = [r.event for r in led.read_stream(TG) if r.type == "usage_recorded"]
     assert [(u.input_tokens, u.output_tokens) for u in usage] == [(100, 20), (50, 10)]
     assert import_hermes_home(led, hermes.home).events == 0
-    assert projections.verify(led).ok
+    assert verify(led).ok
 
 
-def test_a_key_the_import_wrote_first_is_carried_on(hermes: HermesFixture, led: Ledger) -> None:
+def test_a_key_the_import_wrote_first_is_carried_on(hermes: HermesFixture, led: EventLog) -> None:
     s1 = sid(T0, "aaaa0001")
     chat(hermes, s1, timedelta(0))
     assert import_hermes_home(led, hermes.home).events == 6
@@ -154,7 +166,9 @@ def test_a_key_the_import_wrote_first_is_carried_on(hermes: HermesFixture, led: 
 # -- closes ------------------------------------------------------------------------------
 
 
-def test_expiry_auto_reset_and_new_each_close_once(hermes: HermesFixture, led: Ledger) -> None:
+def test_expiry_auto_reset_and_new_each_close_once(
+    hermes: HermesFixture, led: EventLog, verify: Any
+) -> None:
     s1, s2, s3, s4 = (sid(T0 + n * timedelta(hours=2), f"bbbb000{n}") for n in range(4))
     recorder = LiveRecorder(led, hermes.home, config=IDLE)
     chat(hermes, s1, timedelta(0))
@@ -201,11 +215,11 @@ def test_expiry_auto_reset_and_new_each_close_once(hermes: HermesFixture, led: L
     assert recorder.apply(records).events == 0
     assert import_hermes_home(led, hermes.home).events == 0
     assert led.head() == head
-    assert projections.verify(led).ok
+    assert verify(led).ok
 
 
 def test_an_auto_reset_the_policy_does_not_explain_says_what_hermes_said(
-    hermes: HermesFixture, led: Ledger
+    hermes: HermesFixture, led: EventLog
 ) -> None:
     s1, s2 = sid(T0, "cccc0001"), sid(T0 + 10 * M, "cccc0002")
     chat(hermes, s1, timedelta(0))
@@ -218,7 +232,7 @@ def test_an_auto_reset_the_policy_does_not_explain_says_what_hermes_said(
     assert reset.trigger == "hermes:suspended"
 
 
-def test_shutdown_and_other_finalizes(hermes: HermesFixture, led: Ledger) -> None:
+def test_shutdown_and_other_finalizes(hermes: HermesFixture, led: EventLog) -> None:
     s1 = sid(T0, "dddd0001")
     chat(hermes, s1, timedelta(0))
     cli = "cli-1"
@@ -239,7 +253,7 @@ def test_shutdown_and_other_finalizes(hermes: HermesFixture, led: Ledger) -> Non
 
 
 def test_a_shutdown_that_leaves_the_session_open_in_hermes_is_not_a_close(
-    hermes: HermesFixture, led: Ledger
+    hermes: HermesFixture, led: EventLog
 ) -> None:
     # Hermes keeps a session id across a gateway restart (resume_pending) and does not
     # end it in state.db: the ledger records no close, and what the session gains after
@@ -259,7 +273,7 @@ def test_a_shutdown_that_leaves_the_session_open_in_hermes_is_not_a_close(
     assert (report.events, report.skipped, report.warnings) == (1, [], [])
 
 
-def test_a_finalize_hermes_did_not_make_is_skipped(hermes: HermesFixture, led: Ledger) -> None:
+def test_a_finalize_hermes_did_not_make_is_skipped(hermes: HermesFixture, led: EventLog) -> None:
     s1 = sid(T0, "eeee0001")
     chat(hermes, s1, timedelta(0))
     recorder = LiveRecorder(led, hermes.home, config=IDLE)
@@ -274,7 +288,7 @@ def test_a_finalize_hermes_did_not_make_is_skipped(hermes: HermesFixture, led: L
     assert report.applied == 1
 
 
-def test_bad_records_are_skipped_with_reasons(hermes: HermesFixture, led: Ledger) -> None:
+def test_bad_records_are_skipped_with_reasons(hermes: HermesFixture, led: EventLog) -> None:
     s1 = sid(T0, "ffff0001")
     chat(hermes, s1, timedelta(0))
     report = LiveRecorder(led, hermes.home, config=IDLE).apply([
@@ -337,7 +351,7 @@ def test_redacted_tools(hermes: HermesFixture, tmp_path: Path, clock: ManualCloc
 
 
 def test_reapplying_any_prefix_writes_each_event_once(
-    hermes: HermesFixture, tmp_path: Path, clock: ManualClock
+    hermes: HermesFixture, tmp_path: Path, clock: ManualClock, backend: Backend
 ) -> None:
     s1, s2 = sid(T0, "acac0001"), sid(T0 + timedelta(hours=3), "acac0002")
     chat(hermes, s1, timedelta(0))
@@ -347,13 +361,13 @@ def test_reapplying_any_prefix_writes_each_event_once(
     records = [activity(s1, 5 * M), activity(s1, 6 * M), finalize(s1, "session_expired", 70 * M),
                activity(s2, 185 * M), finalize(s2, "shutdown", 240 * M)]  # fmt: skip
 
-    def log(led: Ledger) -> list[tuple[str, str, str | None]]:
+    def log(led: EventLog) -> list[tuple[str, str, str | None]]:
         return [(r.stream, r.type, r.session_id) for r in led.read_all()]
 
     with Ledger.open(tmp_path / "once.db", clock=clock) as once:
         LiveRecorder(once, hermes.home, config=IDLE).apply(records)
         expected = log(once)
-    with Ledger.open(tmp_path / "crashy.db", clock=clock) as crashy:
+    with backend.open() as crashy:  # on PostgreSQL too: the same log as SQLite's
         recorder = LiveRecorder(crashy, hermes.home, config=IDLE)
         for end in range(1, len(records) + 1):  # the drainer died before acknowledging
             for start in range(end):
@@ -364,7 +378,7 @@ def test_reapplying_any_prefix_writes_each_event_once(
     assert len([t for _, t, _ in expected if t == "session_ended"]) == 2
 
 
-def test_a_subagent_session_runs_beside_its_parent(hermes: HermesFixture, led: Ledger) -> None:
+def test_a_subagent_session_runs_beside_its_parent(hermes: HermesFixture, led: EventLog) -> None:
     parent, child = sid(T0, "adad0001"), sid(T0 + 2 * M, "adad0002")
     chat(hermes, parent, timedelta(0))
     hermes.create_session(child, "telegram", started_at=at(2 * M), parent_session_id=parent)
@@ -383,7 +397,7 @@ def test_a_subagent_session_runs_beside_its_parent(hermes: HermesFixture, led: L
 
 
 def test_apply_reads_state_db_in_place(
-    hermes: HermesFixture, led: Ledger, monkeypatch: pytest.MonkeyPatch
+    hermes: HermesFixture, led: EventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s1 = sid(T0, "aeae0001")
     chat(hermes, s1, timedelta(0))
@@ -452,7 +466,7 @@ def test_reading_state_db_inside_hermes_keeps_hermes_locks(tmp_path: Path) -> No
     assert seen["size"][0] == seen["size"][1]
 
 
-def test_the_policy_comes_from_the_homes_config_yaml(hermes: HermesFixture, led: Ledger) -> None:
+def test_the_policy_comes_from_the_homes_config_yaml(hermes: HermesFixture, led: EventLog) -> None:
     (hermes.home / "config.yaml").write_text("session_reset:\n  mode: idle\n  idle_minutes: 30\n")
     s1, s2 = sid(T0, "afaf0001"), sid(T0 + timedelta(hours=2), "afaf0002")
     chat(hermes, s1, timedelta(0))
@@ -464,11 +478,11 @@ def test_the_policy_comes_from_the_homes_config_yaml(hermes: HermesFixture, led:
 
 
 def test_what_the_ledger_or_state_db_cannot_do_is_raised(
-    hermes: HermesFixture, led: Ledger, db_path: Path, tmp_path: Path
+    hermes: HermesFixture, db_path: Path, tmp_path: Path, clock: ManualClock
 ) -> None:
     s1 = sid(T0, "baba0001")
     chat(hermes, s1, timedelta(0))
-    with Ledger.open(db_path, busy_timeout=0.2) as busy:
+    with Ledger.open(db_path, clock=clock) as led, Ledger.open(db_path, busy_timeout=0.2) as busy:
         recorder = LiveRecorder(busy, hermes.home, config=IDLE)
         led.connection.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         try:
@@ -477,10 +491,10 @@ def test_what_the_ledger_or_state_db_cannot_do_is_raised(
         finally:
             led.connection.execute("ROLLBACK")
         assert recorder.apply([activity(s1, M)]).events == 6  # the drainer's retry
-    gone = LiveRecorder(led, tmp_path / "no-home", config=IDLE)
-    with pytest.raises(HermesImportError):
-        gone.apply([activity(s1, M)])
-    assert gone.apply([{"kind": "teleport", "at": stamp()}]).skipped  # state.db not needed
+        gone = LiveRecorder(led, tmp_path / "no-home", config=IDLE)
+        with pytest.raises(HermesImportError):
+            gone.apply([activity(s1, M)])
+        assert gone.apply([{"kind": "teleport", "at": stamp()}]).skipped  # state.db not needed
 
 
 # -- the real Hermes ---------------------------------------------------------------------
@@ -572,7 +586,7 @@ def real_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
 
 
 def test_a_real_hermes_gateway_day(
-    real_home: tuple[Path, list[str], list[Any]], led: Ledger
+    real_home: tuple[Path, list[str], list[Any]], led: EventLog, verify: Any
 ) -> None:
     path, (e1, e2, e3, e4), records = real_home
     recorder = LiveRecorder(led, path)  # the policy from the home's config.yaml
@@ -599,4 +613,4 @@ def test_a_real_hermes_gateway_day(
     again = import_hermes_home(led, path)
     assert (again.events, again.warnings) == (0, [])
     assert led.head() == head
-    assert projections.verify(led).ok
+    assert verify(led).ok

@@ -93,8 +93,9 @@ def _print_postgres_status(dsn: str, zone: Zone, as_json: bool) -> None:
 
     with open_postgres(dsn, projections=False) as log:
         st = status(log)
+        plugin = plugin_status_for(dsn, log)
     if as_json:
-        print_json(st.to_dict())
+        print_json(st.to_dict() if plugin is None else {**st.to_dict(), "plugin": plugin})
         return
     rows = [
         ("ledger", st.where),
@@ -108,6 +109,8 @@ def _print_postgres_status(dsn: str, zone: Zone, as_json: bool) -> None:
     width = max(len(k) for k, _ in rows) + 1
     for key, value in rows:
         click.echo(f"{key + ':':<{width}} {value}")
+    if plugin is not None:
+        print_plugin_status(plugin, width)
 
 
 @click.command("status")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import cast
 
 import click
 
@@ -16,7 +15,7 @@ from hermes_ledger.gateway.cli.options import db_option, json_option, postgres_r
 from hermes_ledger.gateway.cli.output import print_json, print_report, progress_bar
 from hermes_ledger.gateway.config import paths
 from hermes_ledger.gateway.config.paths import resolve_ledger_path
-from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger import LedgerError, open_log
 from hermes_ledger.ledger.restore import import_jsonl
 
 __all__ = ["backfill_cmd", "import_cmd"]
@@ -71,19 +70,19 @@ def import_cmd(
 
     \b
     --db postgresql://… restores the export into an empty PostgreSQL ledger (the
-    same checks, the same rows; not --from-hermes or --erasures-from).
+    same checks, the same rows), or imports a Hermes home into the PostgreSQL
+    ledger (--from-hermes: the same events as into a file).
     """
-    if isinstance(db, str) and (hermes_home is not None or erasures_from is not None):
-        option = "--from-hermes" if hermes_home is not None else "--erasures-from"
+    if isinstance(db, str) and erasures_from is not None:
         raise LedgerError(
-            f"import {option} does not work on a PostgreSQL ledger yet",
-            hint=f"import into a SQLite ledger file (--db FILE), then `hermes-ledger migrate"
-            f" --from FILE --to URI`; or leave {option} out to restore an export",
+            "import --erasures-from does not work on a PostgreSQL ledger yet",
+            hint="import into a SQLite ledger file (--db FILE --erasures-from LEDGER), then"
+            " `hermes-ledger migrate --from FILE --to URI`",
         )
     if hermes_home is not None:
         if source is not None:
             raise click.UsageError("give either SOURCE or --from-hermes, not both")
-        _import_hermes(hermes_home, cast(Path | None, db), as_json)
+        _import_hermes(hermes_home, db, as_json)
         return
     if source is None:
         source = "-"
@@ -125,15 +124,16 @@ def import_cmd(
     )
 
 
-def _import_hermes(hermes_home: Path, db: Path | None, as_json: bool) -> None:
-    """``import --from-hermes`` and ``backfill``: import a Hermes home, print the report."""
+def _import_hermes(hermes_home: Path, db: Path | str | None, as_json: bool) -> None:
+    """``import --from-hermes`` and ``backfill``: import a Hermes home into the ledger
+    ``db`` (a file, or a PostgreSQL URI; None: the default ledger), print the report."""
     from hermes_ledger.gateway.config.ledger_section import RunnerSettings
     from hermes_ledger.gateway.hermes.importing import import_hermes_home, open_hermes_home
 
     # A path that is not a Hermes home is refused before the ledger is touched.
     with (
         open_hermes_home(hermes_home) as home,
-        Ledger.open(resolve_ledger_path(db)) as led,
+        open_log(db if isinstance(db, str) else resolve_ledger_path(db)) as led,
         progress_bar("importing", show=not as_json) as progress,
     ):
         # The home's own ledger.redact_tools, as live capture of that home applies it,
@@ -147,17 +147,19 @@ def _import_hermes(hermes_home: Path, db: Path | None, as_json: bool) -> None:
 
 
 @click.command("backfill")
+@postgres_ready
 @db_option
 @json_option
 @reports_errors
-def backfill_cmd(db: Path | None, as_json: bool) -> None:
+def backfill_cmd(db: Path | str | None, as_json: bool) -> None:
     """Import this Hermes home's history from before the plugin.
 
     \b
     The same as `hermes-ledger import --from-hermes $HERMES_HOME`: reads the
     home's state.db (never writing it) and appends its sessions, messages, usage
-    and ends to the ledger. With the plugin enabled, `hermes ledger backfill`
-    (or `hermes -p PROFILE ledger backfill`) imports the home Hermes is using.
+    and ends to the ledger (a file, or --db postgresql://…). With the plugin
+    enabled, `hermes ledger backfill` (or `hermes -p PROFILE ledger backfill`)
+    imports the home Hermes is using into the ledger the plugin records it in.
     Running it again appends only what is new.
     """
     from hermes_ledger.gateway.hermes.importing import HermesImportError

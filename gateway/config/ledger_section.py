@@ -13,6 +13,9 @@
       plugin_interval: 1                # plugin mode: seconds between spool drains
       redact_tools: [terminal]          # plugin mode: tools whose calls are recorded
                                         # without their arguments and results
+      db: postgresql://gw@db/ledger     # plugin mode: the ledger to record into, a URI
+                                        # or a file (relative to the home); default
+                                        # <home>/ledger.db; HERMES_LEDGER_DB wins
       retention:                        # how long message content is kept (see
         default: {content_days: 365}    # gateway.sessions.retention and
         platforms: {telegram: {content_days: 30}}   # docs/retention.md): platform
@@ -49,6 +52,7 @@ class RunnerSettings(BaseModel):
     anchor_interval: float = Field(default=3600.0, ge=0, le=30 * 86_400)
     plugin_interval: float = Field(default=1.0, gt=0, le=3600)
     redact_tools: tuple[str, ...] = ()
+    db: str | None = Field(default=None, min_length=1)  # see gateway.plugin.location
     retention: RetentionPolicy = RetentionPolicy()
 
     @classmethod

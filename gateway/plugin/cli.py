@@ -16,7 +16,10 @@ behaves exactly like ``hermes-ledger <command> [options]``:
 Hermes has already handled its own options when the handler runs: ``-p
 PROFILE`` (anywhere before a literal ``--``) has chosen the home by setting
 ``HERMES_HOME``, and ``config.paths.hermes_home`` asks Hermes for the home when it
-runs inside Hermes, so the default ledger is that home's ``ledger.db``. Because
+runs inside Hermes, so the default ledger is that home's: the plugin's
+(``plugin.location``), so that ``hermes ledger status`` reads the ledger the
+gateway records into also when config.yaml names it (``ledger: {db: URI}``,
+passed on as ``HERMES_LEDGER_DB`` for the command). Because
 Hermes takes ``-p`` for itself, ``hermes-ledger sql -p NAME VALUE`` is written
 ``hermes ledger sql --param NAME VALUE`` here.
 """
@@ -24,11 +27,14 @@ Hermes takes ``-p`` for itself, ``hermes-ledger sql -p NAME VALUE`` is written
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 __all__ = ["COMMAND", "PROG_NAME", "handle", "register_cli", "run", "setup"]
+
+ENV = "HERMES_LEDGER_DB"  # as plugin.location reads it (imported late: this module is light)
 
 COMMAND = "ledger"
 PROG_NAME = f"hermes {COMMAND}"
@@ -36,9 +42,9 @@ _REST = "ledger_args"  # the namespace attribute that carries the forwarded argu
 
 HELP = "The session ledger: an append-only event log of every chat session"
 DESCRIPTION = (
-    "Runs hermes-ledger on this Hermes home's ledger ($HERMES_HOME/ledger.db;\n"
-    "with -p PROFILE, the profile's). Everything after `ledger` goes to it:\n"
-    "`hermes ledger --help` lists its commands."
+    "Runs hermes-ledger on this Hermes home's ledger ($HERMES_HOME/ledger.db, or\n"
+    "config.yaml's ledger.db, or HERMES_LEDGER_DB; with -p PROFILE, the profile's).\n"
+    "Everything after `ledger` goes to it: `hermes ledger --help` lists its commands."
 )
 
 
@@ -69,9 +75,12 @@ def run(args: Sequence[str]) -> int:
     one ``Error:`` line and 1, never a traceback."""
     import click
 
+    configured = _configured_ledger()
     try:
         from hermes_ledger.gateway.cli import cli
 
+        if configured is not None:
+            os.environ[ENV] = configured
         cli.main(args=list(args), prog_name=PROG_NAME, standalone_mode=True)
     except SystemExit as done:
         return _code(done.code)
@@ -79,7 +88,27 @@ def run(args: Sequence[str]) -> int:
         click.echo(f"Error: hermes ledger failed: {type(exc).__name__}: {exc}", err=True)
         click.echo("Try: run the same command as `hermes-ledger …` to see where", err=True)
         return 1
+    finally:
+        if configured is not None:
+            os.environ.pop(ENV, None)
     return 0  # pragma: no cover - standalone mode always exits
+
+
+def _configured_ledger() -> str | None:
+    """The ledger config.yaml's ``ledger.db`` names, when HERMES_LEDGER_DB is not set
+    (it wins); None otherwise, and when config.yaml cannot be read (the command
+    then reports that itself, or works on the home's ledger.db)."""
+    from hermes_ledger.gateway.config.paths import hermes_home
+    from hermes_ledger.gateway.plugin.location import plugin_ledger
+
+    if os.environ.get(ENV, "").strip():
+        return None
+    try:
+        home = hermes_home()
+        target = plugin_ledger(home)
+    except Exception:
+        return None
+    return None if target == home / "ledger.db" else str(target)
 
 
 def _code(code: object) -> int:

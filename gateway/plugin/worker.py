@@ -36,8 +36,10 @@ What one pass does
 
 Every ``ledger.plugin_interval`` seconds (default 1 s), or promptly after a
 callback ``wake()``s it: write any in-memory backlog to the spool, drain the
-spool into the ledger at ``<home>/ledger.db`` (opened through
-``bootstrap.build_gateway`` with the projections attached, and kept open) with
+spool into the home's ledger (``plugin.location``: ``HERMES_LEDGER_DB``, else
+``ledger.db`` in config.yaml, else ``<home>/ledger.db``; a SQLite file or a
+PostgreSQL database, which the gateways of several hosts may share; opened
+through ``bootstrap.build_gateway`` with the projections attached, and kept open) with
 the recorder (``LiveRecorder.apply`` by default; ``apply_factory`` is the
 seam), then run the ``HookDispatcher`` over the hooks in
 ``<home>/ledger-hooks/``. That directory is the ledger's *only*: Hermes delivers
@@ -57,11 +59,13 @@ process, whether the ledger lacks the home's history (``history_gap``: sessions
 in ``state.db`` that started before the plugin's first event and are not in the
 ledger) and if so logs one line suggesting ``hermes ledger backfill``.
 
-When the ledger is locked, busy, full or damaged, the pass fails, the problem is
-logged once (and its end once), the records stay spooled, and the pass is
-retried with a growing delay (at most ``MAX_RETRY_DELAY``): nothing is lost. At
-interpreter exit (``atexit``) the worker makes one last drain with short
-timeouts and stops; what it could not drain waits for the next start.
+When the ledger is locked, busy, full or damaged, or its PostgreSQL server cannot
+be reached (each connection attempt gives up after ``connect_timeout``), the pass
+fails, the problem is logged once (and its end once), the records stay spooled,
+and the pass is retried with a growing delay (at most ``MAX_RETRY_DELAY``):
+nothing is lost. All of that happens in the worker thread; a callback never waits
+for it. At interpreter exit (``atexit``) the worker makes one last drain with
+short timeouts and stops; what it could not drain waits for the next start.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ from hermes_ledger.gateway.bootstrap import Gateway, build_gateway
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.config.paths import default_ledger_hooks_dir
 from hermes_ledger.gateway.hooks import DeliveryReport
+from hermes_ledger.gateway.plugin.location import describe_ledger, plugin_ledger
 from hermes_ledger.gateway.plugin.spool import (
     DrainReport,
     SpoolBusyError,
@@ -89,7 +94,8 @@ from hermes_ledger.gateway.plugin.spool import (
     spool_dir,
 )
 from hermes_ledger.gateway.plugin.status import HistoryGap, history_gap
-from hermes_ledger.ledger import Ledger, LedgerBusyError, LedgerError
+from hermes_ledger.ledger import EventLog, Ledger, LedgerBusyError, LedgerError, open_log
+from hermes_ledger.ledger.backend import is_dsn
 
 __all__ = [
     "MAX_RETRY_DELAY",
@@ -172,19 +178,24 @@ class PassOutcome:
 
 
 class SpoolWorker:
-    """Drains ``home``'s spool into ``home/ledger.db`` and delivers its ledger hooks,
-    in a daemon thread (``start``) or a pass at a time (``run_pass``).
+    """Drains ``home``'s spool into its ledger and delivers its ledger hooks, in a
+    daemon thread (``start``) or a pass at a time (``run_pass``).
 
+    ``ledger`` is the ledger (a file or a ``postgresql://`` URI); by default the
+    home's (``plugin.location.plugin_ledger``, read when the ledger is opened).
     ``apply_factory(gateway, home)`` makes the drain's ``apply`` each time the
     ledger is opened (default ``live_recorder``); ``writer`` is this process's
     spool writer, whose backlog each pass writes out. ``interval`` defaults to
-    ``ledger.plugin_interval``.
+    ``ledger.plugin_interval``. ``busy_timeout`` bounds a wait for SQLite's write
+    lock, ``connect_timeout`` (whole seconds, at least 2: libpq's minimum) a
+    connection attempt to PostgreSQL.
     """
 
     def __init__(
         self,
         home: str | os.PathLike[str],
         *,
+        ledger: str | os.PathLike[str] | None = None,
         apply_factory: ApplyFactory = live_recorder,
         writer: SpoolWriter | None = None,
         interval: float | None = None,
@@ -192,12 +203,13 @@ class SpoolWorker:
         hooks_dir: str | os.PathLike[str] | None = None,
         lock_timeout: float = 2.0,
         busy_timeout: float = 2.0,
+        connect_timeout: int = 5,
         exit_timeout: float = 3.0,
         max_retry_delay: float = MAX_RETRY_DELAY,
         incidents: Incidents | None = None,
     ) -> None:
         self.home = Path(home)
-        self.ledger_path = self.home / "ledger.db"
+        self._target = None if ledger is None else _target(ledger)
         self.hooks_dir = (
             Path(hooks_dir) if hooks_dir is not None else default_ledger_hooks_dir(self.home)
         )
@@ -206,6 +218,7 @@ class SpoolWorker:
         self.deliver_hooks = deliver_hooks
         self.lock_timeout = lock_timeout
         self.busy_timeout = busy_timeout
+        self.connect_timeout = max(2, int(connect_timeout))
         self.exit_timeout = exit_timeout
         self.max_retry_delay = max_retry_delay
         self.incidents = incidents or Incidents()
@@ -333,7 +346,15 @@ class SpoolWorker:
                 self.incidents.ok("anchoring the ledger")
         return outcome
 
-    def _suggest_backfill(self, ledger: Ledger) -> None:
+    @property
+    def ledger_target(self) -> Path | str:
+        """The ledger this worker records into: a file's path or a PostgreSQL URI.
+        Raises ConfigError when it comes from a config.yaml that cannot be read."""
+        if self._target is None:
+            self._target = plugin_ledger(self.home)
+        return self._target
+
+    def _suggest_backfill(self, ledger: EventLog | Ledger) -> None:
         """Once per home and process: say if the ledger lacks the home's history."""
         home = self.home.resolve()
         if home in _history_checked:
@@ -355,7 +376,12 @@ class SpoolWorker:
     def _open(self) -> tuple[Gateway, ApplyFn]:
         if self._gateway is None or self._apply is None:
             self._close_gateway()
-            ledger = Ledger.open(self.ledger_path, busy_timeout=self.busy_timeout)
+            target = self.ledger_target
+            ledger: EventLog
+            if isinstance(target, str):
+                ledger = open_log(target, connect_timeout=self.connect_timeout)
+            else:
+                ledger = open_log(target, busy_timeout=self.busy_timeout)
             try:
                 gateway = build_gateway(ledger, home=self.home, hooks_dir=self.hooks_dir)
                 apply = self.apply_factory(gateway, self.home)
@@ -386,10 +412,11 @@ class SyncError(LedgerError):
 @dataclass
 class SyncReport:
     """What ``sync_home`` did: the spool's records handed to the recorder, those it
-    applied and skipped (with reasons), events and closes written, hook calls."""
+    applied and skipped (with reasons), events and closes written, hook calls.
+    ``ledger`` names the ledger (``location.describe_ledger``: never a password)."""
 
     home: Path
-    ledger: Path
+    ledger: str
     records: int = 0
     applied: int = 0
     events: int = 0
@@ -403,7 +430,7 @@ class SyncReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "home": str(self.home),
-            "ledger": str(self.ledger),
+            "ledger": self.ledger,
             "spool": str(spool_dir(self.home)),
             "records": self.records,
             "applied": self.applied,
@@ -453,15 +480,18 @@ def _quiet() -> logging.Logger:
 def sync_home(
     home: str | os.PathLike[str],
     *,
+    ledger: str | os.PathLike[str] | None = None,
     hooks: bool = True,
     lock_timeout: float = 10.0,
     busy_timeout: float = 10.0,
     apply_factory: ApplyFactory = live_recorder,
 ) -> SyncReport:
-    """Drain ``home``'s spool into ``home/ledger.db`` now and (``hooks``) deliver its
-    ledger hooks: one worker pass, for a home where no gateway runs (records of
-    ``hermes chat`` wait in the spool otherwise). Safe beside a running gateway
-    (the drain lock and the hook claims keep each record and call single).
+    """Drain ``home``'s spool into its ledger now and (``hooks``) deliver its ledger
+    hooks: one worker pass, for a home where no gateway runs (records of ``hermes
+    chat`` wait in the spool otherwise, or that a gateway could not record while
+    its PostgreSQL server was unreachable). ``ledger`` is the home's by default
+    (``plugin.location``). Safe beside a running gateway (the drain lock and the
+    hook claims keep each record and call single).
 
     Raises SyncError (or the LedgerError at fault, with its hint) when the spool
     cannot be drained; a hook that fails is reported, not raised.
@@ -470,11 +500,13 @@ def sync_home(
     if not home.is_dir():
         hint = "set HERMES_HOME (or use `hermes -p PROFILE ledger sync`)"
         raise SyncError(f"there is no Hermes home at {home}", hint=hint)
-    report = SyncReport(home, home / "ledger.db")
-    if not spool_dir(home).exists() and not report.ledger.exists():
+    target = _target(ledger) if ledger is not None else plugin_ledger(home)
+    report = SyncReport(home, describe_ledger(target))
+    if not spool_dir(home).exists() and isinstance(target, Path) and not target.exists():
         return report  # nothing spooled, nothing to deliver: do not create a ledger
     worker = SpoolWorker(
         home,
+        ledger=target,
         apply_factory=apply_factory,
         lock_timeout=lock_timeout,
         busy_timeout=busy_timeout,
@@ -490,7 +522,7 @@ def sync_home(
     finally:
         worker._close_gateway()
     if outcome.drained is None:
-        raise _sync_error(home, outcome.error)
+        raise _sync_error(home, report.ledger, outcome.error)
     drained = outcome.drained
     report.records, report.bad_lines = drained.applied, drained.bad_lines
     offset = 0
@@ -511,7 +543,12 @@ def sync_home(
     return report
 
 
-def _sync_error(home: Path, exc: BaseException | None) -> LedgerError:
+def _target(ledger: str | os.PathLike[str]) -> Path | str:
+    """A ledger given as a URI (kept as it is) or a file (a ``Path``)."""
+    return ledger if isinstance(ledger, str) and is_dsn(ledger) else Path(ledger)
+
+
+def _sync_error(home: Path, ledger: str, exc: BaseException | None) -> LedgerError:
     spool = spool_dir(home)
     if isinstance(exc, SpoolBusyError):
         return SyncError(
@@ -525,6 +562,6 @@ def _sync_error(home: Path, exc: BaseException | None) -> LedgerError:
         return SyncError(f"cannot drain {spool}: {exc}",
                          hint=f"make {spool} a directory of yours with mode 0700")  # fmt: skip
     return SyncError(
-        f"cannot record {spool} in {home / 'ledger.db'}: {type(exc).__name__}: {exc}",
+        f"cannot record {spool} in {ledger}: {type(exc).__name__}: {exc}",
         hint="the records stay spooled; fix the problem and run `hermes ledger sync` again",
     )

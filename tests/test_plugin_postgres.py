@@ -1,0 +1,199 @@
+"""The Hermes plugin, ``sync``, ``backfill`` and ``import --from-hermes`` on a PostgreSQL
+ledger (issue 14): the same events as on SQLite, the plugin's ledger chosen by
+``HERMES_LEDGER_DB`` or config.yaml's ``ledger.db``, and a spool that keeps what an
+unreachable server could not take.
+
+The in-process tests here run over ``HermesFixture`` homes (the recorder and the
+import only read state.db); the real Hermes gateway (its PluginManager, GatewayRunner
+and SessionStore in a subprocess) is driven in tests/test_plugin_postgres_hosts.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends import Backend, pg_uri
+from click.testing import Result
+from hermes_fixture import HermesFixture, StandardHome, build_standard_home, origin, sid
+from pg_support import fresh_database
+
+from hermes_ledger.gateway.config.files import ConfigError
+from hermes_ledger.gateway.hermes.importing import import_hermes_home
+from hermes_ledger.gateway.plugin.location import plugin_ledger
+from hermes_ledger.gateway.plugin.spool import SpoolWriter, pending_records
+from hermes_ledger.gateway.plugin.status import history_gap
+from hermes_ledger.gateway.plugin.worker import SpoolWorker, sync_home
+from hermes_ledger.ledger import EventLog, open_log
+from hermes_ledger.ledger.clock import format_utc
+
+NOW = datetime.now().astimezone()
+OLD = NOW - timedelta(days=3)
+PLUGIN_CONFIG = "plugins:\n  enabled: [ledger]\n  disabled: []\n"
+
+
+def rows(log: EventLog) -> list[tuple[Any, ...]]:
+    """Every event as the log holds it, positions and times aside."""
+    return [
+        (r.event_id, r.stream, r.version, r.type, r.session_id, r.event.model_dump_json())
+        for r in log.read_all()
+    ]
+
+
+@pytest.fixture
+def pg() -> Iterator[str]:
+    """A fresh PostgreSQL database's URI."""
+    with fresh_database() as dsn:
+        yield pg_uri(dsn)
+
+
+@pytest.fixture
+def standard(tmp_path: Path) -> StandardHome:
+    return build_standard_home(tmp_path / "hermes")
+
+
+# -- import --from-hermes ------------------------------------------------------------------
+
+
+def test_a_hermes_home_imports_into_postgresql_as_into_sqlite(
+    standard: StandardHome, pg: str, tmp_path: Path
+) -> None:
+    with open_log(tmp_path / "ledger.db") as sqlite, open_log(pg) as postgres:
+        on_sqlite = import_hermes_home(sqlite, standard.path)
+        on_postgres = import_hermes_home(postgres, standard.path)
+        assert on_postgres.events == on_sqlite.events == 64
+        assert (on_postgres.sessions, on_postgres.messages, on_postgres.ended) == (14, 36, 9)
+        assert rows(postgres) == rows(sqlite)
+        again = import_hermes_home(postgres, standard.path)
+        assert (again.events, again.skipped, again.warnings) == (0, 14, [])
+        assert postgres.verify().ok
+    assert on_postgres.ledger.endswith(pg.rsplit("/", 1)[1])  # host:port/dbname, no password
+
+
+def test_import_from_hermes_and_backfill_on_a_postgresql_uri(
+    cli: Callable[..., Result], hermes_home: Path, pg: str, tmp_path: Path
+) -> None:
+    build_standard_home(hermes_home)
+    done = cli("import", "--from-hermes", str(hermes_home), "--db", pg, "--json")
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert (report["events"], report["sessions"], report["warnings"]) == (64, 14, [])
+    reference = cli("import", "--from-hermes", str(hermes_home), "--db", str(tmp_path / "r.db"))
+    with open_log(pg) as postgres, open_log(tmp_path / "r.db") as sqlite:
+        assert rows(postgres) == rows(sqlite)
+    assert reference.exit_code == 0
+    again = cli("backfill", "--db", pg)  # the home in use, into the same database
+    assert again.exit_code == 0, again.output
+    assert again.output.startswith("Nothing new to import from ")
+    # the projections the import leaves are what the CLI reads, as on SQLite
+    listed = [cli("sessions", "--db", db, "--all", "--json") for db in (pg, str(tmp_path / "r.db"))]
+    assert listed[0].exit_code == 0, listed[0].output
+    assert json.loads(listed[0].output) == json.loads(listed[1].output)
+
+
+def test_import_erasures_from_on_postgresql_is_refused_before_anything_is_written(
+    cli: Callable[..., Result], tmp_path: Path, pg: str
+) -> None:
+    export = tmp_path / "x.jsonl"
+    export.write_text("")
+    refused = cli("import", str(export), "--db", pg, "--erasures-from", str(tmp_path / "a.db"))
+    assert refused.exit_code == 1
+    assert refused.output.startswith(
+        "Error: import --erasures-from does not work on a PostgreSQL ledger yet\nTry: "
+    )
+    assert not (tmp_path / "a.db").exists()
+
+
+# -- the plugin's ledger -------------------------------------------------------------------
+
+
+def test_the_plugins_ledger_is_the_env_then_config_yaml_then_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.delenv("HERMES_LEDGER_DB", raising=False)
+    assert plugin_ledger(home) == home / "ledger.db"
+    uri = "postgresql://gw@db.internal:5433/ledger"
+    (home / "config.yaml").write_text(f"ledger:\n  db: {uri}\n")
+    assert plugin_ledger(home) == uri
+    (home / "config.yaml").write_text("ledger:\n  db: shared/ledger.db\n")
+    assert plugin_ledger(home) == home / "shared" / "ledger.db"  # relative to the home
+    monkeypatch.setenv("HERMES_LEDGER_DB", "postgresql://other/ledger")
+    assert plugin_ledger(home) == "postgresql://other/ledger"  # the environment wins
+    monkeypatch.setenv("HERMES_LEDGER_DB", str(tmp_path / "env.db"))
+    assert plugin_ledger(home) == tmp_path / "env.db"
+    monkeypatch.delenv("HERMES_LEDGER_DB")
+    (home / "config.yaml").write_text("ledger:\n  db: ''\n")
+    with pytest.raises(ConfigError, match=r"ledger\.db"):
+        plugin_ledger(home)
+
+
+# -- the worker and sync over a HermesFixture home, both backends ----------------------------
+
+
+@pytest.fixture
+def fixture_home(tmp_path: Path) -> Iterator[HermesFixture]:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config.yaml").write_text(PLUGIN_CONFIG)
+    with HermesFixture(home) as h:
+        yield h
+
+
+def chat(h: HermesFixture, session_id: str, start: datetime, chat_id: str) -> None:
+    key = f"agent:main:telegram:dm:{chat_id}"
+    source = origin("telegram", chat_id, user_id="u1")
+    h.create_session(session_id, "telegram", started_at=start.timestamp(), session_key=key,
+                     origin=source)  # fmt: skip
+    h.append_message(session_id, "user", "hi", at=start.timestamp() + 1)
+    h.append_message(session_id, "assistant", "hello", at=start.timestamp() + 2)
+    h.route(key, session_id, origin=source, at=start.timestamp() + 2)
+
+
+def spool_activity(home: Path, session_id: str, chat_id: str) -> None:
+    writer = SpoolWriter(home)
+    writer.append({"kind": "activity", "at": format_utc(datetime.now(UTC)),
+                   "session_id": session_id, "session_key": f"agent:main:telegram:dm:{chat_id}",
+                   "platform": "telegram", "hook": "post_llm_call"})  # fmt: skip
+    writer.close()
+
+
+def test_the_worker_and_sync_record_into_either_backend_and_see_the_history_gap(
+    fixture_home: HermesFixture, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = fixture_home.home
+    monkeypatch.setenv("HERMES_LEDGER_DB", backend.target)
+    old, new = sid(OLD, "01d00001"), sid(NOW, "ae000001")
+    chat(fixture_home, old, OLD, "1")
+    fixture_home.end_session(old, "idle", at=OLD.timestamp() + 600)
+    chat(fixture_home, new, NOW - timedelta(seconds=30), "3")
+
+    worker = SpoolWorker(home, deliver_hooks=False)
+    assert worker.ledger_target == (backend.target if backend.name == "postgresql" else
+                                    Path(backend.target))  # fmt: skip
+    spool_activity(home, new, "3")
+    outcome = worker.run_pass()
+    worker._close_gateway()
+    assert outcome.ok, outcome.error
+    assert outcome.drained is not None and outcome.drained.applied == 1
+    assert pending_records(home) == []
+    with backend.open() as log:
+        assert [r.type for r in log.read_all()] == [
+            "session_started", "message_appended", "message_appended"]  # fmt: skip
+        gap = history_gap(log, home)
+        assert gap is not None and gap.sessions == 1  # the old session, before the plugin
+
+    spool_activity(home, new, "3")
+    report = sync_home(home)
+    assert (report.records, report.applied, report.events) == (1, 1, 0)
+    assert report.history is not None and report.history.sessions == 1
+    assert "postgresql://" not in report.ledger  # host:port/dbname, as status says
+    with backend.open() as log:
+        import_hermes_home(log, home)  # the backfill
+        assert history_gap(log, home).sessions == 0  # type: ignore[union-attr]
+        assert backend.projections.verify(log).ok
