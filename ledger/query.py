@@ -33,9 +33,11 @@ __all__ = [
     "EventFilter",
     "QueryResult",
     "QueryTimeoutError",
+    "follow",
     "follow_events",
     "list_events",
     "parse_time",
+    "refuse_write",
     "run_sql",
     "select_events",
 ]
@@ -263,13 +265,37 @@ def follow_events(
     ``timeout`` seconds have passed, or the filter's ``to_position`` is reached.
     """
     where, args = events.where()
+
+    def read(seen: int, head: int) -> Iterator[Recorded]:
+        return _pages(led, where + " AND position <= ?", (*args, head), seen, None)
+
+    return follow(
+        led.head, read, after=after, to_position=events.to_position,
+        poll_interval=poll_interval, timeout=timeout, sleep=sleep,
+    )  # fmt: skip
+
+
+def follow(
+    head: Callable[[], int],
+    read: Callable[[int, int], Iterator[Recorded]],
+    *,
+    after: int,
+    to_position: int | None = None,
+    poll_interval: float = 0.5,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Recorded]:
+    """The polling of ``follow_events``, for any backend: ``head()`` is the log's
+    head position, ``read(seen, head)`` the matching events after ``seen`` up to
+    ``head``. A log whose positions become visible in order (both backends) is
+    followed without a gap or a repeat."""
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = after
-    while events.to_position is None or seen < events.to_position:
-        head = led.head()
-        if head > seen:
-            yield from _pages(led, where + " AND position <= ?", (*args, head), seen, None)
-            seen = head
+    while to_position is None or seen < to_position:
+        now = head()
+        if now > seen:
+            yield from read(seen, now)
+            seen = now
             continue
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -434,7 +460,8 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, *_: object) -> i
     return apsw.SQLITE_OK if action in _ALLOWED else apsw.SQLITE_DENY
 
 
-def _refuse_write(sql: str) -> LedgerError:
+def refuse_write(sql: str) -> LedgerError:
+    """The error for a statement that would change the ledger (both backends)."""
     shown = " ".join(sql.split())
     if len(shown) > 60:
         shown = shown[:57] + "..."
@@ -522,7 +549,7 @@ def _start(
     try:
         info = apsw.ext.query_info(conn, text)
     except apsw.AuthError:
-        raise _refuse_write(text) from None
+        raise refuse_write(text) from None
     except apsw.Error as exc:
         raise LedgerError(f"the query failed: {exc}", hint=_SQL_HINT) from None
     if not _is_nothing(info.query_remaining or ""):
@@ -531,7 +558,7 @@ def _start(
             hint="run one statement per `hermes-ledger sql` call",
         )
     if not info.is_readonly:
-        raise _refuse_write(text)
+        raise refuse_write(text)
 
     def progress() -> bool:
         # Python code runs here, so a pending Ctrl-C is raised here (SQLite stops).
@@ -542,7 +569,7 @@ def _start(
     try:
         return columns, conn.execute(text, params)
     except (apsw.AuthError, apsw.ReadOnlyError):
-        raise _refuse_write(text) from None
+        raise refuse_write(text) from None
     except (apsw.BindingsError, KeyError) as exc:  # KeyError: a :NAME with no value
         raise LedgerError(
             f"the query's parameters do not match its placeholders: {exc}",
@@ -572,7 +599,7 @@ def _rows(
     except apsw.InterruptError:
         raise QueryTimeoutError(limit) from None
     except (apsw.AuthError, apsw.ReadOnlyError):
-        raise _refuse_write(text) from None
+        raise refuse_write(text) from None
     except apsw.Error as exc:
         translate(exc, path=path)
     finally:

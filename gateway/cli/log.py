@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,13 +35,14 @@ from hermes_ledger.gateway.cli.output import (
     progress_bar,
 )
 from hermes_ledger.gateway.cli.times import TIME, Zone, recorded_option, show_time, tz_option
-from hermes_ledger.gateway.config.paths import resolve_ledger, resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger
 from hermes_ledger.ledger import Ledger, Recorded
 from hermes_ledger.ledger.events import json_schema
 from hermes_ledger.ledger.export import FORMATS, export
 from hermes_ledger.ledger.query import (
     DEFAULT_SQL_TIMEOUT,
     EventFilter,
+    QueryResult,
     list_events,
     run_sql,
 )
@@ -157,22 +159,9 @@ def events_cmd(
         noun = "event" if count == 1 else "events"
         click.echo(f"{count} more {noun} not shown; raise --limit or use --tail", err=True)
 
-    target = resolve_ledger(db)
-    if isinstance(target, str):
-        if follow:
-            raise LedgerCommandError(
-                "events --follow does not work on a PostgreSQL ledger yet",
-                hint="run it again without --follow (--tail N shows the newest events)",
-            )
-        _postgres_events(target, events, limit, tail, more, tz, as_json)
-        return
-    with (
-        Ledger.open(target, readonly=True) as led,
-        _output_closed_quietly(),
-    ):
+    with _event_lister(resolve_ledger(db)) as listing, _output_closed_quietly():
         try:
-            for rec in list_events(
-                led,
+            for rec in listing(
                 events,
                 limit=limit,
                 tail=tail,
@@ -191,24 +180,19 @@ def events_cmd(
             # Ctrl-C is how --follow ends: a normal exit.
 
 
-def _postgres_events(
-    dsn: str,
-    events: EventFilter,
-    limit: int | None,
-    tail: int | None,
-    more: Callable[[int], None],
-    zone: Zone,
-    as_json: bool,
-) -> None:
-    from hermes_ledger.gateway.sessions.postgres import open_postgres
-    from hermes_ledger.ledger.postgres.reading import matching_events
+@contextmanager
+def _event_lister(target: Path | str) -> Iterator[Callable[..., Iterator[Recorded]]]:
+    """``list_events`` of the ledger ``target`` names (``ledger.query``'s for a SQLite
+    file, ``ledger.postgres.reading``'s for a PostgreSQL URI), bound to it."""
+    if isinstance(target, str):
+        from hermes_ledger.gateway.sessions.postgres import open_postgres
+        from hermes_ledger.ledger.postgres import reading
 
-    with open_postgres(dsn, projections=False) as log, _output_closed_quietly():
-        for rec in matching_events(log, events, limit=limit, tail=tail, on_more=more):
-            if as_json:
-                print_json_line(rec.to_dict())
-            else:
-                click.echo(_event_line(rec, zone, events.recorded))
+        with open_postgres(target, projections=False) as log:
+            yield partial(reading.list_events, log)
+        return
+    with Ledger.open(target, readonly=True) as led:
+        yield partial(list_events, led)
 
 
 # -- export ----------------------------------------------------------------------
@@ -255,8 +239,8 @@ def export_cmd(
     writes a database with the events and a full-text index over the messages.
     --format markdown is for reading (e.g. a subject access request with --user
     ID): one section per session, its messages with time and speaker, UTC.
-    On a PostgreSQL ledger (--db postgresql://…): JSONL, the same lines (without
-    --user).
+    Every form works the same on a PostgreSQL ledger (--db postgresql://…), and
+    its JSONL export imports into a SQLite ledger.
     """
     user = filters.pop("user")
     events = replace(_event_filter(filters), user=user)
@@ -296,6 +280,7 @@ def export_cmd(
 
 
 @click.command("sql")
+@postgres_ready
 @db_option
 @click.argument("query")
 @click.option(
@@ -318,7 +303,7 @@ def export_cmd(
 )
 @reports_errors
 def sql_cmd(
-    db: Path | None,
+    db: Path | str | None,
     query: str,
     params: tuple[tuple[str, str], ...],
     as_json: bool,
@@ -331,17 +316,16 @@ def sql_cmd(
     The ledger is opened read-only: a statement that would change it fails and
     changes nothing. Output is an aligned table, --json (a list of objects) or
     --csv. The query stops after --timeout seconds (30 by default), or at once on
-    Ctrl-C (exit 130). Example:
+    Ctrl-C (exit 130). On a PostgreSQL ledger (--db postgresql://…) the query
+    runs in a READ ONLY transaction with a statement_timeout of --timeout, over
+    the same tables (events, event_bodies, the projections). Example:
       hermes-ledger sql "SELECT type, count(*) FROM events GROUP BY type"
     """
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
-    with (
-        Ledger.open(resolve_ledger_path(db), readonly=True) as led,
-        _output_closed_quietly(),
-    ):
+    with _sql_runner(resolve_ledger(db)) as run, _output_closed_quietly():
         try:
-            result = run_sql(led, query, dict(params), timeout=timeout)
+            result = run(query, dict(params), timeout=timeout)
             if as_json:
                 print_json_rows(result.columns, result.rows)
             elif as_csv:
@@ -351,6 +335,18 @@ def sql_cmd(
         except KeyboardInterrupt:
             # Ctrl-C stops SQLite at once (run_sql's progress handler); say so, 128 + SIGINT.
             raise _Interrupted("the query was interrupted (Ctrl-C); nothing changed") from None
+
+
+@contextmanager
+def _sql_runner(target: Path | str) -> Iterator[Callable[..., QueryResult]]:
+    """``run_sql`` on the ledger ``target`` names (a SQLite file or a PostgreSQL URI)."""
+    if isinstance(target, str):
+        from hermes_ledger.ledger.postgres.query import run_sql as run_postgres_sql
+
+        yield partial(run_postgres_sql, target)
+        return
+    with Ledger.open(target, readonly=True) as led:
+        yield partial(run_sql, led)
 
 
 class _Interrupted(LedgerCommandError):

@@ -1,46 +1,51 @@
 """Reading a PostgreSQL log for the command line: what it holds (``status``), the
-events an ``EventFilter`` chooses (``events``), and the JSONL export, line for line
-the SQLite export's format (``ledger.export``), so ``hermes-ledger import`` restores
-it into a SQLite ledger.
+events an ``EventFilter`` chooses (``events``, and ``follow_events`` for ``events
+--follow``), and the row source of an export (``postgres_rows``): ``ledger.export``'s
+writers make every format from it, line for line the SQLite export's, so
+``hermes-ledger import`` restores a JSONL export into a SQLite ledger.
 
 Every statement reads ``event_bodies`` (each event whole, its payload merged in,
-"[erased]" once erased) in one ``REPEATABLE READ`` snapshot.
+"[erased]" once erased) in one ``REPEATABLE READ`` snapshot; the conditions of a
+filter are on ``events`` (the stored rows, indexed).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from importlib import metadata
-from pathlib import Path
-from typing import IO, Any, cast
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from typing import IO, Any
 
 import psycopg
 
-from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
+from hermes_ledger.ledger.clock import Clock, system_clock
 from hermes_ledger.ledger.errors import InvalidInputError, LedgerError
-from hermes_ledger.ledger.export import ExportManifest, format_for
-from hermes_ledger.ledger.outfiles import check_target, private_temp, remove_dead_parts
+from hermes_ledger.ledger.export import ExportManifest, Progress, export_rows
+from hermes_ledger.ledger.export_rows import JsonlPage, Summary
 from hermes_ledger.ledger.postgres.log import PostgresLog
+from hermes_ledger.ledger.postgres.payloads import PG_DIALECT
 from hermes_ledger.ledger.query import EventFilter
+from hermes_ledger.ledger.query import follow as poll_follow
 from hermes_ledger.ledger.records import Recorded
 
 __all__ = [
+    "PostgresRows",
     "PostgresStatus",
     "export",
-    "export_jsonl",
+    "follow_events",
+    "list_events",
     "matching_events",
     "migrations_applied_here",
+    "postgres_rows",
     "snapshot",
     "status",
 ]
 
 Connection = psycopg.Connection[Any]
-Progress = Callable[[int, int], None]
 
 _COLUMNS = "position, event_id, stream, version, type, session_id, data, meta, recorded_at, hash"
 _PAGE = 1000
@@ -68,11 +73,37 @@ SQL_TAIL = (
     " ORDER BY position DESC LIMIT %s) AS newest ORDER BY position"
 )
 SQL_COUNT_AFTER = "SELECT count(*) FROM event_bodies WHERE position > %s{where}"
+# The export (``PostgresRows``): the chosen positions from ``events``, each event
+# whole from ``event_bodies``, with its payload's salt (a JSONL line names it).
 SQL_EXPORT_PAGE = (
     "SELECT b.position, b.event_id, b.stream, b.version, b.type, b.session_id, b.data,"
     " b.meta, b.recorded_at, b.occurred_at, b.hash, encode(p.salt, 'hex')"
     " FROM event_bodies AS b LEFT JOIN payloads AS p ON p.position = b.position"
-    " WHERE b.position > %s{where} ORDER BY b.position LIMIT %s"
+    " WHERE b.position IN (SELECT position FROM events WHERE position > %s{where}"
+    " ORDER BY position LIMIT %s) ORDER BY b.position"
+)
+SQL_EXPORT_COUNT = "SELECT count(*) FROM events WHERE TRUE{where}"
+SQL_EXPORT_SUMMARY = (
+    "SELECT count(*), min(position), max(position),"
+    " (SELECT hash FROM events WHERE TRUE{where} ORDER BY position DESC LIMIT 1)"
+    " FROM events WHERE TRUE{where}"
+)
+SQL_EXPORT_BODIES = (
+    f"SELECT {_COLUMNS} FROM event_bodies"
+    " WHERE position IN (SELECT position FROM events WHERE TRUE{where}) ORDER BY position"
+)
+SQL_HASH_AT = "SELECT hash FROM events WHERE position = %s"
+# As on SQLite (``export_rows.SQL_SESSION_START``): the stored body, without its payload.
+SQL_SESSION_START = (
+    "SELECT data, recorded_at FROM events WHERE type = 'session_started' AND session_id = %s"
+    " ORDER BY position LIMIT 1"
+)
+SQL_HEAD = "SELECT coalesce(max(position), 0) FROM events"
+# The events of one person: ``ledger.query.SQL_USER_EVENTS`` in PostgreSQL's SQL.
+SQL_USER_EVENTS = (
+    "(session_id IN (SELECT session_id FROM events WHERE type = 'session_started'"
+    f" AND {PG_DIALECT.json_text(('source', 'user_id'))} = %s)"
+    f" OR (type = 'message_appended' AND {PG_DIALECT.json_text(('user_id',))} = %s))"
 )
 _TIME_COLUMN = {False: "occurred_at", True: "recorded_at"}
 
@@ -143,23 +174,26 @@ def migrations_applied_here(log: PostgresLog) -> int:
 
 
 def _where(events: EventFilter) -> tuple[str, tuple[Any, ...]]:
-    """``events`` as ``" AND …"`` conditions on ``event_bodies`` and their bindings."""
-    if events.user is not None:
-        raise LedgerError(
-            "choosing a user's events (--user) does not work on a PostgreSQL ledger yet",
-            hint="choose by --session-key or --session-id instead",
-        )
-    conditions: list[tuple[str, Any]] = [
-        ("stream = %s", events.session_key),
-        ("session_id = %s", events.session_id),
-        ("type = ANY(%s)", list(events.types) or None),
-        (f"{_TIME_COLUMN[events.recorded]} >= %s", events.since),
-        (f"{_TIME_COLUMN[events.recorded]} < %s", events.until),
-        ("position >= %s", events.from_position),
-        ("position <= %s", events.to_position),
+    """``events`` as ``" AND …"`` conditions on ``events`` (or ``event_bodies``) and
+    their bindings: ``EventFilter.where`` in PostgreSQL's SQL."""
+    time_column = _TIME_COLUMN[events.recorded]
+    conditions: list[tuple[str, tuple[Any, ...] | None]] = [
+        ("stream = %s", _given(events.session_key)),
+        ("session_id = %s", _given(events.session_id)),
+        (SQL_USER_EVENTS, None if events.user is None else (events.user, events.user)),
+        ("type = ANY(%s)", (list(events.types),) if events.types else None),
+        (f"{time_column} >= %s", _given(events.since)),
+        (f"{time_column} < %s", _given(events.until)),
+        ("position >= %s", _given(events.from_position)),
+        ("position <= %s", _given(events.to_position)),
     ]
-    given = [(sql, value) for sql, value in conditions if value is not None]
-    return "".join(f" AND {sql}" for sql, _ in given), tuple(value for _, value in given)
+    given = [(sql, values) for sql, values in conditions if values is not None]
+    where = "".join(f" AND {sql}" for sql, _ in given)
+    return where, tuple(value for _, values in given for value in values)
+
+
+def _given(value: Any) -> tuple[Any, ...] | None:
+    return None if value is None else (value,)
 
 
 def matching_events(
@@ -197,6 +231,68 @@ def matching_events(
             on_more(int(more[0]))
 
 
+def follow_events(
+    log: PostgresLog,
+    events: EventFilter | None = None,
+    *,
+    after: int,
+    poll_interval: float = 0.5,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Recorded]:
+    """``ledger.query.follow_events`` on PostgreSQL: the matching events appended
+    after position ``after`` (by any process or host), as they arrive. Appends
+    commit in position order (docs/postgres.md), so reading up to the head seen
+    misses nothing."""
+    events = events or EventFilter()
+    where, args = _where(events)
+    sql = SQL_PAGE.format(where=where + " AND position <= %s")
+
+    def read(seen: int, head: int) -> Iterator[Recorded]:
+        while True:
+            with snapshot(log) as conn:
+                rows = conn.execute(sql, (seen, *args, head, _PAGE)).fetchall()
+            for row in rows:
+                yield Recorded(*row)
+            if len(rows) < _PAGE:
+                return
+            seen = rows[-1][0]
+
+    return poll_follow(
+        log.head, read, after=after, to_position=events.to_position,
+        poll_interval=poll_interval, timeout=timeout, sleep=sleep,
+    )  # fmt: skip
+
+
+def list_events(
+    log: PostgresLog,
+    events: EventFilter | None = None,
+    *,
+    limit: int | None = None,
+    tail: int | None = None,
+    follow: bool = False,
+    poll_interval: float = 0.5,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    on_more: Callable[[int], None] | None = None,
+) -> Iterator[Recorded]:
+    """``ledger.query.list_events`` on PostgreSQL (what ``hermes-ledger events``
+    prints): the matching events up to the head (the oldest ``limit`` or the newest
+    ``tail``), then, if ``follow``, those appended afterwards, with no event missed
+    or repeated in between."""
+    events = events or EventFilter()
+    head = log.head()
+    to = head if events.to_position is None else min(events.to_position, head)
+    if to >= 1 and tail != 0:
+        yield from matching_events(
+            log, replace(events, to_position=to), limit=limit, tail=tail, on_more=on_more
+        )
+    if follow:
+        yield from follow_events(
+            log, events, after=head, poll_interval=poll_interval, timeout=timeout, sleep=sleep
+        )
+
+
 def _embedded(name: str, text: str) -> str:
     """A ``data`` or ``meta`` text as the SQLite export embeds it: verbatim, or, when
     it holds a line break (which the ledger never writes), re-serialised on one line
@@ -224,52 +320,61 @@ def _line(row: tuple[Any, ...]) -> str:
     )
 
 
-def _generator() -> str:
-    try:
-        return f"hermes-ledger {metadata.version('hermes-ledger')}"
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
-        return "hermes-ledger"
+class PostgresRows:
+    """``ledger.export_rows.ExportRows`` of a PostgreSQL log, inside the snapshot
+    ``postgres_rows`` opened: the JSONL lines are made here, a page at a time."""
 
+    def __init__(self, conn: Connection, events: EventFilter) -> None:
+        self._conn = conn
+        self._where, self._args = _where(events)
 
-def export_jsonl(
-    log: PostgresLog,
-    out: IO[bytes],
-    events: EventFilter | None = None,
-    *,
-    progress: Progress | None = None,
-    clock: Clock = system_clock,
-) -> ExportManifest:
-    """Write the chosen events of ``log`` to ``out`` as the SQLite ledger's JSONL
-    export (one event per line, then the manifest line), from one snapshot."""
-    events = events or EventFilter()
-    where, args = _where(events)
-    count = after = 0
-    first: int | None = None
-    last_hash: str | None = None
-    with snapshot(log) as conn:
+    def summary(self) -> Summary:
+        sql = SQL_EXPORT_SUMMARY.format(where=self._where)
+        row: Any = self._conn.execute(sql, self._args + self._args).fetchone()
+        return int(row[0]), row[1], row[2], row[3]
+
+    def count(self) -> int:
+        sql = SQL_EXPORT_COUNT.format(where=self._where)
+        row: Any = self._conn.execute(sql, self._args).fetchone()
+        return int(row[0])
+
+    def _pages(self) -> Iterator[list[Any]]:
+        sql = SQL_EXPORT_PAGE.format(where=self._where)
+        after = 0
         while True:
-            rows = conn.execute(SQL_EXPORT_PAGE.format(where=where), (after, *args, _PAGE))
-            page = rows.fetchall()
+            page = self._conn.execute(sql, (after, *self._args, _PAGE)).fetchall()
             if not page:
-                break
-            out.write("".join(_line(row) for row in page).encode())
-            first = page[0][0] if first is None else first
-            after, last_hash = page[-1][0], page[-1][10]
-            count += len(page)
-            if progress is not None:
-                progress(count, count)
-    manifest = ExportManifest(
-        export_format="jsonl",
-        count=count,
-        first_position=first,
-        last_position=after or None,
-        last_hash=last_hash,
-        filters=events.describe(),
-        exported_at=format_utc(clock()),
-        generator=_generator(),
-    )
-    out.write(manifest.jsonl_line())
-    return manifest
+                return
+            after = page[-1][0]
+            yield page
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        for page in self._pages():
+            for row in page:
+                yield tuple(row[:11])
+
+    def jsonl_pages(self) -> Iterator[JsonlPage]:
+        for page in self._pages():
+            yield "".join(_line(row) for row in page).encode(), len(page), page[0][0], page[-1][0]
+
+    def hash_at(self, position: int) -> str | None:
+        row: Any = self._conn.execute(SQL_HASH_AT, (position,)).fetchone()
+        return None if row is None else row[0]
+
+    def bodies(self) -> Iterator[Recorded]:
+        sql = SQL_EXPORT_BODIES.format(where=self._where)
+        return (Recorded(*row) for row in self._conn.execute(sql, self._args).fetchall())
+
+    def session_start(self, session_id: str) -> tuple[str, str] | None:
+        row: Any = self._conn.execute(SQL_SESSION_START, (session_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+
+@contextmanager
+def postgres_rows(log: PostgresLog, events: EventFilter) -> Iterator[PostgresRows]:
+    """The export rows of ``events`` in ``log``, in one read-only snapshot."""
+    with snapshot(log) as conn:
+        yield PostgresRows(conn, events)
 
 
 def export(
@@ -282,32 +387,9 @@ def export(
     stdout: IO[bytes] | None = None,
     clock: Clock = system_clock,
 ) -> ExportManifest:
-    """``ledger.export.export`` for a PostgreSQL ledger, JSONL only: to ``output``
+    """``ledger.export.export`` for a PostgreSQL ledger, every format: to ``output``
     (created owner-only, complete or not at all; ``.gz`` compresses) or ``stdout``."""
-    fmt = format or format_for(output)
-    if fmt != "jsonl":
-        raise LedgerError(
-            f"the {fmt} export does not work on a PostgreSQL ledger yet",
-            hint="export JSONL (--format jsonl), then `hermes-ledger import` it into a"
-            " SQLite ledger and export that",
-        )
-    if output is None:
-        if stdout is None:
-            raise LedgerError("export needs an output path or a stream")
-        return export_jsonl(log, stdout, events, progress=progress, clock=clock)
-    target = Path(output)
-    check_target(target, Path(os.devnull))
-    remove_dead_parts(target)
-    try:
-        with private_temp(target) as temp, open(temp, "wb") as raw:
-            if not target.name.lower().endswith(".gz"):
-                return export_jsonl(log, raw, events, progress=progress, clock=clock)
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
-                out = cast(IO[bytes], zipped)
-                return export_jsonl(log, out, events, progress=progress, clock=clock)
-    except OSError as exc:
-        raise LedgerError(
-            f"cannot write {target}: {exc.strerror or exc}",
-            hint=f"check the free space and permissions of {target.parent}; nothing was"
-            " written (a previous file at that path is unchanged)",
-        ) from None
+    return export_rows(
+        partial(postgres_rows, log), output, format=format, events=events,
+        progress=progress, stdout=stdout, clock=clock,
+    )  # fmt: skip

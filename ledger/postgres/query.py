@@ -1,0 +1,272 @@
+"""``hermes-ledger sql`` on a PostgreSQL ledger: one user query, read-only, bounded.
+
+``run_sql`` is ``ledger.query.run_sql`` for a PostgreSQL ledger: the query runs on a
+connection of its own, in a ``READ ONLY`` repeatable-read transaction whose
+``statement_timeout`` is the command's ``--timeout``, with the ledger's schema on
+the search path, so ``events``, ``event_bodies`` (each event whole, "[erased]" once
+erased) and the projection tables are named as on SQLite. Only a query runs
+(``SELECT``, ``WITH``, ``VALUES``, ``TABLE``, ``SHOW``, ``EXPLAIN``); the read-only
+transaction refuses any write inside one (a data-modifying ``WITH``, ``nextval``…),
+and either way the refusal is the SQLite command's: nothing changes.
+
+Placeholders are SQLite's ``:name`` (``-p NAME VALUE``), read outside string
+literals, quoted identifiers, dollar quotes and comments, and never in a ``::``
+cast; they are bound by the server, never spliced into the text.
+
+The rows stream from the server as they are printed; a query that returns none
+runs a second time in the same snapshot (the same result) to learn its columns.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from hermes_ledger.ledger.errors import LedgerError
+from hermes_ledger.ledger.postgres.log import describe_dsn
+from hermes_ledger.ledger.postgres.schema import SCHEMA
+from hermes_ledger.ledger.query import (
+    DEFAULT_SQL_TIMEOUT,
+    QueryResult,
+    QueryTimeoutError,
+    refuse_write,
+)
+
+__all__ = ["QUERY_KEYWORDS", "run_sql"]
+
+QUERY_KEYWORDS = frozenset({"select", "with", "values", "table", "show", "explain"})
+"""The first word of a statement ``run_sql`` runs; any other is refused as a write."""
+
+SQL_BEGIN = "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+SQL_SETTINGS = (
+    "SELECT set_config('statement_timeout', %s, true), set_config('search_path', %s, true)"
+)
+SQL_HAS_LEDGER = f"SELECT to_regclass('{SCHEMA}.events') IS NOT NULL"
+
+_SQL_HINT = (
+    'list the tables with `hermes-ledger sql "SELECT table_name FROM'
+    f" information_schema.tables WHERE table_schema = '{SCHEMA}'\"` and a table's columns"
+    ' with `hermes-ledger sql "SELECT column_name, data_type FROM'
+    " information_schema.columns WHERE table_name = 'events'\"`"
+)
+_TOKEN = re.compile(
+    r"""(?P<comment>--[^\n]*|/\*)"""
+    r"""|(?P<string>[eE]'(?:[^'\\]|\\.|'')*'?|'(?:[^']|'')*'?)"""
+    r"""|(?P<ident>"(?:[^"]|"")*"?)"""
+    r"""|(?P<dollar>\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$)"""
+    r"""|(?P<cast>::)"""
+    r"""|(?P<param>:[A-Za-z_][A-Za-z_0-9]*)"""
+    r"""|(?P<semicolon>;)"""
+    r"""|(?P<word>[A-Za-z_][A-Za-z_0-9$]*)"""
+    r"""|(?P<other>\s+|.)""",
+    re.DOTALL,
+)
+
+
+class _Parsed:
+    """A statement read for ``run_sql``: its first word, whether more statements
+    follow, the ``:name`` placeholders it uses, and its text for psycopg with them
+    (``%(name)s``, every other ``%`` doubled)."""
+
+    def __init__(self, sql: str) -> None:
+        self.first: str | None = None
+        self.more = False
+        self.names: list[str] = []
+        out: list[str] = []
+        ended = False
+        i = 0
+        while i < len(sql):
+            match = _TOKEN.match(sql, i)
+            assert match is not None  # "other" matches any character
+            kind, text = match.lastgroup, match.group()
+            end = match.end()
+            if kind == "comment" and text == "/*":
+                end = _comment_end(sql, end)
+                text = sql[i:end]
+            elif kind == "dollar":
+                close = sql.find(text, end)
+                end = len(sql) if close < 0 else close + len(text)
+                text = sql[i:end]
+            significant = kind not in ("comment", "other") or not text.isspace()
+            if kind == "semicolon":
+                ended = ended or self.first is not None
+            elif significant and kind != "comment":
+                if ended:
+                    self.more = True
+                if self.first is None:
+                    self.first = text.lower() if kind == "word" else text
+            if kind == "param":
+                self.names.append(text[1:])
+                out.append(f"%({text[1:]})s")
+            else:  # psycopg reads every % of a text with bindings, quoted or not
+                out.append(text.replace("%", "%%"))
+            i = end
+        self.text = "".join(out)
+
+
+def _comment_end(sql: str, at: int) -> int:
+    """Where the ``/*`` comment opened before ``at`` ends (PostgreSQL nests them)."""
+    depth = 1
+    while depth and at < len(sql):
+        if sql.startswith("/*", at):
+            depth, at = depth + 1, at + 2
+        elif sql.startswith("*/", at):
+            depth, at = depth - 1, at + 2
+        else:
+            at += 1
+    return at
+
+
+def _failed(exc: psycopg.Error) -> LedgerError:
+    message = (exc.diag.message_primary or str(exc)).strip()
+    return LedgerError(f"the query failed: {message}", hint=_SQL_HINT)
+
+
+def run_sql(
+    dsn: str,
+    sql: str,
+    params: Sequence[Any] | Mapping[str, Any] = (),
+    *,
+    timeout: float | None = DEFAULT_SQL_TIMEOUT,
+) -> QueryResult:
+    """Run one query on the PostgreSQL ledger at ``dsn``, read-only, and return its
+    columns and rows (see the module docstring). ``params`` binds the ``:name``
+    placeholders (a mapping; a sequence only when empty). A write, or any statement
+    but a query, raises the LedgerError ``ledger.query.run_sql`` raises, and nothing
+    changes. ``timeout`` (seconds; None or 0: no limit) is the transaction's
+    ``statement_timeout`` and bounds the time to the last row, as on SQLite
+    (QueryTimeoutError). The connection is closed once the rows are exhausted or
+    closed."""
+    text = sql.strip()
+    parsed = _Parsed(text)
+    if parsed.first is None:
+        raise LedgerError("the query is empty", hint="e.g. SELECT count(*) FROM events")
+    if parsed.more:
+        raise LedgerError(
+            "the query holds more than one statement",
+            hint="run one statement per `hermes-ledger sql` call",
+        )
+    if parsed.first not in QUERY_KEYWORDS and parsed.first != "(":
+        raise refuse_write(text)
+    bindings = _bindings(parsed, params)
+    limit = timeout if timeout else None
+    deadline = None if limit is None else time.monotonic() + limit
+    conn = _connect(dsn, limit)
+    try:
+        query = parsed.text if bindings is not None else text
+        columns, rows = _start(conn, query, bindings, text, limit or 0)
+    except BaseException:
+        conn.close()
+        raise
+    result = _rows(conn, rows, text, deadline, limit or 0)
+    next(result)  # started: closing the iterator (or dropping it) closes the connection
+    return QueryResult(columns, result)
+
+
+def _bindings(parsed: _Parsed, params: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The values of ``parsed``'s placeholders (None when it has none)."""
+    if not isinstance(params, Mapping):
+        if params:
+            raise LedgerError(
+                "a PostgreSQL query takes its parameters by name",
+                hint="write :NAME in the query and give -p NAME VALUE",
+            )
+        params = {}
+    missing = sorted(set(parsed.names) - set(params))
+    if missing:
+        raise LedgerError(
+            f"the query's parameters do not match its placeholders: no value for :{missing[0]}",
+            hint="give one -p NAME VALUE per :NAME placeholder",
+        )
+    return {name: params[name] for name in parsed.names} if parsed.names else None
+
+
+def _connect(dsn: str, limit: float | None) -> psycopg.Connection[Any]:
+    """A connection of its own in a read-only transaction, the timeout and search
+    path set for it, on a database that holds a ledger."""
+    where = describe_dsn(dsn)
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, client_encoding="utf8")
+    except psycopg.Error as exc:
+        raise LedgerError(
+            f"cannot connect to PostgreSQL at {where}: {str(exc).strip()}",
+            hint="check the connection string (host, port, dbname, user) and that"
+            " the server is running",
+        ) from None
+    try:
+        conn.execute(SQL_BEGIN)
+        milliseconds = str(max(1, round(limit * 1000))) if limit else "0"
+        conn.execute(SQL_SETTINGS, (milliseconds, f"{SCHEMA}, pg_temp"))
+        found: Any = conn.execute(SQL_HAS_LEDGER).fetchone()
+    except psycopg.Error as exc:
+        conn.close()
+        raise LedgerError(f"cannot read the ledger at {where}: {str(exc).strip()}") from None
+    if not found[0]:
+        conn.close()
+        raise LedgerError(
+            f"there is no ledger at {where}",
+            hint="create it with `hermes-ledger init --db postgresql://…`",
+        )
+    return conn
+
+
+def _start(
+    conn: psycopg.Connection[Any],
+    query: str,
+    bindings: dict[str, Any] | None,
+    text: str,
+    limit: float,
+) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    """Execute the query, return its columns and its rows (the first one read)."""
+    cursor = conn.cursor()
+    try:
+        rows = cursor.stream(query, bindings)
+        first = next(rows, None)
+        if first is None:  # no rows: the same query again, for its columns
+            cursor.execute(query, bindings)
+            return _names(cursor), iter(())
+        return _names(cursor), _chained(first, rows)
+    except pg_errors.ReadOnlySqlTransaction:
+        raise refuse_write(text) from None
+    except pg_errors.QueryCanceled:
+        raise QueryTimeoutError(limit) from None
+    except psycopg.Error as exc:
+        raise _failed(exc) from None
+
+
+def _names(cursor: psycopg.Cursor[Any]) -> list[str]:
+    return [column.name for column in cursor.description or ()]
+
+
+def _chained(first: tuple[Any, ...], rest: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    yield first
+    yield from rest
+
+
+def _rows(
+    conn: psycopg.Connection[Any],
+    rows: Iterator[tuple[Any, ...]],
+    text: str,
+    deadline: float | None,
+    limit: float,
+) -> Iterator[tuple[Any, ...]]:
+    """The rows (after one priming ``()``); closes ``conn`` at the end."""
+    try:
+        yield ()
+        for row in rows:
+            yield tuple(row)
+            if deadline is not None and time.monotonic() > deadline:
+                raise QueryTimeoutError(limit)
+    except pg_errors.QueryCanceled:
+        raise QueryTimeoutError(limit) from None
+    except pg_errors.ReadOnlySqlTransaction:
+        raise refuse_write(text) from None
+    except psycopg.Error as exc:
+        raise _failed(exc) from None
+    finally:
+        conn.close()
