@@ -4,6 +4,12 @@ and a dispatcher killed mid-call (invariant 6).
 
 Hooks are real directories whose handler appends one JSON line per call to a file
 (tests/hook_workers.py); time is a hand-ticked clock, so no test waits for a backoff.
+
+The tests that take ``backend`` (tests/backends.py) run unchanged on a SQLite file
+and on PostgreSQL (``PostgresDeliveryQueue`` under the same ``HookDispatcher``).
+The SQLite-only ones are about the ledger file's own queue: its trigger, and
+claims that expire in the ledger's clock (on PostgreSQL a lease is in the
+database's clock: tests/test_postgres_scheduler.py).
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import apsw
 import pytest
+from backends import Backend
 from helpers import ManualClock
 from hook_workers import read_calls, recording_handler, write_hook
 
@@ -28,7 +36,7 @@ from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
 from hermes_ledger.gateway.hooks.delivery import HookDeliveryError, delivery_id_for
 from hermes_ledger.gateway.sessions.sources import SessionSource
 from hermes_ledger.gateway.sessions.store import SessionStore
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import EventLog, Ledger
 from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.events import SessionEnded, SessionReset, SessionStarted, Source
 
@@ -48,11 +56,18 @@ def hooks_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(led: Ledger, clock: ManualClock) -> SessionStore:
-    return SessionStore(led, clock=clock)
+def log(backend: Backend) -> Iterator[EventLog]:
+    """The log under test: a SQLite file or a fresh PostgreSQL database."""
+    with backend.open() as opened:
+        yield opened
 
 
-def expected_calls(led: Ledger, hook: str, types: set[str]) -> list[tuple[str, str, str]]:
+@pytest.fixture
+def store(log: EventLog, clock: ManualClock) -> SessionStore:
+    return SessionStore(log, clock=clock)  # type: ignore[arg-type]
+
+
+def expected_calls(led: EventLog, hook: str, types: set[str]) -> list[tuple[str, str, str]]:
     """(delivery_id, hook event, session_id) of every log event a hook must get, in order."""
     names = {"session_started": "session:start", "session_reset": "session:reset"}
     names["session_ended"] = "session:end"
@@ -73,13 +88,13 @@ def got(calls: Path) -> list[tuple[str, str, str]]:
 
 
 def test_every_subscribed_hook_gets_each_event_exactly_once(
-    led: Ledger, store: SessionStore, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+    log: EventLog, store: SessionStore, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
     ends, every = tmp_path / "ends.jsonl", tmp_path / "every.jsonl"
     write_hook(hooks_dir, "ends", recording_handler(ends), events=["session:end"])
     write_hook(hooks_dir, "every", recording_handler(every), events=["session:*"])
     write_hook(hooks_dir, "agent", recording_handler(tmp_path / "no.jsonl"), events=["agent:*"])
-    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    dispatcher = HookDispatcher(log, HookRegistry.discover(hooks_dir), clock=clock)
     for round_ in range(3):
         for chat in range(4):
             entry = store.get_or_create_session(source(f"c{chat}", user_id=f"u{chat}"))
@@ -90,18 +105,18 @@ def test_every_subscribed_hook_gets_each_event_exactly_once(
         dispatcher.deliver()
         dispatcher.deliver()  # a second pass finds nothing new
     assert dispatcher.deliver().outcomes == ()
-    assert got(ends) == expected_calls(led, "ends", {"session_ended"})
+    assert got(ends) == expected_calls(log, "ends", {"session_ended"})
     assert len(got(ends)) == 6
     everything = {"session_started", "session_reset", "session_ended"}
-    assert got(every) == expected_calls(led, "every", everything)
+    assert got(every) == expected_calls(log, "every", everything)
     assert not (tmp_path / "no.jsonl").exists()
     assert [(s.hook, s.checkpoint, s.pending, s.dead) for s in dispatcher.status()] == [
-        ("ends", led.head(), 0, 0),
-        ("every", led.head(), 0, 0),
+        ("ends", log.head(), 0, 0),
+        ("every", log.head(), 0, 0),
     ]
     # Every session:end carries the Hermes context.
     first_end = read_calls(ends)[0]["context"]
-    (ended,) = [r for r in led.read_all(types={"session_ended"}, limit=1)]
+    (ended,) = [r for r in log.read_all(types={"session_ended"}, limit=1)]
     assert first_end == {
         "delivery_id": delivery_id_for("ends", ended.event_id),
         "platform": "telegram",
@@ -117,15 +132,15 @@ def test_every_subscribed_hook_gets_each_event_exactly_once(
 
 
 def test_contexts_of_start_reset_and_a_session_without_a_recorded_start(
-    led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+    log: EventLog, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
     calls = tmp_path / "calls.jsonl"
     write_hook(hooks_dir, "all", recording_handler(calls), events=["session:*"])
-    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    dispatcher = HookDispatcher(log, HookRegistry.discover(hooks_dir), clock=clock)
     origin = Source(platform="discord", chat_id="7", user_id="u7")
-    led.append("k1", [SessionStarted(session_id="s1", source=origin, reason="first")])
-    led.append("k1", [SessionReset(session_id="s1", trigger="/reset")])
-    led.append("k2", [SessionEnded(session_id="orphan", reason="shutdown")])  # imported
+    log.append("k1", [SessionStarted(session_id="s1", source=origin, reason="first")])
+    log.append("k1", [SessionReset(session_id="s1", trigger="/reset")])
+    log.append("k2", [SessionEnded(session_id="orphan", reason="shutdown")])  # imported
     dispatcher.deliver()
     contexts = [(c["event"], c["context"]) for c in read_calls(calls)]
     assert [(e, c["platform"], c["user_id"], c["reason"]) for e, c in contexts] == [
@@ -138,15 +153,15 @@ def test_contexts_of_start_reset_and_a_session_without_a_recorded_start(
 
 
 def test_a_new_hook_starts_at_the_head_unless_asked_for_the_whole_log(
-    led: Ledger, store: SessionStore, hooks_dir: Path, tmp_path: Path, clock: ManualClock
+    log: EventLog, store: SessionStore, hooks_dir: Path, tmp_path: Path, clock: ManualClock
 ) -> None:
     early, late = tmp_path / "early.jsonl", tmp_path / "late.jsonl"
     store.get_or_create_session(source("old"))
     write_hook(hooks_dir, "early", recording_handler(early), events=["session:start"])
     write_hook(hooks_dir, "late", recording_handler(late), events=["session:start"])
     registry = HookRegistry.discover(hooks_dir)
-    HookDispatcher(led, [registry.hooks[0]], clock=clock, new_hooks_from="beginning")
-    dispatcher = HookDispatcher(led, registry, clock=clock)
+    HookDispatcher(log, [registry.hooks[0]], clock=clock, new_hooks_from="beginning")
+    dispatcher = HookDispatcher(log, registry, clock=clock)
     store.get_or_create_session(source("new"))
     dispatcher.deliver()
     assert [c["context"]["session_key"][-3:] for c in read_calls(early)] == ["old", "new"]
@@ -157,7 +172,7 @@ def test_a_new_hook_starts_at_the_head_unless_asked_for_the_whole_log(
 
 
 def test_a_failing_hook_is_retried_with_backoff_then_dead_lettered_and_requeued(
-    led: Ledger,
+    log: EventLog,
     store: SessionStore,
     clock: ManualClock,
     hooks_dir: Path,
@@ -168,11 +183,11 @@ def test_a_failing_hook_is_retried_with_backoff_then_dead_lettered_and_requeued(
     write_hook(hooks_dir, "flaky", recording_handler(flaky, fail_unless=ok), events=["session:end"])
     write_hook(hooks_dir, "steady", recording_handler(steady), events=["session:*"])
     dispatcher = HookDispatcher(
-        led, HookRegistry.discover(hooks_dir), clock=clock, max_attempts=3, backoff_base=10
+        log, HookRegistry.discover(hooks_dir), clock=clock, max_attempts=3, backoff_base=10
     )
     entry = store.get_or_create_session(source("a"))
     store.reset_session(entry.session_key)
-    (end,) = led.read_all(types={"session_ended"})
+    (end,) = log.read_all(types={"session_ended"})
     did = delivery_id_for("flaky", end.event_id)
 
     with caplog.at_level(logging.WARNING, logger="hermes_ledger.gateway.hooks"):
@@ -220,11 +235,11 @@ def test_a_failing_hook_is_retried_with_backoff_then_dead_lettered_and_requeued(
 
 
 def test_retry_refuses_what_is_not_a_dead_letter_and_writes_nothing(
-    led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+    log: EventLog, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
     write_hook(hooks_dir, "h", recording_handler(tmp_path / "c.jsonl"), events=["session:*"])
-    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
-    led.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
+    dispatcher = HookDispatcher(log, HookRegistry.discover(hooks_dir), clock=clock)
+    log.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
     (outcome,) = dispatcher.deliver().outcomes
     with pytest.raises(HookDeliveryError) as info:
         dispatcher.retry(["nope", outcome.delivery_id])
@@ -235,14 +250,14 @@ def test_retry_refuses_what_is_not_a_dead_letter_and_writes_nothing(
 
 
 def test_a_failed_event_holds_back_the_same_hooks_later_events(
-    led: Ledger, store: SessionStore, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+    log: EventLog, store: SessionStore, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
     """For one key a hook sees the old session's end before the new session's start,
     even when the end needed retries."""
     ok, calls = tmp_path / "ok", tmp_path / "calls.jsonl"
     handler = recording_handler(calls, fail_unless=ok)
     write_hook(hooks_dir, "order", handler, events=["session:start", "session:end"])
-    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+    dispatcher = HookDispatcher(log, HookRegistry.discover(hooks_dir), clock=clock)
     ok.touch()
     first = store.get_or_create_session(source("a"))
     dispatcher.deliver()
@@ -265,14 +280,14 @@ def test_a_failed_event_holds_back_the_same_hooks_later_events(
 
 
 def test_a_call_that_outlives_its_timeout_fails_and_others_still_run(
-    led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+    log: EventLog, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
     write_hook(hooks_dir, "slow", recording_handler(tmp_path / "slow.jsonl", sleep=1.0))
     write_hook(hooks_dir, "quick", recording_handler(tmp_path / "quick.jsonl"))
     dispatcher = HookDispatcher(
-        led, HookRegistry.discover(hooks_dir), clock=clock, call_timeout=0.1
+        log, HookRegistry.discover(hooks_dir), clock=clock, call_timeout=0.1
     )
-    led.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
+    log.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
     started = time.monotonic()
     report = dispatcher.deliver()
     assert time.monotonic() - started < 0.9
@@ -302,7 +317,7 @@ def test_the_log_is_the_only_source_of_deliveries(led: Ledger, clock: ManualCloc
 
 
 def test_the_dispatcher_warns_about_skipped_hooks_and_runs_the_others(
-    led: Ledger,
+    log: EventLog,
     clock: ManualClock,
     hooks_dir: Path,
     tmp_path: Path,
@@ -313,10 +328,10 @@ def test_the_dispatcher_warns_about_skipped_hooks_and_runs_the_others(
     write_hook(hooks_dir, "open", recording_handler(calls), events=["session:start"])
     (hooks_dir / "open" / "handler.py").chmod(0o666)
     with caplog.at_level(logging.WARNING, logger="hermes_ledger.gateway.hooks"):
-        dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+        dispatcher = HookDispatcher(log, HookRegistry.discover(hooks_dir), clock=clock)
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith(f"hook skipped: {hooks_dir / 'open' / 'handler.py'}: refused:")
-    led.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
+    log.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
     (outcome,) = dispatcher.deliver().outcomes
     assert (outcome.hook, outcome.status) == ("good", "done")
 
@@ -355,7 +370,7 @@ def wait_until(condition: Any, proc: subprocess.Popen[str]) -> None:
 
 
 def test_two_dispatcher_processes_never_call_a_hook_twice_for_one_event(
-    db_path: Path, store: SessionStore, led: Ledger, hooks_dir: Path, tmp_path: Path
+    backend: Backend, store: SessionStore, log: EventLog, hooks_dir: Path, tmp_path: Path
 ) -> None:
     calls = tmp_path / "calls.jsonl"
     for name in ("a", "b", "c"):
@@ -366,7 +381,7 @@ def test_two_dispatcher_processes_never_call_a_hook_twice_for_one_event(
     go = tmp_path / "go"
     readies = [tmp_path / "ready1", tmp_path / "ready2"]
     procs = [
-        spawn("dispatch", "--db", str(db_path), "--hooks", str(hooks_dir),
+        spawn("dispatch", "--db", backend.target, "--hooks", str(hooks_dir),
               "--ready", str(ready), "--go", str(go))
         for ready in readies
     ]  # fmt: skip
@@ -385,16 +400,22 @@ def test_two_dispatcher_processes_never_call_a_hook_twice_for_one_event(
     assert set(pids) == {p.pid for p in procs}, "both processes delivered"
     everything = {"session_started", "session_reset", "session_ended"}
     for name in ("a", "b", "c"):
-        mine = [(c["context"]["delivery_id"], c["event"], c["context"]["session_id"])
-                for c in lines if c["context"]["delivery_id"] in
-                {d for d, _, _ in expected_calls(led, name, everything)}]  # fmt: skip
-        assert mine == expected_calls(led, name, everything), f"hook {name}: once each, in order"
+        expected = expected_calls(log, name, everything)
+        mine = [c for c in lines if c["context"]["delivery_id"] in {d for d, _, _ in expected}]
+        calls_of = [(c["context"]["delivery_id"], c["event"], c["context"]["session_id"])
+                    for c in mine]  # fmt: skip
+        assert sorted(calls_of) == sorted(expected), f"hook {name}: once each"
+        # In log order for each session key (different keys may run side by side).
+        for key in {c["context"]["session_key"] for c in mine}:
+            positions = [c["context"]["event_position"] for c in mine
+                         if c["context"]["session_key"] == key]  # fmt: skip
+            assert positions == sorted(positions), f"hook {name}: {key} in log order"
 
 
 def test_a_dispatcher_killed_mid_call_redelivers_with_the_same_id_after_restart(
-    db_path: Path, led: Ledger, store: SessionStore, clock: ManualClock, hooks_dir: Path,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+    db_path: Path, led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+) -> None:
+    store = SessionStore(led, clock=clock)
     calls, block = tmp_path / "calls.jsonl", tmp_path / "block"
     handler = recording_handler(calls, block_while=block)
     write_hook(hooks_dir, "end", handler, events=["session:end"])
@@ -461,17 +482,17 @@ def test_an_expired_claim_with_no_attempts_left_is_dead_lettered(
 
 
 def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
-    cli: Any, led: Ledger, db_path: Path, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+    cli: Any, log: EventLog, backend: Backend, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
     write_hook(hooks_dir, "audit", recording_handler(tmp_path / "a.jsonl"), events=["session:end"])
     failing = recording_handler(tmp_path / "f.jsonl", fail_unless=tmp_path / "ok")
     write_hook(hooks_dir, "flaky", failing, events=["session:end", "session:start"])
     write_hook(hooks_dir, "zz-broken", "import no_such_module_for_hooks\n")
-    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock, max_attempts=1)
-    led.append("k", [SessionEnded(session_id="s1", reason="shutdown")])
+    dispatcher = HookDispatcher(log, HookRegistry.discover(hooks_dir), clock=clock, max_attempts=1)
+    log.append("k", [SessionEnded(session_id="s1", reason="shutdown")])
     dispatcher.deliver()
     (dead,) = dispatcher.dead_letters()
-    args = ("--db", str(db_path), "--hooks-dir", str(hooks_dir))
+    args = ("--db", backend.target, "--hooks-dir", str(hooks_dir))
     result = cli("hooks", *args)
     assert result.exit_code == 0, result.output
     broken = hooks_dir / "zz-broken" / "handler.py"
@@ -497,18 +518,18 @@ def test_cli_lists_hooks_problems_and_dead_letters_then_requeues(
         f"{broken}: ")[1].split("\n")[0]}]  # fmt: skip
     assert [d["delivery_id"] for d in listed["dead_letters"]] == [dead.delivery_id]
 
-    refused = cli("hooks", "retry", "--db", str(db_path), "nope")
+    refused = cli("hooks", "retry", "--db", backend.target, "nope")
     assert (refused.exit_code, refused.output) == (
         1,
         "Error: not dead letters: nope (no such delivery)\n"
         "Try: list dead letters with `hermes-ledger hooks`\n",
     )
-    result = cli("hooks", "retry", "--db", str(db_path), dead.delivery_id)
+    result = cli("hooks", "retry", "--db", backend.target, dead.delivery_id)
     assert (result.exit_code, result.output) == (
         0, f"Re-queued 1 dead letter:\n  {dead.delivery_id}\n",
     )  # fmt: skip
     assert dispatcher.dead_letters() == []
-    result = cli("hooks", "--db", str(db_path), "retry", "--json")
+    result = cli("hooks", "--db", backend.target, "retry", "--json")
     assert (result.exit_code, json.loads(result.output)) == (0, {"requeued": []})
 
 
@@ -524,12 +545,12 @@ def test_cli_without_hooks_or_ledger(cli: Any, tmp_path: Path) -> None:
     assert result.output.startswith(f"Error: there is no ledger at {tmp_path / 'none.db'}\n")
 
 
-def test_cli_runs_as_the_installed_script(db_path: Path, led: Ledger, tmp_path: Path) -> None:
+def test_cli_runs_as_the_installed_script(backend: Backend, log: EventLog, tmp_path: Path) -> None:
     hooks = tmp_path / "hooks"
     write_hook(hooks, "audit", recording_handler(tmp_path / "a.jsonl"), events=["session:end"])
     run = "from hermes_ledger.gateway.cli import main; main()"
     proc = subprocess.run(
-        [sys.executable, "-c", run, "hooks", "--db", str(db_path),
+        [sys.executable, "-c", run, "hooks", "--db", backend.target,
          "--hooks-dir", str(hooks)],
         capture_output=True, text=True, timeout=TIMEOUT, check=False,
     )  # fmt: skip
@@ -560,7 +581,7 @@ def _ends(calls: Path) -> list[tuple[str, str]]:
 
 
 def test_a_close_on_the_message_path_before_any_runner_pass_reaches_a_hook_installed_before_it(
-    tmp_path: Path, db_path: Path, clock: ManualClock
+    tmp_path: Path, backend: Backend, clock: ManualClock
 ) -> None:
     """The gateway process was started before the hook was installed; its store
     closes a session on the message path (an auto-reset, then a /new) before any
@@ -571,7 +592,7 @@ def test_a_close_on_the_message_path_before_any_runner_pass_reaches_a_hook_insta
 
     home = _home(tmp_path)
     calls, imported = tmp_path / "calls.jsonl", tmp_path / "imported"
-    with open_gateway(db_path, home=home, clock=clock) as gateway:
+    with open_gateway(backend.target, home=home, clock=clock) as gateway:
         first = gateway.store.get_or_create_session(source("1"))
         write_hook(
             home / "hooks",
@@ -584,7 +605,7 @@ def test_a_close_on_the_message_path_before_any_runner_pass_reaches_a_hook_insta
         assert second.session_id != first.session_id
         gateway.store.reset_session(second.session_key)  # /new
         assert not imported.exists(), "registering a hook must not run it"
-    with open_gateway(db_path, home=home, clock=clock) as runner_side:
+    with open_gateway(backend.target, home=home, clock=clock) as runner_side:
         report = runner_side.runner.once()
     assert report.delivered == 2
     assert _ends(calls) == [
@@ -594,7 +615,7 @@ def test_a_close_on_the_message_path_before_any_runner_pass_reaches_a_hook_insta
 
 
 def test_a_close_made_by_the_runners_tick_reaches_a_hook_installed_while_it_runs(
-    tmp_path: Path, db_path: Path, clock: ManualClock
+    tmp_path: Path, backend: Backend, clock: ManualClock
 ) -> None:
     """The runner was started before the hook was installed: its next pass
     registers the hook before it ticks, so the idle close that tick makes is the
@@ -604,7 +625,7 @@ def test_a_close_made_by_the_runners_tick_reaches_a_hook_installed_while_it_runs
 
     home = _home(tmp_path)
     calls = tmp_path / "calls.jsonl"
-    with open_gateway(db_path, home=home, clock=clock) as gateway:
+    with open_gateway(backend.target, home=home, clock=clock) as gateway:
         entry = gateway.store.get_or_create_session(source("2"))
         assert gateway.runner.once().delivered == 0
         write_hook(home / "hooks", "audit", recording_handler(calls), events=["session:end"])
@@ -612,20 +633,20 @@ def test_a_close_made_by_the_runners_tick_reaches_a_hook_installed_while_it_runs
         report = gateway.runner.once()
         assert [c.session_id for c in report.tick.closed] == [entry.session_id]
         assert report.delivered == 1
-    with open_gateway(db_path, home=home, clock=clock) as later:
+    with open_gateway(backend.target, home=home, clock=clock) as later:
         assert later.runner.once().delivered == 0
     assert _ends(calls) == [(entry.session_id, "idle_expiry")]
 
 
 def test_a_hook_present_when_the_gateway_opens_gets_the_stores_close_before_the_first_pass(
-    tmp_path: Path, db_path: Path, clock: ManualClock
+    tmp_path: Path, backend: Backend, clock: ManualClock
 ) -> None:
     from hermes_ledger.gateway.bootstrap import open_gateway
 
     home = _home(tmp_path)
     calls = tmp_path / "calls.jsonl"
     write_hook(home / "hooks", "audit", recording_handler(calls), events=["session:end"])
-    with open_gateway(db_path, home=home, clock=clock) as gateway:
+    with open_gateway(backend.target, home=home, clock=clock) as gateway:
         entry = gateway.store.get_or_create_session(source("3"))
         gateway.store.reset_session(entry.session_key)
         assert gateway.runner.once().delivered == 1

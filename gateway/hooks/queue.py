@@ -57,11 +57,15 @@ class HookQueue(Protocol):
 
 def open_queue(log: EventLog, clock: Clock | None = None) -> HookQueue:
     """The hook delivery queue of ``log``'s backend; times (backoffs, and claims on
-    SQLite) come from ``clock``."""
+    SQLite) come from ``clock``. On PostgreSQL the log's appends fill the queue
+    (``postgres_delivery.attach_outbox``, attached here)."""
     if isinstance(log, Ledger):
         from hermes_ledger.gateway.hooks.delivery import DeliveryQueue
 
         return DeliveryQueue(log, clock or system_clock)
-    from hermes_ledger.gateway.hooks.postgres_delivery import PostgresDeliveryQueue
+    from hermes_ledger.gateway.hooks.postgres_delivery import PostgresDeliveryQueue, attach_outbox
+    from hermes_ledger.ledger.postgres import PostgresLog
 
-    return PostgresDeliveryQueue(log, clock=clock)  # type: ignore[arg-type]
+    assert isinstance(log, PostgresLog)
+    attach_outbox(log)  # this process's appends queue their deliveries (once per log)
+    return PostgresDeliveryQueue(log, clock=clock)
