@@ -462,7 +462,7 @@ def live(hook_calls: str) -> None:
                       "threads": [t.name for t in threading.enumerate()]}), flush=True)  # fmt: skip
 
 
-def hermes_day(mode: str, calls_path: str) -> None:
+def hermes_day(mode: str, calls_path: str, chat_id: str = "77") -> None:
     """Hermes's gateway through a day, as the headline test needs it: the plugin
     loaded by Hermes's own ``PluginManager.discover_and_load()`` (config.yaml
     enables it), Hermes's real ``GatewayRunner``/``SessionStore`` with the home's
@@ -481,7 +481,12 @@ def hermes_day(mode: str, calls_path: str) -> None:
     ``mode`` ``live``: the plugin's worker drains as it goes; returns once the
     ledger hook heard three ``session:end``. ``killed``: prints the ids once
     every callback returned, then waits to be killed (the test holds the
-    ledger's write lock, so nothing is drained before).
+    ledger's write lock, so nothing is drained before). ``shared`` (a ledger
+    other gateways record into too, whose hooks may deliver this one's closes):
+    returns once the spool is drained and the ledger holds the key's three
+    ends. ``unreachable`` (the ledger cannot be reached): prints the ids once
+    every callback returned and exits. ``chat_id`` is the Telegram chat talked in
+    (the key ``agent:main:telegram:dm:<chat_id>``).
     """
     from datetime import UTC, datetime
 
@@ -512,11 +517,11 @@ def hermes_day(mode: str, calls_path: str) -> None:
     manager.discover_and_load()
     loaded = manager._plugins.get("ledger")
     assert loaded is not None and loaded.enabled and loaded.error is None, loaded
-    store, source = runner.session_store, hermes_source("77")
+    store, source = runner.session_store, hermes_source(chat_id)
     key = store._generate_session_key(source)
 
     def drained() -> None:
-        if mode != "live":
+        if mode not in ("live", "shared"):
             return
         deadline = time.monotonic() + 60
         while pending_records(HOME):
@@ -582,6 +587,13 @@ def hermes_day(mode: str, calls_path: str) -> None:
         print(json.dumps(out), flush=True)
         time.sleep(600)
         return
+    if mode == "unreachable":
+        print(json.dumps(out), flush=True)
+        return
+    if mode == "shared":
+        drained()
+        print(json.dumps({**out, "ends": ledger_ends(key, 3)}), flush=True)
+        return
     calls_file = Path(calls_path)
 
     def ends_heard() -> int:
@@ -603,6 +615,22 @@ def hermes_day(mode: str, calls_path: str) -> None:
     print(json.dumps(out), flush=True)
 
 
+def ledger_ends(key: str, count: int) -> int:
+    """Wait until the plugin's ledger holds ``count`` session ends on ``key``."""
+    from hermes_ledger.gateway.plugin.location import plugin_ledger
+    from hermes_ledger.ledger import open_log
+
+    deadline = time.monotonic() + 60
+    with open_log(plugin_ledger(HOME)) as log:
+        while True:
+            ends = sum(r.type == "session_ended" for r in log.read_stream(key))
+            if ends >= count:
+                return ends
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the ledger holds {ends} ends on {key}, not {count}")
+            time.sleep(0.02)
+
+
 COMMANDS = {
     "hooks": lambda args: hooks(),
     "spool-until-killed": lambda args: spool_until_killed(),
@@ -612,7 +640,7 @@ COMMANDS = {
     "gateway": lambda args: gateway(args[0], args[1]),
     "plain": lambda args: plain(args[0]),
     "live": lambda args: live(args[0]),
-    "hermes-day": lambda args: hermes_day(args[0], args[1]),
+    "hermes-day": lambda args: hermes_day(*args),
 }
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import Backend
 from click.testing import Result
 from helpers import hold_write_lock, installed_script
 from hermes_fixture import HermesFixture, origin, sid
@@ -39,7 +40,7 @@ from hermes_ledger.gateway.plugin import worker as worker_module
 from hermes_ledger.gateway.plugin.spool import SpoolWriter, pending_records, spool_dir
 from hermes_ledger.gateway.plugin.status import history_gap
 from hermes_ledger.gateway.plugin.worker import SpoolWorker, sync_home
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import Ledger, open_log
 from hermes_ledger.ledger.clock import format_utc
 
 WORKER = Path(__file__).with_name("plugin_workers.py")
@@ -113,9 +114,12 @@ def home(tmp_path: Path) -> Path:
     return path
 
 
-def hermes(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed ``hermes`` script in ``home``."""
-    env = {"HOME": str(home), "HERMES_HOME": str(home), "PATH": os.defpath, "TZ": "UTC"}
+def hermes(
+    home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``hermes`` script in ``home`` (``env``: more variables)."""
+    env = {"HOME": str(home), "HERMES_HOME": str(home), "PATH": os.defpath, "TZ": "UTC",
+           **(env or {})}  # fmt: skip
     return subprocess.run(
         [installed_script("hermes"), *args],
         cwd=home,
@@ -127,10 +131,13 @@ def hermes(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def day(home: Path, mode: str, calls: Path) -> subprocess.Popen[str]:
-    env = hermes_env(home) | {"TZ": "UTC", "HOME": str(home)}
+def day(
+    home: Path, mode: str, calls: Path, chat_id: str = "77", env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Hermes's gateway through the day (``plugin_workers.hermes_day``) in ``home``."""
+    env = hermes_env(home) | {"TZ": "UTC", "HOME": str(home)} | (env or {})
     return subprocess.Popen(
-        [sys.executable, "-I", str(WORKER), "hermes-day", mode, str(calls)],
+        [sys.executable, "-I", str(WORKER), "hermes-day", mode, str(calls), chat_id],
         cwd=home.parent,
         env=env,
         stdin=subprocess.PIPE,
@@ -140,13 +147,38 @@ def day(home: Path, mode: str, calls: Path) -> subprocess.Popen[str]:
     )
 
 
-def check_the_day(home: Path, ids: list[str], calls: Path) -> None:
-    """What the ledger and the ledger hook must hold after the day, however drained."""
+CLOSED = ("idle_expiry", "auto_reset", "manual_reset")  # the day's closes, in order
+
+
+def check_the_day(
+    home: Path, ids: list[str], calls: Path, *, target: str | None = None, key: str = KEY
+) -> None:
+    """What the ledger and the ledger hook must hold after the day, however drained.
+    ``target``: the ledger (default ``home/ledger.db``); ``key``: the day's key."""
+    check_the_events(target or str(home / "ledger.db"), ids, key)
+    e1, e2, e3, _ = ids
+    closed = dict(zip((e1, e2, e3), CLOSED, strict=True))
+    heard = calls_of(calls)
+    ends = [c["context"] for c in heard if c["event"] == "session:end"]
+    assert Counter(c["session_id"] for c in ends) == Counter(closed.keys())  # once per close
+    for context in ends:
+        assert context["session_key"] == key
+        assert (context["platform"], context["user_id"]) == ("telegram", "u1")
+        assert context["reason"] == closed[context["session_id"]]
+        assert context["delivery_id"]
+    assert len({c["context"]["delivery_id"] for c in heard}) == len(heard)  # no call twice
+    assert not (home.parent / "hermes-own.jsonl").exists()  # Hermes's hooks/ are Hermes's
+    assert pending_records(home) == []
+
+
+def check_the_events(target: str, ids: list[str], key: str = KEY) -> None:
+    """What the ledger at ``target`` (a file or a URI) must hold of the day on ``key``:
+    each close once (cause → flush outcome → end), the starts, the transcript."""
     e1, e2, e3, e4 = ids
-    closed = {e1: "idle_expiry", e2: "auto_reset", e3: "manual_reset"}
+    closed = dict(zip((e1, e2, e3), CLOSED, strict=True))
     causes = {e1: "session_expired", e2: "session_expired", e3: "session_reset"}
-    with Ledger.open(home / "ledger.db") as ledger:
-        events = list(ledger.read_stream(KEY))
+    with open_log(target) as ledger:
+        events = list(ledger.read_stream(key))
         assert ledger.verify().ok
     assert {r.meta["actor"] for r in events} == {"hermes-plugin"}
     ended = Counter(r.session_id for r in events if r.type == "session_ended")
@@ -172,18 +204,6 @@ def check_the_day(home: Path, ids: list[str], calls: Path) -> None:
         (e4, "user", "fresh start"),  # the interrupted turn: on_session_end brought it in
     ]  # fmt: skip
 
-    heard = calls_of(calls)
-    ends = [c["context"] for c in heard if c["event"] == "session:end"]
-    assert Counter(c["session_id"] for c in ends) == Counter(closed.keys())  # once per close
-    for context in ends:
-        assert context["session_key"] == KEY
-        assert (context["platform"], context["user_id"]) == ("telegram", "u1")
-        assert context["reason"] == closed[context["session_id"]]
-        assert context["delivery_id"]
-    assert len({c["context"]["delivery_id"] for c in heard}) == len(heard)  # no call twice
-    assert not (home.parent / "hermes-own.jsonl").exists()  # Hermes's hooks/ are Hermes's
-    assert pending_records(home) == []
-
 
 def hermes_own_hook(home: Path) -> None:
     private_hook(home / "hooks", "own", home.parent / "hermes-own.jsonl")
@@ -192,7 +212,15 @@ def hermes_own_hook(home: Path) -> None:
 # -- the headline: a gateway day with the real Hermes ---------------------------------------
 
 
-def test_a_hermes_gateway_day_is_recorded_and_each_close_heard_once(home: Path) -> None:
+def test_a_hermes_gateway_day_is_recorded_and_each_close_heard_once(
+    home: Path, backend: Backend
+) -> None:
+    # On PostgreSQL the home's config.yaml names the ledger (ledger.db: URI): the
+    # gateway's worker and every `hermes ledger …` below use it.
+    target = None
+    if backend.name == "postgresql":
+        target = backend.target
+        (home / "config.yaml").write_text(CONFIG + f"  db: {target}\n")
     calls = home.parent / "calls.jsonl"
     private_hook(home / "ledger-hooks", "audit", calls)
     hermes_own_hook(home)
@@ -202,7 +230,13 @@ def test_a_hermes_gateway_day_is_recorded_and_each_close_heard_once(home: Path) 
     result = json.loads(out.strip().splitlines()[-1])
     assert result["worker"] is True  # the gateway process runs the worker
     assert result["last_pass"] == {"applied": 0, "delivered": 0}
-    check_the_day(home, result["ids"], calls)
+    check_the_day(home, result["ids"], calls, target=target)
+    if target is not None:
+        assert not (home / "ledger.db").exists()  # nothing went to a SQLite file
+        status = hermes(home, "ledger", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        shown = json.loads(status.stdout)
+        assert (shown["events"], shown["plugin"]["waiting"]) == (backend.count(), 0)
 
     # nothing is added twice: not by sync, not by a later import of the home
     synced = hermes(home, "ledger", "sync", "--json")
@@ -214,7 +248,7 @@ def test_a_hermes_gateway_day_is_recorded_and_each_close_heard_once(home: Path) 
     assert json.loads(backfill.stdout)["events"] == 0
     verify = hermes(home, "ledger", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    check_the_day(home, result["ids"], calls)
+    check_the_day(home, result["ids"], calls, target=target)
     assert "hermes ledger backfill" not in err, err  # the ledger has the whole history
 
 
