@@ -12,6 +12,8 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
 - ``backend.clock``: the test's ``ManualClock`` (the ``clock`` fixture);
 - ``backend.open(projections=False)``: another connection to the log (as another
   thread or host would have), with the live projections attached when asked;
+- ``open_projected(target)`` (a function, for worker processes that get only the
+  target): ``open_log`` with the live projections attached;
 - ``backend.projections``: the projection functions for this backend
   (``attach``, ``verify``, ``live_state``, ``state_at``, ``rebuild``), taking
   the log ``open`` returned: ``projections`` on SQLite, ``projections.postgres``
@@ -49,7 +51,7 @@ from hermes_ledger import projections as sqlite_projections
 from hermes_ledger.ledger import EventLog, Ledger, open_log
 from hermes_ledger.ledger.postgres import PostgresLog
 
-__all__ = ["BACKENDS", "Backend", "Projections", "backend", "pg_uri"]
+__all__ = ["BACKENDS", "Backend", "Projections", "backend", "open_projected", "pg_uri"]
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -73,6 +75,18 @@ def _projections(name: str) -> Projections:
     return Projections(p.attach, p.verify, p.live_state, p.state_at, p.rebuild)
 
 
+def open_projected(target: str, *, clock: Callable[[], Any] | None = None) -> EventLog:
+    """``open_log(target)`` with the live projections of its backend attached (created
+    or caught up first): what a worker process given only the target opens."""
+    log = open_log(target, clock=clock)
+    try:
+        _projections("sqlite" if isinstance(log, Ledger) else "postgresql").attach(log)
+    except BaseException:
+        log.close()
+        raise
+    return log
+
+
 @dataclass
 class Backend:
     """One backend under test: its name, where its log is, the test clock, and what
@@ -89,14 +103,9 @@ class Backend:
     def open(self, *, projections: bool = False) -> EventLog:
         """Another connection to the same log, of the backend meant; with the live
         projections attached (created or caught up first) when ``projections``."""
-        log = open_log(self.target, clock=self.clock)
+        opener = open_projected if projections else open_log
+        log = opener(self.target, clock=self.clock)
         assert type(log) is (Ledger if self.name == "sqlite" else PostgresLog)
-        if projections:
-            try:
-                self.projections.attach(log)
-            except BaseException:
-                log.close()
-                raise
         return log
 
     def raw(self, sql: str) -> list[tuple[Any, ...]]:
