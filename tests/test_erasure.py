@@ -1,6 +1,10 @@
 """Erasure (docs/erasure.md): the content of a subject is forgotten from every read
 surface and from the bytes of the ledger's files, the chain still verifies, and a
-payload deleted without an erasure is tampering."""
+payload deleted without an erasure is tampering.
+
+The tests that take ``backend`` (tests/backends.py) run on SQLite and PostgreSQL and
+read through ``EventLog``, the projection functions and the projection tables both
+have; the others are about a SQLite file (its bytes, export, import, ``sql``)."""
 
 from __future__ import annotations
 
@@ -14,12 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
+from backends import Backend, open_projected
 from click.testing import Result
 
 from hermes_ledger import projections
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import EventLog, Ledger
 from hermes_ledger.ledger.erasure import ErasureScope
 from hermes_ledger.ledger.events import (
     MemoryFlushed,
@@ -38,10 +42,10 @@ DM = "agent:main:telegram:dm:1"
 GROUP = "agent:main:telegram:group:9"
 
 
-def fill(path: Path) -> None:
+def fill(target: Path | str) -> None:
     """u1's DM (every personal field carries MARK), a group where u1 and u2 talk,
-    and u2's own DM (kept)."""
-    with projections.open_ledger(path) as led:
+    and u2's own DM (kept), in the ledger at ``target`` (a file or a URI)."""
+    with open_projected(str(target)) as led:
         led.append(DM, [SessionStarted(session_id="s1", source=Source(
             platform="telegram", user_id="u1", user_name=f"{MARK} Name",
             chat_name=f"{MARK} Chat"))])  # fmt: skip
@@ -104,20 +108,42 @@ def raw_bytes(path: Path, suffixes: tuple[str, ...] = ("", "-wal", "-shm")) -> b
     )
 
 
-def contents(path: Path) -> list[Any]:
-    with Ledger.open(path, readonly=True) as led:
-        return led.query("SELECT * FROM events") + led.query("SELECT * FROM payloads")
+def contents(backend: Backend) -> list[Any]:
+    """Every row of ``events`` and ``payloads``, in order."""
+    return backend.raw("SELECT * FROM events ORDER BY position") + backend.raw(
+        "SELECT * FROM payloads ORDER BY position"
+    )
+
+
+def read(log: EventLog, sql: str) -> list[Any]:
+    """The rows of ``sql`` over the log's own connection (apsw or psycopg)."""
+    return [tuple(row) for row in log.connection.execute(sql)]  # type: ignore[attr-defined]
+
+
+def erase_u1(cli: Callable[..., Result], target: str) -> None:
+    result = cli("erase", "--db", target, "--user", "u1", "--yes",
+                 "--requested-by", "dpo@example.org")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Recorded subject_erased at position 12" in result.output
 
 
 @pytest.fixture
 def erased(db_path: Path, cli: Callable[..., Result]) -> Path:
+    """A SQLite file, filled, then u1 erased by the command line."""
     fill(db_path)
     assert MARK.encode() in raw_bytes(db_path)
-    result = cli("erase", "--db", str(db_path), "--user", "u1", "--yes",
-                 "--requested-by", "dpo@example.org")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "Recorded subject_erased at position 12" in result.output
+    erase_u1(cli, str(db_path))
     return db_path
+
+
+@pytest.fixture
+def erased_log(backend: Backend, cli: Callable[..., Result]) -> Backend:
+    """``erased`` on either backend."""
+    fill(backend.target)
+    if backend.name == "sqlite":
+        assert MARK.encode() in raw_bytes(Path(backend.target))
+    erase_u1(cli, backend.target)
+    return backend
 
 
 def test_the_erased_text_is_in_no_byte_of_the_files(erased: Path) -> None:
@@ -156,8 +182,8 @@ def test_every_read_surface_shows_erased(erased: Path, cli: Callable[..., Result
     assert ("[erased]",) in rows and (f"group {OTHER}",) in rows
 
 
-def test_the_erasure_is_an_event_and_the_chain_verifies(erased: Path) -> None:
-    with Ledger.open(erased) as led:
+def test_the_erasure_is_an_event_and_the_chain_verifies(erased_log: Backend) -> None:
+    with erased_log.open() as led:
         assert led.verify().ok
         last = list(led.read_all())[-1]
         assert last.type == "subject_erased" and last.stream == "_erasures"
@@ -171,33 +197,39 @@ def test_the_erasure_is_an_event_and_the_chain_verifies(erased: Path) -> None:
     assert events[9].content == f"group {OTHER}"  # type: ignore[attr-defined]
 
 
-def test_state_at_a_moment_before_the_erasure_shows_erased(erased: Path) -> None:
-    with Ledger.open(erased, readonly=True) as led:
-        before = projections.state_at(led, position=11)
+def test_state_at_a_moment_before_the_erasure_shows_erased(erased_log: Backend) -> None:
+    with erased_log.open() as led:
+        before = erased_log.projections.state_at(led, position=11)
     assert [m["content"] for m in before.transcripts["s1"]] == ["[erased]"] * 3
     assert before.session_map[DM]["chat_name"] == "[erased]"
     assert MARK not in json.dumps([before.session_map, before.session_history,
                                    before.transcripts], default=str)  # fmt: skip
 
 
-def test_live_projections_equal_a_rebuild_after_erasure(erased: Path) -> None:
-    with projections.open_ledger(erased) as led:
-        assert projections.verify(led).ok
-        projections.rebuild(led)
-        assert projections.verify(led).ok
-        assert MARK not in json.dumps(led.query("SELECT * FROM messages"))
+def test_live_projections_equal_a_rebuild_after_erasure(erased_log: Backend) -> None:
+    p = erased_log.projections
+    with erased_log.open(projections=True) as led:
+        assert p.verify(led).ok
+        p.rebuild(led)
+        assert p.verify(led).ok
+        assert MARK not in json.dumps(read(led, "SELECT * FROM messages"), default=str)
 
 
-def test_a_dry_run_changes_nothing(db_path: Path, cli: Callable[..., Result]) -> None:
-    fill(db_path)
-    before = contents(db_path), raw_bytes(db_path, ("", "-wal"))
-    result = cli("erase", "--db", str(db_path), "--user", "u1", "--json")
+def on_disk(backend: Backend) -> bytes:
+    """The SQLite file and its WAL as they are on disk (nothing on PostgreSQL)."""
+    return raw_bytes(Path(backend.target), ("", "-wal")) if backend.name == "sqlite" else b""
+
+
+def test_a_dry_run_changes_nothing(backend: Backend, cli: Callable[..., Result]) -> None:
+    fill(backend.target)
+    before = contents(backend), on_disk(backend)
+    result = cli("erase", "--db", backend.target, "--user", "u1", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["dry_run"] is True and report["position"] is None
     assert report["events"] == 7 and report["messages"] == 4
     assert report["sessions"] == ["g1", "s1"]
-    assert (contents(db_path), raw_bytes(db_path, ("", "-wal"))) == before
+    assert (contents(backend), on_disk(backend)) == before
 
 
 @pytest.mark.parametrize(
@@ -210,58 +242,70 @@ def test_a_dry_run_changes_nothing(db_path: Path, cli: Callable[..., Result]) ->
     ],
 )
 def test_usage_errors_exit_2_and_write_nothing(
-    db_path: Path, cli: Callable[..., Result], args: tuple[str, ...]
+    backend: Backend, cli: Callable[..., Result], args: tuple[str, ...]
 ) -> None:
-    fill(db_path)
-    before = contents(db_path)
-    result = cli("erase", "--db", str(db_path), *args, "--yes")
+    fill(backend.target)
+    before = contents(backend)
+    result = cli("erase", "--db", backend.target, *args, "--yes")
     assert result.exit_code == 2
     assert "Error:" in result.output and "Traceback" not in result.output
-    assert contents(db_path) == before
+    assert contents(backend) == before
 
 
-def test_a_payload_deleted_without_an_erasure_fails_verify(db_path: Path) -> None:
-    fill(db_path)
-    conn = apsw.Connection(str(db_path))
-    conn.execute("DELETE FROM payloads WHERE position = 9")
-    conn.close()
-    with Ledger.open(db_path) as led:
+def test_a_payload_deleted_without_an_erasure_fails_verify(backend: Backend) -> None:
+    fill(backend.target)
+    backend.raw("DELETE FROM payloads WHERE position = 9")
+    with backend.open() as led:
         report = led.verify()
     assert not report.ok and report.first_bad_position == 9
     assert "no recorded erasure covers it" in str(report)
 
 
-def test_an_edited_payload_fails_verify(db_path: Path) -> None:
-    fill(db_path)
-    conn = apsw.Connection(str(db_path))
-    conn.execute("DROP TRIGGER payloads_refuse_update")
-    conn.execute(
-        "UPDATE payloads SET body = json_set(body, '$.content', 'forged') WHERE position = 9"
-    )
-    conn.close()
-    with Ledger.open(db_path) as led:
+EDIT_PAYLOAD = {
+    "sqlite": [
+        "DROP TRIGGER payloads_refuse_update",
+        "UPDATE payloads SET body = json_set(body, '$.content', 'forged') WHERE position = 9",
+    ],
+    "postgresql": [
+        "ALTER TABLE payloads DISABLE TRIGGER payloads_refuse_update",
+        "UPDATE payloads SET body = jsonb_set(body::jsonb, '{content}', '\"forged\"')::text"
+        " WHERE position = 9",
+    ],
+}
+"""A superuser's edit of a payload, past the trigger that refuses it."""
+
+
+def test_an_edited_payload_fails_verify(backend: Backend) -> None:
+    fill(backend.target)
+    for statement in EDIT_PAYLOAD[backend.name]:
+        backend.raw(statement)
+    with backend.open() as led:
         report = led.verify()
     assert not report.ok and report.first_bad_position == 9
 
 
-def test_session_key_and_session_id_scopes(db_path: Path) -> None:
-    fill(db_path)
-    with projections.open_ledger(db_path) as led:
+def test_session_key_and_session_id_scopes(backend: Backend) -> None:
+    fill(backend.target)
+    p = backend.projections
+    with backend.open(projections=True) as led:
         one = led.erase(ErasureScope("session_id", "g1"), requested_by="t", dry_run=False)
         assert (one.events, one.messages, one.sessions) == (3, 2, ("g1",))
         key = led.erase(ErasureScope("session_key", DM), requested_by="t", dry_run=False)
         assert key.sessions == ("s1",) and key.payloads == 5
+        backend.clock.advance(seconds=1)  # an erasure's id is its scope and its time
         again = led.erase(ErasureScope("session_key", DM), requested_by="t", dry_run=False)
-        assert again.payloads == 0 and again.checkpointed  # a re-run is harmless
-        assert led.verify().ok and projections.verify(led).ok
-        kept = led.query("SELECT content FROM messages WHERE content <> '[erased]'")
+        assert again.payloads == 0  # a re-run is harmless, and cleans up again:
+        assert again.checkpointed if backend.name == "sqlite" else again.vacuumed
+        assert led.verify().ok and p.verify(led).ok
+        kept = read(led, "SELECT content FROM messages WHERE content <> '[erased]'")
     assert kept == [(f"mine {OTHER}",)]
-    assert MARK.encode() not in raw_bytes(db_path)
+    if backend.name == "sqlite":
+        assert MARK.encode() not in raw_bytes(Path(backend.target))
 
 
-def test_retention_scope_erases_what_happened_before(db_path: Path) -> None:
-    fill(db_path)
-    with projections.open_ledger(db_path) as led:
+def test_retention_scope_erases_what_happened_before(backend: Backend) -> None:
+    fill(backend.target)
+    with backend.open(projections=True) as led:
         long_ago = datetime(2000, 1, 1, tzinfo=UTC)
         nothing = led.erase(ErasureScope("retention", before=long_ago), requested_by="retention")
         assert (nothing.events, nothing.sessions) == (0, ())
