@@ -1,5 +1,7 @@
 """`hermes-ledger hooks` lists pending deliveries (attempts, next retry, last error), not
-only dead letters (issue 12)."""
+only dead letters (issue 12). The tests that take ``backend`` run on SQLite and on
+PostgreSQL (``--db postgresql://…``); the first shows a claim's expiry, which is in
+the ledger's clock on SQLite only (PostgreSQL leases are in the database's)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import Backend
 from helpers import ManualClock
 from hook_workers import recording_handler, write_hook
 
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry, hooks_overview
 from hermes_ledger.gateway.hooks.delivery import PENDING_SHOWN, delivery_id_for
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import EventLog, Ledger
 from hermes_ledger.ledger.events import SessionEnded
 
 K = "agent:main:telegram:dm:1"
@@ -27,7 +30,7 @@ def hooks_dir(tmp_path: Path) -> Path:
     return path
 
 
-def _setup(led: Ledger, clock: ManualClock, hooks_dir: Path, tmp_path: Path, ends: int) -> None:
+def _setup(led: EventLog, clock: ManualClock, hooks_dir: Path, tmp_path: Path, ends: int) -> None:
     """audit delivers; flaky fails (1 attempt made, more queued behind it); held has
     its first delivery claimed by worker w1 (a call in progress)."""
     write_hook(hooks_dir, "audit", recording_handler(tmp_path / "a.jsonl"), events=["session:end"])
@@ -103,9 +106,11 @@ def test_hooks_lists_pending_deliveries_with_attempts_next_retry_and_last_error(
 
 
 def test_a_long_queue_shows_its_first_deliveries_and_how_many_more(
-    cli: Any, led: Ledger, db_path: Path, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+    cli: Any, backend: Backend, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
-    _setup(led, clock, hooks_dir, tmp_path, ends=PENDING_SHOWN + 3)
+    with backend.open() as led:
+        _setup(led, clock, hooks_dir, tmp_path, ends=PENDING_SHOWN + 3)
+    db_path = backend.target
     ov = hooks_overview(hooks_dir, db_path)
     assert [(d.hook, d.position) for d in ov.pending] == [
         *(("flaky", n) for n in range(1, PENDING_SHOWN + 1)),
@@ -119,12 +124,14 @@ def test_a_long_queue_shows_its_first_deliveries_and_how_many_more(
 
 
 def test_nothing_pending_prints_no_pending_section(
-    cli: Any, led: Ledger, db_path: Path, clock: ManualClock, hooks_dir: Path, tmp_path: Path
+    cli: Any, backend: Backend, clock: ManualClock, hooks_dir: Path, tmp_path: Path
 ) -> None:
     write_hook(hooks_dir, "audit", recording_handler(tmp_path / "a.jsonl"), events=["session:end"])
-    dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
-    led.append(K, [SessionEnded(event_id="e1", session_id="s1", reason="shutdown")])
-    dispatcher.deliver()
+    with backend.open() as led:
+        dispatcher = HookDispatcher(led, HookRegistry.discover(hooks_dir), clock=clock)
+        led.append(K, [SessionEnded(event_id="e1", session_id="s1", reason="shutdown")])
+        dispatcher.deliver()
+    db_path = backend.target
     result = cli("hooks", "--db", str(db_path), "--hooks-dir", str(hooks_dir), "--json")
     assert (result.exit_code, json.loads(result.output)["pending"]) == (0, [])
     result = cli("hooks", "--db", str(db_path), "--hooks-dir", str(hooks_dir))

@@ -1,4 +1,7 @@
-"""tick / run / demo: the background work through the CLI, and the runner's settings."""
+"""tick / run / demo: the background work through the CLI, and the runner's settings.
+
+The tests that take ``backend`` run on a SQLite file and on PostgreSQL
+(``--db postgresql://…``; tests/backends.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from backends import Backend
 from click.testing import Result
 from helpers import ManualClock, installed_script, next_line
 
@@ -21,7 +25,7 @@ from hermes_ledger.gateway.config.gateway import ConfigError, GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.gateway.usercode.flushers import load_flusher
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import Ledger, open_log
 from hermes_ledger.ledger.events import SessionStarted, Source
 from hermes_ledger.ledger.schema import load_migrations
 
@@ -50,9 +54,9 @@ def make_home(tmp_path: Path, ledger_section: str = "") -> Path:
     return home
 
 
-def seed(db: Path, clock: ManualClock, home: Path) -> str:
-    with Ledger.open(db, clock=clock) as led:
-        store = SessionStore(led, GatewayConfig.load(home, env={}), clock)
+def seed(db: Path | str, clock: ManualClock, home: Path) -> str:
+    with open_log(db, clock=clock) as led:
+        store = SessionStore(led, GatewayConfig.load(home, env={}), clock)  # type: ignore[arg-type]
         entry = store.get_or_create_session(
             SessionSource(platform="telegram", chat_id="5", chat_type="dm", user_id="5")
         )
@@ -61,12 +65,12 @@ def seed(db: Path, clock: ManualClock, home: Path) -> str:
 
 
 def test_tick_closes_due_sessions_and_delivers_hooks(
-    tmp_path: Path, clock: ManualClock, cli: Callable[..., Result]
+    tmp_path: Path, backend: Backend, clock: ManualClock, cli: Callable[..., Result]
 ) -> None:
     home = make_home(tmp_path)
-    db = tmp_path / "ledger.db"
+    db = backend.target
     sid = seed(db, clock, home)
-    base = ["--db", str(db), "--config", str(home)]
+    base = ["--db", db, "--config", str(home)]
     result = cli("tick", *base, "--now", "2026-11-22T09:20:00Z")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == "tick at 2026-11-22T09:20:00.000000Z"
@@ -123,12 +127,14 @@ def test_settings_and_flushers_come_from_config(
         RunnerSettings.load(home)
 
 
-def test_run_stops_cleanly_on_sigterm(tmp_path: Path, clock: ManualClock) -> None:
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path, backend: Backend, clock: ManualClock) -> None:
     home = make_home(tmp_path)
-    db = tmp_path / "ledger.db"
+    db = backend.target
     seed(db, clock, home)
+    with backend.open() as log:  # what it runs on: the file as given, or the database
+        where = db if isinstance(log, Ledger) else log.identity
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hermes_ledger.gateway", "run", "--db", str(db),
+        [sys.executable, "-m", "hermes_ledger.gateway", "run", "--db", db,
          "--config", str(home), "--interval", "0.05"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -137,7 +143,7 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path, clock: ManualClock) -> Non
     rest, err = proc.communicate(timeout=30)
     out = first + rest
     assert proc.returncode == 0, err
-    assert out.startswith(f"Running on {db}: a pass every 0.05s")
+    assert out.startswith(f"Running on {where}: a pass every 0.05s")
     assert "Stopped after" in out and "SIGTERM: finishing the current pass" in err
 
 

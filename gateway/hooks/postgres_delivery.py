@@ -85,10 +85,11 @@ SQL_SESSION_EVENTS = (
     f"SELECT {_RECORD_COLUMNS} FROM event_bodies WHERE type = ANY(%s) AND position <= %s"
     " ORDER BY position"
 )
+# A delivery is due from when its event was recorded (the log's clock, as on SQLite).
 SQL_ENQUEUE = (
     "INSERT INTO hook_deliveries (delivery_id, hook, position, event_id, hook_event,"
-    " session_key, session_id, context, status)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending') ON CONFLICT DO NOTHING"
+    " session_key, session_id, context, status, next_attempt_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s) ON CONFLICT DO NOTHING"
 )
 # The hook's oldest owed delivery that is due (pending and never tried or past its
 # retry time in the dispatcher's clock, or claimed with an expired lease) and has no
@@ -179,7 +180,7 @@ def _delivery_rows(
             did = delivery_id_for(hook, rec.event_id)
             body = json.dumps({"delivery_id": did, **context}, ensure_ascii=False)
             rows.append((did, hook, rec.position, rec.event_id, HOOK_EVENTS[rec.type],
-                         rec.stream, rec.session_id, body))  # fmt: skip
+                         rec.stream, rec.session_id, body, rec.recorded_at))  # fmt: skip
     return rows
 
 
