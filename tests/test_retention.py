@@ -1,7 +1,8 @@
 """Retention: the ``ledger.retention`` config (precedence, errors), ``hermes-ledger
 prune`` (a dry run writes nothing; --yes forgets only the matching old content, and
 usage reports do not change), and the runner applying the policy once per interval,
-recording and logging each application."""
+recording and logging each application. The prune and runner tests take ``backend``:
+they run on a SQLite file and on PostgreSQL (``--db postgresql://…``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from backends import Backend
 from click.testing import Result
 from helpers import ManualClock
 
@@ -23,7 +25,7 @@ from hermes_ledger.gateway.hooks import HookRegistry
 from hermes_ledger.gateway.scheduler.runner import Runner
 from hermes_ledger.gateway.sessions.retention import RetentionPolicy
 from hermes_ledger.gateway.sessions.store import SessionStore
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import open_log
 from hermes_ledger.ledger.events import MessageAppended
 
 SOURCES = [
@@ -33,12 +35,12 @@ SOURCES = [
 ]
 
 
-def build(db: Path, clock: ManualClock) -> None:
+def build(db: Path | str, clock: ManualClock) -> None:
     """At the clock's start: a session on each of telegram/discord x group/dm (a
     message, usage), all ended an hour later; 90 days on, one more telegram DM
     session ends."""
-    with Ledger.open(db, clock=clock) as led:
-        store = SessionStore(led, GatewayConfig(), clock)
+    with open_log(db, clock=clock) as led:
+        store = SessionStore(led, GatewayConfig(), clock)  # type: ignore[arg-type]
         keys = []
         for source in SOURCES:
             entry = store.get_or_create_session(source)
@@ -58,10 +60,10 @@ def build(db: Path, clock: ManualClock) -> None:
         store.reset_session(dm)
 
 
-def contents(db: Path) -> dict[str, list[str]]:
+def contents(db: Path | str) -> dict[str, list[str]]:
     """The message texts per session key, as the ledger reads them."""
     out: dict[str, list[str]] = {}
-    with Ledger.open(db) as led:
+    with open_log(db) as led:
         for rec in led.read_all():
             if isinstance(rec.event, MessageAppended):
                 platform, chat_type = rec.stream.split(":")[2:4]
@@ -69,8 +71,15 @@ def contents(db: Path) -> dict[str, list[str]]:
     return out
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def digest(target: Path | str) -> str:
+    """What a write would change: the SQLite file's bytes; on PostgreSQL the log's
+    rows and their payloads (the content an erasure deletes)."""
+    if isinstance(target, Path) or not target.startswith("postgresql://"):
+        return hashlib.sha256(Path(target).read_bytes()).hexdigest()
+    with open_log(target) as log:
+        head = log.head_row()
+        payloads = log.connection.execute("SELECT count(*) FROM payloads").fetchone()  # type: ignore[attr-defined]
+    return f"{head} {payloads}"
 
 
 # -- config ----------------------------------------------------------------------
@@ -133,16 +142,16 @@ def test_bad_retention_config_is_a_config_error_naming_the_key(
 
 
 @pytest.fixture
-def old_db(tmp_path: Path) -> Path:
-    """``build`` ending 10 days ago: its old sessions ended ~100 days ago."""
-    db = tmp_path / "ledger.db"
-    build(db, ManualClock(datetime.now(UTC) - timedelta(days=100, hours=1)))
-    return db
+def old_db(backend: Backend) -> str:
+    """``build`` ending 10 days ago: its old sessions ended ~100 days ago (a SQLite
+    file or a PostgreSQL URI)."""
+    build(backend.target, ManualClock(datetime.now(UTC) - timedelta(days=100, hours=1)))
+    return backend.target
 
 
-def test_prune_dry_run_writes_nothing(old_db: Path, cli: Callable[..., Result]) -> None:
+def test_prune_dry_run_writes_nothing(old_db: str, cli: Callable[..., Result]) -> None:
     before = digest(old_db)
-    result = cli("prune", "--db", str(old_db), "--older-than", "90d", "--platform", "telegram")
+    result = cli("prune", "--db", old_db, "--older-than", "90d", "--platform", "telegram")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith(
@@ -152,7 +161,7 @@ def test_prune_dry_run_writes_nothing(old_db: Path, cli: Callable[..., Result]) 
     assert lines[0].endswith(", platform telegram:")
     assert lines[-1] == "Nothing was changed; run again with --yes to forget it."
     assert len(lines) == 6  # the header, four sessions, the footer
-    result = cli("prune", "--db", str(old_db), "--older-than", "90d", "--json")
+    result = cli("prune", "--db", old_db, "--older-than", "90d", "--json")
     assert result.exit_code == 0
     report = json.loads(result.output)
     assert report["dry_run"] is True and report["position"] is None
@@ -164,11 +173,11 @@ def test_prune_dry_run_writes_nothing(old_db: Path, cli: Callable[..., Result]) 
 
 
 def test_prune_yes_forgets_only_old_content_of_the_matching_sessions(
-    old_db: Path, cli: Callable[..., Result]
+    old_db: str, cli: Callable[..., Result]
 ) -> None:
-    usage = cli("report", "usage-by-platform-day", "--db", str(old_db), "--json")
+    usage = cli("report", "usage-by-platform-day", "--db", old_db, "--json")
     assert usage.exit_code == 0, usage.output
-    args = ("prune", "--db", str(old_db), "--older-than", "90d", "--platform", "telegram")
+    args = ("prune", "--db", old_db, "--older-than", "90d", "--platform", "telegram")
     result = cli(*args, "--chat-type", "dm", "--yes")
     assert result.exit_code == 0, result.output
     assert result.output.startswith(
@@ -189,9 +198,9 @@ def test_prune_yes_forgets_only_old_content_of_the_matching_sessions(
     assert contents(old_db)["telegram:group"] == ["[erased]"]
     assert contents(old_db)["discord:group"] == ["old discord group"]
     # metadata and usage stay: the same figures
-    after = cli("report", "usage-by-platform-day", "--db", str(old_db), "--json")
+    after = cli("report", "usage-by-platform-day", "--db", old_db, "--json")
     assert after.output == usage.output
-    verified = cli("verify", "--db", str(old_db))
+    verified = cli("verify", "--db", old_db)
     assert "hash chain: ok" in verified.output
 
 
@@ -205,10 +214,10 @@ def test_prune_yes_forgets_only_old_content_of_the_matching_sessions(
     ],
 )
 def test_prune_refuses_bad_input_and_writes_nothing(
-    old_db: Path, cli: Callable[..., Result], args: list[str], message: str
+    old_db: str, cli: Callable[..., Result], args: list[str], message: str
 ) -> None:
     before = digest(old_db)
-    result = cli("prune", "--db", str(old_db), *args, "--yes")
+    result = cli("prune", "--db", old_db, *args, "--yes")
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
@@ -219,10 +228,10 @@ def test_prune_refuses_bad_input_and_writes_nothing(
 
 
 def test_the_runner_applies_retention_once_per_interval_and_records_each(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = ManualClock(datetime(2026, 1, 1, 9, tzinfo=UTC))
-    db = tmp_path / "ledger.db"
+    db = backend.target
     build(db, clock)  # the clock is now 90 days and an hour on
     policy = RetentionPolicy.model_validate(
         {
@@ -233,7 +242,7 @@ def test_the_runner_applies_retention_once_per_interval_and_records_each(
         }
     )
     settings = RunnerSettings(retention=policy)
-    with Ledger.open(db, clock=clock) as led:
+    with open_log(db, clock=clock) as led:
         runner = Runner(led, GatewayConfig(), settings, HookRegistry([]), clock=clock)
         caplog.set_level(logging.INFO, logger="hermes_ledger")
         report = runner.once()
@@ -255,7 +264,7 @@ def test_the_runner_applies_retention_once_per_interval_and_records_each(
 
         # A discord group session that ends now is 7 days old in 8 days, but the
         # next application is due only 10 days after this one.
-        store = SessionStore(led, GatewayConfig(), clock)
+        store = SessionStore(led, GatewayConfig(), clock)  # type: ignore[arg-type]
         group = SOURCES[2]
         entry = store.get_session(GatewayConfig().session_key(group))
         assert entry is not None
