@@ -587,7 +587,12 @@ def hermes_day(mode: str, calls_path: str, chat_id: str = "77") -> None:
         print(json.dumps(out), flush=True)
         time.sleep(600)
         return
-    if mode == "unreachable":
+    if mode == "unreachable":  # every callback returned; the worker's pass has failed
+        deadline = time.monotonic() + 60
+        while worker is None or not worker.incidents.failing("recording the spool in the ledger"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker's pass did not fail")
+            time.sleep(0.02)
         print(json.dumps(out), flush=True)
         return
     if mode == "shared":
