@@ -40,6 +40,7 @@ from typing import IO, Any, cast
 
 import apsw
 
+from hermes_ledger.ledger.backend import is_dsn, open_log
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.events import EVENT_TYPES
@@ -382,7 +383,7 @@ def export_to_stream(
 
 
 def export(
-    ledger_path: str | os.PathLike[str],
+    ledger: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
     *,
     format: str | None = None,
@@ -391,7 +392,8 @@ def export(
     stdout: IO[bytes] | None = None,
     clock: Clock = system_clock,
 ) -> ExportManifest:
-    """Export the ledger at ``ledger_path`` to ``output`` (a path; None for ``stdout``).
+    """Export the ledger at ``ledger`` (a SQLite file, or a ``postgresql://`` URI) to
+    ``output`` (a path; None for ``stdout``); both backends give the same files.
 
     ``format`` is ``jsonl``, ``csv``, ``sqlite`` or ``markdown``; by default it
     follows the output name (``.csv``, ``.db``/``.sqlite``, ``.md``; otherwise JSONL).
@@ -400,7 +402,15 @@ def export(
     what is exported.
     """
     _check_format(format or format_for(output))
-    ledger_path = Path(ledger_path)
+    if is_dsn(ledger):
+        from hermes_ledger.ledger.postgres.reading import export as export_postgres
+
+        with cast(Any, open_log(ledger)) as log:
+            return export_postgres(
+                log, output, format=format, events=events, progress=progress,
+                stdout=stdout, clock=clock,
+            )  # fmt: skip
+    ledger_path = Path(ledger)
     with Ledger.open(ledger_path, readonly=True) as led:
         return export_rows(
             partial(sqlite_rows, led), output, format=format, events=events,

@@ -1,4 +1,8 @@
-"""`hermes-ledger export` and ledger.export: formats, filters, files, constant memory."""
+"""`hermes-ledger export` and ledger.export: formats, filters, files, constant memory.
+
+The tests that take ``backend`` run on a SQLite file and on a PostgreSQL database
+(tests/backends.py): every format is made from either backend's rows by the same
+writer, and an export of a PostgreSQL ledger imports into a SQLite one."""
 
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import Backend, pg_uri
 from click.testing import Result
 from helpers import ManualClock, installed_script, run_on_terminal
+from pg_support import fresh_database
 
 from hermes_ledger import projections
 from hermes_ledger.ledger import Ledger, LedgerError
@@ -33,7 +39,6 @@ from hermes_ledger.ledger.export import (
     EXPORT_FORMAT,
     ExportManifest,
     export,
-    export_to_stream,
     format_for,
 )
 from hermes_ledger.ledger.query import EventFilter
@@ -88,16 +93,32 @@ def filled(led: Ledger, clock: ManualClock) -> Ledger:
     return led
 
 
-def rows(path: Path) -> list[tuple[Any, ...]]:
-    with Ledger.open(path, readonly=True) as led:
-        # event_bodies: each event whole (its personal fields merged in), as exported
-        return led.query(f"SELECT {', '.join(FIELDS)} FROM event_bodies ORDER BY position")
+@pytest.fixture
+def ledger(backend: Backend) -> str:
+    """``history`` in a ledger of either backend: its ``--db`` target."""
+    with backend.open() as log:
+        history(log, backend.clock)  # type: ignore[arg-type]
+    return backend.target
 
 
-def jsonl(led: Ledger, events: EventFilter | None = None) -> list[dict[str, Any]]:
+def rows(target: str | Path) -> list[tuple[Any, ...]]:
+    """Every event as exported: event_bodies (each event whole, its personal fields
+    merged in), on either backend."""
+    sql = f"SELECT {', '.join(FIELDS)} FROM event_bodies ORDER BY position"
+    if str(target).startswith("postgresql://"):
+        return Backend("postgresql", str(target), ManualClock()).raw(sql)
+    with Ledger.open(target, readonly=True) as led:
+        return led.query(sql)
+
+
+def exported(target: str | Path, fmt: str = "jsonl", events: EventFilter | None = None) -> bytes:
     out = io.BytesIO()
-    export_to_stream(led, out, events=events, clock=lambda: EXPORTED_AT)
-    return [json.loads(line) for line in out.getvalue().splitlines()]
+    export(target, None, format=fmt, events=events, stdout=out, clock=lambda: EXPORTED_AT)
+    return out.getvalue()
+
+
+def jsonl(target: str | Path, events: EventFilter | None = None) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in exported(target, "jsonl", events).splitlines()]
 
 
 def positions(lines: list[dict[str, Any]]) -> list[int]:
@@ -107,15 +128,13 @@ def positions(lines: list[dict[str, Any]]) -> list[int]:
 # -- JSONL ---------------------------------------------------------------------
 
 
-def test_jsonl_has_one_line_per_event_with_every_column_then_a_manifest(
-    filled: Ledger, db_path: Path
-) -> None:
+def test_jsonl_has_one_line_per_event_with_every_column_then_a_manifest(ledger: str) -> None:
     out = io.BytesIO()
-    manifest = export_to_stream(filled, out, clock=lambda: EXPORTED_AT)
+    manifest = export(ledger, None, stdout=out, clock=lambda: EXPORTED_AT)
     text = out.getvalue().decode()
     lines = text.splitlines()
     assert len(lines) == 9 and text.endswith("\n")
-    stored = rows(db_path)
+    stored = rows(ledger)
     for line, row in zip(lines, stored, strict=False):
         obj = json.loads(line)
         # an event with personal fields also names its payload's salt (for import)
@@ -146,8 +165,9 @@ def test_jsonl_has_one_line_per_event_with_every_column_then_a_manifest(
     assert manifest.generator.startswith("hermes-ledger ")
 
 
-def test_an_empty_ledger_exports_just_a_manifest(led: Ledger) -> None:
-    lines = jsonl(led)
+def test_an_empty_ledger_exports_just_a_manifest(backend: Backend) -> None:
+    backend.open().close()
+    lines = jsonl(backend.target)
     assert len(lines) == 1
     body = lines[0]["manifest"]
     assert (body["count"], body["first_position"], body["last_position"], body["last_hash"]) == (
@@ -173,10 +193,8 @@ def test_an_empty_ledger_exports_just_a_manifest(led: Ledger) -> None:
         (EventFilter(session_key="nobody"), []),
     ],
 )
-def test_filters_select_the_events(
-    filled: Ledger, events: EventFilter, expected: list[int]
-) -> None:
-    lines = jsonl(filled, events)
+def test_filters_select_the_events(ledger: str, events: EventFilter, expected: list[int]) -> None:
+    lines = jsonl(ledger, events)
     assert positions(lines) == expected
     body = lines[-1]["manifest"]
     assert body["count"] == len(expected)
@@ -196,25 +214,25 @@ def test_an_unknown_type_or_position_zero_is_refused() -> None:
 # -- CSV and SQLite ----------------------------------------------------------------
 
 
-def test_csv_has_a_header_and_the_stored_columns(filled: Ledger, db_path: Path) -> None:
+def test_csv_has_a_header_and_the_stored_columns(ledger: str) -> None:
     out = io.BytesIO()
-    manifest = export_to_stream(filled, out, format="csv", clock=lambda: EXPORTED_AT)
+    manifest = export(ledger, None, format="csv", stdout=out, clock=lambda: EXPORTED_AT)
     text = out.getvalue().decode()
     assert text.startswith(",".join(FIELDS) + "\n")
     parsed = list(csv.reader(io.StringIO(text, newline="")))
-    stored = [[("" if v is None else str(v)) for v in row] for row in rows(db_path)]
+    stored = [[("" if v is None else str(v)) for v in row] for row in rows(ledger)]
     assert parsed[1:] == stored
     assert manifest.export_format == "csv" and manifest.count == 8 and manifest.last_position == 8
 
 
 def test_sqlite_export_has_events_messages_and_full_text_search(
-    filled: Ledger, db_path: Path, tmp_path: Path
+    ledger: str, tmp_path: Path
 ) -> None:
     target = tmp_path / "out.db"
-    manifest = export(db_path, target, clock=lambda: EXPORTED_AT)
+    manifest = export(ledger, target, clock=lambda: EXPORTED_AT)
     assert manifest.export_format == "sqlite" and manifest.count == 8
     with sqlite3.connect(target) as db:
-        assert db.execute("SELECT * FROM events ORDER BY position").fetchall() == rows(db_path)
+        assert db.execute("SELECT * FROM events ORDER BY position").fetchall() == rows(ledger)
         found = db.execute(
             "SELECT m.position, m.session_key, m.role, m.content FROM messages_fts"
             " JOIN messages m ON m.rowid = messages_fts.rowid"
@@ -303,30 +321,26 @@ def test_the_format_follows_the_file_name(name: str, fmt: str) -> None:
 # -- files -------------------------------------------------------------------------
 
 
-def test_gz_by_extension_holds_the_same_export(
-    filled: Ledger, db_path: Path, tmp_path: Path
-) -> None:
+def test_gz_by_extension_holds_the_same_export(ledger: str, tmp_path: Path) -> None:
     plain, zipped = tmp_path / "a.jsonl", tmp_path / "a.jsonl.gz"
-    export(db_path, plain, clock=lambda: EXPORTED_AT)
-    export(db_path, zipped, clock=lambda: EXPORTED_AT)
+    export(ledger, plain, clock=lambda: EXPORTED_AT)
+    export(ledger, zipped, clock=lambda: EXPORTED_AT)
     assert zipped.read_bytes()[:2] == b"\x1f\x8b"
     assert gzip.decompress(zipped.read_bytes()) == plain.read_bytes()
 
 
-def test_export_files_are_owner_only_whatever_the_umask(
-    filled: Ledger, db_path: Path, tmp_path: Path
-) -> None:
+def test_export_files_are_owner_only_whatever_the_umask(ledger: str, tmp_path: Path) -> None:
     old = os.umask(0o000)
     try:
-        for name in ("a.jsonl", "a.csv", "a.jsonl.gz", "a.db"):
-            export(db_path, tmp_path / name)
+        for name in ("a.jsonl", "a.csv", "a.jsonl.gz", "a.db", "a.md"):
+            export(ledger, tmp_path / name)
             assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o600", name
     finally:
         os.umask(old)
 
 
 def test_a_failed_export_leaves_the_old_file_and_no_temporary_file(
-    filled: Ledger, db_path: Path, tmp_path: Path
+    ledger: str, tmp_path: Path
 ) -> None:
     target = tmp_path / "backup.jsonl"
     target.write_text("the previous backup\n")
@@ -334,9 +348,9 @@ def test_a_failed_export_leaves_the_old_file_and_no_temporary_file(
     def fail(done: int, total: int) -> None:
         raise RuntimeError("disk full, say")
 
-    for fmt in ("jsonl", "csv", "sqlite"):
+    for fmt in ("jsonl", "csv", "sqlite", "markdown"):
         with pytest.raises(RuntimeError, match="disk full"):
-            export(db_path, target, format=fmt, progress=fail)
+            export(ledger, target, format=fmt, progress=fail)
         assert target.read_text() == "the previous backup\n"
         assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ledger.db")) == [
             "backup.jsonl"
@@ -359,10 +373,10 @@ def record(calls: list[tuple[int, int]], done: int, total: int) -> None:
     calls.append((done, total))
 
 
-def test_progress_reports_done_and_total(filled: Ledger, db_path: Path, tmp_path: Path) -> None:
-    for name in ("p.jsonl", "p.csv", "p.db"):
+def test_progress_reports_done_and_total(ledger: str, tmp_path: Path) -> None:
+    for name in ("p.jsonl", "p.csv", "p.db", "p.md"):
         calls: list[tuple[int, int]] = []
-        export(db_path, tmp_path / name, progress=functools.partial(record, calls))
+        export(ledger, tmp_path / name, progress=functools.partial(record, calls))
         assert calls and calls[-1] == (8, 8), name
         assert all(0 <= d <= t for d, t in calls)
 
@@ -399,10 +413,8 @@ def test_export_streams_in_constant_memory(db_path: Path, tmp_path: Path) -> Non
 # -- the command -------------------------------------------------------------------
 
 
-def test_cli_exports_jsonl_to_stdout(
-    filled: Ledger, db_path: Path, cli: Callable[..., Result]
-) -> None:
-    result = cli("export", "--db", str(db_path), "--session-key", K2)
+def test_cli_exports_jsonl_to_stdout(ledger: str, cli: Callable[..., Result]) -> None:
+    result = cli("export", "--db", ledger, "--session-key", K2)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["event_id"] == "e3"
@@ -412,19 +424,19 @@ def test_cli_exports_jsonl_to_stdout(
 
 
 def test_cli_exports_to_a_file_and_says_so(
-    filled: Ledger, db_path: Path, tmp_path: Path, cli: Callable[..., Result]
+    ledger: str, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     target = tmp_path / "out.csv"
-    result = cli("export", "--db", str(db_path), "-o", str(target), "--type", "session_started")
+    result = cli("export", "--db", ledger, "-o", str(target), "--type", "session_started")
     assert (result.exit_code, result.output) == (
         0,
         f"Exported 2 events (positions 1-3) to {target}\n",
     )
     assert target.read_text().splitlines()[0] == ",".join(FIELDS)
-    result = cli("export", "--db", str(db_path), "-o", str(target), "--from", "99")
+    result = cli("export", "--db", ledger, "-o", str(target), "--from", "99")
     assert (result.exit_code, result.output) == (0, f"Exported 0 events to {target}\n")
     result = cli(
-        "export", "--db", str(db_path), "-o", str(tmp_path / "one.jsonl"), "--to", "1",
+        "export", "--db", ledger, "-o", str(tmp_path / "one.jsonl"), "--to", "1",
         "--since", "2026-11-22", "--until", "2026-11-22T09:30Z",
     )  # fmt: skip
     assert result.output == f"Exported 1 event (positions 1-1) to {tmp_path / 'one.jsonl'}\n"
@@ -471,3 +483,64 @@ def test_a_progress_bar_when_stderr_is_a_terminal(
     )
     assert (done.returncode, done.stdout) == (0, f"Exported 8 events (positions 1-8) to {target}\n")
     assert b"exporting" in shown and b"100%" in shown, shown
+
+
+# -- both backends: the same files, and back into SQLite ---------------------------
+
+
+def test_every_format_is_the_same_export_on_both_backends(
+    filled: Ledger, db_path: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    """The same log (``migrate`` copies it, salts and hashes included) in a SQLite
+    file and in a PostgreSQL database: every format, filtered or not, gives the same
+    bytes (the SQLite form: the same tables and rows)."""
+    with fresh_database() as dsn:
+        copied = cli("migrate", "--to", dsn, "--from", str(db_path))
+        assert copied.exit_code == 0, copied.output
+        pg = pg_uri(dsn)
+        for events in (None, EventFilter(session_id="s1", types=("message_appended",))):
+            for fmt in ("jsonl", "csv", "markdown"):
+                assert exported(pg, fmt, events) == exported(db_path, fmt, events), fmt
+            dumps = []
+            for name, source in (("pg.db", pg), ("lite.db", str(db_path))):
+                export(source, tmp_path / name, events=events, clock=lambda: EXPORTED_AT)
+                with sqlite3.connect(tmp_path / name) as db:
+                    dumps.append(list(db.iterdump()))
+            assert dumps[0] == dumps[1]
+            assert any('INSERT INTO "messages"' in line for line in dumps[0])
+
+
+@pytest.mark.parametrize("name", ["back.jsonl", "back.jsonl.gz"])
+@pytest.mark.parametrize("erased", [False, True], ids=["whole", "erased"])
+def test_an_export_imports_into_sqlite_and_verifies(
+    ledger: str, name: str, erased: bool, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    """The JSONL export (the one form that imports) carries a ledger of either
+    backend back into a new SQLite ledger, row for row, and the chain verifies."""
+    if erased:
+        done = cli("erase", "--db", ledger, "--session-id", "s2", "--yes")
+        assert done.exit_code == 0, done.output
+    out = tmp_path / name
+    result = cli("export", "--db", ledger, "-o", str(out))
+    count = 9 if erased else 8
+    assert result.output == f"Exported {count} events (positions 1-{count}) to {out}\n"
+    restored = tmp_path / "restored.db"
+    imported = cli("import", str(out), "--db", str(restored))
+    assert imported.exit_code == 0, imported.output
+    assert "hash chain verified up to position" in imported.output
+    verified = cli("verify", "--db", str(restored), "--json")
+    assert json.loads(verified.output)["ok"] is True, verified.output
+    assert rows(restored) == rows(ledger)
+    again = tmp_path / ("again" + name.removeprefix("back"))
+    assert cli("export", "--db", str(restored), "-o", str(again)).exit_code == 0
+    body = gzip.decompress if name.endswith(".gz") else (lambda b: b)
+    assert body(again.read_bytes()).splitlines()[:-1] == body(out.read_bytes()).splitlines()[:-1]
+    # what was carried back exports as the original does, in every other form too
+    for fmt in ("csv", "markdown"):
+        assert exported(restored, fmt) == exported(ledger, fmt), fmt
+    dumps = []
+    for file, source in (("original.db", ledger), ("carried.db", str(restored))):
+        export(source, tmp_path / file, clock=lambda: EXPORTED_AT)
+        with sqlite3.connect(tmp_path / file) as db:
+            dumps.append(list(db.iterdump()))
+    assert dumps[0] == dumps[1]

@@ -248,24 +248,10 @@ def export_cmd(
     if output is not None and str(output) == "-":
         output = None
     with progress_bar("exporting") as progress, _output_closed_quietly():
-        if isinstance(target, str):
-            from hermes_ledger.gateway.sessions.postgres import open_postgres
-            from hermes_ledger.ledger.postgres import reading
-
-            with open_postgres(target, projections=False) as log:
-                manifest = reading.export(
-                    log, output, format=fmt, events=events, progress=progress,
-                    stdout=sys.stdout.buffer,
-                )  # fmt: skip
-        else:
-            manifest = export(
-                target,
-                output,
-                format=fmt,
-                events=events,
-                progress=progress,
-                stdout=sys.stdout.buffer,
-            )
+        manifest = export(
+            target, output, format=fmt, events=events, progress=progress,
+            stdout=sys.stdout.buffer,
+        )  # fmt: skip
     if output is not None:
         span = (
             f" (positions {manifest.first_position}-{manifest.last_position})"
