@@ -54,6 +54,7 @@ from hermes_ledger.gateway.hooks.records import (
     PendingDelivery,
     not_dead_letters,
 )
+from hermes_ledger.gateway.scheduler.postgres import translated
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger.clock import Clock, format_utc, system_clock
 from hermes_ledger.ledger.events import SessionStarted
@@ -267,8 +268,12 @@ class PostgresDeliveryQueue:
                 hint="name a hook and some of " + ", ".join(sorted(_EVENT_TYPES)),
             )
         conn = self._conn
-        with self.log._lock, conn.transaction():  # one connection: take turns with appends
-            head = conn.execute(SQL_LOCK_LOG).fetchone()  # no append until this commits
+        with (
+            translated(self.log),
+            self.log._lock,
+            conn.transaction(),
+        ):  # one connection: take turns with appends
+            head = conn.execute(SQL_LOCK_LOG).fetchone()
             row = conn.execute(SQL_SUBSCRIBE, (hook, events)).fetchone()
             if from_head or not (row and row[0]) or not head:
                 return
@@ -304,7 +309,7 @@ class PostgresDeliveryQueue:
         conn = self._conn
         args = {"hook": hook, "now": self.clock()}
         while True:
-            with self.log._lock, conn.transaction():
+            with translated(self.log), self.log._lock, conn.transaction():
                 row = conn.execute(SQL_CLAIMABLE, args).fetchone()
                 if row is None:
                     return None, given_up
@@ -334,7 +339,7 @@ class PostgresDeliveryQueue:
             status = "dead" if retry_at is None else "pending"
             sql = SQL_FAILED
             args = (status, retry_at or now, error, claim.delivery_id, claim.worker_id)
-        with self.log._lock:
+        with translated(self.log), self.log._lock:
             cur = self._conn.execute(sql, args)
         return cur.rowcount == 1
 
@@ -379,7 +384,7 @@ class PostgresDeliveryQueue:
     # -- what `hermes-ledger hooks` reads, and re-queuing --------------------------
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.log._lock:
+        with translated(self.log), self.log._lock:
             return [_as_text(r) for r in self._conn.execute(sql, args).fetchall()]
 
     def dead_letters(self) -> list[Delivery]:
@@ -397,7 +402,7 @@ class PostgresDeliveryQueue:
     def requeue(self, delivery_ids: Sequence[str] | None, now: datetime) -> list[str]:
         """See ``delivery.requeue_dead_letters``."""
         conn = self._conn
-        with self.log._lock, conn.transaction():
+        with translated(self.log), self.log._lock, conn.transaction():
             if delivery_ids is None:
                 ids = [row[0] for row in conn.execute(SQL_DEAD).fetchall()]
             else:

@@ -35,7 +35,8 @@ import os
 import socket
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,6 +65,7 @@ __all__ = [
     "attach_deadlines",
     "claim_due",
     "refresh_deadlines",
+    "translated",
 ]
 
 Connection = psycopg.Connection[Any]
@@ -105,6 +107,16 @@ SQL_RELEASE = (
     " deadline = coalesce(%s, deadline) WHERE session_key = %s AND claimed_by = %s"
 )
 SQL_DONE = "DELETE FROM session_deadlines WHERE session_key = %s AND session_id = %s"
+
+
+@contextmanager
+def translated(log: PostgresLog) -> Iterator[None]:
+    """Driver errors of the statements run here (a lost connection, a refused
+    privilege) raised as the log's LedgerErrors, as its own calls raise them."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        log._translate(exc)
 
 
 # -- the deadline rows -------------------------------------------------------------------
@@ -161,7 +173,7 @@ def refresh_deadlines(log: PostgresLog, config: GatewayConfig) -> int:
     """Re-derive every deadline row from ``session_map`` and ``config`` under the
     log's append lock (no append in between); returns the unclosed keys evaluated."""
     conn = log.connection
-    with conn.transaction():
+    with translated(log), log._lock, conn.transaction():
         conn.execute(SQL_LOCK_LOG)
         conn.execute(SQL_DROP_ALL_DEADLINES)
         keys = [row[0] for row in conn.execute(SQL_UNCLOSED_KEYS).fetchall()]
@@ -228,24 +240,27 @@ class PostgresScheduler:
         return self.log.connection
 
     def _rederive(self, key: str) -> None:
-        with self._conn.transaction():
+        with self.log._lock, self._conn.transaction():
             _deadline_for(self._conn, self.config, key)
 
     def _release(self, key: str, retry_at: datetime | None) -> None:
-        self._conn.execute(SQL_RELEASE, (retry_at, key, self.name))
+        with self.log._lock:
+            self._conn.execute(SQL_RELEASE, (retry_at, key, self.name))
 
     def tick(self, now: datetime | None = None) -> TickReport:
         """One pass: claim due rows a batch at a time and close (or finish closing)
         each, until none is due or every due row is another runner's."""
         now = now or self.clock()
         report = TickReport(now=format_utc(now))
-        while True:
-            rows = claim_due(self._conn, self.name, now, self.batch, self.lease)
-            report.due += len(rows)
-            for key, session_id, _deadline, _reason in rows:
-                self._close_one(key, session_id, now, report)
-            if len(rows) < self.batch:
-                return report
+        with translated(self.log):
+            while True:
+                with self.log._lock:  # one connection: take turns with appends
+                    rows = claim_due(self._conn, self.name, now, self.batch, self.lease)
+                report.due += len(rows)
+                for key, session_id, _deadline, _reason in rows:
+                    self._close_one(key, session_id, now, report)
+                if len(rows) < self.batch:
+                    return report
 
     def _close_one(self, key: str, session_id: str, now: datetime, report: TickReport) -> None:
         state = read_key_state(self.reads, key)
@@ -281,7 +296,8 @@ class PostgresScheduler:
             self._release(key, None)
             report.skipped += 1
         else:
-            self._conn.execute(SQL_DONE, (key, session_id))
+            with self.log._lock:
+                self._conn.execute(SQL_DONE, (key, session_id))
             if step.status == "ended":
                 deadline = format_utc(step.deadline) if step.deadline else None
                 report.closed.append(ClosedSession(key, session_id, step.reason, deadline))
