@@ -23,6 +23,9 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
   its own, bypassing the interface; ``scalar(sql)`` its first value, ``count()``
   the number of events; ``tamper(statement)`` runs a change on ``events`` with the
   append-only triggers out of the way (what only a superuser can do);
+- ``backend.settle()``: after SIGKILLing a worker, wait until the server has ended
+  its session (PostgreSQL rolls a dead client's transaction back only when its
+  server process notices); nothing on SQLite, where the next open recovers;
 - ``backend.wipe()``: forget the ledger, so the next ``open`` starts a new, empty
   one (for a Hypothesis test that wants a fresh ledger per example: cheaper than a
   fresh database). Close its logs first.
@@ -35,6 +38,7 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +58,14 @@ from hermes_ledger.ledger.postgres import PostgresLog
 __all__ = ["BACKENDS", "Backend", "Projections", "backend", "open_projected", "pg_uri"]
 
 BACKENDS = ("sqlite", "postgresql")
+SETTLE_TIMEOUT = 60.0
+"""Seconds ``settle`` waits for the server to end dead workers' sessions."""
+
+SQL_OTHER_SESSIONS = (
+    "SELECT count(*) FILTER (WHERE backend_xid IS NOT NULL), count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+"""(sessions holding a write transaction open, sessions) on this database, but ours."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,24 @@ class Backend:
             pg.execute("ALTER TABLE events DISABLE TRIGGER USER")
             pg.execute(statement)  # type: ignore[arg-type]
             pg.execute("ALTER TABLE events ENABLE TRIGGER USER")
+
+    def other_sessions(self) -> tuple[int, int]:
+        """PostgreSQL: (sessions on this database holding a write transaction open,
+        all sessions on it), not counting the one asking."""
+        writing, sessions = self.raw(SQL_OTHER_SESSIONS)[0]
+        return int(writing), int(sessions)
+
+    def settle(self) -> None:
+        """Wait until no other session is left on the database (PostgreSQL): what the
+        log holds is final then, a SIGKILLed worker's transaction rolled back or
+        committed. Call it when every worker has exited. Nothing on SQLite."""
+        if self.name == "sqlite":
+            return
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while self.other_sessions()[1]:
+            if time.monotonic() > deadline:
+                pytest.fail("the server kept a dead worker's session open")
+            time.sleep(0.005)
 
     def wipe(self) -> None:
         """Remove the ledger (SQLite: the file and its -wal, -shm; PostgreSQL: the

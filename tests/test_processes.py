@@ -125,7 +125,7 @@ def all_rows(backend: Backend) -> list[Row]:
 
 def assert_log_invariants(backend: Backend, expected_count: int) -> list[Row]:
     """Gap-free positions 1..N, unique event_ids, versions 1..n per stream, chain intact."""
-    settle(backend)
+    backend.settle()
     with backend.open() as led:  # the first open after a crash: recovery happens here
         report = led.verify()
         assert report.ok, str(report)
@@ -144,38 +144,12 @@ def assert_log_invariants(backend: Backend, expected_count: int) -> list[Row]:
     return rows
 
 
-SQL_OTHER_BACKENDS = (
-    "SELECT count(*) FILTER (WHERE backend_xid IS NOT NULL), count(*) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-)
-"""(sessions holding a write transaction open, sessions) on this database, but ours."""
-
-
-def _others(backend: Backend) -> tuple[int, int]:
-    writing, sessions = backend.raw(SQL_OTHER_BACKENDS)[0]
-    return int(writing), int(sessions)
-
-
-def settle(backend: Backend) -> None:
-    """On PostgreSQL, wait until the server has ended the sessions of the workers that
-    are gone (a SIGKILLed client's transaction is rolled back when its server process
-    notices, not at the kill): what is in the log is final then. Nothing on SQLite,
-    where the next open recovers."""
-    if backend.name == "sqlite":
-        return
-    deadline = time.monotonic() + TIMEOUT
-    while _others(backend)[1]:
-        if time.monotonic() > deadline:
-            pytest.fail("the server kept a dead worker's session open")
-        time.sleep(0.005)
-
-
 def write_progress(backend: Backend) -> int:
     """How far an uncommitted write has got: the WAL's size in bytes on SQLite; on
     PostgreSQL, how many worker sessions hold a write transaction open."""
     if backend.name == "sqlite":
         return _size(Path(backend.target + "-wal"))
-    return _others(backend)[0]
+    return backend.other_sessions()[0]
 
 
 def wait_mid_write(backend: Backend, since: int, proc: subprocess.Popen[str]) -> None:
@@ -391,7 +365,7 @@ def _kill_during_big_batch(logs: list[Backend], tmp_path: Path) -> None:
         intact[f"pre-{tag}"] = load(ready)["pre_positions"]
 
         # Reopen (WAL recovery) and look: the big batch is all there or not at all.
-        settle(log)
+        log.settle()
         with log.open() as led:
             head_before = led.head()
         assert_log_invariants(log, head_before)
@@ -470,7 +444,7 @@ def test_kill_of_a_writer_does_not_disturb_another(backend: Backend, tmp_path: P
         finish(other)
     finally:
         kill_all([crasher, other])
-    settle(backend)
+    backend.settle()
     big = _stream_rows(backend, "big-k")
     assert len(big) in (0, big_count)
     records = load(tmp_path / "w.json")["records"]
