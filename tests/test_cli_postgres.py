@@ -312,12 +312,7 @@ def test_import_refuses_bad_input_and_writes_nothing(cli: Cli, tmp_path: Path) -
             assert refused.output.startswith(message), refused.output
             assert "Traceback" not in refused.output
             assert json.loads(_ok(cli("status", "--db", uri, "--json")))["events"] == 0
-        for option in ("--erasures-from", "--from-hermes"):
-            refused = cli("import", str(good), option, str(source), "--db", uri)
-            assert refused.exit_code == 1
-            assert refused.output.startswith(
-                f"Error: import {option} does not work on a PostgreSQL ledger yet\nTry: "
-            )
+        # import --from-hermes / --erasures-from on a URI: tests/test_plugin_postgres.py
         restored = json.loads(_ok(cli("import", str(good), "--db", uri, "--json")))
         assert (restored["count"], restored["last_position"]) == (9, 9)
         assert SECRET not in restored["ledger"] and "@" not in restored["ledger"].split(" as ")[0]

@@ -16,11 +16,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from backends import Backend, pg_uri
 from click.testing import Result
 from hermes_fixture import HermesFixture, StandardHome, build_standard_home, origin, sid
 from pg_support import fresh_database
+from test_erasure import DM, MARK, OTHER, fill, jsonl_bytes
 
 from hermes_ledger.gateway.config.files import ConfigError
 from hermes_ledger.gateway.hermes.importing import import_hermes_home
@@ -30,6 +32,7 @@ from hermes_ledger.gateway.plugin.status import history_gap
 from hermes_ledger.gateway.plugin.worker import SpoolWorker, sync_home
 from hermes_ledger.ledger import EventLog, open_log
 from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.ledger.events import MessageAppended
 
 NOW = datetime.now().astimezone()
 OLD = NOW - timedelta(days=3)
@@ -95,17 +98,74 @@ def test_import_from_hermes_and_backfill_on_a_postgresql_uri(
     assert json.loads(listed[0].output) == json.loads(listed[1].output)
 
 
-def test_import_erasures_from_on_postgresql_is_refused_before_anything_is_written(
-    cli: Callable[..., Result], tmp_path: Path, pg: str
+def test_import_erasures_from_re_applies_a_sqlite_ledgers_erasures_in_postgresql(
+    cli: Callable[..., Result], db_path: Path, tmp_path: Path, pg: str
 ) -> None:
-    export = tmp_path / "x.jsonl"
-    export.write_text("")
-    refused = cli("import", str(export), "--db", pg, "--erasures-from", str(tmp_path / "a.db"))
-    assert refused.exit_code == 1
-    assert refused.output.startswith(
-        "Error: import --erasures-from does not work on a PostgreSQL ledger yet\nTry: "
-    )
-    assert not (tmp_path / "a.db").exists()
+    fill(db_path)
+    older = tmp_path / "before.jsonl"
+    older.write_bytes(jsonl_bytes(db_path))  # made before the erasure: holds u1's content
+    assert cli("erase", "--db", str(db_path), "--user", "u1", "--yes").exit_code == 0
+    missing = cli("import", str(older), "--db", pg, "--erasures-from", str(tmp_path / "no.db"))
+    assert missing.exit_code == 1 and missing.output.startswith("Error: "), missing.output
+    assert json.loads(cli("status", "--db", pg, "--json").output)["events"] == 0
+
+    done = cli("import", str(older), "--db", pg, "--erasures-from", str(db_path))
+    assert done.exit_code == 0, done.output
+    assert cli("replay", "--db", pg).exit_code == 0  # the projections, from the log
+    transcript = cli("transcript", "--db", pg, "s1")
+    assert MARK not in transcript.output and "[erased]" in transcript.output
+    assert OTHER in cli("transcript", "--db", pg, "s2").output  # u2's DM is kept
+    assert MARK not in stored_text(pg)
+    assert cli("verify", "--db", pg).exit_code == 0
+    # the same as the SQLite import does with the same export and erasures
+    same = cli("import", str(older), "--db", str(tmp_path / "b.db"), "--erasures-from",
+               str(db_path))  # fmt: skip
+    assert same.exit_code == 0, same.output
+    with open_log(pg) as postgres, open_log(tmp_path / "b.db") as sqlite:
+        assert content(postgres) == content(sqlite)
+        notes = [[r.event.requested_by for r in log.read_all(types=["subject_erased"])]
+                 for log in (postgres, sqlite)]  # type: ignore[union-attr]  # fmt: skip
+    assert notes[0] == notes[1] and len(notes[0]) == 1
+    assert f"(re-applied from {db_path}, position " in notes[0][0]
+
+
+def test_an_export_made_after_the_erasure_is_not_erased_again(
+    cli: Callable[..., Result], db_path: Path, tmp_path: Path, pg: str
+) -> None:
+    fill(db_path)
+    assert cli("erase", "--db", str(db_path), "--user", "u1", "--yes").exit_code == 0
+    fill_more(db_path)  # u1 talks again after the erasure: that content stays
+    after = tmp_path / "after.jsonl"
+    after.write_bytes(jsonl_bytes(db_path))
+    done = cli("import", str(after), "--db", pg, "--erasures-from", str(db_path))
+    assert done.exit_code == 0, done.output
+    with open_log(pg) as postgres, open_log(db_path) as sqlite:
+        assert content(postgres) == content(sqlite)  # nothing erased twice, nothing more
+        assert len(list(postgres.read_all(types=["subject_erased"]))) == 1
+    assert "later, again" in stored_text(pg)
+
+
+def fill_more(path: Path) -> None:
+    with open_log(path) as led:
+        led.append(DM, [MessageAppended(session_id="s1", role="user", user_id="u1",
+                                        content="later, again")])  # fmt: skip
+
+
+def content(log: EventLog) -> list[tuple[Any, ...]]:
+    """Each event's id, type and body (as read: "[erased]" where erased)."""
+    return [(r.event_id, r.type, r.event.model_dump_json(exclude={"requested_by", "at"}))
+            for r in log.read_all() if r.type != "subject_erased"]  # fmt: skip
+
+
+def stored_text(uri: str) -> str:
+    """Everything the database holds in the log's tables, as text."""
+    with psycopg.connect(uri) as conn:
+        row = conn.execute(
+            "SELECT (SELECT string_agg(data || meta, ' ') FROM hermes_ledger.events)"
+            " || coalesce((SELECT string_agg(body, ' ') FROM hermes_ledger.payloads), '')"
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 # -- the plugin's ledger -------------------------------------------------------------------

@@ -70,15 +70,9 @@ def import_cmd(
 
     \b
     --db postgresql://… restores the export into an empty PostgreSQL ledger (the
-    same checks, the same rows), or imports a Hermes home into the PostgreSQL
-    ledger (--from-hermes: the same events as into a file).
+    same checks, the same rows, --erasures-from re-applied), or imports a Hermes
+    home into the PostgreSQL ledger (--from-hermes: the same events as into a file).
     """
-    if isinstance(db, str) and erasures_from is not None:
-        raise LedgerError(
-            "import --erasures-from does not work on a PostgreSQL ledger yet",
-            hint="import into a SQLite ledger file (--db FILE --erasures-from LEDGER), then"
-            " `hermes-ledger migrate --from FILE --to URI`",
-        )
     if hermes_home is not None:
         if source is not None:
             raise click.UsageError("give either SOURCE or --from-hermes, not both")
@@ -98,7 +92,10 @@ def import_cmd(
         if isinstance(db, str):  # LedgerTarget: a str is a postgresql:// URI
             from hermes_ledger.gateway.sessions.postgres import restore_export
 
+            erasures = _recorded_erasures(erasures_from)  # read first: a bad one writes nothing
             result, path = restore_export(db, source, stdin=sys.stdin.buffer, progress=counted)
+            if erasures_from is not None and erasures:
+                _reapply_erasures(db, erasures_from, erasures)
         else:
             path = str(resolve_ledger_path(db))
             result = import_jsonl(
@@ -122,6 +119,22 @@ def import_cmd(
         f"Imported {result.count} {noun} into {path}; hash chain verified up to "
         f"position {result.last_position} (last hash {result.last_hash})"
     )
+
+
+def _recorded_erasures(source: Path | None) -> list[tuple[object, ...]]:
+    if source is None:
+        return []
+    from hermes_ledger.ledger.postgres.reapply import recorded_erasures
+
+    return recorded_erasures(source)
+
+
+def _reapply_erasures(dsn: str, source: Path, erasures: list[tuple[object, ...]]) -> None:
+    from hermes_ledger.ledger.postgres import PostgresLog
+    from hermes_ledger.ledger.postgres.reapply import reapply_erasures
+
+    with PostgresLog.open(dsn) as log:
+        reapply_erasures(log, source, erasures)
 
 
 def _import_hermes(hermes_home: Path, db: Path | str | None, as_json: bool) -> None:
