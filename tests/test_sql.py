@@ -11,14 +11,16 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import apsw
 import pytest
+from backends import Backend, pg_uri
 from click.testing import Result
-from helpers import installed_script
+from helpers import ManualClock, installed_script
+from pg_support import fresh_database
 
 from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
@@ -478,3 +480,225 @@ def test_sql_on_a_read_write_ledger_never_stops_its_writes(led: Ledger, filled: 
         run_sql(led, SLOW, timeout=0)
     can_append(led, 6)
     assert led.query("SELECT count(*) FROM events") == [(9,)]
+
+
+# -- both backends: the same command on a PostgreSQL ledger ---------------------------
+
+
+@pytest.fixture
+def ledger(backend: Backend) -> str:
+    """``filled``'s events in a ledger of either backend: its ``--db`` target."""
+    with backend.open() as log:
+        log.append(
+            K1,
+            [
+                SessionStarted(event_id="e1", session_id="s1", source=Source(platform="telegram")),
+                MessageAppended(event_id="e2", session_id="s1", role="user", content="hello"),
+            ],
+        )
+        log.append(
+            K2, [SessionStarted(event_id="e3", session_id="s2", source=Source(platform="x"))]
+        )
+    return backend.target
+
+
+def shown(sql: str) -> str:
+    """How a refusal quotes ``sql``: on one line, cut to 60 characters."""
+    text = " ".join(sql.split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def contents(backend: Backend) -> list[tuple[Any, ...]]:
+    """Every row of the log and of its payloads, read behind the interface."""
+    return backend.raw("SELECT position, hash FROM events ORDER BY position") + backend.raw(
+        "SELECT position FROM payloads ORDER BY position"
+    )
+
+
+def test_both_backends_print_the_same_table_json_and_csv(
+    ledger: str, cli: Callable[..., Result]
+) -> None:
+    table = cli("sql", "--db", ledger, "SELECT position, type, session_id FROM events ORDER BY 1")
+    assert (table.exit_code, table.output) == (
+        0,
+        "position  type              session_id\n"
+        "--------  ----------------  ----------\n"
+        "       1  session_started   s1\n"
+        "       2  message_appended  s1\n"
+        "       3  session_started   s2\n"
+        "(3 rows)\n",
+    )
+    none = cli("sql", "--db", ledger, "SELECT type FROM events WHERE position > 99")
+    assert (none.exit_code, none.output) == (0, "type\n----\n(0 rows)\n")
+    sql = "SELECT position, event_id, session_id FROM events WHERE stream = :k ORDER BY position"
+    as_json = cli("sql", "--db", ledger, sql, "-p", "k", K1, "--json")
+    assert (as_json.exit_code, as_json.output) == (
+        0,
+        "[\n"
+        '  {"position": 1, "event_id": "e1", "session_id": "s1"},\n'
+        '  {"position": 2, "event_id": "e2", "session_id": "s1"}\n'
+        "]\n",
+    )
+    empty = cli("sql", "--db", ledger, "SELECT type FROM events WHERE position > 99", "--json")
+    assert (empty.exit_code, empty.output) == (0, "[]\n")
+    as_csv = cli("sql", "--db", ledger, sql + " DESC", "-p", "k", K1, "--csv")
+    assert (as_csv.exit_code, as_csv.output) == (
+        0,
+        "position,event_id,session_id\n2,e2,s1\n1,e1,s1\n",
+    )
+    # event_bodies: each event whole, its personal fields merged in, on both
+    bodies = cli(
+        "sql", "--db", ledger, "--csv",
+        "SELECT data FROM event_bodies WHERE type = 'message_appended' AND data LIKE '%hello%'",
+    )  # fmt: skip
+    assert bodies.exit_code == 0 and '""content"":""hello""' in bodies.output
+
+
+PORTABLE_WRITES = [
+    "INSERT INTO events (position) VALUES (99)",
+    "DELETE   FROM\n events",
+    "UPDATE events SET type = 'x'",
+    "DROP TABLE events",
+    "CREATE TABLE t (x integer)",
+    "CREATE TEMP TABLE t (x integer)",
+    "ALTER TABLE events ADD COLUMN x integer",
+    "DELETE FROM payloads",
+    "WITH x AS (SELECT 1) INSERT INTO events (position) SELECT * FROM x",
+]
+
+
+@pytest.mark.parametrize("sql", PORTABLE_WRITES)
+def test_both_backends_refuse_a_write_and_change_nothing(
+    ledger: str, backend: Backend, sql: str, cli: Callable[..., Result]
+) -> None:
+    before = contents(backend)
+    result = cli("sql", "--db", ledger, sql)
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: the ledger is open read-only for queries; refused: {shown(sql)}\n"
+        "Try: query with SELECT (e.g. SELECT type, count(*) FROM events GROUP BY type); "
+        "the log changes only by appending events\n",
+    )
+    assert contents(backend) == before
+
+
+def test_both_backends_stop_a_query_at_the_timeout(ledger: str, cli: Callable[..., Result]) -> None:
+    result = cli("sql", "--db", ledger, "--timeout", "0.3", SLOW)
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: the query ran longer than 0.3 s and was stopped\nTry: {TIMEOUT_HINT}\n",
+    )
+    result = cli("sql", "--db", ledger, "--timeout", "0", "SELECT count(*) AS n FROM events")
+    assert (result.exit_code, result.output) == (0, "n\n-\n3\n(1 row)\n")
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT 1; SELECT 2", "Error: the query holds more than one statement\n"),
+        ("SELECT 1; -- c\nSELECT 2", "Error: the query holds more than one statement\n"),
+        ("/* only a comment */", "Error: the query is empty\n"),
+        (" ; ; ", "Error: the query is empty\n"),
+        ("SELECT * FROM events WHERE stream = :k", "Error: the query's parameters do not match"),
+        ("SELECT * FROM nowhere", "Error: the query failed: "),
+    ],
+)
+def test_both_backends_refuse_what_is_not_one_query(
+    ledger: str, sql: str, message: str, cli: Callable[..., Result]
+) -> None:
+    result = cli("sql", "--db", ledger, sql)
+    assert result.exit_code == 1 and result.output.startswith(message), result.output
+    assert "Traceback" not in result.output
+
+
+# -- PostgreSQL only ------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg(clock: ManualClock) -> Iterator[Backend]:
+    """A PostgreSQL ledger alone (what these tests check has no SQLite twin)."""
+    with fresh_database() as dsn:
+        found = Backend("postgresql", pg_uri(dsn), clock)
+        found.open().close()
+        yield found
+
+
+@pytest.fixture
+def pg_ledger(pg: Backend) -> str:
+    return pg.target
+
+
+PG_WRITES = [
+    "WITH d AS (DELETE FROM events RETURNING position) SELECT * FROM d",
+    "SELECT * FROM events FOR UPDATE",
+    "SET statement_timeout = 0",
+    "COMMIT",
+    "LOCK TABLE events",
+    "COPY events TO STDOUT",
+    "DO $$ BEGIN DELETE FROM payloads; END $$",
+    "TRUNCATE events",
+    "VACUUM events",
+]
+
+
+@pytest.mark.parametrize("sql", PG_WRITES)
+def test_postgres_refuses_a_write_inside_a_query_or_any_other_statement(
+    pg_ledger: str, pg: Backend, sql: str, cli: Callable[..., Result]
+) -> None:
+    backend = pg
+    with backend.open() as log:
+        log.append(K1, [MessageAppended(session_id="s1", role="user", content="kept")])
+    before = contents(backend)
+    result = cli("sql", "--db", pg_ledger, sql)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"Error: the ledger is open read-only for queries; refused: {shown(sql)}\n"
+    ), result.output
+    assert contents(backend) == before
+
+
+def test_postgres_runs_the_query_read_only_with_the_timeout(
+    pg_ledger: str, cli: Callable[..., Result]
+) -> None:
+    settings = (
+        "SELECT current_setting('transaction_read_only') AS ro,"
+        " current_setting('statement_timeout') AS timeout,"
+        " current_setting('transaction_isolation') AS isolation"
+    )
+    result = cli("sql", "--db", pg_ledger, "--timeout", "7", settings, "--json")
+    assert (result.exit_code, json.loads(result.output)) == (
+        0,
+        [{"ro": "on", "timeout": "7s", "isolation": "repeatable read"}],
+    )
+    result = cli("sql", "--db", pg_ledger, "--timeout", "0", settings, "--csv")
+    assert result.output == "ro,timeout,isolation\non,0,repeatable read\n"
+
+
+def test_postgres_placeholders_are_bound_not_spliced(
+    pg_ledger: str, pg: Backend, cli: Callable[..., Result]
+) -> None:
+    backend = pg
+    with backend.open() as log:
+        log.append(K1, [MessageAppended(session_id="s1", role="user", content="100% sure")])
+    sql = (
+        "SELECT data::json ->> 'content' AS said, ':k' AS literal, $$:k %$$ AS quoted"
+        " FROM event_bodies /* :k */ WHERE stream = :k AND data LIKE '%100\\%%'"
+    )
+    result = cli("sql", "--db", pg_ledger, sql, "-p", "k", K1, "--json")
+    assert (result.exit_code, json.loads(result.output)) == (
+        0,
+        [{"said": "100% sure", "literal": ":k", "quoted": ":k %"}],
+    )
+    result = cli("sql", "--db", pg_ledger, "SELECT :k AS k", "-p", "k", "x'); DROP TABLE events --")
+    assert json.loads(cli("sql", "--db", pg_ledger, "SELECT :k AS k", "-p", "k", "1;", "--json")
+                      .output) == [{"k": "1;"}]  # fmt: skip
+    assert result.exit_code == 0 and "DROP TABLE events --" in result.output
+    assert backend.count() == 1
+
+
+def test_postgres_without_a_ledger_says_so(cli: Callable[..., Result]) -> None:
+    with fresh_database() as dsn:
+        result = cli("sql", "--db", pg_uri(dsn), "SELECT 1")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: there is no ledger at ")
+    assert "Try: create it with `hermes-ledger init --db postgresql://…`" in result.output

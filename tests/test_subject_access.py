@@ -1,18 +1,21 @@
 """Subject access: ``export --user ID`` is everything the ledger holds about one
 person (every event of the sessions they started, all roles, and their own
 messages in other sessions), the same events an erasure of that user covers, as
-JSONL and as readable Markdown (owner-only files)."""
+JSONL and as readable Markdown (owner-only files), on a SQLite ledger and on the
+same log in PostgreSQL (copied by ``migrate``): the same text from both."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from backends import BACKENDS, pg_uri
 from click.testing import Result
 from helpers import ManualClock
+from pg_support import fresh_database
 
 from hermes_ledger.gateway import GatewayConfig, SessionSource
 from hermes_ledger.gateway.sessions.store import SessionStore
@@ -69,6 +72,18 @@ def db(tmp_path: Path, clock: ManualClock) -> Path:
     return path
 
 
+@pytest.fixture(params=BACKENDS)
+def target(request: pytest.FixtureRequest, db: Path, cli: Callable[..., Result]) -> Iterator[str]:
+    """``db`` itself, or a PostgreSQL database holding the same log: its ``--db``."""
+    if request.param == "sqlite":
+        yield str(db)
+        return
+    with fresh_database() as dsn:
+        copied = cli("migrate", "--to", dsn, "--from", str(db))
+        assert copied.exit_code == 0, copied.output
+        yield pg_uri(dsn)
+
+
 def _markdown(result: Result) -> str:
     assert result.exit_code == 0, result.output
     # the export's own time and version line
@@ -77,10 +92,12 @@ def _markdown(result: Result) -> str:
     )
 
 
-def test_markdown_subject_access_of_the_group_opener(db: Path, cli: Callable[..., Result]) -> None:
+def test_markdown_subject_access_of_the_group_opener(
+    db: Path, target: str, cli: Callable[..., Result]
+) -> None:
     with Ledger.open(db) as led:
         group = next(r.session_id for r in led.read_all() if r.type == "session_started")
-    assert _markdown(cli("export", "--db", str(db), "--user", "u1", "--format", "markdown")) == (
+    assert _markdown(cli("export", "--db", target, "--user", "u1", "--format", "markdown")) == (
         f"""# Ledger export: user u1
 
 7 events, exported NOW. Times are UTC.
@@ -103,10 +120,10 @@ def test_markdown_subject_access_of_the_group_opener(db: Path, cli: Callable[...
 
 
 def test_markdown_subject_access_of_a_member_and_a_dm(
-    db: Path, cli: Callable[..., Result], tmp_path: Path
+    db: Path, target: str, cli: Callable[..., Result], tmp_path: Path
 ) -> None:
     out = tmp_path / "bob.md"
-    result = cli("export", "--db", str(db), "--user", "u2", "-o", str(out))
+    result = cli("export", "--db", target, "--user", "u2", "-o", str(out))
     assert result.exit_code == 0, result.output
     assert out.stat().st_mode & 0o777 == 0o600
     with Ledger.open(db) as led:
@@ -153,9 +170,9 @@ _No messages._
 
 
 def test_jsonl_subject_access_is_what_an_erasure_of_the_user_covers(
-    db: Path, cli: Callable[..., Result]
+    db: Path, target: str, cli: Callable[..., Result]
 ) -> None:
-    result = cli("export", "--db", str(db), "--user", "u2")
+    result = cli("export", "--db", target, "--user", "u2")
     assert result.exit_code == 0, result.output
     *lines, last = [json.loads(line) for line in result.output.splitlines()]
     assert [(x["position"], x["type"], x["data"].get("user_id")) for x in lines] == [
@@ -168,10 +185,10 @@ def test_jsonl_subject_access_is_what_an_erasure_of_the_user_covers(
         (13, "session_started", None),  # the DM's next session, started for him by the reset
     ]
     assert last["manifest"]["count"] == 7 and last["manifest"]["filters"] == {"user": "u2"}
-    with Ledger.open(db) as led:
+    with Ledger.open(db) as led, Ledger.open(target) as log:
         for who in ("u1", "u2"):
             exported = list(select_events(led, EventFilter(user=who)))
-            covered = led.erase(
+            covered = log.erase(
                 ErasureScope(kind="user", value=who), requested_by="t", dry_run=True
             )
             assert covered.events == len(exported)
