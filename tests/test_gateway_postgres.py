@@ -10,17 +10,21 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from backends import pg_uri
+from click.testing import Result
 from helpers import ManualClock, installed_script, next_line
-from pg_support import fresh_database
+from pg_support import admin_connection, fresh_database
 
 from hermes_ledger.gateway import SessionSource
 from hermes_ledger.gateway.bootstrap import build_gateway, open_gateway
 from hermes_ledger.gateway.config.gateway import GatewayConfig
+from hermes_ledger.gateway.config.ledger_section import RunnerSettings
+from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
 from hermes_ledger.gateway.hooks.postgres_delivery import PostgresDeliveryQueue
 from hermes_ledger.gateway.scheduler.postgres import PostgresScheduler
 from hermes_ledger.gateway.sessions.store import SessionStore
@@ -134,3 +138,99 @@ def test_build_gateway_on_a_postgres_log_uses_the_postgresql_parts(
         # Delivered once though two gateways (two runners' outboxes) share the log.
         assert report.delivered == 2 and again.runner.once().delivered == 0
     assert [c["event"] for c in calls(home)] == ["session:start", "session:end"]
+
+
+def test_the_runner_anchors_a_postgresql_ledger_by_its_identity(
+    tmp_path: Path, uri: str, clock: ManualClock, cli: Callable[..., Result]
+) -> None:
+    home = make_home(tmp_path)
+    settings = RunnerSettings(anchor_interval=600)
+    witness = home / "ledger.anchors"
+    with open_gateway(uri, home=home, settings=settings, clock=clock) as gw:
+        gw.store.get_or_create_session(SOURCE)
+        report = gw.runner.once()
+        identity, head = gw.ledger.identity, gw.ledger.head()
+    assert report.anchored is not None and report.anchored["position"] == head
+    (line,) = [json.loads(x) for x in witness.read_text().splitlines()]
+    assert line["ledger"] == identity and identity.startswith("postgresql://")
+    # A restarted runner times its interval from the witness's last anchor of this
+    # database (found by its identity, not a file path).
+    with open_gateway(uri, home=home, settings=settings, clock=clock) as gw:
+        clock.advance(minutes=5)
+        gw.store.append_to_transcript(
+            gw.store.get_or_create_session(SOURCE).session_id, {"role": "user", "content": "hi"}
+        )
+        assert gw.runner.once().anchored is None  # 5 of 10 minutes
+        clock.advance(minutes=5)
+        again = gw.runner.once()
+        assert again.anchored is not None and again.anchored["position"] == gw.ledger.head()
+    verified = cli("verify", "--db", uri)
+    assert verified.exit_code == 0, verified.output
+
+
+def test_hooks_lists_a_postgresql_ledgers_pending_claimed_and_dead_deliveries(
+    tmp_path: Path, uri: str, clock: ManualClock, cli: Callable[..., Result]
+) -> None:
+    home = make_home(tmp_path)
+    hooks_dir = home / "hooks"
+    (hooks_dir / "recorder" / "handler.py").write_text(
+        "def handle(event_type, context):\n    raise RuntimeError('down')\n"
+    )
+    with open_gateway(uri, home=home, clock=clock) as gw:
+        gw.store.get_or_create_session(SOURCE)  # one session:start to deliver
+        dispatcher = HookDispatcher(
+            gw.ledger, HookRegistry.discover(hooks_dir), clock=clock, max_attempts=2
+        )
+        (failed,) = dispatcher.deliver().outcomes
+        assert (failed.status, failed.attempt) == ("retry", 1)
+        listed = json.loads(cli("hooks", "--db", uri, "--hooks-dir", str(hooks_dir), "--json")
+                            .output)  # fmt: skip
+        (pending,) = listed["pending"]
+        assert (pending["delivery_id"], pending["status"], pending["attempts"]) == (
+            failed.delivery_id, "pending", 1,
+        )  # fmt: skip
+        assert pending["next_attempt_at"] == "2026-11-22T09:00:02.000000Z"  # the backoff
+        assert pending["last_error"] == "RuntimeError: down"
+        assert listed["hooks"][0]["state"] == {
+            "hook": "recorder", "checkpoint": gw.ledger.head(), "pending": 1, "claimed": 0,
+            "done": 0, "dead": 0,
+        }  # fmt: skip
+        clock.advance(seconds=2)
+        (dead,) = dispatcher.deliver().outcomes
+        assert dead.status == "dead"
+    shown = cli("hooks", "--db", uri, "--hooks-dir", str(hooks_dir))
+    assert shown.exit_code == 0, shown.output
+    assert f"  {failed.delivery_id}  recorder  session:start  position 1" in shown.output
+    assert "2 attempts  RuntimeError: down" in shown.output
+    retried = cli("hooks", "retry", "--db", uri, "--json")
+    assert json.loads(retried.output) == {"requeued": [failed.delivery_id]}
+    assert "No dead letters." in cli("hooks", "--db", uri, "--hooks-dir", str(hooks_dir)).output
+
+
+def test_run_on_postgresql_ends_with_an_error_not_a_traceback_when_its_connection_dies(
+    tmp_path: Path, uri: str
+) -> None:
+    home = make_home(tmp_path)
+    env = {**os.environ, "HERMES_HOME": str(home)}
+    proc = subprocess.Popen(
+        [installed_script(), "run", "--db", uri, "--config", str(home), "--interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        next_line(proc)  # connected, passes running
+        dbname = psycopg.conninfo.conninfo_to_dict(uri)["dbname"]
+        with admin_connection() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            )
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("Error: ") and "terminating connection" in last, err
