@@ -257,3 +257,34 @@ def test_the_worker_and_sync_record_into_either_backend_and_see_the_history_gap(
         import_hermes_home(log, home)  # the backfill
         assert history_gap(log, home).sessions == 0  # type: ignore[union-attr]
         assert backend.projections.verify(log).ok
+
+
+def test_a_lost_connection_fails_one_pass_and_the_next_reconnects_and_records(
+    fixture_home: HermesFixture, pg: str
+) -> None:
+    home = fixture_home.home
+    s1 = sid(NOW, "ae000009")
+    chat(fixture_home, s1, NOW - timedelta(seconds=30), "9")
+    worker = SpoolWorker(home, ledger=pg, deliver_hooks=False)
+    spool_activity(home, s1, "9")
+    assert worker.run_pass().ok
+    # the server drops the worker's connection (a restart, a failover, an admin)
+    with psycopg.connect(pg, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    fixture_home.append_message(s1, "user", "still there?", at=NOW.timestamp())
+    spool_activity(home, s1, "9")
+    failed = worker.run_pass()
+    assert not failed.ok and failed.drained is None
+    assert len(pending_records(home)) == 1  # kept for the next pass
+    again = worker.run_pass()  # a new connection
+    worker._close_gateway()
+    assert again.ok, again.error
+    assert again.drained is not None and again.drained.applied == 1
+    assert pending_records(home) == []
+    with open_log(pg) as log:
+        texts = [r.event.content for r in log.read_all(types=["message_appended"])]  # type: ignore[union-attr]
+        assert texts == ["hi", "hello", "still there?"]
+        assert log.verify().ok
