@@ -79,7 +79,6 @@ class InlineProjector:
     def __init__(self, log: PostgresLog, projections: Sequence[Projection]) -> None:
         self._log = weakref.ref(log)
         self.projections = tuple(projections)
-        self._names = [p.name for p in self.projections]
 
     def __call__(self, conn: Connection, records: Sequence[Recorded]) -> None:
         if not self.projections or not records:
@@ -90,18 +89,21 @@ class InlineProjector:
         current = [p for p in self.projections if checkpoints.get(p.name) == (p.version, first - 1)]
         if current:
             apply(conn, LIVE, current, records)
+        advanced = [p.name for p in current]
         for projection in self.projections:
             if projection in current:
                 continue
             recorded = checkpoints.get(projection.name)
             if recorded is None or recorded[0] != projection.version or recorded[1] >= last:
-                continue  # owned by other code, or already applied
+                continue  # owned by other code (its checkpoint is its own), or already applied
             log = self._log()
             if log is None:
                 raise ProjectionError("the log of these projections is gone")
             behind = log.read_all(recorded[1], limit=last - recorded[1])
             apply(conn, LIVE, (projection,), behind)
-        conn.execute(SQL_ADVANCE, (last, self._names))
+            advanced.append(projection.name)
+        if advanced:
+            conn.execute(SQL_ADVANCE, (last, advanced))
 
 
 def attach(log: PostgresLog, *, projections: Sequence[Projection] | None = None) -> AttachReport:
