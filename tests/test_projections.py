@@ -1,4 +1,10 @@
-"""Projections: inline maintenance, rebuild, verify, state_at, catch-up and versions."""
+"""Projections: inline maintenance, rebuild, verify, state_at, catch-up and versions.
+
+The tests that take ``log`` (projections attached) or ``backend`` run on both
+backends (tests/backends.py): the SQLite projections and projections/postgres,
+through the functions both have (``p``: ``backend.projections``) and the tables'
+SQL; those that take ``led`` are about the SQLite projections' own machinery
+(FTS5, chunked replays, leases, sqlite_schema, read-only files)."""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from backends import Backend, Projections
 
 from hermes_ledger import projections
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import EventLog, Ledger
 from hermes_ledger.ledger.chain import row_hash
 from hermes_ledger.ledger.events import (
     MemoryFlushed,
@@ -56,15 +63,30 @@ def led(tmp_path: Path, clock: Clock) -> Iterator[Ledger]:
         yield ledger
 
 
-def rows(led: Ledger, sql: str, *args: object) -> list[tuple[object, ...]]:
-    return list(led.connection.execute(sql, args))
+@pytest.fixture
+def log(backend: Backend) -> Iterator[EventLog]:
+    """A log of either backend with its projections attached (on the ``clock`` above)."""
+    with backend.open(projections=True) as opened:
+        yield opened
 
 
-def one(led: Ledger, sql: str, *args: object) -> object:
+@pytest.fixture
+def p(backend: Backend) -> Projections:
+    return backend.projections
+
+
+def rows(led: EventLog, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """The rows of ``sql`` (``?`` placeholders) over the log's own connection."""
+    if not isinstance(led, Ledger):
+        sql = sql.replace("?", "%s")  # psycopg's placeholder
+    return [tuple(row) for row in led.connection.execute(sql, args)]  # type: ignore[attr-defined]
+
+
+def one(led: EventLog, sql: str, *args: object) -> object:
     return rows(led, sql, *args)[0][0]
 
 
-def close(led: Ledger, key: str, session_id: str, *, flush_ok: bool = True) -> None:
+def close(led: EventLog, key: str, session_id: str, *, flush_ok: bool = True) -> None:
     flush = (
         MemoryFlushed(session_id=session_id, provider="honcho", detail="3 facts")
         if flush_ok
@@ -80,7 +102,7 @@ def close(led: Ledger, key: str, session_id: str, *, flush_ok: bool = True) -> N
     )
 
 
-def conversation(led: Ledger, clock: Clock) -> None:
+def conversation(led: EventLog, clock: Clock) -> None:
     """Two keys; the first resets once (s1 -> s2); a synthetic flush turn; usage."""
     led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
     clock.tick(seconds=5)
@@ -130,9 +152,11 @@ def conversation(led: Ledger, clock: Clock) -> None:
 # -- what the live tables hold ----------------------------------------------------
 
 
-def test_session_map_follows_the_current_session(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)
-    state = projections.live_state(led)
+def test_session_map_follows_the_current_session(
+    log: EventLog, p: Projections, clock: Clock
+) -> None:
+    conversation(log, clock)
+    state = p.live_state(log)
     row = state.session_map[KEY]
     assert row["session_id"] == "s2"
     assert row["status"] == "open"
@@ -151,21 +175,21 @@ def test_session_map_follows_the_current_session(led: Ledger, clock: Clock) -> N
     assert state.session_map[OTHER]["display_name"] == "Dev"
 
 
-def test_status_goes_open_closing_closed(led: Ledger) -> None:
-    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+def test_status_goes_open_closing_closed(log: EventLog, p: Projections) -> None:
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
     status = "SELECT status FROM session_map WHERE session_key = ?"
-    assert one(led, status, KEY) == "open"
-    led.append(KEY, [SessionExpired(
+    assert one(log, status, KEY) == "open"
+    log.append(KEY, [SessionExpired(
         session_id="s1", reason="idle",
         deadline=datetime(2026, 11, 22, 9, 30, tzinfo=UTC),
         evaluated_at=datetime(2026, 11, 22, 9, 31, tzinfo=UTC),
     )])  # fmt: skip
-    assert one(led, status, KEY) == "closing"
-    led.append(KEY, [MemoryFlushFailed(session_id="s1", provider="honcho", error="timeout")])
-    assert one(led, status, KEY) == "closing"
-    led.append(KEY, [SessionEnded(session_id="s1", reason="idle_expiry")])
-    assert one(led, status, KEY) == "closed"
-    history = projections.live_state(led).session_history["s1"]
+    assert one(log, status, KEY) == "closing"
+    log.append(KEY, [MemoryFlushFailed(session_id="s1", provider="honcho", error="timeout")])
+    assert one(log, status, KEY) == "closing"
+    log.append(KEY, [SessionEnded(session_id="s1", reason="idle_expiry")])
+    assert one(log, status, KEY) == "closed"
+    history = p.live_state(log).session_history["s1"]
     assert history["close_cause"] == "expired"
     assert history["close_detail"] == "idle"
     assert history["close_deadline"] == "2026-11-22T09:30:00.000000Z"
@@ -174,9 +198,11 @@ def test_status_goes_open_closing_closed(led: Ledger) -> None:
     assert (history["end_reason"], history["ended_at"] is not None) == ("idle_expiry", True)
 
 
-def test_session_history_counts_messages_and_usage(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)
-    s1 = projections.live_state(led).session_history["s1"]
+def test_session_history_counts_messages_and_usage(
+    log: EventLog, p: Projections, clock: Clock
+) -> None:
+    conversation(log, clock)
+    s1 = p.live_state(log).session_history["s1"]
     assert s1["session_key"] == KEY
     assert s1["message_count"] == 3  # the synthetic flush turn is not counted
     assert (s1["input_tokens"], s1["output_tokens"], s1["cache_read_tokens"]) == (150, 20, 7)
@@ -185,13 +211,15 @@ def test_session_history_counts_messages_and_usage(led: Ledger, clock: Clock) ->
     assert s1["last_message_at"] == "2026-11-22T09:00:10.000000Z"
     assert (s1["close_cause"], s1["close_detail"], s1["flush_status"]) == ("reset", "/new", "ok")
     assert s1["end_reason"] == "manual_reset"
-    s2 = projections.live_state(led).session_history["s2"]
+    s2 = p.live_state(log).session_history["s2"]
     assert (s2["previous_session_id"], s2["start_reason"]) == ("s1", "manual_reset")
 
 
-def test_messages_keep_tool_fields_and_skip_synthetic_turns(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)
-    transcript = projections.live_state(led).transcripts["s1"]
+def test_messages_keep_tool_fields_and_skip_synthetic_turns(
+    log: EventLog, p: Projections, clock: Clock
+) -> None:
+    conversation(log, clock)
+    transcript = p.live_state(log).transcripts["s1"]
     assert [(m["role"], m["content"]) for m in transcript] == [
         ("user", "hello brave world"),
         ("assistant", None),
@@ -216,31 +244,31 @@ def test_full_text_search_reads_your_writes(led: Ledger) -> None:
     assert rows(led, search, "x") == []
 
 
-def test_occurred_at_is_the_business_time_in_utc(led: Ledger) -> None:
+def test_occurred_at_is_the_business_time_in_utc(log: EventLog, p: Projections) -> None:
     plus_two = timezone(timedelta(hours=2))
-    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
-    led.append(KEY, [MessageAppended(
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    log.append(KEY, [MessageAppended(
         session_id="s1", role="user", content="late",
         occurred_at=datetime(2026, 11, 21, 23, 59, 59, 123456, tzinfo=plus_two),
     )])  # fmt: skip
-    led.append(KEY, [MessageAppended(
+    log.append(KEY, [MessageAppended(
         session_id="s1", role="user", content="round",
         occurred_at=datetime(2026, 11, 21, 12, 0, tzinfo=UTC),
     )])  # fmt: skip
-    assert [m["ts"] for m in projections.live_state(led).transcripts["s1"]] == [
+    assert [m["ts"] for m in p.live_state(log).transcripts["s1"]] == [
         "2026-11-21T21:59:59.123456Z",
         "2026-11-21T12:00:00.000000Z",
     ]
-    history = projections.live_state(led).session_history["s1"]
+    history = p.live_state(log).session_history["s1"]
     assert history["first_message_at"] == "2026-11-21T12:00:00.000000Z"
     assert history["last_message_at"] == "2026-11-21T21:59:59.123456Z"
-    assert projections.verify(led).ok
+    assert p.verify(log).ok
 
 
-def test_each_append_advances_both_checkpoints(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)
-    checkpoints = dict(rows(led, "SELECT name, position FROM projection_checkpoints"))
-    assert checkpoints == {"sessions": led.head(), "transcripts": led.head()}
+def test_each_append_advances_both_checkpoints(log: EventLog, p: Projections, clock: Clock) -> None:
+    conversation(log, clock)
+    checkpoints = dict(rows(log, "SELECT name, position FROM projection_checkpoints"))
+    assert checkpoints == {"sessions": log.head(), "transcripts": log.head()}
 
 
 def test_a_failing_projection_rolls_the_append_back(led: Ledger) -> None:
@@ -367,17 +395,19 @@ def test_verify_says_when_projections_are_not_attached(tmp_path: Path) -> None:
 # -- state as of --------------------------------------------------------------------
 
 
-def test_state_at_positions_matches_the_live_tables_then(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)
+def test_state_at_positions_matches_the_live_tables_then(
+    log: EventLog, p: Projections, clock: Clock
+) -> None:
+    conversation(log, clock)
     snapshots = {}
     for n in range(3):
-        led.append(KEY, [MessageAppended(session_id="s2", role="user", content=f"m{n}")])
-        snapshots[led.head()] = projections.live_state(led)
+        log.append(KEY, [MessageAppended(session_id="s2", role="user", content=f"m{n}")])
+        snapshots[log.head()] = p.live_state(log)
     for position, then in snapshots.items():
-        assert projections.state_at(led, position=position, chunk_size=2) == then
-    assert projections.state_at(led) == projections.live_state(led)
-    assert projections.state_at(led, position=10**9).position == led.head()
-    empty = projections.state_at(led, position=0)
+        assert p.state_at(log, position=position) == then
+    assert p.state_at(log) == p.live_state(log)
+    assert p.state_at(log, position=10**9).position == log.head()
+    empty = p.state_at(log, position=0)
     assert (empty.session_map, empty.session_history, empty.transcripts) == ({}, {}, {})
 
 
@@ -483,11 +513,11 @@ def test_an_older_schema_version_is_rebuilt_and_a_newer_one_left_alone(
         assert checkpoints == {"sessions": head, "transcripts": head + 1}
 
 
-def test_attach_is_idempotent(led: Ledger) -> None:
-    assert projections.attach(led).already_attached
-    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
-    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="once")])
-    assert one(led, "SELECT message_count FROM session_history") == 1
+def test_attach_is_idempotent(log: EventLog, p: Projections) -> None:
+    assert p.attach(log).already_attached
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    log.append(KEY, [MessageAppended(session_id="s1", role="user", content="once")])
+    assert one(log, "SELECT message_count FROM session_history") == 1
 
 
 def test_open_ledger_attaches(tmp_path: Path) -> None:
@@ -557,17 +587,19 @@ def test_attach_takes_over_a_rebuild_that_stalled(tmp_path: Path, clock: Clock) 
         assert rows(led, "SELECT * FROM projection_rebuild") == []
 
 
-def test_a_projection_taken_over_by_newer_code_is_left_alone_by_appends(led: Ledger) -> None:
-    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
-    led.connection.execute("UPDATE projection_checkpoints SET version = 99 WHERE name = 'sessions'")
-    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="hi")])
-    checkpoints = dict(rows(led, "SELECT name, position FROM projection_checkpoints"))
+def test_a_projection_taken_over_by_newer_code_is_left_alone_by_appends(
+    log: EventLog, p: Projections
+) -> None:
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    log.connection.execute("UPDATE projection_checkpoints SET version = 99 WHERE name = 'sessions'")
+    log.append(KEY, [MessageAppended(session_id="s1", role="user", content="hi")])
+    checkpoints = dict(rows(log, "SELECT name, position FROM projection_checkpoints"))
     assert checkpoints == {"sessions": 1, "transcripts": 2}
-    assert one(led, "SELECT message_count FROM session_history") == 0
-    report = projections.verify(led)
+    assert one(log, "SELECT message_count FROM session_history") == 0
+    report = p.verify(log)
     assert [d.table for d in report.differences] == ["sessions"]
     built = definitions.SESSIONS.version
-    assert f"schema version 99, this code builds version {built}" in str(report)
+    assert "version 99" in str(report) and f"{built}" in str(report)
 
 
 def test_verify_reports_missing_tables(led: Ledger) -> None:
