@@ -1,4 +1,8 @@
-"""`hermes-ledger events` (listing, filters, --follow) and `schema`; the command list."""
+"""`hermes-ledger events` (listing, filters, --follow) and `schema`; the command list.
+
+The tests that take ``filled`` run on a SQLite file and on a PostgreSQL database
+(tests/backends.py); --follow on PostgreSQL sees what another connection or
+process appends."""
 
 from __future__ import annotations
 
@@ -7,14 +11,17 @@ import json
 import queue
 import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from backends import Backend, pg_uri
 from click.testing import Result
 from helpers import ManualClock, installed_script
+from pg_support import fresh_database
 
 from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.events import (
@@ -25,6 +32,7 @@ from hermes_ledger.ledger.events import (
     Source,
     json_schema,
 )
+from hermes_ledger.ledger.postgres import PostgresLog, reading
 from hermes_ledger.ledger.query import (
     EventFilter,
     follow_events,
@@ -48,13 +56,16 @@ def msg(text: str, sid: str = "s1", event_id: str | None = None) -> MessageAppen
 
 
 @pytest.fixture
-def filled(led: Ledger, clock: ManualClock, db_path: Path) -> Path:
-    led.append(K1, [started("s1", "e1"), msg("hi", event_id="e2")])
-    clock.advance(minutes=30)
-    led.append(K2, [started("s2", "e3")])
-    clock.advance(minutes=30)
-    led.append(K1, [SessionEnded(event_id="e4", session_id="s1", reason="manual_reset")])
-    return db_path
+def filled(backend: Backend) -> str:
+    """Four events in a ledger of either backend: its ``--db`` target."""
+    clock = backend.clock
+    with backend.open() as led:
+        led.append(K1, [started("s1", "e1"), msg("hi", event_id="e2")])
+        clock.advance(minutes=30)
+        led.append(K2, [started("s2", "e3")])
+        clock.advance(minutes=30)
+        led.append(K1, [SessionEnded(event_id="e4", session_id="s1", reason="manual_reset")])
+    return backend.target
 
 
 LISTING = [
@@ -68,7 +79,7 @@ LISTING = [
 # -- listing ---------------------------------------------------------------------
 
 
-def test_events_lists_one_line_per_event(filled: Path, cli: Callable[..., Result]) -> None:
+def test_events_lists_one_line_per_event(filled: str, cli: Callable[..., Result]) -> None:
     result = cli("events", "--db", str(filled))
     assert (result.exit_code, result.output) == (0, "\n".join(LISTING) + "\n")
 
@@ -90,7 +101,7 @@ def test_events_lists_one_line_per_event(filled: Path, cli: Callable[..., Result
     ],
 )
 def test_events_filters(
-    filled: Path, cli: Callable[..., Result], args: list[str], expected: list[int]
+    filled: str, cli: Callable[..., Result], args: list[str], expected: list[int]
 ) -> None:
     result = cli("events", "--db", str(filled), *args)
     assert result.exit_code == 0, result.output
@@ -98,7 +109,7 @@ def test_events_filters(
 
 
 def test_events_json_prints_every_column_one_object_per_line(
-    filled: Path, cli: Callable[..., Result]
+    filled: str, cli: Callable[..., Result]
 ) -> None:
     result = cli("events", "--db", str(filled), "--json", "--session-key", K2)
     assert result.exit_code == 0
@@ -115,7 +126,7 @@ def test_events_json_prints_every_column_one_object_per_line(
 
 
 def test_events_errors_say_what_to_do(
-    filled: Path, tmp_path: Path, cli: Callable[..., Result]
+    filled: str, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     # Bad input is a usage error (exit 2), with the same Error:/Try: lines.
     result = cli("events", "--db", str(filled), "--type", "message")
@@ -220,7 +231,7 @@ def test_follow_stops_at_to_or_at_the_timeout(led: Ledger, db_path: Path) -> Non
 
 
 def test_cli_follow_with_a_timeout_prints_then_exits(
-    filled: Path, cli: Callable[..., Result]
+    filled: str, cli: Callable[..., Result]
 ) -> None:
     result = cli(
         "events", "--db", str(filled), "--follow", "--follow-timeout", "0", "--session-key", K2
@@ -228,7 +239,7 @@ def test_cli_follow_with_a_timeout_prints_then_exits(
     assert (result.exit_code, result.output) == (0, LISTING[2] + "\n")
 
 
-def test_follow_in_a_real_process_until_ctrl_c(filled: Path) -> None:
+def test_follow_in_a_real_process_until_ctrl_c(filled: str) -> None:
     proc = subprocess.Popen(
         [installed_script(), "events", "--db", str(filled), "--follow",
          "--poll-interval", "0.05", "--session-id", "s3"],
@@ -300,7 +311,105 @@ def test_help_lists_the_log_commands_one_line_each(cli: Callable[..., Result]) -
 
 
 def test_hermes_ledger_script_runs_the_same_commands(
-    filled: Path, cli: Callable[..., Result]
+    filled: str, cli: Callable[..., Result]
 ) -> None:
     direct = cli("events", "--db", str(filled), "--to", "1")
     assert (direct.exit_code, direct.output) == (0, LISTING[0] + "\n")
+
+
+# -- following a PostgreSQL ledger -------------------------------------------------------
+
+
+@pytest.fixture
+def pg_logs(clock: ManualClock) -> Iterator[tuple[PostgresLog, PostgresLog]]:
+    """Two connections to one fresh PostgreSQL ledger: a writer and a reader."""
+    with fresh_database() as dsn:
+        uri = pg_uri(dsn)
+        with PostgresLog.open(uri, clock=clock) as writer, PostgresLog.open(uri) as reader:
+            yield writer, reader
+
+
+def test_postgres_follow_sees_what_another_connection_appends(
+    pg_logs: tuple[PostgresLog, PostgresLog],
+) -> None:
+    writer, reader = pg_logs
+    writer.append(K1, [started("s1", "a")])
+    script = iter(
+        [
+            lambda: writer.append(K2, [started("s2", "b")]),  # another key: not shown
+            lambda: writer.append(K1, [msg("one"), msg("two")]),
+            lambda: None,  # a quiet poll
+            lambda: writer.append(K1, [msg("three")]),
+        ]
+    )
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        next(script)()
+
+    follower = reading.follow_events(
+        reader, EventFilter(session_key=K1), after=1, poll_interval=0.25, sleep=sleep
+    )
+    got = list(itertools.islice(follower, 3))
+    assert [r.position for r in got] == [3, 4, 5]
+    assert [r.data["content"] for r in got] == ["one", "two", "three"]
+    assert waits == [0.25] * 4
+    stopped = reading.follow_events(reader, EventFilter(to_position=2), after=1, sleep=sleep)
+    assert [r.position for r in stopped] == [2]
+    assert list(reading.follow_events(reader, after=5, timeout=0)) == []
+
+
+def test_postgres_list_then_follow_misses_and_repeats_nothing(
+    pg_logs: tuple[PostgresLog, PostgresLog],
+) -> None:
+    writer, reader = pg_logs
+    writer.append(K1, [started("s1", "a"), msg("old")])
+    appended = iter([lambda: writer.append(K1, [msg("new")])])
+
+    def sleep(seconds: float) -> None:
+        next(appended, lambda: None)()
+
+    events = reading.list_events(reader, follow=True, timeout=5.0, sleep=sleep)
+    first = next(events)
+    writer.append(K1, [msg("while listing")])  # after the head was taken: followed, once
+    rest = list(itertools.islice(events, 3))
+    assert [r.position for r in [first, *rest]] == [1, 2, 3, 4]
+    assert rest[-1].data["content"] == "new"
+
+
+def test_postgres_follow_in_a_process_sees_another_process_append(tmp_path: Path) -> None:
+    """``events --follow`` in one process prints, in order and once each, the 40
+    events a writer process appends meanwhile (one transaction each)."""
+    with fresh_database() as dsn:
+        uri = pg_uri(dsn)
+        with PostgresLog.open(uri) as log:
+            log.append(K1, [started("s1", "a")])
+        follower = subprocess.Popen(
+            [installed_script(), "events", "--db", uri, "--follow", "--poll-interval", "0.05",
+             "--session-key", "w", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        writer = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "pg_support.py"), uri, "w", "40"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert follower.stdout is not None and writer.stdin and writer.stdout
+        try:
+            assert writer.stdout.readline() == "ready\n"
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            seen = [json.loads(follower.stdout.readline()) for _ in range(40)]
+            assert writer.stdout.readline() == "done\n"
+            follower.send_signal(signal.SIGINT)
+            assert follower.wait(timeout=30) == 0
+        finally:
+            for proc in (follower, writer):
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(timeout=30)
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
+    assert [doc["position"] for doc in seen] == list(range(2, 42))
+    assert [doc["data"]["content"] for doc in seen] == [f"m{i}" for i in range(40)]

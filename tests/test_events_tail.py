@@ -1,17 +1,20 @@
-"""`hermes-ledger events --tail N` and the note when --limit cut the listing (issue 12)."""
+"""`hermes-ledger events --tail N` and the note when --limit cut the listing (issue 12),
+on a SQLite file and on a PostgreSQL database (tests/backends.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 
 import pytest
+from backends import Backend
 from click.testing import Result
-from helpers import ManualClock
 
-from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger import Ledger, LedgerError, Recorded
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
+from hermes_ledger.ledger.postgres import PostgresLog, reading
 from hermes_ledger.ledger.query import EventFilter, list_events
 
 K1 = "agent:main:telegram:dm:1"
@@ -20,20 +23,34 @@ NOTE = "{} not shown; raise --limit or use --tail\n"
 
 
 @pytest.fixture
-def filled(led: Ledger, clock: ManualClock, db_path: Path) -> Path:
-    """Positions 1-3 on K1 (s1), 4-5 on K2 (s2), 6-7 on K1 again."""
+def filled(backend: Backend) -> str:
+    """Positions 1-3 on K1 (s1), 4-5 on K2 (s2), 6-7 on K1 again, in a ledger of
+    either backend: its ``--db`` target."""
+    clock = backend.clock
     telegram, discord = Source(platform="telegram"), Source(platform="discord")
-    led.append(K1, [SessionStarted(session_id="s1", source=telegram)])
-    for text in ("a", "b"):
+    with backend.open() as led:
+        led.append(K1, [SessionStarted(session_id="s1", source=telegram)])
+        for text in ("a", "b"):
+            clock.advance(minutes=1)
+            led.append(K1, [MessageAppended(session_id="s1", role="user", content=text)])
         clock.advance(minutes=1)
-        led.append(K1, [MessageAppended(session_id="s1", role="user", content=text)])
-    clock.advance(minutes=1)
-    led.append(K2, [SessionStarted(session_id="s2", source=discord)])
-    led.append(K2, [MessageAppended(session_id="s2", role="user", content="c")])
-    for text in ("d", "e"):
-        clock.advance(minutes=1)
-        led.append(K1, [MessageAppended(session_id="s1", role="user", content=text)])
-    return db_path
+        led.append(K2, [SessionStarted(session_id="s2", source=discord)])
+        led.append(K2, [MessageAppended(session_id="s2", role="user", content="c")])
+        for text in ("d", "e"):
+            clock.advance(minutes=1)
+            led.append(K1, [MessageAppended(session_id="s1", role="user", content=text)])
+    return backend.target
+
+
+@contextmanager
+def listing(target: str) -> Iterator[Callable[..., Iterator[Recorded]]]:
+    """``list_events`` of either backend, bound to the ledger at ``target``."""
+    if target.startswith("postgresql://"):
+        with PostgresLog.open(target) as log:
+            yield partial(reading.list_events, log)
+        return
+    with Ledger.open(target, readonly=True) as led:
+        yield partial(list_events, led)
 
 
 def positions(result: Result) -> list[int]:
@@ -56,26 +73,26 @@ def positions(result: Result) -> list[int]:
     ],
 )
 def test_tail_prints_the_newest_matching_events_oldest_first(
-    filled: Path, cli: Callable[..., Result], args: list[str], expected: list[int]
+    filled: str, cli: Callable[..., Result], args: list[str], expected: list[int]
 ) -> None:
     result = cli("events", "--db", str(filled), *args)
     assert (result.exit_code, result.stderr) == (0, "")
     assert positions(result) == expected
 
 
-def test_tail_with_json_prints_the_same_events(filled: Path, cli: Callable[..., Result]) -> None:
+def test_tail_with_json_prints_the_same_events(filled: str, cli: Callable[..., Result]) -> None:
     result = cli("events", "--db", str(filled), "--tail", "2", "--json")
     assert (result.exit_code, result.stderr) == (0, "")
     assert [json.loads(line)["position"] for line in result.stdout.splitlines()] == [6, 7]
 
 
-def test_tail_then_follow_prints_new_events(filled: Path, cli: Callable[..., Result]) -> None:
+def test_tail_then_follow_prints_new_events(filled: str, cli: Callable[..., Result]) -> None:
     # --follow-timeout ends the follow at once: nothing new arrives in the meantime.
     result = cli("events", "--db", str(filled), "--tail", "1", "-f", "--follow-timeout", "0")
     assert (result.exit_code, positions(result)) == (0, [7])
 
 
-def test_limit_and_tail_together_is_a_usage_error(filled: Path, cli: Callable[..., Result]) -> None:
+def test_limit_and_tail_together_is_a_usage_error(filled: str, cli: Callable[..., Result]) -> None:
     result = cli("events", "--db", str(filled), "--tail", "2", "--limit", "2")
     assert result.exit_code == 2
     assert result.stdout == ""
@@ -97,29 +114,26 @@ def test_limit_and_tail_together_is_a_usage_error(filled: Path, cli: Callable[..
     ],
 )  # fmt: skip
 def test_a_note_on_stderr_says_how_many_events_limit_left_out(
-    filled: Path, cli: Callable[..., Result], args: list[str], shown: list[int], note: str
+    filled: str, cli: Callable[..., Result], args: list[str], shown: list[int], note: str
 ) -> None:
     result = cli("events", "--db", str(filled), *args)
     assert result.exit_code == 0
     assert (positions(result), result.stderr) == (shown, note)
 
 
-def test_the_note_leaves_json_on_stdout_clean(filled: Path, cli: Callable[..., Result]) -> None:
+def test_the_note_leaves_json_on_stdout_clean(filled: str, cli: Callable[..., Result]) -> None:
     result = cli("events", "--db", str(filled), "--limit", "3", "--json")
     assert result.exit_code == 0
     assert [json.loads(line)["position"] for line in result.stdout.splitlines()] == [1, 2, 3]
     assert result.stderr == NOTE.format("4 more events")
 
 
-def test_list_events_tail_and_on_more_in_python(filled: Path) -> None:
-    with Ledger.open(filled, readonly=True) as led:
-        assert [r.position for r in list_events(led, EventFilter(session_id="s1"), tail=2)] == [
-            6,
-            7,
-        ]
+def test_list_events_tail_and_on_more_in_python(filled: str) -> None:
+    with listing(filled) as list_them:
+        assert [r.position for r in list_them(EventFilter(session_id="s1"), tail=2)] == [6, 7]
         cut: list[int] = []
-        listed = list_events(led, EventFilter(), limit=4, on_more=cut.append)
+        listed = list_them(EventFilter(), limit=4, on_more=cut.append)
         assert [r.position for r in listed] == [1, 2, 3, 4]
         assert cut == [3]
         with pytest.raises(LedgerError, match="not both"):
-            list(list_events(led, limit=1, tail=1))
+            list(list_them(limit=1, tail=1))
