@@ -1,7 +1,8 @@
 """`export -o PATH` never destroys what is at PATH: only a regular file is ever
 replaced; devices, FIFOs, sockets, directories and symbolic links are refused;
 a killed export's ``.part`` files are removed by the next export to that place,
-and a running export's are not."""
+and a running export's are not. Each runs on a SQLite ledger and on a PostgreSQL
+one (tests/backends.py): the file handling is the same for both."""
 
 from __future__ import annotations
 
@@ -18,18 +19,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from backends import Backend
 from click.testing import Result
 from helpers import next_line
 
-from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
 
 K1 = "agent:main:telegram:dm:99"
 
 
 @pytest.fixture
-def source(db_path: Path) -> Path:
-    with Ledger.open(db_path) as led:
+def source(backend: Backend) -> str:
+    """A two-event ledger of either backend: its ``--db`` target."""
+    with backend.open() as led:
         led.append(
             K1,
             [
@@ -37,7 +39,7 @@ def source(db_path: Path) -> Path:
                 MessageAppended(session_id="s1", role="user", content="hello"),
             ],
         )
-    return db_path
+    return backend.target
 
 
 def parts(directory: Path) -> list[str]:
@@ -54,7 +56,7 @@ def refused(result: Result, message: str) -> None:
 
 
 def test_a_fifo_is_refused_and_left_in_place(
-    source: Path, tmp_path: Path, cli: Callable[..., Result]
+    source: str, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
@@ -67,7 +69,7 @@ def test_a_fifo_is_refused_and_left_in_place(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
 def test_a_device_node_is_refused_and_left_in_place(
-    source: Path, tmp_path: Path, cli: Callable[..., Result]
+    source: str, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     """As root, a rename would have replaced the device node (as -o /dev/full did)."""
     for name, kind, device in (
@@ -86,7 +88,7 @@ def test_a_device_node_is_refused_and_left_in_place(
 
 
 def test_a_socket_is_refused_and_left_in_place(
-    source: Path, tmp_path: Path, cli: Callable[..., Result]
+    source: str, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     path = tmp_path / "s.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
@@ -98,7 +100,7 @@ def test_a_socket_is_refused_and_left_in_place(
 
 
 def test_a_directory_is_refused_with_error_and_try(
-    source: Path, tmp_path: Path, cli: Callable[..., Result]
+    source: str, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     for directory in (tmp_path / "empty", tmp_path / "full"):
         directory.mkdir()
@@ -112,7 +114,7 @@ def test_a_directory_is_refused_with_error_and_try(
 
 
 def test_a_symbolic_link_is_refused_not_replaced_nor_followed(
-    source: Path, tmp_path: Path, cli: Callable[..., Result]
+    source: str, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     """The documented choice: export does not write through links (a link in a
     shared directory must not make export overwrite the file it points to)."""
@@ -137,7 +139,7 @@ def test_a_symbolic_link_is_refused_not_replaced_nor_followed(
 
 
 def test_a_regular_file_is_still_replaced(
-    source: Path, tmp_path: Path, cli: Callable[..., Result]
+    source: str, tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     target = tmp_path / "backup.jsonl"
     target.write_text("old\n")
@@ -148,7 +150,7 @@ def test_a_regular_file_is_still_replaced(
 
 
 def test_a_write_error_is_an_error_and_try_and_changes_nothing(
-    source: Path, tmp_path: Path, cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+    source: str, tmp_path: Path, cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hermes_ledger.ledger import export as export_module
 
@@ -186,7 +188,7 @@ _BLOCKED_EXPORT = textwrap.dedent(
 
 
 @pytest.fixture
-def blocked_export(source: Path) -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+def blocked_export(source: str) -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
 
     def start(target: Path) -> subprocess.Popen[str]:
@@ -211,7 +213,7 @@ def blocked_export(source: Path) -> Iterator[Callable[[Path], subprocess.Popen[s
 
 
 def test_a_killed_exports_part_file_is_removed_by_the_next_export(
-    source: Path,
+    source: str,
     tmp_path: Path,
     cli: Callable[..., Result],
     blocked_export: Callable[[Path], subprocess.Popen[str]],
@@ -236,7 +238,7 @@ def test_a_killed_exports_part_file_is_removed_by_the_next_export(
 
 
 def test_a_running_exports_part_file_is_left_alone(
-    source: Path,
+    source: str,
     tmp_path: Path,
     cli: Callable[..., Result],
     blocked_export: Callable[[Path], subprocess.Popen[str]],
