@@ -160,8 +160,11 @@ def create_tables(
     conn: Connection, projections: tuple[Projection, ...], target: Target, *, indexes: bool = True
 ) -> None:
     """Create the tables of ``projections`` at ``target`` (with their indexes, and
-    for schema targets the writer role's grants)."""
+    for schema targets the writer role's grants), and the search configuration
+    ``messages`` needs if it is missing (as ``state_at`` on a log never attached)."""
     tables = [t for p in projections for t in p.data_tables]
+    if any(t.name == MESSAGES.name for t in tables):
+        ensure_search_config(conn)  # its search vector needs it (a log never attached lacks it)
     for table in tables:
         conn.execute(table_ddl(table, target))
         if indexes:
