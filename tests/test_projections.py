@@ -77,9 +77,10 @@ def p(backend: Backend) -> Projections:
 
 def rows(led: EventLog, sql: str, *args: object) -> list[tuple[object, ...]]:
     """The rows of ``sql`` (``?`` placeholders) over the log's own connection."""
-    if not isinstance(led, Ledger):
-        sql = sql.replace("?", "%s")  # psycopg's placeholder
-    return [tuple(row) for row in led.connection.execute(sql, args)]  # type: ignore[attr-defined]
+    if isinstance(led, Ledger):
+        return list(led.connection.execute(sql, args))
+    cur = led.connection.execute(sql.replace("?", "%s"), args)  # type: ignore[attr-defined]
+    return [tuple(row) for row in cur.fetchall()] if cur.description else []
 
 
 def one(led: EventLog, sql: str, *args: object) -> object:
@@ -271,30 +272,46 @@ def test_each_append_advances_both_checkpoints(log: EventLog, p: Projections, cl
     assert checkpoints == {"sessions": log.head(), "transcripts": log.head()}
 
 
-def test_a_failing_projection_rolls_the_append_back(led: Ledger) -> None:
-    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
-    led.connection.execute(
+BOOM = {
+    "sqlite": [
         "CREATE TRIGGER boom BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'boom'); END"
-    )
+    ],
+    "postgresql": [
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$BEGIN RAISE EXCEPTION 'boom'; END$$",
+        "CREATE TRIGGER boom BEFORE INSERT ON messages EXECUTE FUNCTION boom()",
+    ],
+}
+"""A trigger that fails every insert into ``messages``."""
+
+
+def test_a_failing_projection_rolls_the_append_back(log: EventLog, backend: Backend) -> None:
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    for statement in BOOM[backend.name]:
+        backend.raw(statement)
     with pytest.raises(Exception, match="boom"):
-        led.append(KEY, [MessageAppended(session_id="s1", role="user", content="hi")])
-    assert led.head() == 1
-    assert one(led, "SELECT position FROM projection_checkpoints WHERE name = 'sessions'") == 1
+        log.append(KEY, [MessageAppended(session_id="s1", role="user", content="hi")])
+    assert log.head() == 1
+    assert one(log, "SELECT position FROM projection_checkpoints WHERE name = 'sessions'") == 1
 
 
 # -- rebuild ------------------------------------------------------------------------
 
 
-def test_rebuild_reproduces_the_live_tables(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)
-    before = projections.live_state(led)
+def test_rebuild_reproduces_the_live_tables(
+    log: EventLog, p: Projections, backend: Backend, clock: Clock
+) -> None:
+    conversation(log, clock)
+    before = p.live_state(log)
     seen: list[tuple[int, int]] = []
-    report = projections.rebuild(led, chunk_size=3, progress=lambda d, t: seen.append((d, t)))
-    assert projections.live_state(led) == before
-    assert report.position == led.head() == report.events
-    assert seen[0] == (0, led.head()) and seen[-1] == (led.head(), led.head())
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert projections.verify(led).ok
+    chunked = {"chunk_size": 3, "progress": lambda d, t: seen.append((d, t))}
+    report = p.rebuild(log, **(chunked if backend.name == "sqlite" else {}))
+    assert p.live_state(log) == before
+    assert report.position == log.head() == report.events
+    if backend.name == "sqlite":  # the SQLite rebuild goes in chunks, and says so
+        assert seen[0] == (0, log.head()) and seen[-1] == (log.head(), log.head())
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert p.verify(log).ok
 
 
 def test_rebuild_swaps_in_fresh_tables_with_indexes_and_views(led: Ledger, clock: Clock) -> None:
@@ -335,11 +352,11 @@ def test_a_ledger_of_sessions_v1_loses_next_deadline_on_attach(
         assert projections.verify(led).ok
 
 
-def test_rebuild_of_an_empty_ledger(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "empty.db") as led:
-        report = projections.rebuild(led)
+def test_rebuild_of_an_empty_ledger(backend: Backend, p: Projections) -> None:
+    with backend.open() as led:
+        report = p.rebuild(led)
         assert (report.position, report.events) == (0, 0)
-        assert projections.verify(led).ok
+        assert p.verify(led).ok
 
 
 def test_a_second_rebuild_supersedes_the_first(led: Ledger, clock: Clock) -> None:
@@ -361,21 +378,24 @@ def test_a_second_rebuild_supersedes_the_first(led: Ledger, clock: Clock) -> Non
 # -- verify -------------------------------------------------------------------------
 
 
-def test_verify_reports_every_difference_precisely(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)
-    conn = led.connection
-    conn.execute("UPDATE session_history SET message_count = 7 WHERE session_id = 's1'")
-    conn.execute("UPDATE session_map SET status = 'closed' WHERE session_key = ?", (KEY,))
-    conn.execute("DELETE FROM messages WHERE content = 'group hello'")
-    conn.execute("INSERT INTO messages_fts (rowid, content) VALUES (999, 'phantom')")
-    report = projections.verify(led)
+def test_verify_reports_every_difference_precisely(
+    log: EventLog, p: Projections, backend: Backend, clock: Clock
+) -> None:
+    conversation(log, clock)
+    rows(log, "UPDATE session_history SET message_count = 7 WHERE session_id = 's1'")
+    rows(log, "UPDATE session_map SET status = 'closed' WHERE session_key = ?", KEY)
+    rows(log, "DELETE FROM messages WHERE content = 'group hello'")
+    if backend.name == "sqlite":  # the FTS5 index is checked too (PostgreSQL's is a column)
+        rows(log, "INSERT INTO messages_fts (rowid, content) VALUES (999, 'phantom')")
+    report = p.verify(log)
     assert not report.ok
     found = {(d.table, d.kind, d.key, d.column, repr(d.live), repr(d.rebuilt))
              for d in report.differences}  # fmt: skip
     assert ("session_history", "changed", "s1", "message_count", "7", "3") in found
     assert ("session_map", "changed", KEY, "status", "'closed'", "'open'") in found
     phantom = {"documents": 1, "occurrences": 1}
-    assert ("messages_fts", "extra", "phantom", None, repr(phantom), "None") in found
+    if backend.name == "sqlite":
+        assert ("messages_fts", "extra", "phantom", None, repr(phantom), "None") in found
     missing = [d for d in report.differences if d.kind == "missing" and d.table == "messages"]
     assert len(missing) == 1 and missing[0].rebuilt["content"] == "group hello"
     text = str(report)
@@ -383,10 +403,10 @@ def test_verify_reports_every_difference_precisely(led: Ledger, clock: Clock) ->
     assert "messages[" in text and "missing from the live table" in text
 
 
-def test_verify_says_when_projections_are_not_attached(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "bare.db") as led:
+def test_verify_says_when_projections_are_not_attached(backend: Backend, p: Projections) -> None:
+    with backend.open() as led:
         led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
-        report = projections.verify(led)
+        report = p.verify(led)
         assert not report.ok
         assert {d.kind for d in report.differences} == {"projection"}
         assert "not attached" in str(report)
@@ -441,26 +461,25 @@ def test_state_at_and_verify_work_on_a_read_only_ledger(
 # -- catching up, versions, several processes ----------------------------------------
 
 
-def test_a_lagging_projection_catches_up_when_attached(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path, clock=clock) as led:
-        projections.attach(led)
+def test_a_lagging_projection_catches_up_when_attached(backend: Backend, p: Projections) -> None:
+    with backend.open(projections=True) as led:
         led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
-    with Ledger.open(path, clock=clock) as bare:  # an old process: no projections
+    with backend.open() as bare:  # an old process: no projections
         for n in range(5):
             bare.append(KEY, [MessageAppended(session_id="s1", role="user", content=f"m{n}")])
-    with Ledger.open(path, clock=clock) as led:
-        report = projections.attach(led, chunk_size=2)
+    with backend.open() as led:
+        report = p.attach(led, **({"chunk_size": 2} if backend.name == "sqlite" else {}))
         assert report.caught_up == {"sessions": 5, "transcripts": 5}
         assert report.rebuilt == ()
         assert one(led, "SELECT count(*) FROM messages") == 5
-        assert projections.verify(led).ok
+        assert p.verify(led).ok
 
 
-def test_an_append_behind_the_checkpoint_is_caught_up_inline(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path) as led, Ledger.open(path) as bare:
-        projections.attach(led)
+def test_an_append_behind_the_checkpoint_is_caught_up_inline(
+    backend: Backend, p: Projections
+) -> None:
+    with backend.open() as led, backend.open() as bare:
+        p.attach(led)
         led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
         bare.append(KEY, [MessageAppended(session_id="s1", role="user", content="unprojected")])
         led.append(KEY, [MessageAppended(session_id="s1", role="user", content="projected")])
@@ -468,44 +487,46 @@ def test_an_append_behind_the_checkpoint_is_caught_up_inline(tmp_path: Path) -> 
             "unprojected",
             "projected",
         ]
-        assert projections.verify(led).ok
+        assert p.verify(led).ok
+
+
+DROP_TRANSCRIPTS = {
+    "sqlite": ["DROP TABLE messages_fts", "DROP TABLE messages"],
+    "postgresql": ["DROP TABLE messages"],  # its search index is a column of it
+}
 
 
 def test_a_projection_added_in_a_newer_version_is_built_on_attach(
-    tmp_path: Path, clock: Clock
+    backend: Backend, p: Projections, clock: Clock
 ) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path, clock=clock) as led:
-        projections.attach(led)
+    with backend.open(projections=True) as led:
         conversation(led, clock)
-        led.connection.execute("DROP TABLE messages_fts")
-        led.connection.execute("DROP TABLE messages")
-        led.connection.execute("DELETE FROM projection_checkpoints WHERE name = 'transcripts'")
-    with Ledger.open(path, clock=clock) as led:
-        report = projections.attach(led)
+    for statement in DROP_TRANSCRIPTS[backend.name]:
+        backend.raw(statement)
+    backend.raw("DELETE FROM projection_checkpoints WHERE name = 'transcripts'")
+    with backend.open() as led:
+        report = p.attach(led)
         assert report.rebuilt == ("transcripts",)
-        assert len(projections.live_state(led).transcripts["s1"]) == 3
-        assert projections.verify(led).ok
+        assert len(p.live_state(led).transcripts["s1"]) == 3
+        assert p.verify(led).ok
 
 
 def test_an_older_schema_version_is_rebuilt_and_a_newer_one_left_alone(
-    tmp_path: Path, clock: Clock
+    backend: Backend, p: Projections, clock: Clock
 ) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path, clock=clock) as led:
-        projections.attach(led)
+    with backend.open(projections=True) as led:
         conversation(led, clock)
     bumped = dataclasses.replace(definitions.SESSIONS, version=definitions.SESSIONS.version + 1)
     newer = (bumped, definitions.TRANSCRIPTS)
-    with Ledger.open(path, clock=clock) as led:
-        report = projections.attach(led, projections=newer)
+    with backend.open() as led:
+        report = p.attach(led, projections=newer)
         assert report.rebuilt == ("sessions",)
         assert one(led, "SELECT version FROM projection_checkpoints WHERE name = 'sessions'") == (
             bumped.version
         )
-        assert projections.verify(led, projections=newer).ok
-    with Ledger.open(path, clock=clock) as led:  # the code's version: the tables are newer
-        report = projections.attach(led)
+        assert p.verify(led, projections=newer).ok
+    with backend.open() as led:  # the code's version: the tables are newer
+        report = p.attach(led)
         assert report.skipped == ("sessions",)
         head = led.head()
         led.append(KEY, [MessageAppended(session_id="s2", role="user", content="old code")])
@@ -588,7 +609,7 @@ def test_attach_takes_over_a_rebuild_that_stalled(tmp_path: Path, clock: Clock) 
 
 
 def test_a_projection_taken_over_by_newer_code_is_left_alone_by_appends(
-    log: EventLog, p: Projections
+    log: EventLog, p: Projections, backend: Backend
 ) -> None:
     log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
     log.connection.execute("UPDATE projection_checkpoints SET version = 99 WHERE name = 'sessions'")
@@ -599,7 +620,9 @@ def test_a_projection_taken_over_by_newer_code_is_left_alone_by_appends(
     report = p.verify(log)
     assert [d.table for d in report.differences] == ["sessions"]
     built = definitions.SESSIONS.version
-    assert "version 99" in str(report) and f"{built}" in str(report)
+    said = {"sqlite": f"schema version 99, this code builds version {built}",
+            "postgresql": f"version 99, the code's is {built}"}  # fmt: skip
+    assert said[backend.name] in str(report)
 
 
 def test_verify_reports_missing_tables(led: Ledger) -> None:
@@ -609,8 +632,8 @@ def test_verify_reports_missing_tables(led: Ledger) -> None:
     assert "tables missing: messages_fts" in str(report)
 
 
-def test_live_state_needs_live_projections(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "bare.db") as led:
+def test_live_state_needs_live_projections(backend: Backend, p: Projections) -> None:
+    with backend.open() as led:
         with pytest.raises(projections.ProjectionError, match="no live projections"):
-            projections.live_state(led)
-        assert projections.state_at(led).session_map == {}
+            p.live_state(led)
+        assert p.state_at(led).session_map == {}
