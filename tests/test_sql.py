@@ -638,6 +638,12 @@ PG_WRITES = [
     "DO $$ BEGIN DELETE FROM payloads; END $$",
     "TRUNCATE events",
     "VACUUM events",
+    # functions whose effects reach outside a read-only transaction
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+    "SELECT pg_advisory_lock(1)",
+    """SELECT "set_config"('search_path', 'public', false)""",
+    "SELECT pg_catalog.pg_read_file('/etc/hostname')",
+    "SELECT query_to_xml('DELETE FROM events', true, true, '')",
 ]
 
 
@@ -689,10 +695,12 @@ def test_postgres_placeholders_are_bound_not_spliced(
         0,
         [{"said": "100% sure", "literal": ":k", "quoted": ":k %"}],
     )
-    result = cli("sql", "--db", pg_ledger, "SELECT :k AS k", "-p", "k", "x'); DROP TABLE events --")
-    assert json.loads(cli("sql", "--db", pg_ledger, "SELECT :k AS k", "-p", "k", "1;", "--json")
-                      .output) == [{"k": "1;"}]  # fmt: skip
-    assert result.exit_code == 0 and "DROP TABLE events --" in result.output
+    named = cli("sql", "--db", pg_ledger, "SELECT 'pg_terminate_backend' AS w /* set_config */")
+    word = "pg_terminate_backend"
+    assert (named.exit_code, named.output) == (0, f"w\n{'-' * len(word)}\n{word}\n(1 row)\n")
+    injected = "x'); DROP TABLE events --"
+    result = cli("sql", "--db", pg_ledger, "SELECT :k AS k", "-p", "k", injected, "--json")
+    assert (result.exit_code, json.loads(result.output)) == (0, [{"k": injected}])
     assert backend.count() == 1
 
 

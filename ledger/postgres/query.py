@@ -9,6 +9,13 @@ erased) and the projection tables are named as on SQLite. Only a query runs
 transaction refuses any write inside one (a data-modifying ``WITH``, ``nextval``…),
 and either way the refusal is the SQLite command's: nothing changes.
 
+A read-only transaction still runs functions whose effects are outside it; those
+this server ships (``SIDE_EFFECTS``: ending other sessions, advisory locks, settings,
+server files, large-object export, running a query given as text) are refused by
+name wherever they appear outside literals and comments, before anything runs.
+That is a list, not a privilege: a role that may only SELECT the ledger's tables
+(docs/postgres.md) is the bound for a user who is not trusted.
+
 Placeholders are SQLite's ``:name`` (``-p NAME VALUE``), read outside string
 literals, quoted identifiers, dollar quotes and comments, and never in a ``::``
 cast; they are bound by the server, never spliced into the text.
@@ -37,10 +44,26 @@ from hermes_ledger.ledger.query import (
     refuse_write,
 )
 
-__all__ = ["QUERY_KEYWORDS", "run_sql"]
+__all__ = ["QUERY_KEYWORDS", "SIDE_EFFECTS", "run_sql"]
 
 QUERY_KEYWORDS = frozenset({"select", "with", "values", "table", "show", "explain"})
 """The first word of a statement ``run_sql`` runs; any other is refused as a write."""
+SIDE_EFFECTS = frozenset(
+    {
+        "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
+        "pg_switch_wal", "pg_create_restore_point", "pg_notify", "set_config",
+        "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared", "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared",
+        "pg_try_advisory_xact_lock", "pg_try_advisory_xact_lock_shared", "pg_advisory_unlock",
+        "pg_advisory_unlock_shared", "pg_advisory_unlock_all", "pg_read_file",
+        "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_export", "lo_import",
+        "lo_from_bytea", "lo_put", "lo_create", "lo_unlink", "dblink", "dblink_exec",
+        "dblink_connect", "query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema",
+        "cursor_to_xml", "cursor_to_xmlschema", "pg_logical_emit_message",
+    }
+)  # fmt: skip
+"""Functions a query may not name: their effects reach outside a read-only
+transaction (or, for the ``*_to_xml`` ones, they run SQL given as text)."""
 
 SQL_BEGIN = "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 SQL_SETTINGS = (
@@ -77,6 +100,7 @@ class _Parsed:
         self.first: str | None = None
         self.more = False
         self.names: list[str] = []
+        self.words: set[str] = set()
         out: list[str] = []
         ended = False
         i = 0
@@ -100,6 +124,10 @@ class _Parsed:
                     self.more = True
                 if self.first is None:
                     self.first = text.lower() if kind == "word" else text
+            if kind == "word":
+                self.words.add(text.lower())
+            elif kind == "ident":
+                self.words.add(text.strip('"').replace('""', '"'))
             if kind == "param":
                 self.names.append(text[1:])
                 out.append(f"%({text[1:]})s")
@@ -152,6 +180,8 @@ def run_sql(
             hint="run one statement per `hermes-ledger sql` call",
         )
     if parsed.first not in QUERY_KEYWORDS and parsed.first != "(":
+        raise refuse_write(text)
+    if parsed.words & SIDE_EFFECTS:
         raise refuse_write(text)
     bindings = _bindings(parsed, params)
     limit = timeout if timeout else None
