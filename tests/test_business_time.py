@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import apsw
 import pytest
+from backends import Backend
 from click.testing import Result
 from helpers import ManualClock
 
@@ -249,29 +250,37 @@ def test_state_at_a_business_time_replays_what_had_happened(filled: Ledger) -> N
 # -- exports and the import -----------------------------------------------------------
 
 
-def test_every_export_keeps_both_times(filled: Ledger, db_path: Path, tmp_path: Path) -> None:
+def test_every_export_keeps_both_times(backend: Backend, tmp_path: Path) -> None:
+    """On either backend: both times in JSONL, CSV and SQLite, and a time filter
+    on business time."""
+    with backend.open() as log:
+        fill(log, backend.clock)  # type: ignore[arg-type]
+    target = backend.target
     out = io.BytesIO()
-    export_to_stream(filled, out)
+    export(target, None, stdout=out)
     lines = [json.loads(line) for line in out.getvalue().splitlines()[:-1]]
     assert [(x["event_id"], x["recorded_at"], x["occurred_at"]) for x in lines][2:4] == [
         ("o1", "2026-11-22T09:00:00.000000Z", "2026-11-15T09:00:00.000000Z"),
         ("o2", "2026-11-22T09:00:00.000000Z", "2026-11-15T09:05:00.000000Z"),
     ]
     out = io.BytesIO()
-    export_to_stream(filled, out, format="csv")
+    export(target, None, format="csv", stdout=out)
     table = list(csv.DictReader(io.StringIO(out.getvalue().decode())))
     assert [(r["recorded_at"], r["occurred_at"]) for r in table][4] == (
         "2026-11-22T09:00:00.000000Z",
         "2026-11-15T10:00:00.000000Z",
     )
-    target = tmp_path / "out.db"
-    export(db_path, target)
-    with sqlite3.connect(target) as db:
+    exported = tmp_path / "out.db"
+    export(target, exported)
+    with sqlite3.connect(exported) as db:
         got = db.execute("SELECT event_id, occurred_at FROM events ORDER BY position").fetchall()
-        assert got == filled.query("SELECT event_id, occurred_at FROM events ORDER BY position")
+        assert got == backend.raw("SELECT event_id, occurred_at FROM events ORDER BY position")
+        ts = db.execute("SELECT position, ts FROM messages ORDER BY position").fetchall()
+        assert ts == [(2, "2026-11-22T08:00:00.000000Z"), (4, "2026-11-15T09:05:00.000000Z"),
+                      (6, "2026-11-22T09:00:00.000000Z")]  # fmt: skip
     # a filtered export selects by business time, and says which time it filtered on
     out = io.BytesIO()
-    manifest = export_to_stream(filled, out, events=EventFilter(until="2026-11-20T00:00:00Z"))
+    manifest = export(target, None, stdout=out, events=EventFilter(until="2026-11-20T00:00:00Z"))
     assert manifest.count == 3 and manifest.filters == {"until": "2026-11-20T00:00:00Z"}
 
 
