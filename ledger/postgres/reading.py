@@ -98,7 +98,6 @@ SQL_SESSION_START = (
     "SELECT data, recorded_at FROM events WHERE type = 'session_started' AND session_id = %s"
     " ORDER BY position LIMIT 1"
 )
-SQL_HEAD = "SELECT coalesce(max(position), 0) FROM events"
 # The events of one person: ``ledger.query.SQL_USER_EVENTS`` in PostgreSQL's SQL.
 SQL_USER_EVENTS = (
     "(session_id IN (SELECT session_id FROM events WHERE type = 'session_started'"
