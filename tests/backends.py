@@ -24,7 +24,7 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
   the number of events; ``tamper(statement)`` runs a change on ``events`` with the
   append-only triggers out of the way (what only a superuser can do);
 - ``backend.settle()``: after SIGKILLing a worker, wait until the server has ended
-  its session (PostgreSQL rolls a dead client's transaction back only when its
+  its transaction (PostgreSQL rolls a dead client's transaction back only when its
   server process notices); nothing on SQLite, where the next open recovers;
 - ``backend.wipe()``: forget the ledger, so the next ``open`` starts a new, empty
   one (for a Hypothesis test that wants a fresh ledger per example: cheaper than a
@@ -62,10 +62,12 @@ SETTLE_TIMEOUT = 60.0
 """Seconds ``settle`` waits for the server to end dead workers' sessions."""
 
 SQL_OTHER_SESSIONS = (
-    "SELECT count(*) FILTER (WHERE backend_xid IS NOT NULL), count(*) FROM pg_stat_activity"
+    "SELECT count(*) FILTER (WHERE backend_xid IS NOT NULL),"
+    " count(*) FILTER (WHERE xact_start IS NOT NULL) FROM pg_stat_activity"
     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
 )
-"""(sessions holding a write transaction open, sessions) on this database, but ours."""
+"""(sessions holding a write transaction open, sessions in a transaction) on this
+database, but ours."""
 
 
 @dataclass(frozen=True)
@@ -164,14 +166,15 @@ class Backend:
 
     def other_sessions(self) -> tuple[int, int]:
         """PostgreSQL: (sessions on this database holding a write transaction open,
-        all sessions on it), not counting the one asking."""
-        writing, sessions = self.raw(SQL_OTHER_SESSIONS)[0]
-        return int(writing), int(sessions)
+        sessions in any transaction), not counting the one asking."""
+        writing, busy = self.raw(SQL_OTHER_SESSIONS)[0]
+        return int(writing), int(busy)
 
     def settle(self) -> None:
-        """Wait until no other session is left on the database (PostgreSQL): what the
-        log holds is final then, a SIGKILLed worker's transaction rolled back or
-        committed. Call it when every worker has exited. Nothing on SQLite."""
+        """Wait until no other session on the database is in a transaction
+        (PostgreSQL): what the log holds is final then, a SIGKILLed worker's
+        transaction rolled back or committed. Call it when every worker has exited
+        and the test's own logs are idle. Nothing on SQLite."""
         if self.name == "sqlite":
             return
         deadline = time.monotonic() + SETTLE_TIMEOUT

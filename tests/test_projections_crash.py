@@ -1,4 +1,10 @@
-"""Projections across kill -9 and several processes: real subprocesses, real SIGKILL."""
+"""Projections across kill -9 and several processes: real subprocesses, real SIGKILL.
+
+On both backends (``backend``, tests/backends.py). On SQLite the parent aims its
+kill at the child's progress lines (a rebuild or a catch-up goes in chunks, each
+its own transaction); on PostgreSQL each is one transaction, so the parent holds a
+lock the child's transaction needs next (``LOCK TABLE``), waits until the child
+waits for it (pg_stat_activity), and kills it there: inside its transaction."""
 
 from __future__ import annotations
 
@@ -8,12 +14,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
+from backends import Backend
 
-from hermes_ledger import projections
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import EventLog
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source, UsageRecorded
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
@@ -21,7 +30,8 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
 CHILD = textwrap.dedent(
     """
     import sys, time
-    from hermes_ledger.ledger import Ledger
+    from hermes_ledger.ledger import open_log
+    from hermes_ledger.ledger.backend import is_dsn
     from hermes_ledger import projections
 
     path, action, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -30,8 +40,12 @@ CHILD = textwrap.dedent(
         print(f"progress {done} {total}", flush=True)
         time.sleep(0.002)  # a steadier pace for the parent to aim its kill at
 
-    with Ledger.open(path) as led:
-        if action == "rebuild":
+    with open_log(path) as led:
+        if is_dsn(path):  # one transaction each, no chunks
+            from hermes_ledger.projections import postgres as pg
+            print("started", flush=True)
+            report = pg.rebuild(led) if action == "rebuild" else pg.attach(led)
+        elif action == "rebuild":
             report = projections.rebuild(led, chunk_size=chunk, progress=progress)
         else:
             report = projections.attach(led, chunk_size=chunk, progress=progress)
@@ -40,7 +54,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def child(path: Path, action: str, chunk: int) -> subprocess.Popen[str]:
+def child(path: Path | str, action: str, chunk: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, str(path), action, str(chunk)],
         stdout=subprocess.PIPE,
@@ -67,7 +81,39 @@ def kill_after(proc: subprocess.Popen[str], lines: int, delay: float) -> bool:
     return killed and proc.returncode == -signal.SIGKILL
 
 
-def fill(led: Ledger, sessions: int, messages: int) -> None:
+SQL_WAITING_FOR_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+)
+
+
+@contextmanager
+def holding(backend: Backend, statement: str) -> Iterator[None]:
+    """Hold the lock ``statement`` takes (in a transaction of a connection of its own)
+    until the block ends."""
+    with psycopg.connect(backend.target, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL search_path = hermes_ledger")
+        conn.execute(statement)  # type: ignore[arg-type]
+        yield
+
+
+def kill_when_blocked(backend: Backend, proc: subprocess.Popen[str], delay: float = 0.0) -> bool:
+    """SIGKILL ``proc`` ``delay`` seconds after another session waits for a lock (the
+    child, inside its transaction, waiting on the one the test holds); False if it
+    finished first."""
+    deadline = time.monotonic() + 60
+    while not int(backend.scalar(SQL_WAITING_FOR_A_LOCK)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.communicate()
+            return False
+        time.sleep(0.002)
+    time.sleep(delay)  # still blocked: it waits for the test's lock
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    return proc.returncode == -signal.SIGKILL
+
+
+def fill(led: EventLog, sessions: int, messages: int) -> None:
     for n in range(sessions):
         key = f"agent:main:telegram:dm:{n}"
         led.append(key, [SessionStarted(session_id=f"s{n}", source=Source(platform="telegram"))])
@@ -78,67 +124,88 @@ def fill(led: Ledger, sessions: int, messages: int) -> None:
         led.append(key, [*batch, UsageRecorded(session_id=f"s{n}", input_tokens=n)])
 
 
-def leftovers(led: Ledger) -> list[str]:
-    names = led.connection.execute("SELECT name FROM sqlite_schema WHERE name GLOB '*__next*'")
-    return [name for (name,) in names]
+SQL_LEFTOVERS = {
+    "sqlite": "SELECT name FROM sqlite_schema WHERE name GLOB '*__next*'",
+    "postgresql": "SELECT relname FROM pg_class WHERE relname LIKE '%\\_\\_next%'",
+}
+
+
+def leftovers(backend: Backend) -> list[str]:
+    """Tables or indexes a rebuild left behind."""
+    return [name for (name,) in backend.raw(SQL_LEFTOVERS[backend.name])]
+
+
+def chunked(backend: Backend, size: int) -> dict[str, int]:
+    return {"chunk_size": size} if backend.name == "sqlite" else {}
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.03])
 def test_kill_9_during_rebuild_leaves_the_live_tables_untouched(
-    tmp_path: Path, delay: float
+    backend: Backend, delay: float
 ) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path) as led:
-        projections.attach(led)
+    p = backend.projections
+    with backend.open(projections=True) as led:
         fill(led, sessions=30, messages=60)
-        proc = child(path, "rebuild", chunk=40)
+        if backend.name == "sqlite":
+            proc = child(backend.target, "rebuild", chunk=40)
         # appends go on while the other process rebuilds
         led.append("agent:main:telegram:dm:0", [MessageAppended(
             session_id="s0", role="user", content="during the rebuild")])  # fmt: skip
-        expected = projections.state_at(led)
-        killed = kill_after(proc, lines=3, delay=delay)
+        expected = p.state_at(led)
+        if backend.name == "sqlite":
+            killed = kill_after(proc, lines=3, delay=delay)
+        else:  # the rebuild's swap waits to drop session_map, which the test reads
+            with holding(backend, "LOCK TABLE session_map IN ACCESS SHARE MODE"):
+                proc = child(backend.target, "rebuild", chunk=0)
+                killed = kill_when_blocked(backend, proc, delay)
+            backend.settle()
         assert killed, "the rebuild finished before it could be killed"
-        assert projections.live_state(led) == expected
-        assert projections.verify(led).ok
+        assert p.live_state(led) == expected
+        assert p.verify(led).ok
         led.append("agent:main:telegram:dm:1", [MessageAppended(
             session_id="s1", role="user", content="after the kill")])  # fmt: skip
-        expected = projections.state_at(led)
-        report = projections.rebuild(led, chunk_size=500)  # the rerun
+        expected = p.state_at(led)
+        report = p.rebuild(led, **chunked(backend, 500))  # the rerun
         assert report.position == led.head()
-        assert projections.live_state(led) == expected
-        assert projections.verify(led).ok
-        assert leftovers(led) == []
+        assert p.live_state(led) == expected
+        assert p.verify(led).ok
+        assert leftovers(backend) == []
 
 
-def test_kill_9_during_catch_up_then_attach_finishes_it(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path) as led:
-        projections.attach(led)
+def test_kill_9_during_catch_up_then_attach_finishes_it(backend: Backend) -> None:
+    p = backend.projections
+    with backend.open(projections=True) as led:
         led.append("k", [SessionStarted(session_id="s", source=Source(platform="local"))])
-    with Ledger.open(path) as bare:  # appends with no projections attached: a lag
+    with backend.open() as bare:  # appends with no projections attached: a lag
         fill(bare, sessions=20, messages=50)
-    proc = child(path, "attach", chunk=10)
-    assert kill_after(proc, lines=5, delay=0.005)
-    with Ledger.open(path) as led:
-        behind = led.connection.execute("SELECT min(position) FROM projection_checkpoints")
-        assert 1 <= behind.fetchone()[0] < led.head()
-        report = projections.attach(led, chunk_size=100)
+    if backend.name == "sqlite":
+        proc = child(backend.target, "attach", chunk=10)
+        assert kill_after(proc, lines=5, delay=0.005)
+    else:  # the catch-up waits to insert its messages, which the test locks
+        with holding(backend, "LOCK TABLE messages IN SHARE MODE"):
+            proc = child(backend.target, "attach", chunk=0)
+            assert kill_when_blocked(backend, proc)
+        backend.settle()
+    with backend.open() as led:
+        behind = backend.scalar("SELECT min(position) FROM projection_checkpoints")
+        assert 1 <= behind < led.head()
+        report = p.attach(led, **chunked(backend, 100))
         assert sum(report.caught_up.values()) > 0
-        assert projections.verify(led).ok
-        assert projections.live_state(led) == projections.state_at(led)
+        assert p.verify(led).ok
+        assert p.live_state(led) == p.state_at(led)
 
 
-def test_two_processes_attaching_at_once_build_the_projections_once(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path) as bare:  # a ledger from before projections existed
+def test_two_processes_attaching_at_once_build_the_projections_once(backend: Backend) -> None:
+    path = backend.target
+    with backend.open() as bare:  # a ledger from before projections existed
         fill(bare, sessions=20, messages=40)
     procs = [child(path, "attach", chunk=25) for _ in range(2)]
     outputs = [proc.communicate(timeout=120) for proc in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
         assert "done" in out
-    with Ledger.open(path) as led:
-        assert projections.verify(led).ok
-        assert leftovers(led) == []
-        counts = led.connection.execute("SELECT count(*), sum(message_count) FROM session_history")
-        assert counts.fetchone() == (20, 20 * 40)
+    with backend.open() as led:
+        assert backend.projections.verify(led).ok
+    assert leftovers(backend) == []
+    counts = backend.raw("SELECT count(*), sum(message_count) FROM session_history")
+    assert [tuple(int(n) for n in row) for row in counts] == [(20, 20 * 40)]
