@@ -547,30 +547,39 @@ def test_open_ledger_attaches(tmp_path: Path) -> None:
         assert one(led, "SELECT session_id FROM session_map") == "s1"
 
 
-def test_old_event_shapes_are_upcast(led: Ledger) -> None:
+INSERT_EVENT = {
+    "sqlite": "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
+    "postgresql": "INSERT INTO events (position, event_id, stream, version, type, session_id,"
+    " data, meta, recorded_at, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+}
+"""A row written raw, past ``append`` (its hash computed by the test)."""
+
+
+def test_old_event_shapes_are_upcast(log: EventLog, p: Projections, backend: Backend) -> None:
     """A usage_recorded stored in schema v1 (prompt/completion tokens) counts as v2."""
-    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
 
     def insert_v1(conn: object) -> None:
-        last = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-        position, previous = rows(led, last)[0]
+        position, previous = log.head_row()
         data = json.dumps({"occurred_at": None, "session_id": "s1", "prompt_tokens": 11,
                            "completion_tokens": 4, "cache_read_tokens": 0,
                            "cache_write_tokens": 0, "cost_usd": None, "model": None})  # fmt: skip
         values = (position + 1, "legacy-1", KEY, 2, "usage_recorded", "s1", data,
                   '{"schema_version":1}', "2026-11-22T09:00:01.000000Z")  # fmt: skip
-        led.connection.execute(
-            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (*values, row_hash(str(previous), *values)),  # type: ignore[arg-type]
+        conn.execute(  # type: ignore[attr-defined]
+            INSERT_EVENT[backend.name], (*values, row_hash(str(previous), *values))
         )
 
-    led.write(insert_v1)  # written raw: the next projected append catches it up
-    led.append(KEY, [UsageRecorded(session_id="s1", input_tokens=1, output_tokens=1)])
-    history = projections.live_state(led).session_history["s1"]
+    if isinstance(log, Ledger):
+        log.write(insert_v1)  # written raw: the next projected append catches it up
+    else:
+        insert_v1(log.connection)  # type: ignore[attr-defined]
+    log.append(KEY, [UsageRecorded(session_id="s1", input_tokens=1, output_tokens=1)])
+    history = p.live_state(log).session_history["s1"]
     assert (history["input_tokens"], history["output_tokens"]) == (12, 5)
-    assert projections.verify(led).ok
-    projections.rebuild(led)
-    assert projections.live_state(led).session_history["s1"]["input_tokens"] == 12
+    assert p.verify(log).ok
+    p.rebuild(log)
+    assert p.live_state(log).session_history["s1"]["input_tokens"] == 12
 
 
 def test_attach_waits_for_a_rebuild_another_process_took_over(tmp_path: Path, clock: Clock) -> None:
