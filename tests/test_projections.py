@@ -232,17 +232,29 @@ def test_messages_keep_tool_fields_and_skip_synthetic_turns(
     assert [m["position"] for m in transcript] == sorted(m["position"] for m in transcript)
 
 
-def test_full_text_search_reads_your_writes(led: Ledger) -> None:
-    led.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
-    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="Café déjà vu")])
-    search = (
-        "SELECT m.session_id, m.content FROM messages_fts JOIN messages AS m"
-        " ON m.position = messages_fts.rowid WHERE messages_fts MATCH ?"
-    )
-    assert rows(led, search, "cafe") == [("s1", "Café déjà vu")]
-    assert rows(led, search, "deja") == [("s1", "Café déjà vu")]
-    led.append(KEY, [MessageAppended(session_id="s1", role="user", content="x", synthetic=True)])
-    assert rows(led, search, "x") == []
+def search(log: EventLog, word: str) -> list[tuple[object, ...]]:
+    """(session_id, content) of the messages the full-text index finds ``word`` in:
+    SQLite's messages_fts, PostgreSQL's search_messages."""
+    if isinstance(log, Ledger):
+        sql = (
+            "SELECT m.session_id, m.content FROM messages_fts JOIN messages AS m"
+            " ON m.position = messages_fts.rowid WHERE messages_fts MATCH ?"
+        )
+        return rows(log, sql, word)
+    from hermes_ledger.projections.postgres import search_messages
+
+    found = search_messages(log, word)  # type: ignore[arg-type]
+    content = "SELECT content FROM messages WHERE position = ?"
+    return [(hit.session_id, one(log, content, hit.position)) for hit in found]
+
+
+def test_full_text_search_reads_your_writes(log: EventLog) -> None:
+    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+    log.append(KEY, [MessageAppended(session_id="s1", role="user", content="Café déjà vu")])
+    assert search(log, "cafe") == [("s1", "Café déjà vu")]
+    assert search(log, "deja") == [("s1", "Café déjà vu")]
+    log.append(KEY, [MessageAppended(session_id="s1", role="user", content="x", synthetic=True)])
+    assert search(log, "x") == []
 
 
 def test_occurred_at_is_the_business_time_in_utc(log: EventLog, p: Projections) -> None:
