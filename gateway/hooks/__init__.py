@@ -1,5 +1,7 @@
 """Hooks: finding them (``discovery``), running them (``dispatch``), and the
-durable delivery queue in the ledger file (``delivery``; the log is the outbox)."""
+durable delivery queue (``queue.HookQueue``): in the ledger file on SQLite
+(``delivery``; the log is the outbox), an outbox filled by every append on
+PostgreSQL (``postgres_delivery``); what both return is in ``records``."""
 
 from hermes_ledger.gateway.hooks.delivery import (
     HOOK_EVENTS,
