@@ -1,8 +1,10 @@
 """Running hooks: calling a handler with a time limit, and delivering the log's
 session events to every subscribed hook, durably (``HookDispatcher``).
 
-The delivery state lives in the ledger file (``hooks.delivery``); what a pass did
-is a ``DeliveryReport``; ``hooks_overview`` is what ``hermes-ledger hooks`` shows.
+The delivery state lives in the ledger (``queue.open_queue``: the file's tables on
+SQLite, ``hooks.delivery``; the outbox on PostgreSQL, ``hooks.postgres_delivery``);
+what a pass did is a ``DeliveryReport``; ``hooks_overview`` is what ``hermes-ledger
+hooks`` shows.
 """
 
 from __future__ import annotations
@@ -462,9 +464,8 @@ def hooks_overview(
     home: Path | None = None,
 ) -> HooksOverview:
     """Discover the hooks the ledger delivers in ``hooks_dir`` (this imports their
-    handlers) and read their delivery state from the ledger at ``ledger_path`` (a
-    file, or a PostgreSQL URI),
-    opened read-only (a missing file means no state yet).
+    handlers) and read their delivery state from the ledger at ``ledger_path``: a
+    file opened read-only (a missing file means no state yet), or a PostgreSQL URI.
 
     ``hooks_dir`` defaults to the home's ``delivered_hooks_dir``: ``hooks`` or,
     with the ledger plugin enabled in ``home`` (default ``$HERMES_HOME``),
