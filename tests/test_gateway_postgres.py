@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -234,3 +235,49 @@ def test_run_on_postgresql_ends_with_an_error_not_a_traceback_when_its_connectio
     assert "Traceback" not in err
     last = err.splitlines()[-1]
     assert last.startswith("Error: ") and "terminating connection" in last, err
+
+
+def test_two_runs_on_one_postgresql_ledger_close_and_deliver_each_session_once(
+    tmp_path: Path, uri: str, clock: ManualClock
+) -> None:
+    """Two `hermes-ledger run` processes (two hosts' runners) share one database
+    and one hooks directory: every idle session is closed once and its
+    session:end delivered once, whichever runner claimed it."""
+    home = make_home(tmp_path)
+    with open_log(uri, clock=clock) as log:
+        store = SessionStore(log, GatewayConfig.load(home, env={}), clock)  # type: ignore[arg-type]
+        sids = {
+            store.get_or_create_session(
+                SessionSource(platform="telegram", chat_id=str(n), chat_type="dm", user_id=str(n))
+            ).session_id
+            for n in range(30)
+        }
+    env = {**os.environ, "HERMES_HOME": str(home)}
+    command = [installed_script(), "run", "--db", uri, "--config", str(home), "--interval",
+               "0.05", "--quiet"]  # fmt: skip
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    procs = [
+        subprocess.Popen(command, text=True, env=env, cwd=tmp_path, **options) for _ in range(2)
+    ]
+    try:
+        for proc in procs:
+            next_line(proc)
+        deadline = time.monotonic() + 90
+        while len([c for c in calls(home) if c["event"] == "session:end"]) < len(sids):
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.monotonic() < deadline, "not every session:end was delivered in 90 s"
+            time.sleep(0.05)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        results = [proc.communicate(timeout=30) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert [p.returncode for p in procs] == [0, 0], results
+    with open_log(uri) as log:
+        ended = [r.session_id for r in log.read_all(types=["session_ended"])]
+    assert sorted(ended) == sorted(sids)  # each closed once
+    ends = [c["session_id"] for c in calls(home) if c["event"] == "session:end"]
+    assert sorted(ends) == sorted(sids)  # each delivered once
