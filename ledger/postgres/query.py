@@ -37,7 +37,7 @@ from psycopg import errors as pg_errors
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.postgres.log import describe_dsn
 from hermes_ledger.ledger.postgres.schema import SCHEMA
-from hermes_ledger.ledger.query import (
+from hermes_ledger.ledger.readonly_sql import (
     DEFAULT_SQL_TIMEOUT,
     QueryResult,
     QueryTimeoutError,
