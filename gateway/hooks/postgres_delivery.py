@@ -326,7 +326,7 @@ class PostgresDeliveryQueue:
                                                       note, dead=True))  # fmt: skip
                         continue
                     expired_claim(hook, did, hook_event, body, attempts, note, dead=False)
-                conn.execute(SQL_CLAIM, (worker_id, hold or self.hold, note, did))
+                conn.execute(SQL_CLAIM, (worker_id, self.hold if hold is None else hold, note, did))
             return Claim(did, hook, hook_event, json.loads(body), attempts + 1, worker_id), given_up
 
     def finish(self, claim: Claim, error: str | None, retry_at: datetime | None) -> bool:
