@@ -213,14 +213,6 @@ def test_status_goes_open_closing_closed_as_on_sqlite(both: Both) -> None:
     assert both.assert_same().session_map[KEY]["status"] == "closed"
 
 
-def test_checkpoints_advance_in_the_append_transaction(both: Both) -> None:
-    conversation(both)
-    rows = both.log.connection.execute(
-        "SELECT name, position FROM projection_checkpoints ORDER BY name"
-    ).fetchall()
-    assert rows == [("sessions", both.log.head()), ("transcripts", both.log.head())]
-
-
 def test_a_projector_failure_rolls_the_append_back(log: PostgresLog) -> None:
     log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
 
@@ -233,18 +225,6 @@ def test_a_projector_failure_rolls_the_append_back(log: PostgresLog) -> None:
     assert log.head() == 1
     state = pgp.live_state(log)
     assert state.transcripts == {} and state.session_history["s1"]["message_count"] == 0
-    assert pgp.verify(log).ok
-
-
-def test_an_append_by_a_process_without_projections_is_caught_up(
-    pg_dsn: str, log: PostgresLog, clock: ManualClock
-) -> None:
-    log.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
-    with PostgresLog.open(pg_dsn, clock=clock) as bare:
-        bare.append(KEY, [MessageAppended(session_id="s1", role="user", content="behind")])
-    log.append(KEY, [MessageAppended(session_id="s1", role="user", content="after")])
-    state = pgp.live_state(log)
-    assert [m["content"] for m in state.transcripts["s1"]] == ["behind", "after"]
     assert pgp.verify(log).ok
 
 
