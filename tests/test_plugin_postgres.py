@@ -11,6 +11,7 @@ and SessionStore in a subprocess) is driven in tests/test_plugin_postgres_hosts.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -288,3 +289,24 @@ def test_a_lost_connection_fails_one_pass_and_the_next_reconnects_and_records(
         texts = [r.event.content for r in log.read_all(types=["message_appended"])]  # type: ignore[union-attr]
         assert texts == ["hi", "hello", "still there?"]
         assert log.verify().ok
+
+
+def test_hermes_ledger_commands_default_to_the_plugins_ledger(
+    hermes_home: Path,
+    pg: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hermes_ledger.gateway.plugin import cli as plugin_cli
+
+    hermes_home.mkdir(mode=0o700)
+    (hermes_home / "config.yaml").write_text(PLUGIN_CONFIG + f"ledger:\n  db: {pg}\n")
+    assert plugin_cli.run(["status", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["where"].endswith(pg.rsplit("/", 1)[1]) and shown["plugin"]["waiting"] == 0
+    assert "HERMES_LEDGER_DB" not in os.environ  # set for the command only
+    assert not (hermes_home / "ledger.db").exists()
+    monkeypatch.setenv("HERMES_LEDGER_DB", str(tmp_path / "env.db"))  # the environment wins
+    assert plugin_cli.run(["init"]) == 0
+    assert (tmp_path / "env.db").exists()
