@@ -17,7 +17,8 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
 - ``backend.projections``: the projection functions for this backend
   (``attach``, ``verify``, ``live_state``, ``state_at``, ``rebuild``), taking
   the log ``open`` returned: ``projections`` on SQLite, ``projections.postgres``
-  on PostgreSQL;
+  on PostgreSQL (only the SQLite ones take ``chunk_size``, ``progress`` or
+  ``time=``);
 - ``backend.raw(sql)``: the rows of one statement run as the database's owner
   (superuser on PostgreSQL, search_path the ledger's schema) over a connection of
   its own, bypassing the interface; ``scalar(sql)`` its first value, ``count()``
@@ -26,9 +27,15 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
 - ``backend.settle()``: after SIGKILLing a worker, wait until the server has ended
   its transaction (PostgreSQL rolls a dead client's transaction back only when its
   server process notices); nothing on SQLite, where the next open recovers;
+  ``other_sessions()`` counts (PostgreSQL) the other sessions holding a write
+  transaction, and those in any transaction: what a test waits on to aim a kill;
 - ``backend.wipe()``: forget the ledger, so the next ``open`` starts a new, empty
   one (for a Hypothesis test that wants a fresh ledger per example: cheaper than a
   fresh database). Close its logs first.
+
+``pg_uri(dsn)`` turns a libpq key=value DSN (``fresh_database`` yields one) into
+the ``postgresql://`` URI ``open_log`` needs. Hypothesis: one fresh database per
+test, so per example ``wipe``; keep PostgreSQL's example counts modest.
 
     def test_something(backend: Backend) -> None:
         with backend.open(projections=True) as log:
