@@ -33,7 +33,7 @@ Cli = Callable[..., Result]
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
-    "anchor", "backfill", "erase", "events", "export", "history", "hooks", "hooks retry", "import", "init",
+    "anchor", "backfill", "doctor", "erase", "events", "export", "history", "hooks", "hooks retry", "import", "init",
     "prune", "replay", "report", "run", "schema", "search", "sessions", "status", "tick",
     "transcript", "verify",
 ]  # fmt: skip
@@ -344,7 +344,6 @@ def test_init(cli: Cli) -> None:
 
 NOT_READY = [
     ["vacuum"],
-    ["doctor"],
     ["serve"], ["demo"],
 ]  # fmt: skip
 

@@ -5,22 +5,29 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import apsw
+import psycopg
+import pytest
+from backends import pg_uri
 from click.testing import Result
 from helpers import ManualClock, installed_script
+from pg_support import as_user, fresh_database, login_role
 
 from hermes_ledger.gateway import SessionSource
 from hermes_ledger.gateway.config.gateway import GatewayConfig
-from hermes_ledger.gateway.health import CHECK_NAMES, diagnose
+from hermes_ledger.gateway.health import CHECK_NAMES, POSTGRES_CHECK_NAMES, diagnose
 from hermes_ledger.gateway.plugin.spool import SpoolWriter
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.anchors import Witness
 from hermes_ledger.ledger.events import SessionStarted, Source
+from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres.log import describe_dsn
+from hermes_ledger.projections import postgres as pg_projections
 
 GOOD = "def handle(event_type, context):\n    pass\n"
 FAILING = 'def handle(event_type, context):\n    raise RuntimeError("boom")\n'
@@ -61,7 +68,7 @@ def healthy(tmp_path: Path, **home: Any) -> tuple[Path, Path]:
     return home_dir, db
 
 
-def doctor(cli: Callable[..., Result], home: Path, db: Path, *more: str) -> Result:
+def doctor(cli: Callable[..., Result], home: Path, db: Path | str, *more: str) -> Result:
     return cli("doctor", "--db", str(db), "--config", str(home), *more)
 
 
@@ -294,3 +301,169 @@ def test_doctor_explains_bad_options(tmp_path: Path, cli: Callable[..., Result])
     result = cli("doctor", "--db", str(tmp_path / "l.db"), "--stuck-after", "0")
     assert result.exit_code == 2
     assert "0 is not between 1 and 2.592e+06 seconds" in result.output
+
+
+# -- on a PostgreSQL ledger (--db postgresql://…) -----------------------------------------
+
+
+@pytest.fixture
+def pg_home(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A home and a fresh PostgreSQL ledger with one session (projections attached),
+    anchored: every check ok."""
+    home = make_home(tmp_path)
+    with fresh_database() as dsn:
+        uri = pg_uri(dsn)
+        clock = ManualClock()
+        with PostgresLog.open(uri, clock=clock) as log:
+            pg_projections.attach(log)
+            store = SessionStore(log, GatewayConfig.load(home, env={}), clock)
+            entry = store.get_or_create_session(
+                SessionSource(platform="telegram", chat_id="5", chat_type="dm", user_id="5")
+            )
+            store.append_to_transcript(entry.session_id, {"role": "user", "content": "hi"})
+            Witness.in_directory(home).anchor(log)
+        yield home, uri
+
+
+def pg_checks(result: Result) -> dict[str, dict[str, Any]]:
+    report = json.loads(result.stdout)
+    return {c["name"]: c for c in report["checks"]}
+
+
+def test_a_healthy_postgres_ledger_is_all_ok(
+    pg_home: tuple[Path, str], cli: Callable[..., Result]
+) -> None:
+    home, uri = pg_home
+    result = doctor(cli, home, uri)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line[2:].split()[0] for line in lines if line[:1] in "✓✗!"] == list(
+        POSTGRES_CHECK_NAMES
+    )
+    assert lines[0].startswith("✓ server       PostgreSQL 15.")
+    with psycopg.connect(uri) as conn:
+        who = conn.info.user
+    assert lines[0].endswith(f", connected as {who} (a superuser)")
+    assert lines[1:4] == [
+        "✓ ledger       hash chain intact (2 events), schema v4 as migrated, 5 append-only"
+        " triggers enabled",
+        lines[2],
+        "✓ projections  2 projections at the head (2)",
+    ]
+    assert lines[2].startswith("✓ anchors      1 anchor holds, the last at position 2 (")
+    assert lines[7:] == [
+        "✓ spool        no records waiting",
+        f"✓ privileges   {who} may read and append; PUBLIC holds nothing on the ledger's"
+        " tables, only the owner may change events",
+        "✓ file_modes   the anchor key and witness, hooks and spool are private",
+        "- not on PostgreSQL: SQLite's page integrity check (the server's own: data checksums,"
+        " pg_amcheck)",
+        "- not on PostgreSQL: the modes of a ledger file and its -wal/-shm (the privileges check"
+        " stands in)",
+        "10 ok, 0 warnings, 0 failures: all ok",
+    ]
+    report = json.loads(doctor(cli, home, uri, "--json").stdout)
+    assert (report["status"], report["counts"]) == ("ok", {"ok": 10, "warn": 0, "fail": 0})
+    assert len(report["not_applicable"]) == 2
+
+
+def test_postgres_tampering_fails_ledger_and_anchors(
+    pg_home: tuple[Path, str], cli: Callable[..., Result]
+) -> None:
+    home, uri = pg_home
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute("ALTER TABLE hermes_ledger.events DISABLE TRIGGER events_refuse_delete")
+        conn.execute("DELETE FROM hermes_ledger.payloads WHERE position = 2")
+        conn.execute("DELETE FROM hermes_ledger.events WHERE position = 2")
+    result = doctor(cli, home, uri, "--json")
+    assert result.exit_code == 1
+    found = pg_checks(result)
+    assert found["ledger"]["status"] == "fail"
+    assert found["ledger"]["detail"].endswith("trigger events_refuse_delete on events is disabled")
+    assert found["anchors"]["status"] == "fail"
+    assert "truncated" in found["anchors"]["detail"]
+
+
+def test_postgres_projections_behind_warn(
+    pg_home: tuple[Path, str], cli: Callable[..., Result]
+) -> None:
+    home, uri = pg_home
+    with PostgresLog.open(uri) as log:  # a writer without the projections attached
+        log.append("k", [SessionStarted(session_id="s9", source=Source(platform="local"))])
+    found = pg_checks(doctor(cli, home, uri, "--json"))
+    assert found["projections"]["status"] == "warn"
+    assert found["projections"]["detail"] == (
+        "sessions is 1 event behind; transcripts is 1 event behind (head 3)"
+    )
+
+
+def test_postgres_role_without_privileges(
+    pg_home: tuple[Path, str], cli: Callable[..., Result]
+) -> None:
+    """A login role that is not a member of hermes_ledger_writer: the ledger cannot be
+    read, said with the GRANT that fixes it; nothing else is tried."""
+    home, uri = pg_home
+    with login_role("pg_monitor") as nobody:
+        login = pg_uri(as_user(uri, nobody))
+        result = doctor(cli, home, login, "--json")
+        assert result.exit_code == 1
+        found = pg_checks(result)
+        assert list(found) == ["server", "ledger", "hooks", "spool", "privileges", "file_modes"]
+        assert found["server"]["status"] == "ok"
+        assert found["server"]["detail"].endswith(
+            f"connected as {nobody} (not a member of hermes_ledger_writer)"
+        )
+        assert found["ledger"]["status"] == "fail"
+        assert found["privileges"]["detail"] == (
+            f"{nobody} may not read the ledger (no USAGE on schema hermes_ledger, no SELECT on"
+            " hermes_ledger.events, no SELECT on hermes_ledger.schema_migrations)"
+        )
+        assert found["privileges"]["hint"] == (
+            f"as the database's owner: GRANT hermes_ledger_writer TO {nobody} (a gateway), or"
+            " connect as a member of hermes_ledger_writer"
+        )
+        text = doctor(cli, home, login)
+        assert text.stderr == (
+            f"Error: {nobody} may not read the ledger in {describe_dsn(login)}\n"
+            f"Try: {found['privileges']['hint']}\n"
+        )
+    with login_role("hermes_ledger_writer") as gateway:
+        found = pg_checks(doctor(cli, home, pg_uri(as_user(uri, gateway)), "--json"))
+        assert {name: c["status"] for name, c in found.items()} == dict.fromkeys(
+            POSTGRES_CHECK_NAMES, "ok"
+        )
+        assert found["privileges"]["detail"].startswith(f"{gateway} may read and append;")
+
+
+def test_postgres_grants_that_let_others_change_the_log_fail(
+    pg_home: tuple[Path, str], cli: Callable[..., Result]
+) -> None:
+    home, uri = pg_home
+    with login_role("hermes_ledger_writer") as rogue, psycopg.connect(uri, autocommit=True) as c:
+        c.execute(f"GRANT UPDATE, DELETE ON hermes_ledger.events TO {rogue}")
+        c.execute("GRANT SELECT ON hermes_ledger.payloads TO PUBLIC")
+        found = pg_checks(doctor(cli, home, uri, "--json"))
+        c.execute(f"REVOKE ALL ON hermes_ledger.events FROM {rogue}")
+    assert found["privileges"]["status"] == "fail"
+    assert found["privileges"]["detail"] == (
+        f"{rogue} holds DELETE on hermes_ledger.events: it may change the log; {rogue} holds"
+        " UPDATE on hermes_ledger.events: it may change the log; PUBLIC holds SELECT on"
+        " hermes_ledger.payloads"
+    )
+
+
+def test_postgres_without_a_ledger_writes_nothing(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    home = make_home(tmp_path)
+    with fresh_database() as dsn:
+        result = doctor(cli, home, pg_uri(dsn))
+        assert result.exit_code == 1
+        assert "Error: there is no ledger in " in result.stderr
+        assert "Try: create one with `hermes-ledger init --db URI`" in result.stderr
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT to_regnamespace('hermes_ledger')").fetchone()
+        assert row == (None,)  # the schema was not created
+    result = doctor(cli, home, "postgresql://127.0.0.1:1/nowhere")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot connect to PostgreSQL at 127.0.0.1:1/nowhere")

@@ -14,11 +14,12 @@ from hermes_ledger.gateway.cli.options import (
     db_option,
     hooks_dir_option,
     json_option,
+    postgres_ready,
     reports_errors,
 )
 from hermes_ledger.gateway.cli.output import print_json
 from hermes_ledger.gateway.cli.run import config_option, resolve_home
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.config.paths import resolve_ledger
 from hermes_ledger.gateway.health import DEFAULT_STUCK_AFTER, diagnose
 
 __all__ = ["doctor_cmd"]
@@ -34,6 +35,7 @@ def _marks() -> dict[str, str]:
 
 
 @click.command("doctor", short_help="Check what an operator monitors.")
+@postgres_ready
 @db_option
 @config_option
 @hooks_dir_option
@@ -48,7 +50,7 @@ def _marks() -> dict[str, str]:
 @json_option
 @reports_errors
 def doctor_cmd(
-    db: Path | None,
+    db: Path | str | None,
     config_home: Path | None,
     hooks_dir: Path | None,
     stuck_after: float,
@@ -66,13 +68,21 @@ def doctor_cmd(
     spool        the Hermes plugin's spool is drained
     file_modes   the ledger, its key, anchors, hooks and spool are owner-only
     \b
+    On a PostgreSQL ledger (--db postgresql://…): server (version, role, a
+    standby), ledger (the chain and payloads, schema version, append-only
+    triggers), anchors, projections, hooks, deliveries, closes, spool,
+    privileges (instead of the ledger file's modes: the role may read and
+    append, PUBLIC holds nothing, only the owner may change events) and
+    file_modes (the key, anchors, hooks and spool in $HERMES_HOME). SQLite's
+    page integrity check has no meaning there and is not run.
+    \b
     Each check is ok, warn (needs attention, the service still works) or fail
     (broken, refused or tampered with). Exit status 0 when every check is ok,
     1 when any warns or fails (a ledger that cannot be opened also prints
     Error:/Try:). Nothing is repaired or written.
     """
     report = diagnose(
-        resolve_ledger_path(db),
+        resolve_ledger(db),
         home=resolve_home(config_home),
         hooks_dir=hooks_dir,
         stuck_after=timedelta(seconds=stuck_after),
@@ -86,6 +96,8 @@ def doctor_cmd(
             click.echo(f"{marks[check.status]} {check.name.ljust(width)}  {check.detail}")
             if check.hint:
                 click.echo(f"  {' ' * width}  Try: {check.hint}")
+        for what in report.not_applicable:
+            click.echo(f"- not on PostgreSQL: {what}")
         click.echo(report.summary())
         if report.unopened is not None:
             raise LedgerCommandError(report.unopened.detail, report.unopened.hint)

@@ -25,13 +25,14 @@ from hermes_ledger.gateway.health.modes import check_file_modes
 from hermes_ledger.gateway.health.results import Check, DoctorReport
 from hermes_ledger.gateway.hooks import HookRegistry, hook_states
 from hermes_ledger.gateway.plugin.spool import SpoolError, pending_records
-from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger import EventLog, Ledger, LedgerError
 from hermes_ledger.ledger.anchors import Witness
+from hermes_ledger.ledger.backend import POSTGRES_HINT, is_dsn
 from hermes_ledger.ledger.clock import format_utc, parse_utc, system_clock
 from hermes_ledger.projections import PROJECTIONS
 from hermes_ledger.projections.replay import read_checkpoints
 
-__all__ = ["CHECK_NAMES", "DEFAULT_STUCK_AFTER", "diagnose"]
+__all__ = ["CHECK_NAMES", "DEFAULT_STUCK_AFTER", "POSTGRES_CHECK_NAMES", "diagnose"]
 
 DEFAULT_STUCK_AFTER = timedelta(minutes=15)
 """How long a close may stay unfinished (or a session past its deadline, a spool
@@ -47,6 +48,21 @@ CHECK_NAMES = (
     "spool",
     "file_modes",
 )
+
+POSTGRES_CHECK_NAMES = (
+    "server",
+    "ledger",
+    "anchors",
+    "projections",
+    "hooks",
+    "deliveries",
+    "closes",
+    "spool",
+    "privileges",
+    "file_modes",
+)
+"""The checks on a PostgreSQL ledger (``health.postgres``), in order: ``server`` and
+``privileges`` are its own, ``file_modes`` covers the files in the home only."""
 
 SQL_STUCK_CLOSING = (
     "SELECT session_key, session_id, updated_at FROM session_map"
@@ -109,7 +125,7 @@ def check_ledger(ledger: Ledger) -> Check:
     )
 
 
-def check_anchors(ledger: Ledger, witness: Witness, settings: RunnerSettings) -> Check:
+def check_anchors(ledger: EventLog, witness: Witness, settings: RunnerSettings) -> Check:
     """``anchors``: every anchor of this ledger still holds (fail if not); none
     yet, or none for longer than two anchor intervals while the log grew, warns."""
     try:
@@ -200,7 +216,7 @@ def check_hooks(hooks_dir: Path) -> Check:
     return Check("hooks", "ok", f"{_plural(len(registry), 'hook')} load from {hooks_dir}")
 
 
-def check_deliveries(ledger: Ledger) -> Check:
+def check_deliveries(ledger: EventLog) -> Check:
     """``deliveries``: no dead letters (deliveries given up on)."""
     dead = [(s.hook, s.dead) for s in hook_states(ledger) if s.dead]
     if dead:
@@ -294,7 +310,9 @@ def diagnose(
 ) -> DoctorReport:
     """Run every check on the ledger at ``db`` and the Hermes home ``home`` (its
     anchors, ``ledger:`` settings, hooks in ``hooks_dir`` — default the ones the
-    ledger delivers — and plugin spool), at ``now`` (default: the clock).
+    ledger delivers — and plugin spool), at ``now`` (default: the clock). A
+    ``postgresql://`` URI runs the PostgreSQL checks (``health.postgres``:
+    ``POSTGRES_CHECK_NAMES``).
 
     A ledger that cannot be opened (none there, not a ledger, a newer schema) is
     the ``ledger`` check's failure; the checks that need it are then left out and
@@ -302,10 +320,20 @@ def diagnose(
     ``ConfigError``, as ``run`` would.
     """
     root = Path(home)
-    path = Path(db)
     hooks = Path(hooks_dir) if hooks_dir is not None else delivered_hooks_dir(root)
     settings = RunnerSettings.load(root)
     at = now or system_clock()
+    if isinstance(db, str) and is_dsn(db):
+        try:
+            from hermes_ledger.gateway.health.postgres import diagnose_postgres
+        except ImportError:
+            raise LedgerError(
+                "a PostgreSQL ledger needs psycopg, which is not installed", hint=POSTGRES_HINT
+            ) from None
+        return diagnose_postgres(
+            db, root=root, hooks=hooks, settings=settings, at=at, stuck_after=stuck_after
+        )
+    path = Path(db)
     checks: list[Check] = []
     unopened = None
     try:

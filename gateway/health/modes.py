@@ -116,14 +116,16 @@ def _spool(home: Path, fails: list[str]) -> None:
         fails.append(f"{path} is not owner-only (mode {mode:o}): the plugin refuses it")
 
 
-def check_file_modes(ledger_path: Path, home: Path, hooks_dir: Path) -> Check:
+def check_file_modes(ledger_path: Path | None, home: Path, hooks_dir: Path) -> Check:
     """``file_modes``: the ledger and its -wal/-shm, its directory, the anchor key
-    and witness in ``home``, the hooks in ``hooks_dir``, the plugin's spool."""
+    and witness in ``home``, the hooks in ``hooks_dir``, the plugin's spool. With
+    ``ledger_path`` None (a PostgreSQL ledger: no file), the files in ``home`` only."""
     if os.name != "posix":
         return Check("file_modes", "ok", "not checked (not a POSIX system)")
     fails: list[str] = []
     warns: list[str] = []
-    _ledger_files(ledger_path, fails, warns)
+    if ledger_path is not None:
+        _ledger_files(ledger_path, fails, warns)
     _witness_files(home, fails)
     _hook_files(hooks_dir, fails)
     _spool(home, fails)
@@ -137,4 +139,6 @@ def check_file_modes(ledger_path: Path, home: Path, hooks_dir: Path) -> Check:
         )
     if warns:
         return Check("file_modes", "warn", "; ".join(warns), f"chmod 600 {ledger_path}*")
+    if ledger_path is None:
+        return Check("file_modes", "ok", "the anchor key and witness, hooks and spool are private")
     return Check("file_modes", "ok", "the ledger, its key and anchors, hooks and spool are private")

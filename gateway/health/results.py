@@ -31,10 +31,14 @@ class Check:
 class DoctorReport:
     """Every check, in order; ``status`` is the worst of them. ``unopened`` is the
     ``ledger`` check's failure when the ledger could not be opened at all (the
-    checks that need it were left out)."""
+    checks that need it were left out); ``not_applicable`` what was not checked
+    because it has no meaning on this backend."""
 
     checks: tuple[Check, ...]
     unopened: Check | None = None
+    not_applicable: tuple[str, ...] = ()
+    """The checks of the other backend that mean nothing on this one (on PostgreSQL:
+    SQLite's page check, the ledger file's modes), said so rather than left out."""
 
     @property
     def status(self) -> Status:
@@ -63,4 +67,5 @@ class DoctorReport:
             "ok": self.ok,
             "counts": self.counts(),
             "checks": [c.to_dict() for c in self.checks],
+            "not_applicable": list(self.not_applicable),
         }
