@@ -34,7 +34,7 @@ KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
     "anchor", "backfill", "doctor", "erase", "events", "export", "history", "hooks", "hooks retry", "import", "init",
-    "prune", "replay", "report", "run", "schema", "search", "sessions", "status", "tick",
+    "prune", "replay", "report", "run", "schema", "search", "sessions", "sql", "status", "tick",
     "transcript", "verify",
 ]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
