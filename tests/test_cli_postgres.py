@@ -35,7 +35,7 @@ OTHER = "agent:main:discord:group:42:7"
 READY = [
     "anchor", "backfill", "doctor", "erase", "events", "export", "history", "hooks", "hooks retry", "import", "init",
     "prune", "replay", "report", "run", "schema", "search", "sessions", "sql", "status", "tick",
-    "transcript", "verify",
+    "transcript", "vacuum", "verify",
 ]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
 
@@ -343,7 +343,6 @@ def test_init(cli: Cli) -> None:
 
 
 NOT_READY = [
-    ["vacuum"],
     ["serve"], ["demo"],
 ]  # fmt: skip
 
@@ -405,11 +404,11 @@ def test_installed_script(pg: str, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["events"] == 9
     refused = subprocess.run(
-        [installed_script(), "vacuum"], env={**env, "HERMES_LEDGER_DB": pg},
+        [installed_script(), "demo", "--db", pg], env=env,
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert refused.returncode == 1 and refused.stdout == ""
-    assert refused.stderr.startswith("Error: vacuum does not work on a PostgreSQL ledger yet\n")
+    assert refused.stderr.startswith("Error: demo does not work on a PostgreSQL ledger yet\n")
     assert not (tmp_path / "home").exists()
 
 

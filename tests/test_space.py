@@ -9,17 +9,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from backends import pg_uri
 from click.testing import Result
 from helpers import hold_write_lock, installed_script, next_line, run_on_terminal
+from pg_support import as_user, fresh_database, login_role
 
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
+from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres.log import describe_dsn
 from hermes_ledger.projections import open_ledger
+from hermes_ledger.projections import postgres as pg_projections
 
 WORDS = (
     "session", "memory", "flush", "telegram", "discord", "slack", "agent", "tool", "search",
@@ -185,3 +191,83 @@ def test_vacuum_shows_progress_on_a_terminal(ledger: Path) -> None:
     done, shown = run_on_terminal([installed_script(), "vacuum", "--db", str(ledger)], "stderr")
     assert done.returncode == 0, done.stderr
     assert b"vacuuming" in shown and b"100%" in shown, shown
+
+
+# -- on a PostgreSQL ledger: VACUUM (ANALYZE) of its tables ----------------------------------
+
+
+@pytest.fixture
+def pg_ledger() -> Iterator[str]:
+    """A PostgreSQL ledger whose projections were updated row by row (an upsert per
+    message: dead tuples in session_map and session_history), autovacuum off on its
+    tables so that only the command under test vacuums them."""
+    with fresh_database() as dsn:
+        uri = pg_uri(dsn)
+        with PostgresLog.open(uri) as log:
+            pg_projections.attach(log)
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                for table in ("session_map", "session_history", "messages", "events"):
+                    admin.execute(
+                        f"ALTER TABLE hermes_ledger.{table} SET (autovacuum_enabled = false)"
+                    )
+            log.append("k", [SessionStarted(session_id="s1", source=Source(platform="local"))])
+            for i in range(30):
+                log.append("k", [MessageAppended(session_id="s1", role="user", content=f"m{i}")])
+        yield uri
+
+
+def _pg_events(uri: str) -> list[Any]:
+    with psycopg.connect(uri) as conn:
+        return conn.execute("SELECT * FROM hermes_ledger.events ORDER BY position").fetchall()
+
+
+def test_vacuum_on_postgres_reports_dead_tuples_before_and_after(
+    pg_ledger: str, cli: Callable[..., Result]
+) -> None:
+    before = _pg_events(pg_ledger)
+    result = cli("vacuum", "--db", pg_ledger, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    tables = {t["table"]: t for t in report["tables"]}
+    assert {"events", "payloads", "session_map", "session_history", "messages"} <= set(tables)
+    # an upsert per message leaves a dead row version (fewer once page pruning ran)
+    assert tables["session_map"]["dead_before"] > 0
+    assert tables["session_history"]["dead_before"] > 0
+    assert all(t["dead_after"] == 0 for t in tables.values()), tables
+    assert tables["messages"]["live_after"] == 30
+    assert report["dead_tuples_before"] == sum(t["dead_before"] for t in tables.values())
+    assert report["dead_tuples_after"] == 0 and report["skipped"] == []
+    assert _pg_events(pg_ledger) == before
+    text = cli("vacuum", "--db", pg_ledger)
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert lines[0].startswith(f"Vacuumed {describe_dsn(pg_ledger)} (VACUUM (ANALYZE), ")
+    assert f"(VACUUM (ANALYZE), {len(tables)} tables) in " in lines[0]
+    assert ": 0 dead tuples before, 0 after; " in lines[0]
+    assert any(line.split()[0] == "session_map" for line in lines[1:])
+    assert cli("verify", "--db", pg_ledger).exit_code == 0
+
+
+def test_vacuum_on_postgres_needs_the_owner(pg_ledger: str, cli: Callable[..., Result]) -> None:
+    with login_role("hermes_ledger_writer") as gateway:
+        login = pg_uri(as_user(pg_ledger, gateway))
+        result = cli("vacuum", "--db", login)
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: this role may not vacuum the ledger's tables at {describe_dsn(login)}"
+        " (on PostgreSQL only a table's owner, the database's owner or a superuser may);"
+        " nothing was done",
+        "Try: connect as the database's owner (the role that ran the migrations)",
+    ]
+
+
+def test_vacuum_on_postgres_refuses_a_table_locked_too_long(
+    pg_ledger: str, cli: Callable[..., Result]
+) -> None:
+    with psycopg.connect(pg_ledger) as holder:  # an append in progress holds this lock
+        holder.execute("LOCK TABLE hermes_ledger.events IN EXCLUSIVE MODE")
+        result = cli("vacuum", "--db", pg_ledger, "--wait", "0.2")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: hermes_ledger.events stayed locked for more than 0.2 s")
+    assert "Try: try again later, or give it longer with --wait SECONDS" in result.output
+    assert cli("vacuum", "--db", pg_ledger).exit_code == 0  # once it is free
