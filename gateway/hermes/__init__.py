@@ -7,7 +7,8 @@ recording a running Hermes from the plugin's spooled hook records (``records``,
 ``HermesImportReport``. ``LiveRecorder(ledger, home).apply(records)`` is the live
 one; it returns a ``LiveReport``. ``open_hermes_home`` opens a home's read-only
 snapshot, and raises ``HermesImportError`` for a path that is not a readable Hermes
-0.19 home.
+0.19 home. Both take either backend (an ``EventLog``: a SQLite ``Ledger`` or a
+``PostgresLog``); what they read of the ledger is ``held``'s, written once for both.
 docs/hermes-import.md has the mapping and its limits.
 """
 
