@@ -37,7 +37,7 @@ from hermes_ledger.ledger.schema import APPLICATION_ID, latest_version
 WORKER = Path(__file__).with_name("proc_workers.py")
 TIMEOUT = 60.0  # generous ceiling for any one worker; the tests take seconds
 
-HAMMER_COUNT = {"sqlite": 5_000, "postgresql": 2_000}
+HAMMER_COUNT = {"sqlite": 5_000, "postgresql": 1_000}
 CRASH_ITERATIONS = {"sqlite": 5, "postgresql": 4}
 RACE_ROUNDS = {"sqlite": 12, "postgresql": 3}
 PRE_COUNT = 200
