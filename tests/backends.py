@@ -35,7 +35,10 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
 
 ``pg_uri(dsn)`` turns a libpq key=value DSN (``fresh_database`` yields one) into
 the ``postgresql://`` URI ``open_log`` needs. Hypothesis: one fresh database per
-test, so per example ``wipe``; keep PostgreSQL's example counts modest.
+test, so per example ``wipe``; keep PostgreSQL's example counts modest. Cases
+that differ per backend: parametrise ``backend`` indirectly, e.g.
+``@pytest.mark.parametrize(("backend", "n"), [("sqlite", 3), ("postgresql", 1)],
+indirect=["backend"])``.
 
     def test_something(backend: Backend) -> None:
         with backend.open(projections=True) as log:
