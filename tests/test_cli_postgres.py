@@ -34,8 +34,8 @@ KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
     "anchor", "backfill", "doctor", "erase", "events", "export", "history", "hooks", "hooks retry", "import", "init",
-    "prune", "replay", "report", "run", "schema", "search", "sessions", "sql", "status", "tick",
-    "transcript", "vacuum", "verify",
+    "prune", "replay", "report", "run", "schema", "search", "serve", "sessions", "sql", "status",
+    "tick", "transcript", "vacuum", "verify",
 ]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
 
@@ -343,7 +343,7 @@ def test_init(cli: Cli) -> None:
 
 
 NOT_READY = [
-    ["serve"], ["demo"],
+    ["demo"],
 ]  # fmt: skip
 
 

@@ -402,6 +402,8 @@ def test_every_command_with_a_dsn(
     args = [*base_args(names, command), "--db", pg_uri]
     if name == "import":
         args.insert(1, str(tmp_path / "x.jsonl"))
+    if name == "serve":  # it serves until stopped: an address it cannot listen on
+        args += ["--allow-remote", "--host", "256.0.0.1"]
     result = CliRunner().invoke(root, args, env={"HERMES_HOME": str(tmp_path / "home")})
     output = result.output + (result.stderr if result.stderr_bytes else "")
     assert not isinstance(result.exception, Exception) or isinstance(

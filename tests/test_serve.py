@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import stat
 import subprocess
 import sys
 import urllib.parse
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import pg_uri
 from helpers import installed_script, next_line
+from pg_support import fresh_database
 
 from hermes_ledger import projections
 from hermes_ledger.gateway.web import DOC_QUERIES, build_metadata
@@ -31,6 +35,9 @@ from hermes_ledger.ledger.events import (
     SessionStarted,
     Source,
 )
+from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres.log import describe_dsn
+from hermes_ledger.projections import postgres as pg_projections
 from hermes_ledger.projections.audits import REPORTS
 from hermes_ledger.projections.definitions import PROJECTIONS
 
@@ -40,22 +47,23 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
 CHROMIUM = "/usr/bin/chromium"
 
 
+def make_events() -> list[Any]:
+    return [
+        SessionStarted(
+            session_id="s1", source=Source(platform="telegram", chat_id="99", user_id="u1")
+        ),
+        MessageAppended(session_id="s1", role="user", content="where is the invoice?"),
+        MessageAppended(session_id="s1", role="assistant", content="attached, page two"),
+        SessionReset(session_id="s1", trigger="/new"),
+        MemoryFlushed(session_id="s1", provider="honcho"),
+        SessionEnded(session_id="s1", reason="manual_reset"),
+    ]
+
+
 def make_ledger(path: Path) -> Path:
     with Ledger.open(path) as led:
         projections.attach(led)
-        led.append(
-            KEY,
-            [
-                SessionStarted(
-                    session_id="s1", source=Source(platform="telegram", chat_id="99", user_id="u1")
-                ),
-                MessageAppended(session_id="s1", role="user", content="where is the invoice?"),
-                MessageAppended(session_id="s1", role="assistant", content="attached, page two"),
-                SessionReset(session_id="s1", trigger="/new"),
-                MemoryFlushed(session_id="s1", provider="honcho"),
-                SessionEnded(session_id="s1", reason="manual_reset"),
-            ],
-        )
+        led.append(KEY, make_events())
     return path
 
 
@@ -233,3 +241,84 @@ def test_the_canned_queries_are_the_named_reports_and_the_queries_of_docs_sql_md
     assert queries["full_text_search"]["params"] == ["query"]
     assert queries["unflushed-ends"]["params"] == ["since", "until", "platform", "limit"]
     assert "LIMIT coalesce(nullif(:limit, ''), 1000)" in queries["unflushed-ends"]["sql"]
+
+
+# -- a PostgreSQL ledger: a read-only SQLite snapshot taken at start ---------------------
+
+
+def test_serve_on_postgres_serves_a_snapshot_and_removes_it(tmp_path: Path) -> None:
+    """The installed script on a ``postgresql://`` ledger: the banner says it is a
+    snapshot; the pages and canned queries are the SQLite ledger's, on the same
+    events; an append made after the start is not shown; the snapshot is owner-only
+    in a directory of its own, removed when serve stops (SIGTERM)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with fresh_database() as dsn:
+        uri = pg_uri(dsn)
+        with PostgresLog.open(uri) as log:
+            pg_projections.attach(log)
+            log.append(KEY, make_events())
+        env = {**os.environ, "HERMES_HOME": str(tmp_path / "home"), "TMPDIR": str(scratch)}
+        env.pop("HERMES_LEDGER_DB", None)
+        proc = subprocess.Popen(
+            [installed_script(), "serve", "--db", uri, "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            line = next_line(proc)
+            assert line.startswith(
+                f"Serving a snapshot of {describe_dsn(uri)} (PostgreSQL, up to position 6, taken "
+            ), line
+            match = re.search(r"read-only at (http://127\.0\.0\.1:\d+/ledger) ", line)
+            assert match, line
+            note = next_line(proc)
+            assert note.startswith("Note: Datasette reads SQLite only, so this is a SQLite copy")
+            (directory,) = scratch.iterdir()
+            assert directory.name.startswith("hermes-ledger-serve-")
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+            files = list(directory.iterdir())
+            assert [f.name for f in files] == ["ledger-snapshot.db"]
+            assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+            served = Served(proc, match.group(1), files[0])
+            rows = served.json("/session_map.json", _shape="array")
+            assert [(r["session_key"], r["status"]) for r in rows] == [(KEY, "closed")]
+            found = served.json("/messages.json", _search="invoice", _shape="array")
+            assert [r["content"] for r in found] == ["where is the invoice?"]
+            report = served.json("/unflushed-ends.json", _shape="array")
+            assert report == []  # the flush succeeded
+            with PostgresLog.open(uri) as log:  # an append after the snapshot was taken
+                log.append(
+                    OTHER, [SessionStarted(session_id="s2", source=Source(platform="discord"))]
+                )
+            rows = served.json("/session_map.json", _shape="array")
+            assert [r["session_key"] for r in rows] == [KEY]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+    assert list(scratch.iterdir()) == []  # the snapshot went with the server
+
+
+def test_serve_on_postgres_takes_no_snapshot_when_the_port_is_taken(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    with fresh_database() as dsn, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = cli("serve", "--db", pg_uri(dsn), "--port", str(port))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: cannot listen on 127.0.0.1 port {port}: ")
+    assert list(scratch.iterdir()) == []
+
+
+def test_serve_help_says_a_postgres_ledger_is_a_snapshot(cli: Any) -> None:
+    result = cli("serve", "--help")
+    assert "On a PostgreSQL ledger (--db postgresql://…) Datasette, which reads SQLite" in (
+        result.output
+    )

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from hermes_ledger.gateway.cli.options import db_option, reports_errors
-from hermes_ledger.gateway.config.paths import resolve_ledger_path
+from hermes_ledger.gateway.cli.options import db_option, postgres_ready, reports_errors
+from hermes_ledger.gateway.config.paths import resolve_ledger
 from hermes_ledger.gateway.web import server
+
+if TYPE_CHECKING:
+    from hermes_ledger.gateway.web.snapshot import PostgresSnapshot
 
 __all__ = ["serve_cmd"]
 
 
 @click.command("serve")
+@postgres_ready
 @db_option
 @click.option(
     "--host",
@@ -34,7 +39,7 @@ __all__ = ["serve_cmd"]
     help="Allow a --host other machines can reach: they can read every transcript.",
 )
 @reports_errors
-def serve_cmd(db: Path | None, host: str, port: int, allow_remote: bool) -> None:
+def serve_cmd(db: Path | str | None, host: str, port: int, allow_remote: bool) -> None:
     """Browse sessions, transcripts and audit reports in a browser.
 
     \b
@@ -44,6 +49,14 @@ def serve_cmd(db: Path | None, host: str, port: int, allow_remote: bool) -> None
     on messages.
     A running gateway's appends show on the next page load. Listens on
     127.0.0.1 only, unless --allow-remote. Ctrl-C stops it.
+
+    \b
+    On a PostgreSQL ledger (--db postgresql://…) Datasette, which reads SQLite
+    only, serves a read-only SQLite snapshot taken when serve starts: the log
+    (checked against its hash chain) and its projections, not later appends
+    (restart to refresh) nor the scheduler's and hooks' tables. The snapshot is
+    a file only this user may read, in a temporary directory removed when serve
+    stops.
     """
     if not server.is_loopback(host):
         if not allow_remote:
@@ -57,9 +70,25 @@ def serve_cmd(db: Path | None, host: str, port: int, allow_remote: bool) -> None
             " every session and transcript, without a password",
             err=True,
         )
-    path = resolve_ledger_path(db)
+    target = resolve_ledger(db)
+    if isinstance(target, str):
+
+        def ready_snapshot(url: str, snap: PostgresSnapshot) -> None:
+            click.echo(
+                f"Serving a snapshot of {snap.source} (PostgreSQL, up to position"
+                f" {snap.position}, taken {snap.taken_at}) read-only at {url} (Ctrl-C stops)"
+            )
+            click.echo(
+                "Note: Datasette reads SQLite only, so this is a SQLite copy of the log and its"
+                " projections: later appends are not shown (restart serve to see them), the"
+                " scheduler's and hooks' tables are not copied; the copy is removed when serve"
+                " stops"
+            )
+
+        server.serve_postgres(target, host=host, port=port, ready=ready_snapshot)
+        return
 
     def ready(url: str) -> None:
-        click.echo(f"Serving {path} read-only at {url} (Ctrl-C stops)")
+        click.echo(f"Serving {target} read-only at {url} (Ctrl-C stops)")
 
-    server.serve(path, host=host, port=port, ready=ready)
+    server.serve(target, host=host, port=port, ready=ready)

@@ -7,6 +7,9 @@ ledger: an immutable file is read as if no other process could change it, so it
 ignores the WAL, and serves a stale or inconsistent view.) Every connection
 Datasette opens also gets ``PRAGMA query_only``, so nothing it runs can write,
 whatever a plugin or a query asks. Datasette is the optional ``web`` extra.
+
+A PostgreSQL ledger is served as a read-only SQLite snapshot taken at start
+(``serve_postgres``, ``gateway/web/snapshot.py``): Datasette reads SQLite only.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hermes_ledger.gateway.sessions import reports
 from hermes_ledger.gateway.web.metadata import DATABASE_NAME, build_metadata
+from hermes_ledger.gateway.web.snapshot import PostgresSnapshot, postgres_snapshot
 from hermes_ledger.ledger import LedgerError
 
 __all__ = [
@@ -30,6 +36,7 @@ __all__ = [
     "listen",
     "prepare_ledger",
     "serve",
+    "serve_postgres",
 ]
 
 WEB_EXTRA_HINT = "pip install 'hermes-ledger[web]'"
@@ -132,14 +139,51 @@ def serve(
     the ledger's URL once the port is listening (connections wait in its backlog
     until Datasette takes them)."""
     app = build_datasette(prepare_ledger(path))
+    with listen(host, port) as sock:
+        _run(app, sock, host, ready)
+
+
+def serve_postgres(
+    dsn: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    ready: Callable[[str, PostgresSnapshot], None] | None = None,
+) -> None:
+    """Serve a read-only SQLite snapshot of the PostgreSQL ledger at ``dsn``, taken
+    now (``snapshot.postgres_snapshot``), until SIGINT/SIGTERM; the snapshot is
+    removed when it stops. The port is taken first, so a port in use costs no
+    snapshot. ``ready`` gets the URL and the snapshot."""
+    _load_datasette()  # without Datasette, say so before exporting anything
+    with _sigterm_exits(), listen(host, port) as sock, postgres_snapshot(dsn) as snap:
+        app = build_datasette(snap.path)
+        _run(app, sock, host, None if ready is None else lambda url: ready(url, snap))
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises SystemExit here, so the snapshot is removed: uvicorn handles the
+    signal, shuts down, then raises it again with the handler it found in place, and
+    the default one would end the process without running any cleanup."""
+
+    def exit_now(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(app: Any, sock: socket.socket, host: str, ready: Callable[[str], None] | None) -> None:
+    """Start ``app`` on the listening ``sock`` and run it until SIGINT/SIGTERM."""
     import uvicorn
 
     asyncio.run(app.invoke_startup())
-    sock = listen(host, port)
-    with sock:
-        bound = sock.getsockname()[1]
-        shown = f"[{host}]" if ":" in host else host
-        if ready is not None:
-            ready(f"http://{shown}:{bound}/{DATABASE_NAME}")
-        config = uvicorn.Config(app.app(), log_level="warning", lifespan="on")
-        uvicorn.Server(config).run(sockets=[sock])
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    if ready is not None:
+        ready(f"http://{shown}:{bound}/{DATABASE_NAME}")
+    config = uvicorn.Config(app.app(), log_level="warning", lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
