@@ -33,9 +33,9 @@ Cli = Callable[..., Result]
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
-    "anchor", "backfill", "doctor", "erase", "events", "export", "history", "hooks", "hooks retry", "import", "init",
-    "prune", "replay", "report", "run", "schema", "search", "serve", "sessions", "sql", "status",
-    "tick", "transcript", "vacuum", "verify",
+    "anchor", "backfill", "doctor", "erase", "events", "export", "history", "hooks",
+    "hooks retry", "import", "init", "prune", "replay", "report", "run", "schema", "search",
+    "serve", "sessions", "sql", "status", "tick", "transcript", "vacuum", "verify",
 ]  # fmt: skip
 SECRET = "s3cr3t-pw-7f"
 
