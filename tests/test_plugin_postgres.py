@@ -27,6 +27,7 @@ from test_erasure import DM, MARK, OTHER, fill, jsonl_bytes
 
 from hermes_ledger.gateway.config.files import ConfigError
 from hermes_ledger.gateway.hermes.importing import import_hermes_home
+from hermes_ledger.gateway.hermes.live import LiveRecorder
 from hermes_ledger.gateway.plugin.location import plugin_ledger
 from hermes_ledger.gateway.plugin.spool import SpoolWriter, pending_records
 from hermes_ledger.gateway.plugin.status import history_gap
@@ -310,3 +311,56 @@ def test_hermes_ledger_commands_default_to_the_plugins_ledger(
     monkeypatch.setenv("HERMES_LEDGER_DB", str(tmp_path / "env.db"))  # the environment wins
     assert plugin_cli.run(["init"]) == 0
     assert (tmp_path / "env.db").exists()
+
+
+# -- one key, two homes -----------------------------------------------------------------------
+
+
+def test_a_key_two_homes_share_is_never_closed_by_the_other_home(
+    tmp_path: Path, backend: Backend
+) -> None:
+    # Two gateways (two homes, one profile name) see the same chat: one key. While
+    # home A's session is open on it, home B's session there is skipped, saying why;
+    # A's session is not closed on A's behalf and what A says next is recorded. Once
+    # A's session has ended, B's (still open in B) is recorded whole.
+    key, who = "agent:main:telegram:dm:1001", origin("telegram", "1001", user_id="1001")
+    start = NOW - timedelta(minutes=10)
+    sa, sb = sid(start, "aaaa0001"), sid(start + timedelta(minutes=1), "bbbb0001")
+
+    def act(session_id: str) -> dict[str, Any]:
+        return {"kind": "activity", "at": format_utc(datetime.now(UTC)), "session_id": session_id,
+                "session_key": key, "platform": "telegram", "hook": "post_llm_call"}  # fmt: skip
+
+    with (
+        HermesFixture(tmp_path / "a") as a,
+        HermesFixture(tmp_path / "b") as b,
+        backend.open() as log,
+    ):
+        ra, rb = LiveRecorder(log, a.home), LiveRecorder(log, b.home)
+        a.create_session(sa, "telegram", started_at=start.timestamp(), session_key=key,
+                         origin=who)  # fmt: skip
+        a.append_message(sa, "user", "a1", at=start.timestamp() + 60)
+        assert ra.apply([act(sa)]).events == 2
+        b.create_session(sb, "telegram", started_at=start.timestamp() + 60, session_key=key,
+                         origin=who)  # fmt: skip
+        b.append_message(sb, "user", "b1", at=start.timestamp() + 120)
+        skipped = rb.apply([act(sb)])
+        assert (skipped.events, skipped.closes) == (0, [])
+        [why] = [s.reason for s in skipped.skipped]
+        assert f"holds the open session {sa} of another Hermes home" in why
+        assert "its own Hermes profile" in why
+        a.append_message(sa, "user", "a2", at=start.timestamp() + 180)
+        assert ra.apply([act(sa)]).events == 1  # A's session goes on, whole
+        a.end_session(sa, "session_reset", at=start.timestamp() + 240)
+        closed = ra.apply([{**act(sa), "kind": "finalize", "reason": "new_session"}])
+        assert [c.reason for c in closed.closes] == ["manual_reset"]
+        later = rb.apply([act(sb)])  # the key is free: B's session, from its start
+        assert later.skipped == [] and later.events == 2
+        said = [(r.session_id, r.event.content) for r in log.read_stream(key)
+                if r.type == "message_appended"]  # type: ignore[union-attr]  # fmt: skip
+        assert said == [(sa, "a1"), (sa, "a2"), (sb, "b1")]
+        ended = [r.session_id for r in log.read_all(types=["session_ended"])]
+        assert ended == [sa]  # nothing closed that Hermes did not close
+        homes = {r.session_id: r.meta.get("home") for r in log.read_stream(key)
+                 if r.type == "session_started"}  # fmt: skip
+        assert homes[sa].endswith(str(a.home.resolve())) and homes[sb] != homes[sa]

@@ -30,6 +30,7 @@ __all__ = [
     "ledger_name",
     "reads_of",
     "recorded",
+    "session_home",
     "session_stream",
     "session_times",
     "stream_sessions",
@@ -41,12 +42,16 @@ class _Dialect:
     """How a backend reads a member of the ``meta`` or ``data`` JSON text."""
 
     actor: str  # meta's actor, as text
+    home: str  # meta's home (the Hermes home that recorded it), as text
     synthetic: str  # data's synthetic flag, as something truthy or not
 
 
-_SQLITE = _Dialect(actor="meta ->> '$.actor'", synthetic="data ->> '$.synthetic'")
+_SQLITE = _Dialect(
+    actor="meta ->> '$.actor'", home="meta ->> '$.home'", synthetic="data ->> '$.synthetic'"
+)
 _POSTGRES = _Dialect(
     actor="replace(meta, '\\u0000', '\\u0020')::json ->> 'actor'",
+    home="replace(meta, '\\u0000', '\\u0020')::json ->> 'home'",
     synthetic="(replace(data, '\\u0000', '\\u0020')::json ->> 'synthetic')::boolean",
 )
 
@@ -75,6 +80,10 @@ SQL_FIRST_PLUGIN_EVENT = (
     "SELECT occurred_at FROM events WHERE {actor} = ? ORDER BY position LIMIT 1"
 )
 SQL_HAS_SESSION = "SELECT 1 FROM events WHERE session_id = ? LIMIT 1"
+SQL_SESSION_HOME = (
+    "SELECT {home} FROM events WHERE session_id = ? AND type = 'session_started'"
+    " ORDER BY position LIMIT 1"
+)
 
 
 def reads_of(ledger: EventLog | Ledger, *, projections: bool = False) -> Ledger:
@@ -109,7 +118,7 @@ def _dialect(reads: Ledger) -> _Dialect:
 
 def _sql(reads: Ledger, statement: str) -> str:
     d = _dialect(reads)
-    return statement.format(actor=d.actor, synthetic=d.synthetic)
+    return statement.format(actor=d.actor, home=d.home, synthetic=d.synthetic)
 
 
 @dataclass
@@ -173,6 +182,13 @@ def first_plugin_event(reads: Ledger) -> str | None:
     recorded nothing."""
     rows = reads.query(_sql(reads, SQL_FIRST_PLUGIN_EVENT), (PLUGIN_ACTOR,))
     return str(rows[0][0]) if rows else None
+
+
+def session_home(reads: Ledger, session_id: str) -> str | None:
+    """The Hermes home whose plugin recorded the session's start (its ``meta.home``:
+    ``host:path``); None if the start names none (an import, an older plugin)."""
+    rows = reads.query(_sql(reads, SQL_SESSION_HOME), (session_id,))
+    return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 def has_session(reads: Ledger, session_id: str) -> bool:

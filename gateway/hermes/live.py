@@ -38,12 +38,23 @@ The closes (cause → ``session_ended.reason``):
 
 Hermes 0.19 does not report whether a memory flush ran, so every close's flush
 outcome is ``memory_flush_skipped`` saying exactly that. Every event appended
-here has ``{"actor": "hermes-plugin"}`` in its meta.
+here has ``{"actor": "hermes-plugin", "home": "<host>:<home>"}`` in its meta.
+
+Several homes, one ledger (gateways on several hosts sharing a PostgreSQL ledger):
+each home's sessions are recorded under their own Hermes keys. When two homes
+produce the same key (the same chat on two gateways of one profile name), a key
+cannot hold both homes' sessions at once: a session new to the key while it holds
+an open session of *another* home (not in this home's state.db, started by that
+home's plugin) is not recorded (the record is skipped, saying so), rather than
+closing that home's session on its behalf — a close that did not happen — and
+then leaving out what it still says. Give each host its own Hermes profile (its
+keys then start ``agent:<profile>:``) when their chats may overlap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -58,6 +69,7 @@ from hermes_ledger.gateway.hermes.held import (
     foreign,
     reads_of,
     recorded,
+    session_home,
     session_times,
 )
 from hermes_ledger.gateway.hermes.mapping import (
@@ -124,7 +136,6 @@ FLUSH_NOT_REPORTED: Final = (
 RESET_TRIGGER: Final = "/new or /reset"
 """The ``session_reset`` trigger of a ``/new``: Hermes does not say which command it was."""
 
-_META: Final = {"actor": PLUGIN_ACTOR}
 _RETRIES: Final = 20  # re-reads after another writer changed a key first
 _REMEMBERED: Final = 4096  # dispatch sources, senders, speakers, subagent ids kept
 
@@ -153,7 +164,8 @@ class LiveRecorder:
         self.home = Path(home).expanduser()
         self.config = config if config is not None else GatewayConfig.load(self.home)
         self.redact = ToolRedaction(redact_tools)
-        self.closer = SessionCloser(self.ledger, None, meta=_META, skipped=FLUSH_NOT_REPORTED)
+        self.meta = {"actor": PLUGIN_ACTOR, "home": home_identity(self.home)}
+        self.closer = SessionCloser(self.ledger, None, meta=self.meta, skipped=FLUSH_NOT_REPORTED)
         self._sources: OrderedDict[str, Source] = OrderedDict()  # key → latest dispatch
         self._side: OrderedDict[str, None] = OrderedDict()  # subagent sessions seen
         # (key, platform message id) → who sent it, from its dispatch
@@ -227,6 +239,7 @@ class LiveRecorder:
             state = read_key_state(self.ledger, key)
             if state.status == "open" and state.session_id != s.id:
                 assert state.session_id is not None
+                self._check_not_anothers(hermes, key, state.session_id, s.id)
                 times = session_times(self.ledger, state.session_id)
                 if times and times[0] and parse_utc(times[0]) > _utc(s.started_at):
                     raise RecordError(
@@ -248,6 +261,19 @@ class LiveRecorder:
             if self._append(batch, key, events, state.version):
                 return key
         raise RecordError(f"gave up on session {session_id} after {_RETRIES} tries: its key moved")
+
+    def _check_not_anothers(self, hermes: HermesHome, key: str, open_id: str, new: str) -> None:
+        """RecordError if ``key``'s open session belongs to another Hermes home: not in
+        this home's state.db, and started by another home's plugin (module docstring)."""
+        if hermes.session(open_id) is not None:
+            return
+        other = session_home(self.ledger, open_id)
+        if other is not None and other != self.meta["home"]:
+            raise RecordError(
+                f"{key} holds the open session {open_id} of another Hermes home ({other}):"
+                f" {new} is not recorded beside it, nor is that session closed; give each"
+                " host its own Hermes profile so that their session keys differ"
+            )
 
     def _place(
         self, hermes: HermesHome, s: _Session, hint: str | None, side: bool
@@ -502,7 +528,7 @@ class LiveRecorder:
         """Append at ``version``; False (nothing written) if another writer got there
         first (re-read and decide again)."""
         try:
-            result = self.ledger.append(key, events, expected_version=version, meta=_META)
+            result = self.ledger.append(key, events, expected_version=version, meta=self.meta)
         except (ConcurrencyError, SessionAlreadyEndedError, IdempotencyError):
             return False
         if not result.duplicate:
@@ -529,6 +555,15 @@ class LiveRecorder:
         if record.message_id is not None:  # who sent it, for its user message
             sender = (source.user_id, source.user_name)
             self._remember(self._senders, (key, record.message_id), sender)
+
+
+def home_identity(home: Path) -> str:
+    """``<host name>:<home's resolved path>``: which Hermes home recorded an event."""
+    try:
+        where = home.resolve()
+    except OSError:
+        where = home
+    return f"{socket.gethostname()}:{where}"
 
 
 def _resumable(session: _Session | None) -> bool:
