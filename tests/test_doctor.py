@@ -21,10 +21,11 @@ from hermes_ledger.gateway import SessionSource
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.health import CHECK_NAMES, POSTGRES_CHECK_NAMES, diagnose
 from hermes_ledger.gateway.plugin.spool import SpoolWriter
+from hermes_ledger.gateway.scheduler.postgres import refresh_deadlines
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.anchors import Witness
-from hermes_ledger.ledger.events import SessionStarted, Source
+from hermes_ledger.ledger.events import SessionReset, SessionStarted, Source
 from hermes_ledger.ledger.postgres import PostgresLog
 from hermes_ledger.ledger.postgres.log import describe_dsn
 from hermes_ledger.projections import postgres as pg_projections
@@ -467,3 +468,31 @@ def test_postgres_without_a_ledger_writes_nothing(
     result = doctor(cli, home, "postgresql://127.0.0.1:1/nowhere")
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: cannot connect to PostgreSQL at 127.0.0.1:1/nowhere")
+
+
+def test_postgres_a_stuck_close_and_an_overdue_session_warn(
+    pg_home: tuple[Path, str], cli: Callable[..., Result]
+) -> None:
+    """A close begun (its cause recorded) and never finished, and a key whose idle
+    deadline (from session_deadlines) passed long ago, as on SQLite."""
+    home, uri = pg_home
+    clock = ManualClock()
+    clock.advance(minutes=20)
+    with PostgresLog.open(uri, clock=clock) as log:
+        pg_projections.attach(log)
+        store = SessionStore(log, GatewayConfig.load(home, env={}), clock)
+        other = store.get_or_create_session(
+            SessionSource(platform="telegram", chat_id="7", chat_type="dm", user_id="7")
+        ).session_id  # last active 09:20: due at 09:50
+        (first,) = {r.session_id for r in log.read_all(types={"session_started"})} - {other}
+        clock.advance(minutes=11)
+        log.append("agent:main:telegram:dm:5", [SessionReset(session_id=first, trigger="/new")])
+        refresh_deadlines(log, GatewayConfig.load(home, env={}))
+    closes = pg_checks(doctor(cli, home, uri, "--json"))["closes"]
+    assert closes["status"] == "warn"
+    assert closes["detail"] == (
+        f"1 close unfinished for over 15 min (the oldest: agent:main:telegram:dm:5 session"
+        f" {first}, closing since 2026-11-22T09:31:00.000000Z); 1 session past its deadline"
+        f" by over 15 min (the oldest: agent:main:telegram:dm:7 session {other}, due"
+        " 2026-11-22T09:50:00.000000Z)"
+    )
