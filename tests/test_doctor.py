@@ -496,3 +496,33 @@ def test_postgres_a_stuck_close_and_an_overdue_session_warn(
         f" by over 15 min (the oldest: agent:main:telegram:dm:7 session {other}, due"
         " 2026-11-22T09:50:00.000000Z)"
     )
+
+
+def test_postgres_a_dead_letter_warns(
+    pg_home: tuple[Path, str], cli: Callable[..., Result]
+) -> None:
+    """A delivery the hooks' runner gave up on (a row of hook_deliveries, as a runner
+    on another host leaves it) is a dead letter on PostgreSQL too."""
+    home, uri = pg_home
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute("SET search_path = hermes_ledger")
+        conn.execute("INSERT INTO hook_subscriptions (hook, hook_events) VALUES ('crm', %s)",
+                     (["session:start"],))  # fmt: skip
+        row = conn.execute(
+            "SELECT event_id, stream, session_id FROM events WHERE position = 1"
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO hook_deliveries (delivery_id, hook, position, event_id, hook_event,"
+            " session_key, session_id, context, status, attempts, last_error)"
+            " VALUES ('d1', 'crm', 1, %s, 'session:start', %s, %s, '{}', 'dead', 5, 'boom')",
+            row,
+        )
+    found = pg_checks(doctor(cli, home, uri, "--json"))
+    assert found["deliveries"] == {
+        "name": "deliveries",
+        "status": "warn",
+        "detail": "1 dead letter (crm: 1)",
+        "hint": "see why with `hermes-ledger hooks`, fix the hook, then `hermes-ledger hooks"
+        " retry`",
+    }
