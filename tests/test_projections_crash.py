@@ -101,13 +101,16 @@ def kill_when_blocked(backend: Backend, proc: subprocess.Popen[str]) -> bool:
     """SIGKILL ``proc`` once another session waits for a lock (the child, inside its
     transaction, waiting on the one the test holds); False if it finished first."""
     deadline = time.monotonic() + 60
-    while not int(backend.scalar(SQL_WAITING_FOR_A_LOCK)):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.communicate()
-            return False
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    try:
+        while not int(backend.scalar(SQL_WAITING_FOR_A_LOCK)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:  # whatever happened, the child is gone and reaped after this
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
     return proc.returncode == -signal.SIGKILL
 
 
