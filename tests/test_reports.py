@@ -22,10 +22,11 @@ from pg_support import fresh_database
 
 from hermes_ledger.gateway.demo.day import run_demo
 from hermes_ledger.gateway.hooks import HookDispatcher, HookRegistry
-from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger import Ledger, LedgerError
 from hermes_ledger.ledger.events import SessionEnded, SessionStarted, Source
 from hermes_ledger.ledger.postgres import PostgresLog
 from hermes_ledger.ledger.postgres.migrate import copy_ledger
+from hermes_ledger.ledger.query import QueryTimeoutError
 from hermes_ledger.projections import attach
 from hermes_ledger.projections import postgres as pg_projections
 from hermes_ledger.projections.audits import (
@@ -36,6 +37,7 @@ from hermes_ledger.projections.audits import (
     reports_markdown,
     run_report,
 )
+from hermes_ledger.projections.postgres.reporting import run_report_sql
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
 
@@ -458,3 +460,17 @@ def test_docs_list_the_reports_as_the_library_defines_them() -> None:
     assert "hermes-ledger report --list" in page
     for report in REPORTS.values():
         assert report.sql not in page  # the SQL is stated once, in the library
+
+
+def test_a_report_on_postgresql_is_bounded_by_the_timeout_and_read_only(demo_pg: str) -> None:
+    """The report runner's own limits, on a real server: a query past its timeout is
+    stopped with QueryTimeoutError, and the transaction it runs in is read-only."""
+    with PostgresLog.open(demo_pg) as log:
+        with pytest.raises(QueryTimeoutError, match=r"longer than 0\.2 s"):
+            run_report_sql(log, "SELECT pg_sleep(5)", {}, timeout=0.2)
+        with pytest.raises(LedgerError, match="read-only transaction"):
+            run_report_sql(log, "DELETE FROM session_map", {}, timeout=10)
+        assert list(run_report(log, "end-reasons", {"platform": "slack"}).rows) == [
+            ("idle_expiry", "slack", 1, 2, 1),
+            ("manual_reset", "slack", 1, 6, 1),
+        ]
