@@ -24,7 +24,7 @@ database it would change is reported instead of opened.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -132,16 +132,17 @@ def _minutes(delta: timedelta) -> str:
 
 @dataclass(frozen=True)
 class _Role:
-    """What the connected role is and may do."""
+    """What the connected role is (``SQL_SERVER``) and may do (``SQL_MAY``, once the
+    ledger's schema is known to exist)."""
 
     name: str
     superuser: bool
     owner: bool
     writer: bool
-    usage: bool
-    select: bool
-    insert: bool
-    migrations: bool
+    usage: bool = False
+    select: bool = False
+    insert: bool = False
+    migrations: bool = False
 
     @property
     def kind(self) -> str:
@@ -165,25 +166,26 @@ def _grant_hint(role: str) -> str:
     )
 
 
-def check_server(conn: psycopg.Connection[Any], where: str) -> tuple[Check, str]:
+def check_server(conn: psycopg.Connection[Any], where: str) -> tuple[Check, _Role]:
     """``server``: the version, the role and whether the server takes writes (and
-    the connected role's name)."""
+    who the connected role is)."""
     row = conn.execute(SQL_SERVER, (WRITER_ROLE, WRITER_ROLE)).fetchone()
     assert row is not None
     version, user, standby, superuser, owner, writer = row
-    kind = _Role(user, bool(superuser), bool(owner), bool(writer), *(False,) * 4).kind
-    detail = f"PostgreSQL {version} at {where}, connected as {user} ({kind})"
+    role = _Role(user, bool(superuser), bool(owner), bool(writer))
+    detail = f"PostgreSQL {version} at {where}, connected as {user} ({role.kind})"
     if standby:
         standby_detail = f"{detail}; the server is a standby: it takes no appends"
-        return Check("server", "warn", standby_detail, "point gateways at the primary"), user
-    return Check("server", "ok", detail), user
+        return Check("server", "warn", standby_detail, "point gateways at the primary"), role
+    return Check("server", "ok", detail), role
 
 
-def _role(conn: psycopg.Connection[Any], user: str) -> _Role:
-    row = conn.execute(SQL_SERVER, (WRITER_ROLE, WRITER_ROLE)).fetchone()
+def _privileges(conn: psycopg.Connection[Any], role: _Role) -> _Role:
+    """``role`` with what it may do on the ledger's schema and tables."""
     may = conn.execute(SQL_MAY, {"schema": SCHEMA}).fetchone()
-    assert row is not None and may is not None
-    return _Role(user, bool(row[3]), bool(row[4]), bool(row[5]), *(bool(v) for v in may))
+    assert may is not None
+    usage, select, insert, migrations = (bool(v) for v in may)
+    return replace(role, usage=usage, select=select, insert=insert, migrations=migrations)
 
 
 def check_privileges(conn: psycopg.Connection[Any], role: _Role) -> Check:
@@ -343,12 +345,13 @@ def _inspect(conn: psycopg.Connection[Any], where: str) -> _Inspected | tuple[Ch
     """What the catalogue says before the ledger is opened: the server, the role's
     privileges and the schema version; or the ``ledger`` failure (and the checks
     made) when there is no ledger or the role may not read it."""
-    server, user = check_server(conn, where)
+    server, role = check_server(conn, where)
+    user = role.name
     if conn.execute(SQL_TABLE, (SCHEMA, "events")).fetchone() is None:
         return Check("ledger", "fail", f"there is no ledger in {where} (no {SCHEMA}.events)",
                      "create one with `hermes-ledger init --db URI` (as the database"
                      " owner)"), [server]  # fmt: skip
-    role = _role(conn, user)
+    role = _privileges(conn, role)
     privileges = check_privileges(conn, role)
     if not role.may_read:
         return Check("ledger", "fail", f"{user} may not read the ledger in {where}",
