@@ -63,6 +63,7 @@ __all__ = [
     "DeadlineProjector",
     "PostgresScheduler",
     "attach_deadlines",
+    "catch_up_deadlines",
     "claim_due",
     "refresh_deadlines",
     "translated",
@@ -77,6 +78,12 @@ SQL_KEY_ROW = (
     " WHERE session_key = %s"
 )
 SQL_UNCLOSED_KEYS = "SELECT session_key FROM session_map WHERE status <> 'closed'"
+# Unclosed keys with no deadline row: appended by a writer without the projector, or
+# whose policy sets no deadline (those are evaluated again, and stay without a row).
+SQL_KEYS_WITHOUT_DEADLINE = (
+    "SELECT m.session_key FROM session_map AS m WHERE m.status <> 'closed'"
+    " AND NOT EXISTS (SELECT FROM session_deadlines AS d WHERE d.session_key = m.session_key)"
+)
 SQL_UPSERT_DEADLINE = (
     "INSERT INTO session_deadlines (session_key, session_id, deadline, reason)"
     " VALUES (%s, %s, %s, %s) ON CONFLICT (session_key) DO UPDATE SET"
@@ -177,6 +184,27 @@ def refresh_deadlines(log: PostgresLog, config: GatewayConfig) -> int:
         conn.execute(SQL_LOCK_LOG)
         conn.execute(SQL_DROP_ALL_DEADLINES)
         keys = [row[0] for row in conn.execute(SQL_UNCLOSED_KEYS).fetchall()]
+        for key in keys:
+            _deadline_for(conn, config, key)
+    return len(keys)
+
+
+def catch_up_deadlines(log: PostgresLog, config: GatewayConfig) -> int:
+    """Derive the deadline rows missing for unclosed keys (appends by a writer that
+    had no ``DeadlineProjector``) under the log's append lock; returns the keys
+    evaluated. Cheap when nothing is missing (one indexed anti-join), and nothing
+    at all when no policy of ``config`` ever expires a session. Rows that exist
+    are kept: each append re-derives its key's row, and a close re-checks the
+    policy, under the configuration of the process doing it (after shortening a
+    policy, ``refresh_deadlines`` brings every row forward at once)."""
+    policies = [config.default_reset_policy, *config.reset_by_type.values(),
+                *config.reset_by_platform.values()]  # fmt: skip
+    if all(p.mode == "none" for p in policies):
+        return 0
+    conn = log.connection
+    with translated(log), log._lock, conn.transaction():
+        conn.execute(SQL_LOCK_LOG)
+        keys = [row[0] for row in conn.execute(SQL_KEYS_WITHOUT_DEADLINE).fetchall()]
         for key in keys:
             _deadline_for(conn, config, key)
     return len(keys)

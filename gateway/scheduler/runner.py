@@ -80,15 +80,14 @@ def scheduler_for(
 ) -> Scheduler | PostgresScheduler:
     """The scheduler of ``log``'s backend (``ticks.Scheduler``'s parameters): SQLite's
     ``ticks.Scheduler``, or on PostgreSQL ``postgres.PostgresScheduler`` (which keeps
-    the deadlines inside every append of ``log``), its deadlines re-derived from
-    ``config`` first (appends made without the projector, or under another
-    configuration, are caught up)."""
+    the deadlines inside every append of ``log``), the deadlines that appends made
+    without the projector left missing derived first (``catch_up_deadlines``)."""
     if isinstance(log, Ledger):
         return Scheduler(
             log, config, flusher, clock, flush_timeout=flush_timeout,
             max_flush_attempts=max_flush_attempts, flush_retry_delay=flush_retry_delay,
         )  # fmt: skip
-    from hermes_ledger.gateway.scheduler.postgres import PostgresScheduler, refresh_deadlines
+    from hermes_ledger.gateway.scheduler.postgres import PostgresScheduler, catch_up_deadlines
     from hermes_ledger.ledger.postgres import PostgresLog
 
     assert isinstance(log, PostgresLog)
@@ -96,7 +95,7 @@ def scheduler_for(
         log, config, flusher, clock, flush_timeout=flush_timeout,
         max_flush_attempts=max_flush_attempts, flush_retry_delay=flush_retry_delay,
     )  # fmt: skip
-    refresh_deadlines(log, scheduler.config)
+    catch_up_deadlines(log, scheduler.config)
     return scheduler
 
 
