@@ -710,3 +710,44 @@ def test_postgres_without_a_ledger_says_so(cli: Callable[..., Result]) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("Error: there is no ledger at ")
     assert "Try: create it with `hermes-ledger init --db postgresql://…`" in result.output
+
+
+def _running(pg: Backend, marker: str) -> int:
+    """How many server sessions are running a query that holds ``marker``."""
+    return int(
+        pg.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+            f" AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+        )
+    )
+
+
+def test_postgres_ctrl_c_stops_the_query_on_the_server(pg: Backend) -> None:
+    """Ctrl-C ends the command with 130 and cancels the query on the server too."""
+    marker = "hl_ctrl_c_marker"
+    proc = subprocess.Popen(
+        [installed_script(), "sql", "--db", pg.target, "--timeout", "0",
+         f"SELECT pg_sleep(60) AS {marker}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not _running(pg, marker):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the query did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out, err) == (
+        130,
+        "",
+        "Error: the query was interrupted (Ctrl-C); nothing changed\n",
+    )
+    deadline = time.monotonic() + 30
+    while _running(pg, marker):
+        assert time.monotonic() < deadline, "the query still runs on the server"
+        time.sleep(0.05)
