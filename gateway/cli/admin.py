@@ -180,7 +180,8 @@ def vacuum_cmd(db: Path | str | None, wait: float, as_json: bool) -> None:
     erased payloads) reusable and refreshes the planner's statistics, and prints
     the dead tuples and sizes before and after. It needs the tables' owner (the
     database's owner or a superuser); a plain VACUUM, not FULL: the files seldom
-    shrink. Appends wait while the events table is vacuumed.
+    shrink (the first VACUUM even adds each table's free-space and visibility
+    maps to its size). Appends wait while the events table is vacuumed.
     """
     target = resolve_ledger(db)
     if isinstance(target, str):

@@ -17,7 +17,9 @@ most ``wait`` seconds for its lock (``lock_timeout``): ``VACUUM`` takes SHARE
 UPDATE EXCLUSIVE, which the append lock (EXCLUSIVE on ``events``) conflicts with,
 so appends wait while ``events`` is vacuumed, and an append in progress makes the
 vacuum of ``events`` wait. The figures are the server's statistics
-(``pg_stat_user_tables``, ``pg_total_relation_size``: table, TOAST and indexes).
+(``pg_stat_user_tables``, ``pg_total_relation_size``: table, TOAST and indexes,
+with their free-space and visibility maps, which the first ``VACUUM`` of a table
+creates: its size may grow a little).
 """
 
 from __future__ import annotations
