@@ -751,3 +751,19 @@ def test_postgres_ctrl_c_stops_the_query_on_the_server(pg: Backend) -> None:
     while _running(pg, marker):
         assert time.monotonic() < deadline, "the query still runs on the server"
         time.sleep(0.05)
+
+
+def test_postgres_the_timeout_counts_the_time_between_rows(pg: Backend) -> None:
+    """As on SQLite: a caller that holds the rows past the timeout gets it at the next row."""
+    from hermes_ledger.ledger.postgres.query import run_sql as run_postgres_sql
+
+    with pg.open() as log:
+        log.append(
+            K1, [MessageAppended(session_id="s1", role="user", content=str(i)) for i in "ab"]
+        )
+    rows = run_postgres_sql(pg.target, "SELECT position FROM events ORDER BY position", timeout=0.2)
+    assert next(rows.rows) == (1,)
+    time.sleep(0.3)
+    with pytest.raises(QueryTimeoutError, match=r"longer than 0\.2 s"):
+        list(rows.rows)
+    assert _running(pg, "SELECT position FROM events ORDER BY position") == 0
