@@ -23,10 +23,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from backends import Backend
 from click.testing import Result
@@ -252,25 +255,50 @@ def test_a_hermes_gateway_day_is_recorded_and_each_close_heard_once(
     assert "hermes ledger backfill" not in err, err  # the ledger has the whole history
 
 
+@contextmanager
+def append_lock(uri: str) -> Iterator[None]:
+    """Another session holding a PostgreSQL ledger's append lock (``LOCK TABLE events
+    IN EXCLUSIVE MODE``, what every append takes) until the block ends."""
+    with psycopg.connect(uri) as conn:
+        conn.execute("LOCK TABLE hermes_ledger.events IN EXCLUSIVE MODE")
+        yield
+        conn.rollback()
+
+
 def test_sigkill_before_any_drain_then_hermes_ledger_sync_loses_and_doubles_nothing(
-    home: Path,
+    home: Path, backend: Backend
 ) -> None:
     calls, failing = home.parent / "calls.jsonl", home.parent / "hook-fails"
     private_hook(home / "ledger-hooks", "audit", calls, fail_while=failing)
     hermes_own_hook(home)
-    Ledger.open(home / "ledger.db").close()
-    release = home.parent / "release"
-    locker = hold_write_lock(home / "ledger.db", release)
-    # the gateway's day while its worker cannot write the ledger; every callback has
-    # returned when the ids are printed; then SIGKILL, before any drain
-    proc = day(home, "killed", calls)
-    ids = json.loads(line_of(proc))["ids"]
-    kill9(proc)
-    release.touch()
-    locker.communicate(timeout=TIMEOUT)
+    target = None
+    if backend.name == "postgresql":
+        target = backend.target
+        (home / "config.yaml").write_text(CONFIG + f"  db: {target}\n")
+        with backend.open(projections=True):  # the ledger and its projections exist
+            pass
+    ledger = target or str(home / "ledger.db")
+    open_log(ledger).close()
+    # the gateway's day while its worker cannot write the ledger (another process
+    # holds the write lock: SQLite's, or PostgreSQL's append lock, where the worker
+    # waits); every callback has returned when the ids are printed; then SIGKILL,
+    # before any drain
+    if target is None:
+        release = home.parent / "release"
+        locker = hold_write_lock(home / "ledger.db", release)
+        proc = day(home, "killed", calls)
+        ids = json.loads(line_of(proc))["ids"]
+        kill9(proc)
+        release.touch()
+        locker.communicate(timeout=TIMEOUT)
+    else:
+        with append_lock(target):
+            proc = day(home, "killed", calls)
+            ids = json.loads(line_of(proc))["ids"]
+            kill9(proc)
     assert len(pending_records(home)) > 20
-    with Ledger.open(home / "ledger.db") as ledger:
-        assert ledger.head() == 0
+    with open_log(ledger) as log:
+        assert log.head() == 0
 
     # `hermes ledger sync`: everything recorded; the hook fails (and is retried)
     failing.touch()
@@ -299,7 +327,7 @@ def test_sigkill_before_any_drain_then_hermes_ledger_sync_loses_and_doubles_noth
     assert json.loads(again.stdout)["hooks"]["delivered"] == 0
     verify = hermes(home, "ledger", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    check_the_day(home, ids, calls)
+    check_the_day(home, ids, calls, target=target)
 
 
 # -- the backfill suggestion -------------------------------------------------------------------
