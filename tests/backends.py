@@ -17,8 +17,7 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
 - ``backend.projections``: the projection functions for this backend
   (``attach``, ``verify``, ``live_state``, ``state_at``, ``rebuild``), taking
   the log ``open`` returned: ``projections`` on SQLite, ``projections.postgres``
-  on PostgreSQL (only the SQLite ones take ``chunk_size``, ``progress`` or
-  ``time=``);
+  on PostgreSQL (only the SQLite ones take ``chunk_size`` or ``progress``);
 - ``backend.raw(sql)``: the rows of one statement run as the database's owner
   (superuser on PostgreSQL, search_path the ledger's schema) over a connection of
   its own, bypassing the interface; ``scalar(sql)`` its first value, ``count()``

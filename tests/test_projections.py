@@ -443,19 +443,21 @@ def test_state_at_positions_matches_the_live_tables_then(
     assert (empty.session_map, empty.session_history, empty.transcripts) == ({}, {}, {})
 
 
-def test_state_at_a_time_stops_at_the_first_event_recorded_later(led: Ledger, clock: Clock) -> None:
-    conversation(led, clock)  # ends at 09:02:10
-    before_reset = projections.state_at(led, time=datetime(2026, 11, 22, 9, 1, tzinfo=UTC))
+def test_state_at_a_time_stops_at_the_first_event_recorded_later(
+    log: EventLog, p: Projections, clock: Clock
+) -> None:
+    conversation(log, clock)  # ends at 09:02:10
+    before_reset = p.state_at(log, time=datetime(2026, 11, 22, 9, 1, tzinfo=UTC))
     assert before_reset.session_map[KEY]["session_id"] == "s1"
     assert before_reset.session_map[KEY]["status"] == "open"
     assert "s2" not in before_reset.session_history
-    at_end = projections.state_at(led, time="2026-11-22T09:02:10.000000Z")
-    assert at_end == projections.live_state(led)
-    assert projections.state_at(led, time=datetime(2000, 1, 1, tzinfo=UTC)).position == 0
+    at_end = p.state_at(log, time="2026-11-22T09:02:10.000000Z")
+    assert at_end == p.live_state(log)
+    assert p.state_at(log, time=datetime(2000, 1, 1, tzinfo=UTC)).position == 0
     with pytest.raises(ValueError, match="aware"):
-        projections.state_at(led, time=datetime(2026, 11, 22, 9, 0))
+        p.state_at(log, time=datetime(2026, 11, 22, 9, 0))
     with pytest.raises(ValueError, match="not both"):
-        projections.state_at(led, position=1, time=datetime(2026, 11, 22, tzinfo=UTC))
+        p.state_at(log, position=1, time=datetime(2026, 11, 22, tzinfo=UTC))
 
 
 def test_state_at_and_verify_work_on_a_read_only_ledger(
