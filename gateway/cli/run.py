@@ -31,8 +31,8 @@ from hermes_ledger.gateway.config.paths import (
 )
 from hermes_ledger.gateway.demo.day import describe_query, prepare_demo_ledger, run_demo
 from hermes_ledger.gateway.logs import configured_logging, fields
+from hermes_ledger.gateway.scheduler.reconnect import run_reconnecting, where
 from hermes_ledger.gateway.scheduler.runner import describe
-from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import parse_utc
 
 __all__ = ["config_option", "demo_cmd", "resolve_home", "run_cmd", "tick_cmd"]
@@ -77,13 +77,6 @@ def _gateway(
         resolve_ledger(db), home=resolve_home(config_home), hooks_dir=hooks_dir
     ) as gw:
         yield gw
-
-
-def _where(gateway: Gateway) -> str:
-    """The ledger a gateway runs on: the file as given, or the database's identity
-    (``postgresql://host:port/dbname``: no user, no password)."""
-    ledger = gateway.ledger
-    return str(ledger.path) if isinstance(ledger, Ledger) else ledger.identity
 
 
 def _log_level(quiet: bool, verbose: bool) -> int:
@@ -179,7 +172,9 @@ def run_cmd(
     per anchor; a hook that does not load once when it breaks and once when it
     is fixed. --log-format json writes each as one JSON object. On a PostgreSQL
     ledger (--db postgresql://…) any number of runners, on any hosts, may run at
-    once: each close and each hook delivery is made by one of them.
+    once: each close and each hook delivery is made by one of them, and a
+    lost connection (a server restart or failover) is ridden out: a warning,
+    then a new connection after 1, 2, 4 … 30 s, and a line when it is back.
     """
     level = _log_level(quiet, verbose)
     stop = threading.Event()
@@ -189,17 +184,18 @@ def run_cmd(
         log.info("%s: finishing the current pass", name, extra=fields("stopping", signal=name))
         stop.set()
 
+    def started(gateway: Gateway) -> None:
+        every = interval if interval is not None else gateway.settings.tick_interval
+        click.echo(
+            f"Running on {where(gateway.ledger)}: a pass every {every:g}s (SIGTERM/Ctrl-C stops)"
+        )
+
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with (
-            configured_logging("json" if log_format == "json" else "text", level),
-            _gateway(db, config_home, hooks_dir) as gateway,
-        ):
-            every = interval if interval is not None else gateway.settings.tick_interval
-            click.echo(
-                f"Running on {_where(gateway)}: a pass every {every:g}s (SIGTERM/Ctrl-C stops)"
+        with configured_logging("json" if log_format == "json" else "text", level):
+            passes = run_reconnecting(
+                lambda: _gateway(db, config_home, hooks_dir), stop, interval, started=started
             )
-            passes = gateway.runner.run(stop, interval)
         click.echo(f"Stopped after {passes} passes.")
     finally:
         for sig, handler in previous.items():

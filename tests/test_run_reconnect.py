@@ -1,0 +1,185 @@
+"""``hermes-ledger run`` on PostgreSQL rides out a lost connection (a server restart
+or failover, gateway/scheduler/reconnect.py), in a real subprocess on a real server.
+
+The outage is made by the test as the superuser: the database is closed to new
+connections (``ALLOW_CONNECTIONS false``, so reconnecting fails for as long as the
+test wants) and the runner's server processes are ended with
+``pg_terminate_backend``, as a restart ends them."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from backends import pg_uri
+from helpers import ManualClock, next_line
+from pg_support import admin_connection, fresh_database
+from psycopg import sql
+from test_cli_run import make_home, seed
+
+from hermes_ledger.ledger import open_log
+
+WAIT = 60.0  # seconds a step may take before the test fails (never a timing assertion)
+
+
+class Stderr:
+    """The child's stderr, line by line, read by a thread (so the pipe never fills)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        stream = proc.stderr
+        threading.Thread(
+            target=lambda: [self._queue.put(line) for line in stream], daemon=True
+        ).start()
+
+    def wait_for(self, text: str) -> str:
+        """The first line from now on that contains ``text``."""
+        while True:
+            try:
+                line = self._queue.get(timeout=WAIT)
+            except queue.Empty:
+                pytest.fail(f"no log line with {text!r}; got:\n{''.join(self.lines)}")
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def rest(self) -> str:
+        while not self._queue.empty():
+            self.lines.append(self._queue.get())
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def database() -> Iterator[tuple[str, str]]:
+    """(the URI, the database's name) of a fresh database; open to connections again
+    at the end whatever the test did."""
+    with fresh_database() as dsn:
+        name = str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
+        try:
+            yield pg_uri(dsn), name
+        finally:
+            allow_connections(name, True)
+
+
+def allow_connections(name: str, allowed: bool) -> None:
+    with admin_connection() as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.Literal(allowed)
+            )
+        )
+
+
+def terminate_backends(name: str) -> int:
+    """End every server process connected to database ``name`` (the runner's)."""
+    with admin_connection() as admin:
+        row = admin.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def start_run(uri: str, home: Path) -> tuple[subprocess.Popen[str], Stderr]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hermes_ledger.gateway", "run", "--db", uri,
+         "--config", str(home), "--interval", "0.1", "--verbose"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert next_line(proc).startswith("Running on ")  # the signal handlers are in place
+    return proc, Stderr(proc)
+
+
+def stop(proc: subprocess.Popen[str], stderr: Stderr) -> tuple[str, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=WAIT)
+    err = stderr.rest()
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def ends(uri: str) -> list[str]:
+    with open_log(uri) as log:
+        return [r.session_id or "" for r in log.read_all(types=["session_ended"])]
+
+
+def test_run_reconnects_after_its_connections_are_terminated_and_closes_once(
+    tmp_path: Path, database: tuple[str, str]
+) -> None:
+    uri, name = database
+    home = make_home(tmp_path)
+    with open_log(uri):
+        pass  # the schema, before the runner starts
+    proc, stderr = start_run(uri, home)
+    try:
+        stderr.wait_for("pass at")  # a pass went through on the first connection
+        allow_connections(name, False)
+        assert terminate_backends(name) >= 1
+        lost = stderr.wait_for("lost the connection to")
+        stderr.wait_for("still cannot reach")  # a failed attempt: the backoff goes on
+        allow_connections(name, True)
+        session_id = seed(uri, ManualClock(), home)  # idle for days: due at once
+        back = stderr.wait_for("reconnected to")
+        stderr.wait_for(f"session {session_id} reason")
+        stderr.wait_for("pass at")
+        stderr.wait_for("pass at")  # passes after the close: nothing closed twice
+    finally:
+        out, err = stop(proc, stderr)
+    assert f"postgresql://127.0.0.1:5432/{name}" in lost and "reconnecting in 1 s" in lost
+    assert " WARNING " in lost and " INFO " in back
+    assert err.count("lost the connection to") == 1  # once per outage, however many tries
+    assert "Error:" not in err and "Traceback" not in err
+    assert "Stopped after" in out
+    assert ends(uri) == [session_id]
+    calls_file = home / "hooks" / "recorder" / "calls.jsonl"
+    calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
+    assert [c["session_id"] for c in calls if c["event"] == "session:end"] == [session_id]
+
+
+def test_sigterm_while_reconnecting_stops_the_runner(
+    tmp_path: Path, database: tuple[str, str]
+) -> None:
+    uri, name = database
+    home = make_home(tmp_path)
+    with open_log(uri):
+        pass
+    proc, stderr = start_run(uri, home)
+    try:
+        stderr.wait_for("pass at")
+        allow_connections(name, False)  # no reconnection can succeed until the test ends
+        assert terminate_backends(name) >= 1
+        stderr.wait_for("lost the connection to")
+    finally:
+        out, err = stop(proc, stderr)
+    assert "SIGTERM: finishing the current pass" in err
+    assert "Stopped after" in out
+    assert "reconnected" not in err and "Traceback" not in err
+
+
+def test_run_on_a_database_that_cannot_be_reached_fails_at_once(
+    tmp_path: Path, database: tuple[str, str]
+) -> None:
+    uri, _name = database
+    home = make_home(tmp_path)
+    wrong = uri.rsplit("/", 1)[0] + "/hl_no_such_database"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hermes_ledger.gateway", "run", "--db", wrong,
+         "--config", str(home), "--interval", "0.1"],
+        capture_output=True, text=True, timeout=WAIT,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: cannot connect to PostgreSQL")
+    assert "Try:" in proc.stderr and "reconnecting" not in proc.stderr
+    assert "Running on" not in proc.stdout
