@@ -14,6 +14,7 @@ small on purpose; code under test gets only ``EventLog`` (ledger/backend.py):
   thread or host would have), with the live projections attached when asked;
 - ``open_projected(target)`` (a function, for worker processes that get only the
   target): ``open_log`` with the live projections attached;
+  ``attach_projections(log)`` attaches them to a log already open;
 - ``backend.projections``: the projection functions for this backend
   (``attach``, ``verify``, ``live_state``, ``state_at``, ``rebuild``), taking
   the log ``open`` returned: ``projections`` on SQLite, ``projections.postgres``
@@ -64,7 +65,15 @@ from hermes_ledger import projections as sqlite_projections
 from hermes_ledger.ledger import EventLog, Ledger, open_log
 from hermes_ledger.ledger.postgres import PostgresLog
 
-__all__ = ["BACKENDS", "Backend", "Projections", "backend", "open_projected", "pg_uri"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Projections",
+    "attach_projections",
+    "backend",
+    "open_projected",
+    "pg_uri",
+]
 
 BACKENDS = ("sqlite", "postgresql")
 SETTLE_TIMEOUT = 60.0
@@ -98,12 +107,17 @@ def _projections(name: str) -> Projections:
     return Projections(p.attach, p.verify, p.live_state, p.state_at, p.rebuild)
 
 
+def attach_projections(log: EventLog) -> None:
+    """Attach the live projections of ``log``'s backend (created or caught up first)."""
+    _projections("sqlite" if isinstance(log, Ledger) else "postgresql").attach(log)
+
+
 def open_projected(target: str, *, clock: Callable[[], Any] | None = None) -> EventLog:
     """``open_log(target)`` with the live projections of its backend attached (created
     or caught up first): what a worker process given only the target opens."""
     log = open_log(target, clock=clock)
     try:
-        _projections("sqlite" if isinstance(log, Ledger) else "postgresql").attach(log)
+        attach_projections(log)
     except BaseException:
         log.close()
         raise

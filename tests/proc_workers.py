@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+from backends import attach_projections
 from worker_support import run_worker, wait_for
 
 from hermes_ledger.ledger import ANY, NO_STREAM, ConcurrencyError, open_log
@@ -150,6 +151,8 @@ def cmd_crash(args: argparse.Namespace) -> None:
     # WAL before it commits: a kill then leaves uncommitted frames behind to recover.
     options = {} if is_dsn(args.db) else {"cache_kib": 2048}
     with open_log(args.db, **options) as led:
+        if args.projected:  # the projections' rows in the same transactions
+            attach_projections(led)
         pre = led.append(f"pre-{tag}", pre_batch(tag, args.pre), NO_STREAM)
         write_json(Path(args.ready), {"pre_positions": list(pre.positions)})
         started = time.monotonic()
@@ -259,6 +262,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--big", type=int, required=True)
     p.add_argument("--ready", required=True)
     p.add_argument("--done", required=True)
+    p.add_argument("--projected", type=int, default=0)  # 1: with projections
     p.set_defaults(fn=cmd_crash)
 
     p = sub.add_parser("retry")

@@ -410,6 +410,34 @@ def _kill_during_big_batch(logs: list[Backend], tmp_path: Path) -> None:
     assert any(o[0] == "absent" and o[2] > 0 for o in outcomes), outcomes
 
 
+def test_kill_during_a_projected_batch_leaves_the_projections_whole(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The big batch with the projections attached (their rows in its transaction),
+    SIGKILLed while it is being written: the log is consistent, the projections
+    equal a replay of it, and the next projected append carries on."""
+    backend.open(projections=True).close()
+    ready, done = tmp_path / "ready.json", tmp_path / "done.json"
+    proc = spawn("crash", db=backend.target, tag="p", pre=PRE_COUNT, big=BIG[backend.name],
+                 ready=ready, done=done, projected=1)  # fmt: skip
+    try:
+        wait_for_files([ready], [proc])
+        wait_mid_write(backend, write_progress(backend), proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=TIMEOUT)
+    finally:
+        kill_all([proc])
+    assert not done.exists()  # killed inside the batch's transaction, so:
+    assert _stream_rows(backend, "big-p") == []
+    assert_log_invariants(backend, PRE_COUNT)
+    p = backend.projections
+    with backend.open(projections=True) as log:
+        assert p.verify(log).ok
+        assert p.live_state(log) == p.state_at(log)
+        log.append("after", [{"type": "session_reset", "session_id": "sess-big-p"}])
+        assert p.verify(log).ok
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
