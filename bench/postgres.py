@@ -8,15 +8,16 @@ connection; on a 2-core machine 16 writers measure contention, not parallelism):
 
   pg      PostgresLog.append(stream, events); with projections, the PostgreSQL
           projections attached (hermes_ledger.projections.postgres.attach)
-  raw     raw psycopg doing the same writes into the same (migrated) tables: BEGIN,
-          LOCK TABLE events IN EXCLUSIVE MODE, read the head and the stream's
-          version, INSERT the precomputed event rows and their payload rows
-          (executemany), COMMIT. With projections, in the same transaction: read
-          the checkpoints, then per message_appended event what the projector
-          writes (projections/postgres/projector.py): the session_history upsert,
-          the session_map upsert, the session_map state UPDATE and the messages
-          INSERT (each one executemany, the projector's own statements), then the
-          checkpoints' UPDATE
+  raw     raw psycopg doing the same writes into the same (migrated) tables, as a
+          competent hand would: BEGIN, LOCK TABLE events IN EXCLUSIVE MODE, read the
+          head and the stream's version (the tops of their indexes), write the
+          precomputed event rows and their payload rows (one INSERT each for one
+          event, COPY for a batch), COMMIT; no hashing (a fixed hash). With
+          projections, in the same transaction: read the checkpoints, then what the
+          projector writes for the call's messages, folded by hand (precomputed):
+          one session_history upsert, one session_map upsert and one session_map
+          state UPDATE (the projector's own statements, sent in one pipeline), the
+          messages rows (INSERT for one, COPY for a batch), the checkpoints' UPDATE
   es      eventsourcing (the [postgres] extra) Application on PostgreSQL: each
           writer holds its aggregate, triggers --batch events and calls save()
           (the library's write path: its mapper, then the application recorder's
@@ -33,6 +34,12 @@ Every run gets a fresh database (or file), dropped at the end; each row runs
 alike), and shows the medians. Building the events and rows is not timed (the
 producer's cost); a run's time is from the moment every process is ready to the
 moment the last one is done. Targets: pg/raw >= 0.7, pg/es >= 3.
+
+Under the table, the server's commit floor, measured in the same run (each round):
+one process committing a one-row INSERT into a bare table (no index, no lock), one
+WAL flush a commit. One event per transaction, every kind commits once under the
+log's lock (eventsourcing takes the same EXCLUSIVE lock), so none can append faster
+than that floor; pg/es can be at most floor/es there.
 
     python bench/postgres.py [--quick] [--events N] [--batch-events N] [--batch 1000]
                              [--rounds 3] [--json]
@@ -85,10 +92,18 @@ RAW_INSERT = (
     " recorded_at, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 RAW_INSERT_PAYLOAD = "INSERT INTO payloads (position, salt, body) VALUES (%s, %s, %s)"
-RAW_STATE = (
-    "SELECT (SELECT coalesce(max(version), 0) FROM events WHERE stream = %s),"
-    " (SELECT coalesce(max(position), 0) FROM events)"
+RAW_COPY = (
+    "COPY events (position, event_id, stream, version, type, session_id, data, meta,"
+    " recorded_at, hash) FROM STDIN"
 )
+RAW_COPY_PAYLOADS = "COPY payloads (position, salt, body) FROM STDIN"
+RAW_STATE = (
+    "SELECT coalesce((SELECT version FROM events WHERE stream = %s"
+    " ORDER BY version DESC LIMIT 1), 0),"
+    " coalesce((SELECT position FROM events ORDER BY position DESC LIMIT 1), 0)"
+)
+FLOOR_TABLE = "CREATE TABLE floor (n bigint NOT NULL, body text NOT NULL)"
+FLOOR_INSERT = "INSERT INTO floor (n, body) VALUES (%s, %s)"
 
 
 def _projector_sql(template: str) -> str:
@@ -101,6 +116,7 @@ RAW_HISTORY = _projector_sql(projector.SQL_HISTORY_MESSAGE)
 RAW_MAP_ROW = _projector_sql(projector.SQL_MAP_ROW)
 RAW_MAP_STATE = _projector_sql(projector.SQL_MAP_SESSION_STATE)
 RAW_MESSAGE = _projector_sql(projector.SQL_MESSAGE_INSERT)
+RAW_COPY_MESSAGES = _projector_sql(projector.SQL_COPY_MESSAGES)
 
 
 def events_for(stream_no: int, count: int) -> list[MessageAppended]:
@@ -116,17 +132,21 @@ def events_for(stream_no: int, count: int) -> list[MessageAppended]:
     ]
 
 
-def _many(conn: psycopg.Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
+def _write_rows(
+    conn: psycopg.Connection, insert: str, copy: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """One INSERT for one row, COPY for more."""
     if len(rows) == 1:
-        conn.execute(statement, rows[0])
+        conn.execute(insert, rows[0])
     elif rows:
-        with conn.cursor() as cur:
-            cur.executemany(statement, rows)
+        with conn.cursor() as cur, cur.copy(copy) as out:
+            for row in rows:
+                out.write_row(row)
 
 
 def _raw_writer(target: str, stream: str, calls: list[list[Any]], projected: bool) -> Any:
-    """Raw psycopg: the calls precomputed (split bodies, transcript rows), the writes
-    as described in the module docstring."""
+    """Raw psycopg: the calls precomputed (split bodies, transcript rows, the folded
+    projection bindings), the writes as described in the module docstring."""
     conn = psycopg.connect(target, autocommit=True)
     conn.execute("SET search_path = hermes_ledger")
     names = [p.name for p in by_name()]
@@ -139,10 +159,12 @@ def _raw_writer(target: str, stream: str, calls: list[list[Any]], projected: boo
             row = projector._EVAL.one(projector.EVAL_TRANSCRIPT_ROW, args)
             assert row is not None
             messages.append(row[1:])  # the position is known under the lock
-        chunks.append((prepared, messages))
+        sid = prepared[0][2]  # a writer's events are one session's messages
+        history = (sid, stream, len(prepared), RECORDED_AT, RECORDED_AT)
+        chunks.append((prepared, messages, history))
 
-    def write(chunk: tuple[Any, list[tuple[Any, ...]]]) -> None:
-        prepared, messages = chunk
+    def write(chunk: tuple[Any, list[tuple[Any, ...]], tuple[Any, ...]]) -> None:
+        prepared, messages, history = chunk
         with conn.transaction():
             conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
             version, position = conn.execute(RAW_STATE, (stream,)).fetchone()  # type: ignore[misc]
@@ -153,15 +175,16 @@ def _raw_writer(target: str, stream: str, calls: list[list[Any]], projected: boo
                              data, meta, RECORDED_AT, HASH))  # fmt: skip
                 if payload is not None:
                     payloads.append((first + k, *payload))
-            _many(conn, RAW_INSERT, rows)
-            _many(conn, RAW_INSERT_PAYLOAD, payloads)
+            _write_rows(conn, RAW_INSERT, RAW_COPY, rows)
+            _write_rows(conn, RAW_INSERT_PAYLOAD, RAW_COPY_PAYLOADS, payloads)
             if projected:
                 conn.execute(SQL_READ_CHECKPOINTS).fetchall()
-                sids = [(r[5], stream, 1, RECORDED_AT, RECORDED_AT) for r in rows]
-                _many(conn, RAW_HISTORY, sids)
-                _many(conn, RAW_MAP_ROW, [(stream, RECORDED_AT, RECORDED_AT)] * len(rows))
-                _many(conn, RAW_MAP_STATE, [(r[5], r[5]) for r in rows])
-                _many(conn, RAW_MESSAGE, [(r[0], *m) for r, m in zip(rows, messages, strict=True)])
+                with conn.pipeline():
+                    conn.execute(RAW_HISTORY, history)
+                    conn.execute(RAW_MAP_ROW, (stream, RECORDED_AT, RECORDED_AT))
+                    conn.execute(RAW_MAP_STATE, (history[0], history[0]))
+                rows_out = [(r[0], *m) for r, m in zip(rows, messages, strict=True)]
+                _write_rows(conn, RAW_MESSAGE, RAW_COPY_MESSAGES, rows_out)
                 conn.execute(SQL_ADVANCE, (rows[-1][0], names))
 
     return conn, chunks, write
@@ -226,6 +249,11 @@ def _worker(kind: str, target: str, n: int, count: int, batch: int, ready: Any, 
         write = lambda chunk: store.append(stream, chunk)  # noqa: E731
     elif base == "es":
         store, calls, write = _es_writer(target, stream, calls)
+    elif base == "floor":
+        store = psycopg.connect(target, autocommit=True)
+        bodies = [(k, body_json(e)) for k, e in enumerate(events)]
+        calls = [bodies[i : i + batch] for i in range(0, count, batch)]
+        write = lambda chunk: store.execute(FLOOR_INSERT, chunk[0])  # noqa: E731
     else:
         store, calls, write = _raw_writer(target, stream, calls, projected)
 
@@ -273,6 +301,10 @@ def _database(admin: psycopg.Connection, created: list[str], kind: str) -> str:
     admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     created.append(name)
     dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name)
+    if kind == "floor":
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(FLOOR_TABLE)
+        return dsn
     if kind == "es":
         from eventsourcing.application import Application
 
@@ -311,6 +343,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             for projected, batch, writers, total in _rows(args):
                 kinds = ["raw", "pg", "sqlite"] if projected else ["raw", "pg", "es", "sqlite"]
+                if batch == 1 and not projected:
+                    kinds.append("floor")  # always one process (see the docstring)
                 suffix = "+proj" if projected else ""
                 rates: dict[str, list[float]] = {kind: [] for kind in kinds}
                 for turn in range(args.rounds):
@@ -320,9 +354,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             target = str(Path(tmp) / f"{suffix}{batch}-{writers}-{turn}.db")
                         else:
                             target = _database(admin, created, kind + suffix)
-                        rates[kind].append(_run(kind + suffix, target, writers, total, batch))
+                        procs = 1 if kind == "floor" else writers
+                        rates[kind].append(_run(kind + suffix, target, procs, total, batch))
                 row: dict[str, Any] = {"projections": projected, "batch": batch,
-                                       "writers": writers, "es": None}  # fmt: skip
+                                       "writers": writers, "es": None, "floor": None}  # fmt: skip
                 row.update({kind: statistics.median(rates[kind]) for kind in kinds})
                 row["pg/raw"] = row["pg"] / row["raw"]
                 row["pg/es"] = row["pg"] / row["es"] if row["es"] else None
@@ -354,18 +389,37 @@ def render(result: dict[str, Any]) -> str:
         f" {'PostgresLog':>12} {'eventsourcing':>13} {'SQLite Ledger':>14}"
         f" {'pg/raw':>7} {'pg/es':>6}  targets",
     ]
+    met = {"pg/raw": [0, 0], "pg/es": [0, 0]}
     for row in result["rows"]:
-        ok = "ok" if row["pg/raw"] >= TARGET else "MISSED"
-        targets = f">= {TARGET} {ok}"
+        ok = row["pg/raw"] >= TARGET
+        met["pg/raw"][0] += ok
+        met["pg/raw"][1] += 1
+        targets = f"pg/raw>={TARGET} {'ok' if ok else 'MISSED'}"
         es, ratio = "-", "-"
         if row["es"] is not None:
             es, ratio = f"{row['es']:,.0f}", f"{row['pg/es']:.2f}"
-            targets += f"; >= {ES_TARGET:g} {'ok' if row['pg/es'] >= ES_TARGET else 'MISSED'}"
+            ok = row["pg/es"] >= ES_TARGET
+            met["pg/es"][0] += ok
+            met["pg/es"][1] += 1
+            targets += f"; pg/es>={ES_TARGET:g} {'ok' if ok else 'MISSED'}"
         lines.append(
             f"{'with' if row['projections'] else 'without':>11} {row['batch']:>8}"
             f" {row['writers']:>7} {row['raw']:>12,.0f} {row['pg']:>12,.0f} {es:>13}"
             f" {row['sqlite']:>14,.0f} {row['pg/raw']:>7.2f} {ratio:>6}  {targets}"
         )
+    floors = [row for row in result["rows"] if row["floor"] is not None]
+    if floors:
+        bound = ", ".join(f"{r['writers']} writer{'s' if r['writers'] > 1 else ''}"
+                          f" {r['floor'] / r['es']:.2f}" for r in floors)  # fmt: skip
+        lines.append(
+            f"commit floor: one process committing a one-row INSERT into a bare table"
+            f" (one WAL flush each) {statistics.median(r['floor'] for r in floors):,.0f}/s;"
+            f" one event per transaction every kind commits once under the lock, so pg/es"
+            f" is at most floor/es: {bound}"
+        )
+    goals = {"pg/raw": TARGET, "pg/es": ES_TARGET}
+    summary = [f"{k} >= {goals[k]:g} in {ok} of {n} rows" for k, (ok, n) in met.items() if n]
+    lines.append("targets met: " + "; ".join(summary))
     return "\n".join(lines)
 
 
