@@ -1,6 +1,8 @@
-"""An append's read under the lock stays one index entry on a long-lived connection
-(migration 5): hl_append_state reads the stream's version as the top of the
-(stream, version) index, whatever plan PL/pgSQL cached while the log was small.
+"""Migration 5: an append's read under the lock stays one index entry on a
+long-lived connection (hl_append_state reads the stream's version as the top of
+the (stream, version) index, whatever plan PL/pgSQL cached while the log was
+small), and hl_utc_text is STRICT (occurred_at of a body without a business time
+needs no PL/pgSQL call) with the same results.
 
 The plans are the server's own, reported by auto_explain (with row counts) as
 notices to this connection; nothing is timed.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -56,3 +59,17 @@ def test_the_version_read_takes_one_index_entry_however_long_the_stream(
     rows = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plans[0])]
     assert rows and max(rows) == 1, plans[0]  # not the stream's 2,008 index entries
     assert log.verify().ok
+
+
+def test_occurred_at_skips_plpgsql_for_bodies_without_a_business_time(log: PostgresLog) -> None:
+    when = datetime(2026, 5, 22, 12, 15, 1, 250000, tzinfo=timezone(timedelta(hours=2)))
+    timed_message = MessageAppended(session_id="s1", role="user", content="t", occurred_at=when)
+    log.append(STREAM, [_message(0), timed_message])
+    conn = log.connection
+    strict = conn.execute("SELECT proisstrict FROM pg_proc WHERE proname = 'hl_utc_text'")
+    assert strict.fetchone() == (True,)
+    rows = conn.execute("SELECT occurred_at, recorded_at FROM events ORDER BY position")
+    (plain, recorded), (timed, _) = rows.fetchall()
+    assert plain == recorded  # no business time: recorded_at, as before
+    assert timed == "2026-05-22T10:15:01.250000Z"
+    assert conn.execute("SELECT hl_utc_text(NULL)").fetchone() == (None,)
