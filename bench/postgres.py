@@ -15,12 +15,12 @@ connection; on a 2-core machine 16 writers measure contention, not parallelism):
           read the head and the stream's version (the tops of their indexes), chain
           the rows (chain_rows), write them and their payload rows (one INSERT each
           for one event, COPY for a batch), COMMIT. With projections: the messages'
-          transcript rows made before the transaction (the projector's templates,
-          one evaluation per call) and, in the transaction, the checkpoints read,
-          the projector's rows folded by hand: one session_history upsert, one
-          session_map upsert and one session_map state UPDATE (the projector's own
-          statements, in one pipeline), the messages rows (INSERT for one, COPY for
-          a batch), the checkpoints' UPDATE. What pg/raw measures is then the
+          transcript rows made before the transaction (the projector's templates)
+          and, in the transaction, the checkpoints read, the projector's rows
+          folded by hand: one session_history upsert, one session_map upsert and
+          one session_map state UPDATE (the projector's own statements, in one
+          pipeline), the messages rows (INSERT for one, COPY for a batch), the
+          checkpoints' UPDATE. What pg/raw measures is then the
           library's way of writing (its lock function, statements, checks and
           projector), not the content both write
   es      eventsourcing (the [postgres] extra) Application on PostgreSQL: each
@@ -163,10 +163,9 @@ def _raw_writer(target: str, stream: str, calls: list[list[Any]], projected: boo
     def write(chunk: list[Any]) -> None:
         prepared = prepare_append(stream, chunk, ANY, None)
         if projected:  # the transcript rows; the positions are known under the lock
+            evaluate = projector._EVAL.one
             inputs = [(0, stream, e[2], e[5], RECORDED_AT) for e in prepared.events]
-            messages = projector._EVAL.all(
-                projector.EVAL_TRANSCRIPT_ROWS, (json.dumps(inputs, ensure_ascii=False),)
-            )
+            messages = [evaluate(projector.EVAL_TRANSCRIPT_ROW, args) for args in inputs]
             sid = prepared.events[0][2]  # a writer's events are one session's messages
             history = (sid, stream, len(inputs), RECORDED_AT, RECORDED_AT)
         with conn.transaction():
@@ -181,7 +180,7 @@ def _raw_writer(target: str, stream: str, calls: list[list[Any]], projected: boo
                     conn.execute(RAW_HISTORY, history)
                     conn.execute(RAW_MAP_ROW, (stream, RECORDED_AT, RECORDED_AT))
                     conn.execute(RAW_MAP_STATE, (sid, sid))
-                rows_out = [(r[0], *m[1:]) for r, m in zip(rows, messages, strict=True)]
+                rows_out = [(r[0], *m[1:]) for r, m in zip(rows, messages, strict=True) if m]
                 _write_rows(conn, RAW_MESSAGE, RAW_COPY_MESSAGES, rows_out)
                 conn.execute(SQL_ADVANCE, (rows[-1][0], names))
 
