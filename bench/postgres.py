@@ -13,16 +13,16 @@ connection; on a 2-core machine 16 writers measure contention, not parallelism):
           (one definition of it): prepare_append (bodies split, payload digests)
           before the transaction; then BEGIN, LOCK TABLE events IN EXCLUSIVE MODE,
           read the head and the stream's version (the tops of their indexes), chain
-          the rows (chain_rows), write them and their payload rows (one INSERT each
-          for one event, COPY for a batch), COMMIT. With projections: the messages'
-          transcript rows made before the transaction (the projector's templates)
-          and, in the transaction, the checkpoints read, the projector's rows
-          folded by hand: one session_history upsert, one session_map upsert and
-          one session_map state UPDATE (the projector's own statements, in one
+          the rows (chain_rows), write them and their payload rows (one INSERT of
+          both for one event, COPY for a batch), COMMIT. With projections: the
+          messages' transcript rows made before the transaction (the projector's
+          template) and, in the transaction, the checkpoints read, the projector's
+          rows folded by hand: one session_history upsert, one session_map upsert
+          and one session_map state UPDATE (the projector's own statements, in one
           pipeline), the messages rows (INSERT for one, COPY for a batch), the
-          checkpoints' UPDATE. What pg/raw measures is then the
-          library's way of writing (its lock function, statements, checks and
-          projector), not the content both write
+          checkpoints' UPDATE. What pg/raw measures is then the library's way of
+          writing (its lock function, statements, checks and projector), not the
+          content both write
   es      eventsourcing (the [postgres] extra) Application on PostgreSQL: each
           writer holds its aggregate with --batch events triggered per call, made
           before the clock starts as our event models are, and times save() of
@@ -101,6 +101,7 @@ RAW_INSERT = (
     " recorded_at, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 RAW_INSERT_PAYLOAD = "INSERT INTO payloads (position, salt, body) VALUES (%s, %s, %s)"
+RAW_INSERT_BOTH = f"WITH p AS ({RAW_INSERT_PAYLOAD}) {RAW_INSERT}"
 RAW_COPY = (
     "COPY events (position, event_id, stream, version, type, session_id, data, meta,"
     " recorded_at, hash) FROM STDIN"
@@ -172,8 +173,11 @@ def _raw_writer(target: str, stream: str, calls: list[list[Any]], projected: boo
             conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
             version, position, head = conn.execute(RAW_STATE, (stream,)).fetchone()  # type: ignore[misc]
             rows, payloads = chain_rows(prepared, version, position, head, RECORDED_AT)
-            _write_rows(conn, RAW_INSERT, RAW_COPY, rows)
-            _write_rows(conn, RAW_INSERT_PAYLOAD, RAW_COPY_PAYLOADS, payloads)
+            if len(rows) == 1 and payloads:  # one statement for both rows
+                conn.execute(RAW_INSERT_BOTH, (*payloads[0], *rows[0]))
+            else:
+                _write_rows(conn, RAW_INSERT, RAW_COPY, rows)
+                _write_rows(conn, RAW_INSERT_PAYLOAD, RAW_COPY_PAYLOADS, payloads)
             if projected:
                 conn.execute(SQL_READ_CHECKPOINTS).fetchall()
                 with conn.pipeline():
