@@ -52,7 +52,7 @@ log's lock (eventsourcing takes the same EXCLUSIVE lock), so none can append fas
 than that floor; pg/es can be at most floor/es there.
 
     python bench/postgres.py [--quick] [--events N] [--batch-events N] [--batch 1000]
-                             [--rounds 3] [--json]
+                             [--rounds 5] [--json]
 
 ``--quick`` is a short run (a few seconds of appends; for the test). The default
 is one full run of a few minutes. ``HERMES_LEDGER_BENCH_PG`` names the server (a
@@ -437,12 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-events", type=int,
                    help="events in batches, >= --batch per writer (default 8000)")  # fmt: skip
     p.add_argument("--batch", type=int, help="events per call when batched (default 1000)")
-    p.add_argument("--rounds", type=int, help="runs of each row, median shown (default 3)")
+    p.add_argument("--rounds", type=int, help="runs of each row, median shown (default 5)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     args.writers = None
     quick = {"events": 48, "batch_events": 800, "batch": 100, "rounds": 1, "writers": (1, 2)}
-    full = {"events": 400, "batch_events": 8000, "batch": 1000, "rounds": 3, "writers": WRITERS}
+    full = {"events": 400, "batch_events": 8000, "batch": 1000, "rounds": 5, "writers": WRITERS}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
