@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -140,6 +141,54 @@ def test_a_crashed_closers_lease_expires_and_another_runner_finishes_the_close(
         assert [c.session_id for c in report.closed] == [sessions[key(0)]]
         ended = rows(dsn, "SELECT count(*) FROM events WHERE type = 'session_ended'")
         assert ended == [(1,)]
+
+
+def test_finalize_skips_a_session_another_runner_holds_and_takes_an_expired_lease(
+    dsn: str,
+) -> None:
+    log, scheduler, _queue = opened(dsn)
+    with log:
+        sessions = seed(log, 3)
+        claim_due(log.connection, "other-runner", datetime.now(UTC), 1, timedelta(minutes=5))
+        claim_due(log.connection, "dead-runner", datetime.now(UTC), 1, timedelta(0))
+        report = scheduler.finalize()
+        assert sorted(c.session_id for c in report.closed) == [sessions[key(1)], sessions[key(2)]]
+        assert report.skipped == 1  # key 0: other-runner's lease holds
+        assert rows(dsn, "SELECT session_key, claimed_by FROM session_deadlines") == [
+            (key(0), "other-runner")
+        ]
+        ended = rows(dsn, "SELECT session_id FROM events WHERE type = 'session_ended'")
+        assert sorted(e for (e,) in ended) == [sessions[key(1)], sessions[key(2)]]
+
+
+def test_two_finalizers_and_a_ticker_at_once_close_each_session_once(dsn: str) -> None:
+    with PostgresLog.open(dsn) as log:
+        PostgresScheduler(log, CONFIG)  # the deadline projector, for the seed's appends
+        sessions = seed(log, 60)
+    barrier = threading.Barrier(3)
+    reports: list[Any] = []
+    errors: list[BaseException] = []
+
+    def work(kind: str) -> None:
+        try:
+            log, scheduler, _queue = opened(dsn)
+            with log:
+                barrier.wait(timeout=30)
+                reports.append(scheduler.finalize() if kind == "finalize" else scheduler.tick())
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in ("finalize", "finalize", "tick")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    closed = [c.session_id for r in reports for c in r.closed]
+    assert sorted(closed) == sorted(sessions.values())  # each by one of them
+    ended = rows(dsn, "SELECT session_id FROM events WHERE type = 'session_ended'")
+    assert sorted(e for (e,) in ended) == sorted(sessions.values())
+    assert rows(dsn, "SELECT count(*) FROM session_deadlines") == [(0,)]
 
 
 def test_deliveries_carry_sqlites_delivery_id_and_only_name_events_of_the_log(dsn: str) -> None:

@@ -252,13 +252,23 @@ def test_a_close_left_half_done_by_a_crash_is_finished(log: EventLog, clock: Man
     ]
 
 
-def test_finalize_on_shutdown_closes_every_open_session(led: Ledger, clock: ManualClock) -> None:
-    store = SessionStore(led, GatewayConfig(), clock)
-    ids = [store.get_or_create_session(source(n)).session_id for n in range(3)]
-    report = Scheduler(led, GatewayConfig(), clock=clock).finalize()
-    assert sorted(c.session_id for c in report.closed) == sorted(ids)
-    assert {r for _, r in ends(led)} == {"shutdown"}
-    assert close_sequence(led, ids[0]) == ["session_reset", "memory_flush_skipped", "session_ended"]
+def test_finalize_on_shutdown_closes_every_open_session(
+    log: EventLog, backend: Backend, clock: ManualClock
+) -> None:
+    never = GatewayConfig(default_reset_policy=ResetPolicy(mode="none"))  # no deadline at all
+    for config in (GatewayConfig(), never):
+        store = SessionStore(log, config, clock)
+        ids = [store.get_or_create_session(source(n)).session_id for n in range(3)]
+        report = scheduler_for(log, config, clock=clock).finalize()
+        assert sorted(c.session_id for c in report.closed) == sorted(ids)
+        assert {c.reason for c in report.closed} == {"shutdown"}
+        assert close_sequence(log, ids[0]) == [
+            "session_reset", "memory_flush_skipped", "session_ended",
+        ]  # fmt: skip
+        assert scheduler_for(log, config, clock=clock).finalize().closed == []  # none left
+        assert scheduler_for(log, config, clock=clock).tick(clock.advance(days=3)).closed == []
+    assert {r for _, r in ends(log)} == {"shutdown"} and len(ends(log)) == 6
+    assert backend.projections.verify(log).ok
 
 
 def test_deadlines_are_derived_from_the_log_and_the_config(led: Ledger, clock: ManualClock) -> None:

@@ -22,6 +22,9 @@ deliveries across hosts"):
   ``session_ended``, every append through ``PostgresLog`` with the stream's
   expected version, so two runners racing on one session produce one close (the
   log's ``events_one_end_per_session`` index is the last line of defence).
+* ``PostgresScheduler.finalize`` (shutdown: every open session reset → flush →
+  ended) claims each open key the same way, due or not (``SQL_CLAIM_KEY``), so
+  finalizers and tickers on several hosts never close a session twice.
 
 ``SessionCloser`` and the key's state (``reads.read_key_state``) are the session
 code's, written once for both backends: they run over the ``PostgresLog`` through
@@ -55,6 +58,7 @@ from hermes_ledger.gateway.sessions.postgres_reads import over_postgres
 from hermes_ledger.gateway.sessions.reads import read_key_state
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
+from hermes_ledger.ledger.events import SessionReset
 from hermes_ledger.ledger.postgres import PostgresLog
 from hermes_ledger.ledger.postgres.schema import SCHEMA
 from hermes_ledger.ledger.records import Recorded
@@ -114,6 +118,22 @@ SQL_RELEASE = (
     " deadline = coalesce(%s, deadline) WHERE session_key = %s AND claimed_by = %s"
 )
 SQL_DONE = "DELETE FROM session_deadlines WHERE session_key = %s AND session_id = %s"
+SQL_OPEN_SESSIONS = (
+    "SELECT session_key, session_id FROM session_map WHERE status = 'open' ORDER BY session_key"
+)
+# finalize's claim of one open key, due or not, with or without a deadline row (a
+# policy that never expires leaves none): the row is made due at once and leased,
+# unless another runner holds an unexpired lease on it (then nothing is returned).
+SQL_CLAIM_KEY = (
+    "INSERT INTO session_deadlines AS d"
+    " (session_key, session_id, deadline, reason, claimed_by, claim_expires)"
+    " VALUES (%(key)s, %(session_id)s, %(now)s, 'finish', %(runner)s,"
+    " clock_timestamp() + %(lease)s)"
+    " ON CONFLICT (session_key) DO UPDATE SET claimed_by = excluded.claimed_by,"
+    " claim_expires = excluded.claim_expires"
+    " WHERE d.claim_expires IS NULL OR d.claim_expires <= clock_timestamp()"
+    " RETURNING d.session_id"
+)
 
 
 @contextmanager
@@ -329,3 +349,43 @@ class PostgresScheduler:
             if step.status == "ended":
                 deadline = format_utc(step.deadline) if step.deadline else None
                 report.closed.append(ClosedSession(key, session_id, step.reason, deadline))
+
+    def finalize(self, now: datetime | None = None, trigger: str = "shutdown") -> TickReport:
+        """Close every open session now (reset → flush → ended ``shutdown``), as
+        ``ticks.Scheduler.finalize`` does. Each key is claimed first, as ``tick``
+        claims a due one (a lease, skipped while another runner's is unexpired), so
+        finalizers and tickers on other hosts never close a session twice; a close
+        in progress is left to the tick that finishes it."""
+        now = now or self.clock()
+        report = TickReport(now=format_utc(now))
+        with translated(self.log):
+            with self.log._lock:
+                keys = self._conn.execute(SQL_OPEN_SESSIONS).fetchall()
+            for key, _session_id in keys:
+                if not self._claim_key(key, _session_id, now):
+                    report.skipped += 1  # another runner is closing it
+                    continue
+                state = read_key_state(self.reads, key)
+                if state.status != "open" or state.session_id is None:
+                    self._rederive(key)  # closed or closing since the list was read
+                    self._release(key, None)
+                    report.skipped += 1
+                    continue
+                cause = SessionReset(session_id=state.session_id, trigger=trigger, occurred_at=now)
+                if not self.closer.begin(key, state.version, cause):  # an append came first
+                    self._rederive(key)
+                    self._release(key, None)
+                    report.skipped += 1
+                    continue
+                report.due += 1
+                step = self.closer.finish(
+                    key, state.session_id, state.version + 1, state.origin, now
+                )
+                self._record(key, state.session_id, step, report)
+        return report
+
+    def _claim_key(self, key: str, session_id: str, now: datetime) -> bool:
+        args = {"key": key, "session_id": session_id, "now": now, "runner": self.name,
+                "lease": self.lease}  # fmt: skip
+        with self.log._lock:
+            return self._conn.execute(SQL_CLAIM_KEY, args).fetchone() is not None
