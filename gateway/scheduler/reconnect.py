@@ -83,8 +83,8 @@ def run_reconnecting(
     *,
     started: Callable[[Gateway], None] | None = None,
 ) -> int:
-    """Passes (``Runner.once``) every ``interval`` seconds (default the gateway's
-    ``tick_interval``) until ``stop`` is set, on the gateway ``open_gateway()``
+    """``Runner.run`` (a pass every ``interval`` seconds, default the gateway's
+    ``tick_interval``, until ``stop`` is set) on the gateway ``open_gateway()``
     opens; after a lost connection, on a new one (see the module docstring).
     ``started(gateway)`` is called once, when the first gateway is open. Returns
     the number of passes made."""
@@ -94,16 +94,12 @@ def run_reconnecting(
         if started is not None:
             started(gateway)
         while True:
-            wait = gateway.settings.tick_interval if interval is None else interval
             try:
-                while not stop.is_set():
-                    gateway.runner.once()
-                    passes += 1
-                    stop.wait(wait)
-                return passes
+                return passes + gateway.runner.run(stop, interval)
             except Exception as exc:
                 if not lost_connection(exc, gateway.ledger):
                     raise
+                passes += gateway.runner.passes
                 name = where(gateway.ledger)
                 stack.close()  # the old gateway: its log's connection is gone
                 reopened = _reopen(open_gateway, stop, name, exc, stack)

@@ -139,6 +139,7 @@ class Runner:
         )
         self.registrar = registrar or HookRegistrar(ledger, registry, clock=self.clock)
         self._hooks_version = self.registrar.version
+        self.passes = 0  # the passes ``run`` made
 
     def clock(self) -> datetime:
         """The pass's fixed ``now`` while a pass with one runs, else the clock."""
@@ -250,14 +251,14 @@ class Runner:
 
     def run(self, stop: threading.Event, interval: float | None = None) -> int:
         """Pass after pass until ``stop`` is set; the pass in progress is finished.
-        Returns the number of passes."""
+        Returns the number of passes ``run`` made (also ``passes``, counted as they
+        end, so a caller whose pass failed knows how many went before)."""
         wait = self.settings.tick_interval if interval is None else interval
-        passes = 0
         while not stop.is_set():
             self.once()
-            passes += 1
+            self.passes += 1
             stop.wait(wait)
-        return passes
+        return self.passes
 
 
 def _outcome(outcome: Any) -> dict[str, Any]:
