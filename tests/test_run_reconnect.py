@@ -92,10 +92,10 @@ def terminate_backends(name: str) -> int:
     return int(row[0])
 
 
-def start_run(uri: str, home: Path) -> tuple[subprocess.Popen[str], Stderr]:
+def start_run(uri: str, home: Path, *options: str) -> tuple[subprocess.Popen[str], Stderr]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "hermes_ledger.gateway", "run", "--db", uri,
-         "--config", str(home), "--interval", "0.1", "--verbose"],
+         "--config", str(home), "--interval", "0.1", "--verbose", *options],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert next_line(proc).startswith("Running on ")  # the signal handlers are in place
@@ -155,14 +155,19 @@ def test_sigterm_while_reconnecting_stops_the_runner(
     home = make_home(tmp_path)
     with open_log(uri):
         pass
-    proc, stderr = start_run(uri, home)
+    proc, stderr = start_run(uri, home, "--log-format", "json")
     try:
         stderr.wait_for("pass at")
         allow_connections(name, False)  # no reconnection can succeed until the test ends
         assert terminate_backends(name) >= 1
-        stderr.wait_for("lost the connection to")
+        lost = json.loads(stderr.wait_for("lost the connection to"))
+        tried = json.loads(stderr.wait_for("still cannot reach"))
     finally:
         out, err = stop(proc, stderr)
+    assert (lost["level"], lost["event"], lost["retry_in"]) == ("warning", "connection_lost", 1)
+    assert "terminating connection" in lost["error"]
+    assert (tried["event"], tried["attempt"], tried["retry_in"]) == ("reconnect_failed", 1, 2)
+    assert "not currently accepting connections" in tried["error"]
     assert "SIGTERM: finishing the current pass" in err
     assert "Stopped after" in out
     assert "reconnected" not in err and "Traceback" not in err
