@@ -317,7 +317,7 @@ def test_hermes_ledger_commands_default_to_the_plugins_ledger(
 
 
 def test_a_key_two_homes_share_is_never_closed_by_the_other_home(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Two gateways (two homes, one profile name) see the same chat: one key. While
     # home A's session is open on it, home B's session there is skipped, saying why;
@@ -349,6 +349,9 @@ def test_a_key_two_homes_share_is_never_closed_by_the_other_home(
         [why] = [s.reason for s in skipped.skipped]
         assert f"holds the open session {sa} of another Hermes home" in why
         assert "its own Hermes profile" in why
+        assert rb.apply([act(sb)]).skipped  # still skipped; said once in the log
+        said_once = [r.getMessage() for r in caplog.records if r.name == "hermes_plugins.ledger"]
+        assert said_once == [f"ledger plugin: {why}"]
         a.append_message(sa, "user", "a2", at=start.timestamp() + 180)
         assert ra.apply([act(sa)]).events == 1  # A's session goes on, whole
         a.end_session(sa, "session_reset", at=start.timestamp() + 240)

@@ -54,6 +54,7 @@ keys then start ``agent:<profile>:``) when their chats may overlap.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 from collections import OrderedDict
@@ -136,6 +137,7 @@ FLUSH_NOT_REPORTED: Final = (
 RESET_TRIGGER: Final = "/new or /reset"
 """The ``session_reset`` trigger of a ``/new``: Hermes does not say which command it was."""
 
+log = logging.getLogger("hermes_plugins.ledger")
 _RETRIES: Final = 20  # re-reads after another writer changed a key first
 _REMEMBERED: Final = 4096  # dispatch sources, senders, speakers, subagent ids kept
 
@@ -172,6 +174,7 @@ class LiveRecorder:
         self._senders: OrderedDict[tuple[str, str], Speaker] = OrderedDict()
         self._speakers: OrderedDict[str, Speaker] = OrderedDict()  # session → its user
         self._lock = threading.Lock()
+        self._shared_keys: set[str] = set()  # keys seen shared with another home
 
     # -- applying a batch ------------------------------------------------------------
 
@@ -269,11 +272,15 @@ class LiveRecorder:
             return
         other = session_home(self.ledger, open_id)
         if other is not None and other != self.meta["home"]:
-            raise RecordError(
+            why = (
                 f"{key} holds the open session {open_id} of another Hermes home ({other}):"
                 f" {new} is not recorded beside it, nor is that session closed; give each"
                 " host its own Hermes profile so that their session keys differ"
             )
+            if key not in self._shared_keys:  # the gateway's log says so once per key
+                self._shared_keys.add(key)
+                log.warning("ledger plugin: %s", why)
+            raise RecordError(why)
 
     def _place(
         self, hermes: HermesHome, s: _Session, hint: str | None, side: bool
