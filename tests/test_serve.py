@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -306,7 +307,7 @@ def test_serve_on_postgres_takes_no_snapshot_when_the_port_is_taken(
 ) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where mkdtemp makes it
     with fresh_database() as dsn, socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -322,3 +323,16 @@ def test_serve_help_says_a_postgres_ledger_is_a_snapshot(cli: Any) -> None:
     assert "On a PostgreSQL ledger (--db postgresql://…) Datasette, which reads SQLite" in (
         result.output
     )
+
+
+def test_serve_on_an_unreachable_postgres_says_so_and_leaves_nothing(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where mkdtemp makes it
+    result = cli("serve", "--db", "postgresql://gw@127.0.0.1:1/nowhere", "--port", "0")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot connect to PostgreSQL at 127.0.0.1:1/nowhere")
+    assert "Try: " in result.output and "Traceback" not in result.output
+    assert list(scratch.iterdir()) == []  # the snapshot's directory was removed
