@@ -367,3 +367,23 @@ def test_a_key_two_homes_share_is_never_closed_by_the_other_home(
         homes = {r.session_id: r.meta.get("home") for r in log.read_stream(key)
                  if r.type == "session_started"}  # fmt: skip
         assert homes[sa].endswith(str(a.home.resolve())) and homes[sb] != homes[sa]
+
+
+def test_erasures_from_another_ledger_than_the_exports_are_refused(
+    cli: Callable[..., Result], db_path: Path, tmp_path: Path, pg: str
+) -> None:
+    fill(db_path)  # the export's ledger
+    fill_more(db_path)
+    export = tmp_path / "x.jsonl"
+    export.write_bytes(jsonl_bytes(db_path))
+    other = tmp_path / "other.db"  # another ledger, with an erasure inside the export's range
+    with open_log(other) as led:
+        led.append(DM, [MessageAppended(session_id="o1", role="user", user_id="u1",
+                                        content="other")])  # fmt: skip
+    assert cli("erase", "--db", str(other), "--user", "u1", "--yes").exit_code == 0
+    refused = cli("import", str(export), "--db", pg, "--erasures-from", str(other))
+    assert refused.exit_code == 1
+    assert refused.output.startswith(
+        f"Error: the erasure at position 2 of {other} is not in the imported ledger"
+    ), refused.output
+    assert "\nTry: re-apply it by hand with `hermes-ledger erase --db URI" in refused.output
