@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from backends import Backend
+from backends import Backend, pg_uri
 from click.testing import Result
 from helpers import ManualClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pg_support import fresh_database
 
+from hermes_ledger import projections as sqlite_projections
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
 from hermes_ledger.gateway.sessions.store import SessionStore
-from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
+from hermes_ledger.ledger import Ledger
+from hermes_ledger.ledger.events import (
+    MessageAppended,
+    SessionEnded,
+    SessionReset,
+    SessionStarted,
+    Source,
+)
+from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.projections import postgres as pg_projections
 
 IDLE_30 = GatewayConfig(default_reset_policy=ResetPolicy(mode="idle", idle_minutes=30))
 ADA = SessionSource(platform="telegram", chat_id="99", chat_type="dm", user_name="ada")
@@ -185,3 +199,55 @@ def test_replay_at_reads_business_or_recorded_time(
     assert result.output.splitlines()[0] == (
         "Session map as of business time 2026-11-20T12:00:00.000000Z (position 3):"
     )
+
+
+@pytest.fixture(scope="module")
+def shuffled_times(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """The same 60 events in a SQLite file and a PostgreSQL database: three keys, a
+    close, and business times out of log order (an import of older traffic between
+    live events)."""
+    from random import Random
+
+    rng = Random(14)
+    events: list[tuple[str, Any]] = []
+    base = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    for k in range(3):
+        source = Source(platform="telegram", chat_id=str(k), user_id=f"u{k}")
+        start = SessionStarted(session_id=f"s{k}", source=source,
+                               occurred_at=base + timedelta(minutes=k))  # fmt: skip
+        events.append((f"k{k}", start))
+    for i in range(55):
+        k = rng.randrange(3)
+        when = base + timedelta(minutes=rng.randrange(5, 600))
+        message = MessageAppended(session_id=f"s{k}", role="user", content=f"m{i}",
+                                  occurred_at=when if rng.random() < 0.7 else None)  # fmt: skip
+        events.append((f"k{k}", message))
+    events += [("k1", SessionReset(session_id="s1", trigger="/new")),
+               ("k1", SessionEnded(session_id="s1", reason="manual_reset"))]  # fmt: skip
+    path = tmp_path_factory.mktemp("times") / "ledger.db"
+    clock = ManualClock()
+    with fresh_database() as dsn:
+        uri = pg_uri(dsn)
+        with Ledger.open(path, clock=clock) as led, PostgresLog.open(uri, clock=clock) as log:
+            for stream, event in events:
+                led.append(stream, [event])
+                log.append(stream, [event])
+                clock.advance(seconds=30)
+        yield path, uri
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    minutes=st.integers(min_value=-60, max_value=3 * 24 * 60 + 120),
+    recorded=st.booleans(),
+)
+def test_state_at_a_time_is_the_same_on_both_backends(
+    shuffled_times: tuple[Path, str], minutes: int, recorded: bool
+) -> None:
+    path, uri = shuffled_times
+    at = datetime(2026, 11, 20, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+    with Ledger.open(path, readonly=True) as led:
+        expected = sqlite_projections.state_at(led, time=at, recorded=recorded)
+    with PostgresLog.open(uri) as log:
+        found = pg_projections.state_at(log, time=at, recorded=recorded)
+    assert found == expected
