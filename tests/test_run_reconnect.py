@@ -9,11 +9,13 @@ test wants) and the runner's server processes are ended with
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,11 +44,11 @@ class Stderr:
             target=lambda: [self._queue.put(line) for line in stream], daemon=True
         ).start()
 
-    def wait_for(self, text: str) -> str:
+    def wait_for(self, text: str, timeout: float = WAIT) -> str:
         """The first line from now on that contains ``text``."""
         while True:
             try:
-                line = self._queue.get(timeout=WAIT)
+                line = self._queue.get(timeout=timeout)
             except queue.Empty:
                 pytest.fail(f"no log line with {text!r}; got:\n{''.join(self.lines)}")
             self.lines.append(line)
@@ -92,11 +94,13 @@ def terminate_backends(name: str) -> int:
     return int(row[0])
 
 
-def start_run(uri: str, home: Path, *options: str) -> tuple[subprocess.Popen[str], Stderr]:
+def start_run(
+    uri: str, home: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], Stderr]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "hermes_ledger.gateway", "run", "--db", uri,
          "--config", str(home), "--interval", "0.1", "--verbose", *options],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert next_line(proc).startswith("Running on ")  # the signal handlers are in place
     return proc, Stderr(proc)
@@ -143,6 +147,63 @@ def test_run_reconnects_after_its_connections_are_terminated_and_closes_once(
     assert "Error:" not in err and "Traceback" not in err
     assert "Stopped after" in out
     assert ends(uri) == [session_id]
+    calls_file = home / "hooks" / "recorder" / "calls.jsonl"
+    calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
+    assert [c["session_id"] for c in calls if c["event"] == "session:end"] == [session_id]
+
+
+SLOW_FLUSHER = """\
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+def flush(context, transcript):
+    with (HERE / "flushes.txt").open("a") as out:
+        out.write(context.session_id + "\\n")
+    if not (HERE / "released").exists():  # the first call waits for the test
+        (HERE / "flushing").touch()
+        give_up = time.monotonic() + 60
+        while not (HERE / "go").exists() and time.monotonic() < give_up:
+            time.sleep(0.02)
+        (HERE / "released").touch()
+    return "flushed"
+"""
+
+
+def test_a_close_cut_off_mid_flush_is_finished_once_when_its_lease_expires(
+    tmp_path: Path, database: tuple[str, str]
+) -> None:
+    uri, name = database
+    flushers = tmp_path / "flushers"
+    flushers.mkdir()
+    (flushers / "slow_flush.py").write_text(SLOW_FLUSHER)
+    home = make_home(tmp_path, "ledger:\n  flusher: slow_flush:flush\n  flush_timeout: 5\n")
+    session_id = seed(uri, ManualClock(), home)  # idle for days: the first pass closes it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(flushers), *sys.path])}
+    proc, stderr = start_run(uri, home, env=env)
+    try:
+        give_up = time.monotonic() + WAIT
+        while not (flushers / "flushing").exists():  # the close is claimed and flushing
+            assert time.monotonic() < give_up and proc.poll() is None, stderr.rest()
+            time.sleep(0.02)
+        assert terminate_backends(name) >= 1
+        (flushers / "go").touch()  # the flush returns; recording it finds no connection
+        stderr.wait_for("lost the connection to")
+        stderr.wait_for("reconnected to")
+        # The claim is the lost connection's until its lease (flush timeout + 60 s) ends.
+        stderr.wait_for(f"session {session_id} reason", timeout=WAIT + 65)
+        stderr.wait_for("pass at")
+    finally:
+        out, err = stop(proc, stderr)
+    assert "Stopped after" in out and "Traceback" not in err
+    assert ends(uri) == [session_id]
+    with open_log(uri) as log:
+        closing = [r.type for r in log.read_all() if r.type not in ("session_started",
+                   "message_appended")]  # fmt: skip
+    assert closing == ["session_expired", "memory_flushed", "session_ended"]
+    # The flush whose outcome was never recorded ran again (a flush is at least once).
+    assert (flushers / "flushes.txt").read_text().split() == [session_id, session_id]
     calls_file = home / "hooks" / "recorder" / "calls.jsonl"
     calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
     assert [c["session_id"] for c in calls if c["event"] == "session:end"] == [session_id]
