@@ -352,6 +352,9 @@ def test_a_key_two_homes_share_is_never_closed_by_the_other_home(
         assert rb.apply([act(sb)]).skipped  # still skipped; said once in the log
         said_once = [r.getMessage() for r in caplog.records if r.name == "hermes_plugins.ledger"]
         assert said_once == [f"ledger plugin: {why}"]
+        imported = import_hermes_home(log, b.home)  # B's backfill: the same answer
+        assert imported.events == 0
+        assert f"holds the open session {sa} of another Hermes home" in imported.warnings[0]
         a.append_message(sa, "user", "a2", at=start.timestamp() + 180)
         assert ra.apply([act(sa)]).events == 1  # A's session goes on, whole
         a.end_session(sa, "session_reset", at=start.timestamp() + 240)

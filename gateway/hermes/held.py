@@ -18,7 +18,9 @@ since PostgreSQL cannot extract text from a document that holds one.
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hermes_ledger.gateway.hermes.mapping import HERMES_ACTORS, PLUGIN_ACTOR, _Usage
 from hermes_ledger.ledger import EventLog, Ledger
@@ -27,6 +29,7 @@ __all__ = [
     "first_plugin_event",
     "foreign",
     "has_session",
+    "home_identity",
     "ledger_name",
     "reads_of",
     "recorded",
@@ -182,6 +185,16 @@ def first_plugin_event(reads: Ledger) -> str | None:
     recorded nothing."""
     rows = reads.query(_sql(reads, SQL_FIRST_PLUGIN_EVENT), (PLUGIN_ACTOR,))
     return str(rows[0][0]) if rows else None
+
+
+def home_identity(home: Path) -> str:
+    """``<host name>:<home's resolved path>``: which Hermes home's plugin recorded an
+    event (its ``meta.home``)."""
+    try:
+        where = home.resolve()
+    except OSError:
+        where = home
+    return f"{socket.gethostname()}:{where}"
 
 
 def session_home(reads: Ledger, session_id: str) -> str | None:

@@ -36,9 +36,11 @@ from typing import Any
 
 from hermes_ledger.gateway.hermes.held import (
     foreign,
+    home_identity,
     ledger_name,
     reads_of,
     recorded,
+    session_home,
     session_stream,
     stream_sessions,
 )
@@ -260,6 +262,14 @@ class _Importer:
         batch: list[EventModel] = []
         if isinstance(missing[0], SessionStarted) and state.open_session not in (None, s.id):
             assert state.open_session is not None
+            other = self._other_home(state.open_session)
+            if other is not None:  # as the live recorder does (hermes.live)
+                self.warn(
+                    f"session {s.id}: {key} holds the open session {state.open_session} of"
+                    f" another Hermes home ({other}); {len(missing)} event(s) left out (give"
+                    " each host its own Hermes profile so that their session keys differ)"
+                )
+                return
             self.warn(
                 f"session {state.open_session}: still open in Hermes when {s.id} started on "
                 f"{key}; ended with reason {SUPERSEDED_REASON!r}"
@@ -297,6 +307,15 @@ class _Importer:
                 state.ended.add(event.session_id)
                 if state.open_session == event.session_id:
                     state.open_session = None
+
+    def _other_home(self, session_id: str) -> str | None:
+        """The other Hermes home whose plugin recorded ``session_id``, which is not in
+        this home's state.db; None if it is this home's, or no plugin's."""
+        if self.home.session(session_id) is not None:
+            return None
+        other = session_home(self.ledger, session_id)
+        mine = home_identity(self.home.state_db.parent)
+        return other if other is not None and other != mine else None
 
     def _desired(
         self, s: _Session, previous: _Session | None, source: Source, used: _Usage

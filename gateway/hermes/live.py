@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -68,6 +67,7 @@ from hermes_ledger.gateway.hermes.batch import Batch as _Batch
 from hermes_ledger.gateway.hermes.held import (
     Recorded,
     foreign,
+    home_identity,
     reads_of,
     recorded,
     session_home,
@@ -562,15 +562,6 @@ class LiveRecorder:
         if record.message_id is not None:  # who sent it, for its user message
             sender = (source.user_id, source.user_name)
             self._remember(self._senders, (key, record.message_id), sender)
-
-
-def home_identity(home: Path) -> str:
-    """``<host name>:<home's resolved path>``: which Hermes home recorded an event."""
-    try:
-        where = home.resolve()
-    except OSError:
-        where = home
-    return f"{socket.gethostname()}:{where}"
 
 
 def _resumable(session: _Session | None) -> bool:
