@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,7 +405,23 @@ def test_every_command_with_a_dsn(
         args.insert(1, str(tmp_path / "x.jsonl"))
     if name == "serve":  # it serves until stopped: an address it cannot listen on
         args += ["--allow-remote", "--host", "256.0.0.1"]
-    result = CliRunner().invoke(root, args, env={"HERMES_HOME": str(tmp_path / "home")})
+    # run passes until SIGTERM: a thread sends one every second until it returns (the
+    # test's own handler ignores any that comes before run installs its handler).
+    done = threading.Event()
+
+    def terminate() -> None:
+        while not done.wait(1.0):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    ignore = signal.signal(signal.SIGTERM, lambda *_: None) if name == "run" else None
+    if name == "run":
+        threading.Thread(target=terminate, daemon=True).start()
+    try:
+        result = CliRunner().invoke(root, args, env={"HERMES_HOME": str(tmp_path / "home")})
+    finally:
+        done.set()
+        if ignore is not None:
+            signal.signal(signal.SIGTERM, ignore)
     output = result.output + (result.stderr if result.stderr_bytes else "")
     assert not isinstance(result.exception, Exception) or isinstance(
         result.exception, SystemExit
