@@ -19,7 +19,7 @@ import pytest
 from backends import pg_uri
 from click.testing import Result
 from helpers import ManualClock, installed_script, next_line
-from pg_support import admin_connection, fresh_database
+from pg_support import fresh_database
 
 from hermes_ledger.gateway import SessionSource
 from hermes_ledger.gateway.bootstrap import build_gateway, open_gateway
@@ -208,9 +208,11 @@ def test_hooks_lists_a_postgresql_ledgers_pending_claimed_and_dead_deliveries(
     assert "No dead letters." in cli("hooks", "--db", uri, "--hooks-dir", str(hooks_dir)).output
 
 
-def test_run_on_postgresql_ends_with_an_error_not_a_traceback_when_its_connection_dies(
+def test_run_on_postgresql_exits_with_an_error_on_a_database_error_not_a_lost_connection(
     tmp_path: Path, uri: str
 ) -> None:
+    """A lost connection is ridden out (tests/test_run_reconnect.py); any other
+    database error still ends run with Error: (exit 1), not a retry."""
     home = make_home(tmp_path)
     env = {**os.environ, "HERMES_HOME": str(home)}
     proc = subprocess.Popen(
@@ -219,22 +221,17 @@ def test_run_on_postgresql_ends_with_an_error_not_a_traceback_when_its_connectio
     )  # fmt: skip
     try:
         next_line(proc)  # connected, passes running
-        dbname = psycopg.conninfo.conninfo_to_dict(uri)["dbname"]
-        with admin_connection() as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                (dbname,),
-            )
+        with psycopg.connect(uri, autocommit=True) as owner:  # the table the tick claims from
+            owner.execute("ALTER TABLE hermes_ledger.session_deadlines RENAME TO gone")
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 1, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "reconnecting" not in err
     last = err.splitlines()[-1]
-    assert last.startswith("Error: ") and "terminating connection" in last, err
+    assert last.startswith("Error: ") and "session_deadlines" in last, err
 
 
 def test_two_runs_on_one_postgresql_ledger_close_and_deliver_each_session_once(
