@@ -7,39 +7,72 @@ stop words, diacritics folded when ``unaccent`` is installed). Neither parser
 raises on odd input. A hit has the fields of the SQLite search's ``SearchHit``
 (``gateway.sessions.search``), its excerpt from ``ts_headline`` with each matched
 word between the same two control characters.
+
+CJK text (Chinese, Japanese kana and kanji, Korean hangul: ``CJK``) has no spaces
+between words, and the parser reads a run of it as one word, so ``東京`` would not
+find ``東京に行きます``. A search term holding a CJK character (a word, or a quoted
+phrase as a whole) is therefore matched as a substring of the content instead
+(``ILIKE``, its ``%`` ``_`` and ``\\`` taken literally, served by the trigram index
+``messages_content_trgm`` from three characters on; shorter terms match by scan),
+``-`` before it excludes it, and it is ANDed with the query of the other words. Such
+hits get their excerpt here, each CJK match between the marks as well. ``or``
+beside a CJK term is refused (a CJK term is always required or excluded).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+import re
+import unicodedata
+from typing import Any, Final, Literal, NamedTuple
 
 from hermes_ledger.ledger.errors import InvalidInputError
 from hermes_ledger.ledger.postgres import PostgresLog
 from hermes_ledger.projections.postgres.live import _held
 from hermes_ledger.projections.postgres.tables import LIVE, SEARCH_CONFIG, SEARCH_VECTOR
 
-__all__ = ["MessageHit", "search_messages"]
+__all__ = ["CJK", "MessageHit", "search_messages", "split_cjk"]
+
+CJK: Final = re.compile(
+    "[\u1100-\u11ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3040-\u30ff\u3100-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uffdc"
+    "\U0001b000-\U0001b16f\U00020000-\U0002fa1f\U00030000-\U000323af]"
+)
+"""A CJK character: hangul (jamo, syllables, halfwidth), CJK radicals, the
+ideographic marks 々〆〇, kana (and halfwidth katakana, kana supplements), bopomofo,
+the CJK unified ideographs (extensions A to H) and compatibility ideographs."""
 
 MARK_OPEN, MARK_CLOSE = "\x02", "\x03"
 _HEADLINE = (
     f'StartSel="{MARK_OPEN}", StopSel="{MARK_CLOSE}", MaxWords=12, MinWords=4,'
     ' ShortWord=0, MaxFragments=1, FragmentDelimiter="…"'
 )
+_HEADLINE_ALL = f'StartSel="{MARK_OPEN}", StopSel="{MARK_CLOSE}", HighlightAll=true'
 _ORDERS = {
     "newest": "m.position DESC",
     "relevance": f"ts_rank(m.{SEARCH_VECTOR}, q) DESC, m.position",
 }
 _PARSERS = {False: "websearch_to_tsquery", True: "plainto_tsquery"}
+# A websearch term: a quoted phrase (to the next quote or the end), or a word.
+_TERM = re.compile(r'(-?)"([^"]*)(?:"|$)|[^\s"]+')
+_CJK_EXCERPT_CHARS = 64
+_CJK_EXCERPT_BEFORE = 20
 
 SQL_SEARCH = (
     "SELECT m.position, m.session_key, m.session_id, m.role, m.ts, h.platform,"
     " coalesce(m.user_id, h.user_id), coalesce(m.user_name, h.user_name),"
-    f" ts_headline('{SEARCH_CONFIG}'::regconfig, m.content, q, %s)"
+    f" {{excerpt}}"
     f" FROM {LIVE.table('messages')} AS m"
     f" CROSS JOIN {{parser}}('{SEARCH_CONFIG}'::regconfig, %s) AS q"
     f" LEFT JOIN {LIVE.table('session_history')} AS h ON h.session_id = m.session_id"
-    f" WHERE m.{SEARCH_VECTOR} @@ q{{where}} ORDER BY {{order}} LIMIT %s"
+    f" WHERE {{match}}{{where}} ORDER BY {{order}} LIMIT %s"
 )
+_EXCERPT = f"ts_headline('{SEARCH_CONFIG}'::regconfig, m.content, q, %s)"
+_MATCH = f"m.{SEARCH_VECTOR} @@ q"
+SQL_QUERY_HAS_WORDS = f"SELECT numnode({{parser}}('{SEARCH_CONFIG}'::regconfig, %s)) > 0"
+# A CJK term, as a pattern bound to %s; the negated form holds for no content too.
+_CJK_HAS = "m.content ILIKE %s"
+_CJK_HAS_NOT = "coalesce(m.content, '') NOT ILIKE %s"
+_ORDER_NO_RANK = "m.position DESC"
 # The conditions of gateway.sessions.search.SearchFilter, as PostgreSQL spells them:
 # text compared byte for byte (COLLATE "C", SQLite's BINARY), a user name with ASCII
 # letters folded (SQLite's NOCASE); who spoke, or for a message that names nobody
@@ -101,18 +134,134 @@ def search_messages(
         raise InvalidInputError(f"unknown order {order!r}", hint="newest or relevance")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InvalidInputError(f"the limit must be a positive integer, not {limit!r}")
-    where = ""
-    args: list[Any] = [_HEADLINE, text]
-    given = {"session_key": session_key, "platform": platform, "since": since, "until": until}
-    for name, value in given.items():
-        if value is not None:
-            where += _WHERE[name]
-            args.append(value)
-    if user is not None:
-        where += _WHERE_USER
-        args.extend((user,) * 4)
-    sql = SQL_SEARCH.format(parser=_PARSERS[plain], where=where, order=_ORDERS[order])
-    args.append(limit)
+    rest, cjk = split_cjk(text, plain=plain)
+    parser = _PARSERS[plain]
     with _held(log):
+        words = not cjk or _has_words(log, parser, rest)
+        match = ([_MATCH] if words else []) + [_CJK_HAS_NOT if no else _CJK_HAS for _, no in cjk]
+        args: list[Any] = [_HEADLINE_ALL if cjk else _HEADLINE] if words else []
+        excerpt = _EXCERPT if words else "m.content"
+        args.append(rest)
+        args.extend(_like_pattern(term) for term, _ in cjk)
+        where = ""
+        given = {"session_key": session_key, "platform": platform, "since": since, "until": until}
+        for name, value in given.items():
+            if value is not None:
+                where += _WHERE[name]
+                args.append(value)
+        if user is not None:
+            where += _WHERE_USER
+            args.extend((user,) * 4)
+        sql = SQL_SEARCH.format(
+            excerpt=excerpt,
+            parser=parser,
+            match=" AND ".join(match) or "true",
+            where=where,
+            order=_ORDERS[order] if words else _ORDER_NO_RANK,
+        )
+        args.append(limit)
         rows = log.connection.execute(sql, args).fetchall()
-    return [MessageHit(*row) for row in rows]
+    hits = [MessageHit(*row) for row in rows]
+    wanted = [term for term, negated in cjk if not negated]
+    if wanted:
+        hits = [h._replace(excerpt=_cjk_excerpt(h.excerpt, wanted)) for h in hits]
+    return hits
+
+
+def _has_words(log: PostgresLog, parser: str, rest: str) -> bool:
+    """Whether ``rest`` (the text without its CJK terms) gives a query of any word."""
+    if not rest.strip():
+        return False
+    row = log.connection.execute(SQL_QUERY_HAS_WORDS.format(parser=parser), (rest,)).fetchone()
+    return bool(row and row[0])
+
+
+def split_cjk(text: str, *, plain: bool = False) -> tuple[str, list[tuple[str, bool]]]:
+    """``text`` split into the query of its words without CJK and its CJK terms, each
+    (substring, excluded): a word or a quoted phrase holding a CJK character, without
+    the quotes, or the punctuation around a word (but ``%``, ``_`` and ``\\``, which
+    are searched for as written); ``-`` before it excludes it. With ``plain``, quotes
+    and ``-`` are nothing special, as in ``plainto_tsquery``."""
+    if CJK.search(text) is None:
+        return text, []
+    tokens = text.split() if plain else [m.group(0) for m in _TERM.finditer(text)]
+    rest: list[str] = []
+    terms: list[tuple[str, bool]] = []
+    for i, token in enumerate(tokens):
+        if CJK.search(token) is None:
+            rest.append(token)
+            continue
+        negated = not plain and token.startswith("-")
+        token = token[1:] if negated else token
+        quoted = not plain and token.startswith('"')
+        term = token.strip('"').strip() if quoted else _trim(token)
+        if not plain and "or" in [
+            t.lower() for t in tokens[max(i - 1, 0) : i] + tokens[i + 1 : i + 2]
+        ]:
+            raise InvalidInputError(
+                f"or beside the CJK term {term!r} is not supported",
+                hint="a CJK term is matched as a substring and always required (or excluded"
+                " with -): drop the or, or search for each term on its own",
+            )
+        terms.append((term, negated))
+    return " ".join(rest), terms
+
+
+def _trim(word: str) -> str:
+    """``word`` without the punctuation around it (not ``%``, ``_``, ``\\``)."""
+    keep = lambda c: not unicodedata.category(c).startswith("P") or c in "%_\\"  # noqa: E731
+    start, end = 0, len(word)
+    while start < end and not keep(word[start]):
+        start += 1
+    while end > start and not keep(word[end - 1]):
+        end -= 1
+    return word[start:end]
+
+
+def _like_pattern(term: str) -> str:
+    """``term`` as an ``ILIKE`` pattern of content holding it: its wildcards literal."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _cjk_excerpt(excerpt: str | None, terms: list[str]) -> str | None:
+    """The excerpt of a hit of CJK ``terms``: ``excerpt`` (the whole content, the
+    other words already marked) with every match of a term marked too, cut to about
+    64 characters from a little before the first mark."""
+    if excerpt is None:
+        return None
+    plain, spans = [], []
+    for piece in re.split(f"({MARK_OPEN}[^{MARK_CLOSE}]*{MARK_CLOSE})", excerpt):
+        at = sum(map(len, plain))
+        if piece.startswith(MARK_OPEN):
+            piece = piece[1:-1]
+            spans.append((at, at + len(piece)))
+        plain.append(piece)
+    content = "".join(plain)
+    for term in terms:
+        if term:
+            pattern = re.compile(re.escape(term), re.IGNORECASE)
+            spans.extend(m.span() for m in pattern.finditer(content))
+    merged: list[list[int]] = []
+    for begin, end in sorted(spans):
+        if merged and begin < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([begin, end])
+    if not merged:
+        return excerpt
+    cut_from = max(0, merged[0][0] - _CJK_EXCERPT_BEFORE)
+    cut_to = max(merged[0][1], cut_from + _CJK_EXCERPT_CHARS)
+    for begin, end in merged:
+        if begin < cut_to < end:
+            cut_to = end
+    out, at = [], cut_from
+    for begin, end in merged:
+        if end <= cut_from or begin >= cut_to:
+            continue
+        out.append(content[at:begin] + MARK_OPEN + content[begin:end] + MARK_CLOSE)
+        at = end
+    out.append(content[at:cut_to])
+    head = "…" if cut_from > 0 else ""
+    tail = "…" if cut_to < len(content) else ""
+    return head + "".join(out) + tail

@@ -7,12 +7,17 @@ CHECKs and indexes are the same text. ``messages`` gains ``search_vector``, a
 generated ``tsvector`` of its content under the ``hl_words`` text-search
 configuration (``simple`` with ``unaccent`` when the extension is available: any
 language, diacritics folded, like SQLite's ``unicode61 remove_diacritics 2``), with a
-GIN index. ``projection_checkpoints`` records each projection's version and applied
+GIN index, and ``messages_content_trgm``, a GIN ``gin_trgm_ops`` index on its
+``content`` when ``pg_trgm`` is installed or may be created (a trusted extension: the
+database owner may), which serves the substring match of CJK search terms
+(``projections.postgres.search``); without it that match is a scan, with the same
+rows. ``projection_checkpoints`` records each projection's version and applied
 position; the inline projector updates it in the append's transaction.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -31,9 +36,11 @@ __all__ = [
     "SCRATCH",
     "SEARCH_CONFIG",
     "SEARCH_VECTOR",
+    "TRIGRAM_INDEX",
     "create_tables",
     "ensure_bookkeeping",
     "ensure_search_config",
+    "ensure_trigram",
     "read_checkpoints",
     "save_checkpoint",
     "swap_in",
@@ -42,6 +49,8 @@ __all__ = [
 ]
 
 Connection = psycopg.Connection[Any]
+
+_log = logging.getLogger(__name__)
 
 LIVE = Target(SCHEMA)
 """The live tables, beside the log."""
@@ -58,6 +67,9 @@ SEARCH_CONFIG = f"{SCHEMA}.hl_words"
 SEARCH_VECTOR = "search_vector"
 """The generated ``tsvector`` column of ``messages``."""
 
+TRIGRAM_INDEX = "messages_content_trgm"
+"""The trigram index on ``messages.content`` (when ``pg_trgm`` is there)."""
+
 SQL_CONFIG_EXISTS = (
     "SELECT count(*) FROM pg_ts_config c JOIN pg_namespace n ON n.oid = c.cfgnamespace"
     " WHERE n.nspname = %s AND c.cfgname = 'hl_words'"
@@ -72,6 +84,12 @@ SQL_MAP_UNACCENT = (
     f"ALTER TEXT SEARCH CONFIGURATION {SEARCH_CONFIG}"
     " ALTER MAPPING FOR word, hword, hword_part, asciiword, asciihword, hword_asciipart"
     " WITH {dictionary}, pg_catalog.simple"
+)
+SQL_CREATE_TRIGRAM = f"CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA {SCHEMA}"
+SQL_TRIGRAM_OPCLASS = (
+    "SELECT quote_ident(n.nspname) || '.gin_trgm_ops' FROM pg_opclass o"
+    " JOIN pg_namespace n ON n.oid = o.opcnamespace JOIN pg_am a ON a.oid = o.opcmethod"
+    " WHERE o.opcname = 'gin_trgm_ops' AND a.amname = 'gin' LIMIT 1"
 )
 SQL_CHECKPOINTS_DDL = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.projection_checkpoints (
     name     TEXT PRIMARY KEY,
@@ -110,7 +128,7 @@ def table_ddl(table: TableSpec, target: Target) -> str:
     return ddl
 
 
-def _index_ddl(table: TableSpec, target: Target) -> list[str]:
+def _index_ddl(table: TableSpec, target: Target, trigram_ops: str | None) -> list[str]:
     out = [
         f"CREATE INDEX {quote_ident(name + target.suffix)} ON {target.table(table.name)} {spec}"
         for name, spec in table.indexes
@@ -118,7 +136,27 @@ def _index_ddl(table: TableSpec, target: Target) -> list[str]:
     if table.name == MESSAGES.name:
         name = quote_ident(f"messages_search{target.suffix}")
         out.append(f"CREATE INDEX {name} ON {target.table(table.name)} USING gin ({SEARCH_VECTOR})")
+        if trigram_ops is not None:
+            name = quote_ident(TRIGRAM_INDEX + target.suffix)
+            column = quote_ident(TRANSCRIPT_SEARCHED)
+            out.append(
+                f"CREATE INDEX {name} ON {target.table(table.name)}"
+                f" USING gin ({column} {trigram_ops})"
+            )
     return out
+
+
+def ensure_trigram(conn: Connection) -> str | None:
+    """The qualified name of ``pg_trgm``'s ``gin_trgm_ops``, the extension created
+    first if it is missing and this role may; None when it is not there (the CJK
+    substring match then scans, with the same rows)."""
+    try:
+        with conn.transaction():
+            conn.execute(SQL_CREATE_TRIGRAM)
+    except psycopg.Error as exc:
+        _log.debug("pg_trgm not created (%s): no trigram index on messages.content", exc)
+    row = conn.execute(SQL_TRIGRAM_OPCLASS).fetchone()
+    return None if row is None else str(row[0])
 
 
 def ensure_search_config(conn: Connection) -> None:
@@ -161,14 +199,18 @@ def create_tables(
 ) -> None:
     """Create the tables of ``projections`` at ``target`` (with their indexes, and
     for schema targets the writer role's grants), and the search configuration
-    ``messages`` needs if it is missing (as ``state_at`` on a log never attached)."""
+    ``messages`` needs if it is missing (as ``state_at`` on a log never attached);
+    with indexes, ``pg_trgm`` too when it may be created (``ensure_trigram``)."""
     tables = [t for p in projections for t in p.data_tables]
+    trigram_ops = None
     if any(t.name == MESSAGES.name for t in tables):
         ensure_search_config(conn)  # its search vector needs it (a log never attached lacks it)
+        if indexes:
+            trigram_ops = ensure_trigram(conn)
     for table in tables:
         conn.execute(table_ddl(table, target))
         if indexes:
-            for sql in _index_ddl(table, target):
+            for sql in _index_ddl(table, target, trigram_ops):
                 conn.execute(sql)
     if target.schema != SCRATCH.schema:
         conn.execute(SQL_GRANT.format(tables=", ".join(target.table(t.name) for t in tables)))
