@@ -59,6 +59,7 @@ NOT_ON_POSTGRES = (
 
 SCHEMA = "hermes_ledger"
 WRITER_ROLE = "hermes_ledger_writer"
+READER_ROLE = "hermes_ledger_reader"
 TRIGGERS = (
     ("events", "events_refuse_update"),
     ("events", "events_refuse_delete"),
@@ -73,6 +74,7 @@ SQL_SERVER = (
     " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
     " pg_has_role(current_user, (SELECT datdba FROM pg_database"
     "  WHERE datname = current_database()), 'MEMBER'),"
+    " EXISTS (SELECT FROM pg_roles WHERE rolname = %s) AND pg_has_role(current_user, %s, 'USAGE'),"
     " EXISTS (SELECT FROM pg_roles WHERE rolname = %s) AND pg_has_role(current_user, %s, 'USAGE')"
 )
 SQL_TABLE = (
@@ -139,6 +141,7 @@ class _Role:
     superuser: bool
     owner: bool
     writer: bool
+    reader: bool = False
     usage: bool = False
     select: bool = False
     insert: bool = False
@@ -152,6 +155,8 @@ class _Role:
             return "the database's owner"
         if self.writer:
             return f"a member of {WRITER_ROLE}"
+        if self.reader:
+            return f"a member of {READER_ROLE}"
         return f"not a member of {WRITER_ROLE}"
 
     @property
@@ -169,10 +174,10 @@ def _grant_hint(role: str) -> str:
 def check_server(conn: psycopg.Connection[Any], where: str) -> tuple[Check, _Role]:
     """``server``: the version, the role and whether the server takes writes (and
     who the connected role is)."""
-    row = conn.execute(SQL_SERVER, (WRITER_ROLE, WRITER_ROLE)).fetchone()
+    row = conn.execute(SQL_SERVER, (WRITER_ROLE,) * 2 + (READER_ROLE,) * 2).fetchone()
     assert row is not None
-    version, user, standby, superuser, owner, writer = row
-    role = _Role(user, bool(superuser), bool(owner), bool(writer))
+    version, user, standby, superuser, owner, writer, reader = row
+    role = _Role(user, bool(superuser), bool(owner), bool(writer), bool(reader))
     detail = f"PostgreSQL {version} at {where}, connected as {user} ({role.kind})"
     if standby:
         standby_detail = f"{detail}; the server is a standby: it takes no appends"

@@ -97,6 +97,7 @@ SQL_HISTORY = (
     ' ORDER BY started_at COLLATE "C", session_id COLLATE "C"'
 )
 SQL_SESSION_KNOWN = "SELECT 1 FROM session_history WHERE session_id = %s"
+SQL_MAY_APPEND = "SELECT has_table_privilege('hermes_ledger.events', 'INSERT')"
 _ALWAYS = ("role", "content")
 _WHEN_SET = ("tool_calls", "tool_name", "tool_call_id", "user_id", "user_name")
 _READ = (*_ALWAYS, "ts", *_WHEN_SET)
@@ -109,7 +110,9 @@ SQL_TRANSCRIPT = (
 @contextmanager
 def open_postgres(dsn: str, *, projections: bool = True) -> Iterator[PostgresLog]:
     """The PostgreSQL log at ``dsn``; with ``projections``, attached to them when
-    their tables exist (caught up, and scrubbed by an erasure), never created."""
+    their tables exist (caught up, and scrubbed by an erasure), never created. A role
+    that may not append (``hermes_ledger_reader``) reads them as they stand: catching
+    up takes the append lock, which it may not take."""
     try:
         from hermes_ledger.ledger.postgres import PostgresLog
     except ImportError:
@@ -117,11 +120,16 @@ def open_postgres(dsn: str, *, projections: bool = True) -> Iterator[PostgresLog
             "a PostgreSQL ledger needs psycopg, which is not installed", hint=POSTGRES_HINT
         ) from None
     with PostgresLog.open(dsn) as log:
-        if projections and has_projections(log):
+        if projections and has_projections(log) and _may_append(log):
             from hermes_ledger.projections import postgres as pg_projections
 
             pg_projections.attach(log)
         yield log
+
+
+def _may_append(log: PostgresLog) -> bool:
+    row = log.connection.execute(SQL_MAY_APPEND).fetchone()
+    return bool(row and row[0])
 
 
 def has_projections(log: PostgresLog) -> bool:

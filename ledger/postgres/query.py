@@ -13,8 +13,16 @@ A read-only transaction still runs functions whose effects are outside it; those
 this server ships (``SIDE_EFFECTS``: ending other sessions, advisory locks, settings,
 server files, large-object export, running a query given as text) are refused by
 name wherever they appear outside literals and comments, before anything runs.
-That is a list, not a privilege: a role that may only SELECT the ledger's tables
-(docs/postgres.md) is the bound for a user who is not trusted.
+That is a list, not a privilege; the bound is the role the query runs as. When the
+connecting role may (a member of ``hermes_ledger_reader``: an auditor, a writer, the
+owner that migration 6 made a member, a superuser), the transaction runs under
+``SET LOCAL ROLE hermes_ledger_reader`` (migration 6: SELECT on the ledger's tables,
+nothing else), so whatever a query calls (a custom function that writes, signals
+another session or reads a server file) runs with that role's privileges. When it
+may not, the query runs as the connecting role, as ``psql`` would, after one line
+saying which GRANT makes it run as the reader (``warn``; on stderr by default): the
+connecting role's own privileges are then the bound, and the name list the only
+second line.
 
 Placeholders are SQLite's ``:name`` (``-p NAME VALUE``), read outside string
 literals, quoted identifiers, dollar quotes and comments, and never in a ``::``
@@ -27,8 +35,9 @@ runs a second time in the same snapshot (the same result) to learn its columns.
 from __future__ import annotations
 
 import re
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -44,7 +53,17 @@ from hermes_ledger.ledger.readonly_sql import (
     refuse_write,
 )
 
-__all__ = ["QUERY_KEYWORDS", "SIDE_EFFECTS", "run_sql"]
+__all__ = [
+    "QUERY_KEYWORDS",
+    "READER_ROLE",
+    "SIDE_EFFECTS",
+    "assume_reader",
+    "run_sql",
+    "warn_on_stderr",
+]
+
+READER_ROLE = "hermes_ledger_reader"
+"""The role that may only SELECT the ledger's tables (migration 6)."""
 
 QUERY_KEYWORDS = frozenset({"select", "with", "values", "table", "show", "explain"})
 """The first word of a statement ``run_sql`` runs; any other is refused as a write."""
@@ -70,6 +89,15 @@ SQL_SETTINGS = (
     "SELECT set_config('statement_timeout', %s, true), set_config('search_path', %s, true)"
 )
 SQL_HAS_LEDGER = f"SELECT to_regclass('{SCHEMA}.events') IS NOT NULL"
+# Whether the reader role is set up in this database (it may SELECT events: migration
+# 6 ran here; the role itself is the cluster's) and whether the connected role may
+# SET ROLE to it (membership; a superuser always may).
+SQL_READER = (
+    "SELECT coalesce(bool_or(has_table_privilege(r.oid, to_regclass(%s), 'SELECT')), false),"
+    " coalesce(bool_or(pg_has_role(current_user, r.oid, 'MEMBER')), false), current_user"
+    " FROM pg_roles AS r WHERE r.rolname = %s"
+)
+SQL_SET_READER = f"SET LOCAL ROLE {READER_ROLE}"
 
 _SQL_HINT = (
     'list the tables with `hermes-ledger sql "SELECT table_name FROM'
@@ -150,6 +178,31 @@ def _comment_end(sql: str, at: int) -> int:
     return at
 
 
+def warn_on_stderr(line: str) -> None:
+    """The default ``warn`` of ``run_sql``: ``Warning: LINE`` on stderr."""
+    print(f"Warning: {line}", file=sys.stderr, flush=True)
+
+
+def assume_reader(conn: psycopg.Connection[Any], what: str) -> str | None:
+    """In ``conn``'s open transaction, ``SET LOCAL ROLE hermes_ledger_reader`` when the
+    connected role may; else leave the role as it is and return the one line that says
+    so and what to GRANT (``what`` names the command: "the query", "the report")."""
+    found: Any = conn.execute(SQL_READER, (f"{SCHEMA}.events", READER_ROLE)).fetchone()
+    set_up, member, user = found
+    if set_up and member:
+        conn.execute(SQL_SET_READER)
+        return None
+    if not set_up:
+        return (
+            f"{what} runs as {user}, not as {READER_ROLE} (this ledger predates it): apply"
+            " its migration with `hermes-ledger init --db URI` as the database's owner"
+        )
+    return (
+        f"{what} runs as {user}, not as {READER_ROLE} (a role that may only read the"
+        f" ledger): as the database's owner, GRANT {READER_ROLE} TO {user}"
+    )
+
+
 def _failed(exc: psycopg.Error) -> LedgerError:
     message = (exc.diag.message_primary or str(exc)).strip()
     return LedgerError(f"the query failed: {message}", hint=_SQL_HINT)
@@ -161,6 +214,7 @@ def run_sql(
     params: Sequence[Any] | Mapping[str, Any] = (),
     *,
     timeout: float | None = DEFAULT_SQL_TIMEOUT,
+    warn: Callable[[str], None] = warn_on_stderr,
 ) -> QueryResult:
     """Run one query on the PostgreSQL ledger at ``dsn``, read-only, and return its
     columns and rows (see the module docstring). ``params`` binds the ``:name``
@@ -168,8 +222,10 @@ def run_sql(
     but a query, raises the LedgerError ``ledger.query.run_sql`` raises, and nothing
     changes. ``timeout`` (seconds; None or 0: no limit) is the transaction's
     ``statement_timeout`` and bounds the time to the last row, as on SQLite
-    (QueryTimeoutError). The connection is closed once the rows are exhausted or
-    closed."""
+    (QueryTimeoutError). The query runs as ``hermes_ledger_reader`` when the
+    connected role may assume it; when it may not, ``warn`` is given the line that
+    says so (``assume_reader``) and the query runs as the connected role. The
+    connection is closed once the rows are exhausted or closed."""
     text = sql.strip()
     parsed = _Parsed(text)
     if parsed.first is None:
@@ -186,7 +242,7 @@ def run_sql(
     bindings = _bindings(parsed, params)
     limit = timeout if timeout else None
     deadline = None if limit is None else time.monotonic() + limit
-    conn = _connect(dsn, limit)
+    conn = _connect(dsn, limit, warn)
     try:
         query = parsed.text if bindings is not None else text
         columns, rows = _start(conn, query, bindings, text, limit or 0)
@@ -216,9 +272,10 @@ def _bindings(parsed: _Parsed, params: Sequence[Any] | Mapping[str, Any]) -> dic
     return {name: params[name] for name in parsed.names} if parsed.names else None
 
 
-def _connect(dsn: str, limit: float | None) -> psycopg.Connection[Any]:
+def _connect(dsn: str, limit: float | None, warn: Callable[[str], None]) -> psycopg.Connection[Any]:
     """A connection of its own in a read-only transaction, the timeout and search
-    path set for it, on a database that holds a ledger."""
+    path set for it, as the reader role when it may be, on a database that holds a
+    ledger."""
     where = describe_dsn(dsn)
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, client_encoding="utf8")
@@ -233,6 +290,7 @@ def _connect(dsn: str, limit: float | None) -> psycopg.Connection[Any]:
         milliseconds = str(max(1, round(limit * 1000))) if limit else "0"
         conn.execute(SQL_SETTINGS, (milliseconds, f"{SCHEMA}, pg_temp"))
         found: Any = conn.execute(SQL_HAS_LEDGER).fetchone()
+        unbounded = assume_reader(conn, "the query") if found[0] else None
     except psycopg.Error as exc:
         conn.close()
         raise LedgerError(f"cannot read the ledger at {where}: {str(exc).strip()}") from None
@@ -242,6 +300,8 @@ def _connect(dsn: str, limit: float | None) -> psycopg.Connection[Any]:
             f"there is no ledger at {where}",
             hint="create it with `hermes-ledger init --db postgresql://…`",
         )
+    if unbounded is not None:
+        warn(unbounded)
     return conn
 
 

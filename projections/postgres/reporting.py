@@ -4,19 +4,23 @@ when it is given a ``PostgresLog``.
 The report's ``postgres_sql`` runs in one read-only, repeatable-read transaction
 on the log's connection (``ledger.postgres.reading.snapshot``), bounded by
 ``statement_timeout``; its rows are fetched inside it, so the timeout covers the
-whole query and the transaction ends before the rows are handed back. The same
-report on the same events gives the same columns and rows as on SQLite.
+whole query and the transaction ends before the rows are handed back. It runs
+under ``SET LOCAL ROLE hermes_ledger_reader`` when the log's role may assume it
+(``ledger.postgres.query.assume_reader``, as ``sql`` does), else as that role after
+a one-line warning. The same report on the same events gives the same columns and
+rows as on SQLite.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
 
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres.query import assume_reader, warn_on_stderr
 from hermes_ledger.ledger.postgres.reading import snapshot
 from hermes_ledger.ledger.query import QueryResult, QueryTimeoutError
 from hermes_ledger.projections.postgres.tables import tables_exist
@@ -28,9 +32,15 @@ SQL_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
 
 
 def run_report_sql(
-    log: PostgresLog, sql: str, params: Mapping[str, Any], *, timeout: float | None
+    log: PostgresLog,
+    sql: str,
+    params: Mapping[str, Any],
+    *,
+    timeout: float | None,
+    warn: Callable[[str], None] = warn_on_stderr,
 ) -> QueryResult:
-    """Run one report's PostgreSQL ``sql`` with ``params`` on ``log``, read-only,
+    """Run one report's PostgreSQL ``sql`` with ``params`` on ``log``, read-only, as
+    the reader role when the log's role may assume it (else ``warn`` is told so),
     stopped after ``timeout`` seconds (None or 0: no limit) with QueryTimeoutError.
     A database without the projections is a LedgerError saying how to create them."""
     with snapshot(log) as conn:
@@ -39,6 +49,9 @@ def run_report_sql(
                 f"the ledger at {log.where} has no projections to report on",
                 hint="create them with `hermes-ledger replay --db URI` (as the database owner)",
             )
+        unbounded = assume_reader(conn, "the report")
+        if unbounded is not None:
+            warn(unbounded)
         conn.execute(SQL_STATEMENT_TIMEOUT, (str(round((timeout or 0) * 1000)),))
         try:
             cursor = conn.execute(sql, dict(params))  # type: ignore[arg-type]
