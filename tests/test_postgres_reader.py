@@ -151,9 +151,7 @@ def test_doctor_passes_an_auditors_privileges(auditor: str, cli: Cli, tmp_path: 
         "CREATE TABLE hermes_ledger.notes (t text)",
     ],
 )
-def test_an_auditor_may_not_write_even_on_its_own_connection(
-    auditor: str, statement: str
-) -> None:
+def test_an_auditor_may_not_write_even_on_its_own_connection(auditor: str, statement: str) -> None:
     """Outside `sql` (psql, a script): the role itself refuses, not a read-only mode."""
     with (
         psycopg.connect(auditor, autocommit=True) as conn,
