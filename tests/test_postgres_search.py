@@ -6,16 +6,18 @@ exists after attach and after a rebuild, and the plan of such a search uses it."
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 from helpers import ManualClock
-from pg_support import fresh_database
+from pg_support import as_user, fresh_database, login_role
 
 from hermes_ledger.ledger import LedgerError
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
-from hermes_ledger.ledger.postgres import SCHEMA, PostgresLog
+from hermes_ledger.ledger.postgres import SCHEMA, WRITER_ROLE, PostgresLog
 from hermes_ledger.projections import postgres as pgp
+from hermes_ledger.projections.postgres import tables
 from hermes_ledger.projections.postgres.search import split_cjk
 from hermes_ledger.projections.postgres.tables import TRIGRAM_INDEX
 
@@ -179,3 +181,17 @@ def test_without_the_trigram_index_the_search_still_finds_cjk_by_scan(log: Postg
     assert _found(log, "行きます") == [3]
     assert _found(log, "東京 tomorrow") == [5]
     assert _found(log, "東%京") == [8]
+
+
+def test_a_role_that_may_not_create_pg_trgm_makes_no_index_and_says_so_at_debug(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with PostgresLog.open(pg_dsn) as owner:  # migrated, projections never attached
+        with login_role(WRITER_ROLE) as user, PostgresLog.open(as_user(pg_dsn, user)) as writer:
+            with caplog.at_level(logging.DEBUG, logger=tables.__name__):
+                assert tables.ensure_trigram(writer.connection) is None
+            assert "pg_trgm not created" in caplog.text
+        installed = "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'"
+        assert owner.connection.execute(installed).fetchone() == (0,)
+        assert tables.ensure_trigram(owner.connection) == f"{SCHEMA}.gin_trgm_ops"
+        assert owner.connection.execute(installed).fetchone() == (1,)
