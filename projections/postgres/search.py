@@ -54,6 +54,7 @@ _ORDERS = {
 _PARSERS = {False: "websearch_to_tsquery", True: "plainto_tsquery"}
 # A websearch term: a quoted phrase (to the next quote or the end), or a word.
 _TERM = re.compile(r'(-?)"([^"]*)(?:"|$)|[^\s"]+')
+_MARKED = re.compile(f"({MARK_OPEN}[^{MARK_CLOSE}]*{MARK_CLOSE})")
 _CJK_EXCERPT_CHARS = 64
 _CJK_EXCERPT_BEFORE = 20
 
@@ -230,14 +231,16 @@ def _cjk_excerpt(excerpt: str | None, terms: list[str]) -> str | None:
     64 characters from a little before the first mark."""
     if excerpt is None:
         return None
-    plain, spans = [], []
-    for piece in re.split(f"({MARK_OPEN}[^{MARK_CLOSE}]*{MARK_CLOSE})", excerpt):
-        at = sum(map(len, plain))
-        if piece.startswith(MARK_OPEN):
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
+    at = 0
+    for piece in _MARKED.split(excerpt):
+        if piece.startswith(MARK_OPEN):  # a word ts_headline marked
             piece = piece[1:-1]
             spans.append((at, at + len(piece)))
-        plain.append(piece)
-    content = "".join(plain)
+        pieces.append(piece)
+        at += len(piece)
+    content = "".join(pieces)
     for term in terms:
         if term:
             pattern = re.compile(re.escape(term), re.IGNORECASE)
