@@ -307,7 +307,8 @@ def test_a_role_that_may_not_assume_the_reader_says_what_to_grant(
     assert json.loads(result.stdout) == [{"u": name}]
     assert result.stderr == (
         f"Warning: the query runs as {name}, not as {READER_ROLE} (a role that may only read"
-        f" the ledger): as the database's owner, GRANT {READER_ROLE} TO {name}\n"
+        f" the ledger): GRANT {READER_ROLE} TO {name} (as a superuser or a role with"
+        " CREATEROLE)\n"
     )
 
 
@@ -327,3 +328,37 @@ def test_a_rebuilt_projection_table_is_still_readable_by_the_reader(
     assert json.loads(result.stdout) == [{"n": 2}]
     sessions = cli("sessions", "--db", auditor, "--json")
     assert sessions.exit_code == 0, sessions.output
+
+
+@pytest.mark.parametrize("createrole", [True, False])
+def test_an_owner_who_is_not_a_superuser(createrole: bool, cli: Cli) -> None:
+    """Migration 6 makes the migrating owner a member of the reader role when it may
+    grant it (CREATEROLE); an owner who may not is told the GRANT to ask for."""
+    with login_role("pg_monitor") as name, fresh_database() as dsn:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            ident = pgsql.Identifier(name)
+            if createrole:
+                admin.execute(pgsql.SQL("ALTER ROLE {} CREATEROLE").format(ident))
+            admin.execute(
+                pgsql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    pgsql.Identifier(admin.info.dbname), ident
+                )
+            )
+            admin.execute(
+                pgsql.SQL("REVOKE {} FROM {}").format(pgsql.Identifier(READER_ROLE), ident)
+            )
+        uri = pg_uri(as_user(dsn, name))
+        init = cli("init", "--db", uri)
+        assert init.exit_code == 0, init.output
+        result = cli("sql", "--db", uri, "SELECT current_user AS u", "--json")
+    assert result.exit_code == 0, result.output
+    if createrole:
+        assert json.loads(result.stdout) == [{"u": READER_ROLE}]
+        assert result.stderr == ""
+    else:
+        assert json.loads(result.stdout) == [{"u": name}]
+        assert result.stderr == (
+            f"Warning: the query runs as {name}, not as {READER_ROLE} (a role that may only"
+            f" read the ledger): GRANT {READER_ROLE} TO {name} (as a superuser or a role"
+            " with CREATEROLE)\n"
+        )

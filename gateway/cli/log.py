@@ -304,7 +304,10 @@ def sql_cmd(
     --csv. The query stops after --timeout seconds (30 by default), or at once on
     Ctrl-C (exit 130). On a PostgreSQL ledger (--db postgresql://…) the query
     runs in a READ ONLY transaction with a statement_timeout of --timeout, over
-    the same tables (events, event_bodies, the projections). Example:
+    the same tables (events, event_bodies, the projections), as the role
+    hermes_ledger_reader (SELECT on the ledger's tables, nothing else) when the
+    connecting role is a member (an auditor, a gateway, the owner); otherwise as
+    the connecting role, after a Warning on stderr saying what to GRANT. Example:
       hermes-ledger sql "SELECT type, count(*) FROM events GROUP BY type"
     """
     if as_json and as_csv:

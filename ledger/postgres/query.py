@@ -199,7 +199,7 @@ def assume_reader(conn: psycopg.Connection[Any], what: str) -> str | None:
         )
     return (
         f"{what} runs as {user}, not as {READER_ROLE} (a role that may only read the"
-        f" ledger): as the database's owner, GRANT {READER_ROLE} TO {user}"
+        f" ledger): GRANT {READER_ROLE} TO {user} (as a superuser or a role with CREATEROLE)"
     )
 
 
