@@ -235,6 +235,7 @@ def test_migrations_are_recorded_and_applied_once(pg_dsn: str) -> None:
             (4, "0004_gateway_state.sql"),
             (5, "0005_append_cost.sql"),
             (6, "0006_reader_role.sql"),
+            (7, "0007_scheduler_state.sql"),
         ]
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (99, '0099_future.sql')")
     with pytest.raises(LedgerTooNewError, match="migration 99") as exc:

@@ -11,7 +11,12 @@ deliveries across hosts"):
   (``ticks.Scheduler._deadline_for``): the reset policy's next deadline after the
   key's last activity, ``finish`` (due at once) while a close is in progress, no
   row once the session has ended. ``refresh_deadlines`` re-derives every row (a
-  new configuration, or a log that had no projector).
+  new configuration, or a log that had no projector) and stores the fingerprint
+  of the policies it used (``ticks.policy_hash``, migration 7's
+  ``scheduler_state``); ``sync_deadlines``, run when a scheduler is made
+  (``runner.scheduler_for``), re-derives every row when that fingerprint is not
+  the configuration's (a shortened ``idle_minutes`` closes idle sessions at the
+  next tick, as on SQLite), and otherwise only derives the missing ones.
 * ``PostgresScheduler.tick`` claims due rows (``deadline <= now``, earliest first,
   limited) with ``FOR UPDATE SKIP LOCKED``: concurrent runners take disjoint rows
   without waiting for each other. A claim is a lease (``claimed_by``,
@@ -34,6 +39,7 @@ the session store does on PostgreSQL.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -41,12 +47,13 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
 from hermes_ledger.gateway.config.gateway import GatewayConfig
-from hermes_ledger.gateway.scheduler.ticks import ClosedSession, TickReport
+from hermes_ledger.gateway.logs import fields
+from hermes_ledger.gateway.scheduler.ticks import ClosedSession, TickReport, policy_hash
 from hermes_ledger.gateway.sessions.closing import (
     DEFAULT_FLUSH_TIMEOUT,
     CloseStep,
@@ -65,17 +72,21 @@ from hermes_ledger.ledger.records import Recorded
 
 __all__ = [
     "DeadlineProjector",
+    "DeadlineSync",
     "PostgresScheduler",
     "attach_deadlines",
     "catch_up_deadlines",
     "claim_due",
     "refresh_deadlines",
+    "sync_deadlines",
     "translated",
 ]
 
+logger = logging.getLogger(__name__)
+
 Connection = psycopg.Connection[Any]
 
-# -- statements (the table is migration 4's) -------------------------------------------
+# -- statements (the tables are migration 4's and 7's) ---------------------------------
 
 SQL_KEY_ROW = (
     "SELECT session_id, status, updated_at, platform, chat_type FROM session_map"
@@ -99,7 +110,19 @@ SQL_UPSERT_DEADLINE = (
     " session_id = excluded.session_id"
 )
 SQL_DROP_DEADLINE = "DELETE FROM session_deadlines WHERE session_key = %s"
-SQL_DROP_ALL_DEADLINES = "DELETE FROM session_deadlines"
+# The rows of keys that have no unclosed session (a re-derivation upserts the others,
+# which keeps the lease of a runner closing one).
+SQL_DROP_STALE_DEADLINES = (
+    "DELETE FROM session_deadlines AS d WHERE NOT EXISTS (SELECT FROM session_map AS m"
+    " WHERE m.session_key = d.session_key AND m.status <> 'closed')"
+)
+# The fingerprint of the policies the deadline rows were derived under.
+STATE_DEADLINES = "deadlines"
+SQL_DEADLINES_HASH = "SELECT config_hash FROM scheduler_state WHERE name = %s"
+SQL_SAVE_DEADLINES_HASH = (
+    "INSERT INTO scheduler_state (name, config_hash) VALUES (%s, %s)"
+    " ON CONFLICT (name) DO UPDATE SET config_hash = excluded.config_hash, updated_at = now()"
+)
 SQL_LOCK_LOG = f"SELECT head_position FROM {SCHEMA}.hl_append_state('')"
 # The due query: earliest deadlines first through session_deadlines_due; rows another
 # runner is claiming right now are skipped, not waited for; a lease is taken in the
@@ -196,17 +219,53 @@ def attach_deadlines(log: PostgresLog, config: GatewayConfig) -> DeadlineProject
     return projector
 
 
+class DeadlineSync(NamedTuple):
+    """What ``sync_deadlines`` did: ``rederived`` every deadline (the policies had
+    changed) or only derived the missing ones; ``keys``: the unclosed keys evaluated."""
+
+    rederived: bool
+    keys: int
+
+
+def _expires(config: GatewayConfig) -> bool:
+    """Whether any policy of ``config`` ever expires a session."""
+    policies = [config.default_reset_policy, *config.reset_by_type.values(),
+                *config.reset_by_platform.values()]  # fmt: skip
+    return any(p.mode != "none" for p in policies)
+
+
+def _stored_hash(conn: Connection) -> str | None:
+    row = conn.execute(SQL_DEADLINES_HASH, (STATE_DEADLINES,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _rederive_all(conn: Connection, config: GatewayConfig) -> int:
+    """Every deadline row from ``session_map`` and ``config``, and ``config``'s
+    fingerprint stored (inside the caller's transaction, under the append lock)."""
+    conn.execute(SQL_DROP_STALE_DEADLINES)
+    keys = [row[0] for row in conn.execute(SQL_UNCLOSED_KEYS).fetchall()]
+    for key in keys:
+        _deadline_for(conn, config, key)
+    conn.execute(SQL_SAVE_DEADLINES_HASH, (STATE_DEADLINES, policy_hash(config)))
+    return len(keys)
+
+
+def _derive_missing(conn: Connection, config: GatewayConfig) -> int:
+    keys = [row[0] for row in conn.execute(SQL_KEYS_WITHOUT_DEADLINE).fetchall()]
+    for key in keys:
+        _deadline_for(conn, config, key)
+    return len(keys)
+
+
 def refresh_deadlines(log: PostgresLog, config: GatewayConfig) -> int:
     """Re-derive every deadline row from ``session_map`` and ``config`` under the
-    log's append lock (no append in between); returns the unclosed keys evaluated."""
+    log's append lock (no append in between) and store ``config``'s fingerprint;
+    returns the unclosed keys evaluated. A runner's lease on a row is kept while
+    the row names the same session."""
     conn = log.connection
     with translated(log), log._lock, conn.transaction():
         conn.execute(SQL_LOCK_LOG)
-        conn.execute(SQL_DROP_ALL_DEADLINES)
-        keys = [row[0] for row in conn.execute(SQL_UNCLOSED_KEYS).fetchall()]
-        for key in keys:
-            _deadline_for(conn, config, key)
-    return len(keys)
+        return _rederive_all(conn, config)
 
 
 def catch_up_deadlines(log: PostgresLog, config: GatewayConfig) -> int:
@@ -214,20 +273,39 @@ def catch_up_deadlines(log: PostgresLog, config: GatewayConfig) -> int:
     had no ``DeadlineProjector``) under the log's append lock; returns the keys
     evaluated. Cheap when nothing is missing (one indexed anti-join), and nothing
     at all when no policy of ``config`` ever expires a session. Rows that exist
-    are kept: each append re-derives its key's row, and a close re-checks the
-    policy, under the configuration of the process doing it (after shortening a
-    policy, ``refresh_deadlines`` brings every row forward at once)."""
-    policies = [config.default_reset_policy, *config.reset_by_type.values(),
-                *config.reset_by_platform.values()]  # fmt: skip
-    if all(p.mode == "none" for p in policies):
+    are kept: after a change of policies, ``refresh_deadlines`` (or
+    ``sync_deadlines``, which sees the change) brings every row up to date."""
+    if not _expires(config):
         return 0
     conn = log.connection
     with translated(log), log._lock, conn.transaction():
         conn.execute(SQL_LOCK_LOG)
-        keys = [row[0] for row in conn.execute(SQL_KEYS_WITHOUT_DEADLINE).fetchall()]
-        for key in keys:
-            _deadline_for(conn, config, key)
-    return len(keys)
+        return _derive_missing(conn, config)
+
+
+def sync_deadlines(log: PostgresLog, config: GatewayConfig) -> DeadlineSync:
+    """Bring the deadline rows up to date for ``config`` (what a scheduler does when
+    it is made): when the stored fingerprint of the policies is not ``config``'s (or
+    none is stored), re-derive every row and store the fingerprint, in one
+    transaction under the append lock; otherwise derive only the missing rows, as
+    ``catch_up_deadlines``. The fingerprint is read again once the lock is held, so
+    runners starting together with a new configuration re-derive once: the first
+    to take the lock does it, the others find its fingerprint."""
+    wanted = policy_hash(config)
+    conn = log.connection
+    with translated(log), log._lock, conn.transaction():
+        if _stored_hash(conn) == wanted and not _expires(config):
+            return DeadlineSync(rederived=False, keys=0)  # the cheap path: no lock
+        conn.execute(SQL_LOCK_LOG)
+        if _stored_hash(conn) == wanted:  # READ COMMITTED: sees a commit we waited for
+            return DeadlineSync(rederived=False, keys=_derive_missing(conn, config))
+        done = DeadlineSync(rederived=True, keys=_rederive_all(conn, config))
+    logger.info(
+        "reset policies changed since the deadlines were derived: re-derived the"
+        " deadlines of %d unclosed session key(s)", done.keys,
+        extra=fields("deadlines_rederived", sessions=done.keys),
+    )  # fmt: skip
+    return done
 
 
 def claim_due(

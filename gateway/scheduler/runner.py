@@ -80,14 +80,16 @@ def scheduler_for(
 ) -> Scheduler | PostgresScheduler:
     """The scheduler of ``log``'s backend (``ticks.Scheduler``'s parameters): SQLite's
     ``ticks.Scheduler``, or on PostgreSQL ``postgres.PostgresScheduler`` (which keeps
-    the deadlines inside every append of ``log``), the deadlines that appends made
-    without the projector left missing derived first (``catch_up_deadlines``)."""
+    the deadlines inside every append of ``log``), its deadlines first brought up to
+    date (``sync_deadlines``: all of them re-derived when the reset policies are not
+    those they were derived under, else those that appends made without the
+    projector left missing)."""
     if isinstance(log, Ledger):
         return Scheduler(
             log, config, flusher, clock, flush_timeout=flush_timeout,
             max_flush_attempts=max_flush_attempts, flush_retry_delay=flush_retry_delay,
         )  # fmt: skip
-    from hermes_ledger.gateway.scheduler.postgres import PostgresScheduler, catch_up_deadlines
+    from hermes_ledger.gateway.scheduler.postgres import PostgresScheduler, sync_deadlines
     from hermes_ledger.ledger.postgres import PostgresLog
 
     assert isinstance(log, PostgresLog)
@@ -95,7 +97,7 @@ def scheduler_for(
         log, config, flusher, clock, flush_timeout=flush_timeout,
         max_flush_attempts=max_flush_attempts, flush_retry_delay=flush_retry_delay,
     )  # fmt: skip
-    catch_up_deadlines(log, scheduler.config)
+    sync_deadlines(log, scheduler.config)
     return scheduler
 
 

@@ -49,7 +49,7 @@ from hermes_ledger.ledger.events import SessionReset
 from hermes_ledger.ledger.sql import SQL_HEAD_POSITION, scalar
 from hermes_ledger.projections import attach
 
-__all__ = ["ClosedSession", "Scheduler", "TickReport"]
+__all__ = ["ClosedSession", "Scheduler", "TickReport", "policy_hash"]
 
 SQL_STATE = "SELECT position, config_hash FROM scheduler_state WHERE id = 1"
 SQL_SAVE_STATE = (
@@ -89,6 +89,17 @@ SQL_DONE = "DELETE FROM session_deadlines WHERE session_key = ? AND session_id =
 SQL_OPEN_KEYS = "SELECT session_key FROM session_map WHERE status = 'open' ORDER BY session_key"
 
 _REFRESH_BATCH = 20_000  # events per refresh transaction
+
+
+def policy_hash(config: GatewayConfig) -> str:
+    """The fingerprint of ``config``'s reset policies (the default, per chat type and
+    per platform, and the time zone): what every deadline is derived from. Both
+    schedulers store it beside their deadlines (``scheduler_state``) and re-derive
+    every deadline when it differs."""
+    policies = config.model_dump_json(
+        include={"default_reset_policy", "reset_by_type", "reset_by_platform", "timezone"}
+    )
+    return hashlib.sha256(policies.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -153,12 +164,6 @@ class Scheduler:
 
     # -- deadlines ---------------------------------------------------------------
 
-    def _config_hash(self) -> str:
-        policies = self.config.model_dump_json(
-            include={"default_reset_policy", "reset_by_type", "reset_by_platform", "timezone"}
-        )
-        return hashlib.sha256(policies.encode()).hexdigest()
-
     def _deadline_for(self, conn: apsw.Connection, key: str) -> None:
         row: Any = conn.execute(SQL_KEY_ROW, (key,)).fetchone()
         if row is None or row[1] == "closed":
@@ -179,7 +184,7 @@ class Scheduler:
     def refresh(self) -> int:
         """Re-derive the deadlines of keys touched since the last refresh; returns
         how many keys were re-evaluated (all unclosed keys after a config change)."""
-        wanted = self._config_hash()
+        wanted = policy_hash(self.config)
         total = 0
         while True:
 

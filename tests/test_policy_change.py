@@ -1,0 +1,204 @@
+"""A change of reset policies reaches every session's deadline, on both backends.
+
+Both schedulers store the fingerprint of the policies their deadlines were derived
+under (``ticks.policy_hash``, in ``scheduler_state``) and re-derive every deadline
+when a scheduler is made with other policies (SQLite: each tick's refresh;
+PostgreSQL: ``postgres.sync_deadlines``, from ``runner.scheduler_for``). The CLI
+tests edit ``config.yaml`` between real ``tick`` invocations; the concurrency test
+starts two runner processes at once on one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from backends import Backend
+from click.testing import Result
+from helpers import ManualClock, next_line
+
+from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
+from hermes_ledger.gateway.bootstrap import open_gateway
+from hermes_ledger.gateway.scheduler.postgres import claim_due, refresh_deadlines, sync_deadlines
+from hermes_ledger.gateway.scheduler.runner import scheduler_for
+from hermes_ledger.gateway.scheduler.ticks import policy_hash
+from hermes_ledger.ledger.clock import format_utc
+from hermes_ledger.ledger.postgres import PostgresLog
+
+WORKER = Path(__file__).with_name("policy_sync_worker.py")
+
+
+def write_config(home: Path, idle_minutes: int) -> None:
+    home.mkdir(exist_ok=True)
+    (home / "config.yaml").write_text(
+        f"session_reset:\n  mode: idle\n  idle_minutes: {idle_minutes}\n"
+    )
+
+
+def seed(backend: Backend, home: Path, clock: ManualClock, n: int = 1) -> list[str]:
+    """``n`` sessions with one message each at the clock's time, through the gateway
+    (so on PostgreSQL their deadlines are kept by the append, under ``home``'s policies)."""
+    with open_gateway(backend.target, home=home, clock=clock) as gateway:
+        ids = []
+        for i in range(n):
+            source = SessionSource(platform="telegram", chat_id=str(i), chat_type="dm", user_id="5")
+            entry = gateway.store.get_or_create_session(source)
+            gateway.store.append_to_transcript(entry.session_id, {"role": "user", "content": "hi"})
+            ids.append(entry.session_id)
+        return ids
+
+
+def tick(cli: Callable[..., Result], backend: Backend, home: Path, at: str) -> dict:
+    result = cli("tick", "--db", backend.target, "--config", str(home), "--now", at, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def closed(report: dict) -> list[tuple[str, str, str]]:
+    return [(c["session_id"], c["reason"], c["deadline"]) for c in report["tick"]["closed"]]
+
+
+def next_deadlines(cli: Callable[..., Result], backend: Backend) -> list[str | None]:
+    result = cli("sessions", "--db", backend.target, "--json")
+    assert result.exit_code == 0, result.output
+    return [row["next_deadline"] for row in json.loads(result.output)]
+
+
+# The session's last activity is 09:00 (ManualClock's start).
+
+
+def test_a_shortened_idle_minutes_closes_an_idle_session_at_the_next_tick(
+    tmp_path: Path, backend: Backend, clock: ManualClock, cli: Callable[..., Result]
+) -> None:
+    home = tmp_path / "home"
+    write_config(home, 120)
+    (sid,) = seed(backend, home, clock)
+    assert closed(tick(cli, backend, home, "2026-11-22T09:20:00Z")) == []  # due at 11:00
+    write_config(home, 30)
+    report = tick(cli, backend, home, "2026-11-22T09:31:00Z")
+    assert closed(report) == [(sid, "idle_expiry", "2026-11-22T09:30:00.000000Z")]
+    assert closed(tick(cli, backend, home, "2026-11-22T12:00:00Z")) == []  # once
+
+
+def test_a_lengthened_idle_minutes_keeps_open_a_session_the_old_policy_would_close(
+    tmp_path: Path, backend: Backend, clock: ManualClock, cli: Callable[..., Result]
+) -> None:
+    home = tmp_path / "home"
+    write_config(home, 30)
+    (sid,) = seed(backend, home, clock)
+    assert closed(tick(cli, backend, home, "2026-11-22T09:10:00Z")) == []
+    assert next_deadlines(cli, backend) == ["2026-11-22T09:30:00.000000Z"]
+    write_config(home, 120)
+    assert closed(tick(cli, backend, home, "2026-11-22T09:20:00Z")) == []
+    # the deadline shown (and doctor's "overdue") is the new policy's from the next tick on
+    assert next_deadlines(cli, backend) == ["2026-11-22T11:00:00.000000Z"]
+    assert closed(tick(cli, backend, home, "2026-11-22T09:31:00Z")) == []
+    assert closed(tick(cli, backend, home, "2026-11-22T10:59:00Z")) == []
+    report = tick(cli, backend, home, "2026-11-22T11:01:00Z")
+    assert closed(report) == [(sid, "idle_expiry", "2026-11-22T11:00:00.000000Z")]
+
+
+# -- PostgreSQL: the stored fingerprint ----------------------------------------------
+
+
+def loaded(home: Path) -> GatewayConfig:
+    return GatewayConfig.load(home, env={})
+
+
+def rederivations(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "deadlines_rederived"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_an_unchanged_configuration_only_derives_missing_deadlines(
+    tmp_path: Path, backend: Backend, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "home"
+    write_config(home, 30)
+    with caplog.at_level(logging.INFO, logger="hermes_ledger"):
+        seed(backend, home, clock, n=2)  # its scheduler stored the fingerprint (no rows yet)
+    assert [r.sessions for r in rederivations(caplog)] == [0]  # type: ignore[attr-defined]
+    ((stored, stamp),) = backend.raw("SELECT config_hash, updated_at FROM scheduler_state")
+    assert stored == policy_hash(loaded(home))
+    # a row no derivation would write, and a row missing (an append without the projector)
+    backend.raw(
+        "UPDATE session_deadlines SET deadline = '2030-01-01Z' WHERE session_key LIKE '%:0'"
+    )
+    backend.raw("DELETE FROM session_deadlines WHERE session_key ~ ':1$'")
+    caplog.clear()
+    with backend.open() as log, caplog.at_level(logging.INFO, logger="hermes_ledger"):
+        assert isinstance(log, PostgresLog)
+        assert sync_deadlines(log, loaded(home)) == (False, 1)  # the cheap path
+        scheduler_for(log, loaded(home))
+    assert rederivations(caplog) == []
+    rows = backend.raw("SELECT right(session_key, 2), deadline FROM session_deadlines ORDER BY 1")
+    assert [(k, format_utc(d)) for k, d in rows] == [
+        (":0", "2030-01-01T00:00:00.000000Z"),  # left as it was: not re-derived
+        (":1", "2026-11-22T09:30:00.000000Z"),  # the missing one derived
+    ]
+    assert backend.raw("SELECT config_hash, updated_at FROM scheduler_state") == [(stored, stamp)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_rederivation_keeps_the_lease_of_a_runner_closing_a_session(
+    tmp_path: Path, backend: Backend, clock: ManualClock
+) -> None:
+    home = tmp_path / "home"
+    write_config(home, 30)
+    seed(backend, home, clock, n=2)
+    idle_120 = ResetPolicy(mode="idle", idle_minutes=120)
+    with backend.open() as log:
+        assert isinstance(log, PostgresLog)
+        with log._lock:
+            claimed = claim_due(log.connection, "host-a", clock.now + timedelta(minutes=31), 1,
+                                timedelta(minutes=5))  # fmt: skip
+        assert len(claimed) == 1
+        assert refresh_deadlines(log, GatewayConfig(default_reset_policy=idle_120)) == 2
+    rows = backend.raw("SELECT session_key, claimed_by, deadline FROM session_deadlines ORDER BY 1")
+    assert [(k, by) for k, by, _ in rows if by] == [(claimed[0][0], "host-a")]
+    assert {format_utc(d) for _, _, d in rows} == {"2026-11-22T11:00:00.000000Z"}
+    wanted = policy_hash(GatewayConfig(default_reset_policy=idle_120))
+    assert backend.raw("SELECT config_hash FROM scheduler_state") == [(wanted,)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_two_runners_starting_at_once_with_new_policies_rederive_once(
+    tmp_path: Path, backend: Backend, clock: ManualClock
+) -> None:
+    home = tmp_path / "home"
+    write_config(home, 30)
+    seed(backend, home, clock, n=200)  # the old policies' fingerprint stored
+    assert backend.raw("SELECT config_hash FROM scheduler_state") == [(policy_hash(loaded(home)),)]
+    write_config(home, 5)
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), backend.target, str(home), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for proc in procs:  # both connected and waiting at the barrier
+            assert next_line(proc) == "ready\n"
+    finally:
+        go.touch()
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    records = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
+    rederived = [r for r in records if r["event"] == "deadlines_rederived"]
+    assert [r["sessions"] for r in rederived] == [200]  # by one of them, once
+    started = [r for r in records if r["event"] == "worker_started"]
+    assert len(started) == 2
+    assert backend.raw("SELECT config_hash FROM scheduler_state") == [(policy_hash(loaded(home)),)]
+    deadlines = backend.raw("SELECT DISTINCT deadline FROM session_deadlines")
+    assert [format_utc(d) for (d,) in deadlines] == ["2026-11-22T09:05:00.000000Z"]
+    assert backend.raw("SELECT count(*) FROM session_deadlines") == [(200,)]
