@@ -28,7 +28,7 @@ from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.events import MessageAppended
 from hermes_ledger.ledger.postgres import PostgresLog
-from hermes_ledger.ledger.postgres.query import READER_ROLE
+from hermes_ledger.ledger.postgres.schema import READER_ROLE
 from hermes_ledger.projections import postgres as pg_projections
 from hermes_ledger.projections.postgres.reporting import run_report_sql
 
@@ -362,3 +362,34 @@ def test_an_owner_who_is_not_a_superuser(createrole: bool, cli: Cli) -> None:
             f" read the ledger): GRANT {READER_ROLE} TO {name} (as a superuser or a role"
             " with CREATEROLE)\n"
         )
+
+
+def test_projections_a_superuser_creates_on_an_owners_ledger_are_readable(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Migration 6's default privileges are the migrating role's; tables another role
+    creates (a superuser's first attach or replay) get the reader's SELECT from
+    create_tables."""
+    with login_role("pg_monitor") as name, fresh_database() as dsn:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                pgsql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    pgsql.Identifier(admin.info.dbname), pgsql.Identifier(name)
+                )
+            )
+        init = cli("init", "--db", pg_uri(as_user(dsn, name)))
+        assert init.exit_code == 0, init.output
+        clock = ManualClock()
+        with PostgresLog.open(pg_uri(dsn), clock=clock) as log:  # the superuser
+            pg_projections.attach(log)
+            store = SessionStore(log, GatewayConfig.load(tmp_path, env={}), clock)
+            entry = store.get_or_create_session(KEY_SOURCE)
+            store.append_to_transcript(entry.session_id, {"role": "user", "content": "hi"})
+        with login_role(READER_ROLE) as reader:
+            uri = pg_uri(as_user(dsn, reader))
+            result = cli("sql", "--db", uri, "SELECT count(*) AS n FROM messages", "--json")
+            sessions = cli("sessions", "--db", uri, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"n": 1}]
+    assert sessions.exit_code == 0, sessions.output
+    assert [s["session_id"] for s in json.loads(sessions.stdout)] == [entry.session_id]

@@ -45,7 +45,7 @@ from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.postgres import PostgresLog
 from hermes_ledger.ledger.postgres.log import describe_dsn
-from hermes_ledger.ledger.postgres.schema import load_migrations
+from hermes_ledger.ledger.postgres.schema import READER_ROLE, load_migrations
 from hermes_ledger.projections import PROJECTIONS
 from hermes_ledger.projections.postgres.tables import read_checkpoints, tables_exist
 
@@ -59,7 +59,6 @@ NOT_ON_POSTGRES = (
 
 SCHEMA = "hermes_ledger"
 WRITER_ROLE = "hermes_ledger_writer"
-READER_ROLE = "hermes_ledger_reader"
 TRIGGERS = (
     ("events", "events_refuse_update"),
     ("events", "events_refuse_delete"),

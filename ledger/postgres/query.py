@@ -45,7 +45,7 @@ from psycopg import errors as pg_errors
 
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.postgres.log import describe_dsn
-from hermes_ledger.ledger.postgres.schema import SCHEMA
+from hermes_ledger.ledger.postgres.schema import READER_ROLE, SCHEMA
 from hermes_ledger.ledger.readonly_sql import (
     DEFAULT_SQL_TIMEOUT,
     QueryResult,
@@ -62,8 +62,6 @@ __all__ = [
     "warn_on_stderr",
 ]
 
-READER_ROLE = "hermes_ledger_reader"
-"""The role that may only SELECT the ledger's tables (migration 6)."""
 
 QUERY_KEYWORDS = frozenset({"select", "with", "values", "table", "show", "explain"})
 """The first word of a statement ``run_sql`` runs; any other is refused as a write."""

@@ -19,13 +19,22 @@ import psycopg
 from hermes_ledger.ledger.errors import LedgerError, LedgerTooNewError
 from hermes_ledger.ledger.schema import Migration
 
-__all__ = ["SCHEMA", "WRITER_ROLE", "applied_versions", "load_migrations", "migrate"]
+__all__ = [
+    "READER_ROLE",
+    "SCHEMA",
+    "WRITER_ROLE",
+    "applied_versions",
+    "load_migrations",
+    "migrate",
+]
 
 SCHEMA = "hermes_ledger"
 """The PostgreSQL schema that holds the log (connections put it on their search_path)."""
 
 WRITER_ROLE = "hermes_ledger_writer"
 """The role that may only SELECT and INSERT on the log (migration 2)."""
+READER_ROLE = "hermes_ledger_reader"
+"""The role that may only SELECT the ledger's tables (migration 6)."""
 
 MIGRATION_LOCK_KEY = int.from_bytes(b"HRML", "big")
 """The ``pg_advisory_xact_lock`` key a migrating process holds."""

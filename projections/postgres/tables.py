@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from hermes_ledger.ledger.postgres.schema import SCHEMA, WRITER_ROLE
+from hermes_ledger.ledger.postgres.schema import READER_ROLE, SCHEMA, WRITER_ROLE
 from hermes_ledger.ledger.transcript import TRANSCRIPT_SEARCHED
 from hermes_ledger.projections.definitions import PROJECTIONS, Projection
 from hermes_ledger.projections.quoting import Target, quote_ident
@@ -103,6 +103,9 @@ SQL_SAVE_CHECKPOINT = (
 )
 SQL_TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 SQL_GRANT = "GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO " + WRITER_ROLE
+# Migration 6's default privileges cover tables the migrating role creates; this covers
+# a rebuild run by another (a superuser).
+SQL_GRANT_READ = "GRANT SELECT ON {tables} TO " + READER_ROLE
 SQL_DROP = "DROP TABLE IF EXISTS {table}"
 SQL_RENAME = "ALTER TABLE {table} RENAME TO {name}"
 SQL_INDEXES_OF = (
@@ -183,6 +186,7 @@ def ensure_bookkeeping(conn: Connection) -> None:
     """The checkpoint table and the search configuration, if missing."""
     conn.execute(SQL_CHECKPOINTS_DDL)
     conn.execute(SQL_GRANT.format(tables=f"{SCHEMA}.projection_checkpoints"))
+    conn.execute(SQL_GRANT_READ.format(tables=f"{SCHEMA}.projection_checkpoints"))
     ensure_search_config(conn)
 
 
@@ -213,7 +217,9 @@ def create_tables(
             for sql in _index_ddl(table, target, trigram_ops):
                 conn.execute(sql)
     if target.schema != SCRATCH.schema:
-        conn.execute(SQL_GRANT.format(tables=", ".join(target.table(t.name) for t in tables)))
+        names = ", ".join(target.table(t.name) for t in tables)
+        conn.execute(SQL_GRANT.format(tables=names))
+        conn.execute(SQL_GRANT_READ.format(tables=names))
 
 
 def swap_in(conn: Connection, projections: tuple[Projection, ...]) -> None:
