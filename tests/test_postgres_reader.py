@@ -28,7 +28,7 @@ from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.events import MessageAppended
 from hermes_ledger.ledger.postgres import PostgresLog
-from hermes_ledger.ledger.postgres.schema import READER_ROLE
+from hermes_ledger.ledger.postgres.schema import READER_ROLE, load_migrations, migrate
 from hermes_ledger.projections import postgres as pg_projections
 from hermes_ledger.projections.postgres.reporting import run_report_sql
 
@@ -393,3 +393,18 @@ def test_projections_a_superuser_creates_on_an_owners_ledger_are_readable(
     assert json.loads(result.stdout) == [{"n": 1}]
     assert sessions.exit_code == 0, sessions.output
     assert [s["session_id"] for s in json.loads(sessions.stdout)] == [entry.session_id]
+
+
+def test_a_ledger_before_the_reader_role_says_to_migrate(cli: Cli) -> None:
+    """A database at schema v5 (no grants to the reader yet; ``sql`` applies no
+    migrations): the query runs as the connecting role, saying how to get the reader."""
+    with fresh_database() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn, load_migrations()[:5])
+        me = conn.info.user
+        result = cli("sql", "--db", pg_uri(dsn), "SELECT current_user AS u", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"u": me}]
+    assert result.stderr == (
+        f"Warning: the query runs as {me}, not as {READER_ROLE} (this ledger predates it):"
+        " apply its migration with `hermes-ledger init --db URI` as the database's owner\n"
+    )

@@ -22,7 +22,12 @@ another session or reads a server file) runs with that role's privileges. When i
 may not, the query runs as the connecting role, as ``psql`` would, after one line
 saying which GRANT makes it run as the reader (``warn``; on stderr by default): the
 connecting role's own privileges are then the bound, and the name list the only
-second line.
+second line. ``SET ROLE`` changes the current user, not the session's: a function
+that itself sets ``role`` (``set_config``, refused by name, inside a function someone
+created) may go back to any role the session user belongs to. So an untrusted user
+logs in as an auditor's role (a LOGIN role granted only the reader), whose session
+user holds nothing more; the owner's ``sql`` as the reader guards against mistakes
+and ordinary functions, not against one written to undo it.
 
 Placeholders are SQLite's ``:name`` (``-p NAME VALUE``), read outside string
 literals, quoted identifiers, dollar quotes and comments, and never in a ``::``
