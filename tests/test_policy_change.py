@@ -14,10 +14,12 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from backends import Backend
 from click.testing import Result
@@ -107,6 +109,21 @@ def test_a_lengthened_idle_minutes_keeps_open_a_session_the_old_policy_would_clo
 # -- PostgreSQL: the stored fingerprint ----------------------------------------------
 
 
+def waiting_for_lock(conn: psycopg.Connection, n: int, timeout: float = 60.0) -> None:
+    """Return once ``n`` other sessions of ``conn``'s database wait for a lock."""
+    give_up = time.monotonic() + timeout
+    with psycopg.connect(conn.info.dsn, autocommit=True) as watcher:
+        while True:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if row is not None and row[0] >= n:
+                return
+            assert time.monotonic() < give_up, f"fewer than {n} sessions wait for a lock"
+            time.sleep(0.01)
+
+
 def loaded(home: Path) -> GatewayConfig:
     return GatewayConfig.load(home, env={})
 
@@ -173,7 +190,7 @@ def test_two_runners_starting_at_once_with_new_policies_rederive_once(
 ) -> None:
     home = tmp_path / "home"
     write_config(home, 30)
-    seed(backend, home, clock, n=200)  # the old policies' fingerprint stored
+    seed(backend, home, clock, n=50)  # the old policies' fingerprint stored
     assert backend.raw("SELECT config_hash FROM scheduler_state") == [(policy_hash(loaded(home)),)]
     write_config(home, 5)
     go = tmp_path / "go"
@@ -186,19 +203,26 @@ def test_two_runners_starting_at_once_with_new_policies_rederive_once(
         )
         for _ in range(2)
     ]
+    # The append lock held here until both runners wait for it: each has read the
+    # stored fingerprint (the old one) by then, so only a runner that reads it again
+    # once it holds the lock can see that the other has re-derived already.
     try:
         for proc in procs:  # both connected and waiting at the barrier
             assert next_line(proc) == "ready\n"
+        with psycopg.connect(backend.target) as holder:
+            holder.execute("LOCK TABLE hermes_ledger.events IN EXCLUSIVE MODE")
+            go.touch()
+            waiting_for_lock(holder, 2)
     finally:
-        go.touch()
+        go.touch()  # (releasing the others too if one failed)
     outputs = [proc.communicate(timeout=120) for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), outputs
     records = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
     rederived = [r for r in records if r["event"] == "deadlines_rederived"]
-    assert [r["sessions"] for r in rederived] == [200]  # by one of them, once
+    assert [r["sessions"] for r in rederived] == [50]  # by one of them, once
     started = [r for r in records if r["event"] == "worker_started"]
     assert len(started) == 2
     assert backend.raw("SELECT config_hash FROM scheduler_state") == [(policy_hash(loaded(home)),)]
     deadlines = backend.raw("SELECT DISTINCT deadline FROM session_deadlines")
     assert [format_utc(d) for (d,) in deadlines] == ["2026-11-22T09:05:00.000000Z"]
-    assert backend.raw("SELECT count(*) FROM session_deadlines") == [(200,)]
+    assert backend.raw("SELECT count(*) FROM session_deadlines") == [(50,)]
