@@ -21,9 +21,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from backends import Backend
+from backends import Backend, pg_uri
 from click.testing import Result
 from helpers import ManualClock, next_line
+from pg_support import as_user, login_role
 
 from hermes_ledger.gateway import GatewayConfig, ResetPolicy, SessionSource
 from hermes_ledger.gateway.bootstrap import open_gateway
@@ -32,6 +33,7 @@ from hermes_ledger.gateway.scheduler.runner import scheduler_for
 from hermes_ledger.gateway.scheduler.ticks import policy_hash
 from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.ledger.postgres.schema import WRITER_ROLE
 
 WORKER = Path(__file__).with_name("policy_sync_worker.py")
 
@@ -226,3 +228,29 @@ def test_two_runners_starting_at_once_with_new_policies_rederive_once(
     deadlines = backend.raw("SELECT DISTINCT deadline FROM session_deadlines")
     assert [format_utc(d) for (d,) in deadlines] == ["2026-11-22T09:05:00.000000Z"]
     assert backend.raw("SELECT count(*) FROM session_deadlines") == [(50,)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_runner_logged_in_as_the_writer_role_rederives_and_the_reader_only_reads(
+    tmp_path: Path, backend: Backend, clock: ManualClock, cli: Callable[..., Result]
+) -> None:
+    home = tmp_path / "home"
+    write_config(home, 120)
+    (sid,) = seed(backend, home, clock)  # as the owner: the tables are made
+    write_config(home, 30)
+    with login_role(WRITER_ROLE) as user:
+        writer = pg_uri(as_user(psycopg.conninfo.make_conninfo(backend.target), user))
+        result = cli("tick", "--db", writer, "--config", str(home), "--now",
+                     "2026-11-22T09:31:00Z", "--json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert closed(json.loads(result.output)) == [
+            (sid, "idle_expiry", "2026-11-22T09:30:00.000000Z")
+        ]
+    assert backend.raw("SELECT config_hash FROM scheduler_state") == [(policy_hash(loaded(home)),)]
+    may = backend.raw(
+        "SELECT p, has_table_privilege('hermes_ledger_reader', 'scheduler_state', p),"
+        " has_table_privilege('hermes_ledger_writer', 'scheduler_state', p)"
+        " FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p"
+    )
+    assert may == [("SELECT", True, True), ("INSERT", False, True), ("UPDATE", False, True),
+                   ("DELETE", False, False), ("TRUNCATE", False, False)]  # fmt: skip
