@@ -6,10 +6,13 @@ exists after attach and after a rebuild, and the plan of such a search uses it."
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from backends import pg_uri
+from click.testing import Result
 from helpers import ManualClock
 from pg_support import as_user, fresh_database, login_role
 
@@ -195,3 +198,24 @@ def test_a_role_that_may_not_create_pg_trgm_makes_no_index_and_says_so_at_debug(
         assert owner.connection.execute(installed).fetchone() == (0,)
         assert tables.ensure_trigram(owner.connection) == f"{SCHEMA}.gin_trgm_ops"
         assert owner.connection.execute(installed).fetchone() == (1,)
+
+
+def test_the_cli_finds_and_marks_cjk_on_postgresql(
+    pg_dsn: str, log: PostgresLog, cli: Callable[..., Result]
+) -> None:
+    dsn = pg_uri(pg_dsn)
+    result = cli("search", "--db", dsn, "東京")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split("  ")[-1] for line in lines] == [
+        "meeting in [東京] tomorrow",
+        "[東京]に行きます",
+    ]
+    result = cli("search", "--db", dsn, "--json", "東京 行き")
+    assert result.exit_code == 0, result.output
+    assert [h["position"] for h in json.loads(result.output)] == [3]
+    result = cli("search", "--db", dsn, "東京 or tomorrow")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: or beside the CJK term '東京' is not supported")
+    assert "Try: a CJK term is matched as a substring" in result.output
+    assert "Traceback" not in result.output
