@@ -17,6 +17,7 @@ from helpers import ManualClock
 from pg_support import as_user, fresh_database, login_role
 
 from hermes_ledger.ledger import LedgerError
+from hermes_ledger.ledger.erasure import ErasureScope
 from hermes_ledger.ledger.events import MessageAppended, SessionStarted, Source
 from hermes_ledger.ledger.postgres import SCHEMA, WRITER_ROLE, PostgresLog
 from hermes_ledger.projections import postgres as pgp
@@ -219,3 +220,15 @@ def test_the_cli_finds_and_marks_cjk_on_postgresql(
     assert result.output.startswith("Error: or beside the CJK term '東京' is not supported")
     assert "Try: a CJK term is matched as a substring" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_erased_message_is_not_found_by_its_cjk_text(log: PostgresLog) -> None:
+    log.append("agent:main:telegram:dm:89", [SessionStarted(session_id="s2", source=SOURCE)])
+    log.append(
+        "agent:main:telegram:dm:89",
+        [MessageAppended(session_id="s2", role="user", content="東京に住んでいます")],
+    )
+    assert _found(log, "東京に住") == [12]
+    log.erase(ErasureScope("session_id", "s2"), requested_by="dpo", dry_run=False)
+    assert _found(log, "東京に住") == []
+    assert _found(log, "東京") == [3, 5]
