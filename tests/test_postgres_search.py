@@ -232,3 +232,16 @@ def test_an_erased_message_is_not_found_by_its_cjk_text(log: PostgresLog) -> Non
     log.erase(ErasureScope("session_id", "s2"), requested_by="dpo", dry_run=False)
     assert _found(log, "東京に住") == []
     assert _found(log, "東京") == [3, 5]
+
+
+def test_pg_trgm_already_installed_in_another_schema_serves_the_index(
+    pg_dsn: str, clock: ManualClock
+) -> None:
+    with PostgresLog.open(pg_dsn, clock=clock) as opened:
+        opened.connection.execute("CREATE EXTENSION pg_trgm SCHEMA public")
+        pgp.attach(opened)
+        [(name, definition)] = _trigram_indexes(opened)
+        assert name == TRIGRAM_INDEX and "public.gin_trgm_ops" in definition
+        opened.append(KEY, [SessionStarted(session_id="s1", source=SOURCE)])
+        opened.append(KEY, [_say("東京に行きます")])
+        assert _found(opened, "東京に") == [2]
