@@ -147,6 +147,7 @@ def test_the_trigram_index_exists_after_attach_and_after_a_rebuild(log: Postgres
     [(name, definition)] = _trigram_indexes(log)
     assert name == TRIGRAM_INDEX
     assert "USING gin (content" in definition
+    assert "WHERE (content ~ '[" in definition  # only the messages holding CJK
     pgp.rebuild(log)
     assert [name for name, _ in _trigram_indexes(log)] == [TRIGRAM_INDEX]
     leftovers = log.connection.execute(

@@ -8,12 +8,13 @@ raises on odd input. A hit has the fields of the SQLite search's ``SearchHit``
 (``gateway.sessions.search``), its excerpt from ``ts_headline`` with each matched
 word between the same two control characters.
 
-CJK text (Chinese, Japanese kana and kanji, Korean hangul: ``CJK``) has no spaces
+CJK text (Chinese, Japanese kana and kanji, Korean hangul: ``cjk.CJK``) has no spaces
 between words, and the parser reads a run of it as one word, so ``東京`` would not
 find ``東京に行きます``. A search term holding a CJK character (a word, or a quoted
 phrase as a whole) is therefore matched as a substring of the content instead
 (``ILIKE``, its ``%`` ``_`` and ``\\`` taken literally, served by the trigram index
-``messages_content_trgm`` from three characters on; shorter terms match by scan),
+``messages_content_trgm`` of the messages holding CJK, from three characters on;
+shorter terms match by scan),
 ``-`` before it excludes it, and it is ANDed with the query of the other words. Such
 hits get their excerpt here, each CJK match between the marks as well. ``or``
 beside a CJK term is refused (a CJK term is always required or excluded).
@@ -23,23 +24,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from hermes_ledger.ledger.errors import InvalidInputError
 from hermes_ledger.ledger.postgres import PostgresLog
+from hermes_ledger.projections.postgres.cjk import CJK, CJK_SQL
 from hermes_ledger.projections.postgres.live import _held
 from hermes_ledger.projections.postgres.tables import LIVE, SEARCH_CONFIG, SEARCH_VECTOR
 
-__all__ = ["CJK", "MessageHit", "search_messages", "split_cjk"]
-
-CJK: Final = re.compile(
-    "[\u1100-\u11ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3040-\u30ff\u3100-\u31ff"
-    "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uffdc"
-    "\U0001b000-\U0001b16f\U00020000-\U0002fa1f\U00030000-\U000323af]"
-)
-"""A CJK character: hangul (jamo, syllables, halfwidth), CJK radicals, the
-ideographic marks 々〆〇, kana (and halfwidth katakana, kana supplements), bopomofo,
-the CJK unified ideographs (extensions A to H) and compatibility ideographs."""
+__all__ = ["MessageHit", "search_messages", "split_cjk"]
 
 MARK_OPEN, MARK_CLOSE = "\x02", "\x03"
 _HEADLINE = (
@@ -71,7 +64,10 @@ _EXCERPT = f"ts_headline('{SEARCH_CONFIG}'::regconfig, m.content, q, %s)"
 _MATCH = f"m.{SEARCH_VECTOR} @@ q"
 SQL_QUERY_HAS_WORDS = f"SELECT numnode({{parser}}('{SEARCH_CONFIG}'::regconfig, %s)) > 0"
 # A CJK term, as a pattern bound to %s; the negated form holds for no content too.
+# A required term's content holds a CJK character: said in the trigram index's own
+# words (its predicate), so the planner knows the index covers every match.
 _CJK_HAS = "m.content ILIKE %s"
+_HOLDS_CJK = f"m.content ~ {CJK_SQL}"
 _CJK_HAS_NOT = "coalesce(m.content, '') NOT ILIKE %s"
 _ORDER_NO_RANK = "m.position DESC"
 # The conditions of gateway.sessions.search.SearchFilter, as PostgreSQL spells them:
@@ -140,6 +136,8 @@ def search_messages(
     with _held(log):
         words = not cjk or _has_words(log, parser, rest)
         match = ([_MATCH] if words else []) + [_CJK_HAS_NOT if no else _CJK_HAS for _, no in cjk]
+        if not all(no for _, no in cjk):
+            match.append(_HOLDS_CJK)
         args: list[Any] = [_HEADLINE_ALL if cjk else _HEADLINE] if words else []
         excerpt = _EXCERPT if words else "m.content"
         args.append(rest)

@@ -7,11 +7,12 @@ CHECKs and indexes are the same text. ``messages`` gains ``search_vector``, a
 generated ``tsvector`` of its content under the ``hl_words`` text-search
 configuration (``simple`` with ``unaccent`` when the extension is available: any
 language, diacritics folded, like SQLite's ``unicode61 remove_diacritics 2``), with a
-GIN index, and ``messages_content_trgm``, a GIN ``gin_trgm_ops`` index on its
-``content`` when ``pg_trgm`` is installed or may be created (a trusted extension: the
-database owner may), which serves the substring match of CJK search terms
-(``projections.postgres.search``); without it that match is a scan, with the same
-rows. ``projection_checkpoints`` records each projection's version and applied
+GIN index, and ``messages_content_trgm``, a GIN ``gin_trgm_ops`` index on the
+``content`` of the messages holding a CJK character (``cjk.CJK_SQL``: the others
+cost an append nothing) when ``pg_trgm`` is installed or may be created (a trusted
+extension: the database owner may), which serves the substring match of CJK search
+terms (``projections.postgres.search``); without it that match is a scan, with the
+same rows. ``projection_checkpoints`` records each projection's version and applied
 position; the inline projector updates it in the append's transaction.
 """
 
@@ -26,6 +27,7 @@ import psycopg
 from hermes_ledger.ledger.postgres.schema import READER_ROLE, SCHEMA, WRITER_ROLE
 from hermes_ledger.ledger.transcript import TRANSCRIPT_SEARCHED
 from hermes_ledger.projections.definitions import PROJECTIONS, Projection
+from hermes_ledger.projections.postgres.cjk import CJK_SQL
 from hermes_ledger.projections.quoting import Target, quote_ident
 from hermes_ledger.projections.tables import MESSAGES, TableSpec
 
@@ -68,7 +70,8 @@ SEARCH_VECTOR = "search_vector"
 """The generated ``tsvector`` column of ``messages``."""
 
 TRIGRAM_INDEX = "messages_content_trgm"
-"""The trigram index on ``messages.content`` (when ``pg_trgm`` is there)."""
+"""The trigram index on ``messages.content`` of the messages holding a CJK
+character (when ``pg_trgm`` is there)."""
 
 SQL_CONFIG_EXISTS = (
     "SELECT count(*) FROM pg_ts_config c JOIN pg_namespace n ON n.oid = c.cfgnamespace"
@@ -144,7 +147,7 @@ def _index_ddl(table: TableSpec, target: Target, trigram_ops: str | None) -> lis
             column = quote_ident(TRANSCRIPT_SEARCHED)
             out.append(
                 f"CREATE INDEX {name} ON {target.table(table.name)}"
-                f" USING gin ({column} {trigram_ops})"
+                f" USING gin ({column} {trigram_ops}) WHERE {column} ~ {CJK_SQL}"
             )
     return out
 
