@@ -295,9 +295,11 @@ def sync_deadlines(log: PostgresLog, config: GatewayConfig) -> DeadlineSync:
     conn = log.connection
     with translated(log), log._lock, conn.transaction():
         if _stored_hash(conn) == wanted and not _expires(config):
-            return DeadlineSync(rederived=False, keys=0)  # the cheap path: no lock
+            return DeadlineSync(rederived=False, keys=0)  # no row to derive: no lock
         conn.execute(SQL_LOCK_LOG)
-        if _stored_hash(conn) == wanted:  # READ COMMITTED: sees a commit we waited for
+        # Read again under the lock (READ COMMITTED: each statement sees what was
+        # committed before it): a runner we waited for may have re-derived already.
+        if _stored_hash(conn) == wanted:  # the cheap path: one indexed anti-join
             return DeadlineSync(rederived=False, keys=_derive_missing(conn, config))
         done = DeadlineSync(rederived=True, keys=_rederive_all(conn, config))
     logger.info(
