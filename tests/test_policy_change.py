@@ -142,7 +142,7 @@ def test_an_unchanged_configuration_only_derives_missing_deadlines(
     write_config(home, 30)
     with caplog.at_level(logging.INFO, logger="hermes_ledger"):
         seed(backend, home, clock, n=2)  # its scheduler stored the fingerprint (no rows yet)
-    assert [r.sessions for r in rederivations(caplog)] == [0]  # type: ignore[attr-defined]
+    assert [getattr(r, "sessions", None) for r in rederivations(caplog)] == [0]
     ((stored, stamp),) = backend.raw("SELECT config_hash, updated_at FROM scheduler_state")
     assert stored == policy_hash(loaded(home))
     # a row no derivation would write, and a row missing (an append without the projector)
@@ -162,6 +162,26 @@ def test_an_unchanged_configuration_only_derives_missing_deadlines(
         (":1", "2026-11-22T09:30:00.000000Z"),  # the missing one derived
     ]
     assert backend.raw("SELECT config_hash, updated_at FROM scheduler_state") == [(stored, stamp)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_deadlines_with_no_fingerprint_stored_are_rederived_once(
+    tmp_path: Path, backend: Backend, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database migrated to 7 under deadline rows derived by an older version (under
+    policies no one recorded): the first scheduler re-derives them all, the next does not."""
+    home = tmp_path / "home"
+    write_config(home, 30)
+    seed(backend, home, clock, n=3)
+    backend.raw("DELETE FROM scheduler_state")
+    backend.raw("UPDATE session_deadlines SET deadline = '2030-01-01Z'")
+    with backend.open() as log, caplog.at_level(logging.INFO, logger="hermes_ledger"):
+        assert isinstance(log, PostgresLog)
+        scheduler_for(log, loaded(home))
+        scheduler_for(log, loaded(home))
+    assert [getattr(r, "sessions", None) for r in rederivations(caplog)] == [3]
+    deadlines = backend.raw("SELECT DISTINCT deadline FROM session_deadlines")
+    assert [format_utc(d) for (d,) in deadlines] == ["2026-11-22T09:30:00.000000Z"]
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
