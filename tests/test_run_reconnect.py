@@ -40,9 +40,10 @@ class Stderr:
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
         stream = proc.stderr
-        threading.Thread(
+        self._reader = threading.Thread(
             target=lambda: [self._queue.put(line) for line in stream], daemon=True
-        ).start()
+        )
+        self._reader.start()
 
     def wait_for(self, text: str, timeout: float = WAIT) -> str:
         """The first line from now on that contains ``text``."""
@@ -56,6 +57,9 @@ class Stderr:
                 return line
 
     def rest(self) -> str:
+        """Everything, once the child has exited: the reader is joined first (at
+        the pipe's end), so the last lines are not lost to a race."""
+        self._reader.join(timeout=WAIT)
         while not self._queue.empty():
             self.lines.append(self._queue.get())
         return "".join(self.lines)
@@ -108,8 +112,15 @@ def start_run(
 
 def stop(proc: subprocess.Popen[str], stderr: Stderr) -> tuple[str, str]:
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=WAIT)
+    # Not communicate(): it would read stderr too, taking the last lines from the
+    # reader thread. stdout holds two lines, so the child cannot block on it.
+    proc.wait(timeout=WAIT)
+    assert proc.stdout is not None
+    with proc.stdout:
+        out = proc.stdout.read()
     err = stderr.rest()
+    assert proc.stderr is not None
+    proc.stderr.close()
     assert proc.returncode == 0, err
     return out, err
 
