@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import pydantic
 
+from hermes_ledger.ledger.appending import check_name
 from hermes_ledger.ledger.chain import row_hash
 from hermes_ledger.ledger.errors import EventValidationError, LedgerError
 from hermes_ledger.ledger.events import EVENT_TYPES, from_stored, parse, seal
 from hermes_ledger.ledger.personal import split, split_model
-from hermes_ledger.ledger.appending import check_name
 
 __all__ = [
     "BODY_HINT",
