@@ -29,7 +29,12 @@ from hermes_ledger.gateway.config.paths import (
     hermes_home,
     resolve_ledger,
 )
-from hermes_ledger.gateway.demo.day import describe_query, prepare_demo_ledger, run_demo
+from hermes_ledger.gateway.demo.day import (
+    describe_query,
+    describe_target,
+    prepare_demo_ledger,
+    run_demo,
+)
 from hermes_ledger.gateway.logs import configured_logging, fields
 from hermes_ledger.gateway.scheduler.reconnect import run_reconnecting, where
 from hermes_ledger.gateway.scheduler.runner import describe
@@ -203,16 +208,18 @@ def run_cmd(
 
 
 @click.command("demo")
+@postgres_ready
 @click.option(
     "--db",
     "db",
-    type=LedgerTarget(),  # a postgresql:// URI is refused, as by db_option
-    help="The demo's own ledger, replaced on each run. Default: $HERMES_HOME/ledger-demo.db"
-    " (never HERMES_LEDGER_DB, the real ledger).",
+    type=LedgerTarget(),  # no envvar: HERMES_LEDGER_DB is the real ledger
+    help="The demo's own ledger, replaced on each run: a file, or a postgresql:// URI"
+    " of a database of its own. Default: $HERMES_HOME/ledger-demo.db (never"
+    " HERMES_LEDGER_DB, the real ledger).",
 )
 @json_option
 @reports_errors
-def demo_cmd(db: Path | None, as_json: bool) -> None:
+def demo_cmd(db: Path | str | None, as_json: bool) -> None:
     """Simulate a gateway day into a demo ledger and show it.
 
     \b
@@ -222,13 +229,22 @@ def demo_cmd(db: Path | None, as_json: bool) -> None:
     expiries, a daily reset, an auto-reset on a late message and a manual /new,
     delivered to an example hook in a temporary folder; then the session map, an
     audit query and where an export went. The same story on every run.
+
+    \b
+    On PostgreSQL (--db postgresql://…) the ledger is the database's
+    hermes_ledger schema: created when missing, dropped and re-created when it
+    holds only the demo's sessions, otherwise refused untouched; the export goes
+    to $HERMES_HOME/ledger-demo-export.jsonl.
     """
-    path = db.expanduser() if db is not None else default_demo_ledger_path()
-    prepare_demo_ledger(path)  # refuse a ledger that is not the demo's before any output
+    if isinstance(db, Path):
+        target: Path | str = db.expanduser()
+    else:
+        target = db if db is not None else default_demo_ledger_path()
+    prepare_demo_ledger(target)  # refuse a ledger that is not the demo's before any output
     say = (lambda _: None) if as_json else (lambda line: click.echo(f"  {line}"))
     if not as_json:
-        click.echo(f"Simulating a gateway day into {path} …")
-    report = run_demo(path, say=say)
+        click.echo(f"Simulating a gateway day into {describe_target(target)} …")
+    report = run_demo(target, say=say)
     if as_json:
         print_json(
             {
@@ -256,6 +272,16 @@ def demo_cmd(db: Path | None, as_json: bool) -> None:
     click.echo(f"\nThe example hook was called {report.hook_calls} times.")
     click.echo(f"Exported {report.events} events to {report.export_path}")
     click.echo(
-        f"Next, on the demo ledger (--db {path}):"
+        f"Next, on the demo ledger (--db {_db_hint(target)}):"
         " hermes-ledger sessions --all, history KEY, sql 'SELECT …', verify"
     )
+
+
+def _db_hint(target: Path | str) -> str:
+    """The ``--db`` that names the demo's ledger again: the file, or the database's
+    ``postgresql://host:port/dbname`` (user and password left for the reader to add)."""
+    if isinstance(target, Path):
+        return str(target)
+    from hermes_ledger.ledger.postgres import describe_dsn
+
+    return "postgresql://" + describe_dsn(target, user=False)

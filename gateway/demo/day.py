@@ -1,13 +1,15 @@
 """``hermes-ledger demo``: a realistic gateway day, simulated in a few seconds.
 
-Writes into a ledger of its own (``$HERMES_HOME/ledger-demo.db`` by default,
-replaced on each run; never the operator's ledger, hooks or configuration), under
+Writes into a ledger of its own (``$HERMES_HOME/ledger-demo.db`` by default, or a
+PostgreSQL database given as a ``postgresql://`` URI; replaced on each run, see
+``prepare_demo_ledger``; never the operator's ledger, hooks or configuration), under
 the ``demo`` profile (keys ``agent:demo:…``): DMs, groups, a thread and a channel on
 several platforms, an API client and the local CLI; tool calls and token usage; then
 a simulated clock runs through idle expiries, a daily reset, an auto-reset when a
 late message arrives and a manual ``/new``. An example hook, installed in a
 temporary hooks directory that is removed afterwards, receives every
-session:start/end. Finally it exports the log next to the ledger.
+session:start/end. Finally it exports the log next to the ledger (for a database,
+next to the default demo ledger). The same story on either backend.
 
 The story is the same on every run: the simulated day is fixed (it starts at
 ``DEMO_START``) and session ids come from a seeded generator.
@@ -23,22 +25,32 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hermes_ledger.gateway.bootstrap import open_gateway
 from hermes_ledger.gateway.config.gateway import GatewayConfig
 from hermes_ledger.gateway.config.ledger_section import RunnerSettings
+from hermes_ledger.gateway.config.paths import default_demo_ledger_path
 from hermes_ledger.gateway.scheduler.runner import PassReport
 from hermes_ledger.gateway.sessions.policy import ResetPolicy
 from hermes_ledger.gateway.sessions.sources import Platform, SessionSource
 from hermes_ledger.gateway.sessions.store import SessionStore
 from hermes_ledger.ledger import Ledger, LedgerError
+from hermes_ledger.ledger.backend import EventLog, is_dsn
 from hermes_ledger.ledger.errors import LedgerTooOldError
 from hermes_ledger.ledger.export import export
 from hermes_ledger.ledger.schema import load_migrations
 
-__all__ = ["DEMO_START", "DemoReport", "prepare_demo_ledger", "run_demo"]
+__all__ = [
+    "DEMO_START",
+    "DemoReport",
+    "describe_target",
+    "export_path_for",
+    "prepare_demo_ledger",
+    "run_demo",
+]
 
 PROFILE = "demo"
 DEMO_START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -70,7 +82,13 @@ def handle(event_type, context):
         out.write(json.dumps({"event": event_type, **context}) + "\\n")
 """
 
-SQL_NOT_DEMO = "SELECT count(*) FROM events WHERE stream NOT LIKE ?"
+SQL_NOT_DEMO = f"SELECT count(*) FROM events WHERE stream NOT LIKE 'agent:{PROFILE}:%'"
+"""Whether a ledger holds anything but the demo's sessions (0: only the demo's), on
+either backend: the one test before the demo replaces a ledger."""
+SQL_SESSION_MAP = (
+    "SELECT session_key, session_id, status FROM session_map"
+    f" WHERE session_key LIKE 'agent:{PROFILE}:%' ORDER BY session_key"
+)
 AUDIT_QUERY = """\
 SELECT end_reason, count(*) AS sessions, sum(message_count) AS messages
 FROM session_history WHERE session_key LIKE 'agent:demo:%' AND ended_at IS NOT NULL
@@ -143,11 +161,27 @@ def _demo_session_ids(seed: int) -> Callable[[datetime], str]:
     return lambda now: f"{now.astimezone(UTC):%Y%m%d_%H%M%S}_{rng.getrandbits(32):08x}"
 
 
-def prepare_demo_ledger(path: Path) -> None:
-    """Make room for a fresh demo ledger at ``path``: remove a previous demo ledger
-    there (and its WAL and shared-memory files). Anything else at ``path`` — a file
-    that is not a ledger, or a ledger holding sessions that are not the demo's — is
-    refused untouched, so the demo can never replace an operator's ledger."""
+def prepare_demo_ledger(target: Path | str) -> None:
+    """Make room for a fresh demo ledger at ``target``, a file or a ``postgresql://``
+    URI: remove a previous demo ledger there (a file with its WAL and shared-memory
+    files; in a database, the ledger's schema: ``gateway.demo.postgres``). Anything
+    else — a file that is not a ledger, or a ledger holding sessions that are not
+    the demo's — is refused untouched, so the demo can never replace an operator's
+    ledger."""
+    if is_dsn(target):
+        from hermes_ledger.gateway.demo.postgres import prepare_demo_database
+        from hermes_ledger.ledger.postgres import describe_dsn
+
+        assert isinstance(target, str)
+        foreign = LedgerError(
+            f"{describe_dsn(target)} is not a demo ledger: the demo replaces its ledger on"
+            " each run",
+            hint="give the demo a database of its own, e.g. createdb hermes_demo, then"
+            " --db postgresql://HOST/hermes_demo",
+        )
+        prepare_demo_database(target, SQL_NOT_DEMO, foreign)
+        return
+    path = Path(target)
     if not path.exists():
         return
     foreign = LedgerError(
@@ -160,7 +194,7 @@ def prepare_demo_ledger(path: Path) -> None:
         except LedgerTooOldError as old:  # a demo ledger an older hermes-ledger wrote
             led = Ledger.open(path, readonly=True, migrations=load_migrations()[: old.version])
         with led:
-            others = led.query(SQL_NOT_DEMO, (f"agent:{PROFILE}:%",))[0][0]
+            others = led.query(SQL_NOT_DEMO)[0][0]
     except LedgerError:
         raise foreign from None
     if others:
@@ -170,20 +204,48 @@ def prepare_demo_ledger(path: Path) -> None:
             os.unlink(leftover)
 
 
-def run_demo(ledger_path: Path, *, say: Callable[[str], None] = lambda _: None) -> DemoReport:
-    """Run the demo workload into a fresh demo ledger at ``ledger_path`` (see
-    ``prepare_demo_ledger``); ``say`` narrates each step."""
-    prepare_demo_ledger(ledger_path)
+def describe_target(target: Path | str) -> str:
+    """Where the demo writes, for people: the file, or ``host:port/dbname as user``
+    of a URI (never its password)."""
+    if not is_dsn(target):
+        return str(target)
+    from hermes_ledger.ledger.postgres import describe_dsn
+
+    assert isinstance(target, str)
+    return describe_dsn(target)
+
+
+def export_path_for(target: Path | str) -> Path:
+    """Where the demo exports its log: next to its ledger file
+    (``NAME-export.jsonl``); for a database, next to the default demo ledger in
+    ``$HERMES_HOME``."""
+    path = default_demo_ledger_path() if is_dsn(target) else Path(target)
+    return path.with_name(path.stem + "-export.jsonl")
+
+
+def run_demo(target: Path | str, *, say: Callable[[str], None] = lambda _: None) -> DemoReport:
+    """Run the demo workload into a fresh demo ledger at ``target``, a file or a
+    ``postgresql://`` URI (see ``prepare_demo_ledger``); ``say`` narrates each step."""
+    prepare_demo_ledger(target)
     clock = _SimClock(DEMO_START)
     closed: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="hermes-demo-hooks-") as scratch:
         hooks_dir = Path(scratch) / "hooks"
         hook = _install_hook(hooks_dir)
-        return _simulate(ledger_path, hooks_dir, hook, clock, closed, say)
+        return _simulate(target, hooks_dir, hook, clock, closed, say)
+
+
+def _rows(log: EventLog, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of one read of the demo's own (SQL valid on both backends), with
+    PostgreSQL's numeric sums as the integers SQLite gives."""
+    if isinstance(log, Ledger):
+        return [tuple(row) for row in log.query(sql)]
+    rows = cast(Any, log).connection.execute(sql.encode()).fetchall()
+    return [tuple(int(v) if isinstance(v, Decimal) else v for v in row) for row in rows]
 
 
 def _simulate(
-    ledger_path: Path,
+    target: Path | str,
     hooks_dir: Path,
     hook: Path,
     clock: _SimClock,
@@ -194,7 +256,7 @@ def _simulate(
     and hooks (nothing is read from the operator's home)."""
     start = clock.now
     with open_gateway(
-        ledger_path,
+        target,
         config=CONFIG,
         settings=RunnerSettings(anchor_interval=0),  # a simulated day is not anchored
         hooks_dir=hooks_dir,
@@ -202,7 +264,6 @@ def _simulate(
         session_ids=_demo_session_ids(SEED),
     ) as gateway:
         led, store, runner = gateway.ledger, gateway.store, gateway.runner
-        assert isinstance(led, Ledger)  # the demo's ledger is a SQLite file
 
         def tick(label: str) -> PassReport:
             report = runner.once()
@@ -252,19 +313,13 @@ def _simulate(
         clock.advance(hours=3)
         _chat(store, ops, [("user", "morning all"), ("assistant", "Good morning, new day.")])
         tick("later that morning")
-        export_path = ledger_path.with_name(ledger_path.stem + "-export.jsonl")
-        manifest = export(ledger_path, export_path)
-        sessions_map = [
-            (row[0], row[1], row[2])
-            for row in led.query(
-                "SELECT session_key, session_id, status FROM session_map"
-                " WHERE session_key LIKE 'agent:demo:%' ORDER BY session_key"
-            )
-        ]
-        audit = led.query(AUDIT_QUERY)
+        export_path = export_path_for(target)
+        manifest = export(target, export_path)
+        sessions_map = [(row[0], row[1], row[2]) for row in _rows(led, SQL_SESSION_MAP)]
+        audit = _rows(led, AUDIT_QUERY)
     calls_file = hook / "calls.jsonl"
     return DemoReport(
-        ledger=str(ledger_path),
+        ledger=describe_target(target),
         export_path=str(export_path),
         events=manifest.count,
         sessions_map=sessions_map,
