@@ -42,6 +42,7 @@ UNION ALL SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p
 UNION ALL SELECT 'type ' || t.oid::regtype::text FROM pg_type t
   JOIN pg_namespace n ON n.oid = t.typnamespace
   WHERE n.nspname <> '{SCHEMA}' AND n.nspname NOT LIKE 'pg_toast%'
+  AND t.typrelid = 0 AND t.typcategory <> 'A'
 UNION ALL SELECT 'constraint ' || co.conname || ' ' || co.oid FROM pg_constraint co
   JOIN pg_namespace n ON n.oid = co.connamespace WHERE n.nspname <> '{SCHEMA}'
 UNION ALL SELECT 'trigger ' || tg.tgname || ' on ' || tg.tgrelid::regclass::text
@@ -57,7 +58,8 @@ UNION ALL SELECT 'extension ' || e.extname FROM pg_extension e
   JOIN pg_namespace n ON n.oid = e.extnamespace WHERE n.nspname <> '{SCHEMA}'
 UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname <> '{SCHEMA}'"""
 """Every object of the database outside the ledger's schema that a DROP SCHEMA …
-CASCADE could take along (the toast tables of the ledger's own tables aside)."""
+CASCADE could take along (the toast tables of the ledger's own tables aside; the
+row and array types that go with a relation or a type are not listed apart)."""
 
 
 def prepare_demo_database(dsn: str, sql_not_demo: str, foreign: LedgerError) -> None:
