@@ -33,7 +33,7 @@ Cli = Callable[..., Result]
 KEY = "agent:main:telegram:dm:99"
 OTHER = "agent:main:discord:group:42:7"
 READY = [
-    "anchor", "backfill", "doctor", "erase", "events", "export", "history", "hooks",
+    "anchor", "backfill", "demo", "doctor", "erase", "events", "export", "history", "hooks",
     "hooks retry", "import", "init", "prune", "replay", "report", "run", "schema", "search",
     "serve", "sessions", "sql", "status", "tick", "transcript", "vacuum", "verify",
 ]  # fmt: skip
@@ -342,26 +342,6 @@ def test_init(cli: Cli) -> None:
         assert doc["created"] is True and doc["applied_migrations"] == version
 
 
-NOT_READY = [
-    ["demo"],
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("args", NOT_READY, ids=lambda a: " ".join(a[:2]))
-def test_other_commands_refuse(args: list[str], cli: Cli, tmp_path: Path) -> None:
-    """No database is needed to refuse (nothing is opened): an unreachable URI."""
-    dsn = f"postgresql://gw:{SECRET}@127.0.0.1:1/nowhere"
-    result = cli(*args, "--db", dsn)
-    name = "hooks retry" if args == ["hooks", "retry"] else args[0]
-    assert result.exit_code == 1, result.output
-    assert result.output.splitlines() == [
-        f"Error: {name} does not work on a PostgreSQL ledger yet",
-        "Try: on a PostgreSQL ledger use " + ", ".join(READY)
-        + "; for this command pass --db with a SQLite ledger file",
-    ]  # fmt: skip
-    assert not list(tmp_path.rglob("*nowhere*")) and not Path("postgresql:").exists()
-
-
 def test_migrate_from_refuses_a_uri(cli: Cli) -> None:
     result = cli("migrate", "--to", "postgresql://127.0.0.1:1/x", "--from", "postgres://h/y")
     assert result.exit_code == 1
@@ -403,12 +383,12 @@ def test_installed_script(pg: str, tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["events"] == 9
-    refused = subprocess.run(
+    refused = subprocess.run(  # not a demo ledger: refused before anything is written
         [installed_script(), "demo", "--db", pg], env=env,
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert refused.returncode == 1 and refused.stdout == ""
-    assert refused.stderr.startswith("Error: demo does not work on a PostgreSQL ledger yet\n")
+    assert " is not a demo ledger: the demo replaces its ledger on each run\n" in refused.stderr
     assert not (tmp_path / "home").exists()
 
 

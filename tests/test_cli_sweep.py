@@ -427,7 +427,7 @@ def test_every_command_with_a_dsn(
         result.exception, SystemExit
     ), output
     if ready:
-        assert result.exit_code in (0, 1), output
+        assert result.exit_code in ((0,) if name == "demo" else (0, 1)), output  # demo: replaced
         if result.exit_code == 1:  # an error, or doctor's report of what needs attention
             assert ("Error:" in output and "Try:" in output) or output.endswith(
                 ": needs attention\n"
