@@ -129,6 +129,20 @@ def test_fts5_syntax_passes_through(ledger_db: Path, cli: Callable[..., Result])
     assert positions("deploy OR thanks", "--limit", "2") == [6, 4]
 
 
+def test_json_and_lines_are_the_same_on_both_backends(
+    ledger_db: Path, cli: Callable[..., Result], on: Callable[[Path], str]
+) -> None:
+    db = on(ledger_db)
+    (hit,) = _search(cli, db, "server")
+    assert set(hit) == {"position", "session_key", "session_id", "role", "ts", "platform",
+                        "user_id", "user_name", "snippet", "highlighted"}  # fmt: skip
+    # The excerpts are each engine's own (FTS5's snippet, ts_headline); the marks are not.
+    assert "café server" in hit["snippet"] and "café [server]" in hit["highlighted"]
+    (line,) = cli("search", "server", "--db", db).output.splitlines()
+    assert line.startswith(f"2026-11-22T09:01:00.000000Z  {ADA}  s1  user      ")
+    assert line.endswith("café [server]") and "\x02" not in line
+
+
 def test_filters(ledger_db: Path, cli: Callable[..., Result], on: Callable[[Path], str]) -> None:
     db = on(ledger_db)
     positions = lambda *args: [h["position"] for h in _search(cli, db, *args)]  # noqa: E731

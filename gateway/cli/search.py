@@ -90,10 +90,10 @@ def search_cmd(
     )
     target = resolve_ledger(db)
     if isinstance(target, str):
-        _search_postgres(target, text, which, cast(SearchOrder, order), limit, tz, as_json)
-        return
-    with reports.open_existing(target) as led:
-        hits = search_messages(led, text, which, limit=limit, order=cast(SearchOrder, order))
+        hits = _search_postgres(target, text, which, cast(SearchOrder, order), limit)
+    else:
+        with reports.open_existing(target) as led:
+            hits = search_messages(led, text, which, limit=limit, order=cast(SearchOrder, order))
     if as_json:
         print_json([hit.to_dict() for hit in hits])
         return
@@ -107,20 +107,12 @@ def search_cmd(
 
 
 def _search_postgres(
-    dsn: str, text: str, which: SearchFilter, order: SearchOrder, limit: int, tz: Zone,
-    as_json: bool,
-) -> None:  # fmt: skip
+    dsn: str, text: str, which: SearchFilter, order: SearchOrder, limit: int
+) -> list[SearchHit]:
+    """The PostgreSQL search's hits as SQLite's (the same fields and match marks), so
+    both print the same lines and JSON."""
     from hermes_ledger.gateway.sessions import postgres
 
     with postgres.open_postgres(dsn) as log:
-        hits = postgres.search(log, text, which, order=order, limit=limit)
-    if as_json:
-        print_json([hit._asdict() for hit in hits])
-        return
-    if not hits:
-        click.echo("No messages match.")
-        return
-    widths = (max(len(h.session_key) for h in hits), max(len(h.session_id) for h in hits))
-    for hit in hits:
-        key, sid = hit.session_key.ljust(widths[0]), hit.session_id.ljust(widths[1])
-        click.echo(f"{show_time(hit.ts, tz)}  {key}  {sid}  {hit.role:<9} {cell(hit.marked())}")
+        return [SearchHit(*hit) for hit in postgres.search(log, text, which, order=order,
+                                                           limit=limit)]  # fmt: skip
