@@ -14,8 +14,10 @@ hooks`` does.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import apsw
 
@@ -239,7 +241,17 @@ def check_closes(ledger: Ledger, now: datetime, stuck_after: timedelta) -> Check
     if not ledger.query(SQL_HAS_SESSION_MAP, ("session_map",))[0][0]:
         return Check("closes", "ok", "no sessions yet (no session map)")
     stuck = ledger.query(SQL_STUCK_CLOSING, (cutoff,))
-    overdue = ledger.query(SQL_OVERDUE, (cutoff,))
+    overdue = [(k, s, str(d)) for k, s, d in ledger.query(SQL_OVERDUE, (cutoff,))]
+    return closes_check(stuck, overdue, stuck_after, "`hermes-ledger run`")
+
+
+def closes_check(
+    stuck: Sequence[Sequence[Any]], overdue: Sequence[Sequence[Any]], stuck_after: timedelta,
+    runner: str,
+) -> Check:  # fmt: skip
+    """The ``closes`` check from its rows on either backend: ``stuck`` (key, session
+    id, closing since), ``overdue`` (key, session id, deadline as text), the oldest
+    first; ``runner`` is what to ask about ("is … running?")."""
     problems = []
     if stuck:
         key, sid, since = stuck[0]
@@ -259,7 +271,7 @@ def check_closes(ledger: Ledger, now: datetime, stuck_after: timedelta) -> Check
             "closes",
             "warn",
             "; ".join(problems),
-            "is `hermes-ledger run` running? Its log says why a close waits (a failing flush);"
+            f"is {runner} running? Its log says why a close waits (a failing flush);"
             " `hermes-ledger tick` runs one pass now",
         )
     return Check("closes", "ok", f"no close stuck or overdue for over {_minutes(stuck_after)}")

@@ -37,6 +37,7 @@ from hermes_ledger.gateway.health.checks import (
     check_deliveries,
     check_hooks,
     check_spool,
+    closes_check,
 )
 from hermes_ledger.gateway.health.modes import check_file_modes
 from hermes_ledger.gateway.health.results import Check, DoctorReport
@@ -305,29 +306,8 @@ def check_closes(log: PostgresLog, now: datetime, stuck_after: timedelta) -> Che
         return Check("closes", "ok", "no sessions yet (no session map)")
     cutoff = now - stuck_after
     stuck = conn.execute(SQL_STUCK_CLOSING, (format_utc(cutoff),)).fetchall()
-    overdue = conn.execute(SQL_OVERDUE, (cutoff,)).fetchall()
-    problems = []
-    if stuck:
-        key, sid, since = stuck[0]
-        problems.append(
-            f"{_plural(len(stuck), 'close')} unfinished for over {_minutes(stuck_after)}"
-            f" (the oldest: {key} session {sid}, closing since {since})"
-        )
-    if overdue:
-        key, sid, deadline = overdue[0]
-        its = "its" if len(overdue) == 1 else "their"
-        problems.append(
-            f"{_plural(len(overdue), 'session')} past {its} deadline by over"
-            f" {_minutes(stuck_after)} (the oldest: {key} session {sid},"
-            f" due {format_utc(deadline)})"
-        )
-    if problems:
-        return Check(
-            "closes", "warn", "; ".join(problems),
-            "is `hermes-ledger run` running against this database? Its log says why a close"
-            " waits (a failing flush)",
-        )  # fmt: skip
-    return Check("closes", "ok", f"no close stuck or overdue for over {_minutes(stuck_after)}")
+    overdue = [(k, s, format_utc(d)) for k, s, d in conn.execute(SQL_OVERDUE, (cutoff,))]
+    return closes_check(stuck, overdue, stuck_after, "`hermes-ledger run` against this database")
 
 
 def _unopened(
