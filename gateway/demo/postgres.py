@@ -21,6 +21,7 @@ import psycopg
 
 from hermes_ledger.ledger.errors import LedgerError
 from hermes_ledger.ledger.postgres import SCHEMA, describe_dsn, load_migrations
+from hermes_ledger.ledger.postgres.log import connect
 from hermes_ledger.ledger.postgres.schema import applied_versions
 
 __all__ = ["prepare_demo_database"]
@@ -69,14 +70,7 @@ def prepare_demo_database(dsn: str, sql_not_demo: str, foreign: LedgerError) -> 
     demo's; otherwise raise ``foreign`` with nothing changed (see the module
     docstring)."""
     where = describe_dsn(dsn)
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, client_encoding="utf8")
-    except psycopg.Error as exc:
-        raise LedgerError(
-            f"cannot connect to PostgreSQL at {where}: {str(exc).strip()}",
-            hint="check the connection string (host, port, dbname, user) and that"
-            " the server is running",
-        ) from None
+    conn = connect(dsn)
     try:
         with conn.transaction():
             _replace(conn, sql_not_demo, foreign, where)

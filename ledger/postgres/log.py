@@ -59,7 +59,7 @@ from hermes_ledger.ledger.postgres.schema import SCHEMA, migrate
 from hermes_ledger.ledger.records import AppendResult, Recorded, VerifyReport
 from hermes_ledger.ledger.versions import ANY, ExpectedVersion, check_expected
 
-__all__ = ["InlineProjector", "PostgresLog", "describe_dsn"]
+__all__ = ["InlineProjector", "PostgresLog", "connect", "describe_dsn"]
 
 InlineProjector = Callable[[psycopg.Connection[Any], Sequence[Recorded]], None]
 """``fn(conn, records)``: runs inside the append's transaction after the rows are
@@ -137,6 +137,21 @@ def _copy_rows(conn: psycopg.Connection[Any], statement: str, rows: Sequence[Any
                 copy.write_row(row)
 
 
+def connect(dsn: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
+    """An autocommit UTF-8 connection to ``dsn``; LedgerError with a hint (and never
+    the password) when the server cannot be reached or refuses it."""
+    try:
+        return psycopg.connect(
+            dsn, autocommit=True, connect_timeout=connect_timeout, client_encoding="utf8"
+        )
+    except psycopg.Error as exc:
+        raise LedgerError(
+            f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {str(exc).strip()}",
+            hint="check the connection string (host, port, dbname, user) and that"
+            " the server is running",
+        ) from None
+
+
 def describe_dsn(dsn: str, *, user: bool = True) -> str:
     """``host:port/dbname as user`` of a connection string, never its password
     (``user=False``: ``host:port/dbname``, what names the log in anchors)."""
@@ -182,16 +197,7 @@ class PostgresLog:
         a hint when the server cannot be reached or the database cannot hold a
         ledger (not UTF-8, newer schema, migrations the role may not apply)."""
         where = describe_dsn(dsn)
-        try:
-            conn = psycopg.connect(
-                dsn, autocommit=True, connect_timeout=connect_timeout, client_encoding="utf8"
-            )
-        except psycopg.Error as exc:
-            raise LedgerError(
-                f"cannot connect to PostgreSQL at {where}: {str(exc).strip()}",
-                hint="check the connection string (host, port, dbname, user) and that"
-                " the server is running",
-            ) from None
+        conn = connect(dsn, connect_timeout=connect_timeout)
         try:
             encoding = conn.execute(SQL_ENCODING).fetchone()
             if encoding is None or encoding[0].upper() not in ("UTF8", "UTF-8"):

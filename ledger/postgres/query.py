@@ -49,7 +49,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from hermes_ledger.ledger.errors import LedgerError
-from hermes_ledger.ledger.postgres.log import describe_dsn
+from hermes_ledger.ledger.postgres.log import connect, describe_dsn
 from hermes_ledger.ledger.postgres.schema import READER_ROLE, SCHEMA
 from hermes_ledger.ledger.readonly_sql import (
     DEFAULT_SQL_TIMEOUT,
@@ -280,14 +280,7 @@ def _connect(dsn: str, limit: float | None, warn: Callable[[str], None]) -> psyc
     path set for it, as the reader role when it may be, on a database that holds a
     ledger."""
     where = describe_dsn(dsn)
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, client_encoding="utf8")
-    except psycopg.Error as exc:
-        raise LedgerError(
-            f"cannot connect to PostgreSQL at {where}: {str(exc).strip()}",
-            hint="check the connection string (host, port, dbname, user) and that"
-            " the server is running",
-        ) from None
+    conn = connect(dsn)
     try:
         conn.execute(SQL_BEGIN)
         milliseconds = str(max(1, round(limit * 1000))) if limit else "0"
