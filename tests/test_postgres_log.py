@@ -371,3 +371,16 @@ def test_concurrent_writer_processes_leave_no_gap(log: PostgresLog, pg_dsn: str)
     assert log.head() == 4 * per_writer and snapshots > 1
     assert all(log.stream_version(f"w{n}") == per_writer for n in range(4))
     assert log.verify().ok
+
+
+def test_connections_keep_alive_and_the_dsn_says_how(pg_dsn: str) -> None:
+    """A silent server or network is noticed (TCP keepalives on every connection of
+    the ledger), with the DSN's own settings winning over ours."""
+    with PostgresLog.open(pg_dsn) as log:
+        ours = log.connection.info.get_parameters()
+    assert (ours["keepalives"], ours["keepalives_idle"], ours["keepalives_count"]) == (
+        "1", "30", "3"
+    )  # fmt: skip
+    own = psycopg.conninfo.make_conninfo(pg_dsn, keepalives_idle="5")
+    with PostgresLog.open(own) as log:
+        assert log.connection.info.get_parameters()["keepalives_idle"] == "5"

@@ -137,13 +137,24 @@ def _copy_rows(conn: psycopg.Connection[Any], statement: str, rows: Sequence[Any
                 copy.write_row(row)
 
 
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+              "keepalives_count": "3"}  # fmt: skip
+"""TCP keepalives for every connection of the ledger (what ``dsn`` sets wins): a
+server or network that goes silent is noticed in about a minute (the connection
+fails, and ``run`` reconnects) instead of a pass hanging until the kernel gives up."""
+
+
 def connect(dsn: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
-    """An autocommit UTF-8 connection to ``dsn``; LedgerError with a hint (and never
-    the password) when the server cannot be reached or refuses it."""
+    """An autocommit UTF-8 connection to ``dsn`` with ``KEEPALIVES``; LedgerError
+    with a hint (and never the password) when the server cannot be reached or
+    refuses it."""
     try:
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+        keepalives = {k: v for k, v in KEEPALIVES.items() if k not in given}
         return psycopg.connect(
-            dsn, autocommit=True, connect_timeout=connect_timeout, client_encoding="utf8"
-        )
+            psycopg.conninfo.make_conninfo(dsn, **keepalives), autocommit=True,
+            connect_timeout=connect_timeout, client_encoding="utf8",
+        )  # fmt: skip
     except psycopg.Error as exc:
         raise LedgerError(
             f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {str(exc).strip()}",
