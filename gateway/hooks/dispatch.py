@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,6 +46,7 @@ from hermes_ledger.gateway.hooks.queue import open_queue
 from hermes_ledger.gateway.logs import fields, seconds_text
 from hermes_ledger.gateway.usercode.bounded import CallTimeoutError, call_bounded
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
+from hermes_ledger.gateway.workers import worker_name
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.backend import EventLog, is_dsn
 from hermes_ledger.ledger.clock import Clock, system_clock
@@ -153,7 +152,7 @@ class HookDispatcher:
             backoff=2.0,
             max_delay=timedelta(seconds=backoff_max),
         )
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker_id = worker_id or worker_name()
         self._from_head = new_hooks_from == "head"
         self._queue = open_queue(ledger, self.clock)
         self._hooks: list[Hook] = []

@@ -40,9 +40,6 @@ the session store does on PostgreSQL.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -64,6 +61,7 @@ from hermes_ledger.gateway.sessions.closing import (
 from hermes_ledger.gateway.sessions.postgres_reads import over_postgres
 from hermes_ledger.gateway.sessions.reads import read_key_state
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
+from hermes_ledger.gateway.workers import worker_name
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
 from hermes_ledger.ledger.events import SessionReset
 from hermes_ledger.ledger.postgres import PostgresLog
@@ -353,7 +351,7 @@ class PostgresScheduler:
         self.clock = clock or system_clock
         self.batch = batch
         self.lease = lease or timedelta(seconds=flush_timeout + 60)
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.name = name or worker_name()
         self.reads = over_postgres(log)  # what the session code uses of a Ledger
         self.closer = SessionCloser(
             self.reads,

@@ -25,8 +25,6 @@ the projections (``session_map``…) are read here, never written.
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,6 +41,7 @@ from hermes_ledger.gateway.sessions.closing import (
 )
 from hermes_ledger.gateway.sessions.reads import read_key_state
 from hermes_ledger.gateway.usercode.retry import RetryPolicy
+from hermes_ledger.gateway.workers import worker_name
 from hermes_ledger.ledger import Ledger
 from hermes_ledger.ledger.clock import Clock, format_utc, parse_utc, system_clock
 from hermes_ledger.ledger.events import SessionReset
@@ -159,7 +158,7 @@ class Scheduler:
             retry=RetryPolicy(max_flush_attempts, flush_retry_delay),
         )
         self.batch = batch
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.name = name or worker_name()
         attach(ledger)
 
     # -- deadlines ---------------------------------------------------------------
