@@ -28,7 +28,7 @@ from hermes_ledger.projections.replay import head, read_checkpoints, table_exist
 from hermes_ledger.projections.scratch import build_scratch, snapshot
 from hermes_ledger.projections.tables import MESSAGES, SESSION_HISTORY, SESSION_MAP, TableSpec
 
-__all__ = ["State", "live_state", "state_at"]
+__all__ = ["State", "live_state", "state_at", "utc_text"]
 
 SQL_LAST_POSITION_BY = (
     "SELECT coalesce((SELECT min(position) FROM main.events WHERE recorded_at > ?1) - 1,"
@@ -82,9 +82,9 @@ def state_at(
         if time is None:
             until = head(conn) if position is None else min(position, head(conn))
         elif recorded:
-            until = int(scalar(conn, SQL_LAST_POSITION_BY, (_utc(time),)))
+            until = int(scalar(conn, SQL_LAST_POSITION_BY, (utc_text(time),)))
         else:
-            occurred_by = _utc(time)
+            occurred_by = utc_text(time)
             until = int(scalar(conn, SQL_LAST_OCCURRED_BY, (occurred_by,)))
         build_scratch(conn, by_name(), until, chunk_size, occurred_by=occurred_by)
         return _read_state(conn, SCRATCH, until)
@@ -103,7 +103,7 @@ def live_state(ledger: Ledger) -> State:
         return _read_state(conn, LIVE, min(positions))
 
 
-def _utc(moment: datetime | str) -> str:
+def utc_text(moment: datetime | str) -> str:
     """``moment`` as UTC text in the format of the log's time columns."""
     if isinstance(moment, str):
         return moment

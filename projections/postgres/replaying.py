@@ -17,7 +17,6 @@ from typing import Any
 
 import psycopg
 
-from hermes_ledger.ledger.clock import format_utc
 from hermes_ledger.ledger.postgres import PostgresLog
 from hermes_ledger.ledger.records import Recorded
 from hermes_ledger.projections.definitions import Projection, by_name
@@ -32,7 +31,7 @@ from hermes_ledger.projections.postgres.tables import (
     tables_exist,
 )
 from hermes_ledger.projections.quoting import Target, quote_ident
-from hermes_ledger.projections.state import State
+from hermes_ledger.projections.state import State, utc_text
 from hermes_ledger.projections.tables import MESSAGES, SESSION_HISTORY, SESSION_MAP, TableSpec
 from hermes_ledger.projections.verifying import Difference, VerifyReport
 
@@ -158,10 +157,10 @@ def state_at(
             until = head if position is None else min(position, head)
             records = log.read_all(0, limit=until)
         elif recorded:
-            until = _scalar(conn, SQL_LAST_POSITION_BY, (_utc(time), head))
+            until = _scalar(conn, SQL_LAST_POSITION_BY, (utc_text(time), head))
             records = log.read_all(0, limit=until)
         else:
-            moment = _utc(time)
+            moment = utc_text(time)
             until = _scalar(conn, SQL_LAST_OCCURRED_BY, (moment, head))
             later = {int(r[0]) for r in conn.execute(SQL_HAPPENED_AFTER, (moment, until))}
             records = (r for r in log.read_all(0, limit=until) if r.position not in later)
@@ -174,15 +173,6 @@ def state_at(
 def _scalar(conn: Connection, sql: str, args: tuple[Any, ...]) -> int:
     row = conn.execute(sql, args).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
-
-
-def _utc(moment: datetime | str) -> str:
-    """``moment`` as UTC text in the format of the log's time columns."""
-    if isinstance(moment, str):
-        return moment
-    if moment.tzinfo is None:
-        raise ValueError(f"time must be timezone-aware, not naive {moment!r}")
-    return format_utc(moment)
 
 
 def live_state(log: PostgresLog) -> State:
